@@ -1,0 +1,298 @@
+//! Image references as users write them, parsed once into types.
+//!
+//! Accepted spellings (`--image=` and `shoal` commands alike):
+//! - `NAME[:TAG]`, `REGISTRY[:PORT]/NAME[:TAG]`, `...@sha256:HEX` (Docker Hub
+//!   defaults apply: `debian` is `docker.io/library/debian:latest`);
+//! - a `docker://` prefix, as skopeo and Apptainer write it;
+//! - Shifter's `docker:NAME:TAG` and `id:DIGEST` (a bare hex image id is taken
+//!   as sha256), so Shifter users keep their job scripts;
+//! - a path to a squashfs file (starts with `/`, `./` or `../`).
+//!
+//! Parsing never touches the network or the filesystem.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use oci_spec::distribution::Reference;
+
+/// What `--image=` names: an image in a registry, an image already in a store
+/// by digest, or a squashfs file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ImageSpec {
+    Registry(ImageRef),
+    Id(Digest),
+    File(PathBuf),
+}
+
+/// A registry image: `registry/repository` with a tag, a digest, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<Digest>,
+}
+
+/// A content digest, `sha256:` followed by 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+/// Why a reference was refused; the message names the input and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    #[error("empty image reference; give one like `debian:12`, `registry.example.org:5000/team/app:1.0` or `/path/to/image.sqfs`")]
+    Empty,
+    #[error("invalid image reference {input:?}: {reason}; expected `[REGISTRY[:PORT]/]NAME[:TAG][@sha256:DIGEST]`, e.g. `docker.io/library/debian:12`")]
+    Malformed { input: String, reason: String },
+    #[error("invalid digest {input:?}: expected `sha256:` followed by 64 hex digits")]
+    Digest { input: String },
+}
+
+const DOCKER_HUB: &str = "docker.io";
+
+impl FromStr for ImageSpec {
+    type Err = RefError;
+
+    fn from_str(input: &str) -> Result<Self, RefError> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(RefError::Empty);
+        }
+        if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") {
+            return Ok(ImageSpec::File(PathBuf::from(s)));
+        }
+        if let Some(rest) = s.strip_prefix("docker://") {
+            return ImageRef::parse_named(rest, input).map(ImageSpec::Registry);
+        }
+        if let Some(rest) = s.strip_prefix("id:") {
+            let digest = if rest.contains(':') {
+                rest.parse()?
+            } else {
+                format!("sha256:{rest}").parse().map_err(|_| RefError::Digest {
+                    input: input.to_string(),
+                })?
+            };
+            return Ok(ImageSpec::Id(digest));
+        }
+        // Shifter's `docker:NAME:TAG`. `docker` alone as a host with a port
+        // would be `docker:5000/...`, which Shifter's form never is.
+        if let Some(rest) = s.strip_prefix("docker:") {
+            if !rest.starts_with(|c: char| c.is_ascii_digit()) {
+                return ImageRef::parse_named(rest, input).map(ImageSpec::Registry);
+            }
+        }
+        ImageRef::parse_named(s, input).map(ImageSpec::Registry)
+    }
+}
+
+impl fmt::Display for ImageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageSpec::Registry(r) => r.fmt(f),
+            ImageSpec::Id(d) => write!(f, "id:{d}"),
+            ImageSpec::File(p) => p.display().fmt(f),
+        }
+    }
+}
+
+impl ImageRef {
+    fn parse_named(s: &str, input: &str) -> Result<Self, RefError> {
+        let malformed = |reason: String| RefError::Malformed {
+            input: input.to_string(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(malformed("no image name".into()));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(malformed("it contains whitespace".into()));
+        }
+        let parsed = Reference::from_str(s).map_err(|e| malformed(e.to_string()))?;
+        let digest = parsed
+            .digest()
+            .map(|d| {
+                d.parse::<Digest>().map_err(|_| RefError::Digest {
+                    input: input.to_string(),
+                })
+            })
+            .transpose()?;
+        // oci-spec fills in `latest` when neither a tag nor a digest is
+        // given; keep "no tag" when a digest pins the image.
+        let tag = match (parsed.tag(), &digest) {
+            (Some(t), Some(_)) if t == "latest" && !has_explicit_tag(s) => None,
+            (t, _) => t.map(str::to_string),
+        };
+        Ok(ImageRef {
+            registry: normalize_registry(parsed.registry()),
+            repository: parsed.repository().to_string(),
+            tag,
+            digest,
+        })
+    }
+
+    /// Registry host (and port), with Docker Hub spelled `docker.io`.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// Repository path inside the registry, e.g. `library/debian`.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub fn digest(&self) -> Option<&Digest> {
+        self.digest.as_ref()
+    }
+
+    /// The same image pinned to `digest` (the tag is kept for display).
+    pub fn pinned(&self, digest: Digest) -> ImageRef {
+        ImageRef {
+            digest: Some(digest),
+            ..self.clone()
+        }
+    }
+}
+
+fn has_explicit_tag(s: &str) -> bool {
+    let name = s.split('@').next().unwrap_or(s);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    last.contains(':')
+}
+
+fn normalize_registry(r: &str) -> String {
+    match r {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Digest {
+    /// `sha256`.
+    pub fn algorithm(&self) -> &str {
+        "sha256"
+    }
+
+    /// The 64 hex digits.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Digest {
+    type Err = RefError;
+
+    fn from_str(s: &str) -> Result<Self, RefError> {
+        let bad = || RefError::Digest {
+            input: s.to_string(),
+        };
+        let hex = s.strip_prefix("sha256:").ok_or_else(bad)?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Digest(format!("sha256:{}", hex.to_ascii_lowercase())))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn reg(s: &str) -> ImageRef {
+        match s.parse::<ImageSpec>().unwrap() {
+            ImageSpec::Registry(r) => r,
+            other => panic!("{s} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn docker_hub_defaults() {
+        let r = reg("debian");
+        assert_eq!(r.registry(), "docker.io");
+        assert_eq!(r.repository(), "library/debian");
+        assert_eq!(r.tag(), Some("latest"));
+        assert_eq!(r.to_string(), "docker.io/library/debian:latest");
+    }
+
+    #[test]
+    fn registry_with_port_and_tag() {
+        let r = reg("127.0.0.1:5443/shoal/busybox:1.0");
+        assert_eq!(r.registry(), "127.0.0.1:5443");
+        assert_eq!(r.repository(), "shoal/busybox");
+        assert_eq!(r.tag(), Some("1.0"));
+    }
+
+    #[test]
+    fn digest_reference_has_no_implicit_tag() {
+        let r = reg(&format!("localhost:5000/app@sha256:{HEX}"));
+        assert_eq!(r.tag(), None);
+        assert_eq!(r.digest().unwrap().hex(), HEX);
+        let r = reg(&format!("localhost:5000/app:v1@sha256:{HEX}"));
+        assert_eq!(r.tag(), Some("v1"));
+    }
+
+    #[test]
+    fn prefixes_and_shifter_spellings() {
+        assert_eq!(reg("docker://debian:12"), reg("debian:12"));
+        assert_eq!(reg("docker:ubuntu:22.04"), reg("ubuntu:22.04"));
+        match format!("id:{HEX}").parse::<ImageSpec>().unwrap() {
+            ImageSpec::Id(d) => assert_eq!(d.hex(), HEX),
+            other => panic!("{other:?}"),
+        }
+        match format!("id:sha256:{HEX}").parse::<ImageSpec>().unwrap() {
+            ImageSpec::Id(d) => assert_eq!(d.hex(), HEX),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn paths_are_files() {
+        assert_eq!(
+            "/scratch/img.sqfs".parse::<ImageSpec>().unwrap(),
+            ImageSpec::File("/scratch/img.sqfs".into())
+        );
+        assert!(matches!(
+            "./img.sqfs".parse::<ImageSpec>().unwrap(),
+            ImageSpec::File(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_references_are_refused_with_the_input_named() {
+        for bad in ["::bad::", "UPPER/Case", "a b", "debian:", "debian@sha256:12", "docker://", "id:xyz"] {
+            let err = bad.parse::<ImageSpec>().unwrap_err().to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+        assert_eq!("".parse::<ImageSpec>().unwrap_err(), RefError::Empty);
+        assert_eq!("  ".parse::<ImageSpec>().unwrap_err(), RefError::Empty);
+    }
+}

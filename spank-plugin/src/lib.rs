@@ -1,0 +1,105 @@
+//! Shoal's SPANK plugin, loaded from plugstack.conf by srun, sbatch, salloc,
+//! slurmd and slurmstepd.
+//!
+//! This file only exports the symbols Slurm looks for and dispatches each
+//! callback to the module for the phase of the job's life it belongs to:
+//! - [`options`]: the `--image` option as the user typed it (every context
+//!   that parses options);
+//! - [`submit`]: srun, sbatch and salloc, before the job or step exists.
+//!
+//! Each callback runs inside `guard`, which turns an error or a panic into a
+//! logged message and a SPANK error code: unwinding into Slurm's C code would
+//! be undefined behaviour.
+
+mod args;
+mod options;
+mod spank;
+mod submit;
+
+use std::os::raw::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use spank::{ffi, Context, Spank};
+
+/// `plugin_name`, `plugin_type` and `plugin_version` are read by Slurm's
+/// plugin loader with dlsym; the version must equal the running Slurm's.
+#[no_mangle]
+#[used]
+pub static plugin_name: [u8; 6] = *b"shoal\0";
+#[no_mangle]
+#[used]
+pub static plugin_type: [u8; 6] = *b"spank\0";
+#[no_mangle]
+#[used]
+pub static plugin_version: u32 = parse_version(env!("SHOAL_SLURM_VERSION_NUMBER"));
+
+const fn parse_version(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut v: u32 = 0;
+    while i < b.len() {
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    v
+}
+
+/// Every error the plugin reports starts with this, so users and admins can
+/// grep for it in job output and slurmd logs.
+pub(crate) const TAG: &str = "shoal";
+
+/// Runs one callback, logging its error (or panic) through Slurm.
+fn guard(callback: &str, f: impl FnOnce() -> Result<(), String>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => ffi::ESPANK_SUCCESS as c_int,
+        Ok(Err(msg)) => {
+            spank::log_error(&format!("{TAG}: {msg}"));
+            -1
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            spank::log_error(&format!("{TAG}: internal error in {callback}: {what}"));
+            -1
+        }
+    }
+}
+
+/// Called first in every context: reads the plugstack arguments and the
+/// site config, and registers the options.
+#[no_mangle]
+pub extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+    guard("slurm_spank_init", || {
+        // SAFETY: Slurm passes argc valid strings.
+        let args = unsafe { spank::args(argc, argv) };
+        let args = args::PluginArgs::parse(&args)?;
+        let config = shoal::Config::load(&args.config).map_err(|e| e.to_string())?;
+        options::set_config(config);
+        let spank = Spank::from_raw(sp);
+        let context = Context::current();
+        spank::log_verbose(&format!(
+            "{TAG} {}: loaded in {} context (Slurm {}), config {}",
+            env!("CARGO_PKG_VERSION"),
+            context.map_or("unknown", Context::name),
+            env!("SHOAL_SLURM_VERSION"),
+            args.config.display()
+        ));
+        match context {
+            Some(ctx) if ctx.takes_options() => options::register(&spank),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Called after options are parsed: in srun, sbatch and salloc this is where
+/// the user's request is checked, while they are still at the prompt.
+#[no_mangle]
+pub extern "C" fn slurm_spank_init_post_opt(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
+    guard("slurm_spank_init_post_opt", || match Context::current() {
+        Some(Context::Local | Context::Allocator) => submit::post_opt(&Spank::from_raw(sp)),
+        _ => Ok(()),
+    })
+}

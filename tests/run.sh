@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what is missing from Debian's
+# packages, builds the workspace once, and runs every test. Integration tests
+# bring the local test bed up themselves (tests/testbed/up.sh) and share it.
+# Extra arguments go to `cargo test` (e.g. `tests/run.sh --test slurm_plugin`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/testbed/setup.sh
+cargo build --workspace --locked
+cargo test --workspace --locked "$@"

@@ -1,0 +1,105 @@
+//! The SPANK plugin loaded into real Slurm: srun, sbatch, salloc and
+//! slurmstepd on the three-node test cluster, driven as the unprivileged user.
+
+mod support;
+
+use support::{fails, ok, testbed};
+
+#[test]
+fn batch_job_runs_on_all_three_nodes_with_the_plugin_loaded() {
+    let tb = testbed();
+    let dir = tb.user_tempdir("batch");
+    let out = ok(&tb.user(&format!(
+        "cd {} && sbatch --parsable --wait -N3 -o job.out --wrap='srun -l hostname' && cat job.out",
+        dir.display()
+    )));
+    let job_id: u32 = out.lines().next().unwrap().trim().parse().expect("job id");
+    for node in ["n1", "n2", "n3"] {
+        assert!(out.lines().any(|l| l.ends_with(&format!(": {node}"))), "{node} missing in:\n{out}");
+        // slurmstepd of step 0 on that node loaded the plugin and logged it.
+        let log = std::fs::read_to_string(format!("/var/log/slurm/slurmd-{node}.log")).unwrap();
+        let line = format!("[{job_id}.0] shoal ");
+        assert!(
+            log.lines().any(|l| l.contains(&line) && l.contains("loaded in remote (slurmstepd) context")),
+            "no `{line}... loaded` line in slurmd-{node}.log"
+        );
+    }
+}
+
+#[test]
+fn help_of_sbatch_srun_and_salloc_lists_image() {
+    let tb = testbed();
+    for cmd in ["sbatch", "srun", "salloc"] {
+        let help = ok(&tb.user(&format!("{cmd} --help")));
+        let at = help.find("--image=REF").unwrap_or_else(|| panic!("{cmd} --help lacks --image:\n{help}"));
+        assert!(help[at..].contains("container"), "{cmd} --help: no usage text for --image");
+    }
+}
+
+#[test]
+fn malformed_image_is_refused_at_the_prompt() {
+    let tb = testbed();
+    for (bad, says) in [
+        ("::bad::", r#"shoal: --image="::bad::": invalid image reference"#),
+        ("", r#"shoal: --image="": empty image reference"#),
+        ("Debian:12", r#"shoal: --image="Debian:12": invalid image reference"#),
+    ] {
+        for cmd in [
+            format!("sbatch --image='{bad}' --wrap=true"),
+            format!("srun -N1 --image='{bad}' true"),
+            format!("salloc -N1 --image='{bad}' true"),
+        ] {
+            let out = tb.user(&cmd);
+            let err = fails(&out);
+            assert!(err.contains(says), "{cmd}: expected {says:?} in:\n{err}");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("Submitted"),
+                "{cmd} submitted a job"
+            );
+        }
+    }
+}
+
+/// A slurm.conf for the user's commands whose PlugStackConfig loads the
+/// plugin with `args`, leaving the shared cluster's own config untouched.
+fn client_conf_with_plugin_args(dir: &std::path::Path, args: &str) -> String {
+    let tb = testbed();
+    let conf = std::fs::read_to_string("/etc/slurm/slurm.conf").unwrap();
+    let conf = conf.replace(
+        "PlugStackConfig=/etc/slurm/plugstack.conf",
+        &format!("PlugStackConfig={}/plugstack.conf", dir.display()),
+    );
+    let script = format!(
+        "cd {dir} && cat > slurm.conf <<'EOF'\n{conf}EOF\n\
+         echo 'required /usr/local/lib/shoal/libspank_shoal.so {args}' > plugstack.conf",
+        dir = dir.display()
+    );
+    ok(&tb.user(&script));
+    format!("SLURM_CONF={}/slurm.conf", dir.display())
+}
+
+#[test]
+fn unknown_plugstack_argument_fails_the_step_naming_it() {
+    let tb = testbed();
+    let dir = tb.user_tempdir("plugstack");
+    let env = client_conf_with_plugin_args(&dir, "config=/etc/shoal/shoal.toml verbose=yes");
+    let err = fails(&tb.user(&format!("{env} srun -N1 hostname")));
+    assert!(
+        err.contains("shoal: unknown plugstack.conf argument `verbose=yes`; supported: config=PATH"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_site_config_fails_naming_file_line_and_key() {
+    let tb = testbed();
+    let dir = tb.user_tempdir("config");
+    ok(&tb.user(&format!(
+        "printf '[store]\\nsite_dir = 42\\n' > {}/bad.toml",
+        dir.display()
+    )));
+    let env = client_conf_with_plugin_args(&dir, &format!("config={}/bad.toml", dir.display()));
+    let err = fails(&tb.user(&format!("{env} srun -N1 hostname")));
+    let want = format!("shoal: invalid Shoal config {}/bad.toml line 2 (key `store.site_dir`)", dir.display());
+    assert!(err.contains(&want), "expected {want:?} in:\n{err}");
+}

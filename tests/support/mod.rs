@@ -1,0 +1,141 @@
+//! Shared by the integration tests: brings the real test bed up once (three
+//! Slurm nodes, munge, the TLS registry, the unprivileged user; see
+//! `tests/testbed/`), installs this build's plugin and `shoal` binary, and
+//! runs commands as that user or as root.
+//!
+//! The tests run as root (they start daemons); every user-facing check runs
+//! as the unprivileged user through [`Testbed::user`].
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// The running test bed.
+pub struct Testbed {
+    /// The unprivileged user that submits jobs and runs `shoal`.
+    pub user: String,
+    pub home: PathBuf,
+    /// `127.0.0.1:5443`
+    pub registry: String,
+    /// CA certificate of the registry's self-signed TLS certificate.
+    pub ca_cert: PathBuf,
+    /// Where this build's binaries are (`target/debug` or `target/release`).
+    pub target_dir: PathBuf,
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The build directory the running test binary belongs to: test binaries
+/// live in `<target>/<profile>/deps/`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Brings the test bed up (once per test binary; `up.sh` itself is
+/// idempotent and locked, so test binaries share one cluster).
+pub fn testbed() -> &'static Testbed {
+    static TESTBED: OnceLock<Testbed> = OnceLock::new();
+    TESTBED.get_or_init(|| {
+        let target = target_dir();
+        assert!(
+            target.join("libspank_shoal.so").is_file() && target.join("shoal").is_file(),
+            "{}: plugin or shoal binary missing; run `cargo build --workspace` before the tests \
+             (tests/run.sh does)",
+            target.display()
+        );
+        let up = repo_root().join("tests/testbed/up.sh");
+        let out = Command::new("bash")
+            .arg(&up)
+            .arg("--install")
+            .arg(&target)
+            .output()
+            .expect("run tests/testbed/up.sh");
+        assert!(
+            out.status.success(),
+            "test bed failed to come up:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let user = "alice".to_string();
+        Testbed {
+            home: PathBuf::from(format!("/home/{user}")),
+            user,
+            registry: "127.0.0.1:5443".into(),
+            ca_cert: "/var/lib/shoal-testbed/tls/cert.pem".into(),
+            target_dir: target,
+        }
+    })
+}
+
+impl Testbed {
+    /// Runs a bash script as the unprivileged user, in their home directory,
+    /// with a clean login-like environment.
+    pub fn user(&self, script: &str) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.user, "--", "env", "-i"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg(format!("USER={}", self.user))
+            .arg(format!("LOGNAME={}", self.user))
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin")
+            .arg("LANG=C.UTF-8")
+            .args(["bash", "-c"])
+            .arg(format!("cd ~ && {script}"))
+            .output()
+            .expect("runuser")
+    }
+
+    /// Runs a bash script as root.
+    pub fn root(&self, script: &str) -> Output {
+        Command::new("bash")
+            .args(["-c", script])
+            .output()
+            .expect("bash")
+    }
+
+    /// A fresh directory owned by the user, under their home.
+    pub fn user_tempdir(&self, name: &str) -> PathBuf {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .home
+            .join("tests")
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let script = format!("rm -rf '{0}' && mkdir -p '{0}'", dir.display());
+        ok(&self.user(&script));
+        dir
+    }
+}
+
+/// The command's stdout; panics with everything it printed if it failed.
+#[track_caller]
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command's stderr; panics if it succeeded.
+#[track_caller]
+pub fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,40 @@
+# Shared settings of the local test bed: a three-node Slurm cluster (n1..n3
+# on loopback, each slurmd in its own UTS namespace), munge, and a TLS OCI
+# registry on 127.0.0.1. Sourced by the other scripts; runs as root.
+
+set -euo pipefail
+
+TESTBED_STATE=${TESTBED_STATE:-/var/lib/shoal-testbed}
+TESTBED_USER=${TESTBED_USER:-alice}
+REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5443}
+REGISTRY_DIR=$TESTBED_STATE/registry
+TLS_DIR=$TESTBED_STATE/tls
+CA_CERT=$TLS_DIR/cert.pem
+SLURM_NODES=(n1 n2 n3)
+PLUGIN_DIR=/usr/local/lib/shoal
+PLUGSTACK_SNIPPET=/etc/slurm/plugstack.conf.d/shoal.conf
+SHOAL_CONFIG_FILE=/etc/shoal/shoal.toml
+
+log() { printf 'testbed: %s\n' "$*" >&2; }
+die() { printf 'testbed: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts slurmctld, slurmd and munged)"
+
+# Waits until "$@" succeeds, polling; fails after $WAIT_TIMEOUT seconds.
+wait_for() {
+    local what=$1; shift
+    local deadline=$((SECONDS + ${WAIT_TIMEOUT:-60}))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || die "timed out waiting for $what"
+        sleep 0.2
+    done
+}
+
+# The Debian mirror this machine already uses, for debootstrap.
+debian_mirror() {
+    local uri
+    uri=$(grep -hoE '^URIs:[[:space:]]+\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+    [ -n "$uri" ] || uri=$(grep -hoE '^deb[[:space:]]+\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+    [ -n "$uri" ] || die "no Debian mirror found in /etc/apt/sources.list{,.d}"
+    echo "$uri"
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything the test bed and the build need, from Debian's
+# packages. Idempotent: does nothing when all packages are present.
+source "$(dirname "$0")/common.sh"
+
+PACKAGES=(
+    # Slurm 22.05 and its headers (the plugin is built against them)
+    slurm-wlm libslurm-dev munge
+    # build: bindgen needs libclang
+    libclang-dev pkg-config
+    # images: squashfs writers/readers and FUSE
+    squashfs-tools squashfs-tools-ng squashfuse fuse3
+    # a real OCI registry and tools to build and push test images
+    docker-registry skopeo umoci openssl curl apache2-utils busybox-static debootstrap
+    # MPI, and the peer measured against
+    mpich libmpich-dev charliecloud
+    # benchmarks and helpers
+    hyperfine util-linux procps psmisc
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    log "all packages present"
+else
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"

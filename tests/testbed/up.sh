@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Brings up (or checks) the local test bed: munge, slurmctld, three slurmd
+# (n1..n3, each in its own UTS namespace so a task's hostname is its node
+# name), a TLS registry on 127.0.0.1:5443 seeded with test images, and an
+# unprivileged user. Installs Shoal from a build directory when given one:
+#
+#   up.sh [--install TARGET_DIR]     e.g. up.sh --install target/debug
+#
+# Idempotent and safe to run concurrently (serialized by a lock that the
+# daemons it starts do not inherit); it waits on readiness (sinfo shows
+# idle, the registry answers), never on sleeps.
+source "$(dirname "$0")/common.sh"
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+install_from=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --install) install_from=$2; shift 2 ;;
+        *) die "unknown argument $1 (usage: up.sh [--install TARGET_DIR])" ;;
+    esac
+done
+
+mkdir -p "$TESTBED_STATE"
+exec 9>"$TESTBED_STATE/lock"
+flock 9
+
+hostname_short=$(hostname)
+
+# --- the unprivileged user ---------------------------------------------------
+id "$TESTBED_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TESTBED_USER"
+# Sites ship /dev/fuse 0666; squashfuse as a user needs it.
+[ -e /dev/fuse ] && chmod 666 /dev/fuse
+
+# --- Shoal itself --------------------------------------------------------------
+restart_slurmd=0
+if [ -n "$install_from" ]; then
+    [ -f "$install_from/libspank_shoal.so" ] || die "$install_from/libspank_shoal.so missing: run cargo build --workspace first"
+    mkdir -p "$PLUGIN_DIR" /etc/shoal
+    if ! cmp -s "$install_from/libspank_shoal.so" "$PLUGIN_DIR/libspank_shoal.so"; then
+        # install(1) writes a new inode, so a process that has the old file
+        # mapped keeps working; slurmd is restarted below to load the new one.
+        install -m 0755 "$install_from/libspank_shoal.so" "$PLUGIN_DIR/libspank_shoal.so"
+        restart_slurmd=1
+    fi
+    if [ -f "$install_from/shoal" ]; then
+        install -m 0755 "$install_from/shoal" /usr/local/bin/shoal
+    fi
+fi
+if ! cmp -s "$HERE/shoal.toml" "$SHOAL_CONFIG_FILE"; then
+    mkdir -p "$(dirname "$SHOAL_CONFIG_FILE")"
+    install -m 0644 "$HERE/shoal.toml" "$SHOAL_CONFIG_FILE"
+fi
+if [ -f "$PLUGIN_DIR/libspank_shoal.so" ]; then
+    line="required $PLUGIN_DIR/libspank_shoal.so config=$SHOAL_CONFIG_FILE"
+    if [ "$(cat "$PLUGSTACK_SNIPPET" 2>/dev/null)" != "$line" ]; then
+        mkdir -p "$(dirname "$PLUGSTACK_SNIPPET")"
+        echo "$line" > "$PLUGSTACK_SNIPPET"
+        restart_slurmd=1
+    fi
+fi
+
+# --- munge ---------------------------------------------------------------------
+mkdir -p /run/munge && chown munge:munge /run/munge
+if ! munge -n >/dev/null 2>&1; then
+    log "starting munged"
+    runuser -u munge -- /usr/sbin/munged 9>&-
+    wait_for "munged" munge -n
+fi
+
+# --- slurm.conf ----------------------------------------------------------------
+mkdir -p /var/spool/slurmctld /var/log/slurm /etc/slurm
+conf=$(sed -e "s/@HOST@/$hostname_short/g" "$HERE/slurm.conf.in")
+if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$conf" ]; then
+    printf '%s\n' "$conf" > /etc/slurm/slurm.conf
+    restart_slurmd=1
+    pkill -x slurmctld 2>/dev/null && wait_for "slurmctld to stop" sh -c '! pgrep -x slurmctld'
+fi
+
+# --- slurmctld and the three slurmd -------------------------------------------
+if ! pgrep -x slurmctld >/dev/null; then
+    log "starting slurmctld"
+    slurmctld 9>&-
+    wait_for "slurmctld" scontrol ping
+fi
+slurmd_running() { pgrep -f "^slurmd -N $1\$" >/dev/null; }
+if [ $restart_slurmd = 1 ]; then
+    for n in "${SLURM_NODES[@]}"; do
+        pkill -f "^slurmd -N $n\$" 2>/dev/null || true
+    done
+    for n in "${SLURM_NODES[@]}"; do
+        wait_for "slurmd $n to stop" sh -c "! pgrep -f '^slurmd -N $n\$'"
+    done
+fi
+for n in "${SLURM_NODES[@]}"; do
+    if ! slurmd_running "$n"; then
+        log "starting slurmd $n"
+        mkdir -p "/var/spool/slurmd/$n"
+        unshare --uts sh -c "hostname $n && exec slurmd -N $n" 9>&-
+    fi
+done
+nodes_idle() {
+    local states
+    states=$(sinfo -h -N -o '%N %T' | awk '{print $2}' | sort -u)
+    [ "$states" = idle ] || [ "$states" = "idle
+mixed" ] || [ "$states" = mixed ] || [ "$states" = allocated ] || return 1
+}
+if ! WAIT_TIMEOUT=10 wait_for "nodes" nodes_idle 2>/dev/null; then
+    # After a restart, nodes may be down/drained from an earlier run.
+    scontrol update nodename=n[1-3] state=resume 2>/dev/null || true
+fi
+WAIT_TIMEOUT=90 wait_for "n1..n3 to be idle in sinfo" nodes_idle
+
+# --- the TLS registry ----------------------------------------------------------
+mkdir -p "$TLS_DIR" "$REGISTRY_DIR"
+if [ ! -f "$CA_CERT" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -keyout "$TLS_DIR/key.pem" -out "$CA_CERT" 2>/dev/null
+    chmod 644 "$CA_CERT"
+fi
+cat > "$TESTBED_STATE/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DIR/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+  tls:
+    certificate: $CA_CERT
+    key: $TLS_DIR/key.pem
+YML
+registry_up() { curl -sf --cacert "$CA_CERT" "https://$REGISTRY_ADDR/v2/" >/dev/null; }
+if ! registry_up; then
+    log "starting the registry on $REGISTRY_ADDR"
+    setsid docker-registry serve "$TESTBED_STATE/registry.yml" \
+        >>/var/log/shoal-testbed-registry.log 2>&1 < /dev/null 9>&- &
+    wait_for "the registry on $REGISTRY_ADDR" registry_up
+fi
+
+# --- test images -----------------------------------------------------------------
+"$HERE/images.sh"
+
+log "up: slurm n1..n3 idle, registry https://$REGISTRY_ADDR (CA $CA_CERT), user $TESTBED_USER"
