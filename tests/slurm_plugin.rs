@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{fails, ok, testbed};
+use support::{fails, ok, slurm as testbed};
 
 #[test]
 fn batch_job_runs_on_all_three_nodes_with_the_plugin_loaded() {

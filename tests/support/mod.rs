@@ -41,10 +41,22 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Brings the test bed up (once per test binary; `up.sh` itself is
-/// idempotent and locked, so test binaries share one cluster).
+/// idempotent and locked, so test binaries share one cluster) without
+/// touching the plugin Slurm loads: for tests of the `shoal` command.
 pub fn testbed() -> &'static Testbed {
     static TESTBED: OnceLock<Testbed> = OnceLock::new();
-    TESTBED.get_or_init(|| {
+    TESTBED.get_or_init(|| bring_up(false))
+}
+
+/// Like [`testbed`], and installs this build's plugin (and `shoal`) into
+/// the cluster first: for tests that go through Slurm.
+pub fn slurm() -> &'static Testbed {
+    static SLURM: OnceLock<Testbed> = OnceLock::new();
+    SLURM.get_or_init(|| bring_up(true))
+}
+
+fn bring_up(install: bool) -> Testbed {
+    {
         let target = target_dir();
         assert!(
             target.join("libspank_shoal.so").is_file() && target.join("shoal").is_file(),
@@ -53,12 +65,12 @@ pub fn testbed() -> &'static Testbed {
             target.display()
         );
         let up = repo_root().join("tests/testbed/up.sh");
-        let out = Command::new("bash")
-            .arg(&up)
-            .arg("--install")
-            .arg(&target)
-            .output()
-            .expect("run tests/testbed/up.sh");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&up);
+        if install {
+            cmd.arg("--install").arg(&target);
+        }
+        let out = cmd.output().expect("run tests/testbed/up.sh");
         assert!(
             out.status.success(),
             "test bed failed to come up:\n{}{}",
@@ -73,10 +85,15 @@ pub fn testbed() -> &'static Testbed {
             ca_cert: "/var/lib/shoal-testbed/tls/cert.pem".into(),
             target_dir: target,
         }
-    })
+    }
 }
 
 impl Testbed {
+    /// This build's `shoal` binary (readable and executable by the user).
+    pub fn shoal(&self) -> PathBuf {
+        self.target_dir.join("shoal")
+    }
+
     /// Runs a bash script as the unprivileged user, in their home directory,
     /// with a clean login-like environment.
     pub fn user(&self, script: &str) -> Output {
