@@ -22,6 +22,7 @@ pub const DEFAULT_PATH: &str = "/etc/shoal/shoal.toml";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub store: StoreConfig,
+    pub node: NodeConfig,
 }
 
 /// Where images live.
@@ -34,6 +35,75 @@ pub struct StoreConfig {
     /// Site store kept by the admins, read-only to users. Images here may be
     /// kernel-mounted by root because no user can have written them.
     pub site_dir: Option<PathBuf>,
+}
+
+/// How compute nodes stage images before a job's tasks start.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node-local cache; each Slurm node keeps its images in
+    /// `<cache_dir>/<node name>/`.
+    pub cache_dir: PathBuf,
+    /// Upper bound of one node's cache, e.g. `"20G"`; unused images are
+    /// evicted least-recently-used first to stay under it.
+    pub cache_size: Size,
+    pub staging: Staging,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cache_dir: PathBuf::from("/var/cache/shoal"),
+            cache_size: Size(20 << 30),
+            staging: Staging::Copy,
+        }
+    }
+}
+
+/// Where a node reads a job's image from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Staging {
+    /// Copy into the node cache (verified), then mount the local copy: the
+    /// shared filesystem is read once per node, not once per file access.
+    Copy,
+    /// Mount straight from the store on the shared filesystem.
+    Direct,
+}
+
+/// A byte count written as `"512M"`, `"20G"`, `"1T"` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(s) => parse_size(&s).map(Size).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}: write a number with an optional K, M, G or T suffix, e.g. \"20G\""
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// A config file that could not be used; the message names the file, and
@@ -147,6 +217,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.site_dir.as_deref(), Some(Path::new("/srv/shoal")));
         assert_eq!(c.store.user_dir.as_deref(), Some(Path::new("/home/u/.shoal")));
+    }
+
+    #[test]
+    fn node_section_sizes_and_staging() {
+        let c = Config::parse(
+            "[node]\ncache_dir = \"/local/shoal\"\ncache_size = \"512M\"\nstaging = \"direct\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.node.cache_size, Size(512 << 20));
+        assert_eq!(c.node.staging, Staging::Direct);
+        assert_eq!(Config::default().node.staging, Staging::Copy);
+        let c = Config::parse("[node]\ncache_size = 4096\n", Path::new("x")).unwrap();
+        assert_eq!(c.node.cache_size, Size(4096));
+        let e = err("[node]\ncache_size = \"lots\"\n");
+        assert!(e.contains("node.cache_size") && e.contains("\"lots\""), "{e}");
+        let e = err("[node]\nstaging = \"teleport\"\n");
+        assert!(e.contains("node.staging") && e.contains("teleport"), "{e}");
     }
 
     #[test]
