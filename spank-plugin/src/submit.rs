@@ -6,7 +6,19 @@ use crate::spank::Spank;
 
 /// After all options are parsed.
 pub fn post_opt(_spank: &Spank) -> Result<(), String> {
-    options::with_request(|req| match &req.image {
+    // SHOAL_* defaults come from the submitting command's own environment
+    // (spank_getenv only reads a job's environment, in slurmstepd).
+    options::apply_env_defaults_now(|name| std::env::var(name).ok())?;
+    let req = options::request();
+    if let Some(modules) = &req.modules {
+        if modules.iter().any(|m| m != "none") {
+            return Err(format!(
+                "--module={}: this site defines no Shoal modules; drop --module",
+                modules.join(",")
+            ));
+        }
+    }
+    match &req.image {
         None => Ok(()),
         // Staging and entering images on the nodes is not built yet; refuse
         // instead of silently running the job on the host.
@@ -14,5 +26,5 @@ pub fn post_opt(_spank: &Spank) -> Result<(), String> {
             "--image={image}: this Shoal build cannot run tasks inside images yet; \
              submit without --image"
         )),
-    })
+    }
 }
