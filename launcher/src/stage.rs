@@ -7,10 +7,15 @@
 //! ```text
 //! <cache_dir>/<node>/
 //!     .lock                      flock held while the cache changes
-//!     images/<sha256 hex>.sqfs   staged images, named by image digest
-//!     refs/<sha256 hex>/<job>    one empty file per job using the image
+//!     images/<key>.sqfs          staged images
+//!     refs/<key>/<job>           one empty file per job using the image
 //!     tmp/                       copies in progress (unique names)
 //! ```
+//!
+//! `<key>` is the image digest's hex for site images, and `u<uid>-<hex>`
+//! for images from a user's own store: those are copied with that user's
+//! credentials and owned by them (mode 0400), so one user's copy can never
+//! be served to another user, whatever digest their job claimed.
 //!
 //! A copy is verified against the squashfs checksum recorded when the image
 //! was written, and published by rename, so no reader ever sees a partial
@@ -66,6 +71,25 @@ pub struct Expected {
     /// Hex sha256 of the squashfs file.
     pub sha256: String,
     pub size: u64,
+    pub owner: Owner,
+}
+
+/// Whose store an image comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The site store: one copy serves every user.
+    Site,
+    /// A user's own store (uid, gid): a copy for that user only.
+    User { uid: u32, gid: u32 },
+}
+
+impl Expected {
+    fn key(&self) -> String {
+        match self.owner {
+            Owner::Site => self.digest.hex().to_string(),
+            Owner::User { uid, .. } => format!("u{uid}-{}", self.digest.hex()),
+        }
+    }
 }
 
 /// The node-local image cache of one Slurm node.
@@ -110,8 +134,8 @@ impl NodeCache {
     }
 
     /// Path of a staged image (which may not exist).
-    pub fn image_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("images").join(format!("{}.sqfs", digest.hex()))
+    pub fn image_path(&self, expected: &Expected) -> PathBuf {
+        self.root.join("images").join(format!("{}.sqfs", expected.key()))
     }
 
     /// Stages `expected` for `job`, copying from `source` unless the node
@@ -123,8 +147,8 @@ impl NodeCache {
         source: impl FnOnce() -> io::Result<Box<dyn Read>>,
     ) -> Result<PathBuf, StageError> {
         let _lock = self.lock()?;
-        let dest = self.image_path(&expected.digest);
-        self.add_ref(&expected.digest, job)?;
+        let dest = self.image_path(expected);
+        self.add_ref(&expected.key(), job)?;
         if dest.is_file() {
             touch(&dest);
             return Ok(dest);
@@ -133,21 +157,21 @@ impl NodeCache {
             .make_room(expected)
             .and_then(|()| self.copy_in(expected, source, &dest));
         if result.is_err() {
-            self.remove_ref(&expected.digest, job);
+            self.remove_ref(&expected.key(), job);
         }
         result.map(|()| dest)
     }
 
-    fn add_ref(&self, digest: &Digest, job: u32) -> Result<(), StageError> {
-        let dir = self.root.join("refs").join(digest.hex());
+    fn add_ref(&self, key: &str, job: u32) -> Result<(), StageError> {
+        let dir = self.root.join("refs").join(key);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let file = dir.join(job.to_string());
         File::create(&file).map_err(io_err(&file))?;
         Ok(())
     }
 
-    fn remove_ref(&self, digest: &Digest, job: u32) {
-        let dir = self.root.join("refs").join(digest.hex());
+    fn remove_ref(&self, key: &str, job: u32) {
+        let dir = self.root.join("refs").join(key);
         let _ = fs::remove_file(dir.join(job.to_string()));
         let _ = fs::remove_dir(dir); // only succeeds when no other job refers
     }
@@ -164,8 +188,8 @@ impl NodeCache {
         Ok(())
     }
 
-    fn in_use(&self, hex: &str) -> bool {
-        fs::read_dir(self.root.join("refs").join(hex))
+    fn in_use(&self, key: &str) -> bool {
+        fs::read_dir(self.root.join("refs").join(key))
             .map(|mut d| d.next().is_some())
             .unwrap_or(false)
     }
@@ -245,6 +269,12 @@ impl NodeCache {
                 hasher.update(&buf[..n]);
                 out.write_all(&buf[..n]).map_err(|e| self.write_error(e, expected))?;
             }
+            if let Owner::User { uid, gid } = expected.owner {
+                // Readable by its user alone (their FUSE server opens it).
+                std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
+                out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o400))
+                    .map_err(io_err(&tmp))?;
+            }
             out.sync_all().map_err(|e| self.write_error(e, expected))?;
             let actual = hex(&hasher.finalize());
             if actual != expected.sha256 {
@@ -320,6 +350,7 @@ mod tests {
                 digest,
                 sha256,
                 size: len as u64,
+                owner: Owner::Site,
             },
             data,
         )
@@ -354,6 +385,30 @@ mod tests {
     }
 
     #[test]
+    fn user_images_are_kept_apart_per_user_and_owned_by_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (site, data) = image(1, 10);
+        let me = own_ids();
+        let mine = Expected { owner: Owner::User { uid: me.0, gid: me.1 }, ..site.clone() };
+        let theirs = Expected { owner: Owner::User { uid: me.0 + 1, gid: me.1 }, ..site.clone() };
+        let p_site = cache.stage(&site, 1, src(&data)).unwrap();
+        let p_mine = cache.stage(&mine, 1, src(&data)).unwrap();
+        assert_ne!(p_site, p_mine);
+        assert_ne!(cache.image_path(&mine), cache.image_path(&theirs));
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(&p_mine).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (me.0, 0o400));
+    }
+
+    /// The test process's own uid and gid (chown to them needs no root).
+    fn own_ids() -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata("/proc/self").unwrap();
+        (meta.uid(), meta.gid())
+    }
+
+    #[test]
     fn checksum_mismatch_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
@@ -361,9 +416,9 @@ mod tests {
         exp.sha256 = "0".repeat(64);
         let err = cache.stage(&exp, 7, src(&data)).unwrap_err();
         assert!(matches!(err, StageError::Checksum { .. }), "{err}");
-        assert!(!cache.image_path(&exp.digest).exists());
+        assert!(!cache.image_path(&exp).exists());
         assert_eq!(fs::read_dir(dir.path().join("n1/tmp")).unwrap().count(), 0);
-        assert!(!cache.in_use(exp.digest.hex()), "failed stage kept its reference");
+        assert!(!cache.in_use(&exp.key()), "failed stage kept its reference");
     }
 
     #[test]
@@ -380,9 +435,9 @@ mod tests {
         cache.release_job(2).unwrap();
         // a is older: it goes, b stays.
         cache.stage(&c, 3, src(&dc)).unwrap();
-        assert!(!cache.image_path(&a.digest).exists());
-        assert!(cache.image_path(&b.digest).exists());
-        assert!(cache.image_path(&c.digest).exists());
+        assert!(!cache.image_path(&a).exists());
+        assert!(cache.image_path(&b).exists());
+        assert!(cache.image_path(&c).exists());
     }
 
     #[test]
@@ -400,8 +455,8 @@ mod tests {
             }
             other => panic!("{other}"),
         }
-        assert!(cache.image_path(&a.digest).exists());
-        assert!(!cache.image_path(&b.digest).exists());
+        assert!(cache.image_path(&a).exists());
+        assert!(!cache.image_path(&b).exists());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod args;
 mod options;
+mod pin;
 mod spank;
 mod submit;
 
