@@ -71,11 +71,13 @@ pub enum FlattenError {
         layer_desc: String,
         what: &'static str,
     },
-    #[error("{what} `{path}` of this layer would replace a directory that layer {upper} fills (entry `{child}`): writing through it is refused")]
+    #[error("`{path}` is a {what} here, and layer {upper} writes `{child}` beneath it without replacing it: writing through a {what} is refused")]
     UnderUpper {
         what: &'static str,
         path: String,
-        upper: usize,
+        /// The higher layer: its bottom-first index, or its digest once
+        /// [`FlattenError::name_layers`] ran.
+        upper: String,
         child: String,
     },
     #[error("the layer holds `{0}` twice")]
@@ -83,7 +85,26 @@ pub enum FlattenError {
     #[error("hard link to `{target}`, which is not in the image as a file")]
     LinkTarget { target: String },
     #[error("hard link to `{target}`, which layer {upper} replaces: the link would see the wrong file")]
-    LinkTargetReplaced { target: String, upper: usize },
+    LinkTargetReplaced { target: String, upper: String },
+}
+
+impl FlattenError {
+    /// Replaces layer indices in the message by names (digests).
+    pub fn name_layers(self, name: impl Fn(usize) -> String) -> Self {
+        let rename = |s: String| s.parse().map(&name).unwrap_or(s);
+        match self {
+            FlattenError::UnderUpper { what, path, upper, child } => FlattenError::UnderUpper {
+                what,
+                path,
+                upper: rename(upper),
+                child,
+            },
+            FlattenError::LinkTargetReplaced { target, upper } => {
+                FlattenError::LinkTargetReplaced { target, upper: rename(upper) }
+            }
+            e => e,
+        }
+    }
 }
 
 /// What the layers above the current one did to a path, as seen from below.
@@ -331,7 +352,7 @@ impl Flattener {
                     Err(FlattenError::UnderUpper {
                         what: what(kind),
                         path: show(path),
-                        upper,
+                        upper: upper.to_string(),
                         child: show(&child),
                     })
                 }
@@ -426,7 +447,7 @@ impl Flattener {
                         path.clone(),
                         FlattenError::LinkTargetReplaced {
                             target: show(target),
-                            upper: from,
+                            upper: from.to_string(),
                         },
                     ))
                 }
@@ -582,7 +603,7 @@ mod tests {
     #[test]
     fn write_through_lower_symlink_is_refused() {
         let err = flatten(&[&[("a", Symlink)], &[("a/x", File)]]).unwrap_err();
-        assert!(err.contains("layer 0 a:") && err.contains("layer 1 fills"), "{err}");
+        assert!(err.contains("layer 0 a:") && err.contains("layer 1 writes `a/x`"), "{err}");
         assert!(err.contains("a/x"), "{err}");
         // ...unless the upper layer replaced the symlink first.
         let got = flatten(&[&[("a", Symlink)], &[("a", Dir), ("a/x", File)]]).unwrap();

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use super::flatten::{Decision, Flattener, ImagePath, Kind};
+use super::flatten::{Decision, FlattenError, Flattener, ImagePath, Kind};
 use super::{
     superblock, Compression, ConvertError, Layer, LayerCompression, Progress, SquashOptions,
     SquashSummary,
@@ -358,7 +358,8 @@ fn feed(
                 T::GNUSparse => return Err(bad("GNU sparse files are not supported".into())),
                 other => return Err(bad(format!("unknown tar entry type {:?}", other.as_byte() as char))),
             };
-            match flat.entry(&raw, &kind).map_err(|e| bad(e.to_string()))? {
+            let named = |e: FlattenError| e.name_layers(|i| layers[i].digest.clone()).to_string();
+            match flat.entry(&raw, &kind).map_err(|e| bad(named(e)))? {
                 Decision::Skip | Decision::Link { .. } => {}
                 Decision::Dir(path) => {
                     let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
@@ -396,7 +397,7 @@ fn feed(
     let (_, links) = flat.finish().map_err(|(index, path, e)| ConvertError::BadEntry {
         digest: layers[index].digest.clone(),
         entry: String::from_utf8_lossy(&path).into_owned(),
-        reason: e.to_string(),
+        reason: e.name_layers(|i| layers[i].digest.clone()).to_string(),
     })?;
     for (path, meta) in &dirs {
         out.data(tar::EntryType::Directory, path, meta, 0, io::empty())
