@@ -8,6 +8,7 @@
 //! in slurmstepd as root calls the same functions with the user's credentials.
 
 pub mod config;
+pub mod image;
 pub mod reference;
 
 pub use config::Config;

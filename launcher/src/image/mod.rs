@@ -1,0 +1,15 @@
+//! The image pipeline: from a registry (or a local file) to one verified
+//! squashfs file per image in a content-addressed store, ready for every node.
+//!
+//! - [`registry`]: the OCI distribution client (auth, TLS, mirrors, retries);
+//! - [`manifest`], [`platform`]: the registry's documents as plain values;
+//! - [`store`]: where images live, how they are published atomically, found
+//!   by the launcher and the SPANK plugin, and collected;
+//! - [`pull`]: download -> convert -> publish, as one call;
+//! - [`import`]: the same for local sources (OCI layout, docker-archive,
+//!   a directory, a squashfs file).
+
+pub mod manifest;
+pub mod platform;
+pub mod registry;
+pub mod store;
