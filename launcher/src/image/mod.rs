@@ -9,7 +9,10 @@
 //! - [`import`]: the same for local sources (OCI layout, docker-archive,
 //!   a directory, a squashfs file).
 
+pub mod convert;
+pub mod import;
 pub mod manifest;
 pub mod platform;
+pub mod pull;
 pub mod registry;
 pub mod store;

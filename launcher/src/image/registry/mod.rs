@@ -11,6 +11,7 @@
 //! other than the one they were saved for (redirects drop them).
 
 pub mod auth;
+mod tls;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,7 +21,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::Agent;
 
 use self::auth::{Challenge, Credentials};
@@ -144,18 +144,15 @@ impl Registry {
     /// A client for `registry` (`host[:port]`, `docker.io` for Docker Hub).
     pub fn new(registry: &str, cfg: &RegistryConfig, opts: &ClientOptions) -> Result<Registry, RegistryError> {
         let verify = opts.tls_verify.unwrap_or(true) && cfg.tls_verify;
-        let roots = root_certs(opts.ca_bundle.as_deref(), cfg.ca_file.as_deref(), registry)?;
-        let tls = TlsConfig::builder().root_certs(roots).disable_verification(!verify).build();
-        let agent: Agent = Agent::config_builder()
+        let tls = tls::client_config(registry, opts.ca_bundle.as_deref(), cfg.ca_file.as_deref(), verify)?;
+        let agent = ureq::AgentBuilder::new()
             .tls_config(tls)
-            .http_status_as_error(false)
             .https_only(true)
-            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_connect(Duration::from_secs(15))
             // A stalled transfer is a dropped connection: retried.
-            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_read(Duration::from_secs(60))
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
         let endpoint = |name: &str| {
             let host = if name == "docker.io" { "registry-1.docker.io" } else { name };
             Endpoint {
@@ -183,11 +180,7 @@ impl Registry {
         self.on_endpoints(|ep| {
             let path = format!("/v2/{repository}/manifests/{reference}");
             let resp = self.send(ep, Method::Head, &path, repository, &format!("{repository}:{reference}"))?;
-            Ok(resp
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()))
+            Ok(resp.header("docker-content-digest").and_then(|v| v.trim().parse().ok()))
         })
     }
 
@@ -198,11 +191,7 @@ impl Registry {
             let path = format!("/v2/{repository}/manifests/{reference}");
             let what = format!("{repository}:{reference}");
             let resp = self.send(ep, Method::Get, &path, repository, &what)?;
-            let content_type = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let content_type = resp.header("content-type").map(str::to_string);
             let body = read_capped(resp, &ep.name, &what)?;
             let digest = sha256_digest(&body);
             if let Ok(want) = reference.parse::<Digest>() {
@@ -254,7 +243,7 @@ impl Registry {
                 attempt += 1;
                 let resp = self.send(ep, Method::Get, &path, repository, digest.as_str())?;
                 let mut file = File::create(dest).map_err(|source| RegistryError::Write { path: dest.into(), source })?;
-                match copy_hashing(resp.into_body().into_reader(), &mut file, progress) {
+                match copy_hashing(resp.into_reader(), &mut file, progress) {
                     Ok((n, actual)) => {
                         if n != size {
                             return Err(RegistryError::SizeMismatch {
@@ -312,97 +301,69 @@ impl Registry {
     }
 
     /// One request with auth and retries. Returns only 2xx responses.
-    fn send(
-        &self,
-        ep: &Endpoint,
-        method: Method,
-        path: &str,
-        repository: &str,
-        what: &str,
-    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+    fn send(&self, ep: &Endpoint, method: Method, path: &str, repository: &str, what: &str) -> Result<ureq::Response, RegistryError> {
         let url = format!("{}{path}", ep.base);
         let mut tried_auth = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let auth = ep.tokens.lock().unwrap().get(repository).cloned();
-            let result = match method {
-                Method::Get => {
-                    let mut r = self.agent.get(&url).header("Accept", super::manifest::ACCEPT_MANIFESTS);
-                    if let Some(a) = &auth {
-                        r = r.header("Authorization", a);
-                    }
-                    r.call()
-                }
-                Method::Head => {
-                    let mut r = self.agent.head(&url).header("Accept", super::manifest::ACCEPT_MANIFESTS);
-                    if let Some(a) = &auth {
-                        r = r.header("Authorization", a);
-                    }
-                    r.call()
-                }
+            let verb = match method {
+                Method::Get => "GET",
+                Method::Head => "HEAD",
             };
-            let retry_in = |attempt: u32| self.backoff * 2u32.pow(attempt.saturating_sub(1)).min(64);
-            match result {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    match status {
-                        200..=299 => return Ok(resp),
-                        401 if !tried_auth => {
-                            tried_auth = true;
-                            attempt -= 1; // the challenge round is not a failure
-                            let challenge = resp
-                                .headers()
-                                .get("www-authenticate")
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(auth::parse_challenge);
-                            let header = self.authorize(ep, challenge, repository)?;
-                            ep.tokens.lock().unwrap().insert(repository.to_string(), header);
-                        }
-                        401 => {
-                            return Err(RegistryError::Unauthorized {
-                                registry: ep.name.clone(),
-                                credentials: ep.creds.as_ref().map(|c| c.source.clone()),
-                            })
-                        }
-                        403 => {
-                            return Err(RegistryError::Denied {
-                                registry: ep.name.clone(),
-                                repository: repository.to_string(),
-                            })
-                        }
-                        404 => {
-                            return Err(RegistryError::NotFound {
-                                registry: ep.name.clone(),
-                                reference: format!("{}/{what}", ep.name),
-                            })
-                        }
-                        429 | 500..=599 if attempt < self.tries => {
-                            let wait = retry_after(&resp).unwrap_or_else(|| retry_in(attempt));
-                            std::thread::sleep(wait.min(Duration::from_secs(30)));
-                        }
-                        _ => {
-                            return Err(RegistryError::Server {
-                                registry: ep.name.clone(),
-                                status,
-                                what: what.to_string(),
-                                tries: attempt,
-                            })
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let Some(detail) = tls_failure(&e) {
+            let mut req = self.agent.request(verb, &url).set("Accept", super::manifest::ACCEPT_MANIFESTS);
+            if let Some(a) = &auth {
+                req = req.set("Authorization", a);
+            }
+            let retry_in = |attempt: u32| self.backoff * 2u32.pow(attempt.saturating_sub(1).min(6));
+            let resp = match req.call() {
+                Ok(resp) => return Ok(resp),
+                Err(ureq::Error::Status(_, resp)) => resp,
+                Err(ureq::Error::Transport(t)) => {
+                    if let Some(detail) = tls_failure(&t) {
                         return Err(RegistryError::Tls { registry: ep.name.clone(), detail });
                     }
                     if attempt >= self.tries {
-                        return Err(RegistryError::Unreachable {
-                            registry: ep.name.clone(),
-                            detail: e.to_string(),
-                            tries: attempt,
-                        });
+                        return Err(RegistryError::Unreachable { registry: ep.name.clone(), detail: t.to_string(), tries: attempt });
                     }
                     std::thread::sleep(retry_in(attempt));
+                    continue;
+                }
+            };
+            let status = resp.status();
+            match status {
+                401 if !tried_auth => {
+                    tried_auth = true;
+                    attempt -= 1; // the challenge round is not a failure
+                    let challenge = resp.header("www-authenticate").and_then(auth::parse_challenge);
+                    let header = self.authorize(ep, challenge, repository)?;
+                    ep.tokens.lock().unwrap().insert(repository.to_string(), header);
+                }
+                401 => {
+                    return Err(RegistryError::Unauthorized {
+                        registry: ep.name.clone(),
+                        credentials: ep.creds.as_ref().map(|c| c.source.clone()),
+                    })
+                }
+                403 => return Err(RegistryError::Denied { registry: ep.name.clone(), repository: repository.to_string() }),
+                404 => {
+                    return Err(RegistryError::NotFound {
+                        registry: ep.name.clone(),
+                        reference: format!("{}/{what}", ep.name),
+                    })
+                }
+                429 | 500..=599 if attempt < self.tries => {
+                    let wait = retry_after(&resp).unwrap_or_else(|| retry_in(attempt));
+                    std::thread::sleep(wait.min(Duration::from_secs(30)));
+                }
+                _ => {
+                    return Err(RegistryError::Server {
+                        registry: ep.name.clone(),
+                        status,
+                        what: what.to_string(),
+                        tries: attempt,
+                    })
                 }
             }
         }
@@ -428,10 +389,10 @@ impl Registry {
                     attempt += 1;
                     let mut req = self.agent.get(&url);
                     if let Some(c) = &ep.creds {
-                        req = req.header("Authorization", c.basic_header());
+                        req = req.set("Authorization", &c.basic_header());
                     }
                     match req.call() {
-                        Ok(resp) if resp.status().is_success() => {
+                        Ok(resp) => {
                             let body = read_capped(resp, &ep.name, "token")?;
                             #[derive(serde::Deserialize)]
                             struct Token {
@@ -442,18 +403,18 @@ impl Registry {
                             let t = t.token.or(t.access_token).ok_or_else(unauthorized)?;
                             return Ok(format!("Bearer {t}"));
                         }
-                        Ok(resp) if resp.status().as_u16() >= 500 && attempt < self.tries => {
+                        Err(ureq::Error::Status(code, _)) if code >= 500 && attempt < self.tries => {
                             std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
                         }
-                        Ok(_) => return Err(unauthorized()),
-                        Err(e) => {
-                            if let Some(detail) = tls_failure(&e) {
+                        Err(ureq::Error::Status(..)) => return Err(unauthorized()),
+                        Err(ureq::Error::Transport(t)) => {
+                            if let Some(detail) = tls_failure(&t) {
                                 return Err(RegistryError::Tls { registry: ep.name.clone(), detail });
                             }
                             if attempt >= self.tries {
                                 return Err(RegistryError::Unreachable {
                                     registry: ep.name.clone(),
-                                    detail: format!("token service {realm}: {e}"),
+                                    detail: format!("token service {realm}: {t}"),
                                     tries: attempt,
                                 });
                             }
@@ -477,32 +438,41 @@ enum Method {
     Head,
 }
 
-fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
-    let secs: u64 = resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+fn retry_after(resp: &ureq::Response) -> Option<Duration> {
+    let secs: u64 = resp.header("retry-after")?.trim().parse().ok()?;
     Some(Duration::from_secs(secs))
 }
 
 /// Whether a transport error is a failed certificate check (not retried:
 /// it will not fix itself), and a short description.
-fn tls_failure(e: &ureq::Error) -> Option<String> {
-    match e {
-        ureq::Error::Rustls(r) => Some(r.to_string()),
-        ureq::Error::Tls(t) => Some(t.to_string()),
-        ureq::Error::Io(io) => {
-            // rustls reports handshake failures inside io::Error.
-            let text = io.get_ref()?.to_string();
-            (text.contains("certificate") || text.contains("UnknownIssuer")).then_some(text)
+fn tls_failure(t: &ureq::Transport) -> Option<String> {
+    let mut source: Option<&dyn std::error::Error> = Some(t);
+    while let Some(e) = source {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
         }
-        _ => None,
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(r.to_string());
+            }
+        }
+        source = e.source();
     }
+    let text = t.to_string();
+    (text.contains("certificate") || text.contains("UnknownIssuer")).then_some(text)
 }
 
-fn read_capped(resp: ureq::http::Response<ureq::Body>, registry: &str, what: &str) -> Result<Vec<u8>, RegistryError> {
-    let mut body = resp.into_body();
-    body.with_config().limit(MAX_DOCUMENT).read_to_vec().map_err(|e| match e {
-        ureq::Error::BodyExceedsLimit(_) => RegistryError::TooLarge { registry: registry.into(), what: what.into() },
-        e => RegistryError::Unreachable { registry: registry.into(), detail: e.to_string(), tries: 1 },
-    })
+fn read_capped(resp: ureq::Response, registry: &str, what: &str) -> Result<Vec<u8>, RegistryError> {
+    let mut body = Vec::new();
+    resp.into_reader().take(MAX_DOCUMENT + 1).read_to_end(&mut body).map_err(|e| RegistryError::Unreachable {
+        registry: registry.into(),
+        detail: format!("reading {what}: {e}"),
+        tries: 1,
+    })?;
+    if body.len() as u64 > MAX_DOCUMENT {
+        return Err(RegistryError::TooLarge { registry: registry.into(), what: what.into() });
+    }
+    Ok(body)
 }
 
 /// `sha256:` digest of bytes.
@@ -533,48 +503,4 @@ fn copy_hashing(mut from: impl Read, to: &mut File, progress: &(dyn Fn(i64) + Sy
     }
     let digest = format!("sha256:{:x}", hasher.finalize()).parse().expect("sha256 hex is a digest");
     Ok((total, digest))
-}
-
-/// Root certificates: the system bundle (or `SSL_CERT_FILE`), the
-/// registry's `ca_file`, and, as podman and docker read them,
-/// `/etc/containers/certs.d/HOST/*.crt` and `/etc/docker/certs.d/HOST/*.crt`.
-fn root_certs(bundle: Option<&Path>, ca_file: Option<&Path>, registry: &str) -> Result<RootCerts, RegistryError> {
-    let mut certs: Vec<Certificate<'static>> = Vec::new();
-    let mut load = |path: &Path, required: bool| -> Result<(), RegistryError> {
-        let bad = |detail: String| RegistryError::CaFile { path: path.to_path_buf(), detail };
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if !required && e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(bad(e.to_string())),
-        };
-        let before = certs.len();
-        for item in ureq::tls::parse_pem(&bytes) {
-            if let PemItem::Certificate(c) = item.map_err(|e| bad(e.to_string()))? {
-                certs.push(c);
-            }
-        }
-        if required && certs.len() == before {
-            return Err(bad("no PEM certificate in it".into()));
-        }
-        Ok(())
-    };
-    if let Some(b) = bundle {
-        load(b, true)?;
-    }
-    if let Some(c) = ca_file {
-        load(c, true)?;
-    }
-    for dir in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
-        if let Ok(entries) = std::fs::read_dir(Path::new(dir).join(registry)) {
-            for e in entries.flatten() {
-                if e.path().extension().is_some_and(|x| x == "crt") {
-                    load(&e.path(), false)?;
-                }
-            }
-        }
-    }
-    if bundle.is_none() && ca_file.is_none() && certs.is_empty() {
-        return Ok(RootCerts::WebPki);
-    }
-    Ok(RootCerts::new_with_certs(&certs))
 }
