@@ -5,6 +5,7 @@
 //! types are errors that name the file, the line and the key. The annotated
 //! example is `packaging/shoal.toml`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -23,6 +24,29 @@ pub const DEFAULT_PATH: &str = "/etc/shoal/shoal.toml";
 pub struct Config {
     pub store: StoreConfig,
     pub node: NodeConfig,
+    /// Per-registry settings, keyed by `HOST[:PORT]` as written in image
+    /// references (`docker.io` for Docker Hub).
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+/// How to reach one registry (`[registries."HOST:PORT"]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// PEM file of CA certificates trusted for this registry, in addition to
+    /// the system bundle (or `SSL_CERT_FILE`).
+    pub ca_file: Option<PathBuf>,
+    /// `false` skips TLS certificate checks: for a lab registry only.
+    pub tls_verify: bool,
+    /// Mirrors (`HOST[:PORT]`, HTTPS) tried in order before the registry
+    /// itself; any failure at a mirror falls through to the next.
+    pub mirrors: Vec<String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { ca_file: None, tls_verify: true, mirrors: Vec::new() }
+    }
 }
 
 /// Where images live.
@@ -235,6 +259,24 @@ mod tests {
         assert!(e.contains("node.cache_size") && e.contains("\"lots\""), "{e}");
         let e = err("[node]\nstaging = \"teleport\"\n");
         assert!(e.contains("node.staging") && e.contains("teleport"), "{e}");
+    }
+
+    #[test]
+    fn registry_sections_parse() {
+        let c = Config::parse(
+            "[registries.\"lab.example:5000\"]\ntls_verify = false\nmirrors = [\"m1:5000\"]\n\
+             [registries.\"docker.io\"]\nca_file = \"/etc/ca.pem\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let lab = &c.registries["lab.example:5000"];
+        assert!(!lab.tls_verify);
+        assert_eq!(lab.mirrors, vec!["m1:5000"]);
+        let hub = &c.registries["docker.io"];
+        assert!(hub.tls_verify, "TLS is verified unless turned off");
+        assert_eq!(hub.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        let e = err("[registries.\"x\"]\ntls_verfy = false\n");
+        assert!(e.contains("tls_verfy"), "{e}");
     }
 
     #[test]

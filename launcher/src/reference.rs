@@ -35,8 +35,23 @@ pub struct ImageRef {
 }
 
 /// A content digest, `sha256:` followed by 64 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialized as that string; deserializing checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
+
+impl TryFrom<String> for Digest {
+    type Error = RefError;
+    fn try_from(s: String) -> Result<Self, RefError> {
+        s.parse()
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
 
 /// Why a reference was refused; the message names the input and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

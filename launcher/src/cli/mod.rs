@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod gc;
+mod images;
+mod import;
+mod inspect;
+mod pull;
+mod rm;
 
 /// Containers for HPC: run OCI images on Slurm clusters and laptops with no
 /// setuid binary and no daemon.
@@ -27,12 +33,30 @@ enum Command {
     /// Check or show the site config file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
+    /// Pull an image from a registry into your image store.
+    Pull(pull::PullArgs),
+    /// List the images in the site and user stores.
+    Images(images::ImagesArgs),
+    /// Show a stored image's metadata and run settings.
+    Inspect(inspect::InspectArgs),
+    /// Remove image references (and images nothing else names).
+    Rm(rm::RmArgs),
+    /// Delete unreferenced images and leftovers of killed pulls.
+    Gc(gc::GcArgs),
+    /// Import an OCI layout, docker-archive, directory or squashfs file.
+    Import(import::ImportArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &cli.config),
+        Command::Pull(args) => pull::run(args, &cli.config),
+        Command::Images(args) => images::run(args, &cli.config),
+        Command::Inspect(args) => inspect::run(args, &cli.config),
+        Command::Rm(args) => rm::run(args, &cli.config),
+        Command::Gc(args) => gc::run(args, &cli.config),
+        Command::Import(args) => import::run(args, &cli.config),
     };
     match result {
         Ok(code) => code,
@@ -41,5 +65,21 @@ pub fn main() -> ExitCode {
             eprintln!("shoal: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `1.2 MB` style sizes (powers of 1000, as `du --si` and registries show).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }

@@ -1,5 +1,18 @@
-//! The image pipeline: from a registry reference to one squashfs file in the store.
+//! The image pipeline: from a registry (or a local file) to one verified
+//! squashfs file per image in a content-addressed store, ready for every node.
 //!
-//! - [`convert`]: downloaded layer blobs (or a directory) to a squashfs file.
+//! - [`registry`]: the OCI distribution client (auth, TLS, mirrors, retries);
+//! - [`manifest`], [`platform`]: the registry's documents as plain values;
+//! - [`store`]: where images live, how they are published atomically, found
+//!   by the launcher and the SPANK plugin, and collected;
+//! - [`pull`]: download -> convert -> publish, as one call;
+//! - [`import`]: the same for local sources (OCI layout, docker-archive,
+//!   a directory, a squashfs file).
 
 pub mod convert;
+pub mod import;
+pub mod manifest;
+pub mod platform;
+pub mod pull;
+pub mod registry;
+pub mod store;

@@ -1,0 +1,56 @@
+//! `shoal inspect REF`: one stored image's metadata and run settings.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use shoal::image::store::Store;
+use shoal::{Config, ImageSpec};
+
+use super::human_size;
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image: a reference as pulled, or id:DIGEST.
+    reference: String,
+    /// Platform of the entry to show; default this machine's.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+    /// JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let spec: ImageSpec = args.reference.parse()?;
+    let platform = match &args.platform {
+        Some(p) => p.parse()?,
+        None => shoal::image::platform::Platform::host(),
+    };
+    let img = Store::open(&config).resolve_for(&spec, &platform)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&img)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &img.config;
+    println!("reference:  {spec}");
+    println!("image id:   {}", img.digest);
+    println!("source:     {}", img.source_ref);
+    println!("platform:   {}", img.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    println!("created:    {}", img.created.as_deref().unwrap_or("-"));
+    println!("store:      {}", img.scope);
+    println!("squashfs:   {} ({}, sha256 {})", img.squashfs.display(), human_size(img.size), img.squashfs_sha256);
+    println!("entrypoint: {:?}", c.entrypoint);
+    println!("cmd:        {:?}", c.cmd);
+    println!("workdir:    {}", c.workdir.as_deref().unwrap_or("/"));
+    println!("user:       {}", c.user.as_deref().unwrap_or("-"));
+    for e in &c.env {
+        println!("env:        {e}");
+    }
+    for (k, v) in &c.labels {
+        println!("label:      {k}={v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,326 @@
+//! `shoal pull`: registry -> verified layer blobs -> one squashfs -> the
+//! store, as one call. The plan is simple enough to read top to bottom:
+//!
+//! 1. If the store already has the reference for this platform, one manifest
+//!    request (HEAD) tells whether it moved; unchanged means done. A digest
+//!    reference already in the store needs no request at all.
+//! 2. Fetch the manifest; from an index pick the platform's manifest.
+//! 3. Take the image's lock (a second puller, on this node or another over a
+//!    shared filesystem, waits here and then finds the image published).
+//! 4. Download the config and the layers in parallel into a work dir, each
+//!    blob hashed while it streams.
+//! 5. Convert the layers into one squashfs ([`super::convert`]).
+//! 6. Publish by rename and point the tag at it, still under the lock.
+//!
+//! It never leaves a visible partial image: everything before step 6 lives
+//! in a uniquely named work dir that is removed on any error (and by `gc` if
+//! the process is killed).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use super::convert::{self, ConvertError, Layer, LayerCompression, SquashOptions};
+use super::manifest::{self, ConfigBlob, Document, ImageManifest, ManifestError};
+use super::platform::Platform;
+use super::registry::{ClientOptions, Registry, RegistryError};
+use super::store::{ImageMeta, Scope, Store, StoreError, StoreRoot, StoredImage};
+use crate::config::{Config, RegistryConfig};
+use crate::reference::{Digest, ImageRef};
+
+/// How to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Which platform's image to take from an index. Default: this machine's.
+    pub platform: Platform,
+    /// Which store to write (`Site` needs write access to `store.site_dir`).
+    pub scope: Scope,
+    pub client: ClientOptions,
+    pub squash: SquashOptions,
+    /// Layers downloaded at once.
+    pub parallel_downloads: usize,
+}
+
+impl PullOptions {
+    pub fn new() -> PullOptions {
+        PullOptions {
+            platform: Platform::host(),
+            scope: Scope::User,
+            client: ClientOptions::from_env(),
+            squash: SquashOptions::default(),
+            parallel_downloads: 4,
+        }
+    }
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions::new()
+    }
+}
+
+/// What a pull reports as it goes, for a progress display.
+#[derive(Debug, Clone)]
+pub enum PullEvent {
+    /// The manifest is known: this many layers and compressed bytes to fetch.
+    Resolved { image: Digest, layers: usize, bytes: u64 },
+    /// Another process is pulling the same image; waiting for it.
+    Waiting,
+    /// Compressed bytes downloaded so far, of `total`.
+    Downloading { done: u64, total: u64 },
+    /// Conversion progress.
+    Converting(convert::Progress),
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    pub image: StoredImage,
+    /// False when the store already had it (no layer was downloaded).
+    pub downloaded: bool,
+}
+
+/// Why a pull failed; one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    #[error("{reference}: malformed manifest: {source}; the registry served something Shoal cannot read, check that the image was pushed completely")]
+    Manifest { reference: String, source: ManifestError },
+    #[error("{reference}: no image for platform {want} (it has: {}); choose one with --platform", list(.available))]
+    NoPlatform { reference: String, want: Platform, available: Vec<Platform> },
+}
+
+fn list(p: &[Platform]) -> String {
+    if p.is_empty() {
+        return "none with a platform".into();
+    }
+    p.iter().map(Platform::to_string).collect::<Vec<_>>().join(", ")
+}
+
+impl PullError {
+    /// A full disk, wherever it was noticed, reads the same.
+    fn normalize(self) -> PullError {
+        match self {
+            PullError::Registry(RegistryError::Write { path, source })
+                if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) =>
+            {
+                PullError::Store(StoreError::DiskFull { path })
+            }
+            PullError::Convert(ConvertError::Io { path, source }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+                PullError::Store(StoreError::DiskFull { path })
+            }
+            e => e,
+        }
+    }
+}
+
+/// Pulls `r` into `store` (the scope `opts.scope` names).
+pub fn pull(
+    config: &Config,
+    store: &Store,
+    r: &ImageRef,
+    opts: &PullOptions,
+    progress: &(dyn Fn(PullEvent) + Sync),
+) -> Result<PullOutcome, PullError> {
+    pull_inner(config, store, r, opts, progress).map_err(PullError::normalize)
+}
+
+fn pull_inner(
+    config: &Config,
+    store: &Store,
+    r: &ImageRef,
+    opts: &PullOptions,
+    progress: &(dyn Fn(PullEvent) + Sync),
+) -> Result<PullOutcome, PullError> {
+    let root = store.root(opts.scope)?;
+    let platform = &opts.platform;
+    let reference = r.to_string();
+    let known = root.tag_entry(r)?;
+    let known_image = match known.as_ref().and_then(|e| e.images.get(&platform.to_string())) {
+        Some(d) => root.image(d)?,
+        None => None,
+    };
+
+    // A digest reference names fixed content: no request needed.
+    if let (Some(image), Some(_)) = (&known_image, r.digest()) {
+        return Ok(PullOutcome { image: image.clone(), downloaded: false });
+    }
+    let registry_cfg = config.registries.get(r.registry()).cloned().unwrap_or_else(RegistryConfig::default);
+    let registry = Registry::new(r.registry(), &registry_cfg, &opts.client)?;
+    let wanted = match r.digest() {
+        Some(d) => d.to_string(),
+        None => r.tag().unwrap_or("latest").to_string(),
+    };
+    if let (Some(image), Some(entry)) = (&known_image, &known) {
+        if entry.digest.is_some() && registry.head_manifest(r.repository(), &wanted)? == entry.digest {
+            return Ok(PullOutcome { image: image.clone(), downloaded: false });
+        }
+    }
+
+    let top = registry.manifest(r.repository(), &wanted)?;
+    let malformed = |source| PullError::Manifest { reference: reference.clone(), source };
+    let (image_digest, manifest) = match Document::parse(&top.body, top.content_type.as_deref()).map_err(malformed)? {
+        Document::Image(m) => (top.digest.clone(), m),
+        Document::Index(entries) => {
+            let chosen = manifest::select_platform(&entries, platform).map_err(|available| PullError::NoPlatform {
+                reference: reference.clone(),
+                want: platform.clone(),
+                available,
+            })?;
+            let m = registry.manifest(r.repository(), &chosen.digest)?;
+            match Document::parse(&m.body, m.content_type.as_deref()).map_err(malformed)? {
+                Document::Image(im) => (m.digest, im),
+                Document::Index(_) => {
+                    return Err(malformed(ManifestError(format!("index entry {} is itself an index", chosen.digest))))
+                }
+            }
+        }
+    };
+
+    // Another name (or a moved tag) for an image we already have.
+    if let Some(image) = root.image(&image_digest)? {
+        let _lock = root.lock_image(&image_digest)?;
+        root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
+        return Ok(PullOutcome { image, downloaded: false });
+    }
+
+    let bytes = manifest.layers.iter().map(|l| l.size).sum();
+    progress(PullEvent::Resolved { image: image_digest.clone(), layers: manifest.layers.len(), bytes });
+    let lock = match super::store::Lock::try_acquire(&lock_path(root, &image_digest)) {
+        Ok(Some(l)) => l,
+        _ => {
+            progress(PullEvent::Waiting);
+            root.lock_image(&image_digest)?
+        }
+    };
+    // The process we waited for may have published it.
+    if let Some(image) = root.image(&image_digest)? {
+        root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
+        return Ok(PullOutcome { image, downloaded: false });
+    }
+
+    let work = root.work_dir()?;
+    let config_blob = registry.blob_bytes(r.repository(), &digest_of(&manifest.config.digest, &reference)?)?;
+    let config_blob = ConfigBlob::parse(&config_blob).map_err(malformed)?;
+    let layers = download_layers(&registry, r.repository(), &manifest, work.path(), opts.parallel_downloads, progress)?;
+    let sqfs = work.path().join("image.sqfs");
+    let summary = convert::layers_to_squashfs(&layers, &sqfs, &opts.squash, &|p| progress(PullEvent::Converting(p)))?;
+    // Free the blobs' space before the image lands.
+    let _ = std::fs::remove_dir_all(work.path().join("blobs"));
+    let meta = ImageMeta {
+        digest: image_digest.clone(),
+        squashfs_sha256: summary.sha256,
+        config: config_blob.config,
+        source_ref: r.pinned(image_digest.clone()).to_string(),
+        platform: config_blob.platform.or_else(|| Some(platform.clone())),
+        size: summary.size,
+        created: config_blob.created,
+        stored_at: now(),
+    };
+    let image = root.publish(&work, &sqfs, &meta, &lock)?;
+    root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
+    drop(lock);
+    Ok(PullOutcome { image, downloaded: true })
+}
+
+fn lock_path(root: &StoreRoot, d: &Digest) -> PathBuf {
+    let locks = root.dir().join("locks");
+    let _ = std::fs::create_dir_all(&locks);
+    locks.join(format!("{}.lock", d.hex()))
+}
+
+fn digest_of(s: &str, reference: &str) -> Result<Digest, PullError> {
+    s.parse().map_err(|_| PullError::Manifest {
+        reference: reference.to_string(),
+        source: ManifestError(format!("digest {s:?} is not sha256")),
+    })
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Downloads every distinct layer with up to `parallel` threads; returns
+/// them in manifest order (base first).
+fn download_layers(
+    registry: &Registry,
+    repository: &str,
+    manifest: &ImageManifest,
+    work: &Path,
+    parallel: usize,
+    progress: &(dyn Fn(PullEvent) + Sync),
+) -> Result<Vec<Layer>, PullError> {
+    let blobs = work.join("blobs");
+    std::fs::create_dir_all(&blobs).map_err(super::store::io_err(&blobs))?;
+    // A layer listed twice is fetched once.
+    let mut distinct: BTreeMap<Digest, u64> = BTreeMap::new();
+    for l in &manifest.layers {
+        distinct.insert(l.digest.clone(), l.size);
+    }
+    let total: u64 = distinct.values().sum();
+    let done = AtomicI64::new(0);
+    let queue = Mutex::new(distinct.into_iter().collect::<Vec<_>>());
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    let on_bytes = |n: i64| {
+        let d = done.fetch_add(n, Ordering::Relaxed) + n;
+        progress(PullEvent::Downloading { done: d.max(0) as u64, total });
+    };
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                if first_error.lock().unwrap().is_some() {
+                    return;
+                }
+                let Some((digest, size)) = queue.lock().unwrap().pop() else { return };
+                let dest = blobs.join(digest.hex());
+                if let Err(e) = registry.blob_to_file(repository, &digest, size, &dest, &on_bytes) {
+                    first_error.lock().unwrap().get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap() {
+        return Err(e.into());
+    }
+    manifest
+        .layers
+        .iter()
+        .map(|l| {
+            let path = blobs.join(l.digest.hex());
+            // The bytes, already verified, decide; media types lie sometimes.
+            let compression = sniff(&path).map_err(super::store::io_err(&path))?.unwrap_or(LayerCompression::Uncompressed);
+            Ok(Layer { path, compression, digest: l.digest.to_string() })
+        })
+        .collect()
+}
+
+/// Compression told by the first bytes (gzip `1f 8b`, zstd `28 b5 2f fd`);
+/// `None` for anything else (a plain tar).
+pub fn sniff(path: &Path) -> std::io::Result<Option<LayerCompression>> {
+    let mut magic = [0u8; 4];
+    let mut f = File::open(path)?;
+    let mut n = 0;
+    while n < 4 {
+        match f.read(&mut magic[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => Some(LayerCompression::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd] => Some(LayerCompression::Zstd),
+        _ => None,
+    })
+}

@@ -1,0 +1,630 @@
+//! The image store: one squashfs file plus metadata per image, content
+//! addressed by the image's manifest digest, with a tag index mapping
+//! references to digests. What the launcher and the SPANK plugin read
+//! ([`Store::resolve`]) and what `shoal pull`/`import` write.
+//!
+//! Two scopes: the site store (`store.site_dir`, kept by admins, read-only
+//! to users) and the user store (`store.user_dir`, else
+//! `$XDG_DATA_HOME/shoal`, else `~/.local/share/shoal`). Lookups try the site
+//! store first.
+//!
+//! Layout of one store root:
+//!
+//! ```text
+//! ROOT/images/sha256/HEX/image.sqfs   the image (mode 0444), never changed once published
+//! ROOT/images/sha256/HEX/meta.json    its metadata (ImageMeta)
+//! ROOT/tags/REGISTRY/REPOSITORY/:TAG          tag index entry (TagEntry, JSON)
+//! ROOT/tags/REGISTRY/REPOSITORY/@sha256:HEX   entry of a digest reference
+//! ROOT/locks/HEX.lock                 per-image lock (flock), held while pulling
+//! ROOT/locks/tag-HEX.lock             per-reference lock for tag updates
+//! ROOT/tmp/NAME/, ROOT/tmp/NAME.lock  one pull's work dir and its held lock
+//! ```
+//!
+//! HEX is the manifest digest of a pulled image (the platform's manifest,
+//! not the index), or the sha256 of the squashfs file for images imported
+//! from a directory or squashfs file. Tag entries start with `:` or `@`,
+//! which no repository path component can, so a tag never collides with a
+//! nested repository.
+//!
+//! Rules it never breaks: an image directory appears whole or not at all
+//! (built under `tmp/`, fsynced, renamed into place under the image's lock);
+//! a tag entry is replaced by rename; it never follows a path out of its
+//! root; it never writes into a store it was not asked to write.
+
+mod lock;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+pub use self::lock::{unique_name, Lock, WorkDir};
+use super::manifest::ImageConfig;
+use super::platform::Platform;
+use crate::config::Config;
+use crate::reference::{Digest, ImageRef, ImageSpec};
+
+/// Which store an image is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Site,
+    User,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Site => "site",
+            Scope::User => "user",
+        })
+    }
+}
+
+/// What `meta.json` holds: everything about an image except where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    /// Manifest digest (registry images) or squashfs digest (imports).
+    pub digest: Digest,
+    /// sha256 of `image.sqfs`, for nodes that verify before mounting.
+    pub squashfs_sha256: String,
+    pub config: ImageConfig,
+    /// Where it came from: `registry/repo:tag@digest`, or the imported path.
+    pub source_ref: String,
+    pub platform: Option<Platform>,
+    /// Bytes of `image.sqfs`.
+    pub size: u64,
+    /// The image's own creation time (RFC 3339), from its config.
+    pub created: Option<String>,
+    /// When it entered this store, seconds since the epoch.
+    pub stored_at: u64,
+}
+
+/// An image found in a store, ready to mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredImage {
+    #[serde(flatten)]
+    pub meta: ImageMeta,
+    pub squashfs: PathBuf,
+    pub scope: Scope,
+}
+
+impl std::ops::Deref for StoredImage {
+    type Target = ImageMeta;
+    fn deref(&self) -> &ImageMeta {
+        &self.meta
+    }
+}
+
+/// One tag index entry: what a reference resolved to, per platform.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagEntry {
+    /// The reference as pulled (`registry/repo:tag` or `registry/repo@digest`).
+    pub reference: String,
+    /// What the registry served for the reference: an index or a manifest.
+    pub digest: Option<Digest>,
+    /// Image (manifest) digest per requested platform (`linux/amd64`).
+    pub images: BTreeMap<String, Digest>,
+}
+
+/// Why a store operation failed; messages name the image and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{reference}: not in the {where_} image store; pull it first with `shoal pull {reference}`")]
+    NotFound { reference: String, where_: String },
+    #[error("{reference}: pulled for {have}, not for {want}; pull it with `shoal pull --platform {want} {reference}`")]
+    OtherPlatform { reference: String, want: Platform, have: String },
+    #[error("{path}: damaged image in the store ({detail}); remove it with `shoal rm {reference}` and pull again")]
+    Damaged { path: PathBuf, reference: String, detail: String },
+    #[error("{0} is a file, not an image in a store; use the file directly")]
+    IsAFile(PathBuf),
+    #[error("no space left on the device holding {path}; free space there, or set `store.user_dir` in the Shoal config to a larger filesystem")]
+    DiskFull { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("no user image store: set HOME or XDG_DATA_HOME, or `store.user_dir` in the Shoal config")]
+    NoUserStore,
+    #[error("no site image store configured: set `store.site_dir` in the Shoal config")]
+    NoSiteStore,
+}
+
+/// Wraps an io::Error with its path, recognising a full disk.
+pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| {
+        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) {
+            StoreError::DiskFull { path: path.to_path_buf() }
+        } else {
+            StoreError::Io { path: path.to_path_buf(), source }
+        }
+    }
+}
+
+/// One store directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRoot {
+    dir: PathBuf,
+    scope: Scope,
+}
+
+/// Both scopes: what the rest of Shoal opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    pub site: Option<StoreRoot>,
+    pub user: Option<StoreRoot>,
+}
+
+/// The user store's default directory, from the environment given.
+pub fn default_user_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(d) = env("XDG_DATA_HOME").filter(|d| d.starts_with('/')) {
+        return Some(Path::new(&d).join("shoal"));
+    }
+    env("HOME").filter(|h| h.starts_with('/')).map(|h| Path::new(&h).join(".local/share/shoal"))
+}
+
+impl Store {
+    /// The stores the config names, the user store's default taken from
+    /// this process's environment. Opening touches no file.
+    pub fn open(config: &Config) -> Store {
+        let env = |k: &str| std::env::var(k).ok();
+        Store::with_dirs(
+            config.store.site_dir.clone(),
+            config.store.user_dir.clone().or_else(|| default_user_dir(&env)),
+        )
+    }
+
+    pub fn with_dirs(site: Option<PathBuf>, user: Option<PathBuf>) -> Store {
+        Store {
+            site: site.map(|dir| StoreRoot { dir, scope: Scope::Site }),
+            user: user.map(|dir| StoreRoot { dir, scope: Scope::User }),
+        }
+    }
+
+    /// The root for `scope`, or an error that says how to configure it.
+    pub fn root(&self, scope: Scope) -> Result<&StoreRoot, StoreError> {
+        match scope {
+            Scope::Site => self.site.as_ref().ok_or(StoreError::NoSiteStore),
+            Scope::User => self.user.as_ref().ok_or(StoreError::NoUserStore),
+        }
+    }
+
+    /// Site store first, then the user store.
+    pub fn roots(&self) -> impl Iterator<Item = &StoreRoot> {
+        self.site.iter().chain(self.user.iter())
+    }
+
+    /// Finds the image `spec` names for this machine's platform.
+    pub fn resolve(&self, spec: &ImageSpec) -> Result<StoredImage, StoreError> {
+        self.resolve_for(spec, &Platform::host())
+    }
+
+    /// Finds the image `spec` names for `platform`, site store first. Reads
+    /// only; never touches the network.
+    pub fn resolve_for(&self, spec: &ImageSpec, platform: &Platform) -> Result<StoredImage, StoreError> {
+        let mut other_platform = None;
+        for root in self.roots() {
+            match root.resolve(spec, platform) {
+                Ok(Some(img)) => return Ok(img),
+                Ok(None) => {}
+                Err(e @ StoreError::OtherPlatform { .. }) => other_platform = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(e) = other_platform {
+            return Err(e);
+        }
+        if let ImageSpec::File(p) = spec {
+            return Err(StoreError::IsAFile(p.clone()));
+        }
+        let where_ = match (&self.site, &self.user) {
+            (Some(s), Some(u)) => format!("site ({}) or user ({})", s.dir.display(), u.dir.display()),
+            (Some(s), None) => format!("site ({})", s.dir.display()),
+            (None, Some(u)) => format!("user ({})", u.dir.display()),
+            (None, None) => "(none configured)".into(),
+        };
+        Err(StoreError::NotFound { reference: spec.to_string(), where_ })
+    }
+
+    /// Every tag entry and image of both stores, for `shoal images`.
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let mut out = Vec::new();
+        for root in self.roots() {
+            out.extend(root.list()?);
+        }
+        Ok(out)
+    }
+}
+
+/// A row of `shoal images`: a reference (None for an image no tag names)
+/// and the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub reference: Option<String>,
+    pub platform_key: Option<String>,
+    #[serde(flatten)]
+    pub image: StoredImage,
+}
+
+impl StoreRoot {
+    pub fn new(dir: PathBuf, scope: Scope) -> StoreRoot {
+        StoreRoot { dir, scope }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    fn image_dir(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("images/sha256").join(digest.hex())
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    fn tags_dir(&self) -> PathBuf {
+        self.dir.join("tags")
+    }
+
+    /// `tags/REGISTRY/REPO/:TAG` or `.../@sha256:HEX`. Both parts were
+    /// validated by the reference grammar (no `..`, no empty components).
+    pub fn tag_path(&self, r: &ImageRef) -> PathBuf {
+        let leaf = match (r.digest(), r.tag()) {
+            (Some(d), _) => format!("@{d}"),
+            (None, Some(t)) => format!(":{t}"),
+            (None, None) => ":latest".to_string(),
+        };
+        self.tags_dir().join(r.registry()).join(r.repository()).join(leaf)
+    }
+
+    /// The tag index entry for `r`, if any.
+    pub fn tag_entry(&self, r: &ImageRef) -> Result<Option<TagEntry>, StoreError> {
+        let path = self.tag_path(r);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Damaged {
+                path,
+                reference: r.to_string(),
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// The image with manifest digest `digest`, if published here.
+    pub fn image(&self, digest: &Digest) -> Result<Option<StoredImage>, StoreError> {
+        let dir = self.image_dir(digest);
+        let meta_path = dir.join("meta.json");
+        let bytes = match fs::read(&meta_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&meta_path)(e)),
+        };
+        let damaged = |detail: String| StoreError::Damaged {
+            path: dir.clone(),
+            reference: format!("id:{digest}"),
+            detail,
+        };
+        let meta: ImageMeta = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        let squashfs = dir.join("image.sqfs");
+        let size = fs::metadata(&squashfs).map_err(|e| damaged(format!("image.sqfs: {e}")))?.len();
+        if size != meta.size || &meta.digest != digest {
+            return Err(damaged(format!("image.sqfs is {size} bytes, meta.json says {}", meta.size)));
+        }
+        Ok(Some(StoredImage { meta, squashfs, scope: self.scope }))
+    }
+
+    fn resolve(&self, spec: &ImageSpec, platform: &Platform) -> Result<Option<StoredImage>, StoreError> {
+        match spec {
+            ImageSpec::Id(d) => self.image(d),
+            ImageSpec::File(_) => Ok(None),
+            ImageSpec::Registry(r) => {
+                let Some(entry) = self.tag_entry(r)? else {
+                    // A digest reference may name an image pulled by tag.
+                    return match r.digest() {
+                        Some(d) => self.image(d),
+                        None => Ok(None),
+                    };
+                };
+                let key = platform.to_string();
+                match entry.images.get(&key) {
+                    Some(d) => self.image(d),
+                    None if entry.images.is_empty() => Ok(None),
+                    None => Err(StoreError::OtherPlatform {
+                        reference: r.to_string(),
+                        want: platform.clone(),
+                        have: entry.images.keys().cloned().collect::<Vec<_>>().join(", "),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Every tag entry's images, then images no tag names.
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let mut out = Vec::new();
+        let mut named = BTreeSet::new();
+        for (path, entry) in self.tag_entries()? {
+            for (platform, digest) in &entry.images {
+                named.insert(digest.clone());
+                if let Some(image) = self.image(digest)? {
+                    out.push(Listed {
+                        reference: Some(entry.reference.clone()),
+                        platform_key: Some(platform.clone()),
+                        image,
+                    });
+                } else {
+                    let _ = &path; // an entry whose image is gone: skipped, gc drops it
+                }
+            }
+        }
+        for d in self.image_digests()? {
+            if !named.contains(&d) {
+                if let Some(image) = self.image(&d)? {
+                    out.push(Listed { reference: None, platform_key: None, image });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// All tag entries with their files.
+    pub fn tag_entries(&self) -> Result<Vec<(PathBuf, TagEntry)>, StoreError> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.tags_dir()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir)(e)),
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                let ty = e.file_type().map_err(io_err(&e.path()))?;
+                if ty.is_dir() {
+                    stack.push(e.path());
+                } else if ty.is_file() && (name.starts_with(':') || name.starts_with('@')) {
+                    if let Ok(bytes) = fs::read(e.path()) {
+                        if let Ok(entry) = serde_json::from_slice::<TagEntry>(&bytes) {
+                            out.push((e.path(), entry));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.reference.cmp(&b.1.reference));
+        Ok(out)
+    }
+
+    /// Digests of every published image.
+    pub fn image_digests(&self) -> Result<Vec<Digest>, StoreError> {
+        let dir = self.dir.join("images/sha256");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut out: Vec<Digest> = entries
+            .flatten()
+            .filter_map(|e| format!("sha256:{}", e.file_name().to_string_lossy()).parse().ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Takes the per-image lock (waits while another process holds it).
+    pub fn lock_image(&self, digest: &Digest) -> Result<Lock, StoreError> {
+        let path = self.dir.join("locks").join(format!("{}.lock", digest.hex()));
+        ensure_dir(&self.dir.join("locks"))?;
+        Lock::acquire(&path).map_err(io_err(&path))
+    }
+
+    fn lock_tag(&self, r: &ImageRef) -> Result<Lock, StoreError> {
+        let key = format!("{:x}", sha2::Sha256::digest(self.tag_path(r).to_string_lossy().as_bytes()));
+        let path = self.dir.join("locks").join(format!("tag-{key}.lock"));
+        ensure_dir(&self.dir.join("locks"))?;
+        Lock::acquire(&path).map_err(io_err(&path))
+    }
+
+    /// A fresh locked work directory under `tmp/`.
+    pub fn work_dir(&self) -> Result<WorkDir, StoreError> {
+        let tmp = self.tmp_dir();
+        ensure_dir(&self.dir)?;
+        WorkDir::create(&tmp).map_err(io_err(&tmp))
+    }
+
+    /// Publishes `squashfs` (inside `work`) with `meta` as image
+    /// `meta.digest`. The caller holds the image's lock. When the image is
+    /// already there (another process won), the existing one is returned.
+    pub fn publish(&self, work: &WorkDir, squashfs: &Path, meta: &ImageMeta, _lock: &Lock) -> Result<StoredImage, StoreError> {
+        if let Some(existing) = self.image(&meta.digest)? {
+            return Ok(existing);
+        }
+        let stage = work.path().join("publish");
+        fs::create_dir(&stage).map_err(io_err(&stage))?;
+        let sqfs = stage.join("image.sqfs");
+        fs::rename(squashfs, &sqfs).map_err(io_err(&sqfs))?;
+        let f = File::open(&sqfs).map_err(io_err(&sqfs))?;
+        f.set_permissions(fs::Permissions::from_mode(0o444)).map_err(io_err(&sqfs))?;
+        f.sync_all().map_err(io_err(&sqfs))?;
+        let meta_path = stage.join("meta.json");
+        write_synced(&meta_path, &serde_json::to_vec_pretty(meta).expect("meta serializes"))?;
+        sync_dir(&stage)?;
+        let parent = self.dir.join("images/sha256");
+        ensure_dir(&parent)?;
+        let dest = self.image_dir(&meta.digest);
+        match fs::rename(&stage, &dest) {
+            Ok(()) => {}
+            // Published by a process that did not hold our lock (cannot
+            // happen through Shoal; tolerated anyway).
+            Err(e) if dest.join("meta.json").exists() => drop(e),
+            Err(e) => return Err(io_err(&dest)(e)),
+        }
+        sync_dir(&parent)?;
+        self.image(&meta.digest)?.ok_or_else(|| StoreError::Damaged {
+            path: dest,
+            reference: meta.source_ref.clone(),
+            detail: "vanished right after publishing".into(),
+        })
+    }
+
+    /// Points `r` (for `platform`) at `image`; `top` is what the registry
+    /// served for `r` (an index or the manifest itself). Replaces the entry
+    /// by rename, under a per-reference lock.
+    pub fn set_tag(&self, r: &ImageRef, top: Option<&Digest>, platform: &Platform, image: &Digest) -> Result<(), StoreError> {
+        let _lock = self.lock_tag(r)?;
+        let mut entry = self.tag_entry(r).ok().flatten().unwrap_or_default();
+        if entry.digest.as_ref() != top {
+            // The reference moved: other platforms' images are stale for it.
+            entry.images.clear();
+        }
+        entry.reference = r.to_string();
+        entry.digest = top.cloned();
+        entry.images.insert(platform.to_string(), image.clone());
+        let path = self.tag_path(r);
+        let parent = path.parent().expect("tag path has a parent");
+        ensure_dir(parent)?;
+        let tmp = parent.join(format!(".{}.new", unique_name()));
+        write_synced(&tmp, &serde_json::to_vec_pretty(&entry).expect("entry serializes"))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(parent)
+    }
+
+    /// Removes the tag entry `r`. Returns the image digests it named.
+    pub fn remove_tag(&self, r: &ImageRef) -> Result<Vec<Digest>, StoreError> {
+        let _lock = self.lock_tag(r)?;
+        let Some(entry) = self.tag_entry(r)? else { return Ok(Vec::new()) };
+        let path = self.tag_path(r);
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        Ok(entry.images.into_values().collect())
+    }
+
+    /// Removes image `digest` if no tag entry names it and nobody holds its
+    /// lock (a pull in progress). Returns whether it was removed.
+    pub fn remove_if_unreferenced(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let lock_path = self.dir.join("locks").join(format!("{}.lock", digest.hex()));
+        let _lock = match Lock::try_acquire(&lock_path) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&lock_path)(e)),
+        };
+        if self.tag_entries()?.iter().any(|(_, e)| e.images.values().any(|d| d == digest)) {
+            return Ok(false);
+        }
+        self.remove_image(digest)?;
+        Ok(true)
+    }
+
+    /// Takes the image directory out of sight by rename, then deletes it.
+    fn remove_image(&self, digest: &Digest) -> Result<(), StoreError> {
+        let dir = self.image_dir(digest);
+        if !dir.exists() {
+            return Ok(());
+        }
+        ensure_dir(&self.tmp_dir())?;
+        let trash = self.tmp_dir().join(format!("{}.rm", unique_name()));
+        fs::rename(&dir, &trash).map_err(io_err(&dir))?;
+        fs::remove_dir_all(&trash).map_err(io_err(&trash))
+    }
+
+    /// Removes unreferenced images, tag entries whose image is gone, and
+    /// work dirs whose lock nobody holds (left by killed pulls).
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        for (path, entry) in self.tag_entries()? {
+            if entry.images.values().all(|d| !self.image_dir(d).join("meta.json").exists()) {
+                let r: Result<ImageSpec, _> = entry.reference.parse();
+                if let Ok(ImageSpec::Registry(r)) = r {
+                    let _lock = self.lock_tag(&r)?;
+                    // Re-check under the lock: a pull may have just set it.
+                    if let Some(e) = self.tag_entry(&r)? {
+                        if e.images.values().all(|d| !self.image_dir(d).join("meta.json").exists()) {
+                            let _ = fs::remove_file(&path);
+                            report.tags_removed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for d in self.image_digests()? {
+            let size = self.image(&d).ok().flatten().map(|i| i.size).unwrap_or(0);
+            if self.remove_if_unreferenced(&d)? {
+                report.images_removed += 1;
+                report.bytes_freed += size;
+            }
+        }
+        let tmp = self.tmp_dir();
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            let now = std::time::SystemTime::now();
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let path = e.path();
+                if let Some(work) = name.strip_suffix(".lock") {
+                    // A work dir's lock: free means its owner died.
+                    if let Ok(Some(_held)) = Lock::try_acquire(&path) {
+                        let _ = fs::remove_dir_all(tmp.join(work));
+                        let _ = fs::remove_file(&path);
+                        report.temps_removed += 1;
+                    }
+                } else if name.ends_with(".rm") {
+                    let _ = fs::remove_dir_all(&path);
+                    report.temps_removed += 1;
+                } else if name.ends_with(".lock.new") {
+                    // Between create and rename for a moment only.
+                    let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|m| now.duration_since(m).ok());
+                    if old.is_some_and(|a| a.as_secs() > 60) {
+                        let _ = fs::remove_file(&path);
+                        report.temps_removed += 1;
+                    }
+                } else if e.file_type().is_ok_and(|t| t.is_dir()) && !tmp.join(format!("{name}.lock")).exists() {
+                    let _ = fs::remove_dir_all(&path);
+                    report.temps_removed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What `gc` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    pub images_removed: usize,
+    pub bytes_freed: u64,
+    pub tags_removed: usize,
+    pub temps_removed: usize,
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+#[cfg(test)]
+mod tests;
