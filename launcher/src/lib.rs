@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod reference;
+pub mod container;
 
 pub use config::Config;
 pub use reference::{Digest, ImageRef, ImageSpec};

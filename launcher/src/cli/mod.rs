@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod doctor;
+mod run;
 
 /// Containers for HPC: run OCI images on Slurm clusters and laptops with no
 /// setuid binary and no daemon.
@@ -27,12 +29,18 @@ enum Command {
     /// Check or show the site config file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
+    /// Run a command in an image: `shoal run IMAGE [--] CMD [ARGS...]`.
+    Run(run::RunArgs),
+    /// Check this node (user namespaces, FUSE, squashfs, config) and say how to fix failures.
+    Doctor,
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &cli.config),
+        Command::Run(args) => run::run(args, &cli.config),
+        Command::Doctor => doctor::run(&cli.config),
     };
     match result {
         Ok(code) => code,
