@@ -89,7 +89,8 @@ fn image(arg: &str, cwd: &Path, cfg: &Config) -> Result<RunImage> {
         ),
         Err(e) => return Err(e.into()),
     };
-    let squashfs = cwd.join(path);
+    // `./x` and `a/./b` read better without the dots in messages and plans.
+    let squashfs: PathBuf = cwd.join(path).components().filter(|c| *c != std::path::Component::CurDir).collect();
     let in_site_store = cfg
         .store
         .site_dir

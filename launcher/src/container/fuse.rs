@@ -18,7 +18,7 @@
 
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -60,6 +60,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The descriptor numbers the server gets /dev/fuse and the image at.
 const SERVER_DEV_FD: i32 = 3;
 const SERVER_IMAGE_FD: i32 = 4;
+const SERVER_SOCK_FD: i32 = 5;
 
 fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
     sys::openat(None, Path::new("/dev/fuse"), libc::O_RDWR, 0).map_err(|e| match e.raw_os_error() {
@@ -119,24 +120,45 @@ pub fn start(
                     libc::_exit(0);
                 }
                 libc::setsid();
-                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                // Ignored dispositions survive exec, and libfuse only installs
+                // its exit handlers over SIG_DFL: a scancel's SIGTERM, a
+                // terminal's SIGINT/SIGHUP never end the server early.
+                for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
                 libc::dup2(null.as_raw_fd(), 0);
                 libc::dup2(null.as_raw_fd(), 1);
                 libc::dup2(err_w.as_raw_fd(), 2);
-                // Move the image to its number, clear of the one /dev/fuse takes.
-                let high = libc::fcntl(image.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-                if high < 0 || libc::dup2(high, SERVER_IMAGE_FD) < 0 {
+                // Keep only stdio, the image (at its number) and the socket:
+                // the server must not hold the caller's other descriptors
+                // (pipes, sockets) for the container's whole life.
+                let img = libc::fcntl(image.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+                let sock = libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+                if img < 0
+                    || sock < 0
+                    || libc::dup2(img, SERVER_IMAGE_FD) < 0
+                    || libc::dup2(sock, SERVER_SOCK_FD) < 0
+                {
                     libc::_exit(126);
                 }
+                libc::close(3);
+                libc::syscall(libc::SYS_close_range, SERVER_SOCK_FD + 1, u32::MAX, 0);
+                std::mem::forget(theirs);
+                std::mem::forget(null);
+                std::mem::forget(err_w);
             }
-            let dev = match receive_fd(theirs.as_fd()) {
+            // SAFETY: SERVER_SOCK_FD was just made a copy of the socket.
+            let sock = unsafe { OwnedFd::from_raw_fd(SERVER_SOCK_FD) };
+            // Lowest free descriptor: /dev/fuse arrives as 3.
+            let dev = match receive_fd(sock.as_fd()) {
                 Some(fd) => fd,
                 // The launcher died or gave up before mounting.
                 None => unsafe { libc::_exit(0) },
             };
+            drop(sock);
             // SAFETY: as above.
             unsafe {
-                if libc::dup2(dev, SERVER_DEV_FD) < 0 {
+                if dev != SERVER_DEV_FD && libc::dup2(dev, SERVER_DEV_FD) < 0 {
                     libc::_exit(126);
                 }
                 if let Some((uid, gid, _)) = run_as {

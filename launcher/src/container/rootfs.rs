@@ -31,7 +31,7 @@ use super::userns::{self, NsError};
 /// Why the container could not be built; each names what and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("image {path} not found: {source}; check the path, or `shoal images` for what is in the store")]
+    #[error("image {path} not found: {source}; check the path, or pull the image first")]
     ImageNotFound { path: PathBuf, source: io::Error },
     #[error("image {path} is not a usable squashfs file ({why}); it is corrupt or incomplete: pull or build it again")]
     ImageCorrupt { path: PathBuf, why: String },
