@@ -27,6 +27,9 @@ pub struct Config {
     /// Per-registry settings, keyed by `HOST[:PORT]` as written in image
     /// references (`docker.io` for Docker Hub).
     pub registries: BTreeMap<String, RegistryConfig>,
+    pub launcher: LauncherConfig,
+    pub mounts: MountsConfig,
+    pub env: EnvConfig,
 }
 
 /// How to reach one registry (`[registries."HOST:PORT"]`).
@@ -128,6 +131,52 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// How `shoal run` and the plugin build containers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LauncherConfig {
+    /// The `squashfuse_ll` binary; default: found on the usual system paths.
+    pub squashfuse: Option<PathBuf>,
+    /// Let root mount images from users' stores or paths with the kernel's
+    /// squashfs driver. Off by default: the kernel parser then only ever
+    /// sees site-store files no user can have written.
+    pub allow_kernel_mount_of_user_images: bool,
+}
+
+impl LauncherConfig {
+    /// The configured `squashfuse_ll`, else the first one on the system paths.
+    pub fn squashfuse_path(&self) -> PathBuf {
+        if let Some(p) = &self.squashfuse {
+            return p.clone();
+        }
+        ["/usr/bin/squashfuse_ll", "/usr/local/bin/squashfuse_ll", "/bin/squashfuse_ll"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/squashfuse_ll"))
+    }
+}
+
+/// Site mounts and the policy for user mounts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountsConfig {
+    /// `SRC:DST[:ro]` binds added to every container.
+    pub site: Vec<String>,
+    /// Target prefixes users may mount over although they are reserved
+    /// (/etc, /usr, /proc, /sys, /dev, /lib*, /bin, /sbin).
+    pub allowed_targets: Vec<PathBuf>,
+}
+
+/// Environment rules.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// Host variables never carried into containers, besides `LD_*` and
+    /// `PATH`; a trailing `*` matches a prefix.
+    pub deny: Vec<String>,
 }
 
 /// A config file that could not be used; the message names the file, and
@@ -309,5 +358,20 @@ mod tests {
             Config::load(&missing).unwrap_err(),
             ConfigError::Read { .. }
         ));
+    }
+
+    #[test]
+    fn launcher_sections_parse() {
+        let c = Config::parse(
+            "[launcher]\nallow_kernel_mount_of_user_images = true\nsquashfuse = \"/opt/sq\"\n\
+             [mounts]\nsite = [\"/apps:/apps:ro\"]\nallowed_targets = [\"/etc/site\"]\n\
+             [env]\ndeny = [\"SECRET_*\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert!(c.launcher.allow_kernel_mount_of_user_images);
+        assert_eq!(c.launcher.squashfuse_path(), PathBuf::from("/opt/sq"));
+        assert_eq!(c.mounts.site, ["/apps:/apps:ro"]);
+        assert_eq!(c.env.deny, ["SECRET_*"]);
     }
 }

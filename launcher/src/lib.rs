@@ -12,6 +12,7 @@ pub mod config;
 pub mod image;
 pub mod reference;
 pub mod stage;
+pub mod container;
 
 pub use config::Config;
 pub use reference::{Digest, ImageRef, ImageSpec};

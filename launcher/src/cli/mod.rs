@@ -14,6 +14,8 @@ mod import;
 mod inspect;
 mod pull;
 mod rm;
+mod doctor;
+mod run;
 
 /// Containers for HPC: run OCI images on Slurm clusters and laptops with no
 /// setuid binary and no daemon.
@@ -45,6 +47,10 @@ enum Command {
     Gc(gc::GcArgs),
     /// Import an OCI layout, docker-archive, directory or squashfs file.
     Import(import::ImportArgs),
+    /// Run a command in an image: `shoal run IMAGE [--] CMD [ARGS...]`.
+    Run(run::RunArgs),
+    /// Check this node (user namespaces, FUSE, squashfs, config) and say how to fix failures.
+    Doctor,
 }
 
 pub fn main() -> ExitCode {
@@ -57,6 +63,8 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => rm::run(args, &cli.config),
         Command::Gc(args) => gc::run(args, &cli.config),
         Command::Import(args) => import::run(args, &cli.config),
+        Command::Run(args) => run::run(args, &cli.config),
+        Command::Doctor => doctor::run(&cli.config),
     };
     match result {
         Ok(code) => code,
