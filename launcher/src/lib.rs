@@ -3,11 +3,13 @@
 //! The modules follow an image's life on a cluster:
 //! - [`reference`]: what the user typed (`--image=...`), parsed once into types;
 //! - [`config`]: the site's TOML settings, read by the command and the plugin alike.
+//! - [`inject`]: which host libraries, programs and devices a job gets (ABI check and plan).
 //!
 //! Nothing in here needs root, and nothing here is setuid: the code that runs
 //! in slurmstepd as root calls the same functions with the user's credentials.
 
 pub mod config;
+pub mod inject;
 pub mod reference;
 
 pub use config::Config;
