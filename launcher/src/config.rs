@@ -77,6 +77,12 @@ pub struct ModuleConfig {
     pub env_prepend: BTreeMap<String, Vec<String>>,
     /// Extra host directories or files bound into the container.
     pub mounts: Vec<ModuleMount>,
+    /// Other SONAMEs a host library stands for: SONAME -> host path.
+    /// Debian's MPICH is `libmpich.so.12`, which MPICH's ABI also calls
+    /// `libmpi.so.12`: with `"libmpi.so.12" = ".../libmpich.so.12"` an image
+    /// linked against libmpi.so.12 gets the host's library, and an image
+    /// with another libmpi major (Open MPI's libmpi.so.40) is refused.
+    pub aliases: BTreeMap<String, String>,
     /// Overrides `[injection] abi` for this module's libraries.
     pub abi: Option<AbiMode>,
 }
@@ -211,6 +217,14 @@ impl Config {
                     ));
                 }
             }
+            for (alias, path) in &module.aliases {
+                if !alias.contains(".so.") || alias.contains('/') || !path.starts_with('/') {
+                    return Err((
+                        format!("modules.{name}.aliases"),
+                        format!("{alias:?} = {path:?}: want a SONAME like \"libmpi.so.12\" and an absolute host path"),
+                    ));
+                }
+            }
             for m in &module.mounts {
                 if !m.source.is_absolute() || !m.target.is_absolute() {
                     return Err((
@@ -342,6 +356,60 @@ mod tests {
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("store.site_dir"), "{e}");
         assert!(e.contains("/etc/shoal/shoal.toml"), "{e}");
+    }
+
+    const MODULES: &str = r#"
+[injection]
+default_modules = ["mpich"]
+abi = "strict"
+
+[modules.mpich]
+description = "Debian MPICH"
+libraries = ["/usr/lib/x86_64-linux-gnu/libmpich.so.12*"]
+binaries = ["/usr/bin/mpichversion"]
+env = { MPICH_SITE = "1" }
+env_prepend = { PATH = ["/opt/site/bin"] }
+mounts = [{ source = "/etc/site-net", target = "/etc/site-net" }]
+
+[modules.gpu]
+libraries = ["/usr/lib/x86_64-linux-gnu/libcuda.so.1"]
+devices = ["/dev/nvidiactl", "/dev/nvidia-uvm"]
+gpu_devices = ["/dev/nvidia[0-9]*"]
+abi = "relaxed"
+"#;
+
+    #[test]
+    fn modules_parse() {
+        let c = Config::parse(MODULES, Path::new("x")).unwrap();
+        assert_eq!(c.injection.default_modules, ["mpich"]);
+        assert_eq!(c.injection.abi, AbiMode::Strict);
+        let mpich = &c.modules["mpich"];
+        assert_eq!(mpich.libraries, ["/usr/lib/x86_64-linux-gnu/libmpich.so.12*"]);
+        assert_eq!(mpich.env["MPICH_SITE"], "1");
+        assert_eq!(mpich.env_prepend["PATH"], ["/opt/site/bin"]);
+        assert_eq!(mpich.mounts[0].target, Path::new("/etc/site-net"));
+        assert!(!mpich.mounts[0].writable);
+        assert_eq!(c.modules["gpu"].abi, Some(AbiMode::Relaxed));
+        assert_eq!(c.modules["gpu"].gpu_devices, ["/dev/nvidia[0-9]*"]);
+        assert_eq!(Config::default().injection.abi, AbiMode::Relaxed);
+    }
+
+    #[test]
+    fn bad_module_input_names_the_key() {
+        let e = err("[modules.mpich]\nlibraries = [\"libmpich.so.12\"]\n");
+        assert!(e.contains("modules.mpich.libraries") && e.contains("line 2") && e.contains("absolute"), "{e}");
+        let e = err("[modules.mpich]\nlibaries = []\n");
+        assert!(e.contains("libaries") && e.contains("line 2"), "{e}");
+        let e = err("[injection]\nabi = \"loose\"\n");
+        assert!(e.contains("injection.abi") && e.contains("loose"), "{e}");
+        let e = err("[injection]\ndefault_modules = [\"mpi\"]\n[modules.mpich]\n");
+        assert!(e.contains("injection.default_modules") && e.contains("configured: mpich"), "{e}");
+        let e = err("[modules.gpu]\nenv = { LD_LIBRARY_PATH = \"/x\" }\n");
+        assert!(e.contains("modules.gpu.env") && e.contains("LD_"), "{e}");
+        let e = err("[modules.none]\n");
+        assert!(e.contains("modules.none"), "{e}");
+        let e = err("[modules.x]\nmounts = [{ source = \"rel\", target = \"/t\" }]\n");
+        assert!(e.contains("modules.x.mounts") && e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod abi_check;
 mod config_cmd;
 
 /// Containers for HPC: run OCI images on Slurm clusters and laptops with no
@@ -27,12 +28,15 @@ enum Command {
     /// Check or show the site config file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
+    /// Show which host libraries of a module an image can take, and why.
+    AbiCheck(abi_check::AbiCheckArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &cli.config),
+        Command::AbiCheck(args) => abi_check::run(args, &cli.config),
     };
     match result {
         Ok(code) => code,

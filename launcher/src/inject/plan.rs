@@ -219,6 +219,9 @@ struct HostObject {
     needed_by: Option<String>,
     mode: AbiMode,
     kind: ObjectKind,
+    /// Other SONAMEs the module lists this file under (`libmpi.so.12` for
+    /// Debian's `libmpich.so.12`).
+    aliases: BTreeSet<String>,
 }
 
 impl HostObject {
@@ -281,23 +284,52 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
     };
     for (name, module) in &req.modules {
         let mode = module.abi.unwrap_or(req.default_abi);
-        for (field, list, kind) in [
-            ("libraries", &module.libraries, ObjectKind::Library),
-            ("binaries", &module.binaries, ObjectKind::Program),
-        ] {
-            for pattern in list {
-                for path in expand(name, field, pattern)? {
-                    let (real, elf) = load_host(&path, kind == ObjectKind::Program)?;
-                    b.queue.push_back(HostObject {
-                        real,
-                        elf,
-                        module: name.to_string(),
-                        needed_by: None,
-                        mode,
-                        kind,
-                    });
-                }
+        let mut listed: Vec<(PathBuf, String)> = Vec::new(); // (path, name it is listed under)
+        let mut programs = Vec::new();
+        for pattern in &module.libraries {
+            for path in expand(name, "libraries", pattern)? {
+                let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                listed.push((path, file));
             }
+        }
+        for (alias, path) in &module.aliases {
+            listed.push((PathBuf::from(path), alias.clone()));
+        }
+        for pattern in &module.binaries {
+            programs.extend(expand(name, "binaries", pattern)?);
+        }
+        // One object per real file; the other names it is listed under
+        // (symlinks like libmpi.so.12 -> libmpich.so.12.2.2) become aliases.
+        let first = b.queue.len();
+        for (path, listed_as) in listed {
+            let (real, elf) = load_host(&path, false)?;
+            let soname = elf.as_ref().and_then(|e| e.soname.clone()).unwrap_or_default();
+            let alias = (stem(&listed_as) != stem(&soname) && listed_as.contains(".so.")).then_some(listed_as);
+            if let Some(obj) = b.queue.iter_mut().skip(first).find(|o| o.real == real) {
+                obj.aliases.extend(alias);
+                continue;
+            }
+            b.queue.push_back(HostObject {
+                real,
+                elf,
+                module: name.to_string(),
+                needed_by: None,
+                mode,
+                kind: ObjectKind::Library,
+                aliases: alias.into_iter().collect(),
+            });
+        }
+        for path in programs {
+            let (real, elf) = load_host(&path, true)?;
+            b.queue.push_back(HostObject {
+                real,
+                elf,
+                module: name.to_string(),
+                needed_by: None,
+                mode,
+                kind: ObjectKind::Program,
+                aliases: BTreeSet::new(),
+            });
         }
     }
     while let Some(obj) = b.queue.pop_front() {
@@ -362,6 +394,7 @@ impl Builder<'_> {
                             needed_by: Some(name.clone()),
                             mode: obj.mode,
                             kind: ObjectKind::Library,
+                            aliases: BTreeSet::new(),
                         });
                     }
                     None => problems.push(format!(
@@ -381,14 +414,39 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// Rows for a host library: replace each image counterpart, add it, or refuse.
+    /// Rows for a host library: replace each image counterpart, add it, or
+    /// refuse; then the same for each name the module also lists it under.
     fn library_rows(&self, obj: &HostObject, soname: &str) -> Vec<LibraryDecision> {
-        let info = obj.elf.as_ref().expect("libraries are ELF");
         let host_version = LibVersion::new(soname, &obj.file_name());
-        let row = |image: Option<&FoundLib>, action, warning, reason: String| LibraryDecision {
+        if let Some(family) = base_runtime(soname) {
+            let mut row = self.row(obj, soname, &host_version, None);
+            row.action = Action::Refuse;
+            row.reason = format!(
+                "host {} ({soname}) is part of the base runtime ({family}), which is never injected: remove it from [modules.{}] libraries",
+                obj.real.display(),
+                obj.module
+            );
+            return vec![row];
+        }
+        let mut rows = self.rows_for_name(obj, soname, &host_version, true);
+        for alias in &obj.aliases {
+            let mut version = LibVersion::new(alias, &obj.file_name());
+            if version.major == host_version.major {
+                // Same ABI under another name (MPICH's libmpich.so.12 is
+                // libmpi.so.12): the real file's numbers apply.
+                version = LibVersion { major: version.major, ..host_version.clone() };
+            }
+            rows.extend(self.rows_for_name(obj, alias, &version, false));
+        }
+        rows
+    }
+
+    /// A row about host object `obj` under `name`, before the decision.
+    fn row(&self, obj: &HostObject, name: &str, host_version: &LibVersion, image: Option<&FoundLib>) -> LibraryDecision {
+        LibraryDecision {
             module: obj.module.clone(),
             kind: ObjectKind::Library,
-            name: soname.to_string(),
+            name: name.to_string(),
             needed_by: obj.needed_by.clone(),
             host: Some(obj.real.clone()),
             host_version: Some(host_version.to_string()),
@@ -397,36 +455,37 @@ impl Builder<'_> {
                 let s = f.soname()?;
                 Some(LibVersion::new(s, &f.real.file_name()?.to_string_lossy()).to_string())
             }),
+            action: Action::Add,
+            warning: false,
+            reason: String::new(),
+        }
+    }
+
+    /// Decides `obj` against the image's libraries called `name`. `primary`:
+    /// `name` is the SONAME (an image without it gets the library added);
+    /// otherwise an alias the module lists, which only replaces or conflicts.
+    fn rows_for_name(&self, obj: &HostObject, name: &str, host_version: &LibVersion, primary: bool) -> Vec<LibraryDecision> {
+        let info = obj.elf.as_ref().expect("libraries are ELF");
+        let decided = |image: Option<&FoundLib>, action, warning, reason: String| LibraryDecision {
             action,
             warning,
             reason,
+            ..self.row(obj, name, host_version, image)
         };
-        if let Some(family) = base_runtime(soname) {
-            return vec![row(
-                None,
-                Action::Refuse,
-                false,
-                format!(
-                    "host {} ({soname}) is part of the base runtime ({family}), which is never injected: remove it from [modules.{}] libraries",
-                    obj.real.display(),
-                    obj.module
-                ),
-            )];
-        }
         // Everything sharing the stem: counterparts, other majors, and
         // unrelated files that merely share the name.
         let mut counterparts = Vec::new();
         let mut other_majors = Vec::new();
         let mut unrelated = Vec::new();
-        for found in self.image.by_stem(stem(soname)) {
+        for found in self.image.by_stem(stem(name)) {
             match &found.elf {
                 Err(why) => unrelated.push(format!("{} ({why})", found.path.display())),
                 Ok(e) if e.machine != info.machine || e.is_64 != info.is_64 => {
                     unrelated.push(format!("{} (another architecture)", found.path.display()))
                 }
                 Ok(e) => match e.soname.as_deref() {
-                    Some(s) if s == soname => counterparts.push(found),
-                    Some(s) if stem(s) == stem(soname) => other_majors.push(found),
+                    Some(s) if s == name => counterparts.push(found),
+                    Some(s) if stem(s) == stem(name) => other_majors.push(found),
                     Some(s) => unrelated.push(format!("{} (its SONAME is {s})", found.path.display())),
                     None => unrelated.push(format!("{} (no SONAME)", found.path.display())),
                 },
@@ -440,17 +499,25 @@ impl Builder<'_> {
         if counterparts.is_empty() {
             if let (Some(other), None) = (other_majors.first(), &obj.needed_by) {
                 let other_soname = other.soname().unwrap_or("?");
-                return vec![row(
+                let host_names = if name == info.soname.as_deref().unwrap_or(name) {
+                    name.to_string()
+                } else {
+                    format!("{name}, listed by the module for {}", info.soname.as_deref().unwrap_or("?"))
+                };
+                return vec![decided(
                     Some(other),
                     Action::Refuse,
                     false,
                     format!(
-                        "image library {} ({other_soname}) conflicts with host {} ({soname}): different SONAME major, so programs in the image are linked against {other_soname} and cannot use the host's library (an image built against another {} implementation or version)",
+                        "image library {} ({other_soname}) conflicts with host {} ({host_names}): different SONAME major, so programs in the image are linked against {other_soname} and cannot use the host's library (the image was built against another {} implementation or version)",
                         other.path.display(),
                         obj.real.display(),
-                        stem(soname)
+                        stem(name)
                     ),
                 )];
+            }
+            if !primary {
+                return Vec::new();
             }
             let others = if other_majors.is_empty() {
                 String::new()
@@ -458,23 +525,18 @@ impl Builder<'_> {
                 let list: Vec<String> = other_majors.iter().map(|f| f.path.display().to_string()).collect();
                 format!("; the image's other major ({}) stays", list.join(", "))
             };
-            return vec![row(
-                None,
-                Action::Add,
-                false,
-                format!("no {soname} in the image{others}{ignored}"),
-            )];
+            return vec![decided(None, Action::Add, false, format!("no {name} in the image{others}{ignored}"))];
         }
         counterparts
             .iter()
             .map(|found| {
                 let image_info = found.elf.as_ref().expect("counterparts are ELF");
                 let image_version =
-                    LibVersion::new(soname, &found.real.file_name().unwrap_or_default().to_string_lossy());
-                let missing: Vec<&String> = image_info.version_defs.difference(&info.version_defs).collect();
+                    LibVersion::new(name, &found.real.file_name().unwrap_or_default().to_string_lossy());
+                let missing: Vec<&str> =
+                    image_info.version_defs.difference(&info.version_defs).map(String::as_str).collect();
                 if !missing.is_empty() {
-                    let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-                    return row(
+                    return decided(
                         Some(found),
                         Action::Refuse,
                         false,
@@ -486,10 +548,10 @@ impl Builder<'_> {
                         ),
                     );
                 }
-                match compare_minor(&host_version, &image_version, obj.mode) {
-                    MinorVerdict::Match(why) => row(Some(found), Action::Replace, false, format!("{why}{ignored}")),
-                    MinorVerdict::Warn(why) => row(Some(found), Action::Replace, true, format!("{why}{ignored}")),
-                    MinorVerdict::Refuse(why) => row(
+                match compare_minor(host_version, &image_version, obj.mode) {
+                    MinorVerdict::Match(why) => decided(Some(found), Action::Replace, false, format!("{why}{ignored}")),
+                    MinorVerdict::Warn(why) => decided(Some(found), Action::Replace, true, format!("{why}{ignored}")),
+                    MinorVerdict::Refuse(why) => decided(
                         Some(found),
                         Action::Refuse,
                         false,
