@@ -257,6 +257,9 @@ void close_all(void) { closefrom(3); }'
     ] {
         assert!(err.contains(says), "{says:?} missing in:\n{err}");
     }
+    assert_eq!(err.matches("GLIBC_2.34").count(), 1, "said once: {err}");
+    // glibc itself is the image's, refused or not.
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("libc.so.6") && l.contains("use image")));
     // The same library and an image with the host's own glibc: accepted,
     // and glibc itself is never injected.
     let v = c.json("cur.sqfs --module new");

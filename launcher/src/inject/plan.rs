@@ -173,7 +173,12 @@ impl Assessment {
 
     /// The plan, or the refusals as one error naming every conflict.
     pub fn into_plan(self) -> Result<InjectionPlan, InjectError> {
-        let details: Vec<String> = self.refused().map(|d| d.reason.clone()).collect();
+        let mut details: Vec<String> = Vec::new();
+        for d in self.refused() {
+            if !details.contains(&d.reason) {
+                details.push(d.reason.clone()); // one per cause, not per copy
+            }
+        }
         if details.is_empty() {
             Ok(self.plan)
         } else {
@@ -405,7 +410,8 @@ impl Builder<'_> {
             }
         }
         if !problems.is_empty() {
-            for row in &mut self.rows[first_row..] {
+            // This object's own rows, not the runtime rows its check added.
+            for row in self.rows[first_row..].iter_mut().filter(|r| r.kind != ObjectKind::Runtime) {
                 row.action = Action::Refuse;
                 row.warning = false;
                 row.reason = problems.join("; ");
@@ -662,9 +668,6 @@ impl Builder<'_> {
                 );
             }
         }
-        if self.rows.iter().any(|r| r.action == Action::Add) {
-            steps.push(Step::Tmpfs { target: shoal.to_path_buf() });
-        }
         for r in &self.rows {
             let (Some(host), Action::Replace | Action::Add) = (&r.host, r.action) else { continue };
             let step = match (r.kind, &r.image) {
@@ -787,6 +790,16 @@ impl Builder<'_> {
                     why: "the image's loader reads the generated cache".into(),
                 });
             }
+        }
+        // The tmpfs first, when anything goes under it (added libraries,
+        // programs, generated files, a module mount aimed there).
+        let under_shoal = |p: &Path| p.starts_with(shoal);
+        if steps.iter().any(|s| match s {
+            Step::Bind(b) => under_shoal(&b.target),
+            Step::WriteFile { path, .. } => under_shoal(path),
+            _ => false,
+        }) {
+            steps.insert(0, Step::Tmpfs { target: shoal.to_path_buf() });
         }
         Ok(InjectionPlan { steps, env })
     }
