@@ -64,7 +64,9 @@ impl Case {
 
     /// `shoal --config $T/shoal.toml abi-check ARGS` as the user.
     fn abi_check(&self, args: &str) -> std::process::Output {
-        self.user(&format!("\"$SHOAL\" --config \"$T/shoal.toml\" abi-check {args}"))
+        self.user(&format!(
+            "\"$SHOAL\" --config \"$T/shoal.toml\" abi-check {args}"
+        ))
     }
 
     fn json(&self, args: &str) -> Value {
@@ -75,7 +77,12 @@ impl Case {
 
 /// Rows of the decision table for `name`.
 fn rows<'a>(v: &'a Value, name: &str) -> Vec<&'a Value> {
-    v["decisions"].as_array().unwrap().iter().filter(|r| r["name"] == name).collect()
+    v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == name)
+        .collect()
 }
 
 fn steps(v: &Value) -> &Vec<Value> {
@@ -151,7 +158,10 @@ EOF"#,
     let alias = rows(&v, "libmpi.so.12");
     assert_eq!(alias.len(), 1, "{v:#}");
     assert_eq!(alias[0]["action"], "replace");
-    assert_eq!(alias[0]["image"], "/usr/lib/x86_64-linux-gnu/libmpi.so.12.0.5");
+    assert_eq!(
+        alias[0]["image"],
+        "/usr/lib/x86_64-linux-gnu/libmpi.so.12.0.5"
+    );
     assert!(bind_targets(&v).contains(&"/usr/lib/x86_64-linux-gnu/libmpi.so.12.0.5".to_string()));
 }
 
@@ -169,42 +179,81 @@ fn host_minor_older_is_flagged_when_relaxed_and_refused_when_strict() {
     ));
     let relaxed = ok(&c.abi_check("img.sqfs --module bar"));
     assert!(relaxed.contains("replace (warning)"), "{relaxed}");
-    assert!(relaxed.contains("host minor 1 is older than image minor 3"), "{relaxed}");
+    assert!(
+        relaxed.contains("host minor 1 is older than image minor 3"),
+        "{relaxed}"
+    );
     let v = c.json("img.sqfs --module bar");
     assert_eq!(rows(&v, "libbar.so.1")[0]["warning"], true);
     assert_eq!(rows(&v, "libbar.so.1")[0]["host_version"], "1.1.0");
     assert_eq!(rows(&v, "libbar.so.1")[0]["image_version"], "1.3.0");
 
     let err = fails(&c.user(r#""$SHOAL" --config strict.toml abi-check img.sqfs --module bar"#));
-    assert!(err.contains("strict ABI mode needs equal minors; host has 1, image has 3"), "{err}");
-    assert!(err.contains("libbar.so.1.1.0") && err.contains("/usr/lib/x86_64-linux-gnu/libbar.so.1.3.0"), "{err}");
+    assert!(
+        err.contains("strict ABI mode needs equal minors; host has 1, image has 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("libbar.so.1.1.0")
+            && err.contains("/usr/lib/x86_64-linux-gnu/libbar.so.1.3.0"),
+        "{err}"
+    );
 }
 
 #[test]
 fn newer_host_minor_is_bound_over_every_copy_the_loader_can_reach() {
     let c = Case::new("replace");
     // One copy in the multiarch directory (reached through the /lib link of
-    // merged /usr), another in /opt/app/lib named by ld.so.conf.d: both are
+    // merged /usr), another in /opt/app/lib named by ld.so.conf.d, a third
+    // in a directory only the image's ld.so.cache names: all are
     // covered, at their real files.
     ok(&c.user(
         r#"base img
         mklib img/usr/lib/$MA libbar.so.1.3.0 libbar.so.1
         mklib img/opt/app/lib libbar.so.1.2.0 libbar.so.1
         echo /opt/app/lib > img/etc/ld.so.conf.d/app.conf
+        # A third copy only the image's ld.so.cache knows about.
+        mklib img/opt/cached/lib libbar.so.1.1.0 libbar.so.1
+        echo /opt/cached/lib > img/etc/ld.so.conf.d/cached.conf
+        unshare -r /usr/sbin/chroot img /sbin/ldconfig
+        rm img/etc/ld.so.conf.d/cached.conf
         mklib host libbar.so.1.4.2 libbar.so.1
         sqfs img img.sqfs
         printf '[modules.bar]\nlibraries = ["%s/host/libbar.so.1*"]\n' "$T" > shoal.toml"#,
     ));
     let v = c.json("img.sqfs --module bar");
     let r = rows(&v, "libbar.so.1");
-    assert_eq!(r.len(), 2, "{v:#}");
-    assert!(r.iter().all(|r| r["action"] == "replace" && r["warning"] == false), "{v:#}");
+    assert_eq!(r.len(), 3, "{v:#}");
+    assert!(
+        bind_targets(&v).contains(&"/opt/cached/lib/libbar.so.1.1.0".into()),
+        "the copy known only to ld.so.cache: {v:#}"
+    );
+    assert!(
+        r.iter()
+            .all(|r| r["action"] == "replace" && r["warning"] == false),
+        "{v:#}"
+    );
     let targets = bind_targets(&v);
-    assert!(targets.contains(&"/usr/lib/x86_64-linux-gnu/libbar.so.1.3.0".into()), "{targets:?}");
-    assert!(targets.contains(&"/opt/app/lib/libbar.so.1.2.0".into()), "{targets:?}");
+    assert!(
+        targets.contains(&"/usr/lib/x86_64-linux-gnu/libbar.so.1.3.0".into()),
+        "{targets:?}"
+    );
+    assert!(
+        targets.contains(&"/opt/app/lib/libbar.so.1.2.0".into()),
+        "{targets:?}"
+    );
     let bind = steps(&v).iter().find(|s| s["step"] == "bind").unwrap();
-    assert!(bind["source"].as_str().unwrap().ends_with("/host/libbar.so.1.4.2"), "{bind}");
-    assert_eq!((&bind["read_only"], &bind["nosuid"], &bind["nodev"]), (&true.into(), &true.into(), &true.into()));
+    assert!(
+        bind["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("/host/libbar.so.1.4.2"),
+        "{bind}"
+    );
+    assert_eq!(
+        (&bind["read_only"], &bind["nosuid"], &bind["nodev"]),
+        (&true.into(), &true.into(), &true.into())
+    );
     // Nothing is added, so no tmpfs, loader cache or ldconfig run.
     assert!(steps(&v).iter().all(|s| s["step"] == "bind"), "{v:#}");
     // Strict mode: 4 vs 3 is refused too.
@@ -228,8 +277,14 @@ fn image_library_with_a_newer_symbol_version_is_not_replaced() {
         printf '[modules.bar]\nlibraries = ["%s/host/libbar.so.1"]\n' "$T" > shoal.toml"#,
     ));
     let err = fails(&c.abi_check("img.sqfs --module bar"));
-    assert!(err.contains("defines symbol version BAR_1.2 that host"), "{err}");
-    assert!(err.contains("/usr/lib/x86_64-linux-gnu/libbar.so.1.2.0"), "{err}");
+    assert!(
+        err.contains("defines symbol version BAR_1.2 that host"),
+        "{err}"
+    );
+    assert!(
+        err.contains("/usr/lib/x86_64-linux-gnu/libbar.so.1.2.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -259,14 +314,19 @@ void close_all(void) { closefrom(3); }'
     }
     assert_eq!(err.matches("GLIBC_2.34").count(), 1, "said once: {err}");
     // glibc itself is the image's, refused or not.
-    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("libc.so.6") && l.contains("use image")));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("libc.so.6") && l.contains("use image")));
     // The same library and an image with the host's own glibc: accepted,
     // and glibc itself is never injected.
     let v = c.json("cur.sqfs --module new");
     let libc = rows(&v, "libc.so.6");
     assert_eq!(libc[0]["action"], "use_image", "{v:#}");
     assert_eq!(libc[0]["kind"], "runtime");
-    assert!(bind_targets(&v).iter().all(|t| !t.contains("libc.so")), "{v:#}");
+    assert!(
+        bind_targets(&v).iter().all(|t| !t.contains("libc.so")),
+        "{v:#}"
+    );
 }
 
 #[test]
@@ -293,9 +353,26 @@ fn dependency_is_brought_in_and_the_plan_works_with_the_images_loader() {
     let dep = rows(&v, "libdep.so.3");
     assert_eq!(dep[0]["action"], "add", "{v:#}");
     assert_eq!(dep[0]["needed_by"], "libtop.so.1");
-    assert!(dep[0]["reason"].as_str().unwrap().contains("other major (/usr/lib/x86_64-linux-gnu/libdep.so.2) stays"));
-    let kinds: Vec<&str> = steps(&v).iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["tmpfs", "bind", "bind", "write_file", "run_in_container", "bind_within"], "{v:#}");
+    assert!(dep[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("other major (/usr/lib/x86_64-linux-gnu/libdep.so.2) stays"));
+    let kinds: Vec<&str> = steps(&v)
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "tmpfs",
+            "bind",
+            "bind",
+            "write_file",
+            "run_in_container",
+            "bind_within"
+        ],
+        "{v:#}"
+    );
     assert!(bind_targets(&v).contains(&"/.shoal/lib/libdep.so.3".into()));
 
     // Carry the plan out on a copy of the tree (a copy stands in for each
@@ -316,7 +393,12 @@ fn dependency_is_brought_in_and_the_plan_works_with_the_images_loader() {
                 p = s["path"].as_str().unwrap()
             ),
             "run_in_container" => {
-                let argv: Vec<&str> = s["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+                let argv: Vec<&str> = s["argv"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
                 format!("unshare -r /usr/sbin/chroot run {}", argv.join(" "))
             }
             "bind_within" => format!(
@@ -331,8 +413,14 @@ fn dependency_is_brought_in_and_the_plan_works_with_the_images_loader() {
     }
     script.push_str("/sbin/ldconfig -p -C run/etc/ld.so.cache | grep libdep.so.3\nunshare -r /usr/sbin/chroot run /usr/bin/app\n");
     let out = ok(&c.user(&script));
-    assert!(out.contains("libdep.so.3 (libc6,x86-64) => /.shoal/lib/libdep.so.3"), "{out}");
-    assert!(out.contains("top=42"), "the host's libtop and libdep did not load:\n{out}");
+    assert!(
+        out.contains("libdep.so.3 (libc6,x86-64) => /.shoal/lib/libdep.so.3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("top=42"),
+        "the host's libtop and libdep did not load:\n{out}"
+    );
 }
 
 #[test]
@@ -352,9 +440,18 @@ fn unrelated_library_sharing_the_name_does_not_abort() {
     let r = rows(&v, "libbaz.so.1");
     assert_eq!(r[0]["action"], "add", "{v:#}");
     let reason = r[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("ignored, same name but unrelated"), "{reason}");
-    assert!(reason.contains("/usr/lib/x86_64-linux-gnu/libbaz.so.1 (its SONAME is libqux.so.1)"), "{reason}");
-    assert!(reason.contains("/usr/lib/x86_64-linux-gnu/libbaz.so (not an ELF file)"), "{reason}");
+    assert!(
+        reason.contains("ignored, same name but unrelated"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("/usr/lib/x86_64-linux-gnu/libbaz.so.1 (its SONAME is libqux.so.1)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("/usr/lib/x86_64-linux-gnu/libbaz.so (not an ELF file)"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -388,28 +485,56 @@ EOF"#,
     for lib in ["libcuda.so.1", "libnvidia-ml.so.1"] {
         let r = rows(&v, lib);
         assert_eq!(r[0]["action"], "add", "{v:#}");
-        assert_eq!(r[0]["host_version"], "1 (".to_string() + &lib.replace(".so.1", ".so.535.104.05") + ")");
+        assert_eq!(
+            r[0]["host_version"],
+            "1 (".to_string() + &lib.replace(".so.1", ".so.535.104.05") + ")"
+        );
         assert!(bind_targets(&v).contains(&format!("/.shoal/lib/{lib}")));
     }
     let devices: Vec<String> = steps(&v)
         .iter()
         .filter(|s| s["kind"] == "device")
         .map(|s| {
-            assert_eq!((&s["nodev"], &s["nosuid"]), (&false.into(), &true.into()), "{s}");
-            s["target"].as_str().unwrap().rsplit('/').next().unwrap().to_string()
+            assert_eq!(
+                (&s["nodev"], &s["nosuid"]),
+                (&false.into(), &true.into()),
+                "{s}"
+            );
+            s["target"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
         })
         .collect();
     assert_eq!(devices, ["nvidiactl", "nvidia-uvm", "nvidia1", "nvidia3"]);
     let env = v["plan"]["env"].as_array().unwrap();
-    assert!(env.contains(&serde_json::json!({"op": "set", "name": "CUDA_VISIBLE_DEVICES", "value": "1,0"})), "{env:?}");
+    assert!(
+        env.contains(
+            &serde_json::json!({"op": "set", "name": "CUDA_VISIBLE_DEVICES", "value": "1,0"})
+        ),
+        "{env:?}"
+    );
     assert!(env.contains(&serde_json::json!({"op": "set", "name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"})));
     // The table output says the same to a person.
-    let text = ok(&c.user(r#"CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml abi-check img.sqfs --module gpu"#));
+    let text = ok(&c.user(
+        r#"CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml abi-check img.sqfs --module gpu"#,
+    ));
     assert!(text.contains("env    CUDA_VISIBLE_DEVICES=1,0"), "{text}");
-    assert!(!text.contains("/dev/nvidia0") && !text.contains("nvidia2 "), "{text}");
+    assert!(
+        !text.contains("/dev/nvidia0") && !text.contains("nvidia2 "),
+        "{text}"
+    );
     // A GPU the node does not have is an error that names it.
-    let err = fails(&c.user(r#"CUDA_VISIBLE_DEVICES=7 "$SHOAL" --config shoal.toml abi-check img.sqfs --module gpu"#));
-    assert!(err.contains("GPU 7 has no device node on this node (have: 0,1,2,3)"), "{err}");
+    let err = fails(&c.user(
+        r#"CUDA_VISIBLE_DEVICES=7 "$SHOAL" --config shoal.toml abi-check img.sqfs --module gpu"#,
+    ));
+    assert!(
+        err.contains("GPU 7 has no device node on this node (have: 0,1,2,3)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -432,8 +557,14 @@ fn host_mpich_against_a_debian_image_with_the_testbed_module() {
     let v = c.json("img.sqfs --module=mpich");
     let mpich = rows(&v, "libmpich.so.12");
     assert_eq!(mpich[0]["action"], "replace", "{v:#}");
-    assert_eq!(mpich[0]["host"], "/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2");
-    assert_eq!(mpich[0]["image"], "/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2");
+    assert_eq!(
+        mpich[0]["host"],
+        "/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2"
+    );
+    assert_eq!(
+        mpich[0]["image"],
+        "/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2"
+    );
     // Its real dependencies come from the host; glibc stays the image's.
     for dep in ["libhwloc.so.15", "libucp.so.0"] {
         assert_eq!(rows(&v, dep)[0]["action"], "add", "{dep}: {v:#}");
@@ -445,7 +576,10 @@ fn host_mpich_against_a_debian_image_with_the_testbed_module() {
     assert!(table.contains("libmpich.so.12"), "{table}");
     // Unknown modules name the configured ones; `none` checks nothing.
     let err = fails(&c.abi_check("img.sqfs --module=openmpi"));
-    assert!(err.contains("--module=openmpi: no such module") && err.contains("configured: mpich"), "{err}");
+    assert!(
+        err.contains("--module=openmpi: no such module") && err.contains("configured: mpich"),
+        "{err}"
+    );
     assert!(ok(&c.abi_check("img.sqfs --module=none")).contains("no module selected"));
     ok(&c.user(r#""$SHOAL" --config shoal.toml config check"#));
 }

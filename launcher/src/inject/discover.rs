@@ -18,7 +18,12 @@ use super::version::stem;
 
 /// Directories every glibc loader searches, plus the usual local ones.
 const STANDARD_DIRS: &[&str] = &[
-    "/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/local/lib64",
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/usr/local/lib64",
 ];
 /// Parents of multiarch directories (`/usr/lib/x86_64-linux-gnu`).
 const MULTIARCH_PARENTS: &[&str] = &["/lib", "/usr/lib", "/usr/local/lib"];
@@ -82,22 +87,38 @@ impl<'a> LibraryIndex<'a> {
         let mut dirs = Vec::new();
         let mut names: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
         for dir in wanted {
-            let Ok(real) = resolve(fs, &dir) else { continue };
+            let Ok(real) = resolve(fs, &dir) else {
+                continue;
+            };
             if fs.entry(&real).ok() != Some(EntryKind::Dir) || !seen.insert(real.clone()) {
                 continue;
             }
             for name in fs.list(&real).unwrap_or_default() {
                 if name.contains(".so") {
-                    names.entry(name.clone()).or_default().push(real.join(&name));
+                    names
+                        .entry(name.clone())
+                        .or_default()
+                        .push(real.join(&name));
                 }
             }
             dirs.push(real);
         }
-        let ldconfig = ["/sbin/ldconfig", "/usr/sbin/ldconfig", "/bin/ldconfig", "/usr/bin/ldconfig"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| kind_of(fs, p) == Some(EntryKind::File));
-        LibraryIndex { fs, dirs, names, parsed: RefCell::new(HashMap::new()), ldconfig }
+        let ldconfig = [
+            "/sbin/ldconfig",
+            "/usr/sbin/ldconfig",
+            "/bin/ldconfig",
+            "/usr/bin/ldconfig",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| kind_of(fs, p) == Some(EntryKind::File));
+        LibraryIndex {
+            fs,
+            dirs,
+            names,
+            parsed: RefCell::new(HashMap::new()),
+            ldconfig,
+        }
     }
 
     /// The image, for messages.
@@ -119,12 +140,19 @@ impl<'a> LibraryIndex<'a> {
                 continue;
             }
             for path in paths {
-                let Ok(real) = resolve(self.fs, path) else { continue };
-                if self.fs.entry(&real).ok() != Some(EntryKind::File) || !reals.insert(real.clone()) {
+                let Ok(real) = resolve(self.fs, path) else {
+                    continue;
+                };
+                if self.fs.entry(&real).ok() != Some(EntryKind::File) || !reals.insert(real.clone())
+                {
                     continue;
                 }
                 let elf = self.elf(&real);
-                out.push(FoundLib { path: path.clone(), real, elf });
+                out.push(FoundLib {
+                    path: path.clone(),
+                    real,
+                    elf,
+                });
             }
         }
         out
@@ -144,8 +172,11 @@ impl<'a> LibraryIndex<'a> {
         let paths = self.names.get(name)?;
         paths.iter().find_map(|p| {
             let real = resolve(self.fs, p).ok()?;
-            (self.fs.entry(&real).ok()? == EntryKind::File)
-                .then(|| FoundLib { path: p.clone(), real: real.clone(), elf: self.elf(&real) })
+            (self.fs.entry(&real).ok()? == EntryKind::File).then(|| FoundLib {
+                path: p.clone(),
+                real: real.clone(),
+                elf: self.elf(&real),
+            })
         })
     }
 
@@ -159,7 +190,9 @@ impl<'a> LibraryIndex<'a> {
             .map_err(|e| e.to_string())
             .and_then(|bytes| elf::parse(&bytes))
             .map(Rc::new);
-        self.parsed.borrow_mut().insert(real.to_path_buf(), parsed.clone());
+        self.parsed
+            .borrow_mut()
+            .insert(real.to_path_buf(), parsed.clone());
         parsed
     }
 }
@@ -167,15 +200,22 @@ impl<'a> LibraryIndex<'a> {
 /// Directories listed in an ld.so.conf file and the files it includes
 /// (`include ld.so.conf.d/*.conf`, relative to the including file).
 fn ld_so_conf_dirs(fs: &dyn ImageFs, conf: &Path, depth: usize) -> Vec<PathBuf> {
-    let Ok(real) = resolve(fs, conf) else { return Vec::new() };
-    let Ok(bytes) = fs.read(&real) else { return Vec::new() };
+    let Ok(real) = resolve(fs, conf) else {
+        return Vec::new();
+    };
+    let Ok(bytes) = fs.read(&real) else {
+        return Vec::new();
+    };
     if depth > 8 {
         return Vec::new();
     }
     let mut dirs = Vec::new();
     for line in String::from_utf8_lossy(&bytes).lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        if let Some(pattern) = line.strip_prefix("include").filter(|r| r.starts_with([' ', '\t'])) {
+        if let Some(pattern) = line
+            .strip_prefix("include")
+            .filter(|r| r.starts_with([' ', '\t']))
+        {
             for pattern in pattern.split_whitespace() {
                 let pattern = conf.parent().unwrap_or(Path::new("/")).join(pattern);
                 for file in glob_in_image(fs, &pattern) {
@@ -204,7 +244,9 @@ fn glob_in_image(fs: &dyn ImageFs, pattern: &Path) -> Vec<PathBuf> {
     let Ok(matcher) = glob::Pattern::new(&name.to_string_lossy()) else {
         return Vec::new();
     };
-    let Ok(real) = resolve(fs, dir) else { return Vec::new() };
+    let Ok(real) = resolve(fs, dir) else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = fs
         .list(&real)
         .unwrap_or_default()
@@ -226,21 +268,32 @@ const CACHE_ENTRY: usize = 24;
 /// or after the old one). Anything malformed yields what was read so far:
 /// the cache is only a hint.
 pub fn ld_so_cache_paths(bytes: &[u8]) -> Vec<String> {
-    let Some(start) = bytes.windows(CACHE_MAGIC_NEW.len()).position(|w| w == CACHE_MAGIC_NEW) else {
+    let Some(start) = bytes
+        .windows(CACHE_MAGIC_NEW.len())
+        .position(|w| w == CACHE_MAGIC_NEW)
+    else {
         return Vec::new();
     };
     let cache = &bytes[start..];
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_ne_bytes(cache.get(at..at + 4)?.try_into().ok()?))
     };
-    let Some(nlibs) = u32_at(20) else { return Vec::new() };
+    let Some(nlibs) = u32_at(20) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for i in 0..nlibs as usize {
         let entry = CACHE_HEADER + i * CACHE_ENTRY;
         // Offsets of the strings are from the start of the new header.
-        let Some(value) = u32_at(entry + 8) else { break };
-        let Some(tail) = cache.get(value as usize..) else { break };
-        let Some(end) = tail.iter().position(|&b| b == 0) else { break };
+        let Some(value) = u32_at(entry + 8) else {
+            break;
+        };
+        let Some(tail) = cache.get(value as usize..) else {
+            break;
+        };
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
         out.push(String::from_utf8_lossy(&tail[..end]).into_owned());
     }
     out
@@ -252,7 +305,9 @@ mod tests {
 
     #[test]
     fn reads_the_hosts_loader_cache() {
-        let Ok(bytes) = std::fs::read("/etc/ld.so.cache") else { return };
+        let Ok(bytes) = std::fs::read("/etc/ld.so.cache") else {
+            return;
+        };
         let paths = ld_so_cache_paths(&bytes);
         assert!(paths.iter().any(|p| p.ends_with("/libc.so.6")), "{paths:?}");
         assert!(paths.iter().all(|p| p.starts_with('/')), "{paths:?}");
@@ -273,7 +328,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("etc/ld.so.conf.d")).unwrap();
-        std::fs::write(root.join("etc/ld.so.conf"), "# x\ninclude ld.so.conf.d/*.conf\n/opt/a\n").unwrap();
+        std::fs::write(
+            root.join("etc/ld.so.conf"),
+            "# x\ninclude ld.so.conf.d/*.conf\n/opt/a\n",
+        )
+        .unwrap();
         std::fs::write(root.join("etc/ld.so.conf.d/b.conf"), "/opt/b # comment\n").unwrap();
         std::fs::write(root.join("etc/ld.so.conf.d/c.txt"), "/opt/c\n").unwrap();
         let img = super::super::image::DirImage::new(root);

@@ -42,7 +42,11 @@ pub fn parse(bytes: &[u8]) -> Result<ElfInfo, String> {
     if !is_elf(bytes) {
         return Err("not an ELF file".into());
     }
-    let elf = goblin::elf::Elf::parse(bytes).map_err(|e| format!("unreadable ELF: {e}"))?;
+    // Image files are untrusted input: a parser panic on a crafted file
+    // must become "unreadable", not end the check.
+    let elf = std::panic::catch_unwind(|| goblin::elf::Elf::parse(bytes))
+        .map_err(|_| "unreadable ELF: the parser gave up on it".to_string())?
+        .map_err(|e| format!("unreadable ELF: {e}"))?;
     let strtab = &elf.dynstrtab;
     let name = |off: usize| strtab.get_at(off).unwrap_or("").to_string();
 
@@ -89,7 +93,12 @@ pub fn parse(bytes: &[u8]) -> Result<ElfInfo, String> {
 /// number rather than by string order, for messages.
 pub fn newest<'a>(defs: &'a BTreeSet<String>, prefix: &str) -> Option<&'a str> {
     defs.iter()
-        .filter_map(|d| Some((version_numbers(d.strip_prefix(prefix)?.strip_prefix('_')?)?, d)))
+        .filter_map(|d| {
+            Some((
+                version_numbers(d.strip_prefix(prefix)?.strip_prefix('_')?)?,
+                d,
+            ))
+        })
         .max()
         .map(|(_, d)| d.as_str())
 }
@@ -114,19 +123,30 @@ mod tests {
 
     #[test]
     fn text_files_are_not_elf() {
-        assert!(parse(b"/* GNU ld script */ INPUT(libc.so.6)").unwrap_err().contains("not an ELF"));
+        assert!(parse(b"/* GNU ld script */ INPUT(libc.so.6)")
+            .unwrap_err()
+            .contains("not an ELF"));
     }
 
     #[test]
     fn reads_the_running_libc() {
         // The host's own C library defines its GLIBC_2.x versions.
-        let path = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib64/libc.so.6"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists());
+        let path = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/libc.so.6",
+            "/usr/lib64/libc.so.6",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
         let Some(path) = path else { return };
         let info = parse(&std::fs::read(path).unwrap()).unwrap();
         assert_eq!(info.soname.as_deref(), Some("libc.so.6"));
-        assert!(info.version_defs.contains("GLIBC_2.2.5") || info.version_defs.contains("GLIBC_2.17"));
-        assert!(!info.version_defs.contains("libc.so.6"), "base entry leaked");
+        assert!(
+            info.version_defs.contains("GLIBC_2.2.5") || info.version_defs.contains("GLIBC_2.17")
+        );
+        assert!(
+            !info.version_defs.contains("libc.so.6"),
+            "base entry leaked"
+        );
     }
 }

@@ -39,15 +39,24 @@ pub fn device_index(path: &Path) -> Option<u32> {
 /// Picks the GPU device nodes for a job. `available` are the host's per-GPU
 /// nodes; `visible` is the job's `CUDA_VISIBLE_DEVICES` (None: not set, so
 /// every GPU is bound and the variable left alone).
-pub fn select_gpus(available: &[GpuDevice], visible: Option<&str>) -> Result<GpuSelection, InjectError> {
+pub fn select_gpus(
+    available: &[GpuDevice],
+    visible: Option<&str>,
+) -> Result<GpuSelection, InjectError> {
     let mut all = available.to_vec();
     all.sort_by_key(|d| d.index);
     let Some(visible) = visible.map(str::trim) else {
-        return Ok(GpuSelection { devices: all, cuda_visible_devices: None });
+        return Ok(GpuSelection {
+            devices: all,
+            cuda_visible_devices: None,
+        });
     };
     // Slurm sets NoDevFiles when the job has a GPU gres with no device files.
     if visible.is_empty() || visible == "NoDevFiles" {
-        return Ok(GpuSelection { devices: Vec::new(), cuda_visible_devices: Some(visible.to_string()) });
+        return Ok(GpuSelection {
+            devices: Vec::new(),
+            cuda_visible_devices: Some(visible.to_string()),
+        });
     }
     let mut order = Vec::new();
     for item in visible.split(',').map(str::trim) {
@@ -73,8 +82,14 @@ pub fn select_gpus(available: &[GpuDevice], visible: Option<&str>) -> Result<Gpu
         .iter()
         .map(|i| bound.binary_search(i).expect("index in bound").to_string())
         .collect();
-    let devices = all.into_iter().filter(|d| bound.contains(&d.index)).collect();
-    Ok(GpuSelection { devices, cuda_visible_devices: Some(inside.join(",")) })
+    let devices = all
+        .into_iter()
+        .filter(|d| bound.contains(&d.index))
+        .collect();
+    Ok(GpuSelection {
+        devices,
+        cuda_visible_devices: Some(inside.join(",")),
+    })
 }
 
 #[cfg(test)]
@@ -82,7 +97,12 @@ mod tests {
     use super::*;
 
     fn gpus(n: u32) -> Vec<GpuDevice> {
-        (0..n).map(|i| GpuDevice { index: i, host: format!("/dev/nvidia{i}").into() }).collect()
+        (0..n)
+            .map(|i| GpuDevice {
+                index: i,
+                host: format!("/dev/nvidia{i}").into(),
+            })
+            .collect()
     }
 
     #[test]
@@ -101,13 +121,22 @@ mod tests {
 
     #[test]
     fn no_dev_files_binds_nothing() {
-        assert!(select_gpus(&gpus(2), Some("NoDevFiles")).unwrap().devices.is_empty());
+        assert!(select_gpus(&gpus(2), Some("NoDevFiles"))
+            .unwrap()
+            .devices
+            .is_empty());
     }
 
     #[test]
     fn bad_values_are_named() {
-        assert!(select_gpus(&gpus(2), Some("0,7")).unwrap_err().to_string().contains("GPU 7"));
-        assert!(select_gpus(&gpus(2), Some("GPU-abc")).unwrap_err().to_string().contains("GPU-abc"));
+        assert!(select_gpus(&gpus(2), Some("0,7"))
+            .unwrap_err()
+            .to_string()
+            .contains("GPU 7"));
+        assert!(select_gpus(&gpus(2), Some("GPU-abc"))
+            .unwrap_err()
+            .to_string()
+            .contains("GPU-abc"));
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub fn resolve(fs: &dyn ImageFs, path: &Path) -> io::Result<PathBuf> {
             EntryKind::Symlink(target) => {
                 links += 1;
                 if links > MAX_LINKS {
-                    return Err(io::Error::other(format!("{}: too many levels of symlinks", path.display())));
+                    return Err(io::Error::other(format!(
+                        "{}: too many levels of symlinks",
+                        path.display()
+                    )));
                 }
                 if target.is_absolute() {
                     done = PathBuf::from("/");
@@ -127,7 +130,10 @@ impl ImageFs for DirImage {
 
     fn read(&self, file: &Path) -> io::Result<Vec<u8>> {
         if self.entry(file)? != EntryKind::File {
-            return Err(io::Error::other(format!("{}: not a regular file", file.display())));
+            return Err(io::Error::other(format!(
+                "{}: not a regular file",
+                file.display()
+            )));
         }
         fs::read(self.host(file))
     }
@@ -159,14 +165,24 @@ impl SquashfsImage {
             }
             index.insert(p, i);
         }
-        Ok(SquashfsImage { path: path.to_path_buf(), reader, index, children })
+        Ok(SquashfsImage {
+            path: path.to_path_buf(),
+            reader,
+            index,
+            children,
+        })
     }
 
     fn node(&self, path: &Path) -> io::Result<&backhand::Node<backhand::SquashfsFileReader>> {
         self.index
             .get(path)
             .map(|&i| &self.reader.root.nodes[i])
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{}: not in image", path.display())))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{}: not in image", path.display()),
+                )
+            })
     }
 }
 
@@ -188,7 +204,10 @@ impl ImageFs for SquashfsImage {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         match self.entry(dir)? {
             EntryKind::Dir => Ok(self.children.get(dir).cloned().unwrap_or_default()),
-            _ => Err(io::Error::other(format!("{}: not a directory", dir.display()))),
+            _ => Err(io::Error::other(format!(
+                "{}: not a directory",
+                dir.display()
+            ))),
         }
     }
 
@@ -199,7 +218,10 @@ impl ImageFs for SquashfsImage {
                 self.reader.file(f).reader().read_to_end(&mut bytes)?;
                 Ok(bytes)
             }
-            _ => Err(io::Error::other(format!("{}: not a regular file", file.display()))),
+            _ => Err(io::Error::other(format!(
+                "{}: not a regular file",
+                file.display()
+            ))),
         }
     }
 }
@@ -233,8 +255,16 @@ mod tests {
             resolve(&img, Path::new("/lib/x/libfoo.so.1")).unwrap(),
             Path::new("/usr/lib/x/libfoo.so.1.2")
         );
-        assert_eq!(resolve(&img, Path::new("/usr/lib/x/evil")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            resolve(&img, Path::new("/usr/lib/x/evil"))
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
         symlink("loop", root.join("loop")).unwrap();
-        assert!(resolve(&img, Path::new("/loop")).unwrap_err().to_string().contains("too many"));
+        assert!(resolve(&img, Path::new("/loop"))
+            .unwrap_err()
+            .to_string()
+            .contains("too many"));
     }
 }

@@ -67,7 +67,10 @@ pub enum InjectError {
     Module(String),
     /// A host file named by a module is unusable.
     #[error("{path}: {message}")]
-    Host { path: std::path::PathBuf, message: String },
+    Host {
+        path: std::path::PathBuf,
+        message: String,
+    },
     /// The image cannot be read.
     #[error("image {image}: {message}")]
     Image { image: String, message: String },
@@ -75,5 +78,9 @@ pub enum InjectError {
     Gpu(String),
     /// The ABI check refused one or more libraries.
     #[error("image {image} cannot take module {modules}: {}", details.join("; "))]
-    Refused { image: String, modules: String, details: Vec<String> },
+    Refused {
+        image: String,
+        modules: String,
+        details: Vec<String>,
+    },
 }

@@ -128,24 +128,43 @@ pub struct BindMount {
 pub enum Step {
     /// Mount a fresh tmpfs (mode 0755, nosuid, nodev) at `target`, creating
     /// the mount point; later steps bind into and write under it.
-    Tmpfs { target: PathBuf },
+    Tmpfs {
+        target: PathBuf,
+    },
     Bind(BindMount),
     /// Write `contents` to a new file at container path `path` (on the tmpfs).
-    WriteFile { path: PathBuf, contents: String },
+    WriteFile {
+        path: PathBuf,
+        contents: String,
+    },
     /// Run `argv` inside the container root as the job's user, before the
     /// task starts; it must exit 0.
-    RunInContainer { argv: Vec<String>, why: String },
+    RunInContainer {
+        argv: Vec<String>,
+        why: String,
+    },
     /// Bind a container path over another one (ro, nosuid, nodev).
-    BindWithin { source: PathBuf, target: PathBuf, target_in_image: bool, why: String },
+    BindWithin {
+        source: PathBuf,
+        target: PathBuf,
+        target_in_image: bool,
+        why: String,
+    },
 }
 
 /// An environment change inside the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum EnvChange {
-    Set { name: String, value: String },
+    Set {
+        name: String,
+        value: String,
+    },
     /// `name=entries[0]:entries[1]:...:$name` (just the entries when unset).
-    Prepend { name: String, entries: Vec<String> },
+    Prepend {
+        name: String,
+        entries: Vec<String>,
+    },
 }
 
 /// What the launcher carries out: only reachable from an assessment with
@@ -182,7 +201,11 @@ impl Assessment {
         if details.is_empty() {
             Ok(self.plan)
         } else {
-            Err(InjectError::Refused { image: self.image, modules: self.modules.join(","), details })
+            Err(InjectError::Refused {
+                image: self.image,
+                modules: self.modules.join(","),
+                details,
+            })
         }
     }
 }
@@ -192,9 +215,22 @@ impl Assessment {
 /// the compiler runtime every C++ program of the image already uses.
 pub fn base_runtime(soname: &str) -> Option<&'static str> {
     const GLIBC: &[&str] = &[
-        "libc.so.", "libm.so.", "libpthread.so.", "libdl.so.", "librt.so.", "libresolv.so.",
-        "libutil.so.", "libanl.so.", "libmvec.so.", "libBrokenLocale.so.", "libnss_", "libthread_db.so.",
-        "libc_malloc_debug.so.", "ld-linux", "ld64.so.", "ld.so.",
+        "libc.so.",
+        "libm.so.",
+        "libpthread.so.",
+        "libdl.so.",
+        "librt.so.",
+        "libresolv.so.",
+        "libutil.so.",
+        "libanl.so.",
+        "libmvec.so.",
+        "libBrokenLocale.so.",
+        "libnss_",
+        "libthread_db.so.",
+        "libc_malloc_debug.so.",
+        "ld-linux",
+        "ld64.so.",
+        "ld.so.",
     ];
     if GLIBC.iter().any(|p| soname.starts_with(p)) {
         Some("glibc")
@@ -231,13 +267,19 @@ struct HostObject {
 
 impl HostObject {
     fn file_name(&self) -> String {
-        self.real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        self.real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 }
 
 /// Reads a host file named by a module (or found as a dependency).
 fn load_host(path: &Path, program: bool) -> Result<(PathBuf, Option<ElfInfo>), InjectError> {
-    let host_err = |message: String| InjectError::Host { path: path.to_path_buf(), message };
+    let host_err = |message: String| InjectError::Host {
+        path: path.to_path_buf(),
+        message,
+    };
     let real = fs::canonicalize(path).map_err(|e| host_err(e.to_string()))?;
     let bytes = fs::read(&real).map_err(|e| host_err(e.to_string()))?;
     if program && !elf::is_elf(&bytes) {
@@ -249,14 +291,17 @@ fn load_host(path: &Path, program: bool) -> Result<(PathBuf, Option<ElfInfo>), I
 
 /// Host paths matching a module's glob, sorted; none is a config error.
 fn expand(module: &str, field: &str, pattern: &str) -> Result<Vec<PathBuf>, InjectError> {
-    let bad = |why: String| InjectError::Module(format!("[modules.{module}] {field}: {pattern:?} {why}"));
+    let bad =
+        |why: String| InjectError::Module(format!("[modules.{module}] {field}: {pattern:?} {why}"));
     let mut out: Vec<PathBuf> = glob::glob(pattern)
         .map_err(|e| bad(format!("is not a valid glob ({e})")))?
         .filter_map(Result::ok)
         .collect();
     out.sort();
     if out.is_empty() {
-        return Err(bad("matches no file on this node; fix the site config or install it".into()));
+        return Err(bad(
+            "matches no file on this node; fix the site config or install it".into(),
+        ));
     }
     Ok(out)
 }
@@ -276,8 +321,13 @@ struct Builder<'a> {
 /// returned table ([`Assessment::into_plan`] turns them into an error).
 pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectError> {
     // Both must exist: a missing image root would look like an image without libraries.
-    let image_err = |message: String| InjectError::Image { image: image.describe(), message };
-    image.list(Path::new("/")).map_err(|e| image_err(format!("cannot list its root: {e}")))?;
+    let image_err = |message: String| InjectError::Image {
+        image: image.describe(),
+        message,
+    };
+    image
+        .list(Path::new("/"))
+        .map_err(|e| image_err(format!("cannot list its root: {e}")))?;
     let mut b = Builder {
         image: LibraryIndex::scan(image),
         host: LibraryIndex::scan(req.host),
@@ -293,7 +343,10 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
         let mut programs = Vec::new();
         for pattern in &module.libraries {
             for path in expand(name, "libraries", pattern)? {
-                let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let file = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 listed.push((path, file));
             }
         }
@@ -308,8 +361,12 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
         let first = b.queue.len();
         for (path, listed_as) in listed {
             let (real, elf) = load_host(&path, false)?;
-            let soname = elf.as_ref().and_then(|e| e.soname.clone()).unwrap_or_default();
-            let alias = (stem(&listed_as) != stem(&soname) && listed_as.contains(".so.")).then_some(listed_as);
+            let soname = elf
+                .as_ref()
+                .and_then(|e| e.soname.clone())
+                .unwrap_or_default();
+            let alias = (stem(&listed_as) != stem(&soname) && listed_as.contains(".so."))
+                .then_some(listed_as);
             if let Some(obj) = b.queue.iter_mut().skip(first).find(|o| o.real == real) {
                 obj.aliases.extend(alias);
                 continue;
@@ -381,7 +438,9 @@ impl Builder<'_> {
                 self.rows.extend(rows);
             }
         }
-        let Some(info) = obj.elf.as_ref() else { return Ok(()) };
+        let Some(info) = obj.elf.as_ref() else {
+            return Ok(());
+        };
         let mut problems = Vec::new();
         for needed in &info.needed {
             if base_runtime(needed).is_some() {
@@ -411,7 +470,10 @@ impl Builder<'_> {
         }
         if !problems.is_empty() {
             // This object's own rows, not the runtime rows its check added.
-            for row in self.rows[first_row..].iter_mut().filter(|r| r.kind != ObjectKind::Runtime) {
+            for row in self.rows[first_row..]
+                .iter_mut()
+                .filter(|r| r.kind != ObjectKind::Runtime)
+            {
                 row.action = Action::Refuse;
                 row.warning = false;
                 row.reason = problems.join("; ");
@@ -440,7 +502,10 @@ impl Builder<'_> {
             if version.major == host_version.major {
                 // Same ABI under another name (MPICH's libmpich.so.12 is
                 // libmpi.so.12): the real file's numbers apply.
-                version = LibVersion { major: version.major, ..host_version.clone() };
+                version = LibVersion {
+                    major: version.major,
+                    ..host_version.clone()
+                };
             }
             rows.extend(self.rows_for_name(obj, alias, &version, false));
         }
@@ -448,7 +513,13 @@ impl Builder<'_> {
     }
 
     /// A row about host object `obj` under `name`, before the decision.
-    fn row(&self, obj: &HostObject, name: &str, host_version: &LibVersion, image: Option<&FoundLib>) -> LibraryDecision {
+    fn row(
+        &self,
+        obj: &HostObject,
+        name: &str,
+        host_version: &LibVersion,
+        image: Option<&FoundLib>,
+    ) -> LibraryDecision {
         LibraryDecision {
             module: obj.module.clone(),
             kind: ObjectKind::Library,
@@ -470,7 +541,13 @@ impl Builder<'_> {
     /// Decides `obj` against the image's libraries called `name`. `primary`:
     /// `name` is the SONAME (an image without it gets the library added);
     /// otherwise an alias the module lists, which only replaces or conflicts.
-    fn rows_for_name(&self, obj: &HostObject, name: &str, host_version: &LibVersion, primary: bool) -> Vec<LibraryDecision> {
+    fn rows_for_name(
+        &self,
+        obj: &HostObject,
+        name: &str,
+        host_version: &LibVersion,
+        primary: bool,
+    ) -> Vec<LibraryDecision> {
         let info = obj.elf.as_ref().expect("libraries are ELF");
         let decided = |image: Option<&FoundLib>, action, warning, reason: String| LibraryDecision {
             action,
@@ -492,7 +569,9 @@ impl Builder<'_> {
                 Ok(e) => match e.soname.as_deref() {
                     Some(s) if s == name => counterparts.push(found),
                     Some(s) if stem(s) == stem(name) => other_majors.push(found),
-                    Some(s) => unrelated.push(format!("{} (its SONAME is {s})", found.path.display())),
+                    Some(s) => {
+                        unrelated.push(format!("{} (its SONAME is {s})", found.path.display()))
+                    }
                     None => unrelated.push(format!("{} (no SONAME)", found.path.display())),
                 },
             }
@@ -500,7 +579,10 @@ impl Builder<'_> {
         let ignored = if unrelated.is_empty() {
             String::new()
         } else {
-            format!("; ignored, same name but unrelated: {}", unrelated.join(", "))
+            format!(
+                "; ignored, same name but unrelated: {}",
+                unrelated.join(", ")
+            )
         };
         if counterparts.is_empty() {
             if let (Some(other), None) = (other_majors.first(), &obj.needed_by) {
@@ -508,7 +590,10 @@ impl Builder<'_> {
                 let host_names = if name == info.soname.as_deref().unwrap_or(name) {
                     name.to_string()
                 } else {
-                    format!("{name}, listed by the module for {}", info.soname.as_deref().unwrap_or("?"))
+                    format!(
+                        "{name}, listed by the module for {}",
+                        info.soname.as_deref().unwrap_or("?")
+                    )
                 };
                 return vec![decided(
                     Some(other),
@@ -528,10 +613,18 @@ impl Builder<'_> {
             let others = if other_majors.is_empty() {
                 String::new()
             } else {
-                let list: Vec<String> = other_majors.iter().map(|f| f.path.display().to_string()).collect();
+                let list: Vec<String> = other_majors
+                    .iter()
+                    .map(|f| f.path.display().to_string())
+                    .collect();
                 format!("; the image's other major ({}) stays", list.join(", "))
             };
-            return vec![decided(None, Action::Add, false, format!("no {name} in the image{others}{ignored}"))];
+            return vec![decided(
+                None,
+                Action::Add,
+                false,
+                format!("no {name} in the image{others}{ignored}"),
+            )];
         }
         counterparts
             .iter()
@@ -577,7 +670,11 @@ impl Builder<'_> {
             .image
             .by_soname(needed)
             .into_iter()
-            .filter(|f| f.elf.as_ref().is_ok_and(|e| e.machine == info.machine && e.is_64 == info.is_64))
+            .filter(|f| {
+                f.elf
+                    .as_ref()
+                    .is_ok_and(|e| e.machine == info.machine && e.is_64 == info.is_64)
+            })
             .collect();
         let Some(first) = found.first() else {
             return Err(format!(
@@ -587,10 +684,17 @@ impl Builder<'_> {
         };
         let defs: BTreeSet<String> = found
             .iter()
-            .flat_map(|f| f.elf.as_ref().map(|e| e.version_defs.clone()).unwrap_or_default())
+            .flat_map(|f| {
+                f.elf
+                    .as_ref()
+                    .map(|e| e.version_defs.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         let prefix = runtime_version_prefix(family);
-        let newest = elf::newest(&defs, prefix).unwrap_or("no versions").to_string();
+        let newest = elf::newest(&defs, prefix)
+            .unwrap_or("no versions")
+            .to_string();
         if self.runtime_checked.insert(needed.to_string()) {
             self.rows.push(LibraryDecision {
                 module: obj.module.clone(),
@@ -628,7 +732,9 @@ impl Builder<'_> {
         let mut dirs = vec![origin.clone()];
         if let Some(info) = &obj.elf {
             for p in &info.search_paths {
-                let p = p.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", &origin.to_string_lossy());
+                let p = p
+                    .replace("${ORIGIN}", "$ORIGIN")
+                    .replace("$ORIGIN", &origin.to_string_lossy());
                 dirs.push(PathBuf::from(p));
             }
         }
@@ -659,7 +765,11 @@ impl Builder<'_> {
             .iter()
             .any(|r| r.kind == ObjectKind::Library && r.action == Action::Add);
         if adds_library && self.image.ldconfig.is_none() {
-            for r in self.rows.iter_mut().filter(|r| r.kind == ObjectKind::Library && r.action == Action::Add) {
+            for r in self
+                .rows
+                .iter_mut()
+                .filter(|r| r.kind == ObjectKind::Library && r.action == Action::Add)
+            {
                 r.action = Action::Refuse;
                 r.reason = format!(
                     "the image has no {} and no ldconfig to make host {} visible to its loader (it would need LD_LIBRARY_PATH, which the image can override)",
@@ -669,7 +779,9 @@ impl Builder<'_> {
             }
         }
         for r in &self.rows {
-            let (Some(host), Action::Replace | Action::Add) = (&r.host, r.action) else { continue };
+            let (Some(host), Action::Replace | Action::Add) = (&r.host, r.action) else {
+                continue;
+            };
             let step = match (r.kind, &r.image) {
                 (ObjectKind::Library, Some(target)) if r.action == Action::Replace => ro_bind(
                     host,
@@ -708,7 +820,11 @@ impl Builder<'_> {
                 steps.push(Step::Bind(BindMount {
                     source,
                     target: m.target.clone(),
-                    kind: if meta.is_dir() { MountKind::Dir } else { MountKind::File },
+                    kind: if meta.is_dir() {
+                        MountKind::Dir
+                    } else {
+                        MountKind::File
+                    },
                     read_only: !m.writable,
                     nosuid: true,
                     nodev: true,
@@ -740,7 +856,10 @@ impl Builder<'_> {
                 sets.insert(k.clone(), v.clone());
             }
             for (k, entries) in &module.env_prepend {
-                env.push(EnvChange::Prepend { name: k.clone(), entries: entries.clone() });
+                env.push(EnvChange::Prepend {
+                    name: k.clone(),
+                    entries: entries.clone(),
+                });
             }
         }
         if !gpu_devices.is_empty() {
@@ -760,10 +879,20 @@ impl Builder<'_> {
                 sets.insert("CUDA_VISIBLE_DEVICES".into(), inside);
             }
         }
-        if self.rows.iter().any(|r| r.kind == ObjectKind::Program && r.action != Action::Refuse) {
-            env.push(EnvChange::Prepend { name: "PATH".into(), entries: vec![format!("{SHOAL_DIR}/bin")] });
+        if self
+            .rows
+            .iter()
+            .any(|r| r.kind == ObjectKind::Program && r.action != Action::Refuse)
+        {
+            env.push(EnvChange::Prepend {
+                name: "PATH".into(),
+                entries: vec![format!("{SHOAL_DIR}/bin")],
+            });
         }
-        env.extend(sets.into_iter().map(|(name, value)| EnvChange::Set { name, value }));
+        env.extend(
+            sets.into_iter()
+                .map(|(name, value)| EnvChange::Set { name, value }),
+        );
         if adds_library {
             if let Some(ldconfig) = &self.image.ldconfig {
                 let conf = shoal.join("etc/ld.so.conf");
@@ -786,7 +915,8 @@ impl Builder<'_> {
                 steps.push(Step::BindWithin {
                     source: cache,
                     target: "/etc/ld.so.cache".into(),
-                    target_in_image: kind_of(image, Path::new("/etc/ld.so.cache")) == Some(EntryKind::File),
+                    target_in_image: kind_of(image, Path::new("/etc/ld.so.cache"))
+                        == Some(EntryKind::File),
                     why: "the image's loader reads the generated cache".into(),
                 });
             }
@@ -799,7 +929,12 @@ impl Builder<'_> {
             Step::WriteFile { path, .. } => under_shoal(path),
             _ => false,
         }) {
-            steps.insert(0, Step::Tmpfs { target: shoal.to_path_buf() });
+            steps.insert(
+                0,
+                Step::Tmpfs {
+                    target: shoal.to_path_buf(),
+                },
+            );
         }
         Ok(InjectionPlan { steps, env })
     }
@@ -807,8 +942,10 @@ impl Builder<'_> {
 
 /// A device node bound at its own path (nosuid; device access allowed).
 fn device_bind(module: &str, dev: &Path, image: &dyn ImageFs) -> Result<Step, InjectError> {
-    let meta = fs::metadata(dev)
-        .map_err(|e| InjectError::Host { path: dev.to_path_buf(), message: format!("[modules.{module}] {e}") })?;
+    let meta = fs::metadata(dev).map_err(|e| InjectError::Host {
+        path: dev.to_path_buf(),
+        message: format!("[modules.{module}] {e}"),
+    })?;
     if !meta.file_type().is_char_device() && !meta.file_type().is_block_device() {
         return Err(InjectError::Host {
             path: dev.to_path_buf(),
@@ -831,7 +968,9 @@ impl fmt::Display for InjectionPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for step in &self.steps {
             match step {
-                Step::Tmpfs { target } => writeln!(f, "tmpfs  {} (mode 0755,nosuid,nodev)", target.display())?,
+                Step::Tmpfs { target } => {
+                    writeln!(f, "tmpfs  {} (mode 0755,nosuid,nodev)", target.display())?
+                }
                 Step::Bind(b) => {
                     let mut flags = vec![if b.read_only { "ro" } else { "rw" }];
                     if b.nosuid {
@@ -840,7 +979,11 @@ impl fmt::Display for InjectionPlan {
                     if b.nodev {
                         flags.push("nodev");
                     }
-                    let new = if b.target_in_image { "" } else { ", new mount point" };
+                    let new = if b.target_in_image {
+                        ""
+                    } else {
+                        ", new mount point"
+                    };
                     writeln!(
                         f,
                         "bind   {} -> {} ({}{new})  # {}",
@@ -853,8 +996,15 @@ impl fmt::Display for InjectionPlan {
                 Step::WriteFile { path, contents } => {
                     writeln!(f, "write  {} ({:?})", path.display(), contents)?
                 }
-                Step::RunInContainer { argv, why } => writeln!(f, "run    {}  # {why}", argv.join(" "))?,
-                Step::BindWithin { source, target, why, .. } => writeln!(
+                Step::RunInContainer { argv, why } => {
+                    writeln!(f, "run    {}  # {why}", argv.join(" "))?
+                }
+                Step::BindWithin {
+                    source,
+                    target,
+                    why,
+                    ..
+                } => writeln!(
                     f,
                     "bind   {} -> {} (ro,nosuid,nodev, inside the container)  # {why}",
                     source.display(),
@@ -865,7 +1015,9 @@ impl fmt::Display for InjectionPlan {
         for change in &self.env {
             match change {
                 EnvChange::Set { name, value } => writeln!(f, "env    {name}={value}")?,
-                EnvChange::Prepend { name, entries } => writeln!(f, "env    {name}={}:${name}", entries.join(":"))?,
+                EnvChange::Prepend { name, entries } => {
+                    writeln!(f, "env    {name}={}:${name}", entries.join(":"))?
+                }
             }
         }
         Ok(())
@@ -874,7 +1026,16 @@ impl fmt::Display for InjectionPlan {
 
 /// The decision table as aligned text columns.
 pub fn render_table(decisions: &[LibraryDecision]) -> String {
-    let header = ["LIBRARY", "MODULE", "HOST FILE", "HOST VER", "IMAGE FILE", "IMAGE VER", "DECISION", "REASON"];
+    let header = [
+        "LIBRARY",
+        "MODULE",
+        "HOST FILE",
+        "HOST VER",
+        "IMAGE FILE",
+        "IMAGE VER",
+        "DECISION",
+        "REASON",
+    ];
     let dash = || "-".to_string();
     let rows: Vec<[String; 8]> = decisions
         .iter()
@@ -883,13 +1044,23 @@ pub fn render_table(decisions: &[LibraryDecision]) -> String {
                 Some(by) => format!("{} (for {by})", d.name),
                 None => d.name.clone(),
             };
-            let decision = if d.warning { format!("{} (warning)", d.action) } else { d.action.to_string() };
+            let decision = if d.warning {
+                format!("{} (warning)", d.action)
+            } else {
+                d.action.to_string()
+            };
             [
                 name,
                 d.module.clone(),
-                d.host.as_ref().map(|p| p.display().to_string()).unwrap_or_else(dash),
+                d.host
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(dash),
                 d.host_version.clone().unwrap_or_else(dash),
-                d.image.as_ref().map(|p| p.display().to_string()).unwrap_or_else(dash),
+                d.image
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(dash),
                 d.image_version.clone().unwrap_or_else(dash),
                 decision,
                 d.reason.clone(),
@@ -919,4 +1090,112 @@ pub fn render_table(decisions: &[LibraryDecision]) -> String {
         line(&r.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::inject::DirImage;
+
+    #[test]
+    fn base_runtime_is_glibc_and_the_compiler_runtime() {
+        for glibc in [
+            "libc.so.6",
+            "libm.so.6",
+            "libpthread.so.0",
+            "libdl.so.2",
+            "librt.so.1",
+            "ld-linux-x86-64.so.2",
+        ] {
+            assert_eq!(base_runtime(glibc), Some("glibc"), "{glibc}");
+        }
+        assert_eq!(base_runtime("libstdc++.so.6"), Some("libstdc++"));
+        assert_eq!(base_runtime("libgcc_s.so.1"), Some("libgcc_s"));
+        for other in [
+            "libmpich.so.12",
+            "libcrypt.so.1",
+            "libcuda.so.1",
+            "librdmacm.so.1",
+        ] {
+            assert_eq!(base_runtime(other), None, "{other}");
+        }
+    }
+
+    /// The host's own zlib against an image tree holding the host's libc:
+    /// pure data, no gcc. Skipped where the host lacks them.
+    fn zlib_case(with_ldconfig: bool) -> Option<Assessment> {
+        let multiarch = Path::new("/usr/lib/x86_64-linux-gnu");
+        let (libz, libc) = (multiarch.join("libz.so.1"), multiarch.join("libc.so.6"));
+        if !libz.exists() || !libc.exists() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("usr/lib/x86_64-linux-gnu");
+        fs::create_dir_all(&lib).unwrap();
+        fs::copy(&libc, lib.join("libc.so.6")).unwrap();
+        if with_ldconfig {
+            fs::create_dir_all(dir.path().join("sbin")).unwrap();
+            fs::write(dir.path().join("sbin/ldconfig"), b"").unwrap();
+        }
+        let text = format!("[modules.z]\nlibraries = [\"{}\"]\n", libz.display());
+        let config = Config::parse(&text, Path::new("x")).unwrap();
+        let host = DirImage::new("/");
+        let req = Request {
+            modules: vec![("z", &config.modules["z"])],
+            default_abi: AbiMode::Relaxed,
+            cuda_visible_devices: None,
+            host: &host,
+        };
+        Some(assess(&DirImage::new(dir.path()), &req).unwrap())
+    }
+
+    #[test]
+    fn a_missing_library_is_added_through_the_images_ldconfig() {
+        let Some(a) = zlib_case(true) else { return };
+        let z = a.decisions.iter().find(|d| d.name == "libz.so.1").unwrap();
+        assert_eq!((z.action, z.needed_by.as_deref()), (Action::Add, None));
+        assert_eq!(z.host_version.as_deref(), Some("1.2.13"));
+        let libc = a.decisions.iter().find(|d| d.name == "libc.so.6").unwrap();
+        assert_eq!(
+            (libc.kind, libc.action),
+            (ObjectKind::Runtime, Action::UseImage)
+        );
+        let plan = a.into_plan().unwrap();
+        assert_eq!(
+            plan.steps[0],
+            Step::Tmpfs {
+                target: SHOAL_DIR.into()
+            }
+        );
+        let Step::Bind(bind) = &plan.steps[1] else {
+            panic!("{plan}")
+        };
+        assert_eq!(bind.target, Path::new("/.shoal/lib/libz.so.1"));
+        assert!(bind.read_only && bind.nosuid && bind.nodev && !bind.target_in_image);
+        let Step::RunInContainer { argv, .. } = &plan.steps[3] else {
+            panic!("{plan}")
+        };
+        assert_eq!(argv[..2], ["/sbin/ldconfig".to_string(), "-X".to_string()]);
+        assert!(
+            matches!(&plan.steps[4], Step::BindWithin { target, .. } if target == Path::new("/etc/ld.so.cache"))
+        );
+        assert!(plan.env.is_empty());
+    }
+
+    #[test]
+    fn without_ldconfig_a_missing_library_is_refused_not_put_on_ld_library_path() {
+        let Some(a) = zlib_case(false) else { return };
+        let e = a.into_plan().unwrap_err().to_string();
+        assert!(e.contains("no libz.so.1 and no ldconfig"), "{e}");
+    }
+
+    #[test]
+    fn table_has_one_line_per_decision() {
+        let Some(a) = zlib_case(true) else { return };
+        let table = render_table(&a.decisions);
+        assert_eq!(table.lines().count(), 1 + a.decisions.len());
+        assert!(table.starts_with("LIBRARY"));
+        assert!(table.contains("libc.so.6 (for libz.so.1)"), "{table}");
+    }
 }

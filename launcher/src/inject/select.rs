@@ -21,7 +21,12 @@ pub fn select_modules<'c>(
         .filter(|n| !n.is_empty())
         .collect();
     let names: Vec<&str> = if requested.is_empty() {
-        config.injection.default_modules.iter().map(String::as_str).collect()
+        config
+            .injection
+            .default_modules
+            .iter()
+            .map(String::as_str)
+            .collect()
     } else if names == ["none"] || (names.is_empty()) {
         // `--module=` (empty) is taken like `none`: the user asked for no module.
         Vec::new()
@@ -84,7 +89,9 @@ mod tests {
     fn none_turns_defaults_off() {
         assert!(names(&["none"]).unwrap().is_empty());
         assert!(names(&[""]).unwrap().is_empty());
-        assert!(names(&["none,gpu"]).unwrap_err().contains("cannot be combined"));
+        assert!(names(&["none,gpu"])
+            .unwrap_err()
+            .contains("cannot be combined"));
     }
 
     #[test]

@@ -41,8 +41,16 @@ impl LibVersion {
             .split_once(".so.")
             .map(|(_, v)| numbers(v))
             .unwrap_or_default();
-        let mut version = LibVersion { major, minor: None, patch: Vec::new(), other_scheme: None };
-        if let Some(rest) = file_name.strip_prefix(soname).and_then(|r| r.strip_prefix('.')) {
+        let mut version = LibVersion {
+            major,
+            minor: None,
+            patch: Vec::new(),
+            other_scheme: None,
+        };
+        if let Some(rest) = file_name
+            .strip_prefix(soname)
+            .and_then(|r| r.strip_prefix('.'))
+        {
             let nums = numbers(rest);
             version.minor = nums.first().copied();
             version.patch = nums.get(1..).map(<[u32]>::to_vec).unwrap_or_default();
@@ -61,7 +69,11 @@ fn numbers(s: &str) -> Vec<u32> {
 impl fmt::Display for LibVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let join = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
-        let major = if self.major.is_empty() { "-".to_string() } else { join(&self.major) };
+        let major = if self.major.is_empty() {
+            "-".to_string()
+        } else {
+            join(&self.major)
+        };
         write!(f, "{major}")?;
         if let Some(minor) = self.minor {
             write!(f, ".{minor}")?;
@@ -132,7 +144,10 @@ mod tests {
     #[test]
     fn versions_come_from_the_real_file_name() {
         let x = v("libmpich.so.12", "libmpich.so.12.2.2");
-        assert_eq!((x.major.clone(), x.minor, x.patch.clone()), (vec![12], Some(2), vec![2]));
+        assert_eq!(
+            (x.major.clone(), x.minor, x.patch.clone()),
+            (vec![12], Some(2), vec![2])
+        );
         assert_eq!(x.to_string(), "12.2.2");
         let ssl = v("libcrypto.so.1.1", "libcrypto.so.1.1");
         assert_eq!((ssl.major.clone(), ssl.minor), (vec![1, 1], None));
@@ -145,20 +160,47 @@ mod tests {
     #[test]
     fn relaxed_rule() {
         let r = |h, i| compare_minor(&v("libx.so.1", h), &v("libx.so.1", i), AbiMode::Relaxed);
-        assert!(matches!(r("libx.so.1.3.0", "libx.so.1.2.9"), MinorVerdict::Match(_)));
-        assert!(matches!(r("libx.so.1.2.0", "libx.so.1.2.9"), MinorVerdict::Match(_)));
-        assert!(matches!(r("libx.so.1.1.0", "libx.so.1.2.0"), MinorVerdict::Warn(_)));
-        assert!(matches!(r("libx.so.1", "libx.so.1"), MinorVerdict::Match(_)));
-        assert!(matches!(r("libx.so.1", "libx.so.1.2"), MinorVerdict::Warn(_)));
+        assert!(matches!(
+            r("libx.so.1.3.0", "libx.so.1.2.9"),
+            MinorVerdict::Match(_)
+        ));
+        assert!(matches!(
+            r("libx.so.1.2.0", "libx.so.1.2.9"),
+            MinorVerdict::Match(_)
+        ));
+        assert!(matches!(
+            r("libx.so.1.1.0", "libx.so.1.2.0"),
+            MinorVerdict::Warn(_)
+        ));
+        assert!(matches!(
+            r("libx.so.1", "libx.so.1"),
+            MinorVerdict::Match(_)
+        ));
+        assert!(matches!(
+            r("libx.so.1", "libx.so.1.2"),
+            MinorVerdict::Warn(_)
+        ));
     }
 
     #[test]
     fn strict_rule_wants_equal_minors() {
         let s = |h, i| compare_minor(&v("libx.so.1", h), &v("libx.so.1", i), AbiMode::Strict);
-        assert!(matches!(s("libx.so.1.2.0", "libx.so.1.2.7"), MinorVerdict::Match(_)));
-        assert!(matches!(s("libx.so.1.3.0", "libx.so.1.2.0"), MinorVerdict::Refuse(_)));
-        assert!(matches!(s("libx.so.1.1.0", "libx.so.1.2.0"), MinorVerdict::Refuse(_)));
-        assert!(matches!(s("libx.so.1", "libx.so.1.2"), MinorVerdict::Refuse(_)));
+        assert!(matches!(
+            s("libx.so.1.2.0", "libx.so.1.2.7"),
+            MinorVerdict::Match(_)
+        ));
+        assert!(matches!(
+            s("libx.so.1.3.0", "libx.so.1.2.0"),
+            MinorVerdict::Refuse(_)
+        ));
+        assert!(matches!(
+            s("libx.so.1.1.0", "libx.so.1.2.0"),
+            MinorVerdict::Refuse(_)
+        ));
+        assert!(matches!(
+            s("libx.so.1", "libx.so.1.2"),
+            MinorVerdict::Refuse(_)
+        ));
     }
 
     #[test]
