@@ -31,7 +31,7 @@ base() {
     local r=$1
     mkdir -p "$r/usr/lib/$MA" "$r/usr/lib64" "$r/usr/sbin" "$r/usr/bin" "$r/etc/ld.so.conf.d"
     ln -sfn usr/lib "$r/lib"; ln -sfn usr/lib64 "$r/lib64"; ln -sfn usr/sbin "$r/sbin"; ln -sfn usr/bin "$r/bin"
-    for f in libc.so.6 libm.so.6 ld-linux-x86-64.so.2; do cp -L "/lib/$MA/$f" "$r/usr/lib/$MA/$f"; done
+    for f in libc.so.6 libm.so.6 libresolv.so.2 libpthread.so.0 libdl.so.2 librt.so.1 ld-linux-x86-64.so.2; do cp -L "/lib/$MA/$f" "$r/usr/lib/$MA/$f"; done
     ln -sfn "../lib/$MA/ld-linux-x86-64.so.2" "$r/usr/lib64/ld-linux-x86-64.so.2"
     cp -L /sbin/ldconfig "$r/usr/sbin/ldconfig"
     echo 'include /etc/ld.so.conf.d/*.conf' > "$r/etc/ld.so.conf"
@@ -570,6 +570,22 @@ fn host_mpich_against_a_debian_image_with_the_testbed_module() {
         assert_eq!(rows(&v, dep)[0]["action"], "add", "{dep}: {v:#}");
     }
     assert_eq!(rows(&v, "libc.so.6")[0]["action"], "use_image");
+    // A module program keeps its listed name behind Debian's alternatives
+    // link, and goes first on PATH.
+    ok(&c.user(r#"printf '[modules.tools]\nbinaries = ["/usr/bin/mpiexec"]\n' >> shoal.toml"#));
+    let v = c.json("img.sqfs --module=tools");
+    let prog = rows(&v, "mpiexec");
+    assert_eq!(prog[0]["kind"], "program", "{v:#}");
+    assert_eq!(prog[0]["host"], "/usr/bin/mpiexec.hydra");
+    assert!(
+        bind_targets(&v).contains(&"/.shoal/bin/mpiexec".into()),
+        "{v:#}"
+    );
+    let path = serde_json::json!({"op": "prepend", "name": "PATH", "entries": ["/.shoal/bin"]});
+    assert!(
+        v["plan"]["env"].as_array().unwrap().contains(&path),
+        "{v:#}"
+    );
     // The site's default modules are used when none is named.
     ok(&c.user("sed -i '1i [injection]\\ndefault_modules = [\"mpich\"]' shoal.toml"));
     let table = ok(&c.abi_check("img.sqfs"));

@@ -166,16 +166,24 @@ impl<'a> LibraryIndex<'a> {
             .collect()
     }
 
-    /// Looks `name` up the way the loader would for a DT_NEEDED entry
-    /// (first directory that has it), returning the real file.
-    pub fn find(&self, name: &str) -> Option<FoundLib> {
+    /// Looks `name` up the way the loader would for a DT_NEEDED entry: the
+    /// first directory with an ELF file of that name for `machine` and class
+    /// (a 32-bit copy in a multiarch directory is skipped, as the loader does).
+    pub fn find(&self, name: &str, machine: u16, is_64: bool) -> Option<FoundLib> {
         let paths = self.names.get(name)?;
         paths.iter().find_map(|p| {
             let real = resolve(self.fs, p).ok()?;
-            (self.fs.entry(&real).ok()? == EntryKind::File).then(|| FoundLib {
+            if self.fs.entry(&real).ok()? != EntryKind::File {
+                return None;
+            }
+            let elf = self.elf(&real);
+            let fits = elf
+                .as_ref()
+                .is_ok_and(|e| e.machine == machine && e.is_64 == is_64);
+            fits.then(|| FoundLib {
                 path: p.clone(),
-                real: real.clone(),
-                elf: self.elf(&real),
+                real,
+                elf,
             })
         })
     }

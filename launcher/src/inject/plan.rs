@@ -263,6 +263,8 @@ struct HostObject {
     /// Other SONAMEs the module lists this file under (`libmpi.so.12` for
     /// Debian's `libmpich.so.12`).
     aliases: BTreeSet<String>,
+    /// The file name the module lists (programs are bound under it).
+    listed_as: Option<String>,
 }
 
 impl HostObject {
@@ -379,6 +381,7 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
                 mode,
                 kind: ObjectKind::Library,
                 aliases: alias.into_iter().collect(),
+                listed_as: None,
             });
         }
         for path in programs {
@@ -391,6 +394,7 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
                 mode,
                 kind: ObjectKind::Program,
                 aliases: BTreeSet::new(),
+                listed_as: path.file_name().map(|n| n.to_string_lossy().into_owned()),
             });
         }
     }
@@ -413,6 +417,9 @@ impl Builder<'_> {
         }
         let name = match (&obj.kind, obj.elf.as_ref().and_then(|e| e.soname.clone())) {
             (ObjectKind::Library, Some(soname)) => soname,
+            // A program keeps the name the module lists (`mpiexec`, not the
+            // `mpiexec.hydra` its alternatives link leads to).
+            (ObjectKind::Program, _) => obj.listed_as.clone().unwrap_or_else(|| obj.file_name()),
             _ => obj.file_name(),
         };
         if !self.seen_names.insert(name.clone()) {
@@ -459,6 +466,7 @@ impl Builder<'_> {
                             mode: obj.mode,
                             kind: ObjectKind::Library,
                             aliases: BTreeSet::new(),
+                            listed_as: None,
                         });
                     }
                     None => problems.push(format!(
@@ -741,7 +749,12 @@ impl Builder<'_> {
         dirs.iter()
             .map(|d| d.join(needed))
             .find(|p| p.is_file())
-            .or_else(|| self.host.find(needed).map(|f| f.real))
+            .or_else(|| {
+                let info = obj.elf.as_ref()?;
+                self.host
+                    .find(needed, info.machine, info.is_64)
+                    .map(|f| f.real)
+            })
     }
 
     fn plan(&mut self, image: &dyn ImageFs, req: &Request) -> Result<InjectionPlan, InjectError> {
