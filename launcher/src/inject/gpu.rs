@@ -76,20 +76,39 @@ pub fn select_gpus(
             order.push(index);
         }
     }
-    let mut bound = order.clone();
-    bound.sort_unstable();
-    let inside: Vec<String> = order
-        .iter()
-        .map(|i| bound.binary_search(i).expect("index in bound").to_string())
-        .collect();
-    let devices = all
+    let devices: Vec<GpuDevice> = all
         .into_iter()
-        .filter(|d| bound.contains(&d.index))
+        .filter(|d| order.contains(&d.index))
         .collect();
-    Ok(GpuSelection {
+    let mut selection = GpuSelection {
         devices,
-        cuda_visible_devices: Some(inside.join(",")),
-    })
+        cuda_visible_devices: None,
+    };
+    selection.cuda_visible_devices = Some(selection.renumber(visible)?);
+    Ok(selection)
+}
+
+impl GpuSelection {
+    /// `CUDA_VISIBLE_DEVICES` inside for a list of host GPU numbers (the
+    /// step's, or one task's when Slurm gives tasks their own): each number
+    /// becomes its position among the bound devices.
+    pub fn renumber(&self, visible: &str) -> Result<String, InjectError> {
+        let mut inside = Vec::new();
+        for item in visible.split(',').map(str::trim) {
+            let index: u32 = item.parse().map_err(|_| {
+                InjectError::Gpu(format!(
+                    "CUDA_VISIBLE_DEVICES={visible}: {item:?} is not a GPU number"
+                ))
+            })?;
+            let at = self.devices.iter().position(|d| d.index == index).ok_or_else(|| {
+                InjectError::Gpu(format!(
+                    "CUDA_VISIBLE_DEVICES={visible}: GPU {index} is not among the container's devices"
+                ))
+            })?;
+            inside.push(at.to_string());
+        }
+        Ok(inside.join(","))
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +130,18 @@ mod tests {
         assert_eq!(s.cuda_visible_devices.as_deref(), Some("1,0,2"));
         let idx: Vec<u32> = s.devices.iter().map(|d| d.index).collect();
         assert_eq!(idx, [1, 3, 5]);
+    }
+
+    #[test]
+    fn tasks_are_renumbered_against_the_steps_devices() {
+        let step = select_gpus(&gpus(8), Some("6,2,4,5")).unwrap();
+        assert_eq!(step.cuda_visible_devices.as_deref(), Some("3,0,1,2"));
+        assert_eq!(step.renumber("4,5").unwrap(), "1,2");
+        assert!(step
+            .renumber("3")
+            .unwrap_err()
+            .to_string()
+            .contains("GPU 3 is not among"));
     }
 
     #[test]

@@ -151,8 +151,15 @@ pub struct SquashfsImage {
 impl SquashfsImage {
     pub fn open(path: &Path) -> io::Result<SquashfsImage> {
         let file = fs::File::open(path)?;
-        let reader = backhand::FilesystemReader::from_reader(BufReader::new(file))
-            .map_err(|e| io::Error::other(format!("not a readable squashfs image: {e}")))?;
+        let reader = backhand::FilesystemReader::from_reader(BufReader::new(file)).map_err(|e| {
+            io::Error::other(match e {
+                backhand::BackhandError::UnsupportedCompression(kind) => format!(
+                    "squashfs compressed with {kind}, which Shoal does not read (zstd, gzip, lz4 only); \
+                     repack it with `mksquashfs DIR FILE -comp zstd`"
+                ),
+                e => format!("not a readable squashfs image ({e})"),
+            })
+        })?;
         let mut index = HashMap::new();
         let mut children: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
         for (i, node) in reader.root.nodes.iter().enumerate() {
