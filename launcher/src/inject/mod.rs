@@ -42,6 +42,30 @@
 //! inside the container. Nothing depends on `LD_LIBRARY_PATH`, and the image
 //! file is never modified: everything is mounts in the job's namespace, and
 //! the generated files live on the tmpfs.
+//!
+//! # Carrying a plan out (the launcher's side)
+//! [`InjectionPlan::steps`] are in order; each says what it needs:
+//! - [`Step::Tmpfs`]: a tmpfs (0755, nosuid, nodev) at `/.shoal`; the image
+//!   has no such directory, so the container root must accept a new mount
+//!   point (tmpfs root or overlay; the image file itself stays untouched).
+//! - [`Step::Bind`]: bind `source` (host, resolved) onto `target` (inside
+//!   the container root, already resolved inside the image, so it must be
+//!   opened without following symlinks out of the root), then remount the
+//!   bind with the flags given. `target_in_image == false`: create the mount
+//!   point (an empty file or directory) first.
+//! - [`Step::WriteFile`]: a new file on the tmpfs.
+//! - [`Step::RunInContainer`]: run `argv` with the container root as `/`,
+//!   as the user, no_new_privs, before the task; fail the launch unless it
+//!   exits 0 (it is the image's ldconfig writing `/.shoal/etc/ld.so.cache`).
+//! - [`Step::BindWithin`]: bind one container path over another.
+//!
+//! [`InjectionPlan::env`] applies on top of the image's environment.
+//!
+//! # Must never
+//! Run as root on the image: [`assess`] reads the user's image (squashfs
+//! parsing, symlinks of an unpacked tree), which needs no privilege, so it
+//! runs with the user's credentials. Never mount or write anything here;
+//! never inject the base runtime; never use `LD_LIBRARY_PATH` or `LD_PRELOAD`.
 
 pub mod discover;
 pub mod elf;
