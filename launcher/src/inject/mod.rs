@@ -45,9 +45,10 @@
 //!
 //! # Carrying a plan out (the launcher's side)
 //! [`InjectionPlan::steps`] are in order; each says what it needs:
-//! - [`Step::Tmpfs`]: a tmpfs (0755, nosuid, nodev) at `/.shoal`; the image
-//!   has no such directory, so the container root must accept a new mount
-//!   point (tmpfs root or overlay; the image file itself stays untouched).
+//! - [`Step::Tmpfs`]: a tmpfs (0755, nosuid, nodev) at `/.shoal`, owned by
+//!   the job's user (the ldconfig step writes `/.shoal/etc` as the user); the
+//!   image has no such directory, so the container root must accept a new
+//!   mount point (tmpfs root or overlay; the image file stays untouched).
 //! - [`Step::Bind`]: bind `source` (host, resolved) onto `target` (inside
 //!   the container root, already resolved inside the image, so it must be
 //!   opened without following symlinks out of the root), then remount the

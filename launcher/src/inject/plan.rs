@@ -126,8 +126,9 @@ pub struct BindMount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
-    /// Mount a fresh tmpfs (mode 0755, nosuid, nodev) at `target`, creating
-    /// the mount point; later steps bind into and write under it.
+    /// Mount a fresh tmpfs (mode 0755, nosuid, nodev, owned by the job's
+    /// user) at `target`, creating the mount point; later steps bind into
+    /// and write under it.
     Tmpfs {
         target: PathBuf,
     },
