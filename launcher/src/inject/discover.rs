@@ -83,10 +83,27 @@ impl<'a> LibraryIndex<'a> {
                 }
             }
         }
+        // The loader tries hardware-specific subdirectories of each directory
+        // before the directory itself (glibc-hwcaps/x86-64-v3 since glibc
+        // 2.33; tls and platform directories before): a copy there would win
+        // over a bind on the base directory's file, so they are scanned too.
+        let mut with_subdirs = Vec::new();
+        for dir in wanted {
+            if let Ok(real) = resolve(fs, &dir) {
+                let hwcaps = real.join("glibc-hwcaps");
+                for sub in fs.list(&hwcaps).unwrap_or_default() {
+                    with_subdirs.push(hwcaps.join(sub));
+                }
+                for sub in ["tls", "x86_64", "haswell", "avx512_1"] {
+                    with_subdirs.push(real.join(sub));
+                }
+            }
+            with_subdirs.push(dir);
+        }
         let mut seen = BTreeSet::new();
         let mut dirs = Vec::new();
         let mut names: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-        for dir in wanted {
+        for dir in with_subdirs {
             let Ok(real) = resolve(fs, &dir) else {
                 continue;
             };
@@ -329,6 +346,31 @@ mod tests {
         b.extend(5u32.to_ne_bytes());
         b.extend([0u8; 100]);
         assert!(ld_so_cache_paths(&b).len() <= 5);
+    }
+
+    #[test]
+    fn hwcaps_subdirectories_are_scanned() {
+        let dir = tempfile::tempdir().unwrap();
+        let v3 = dir
+            .path()
+            .join("usr/lib/x86_64-linux-gnu/glibc-hwcaps/x86-64-v3");
+        std::fs::create_dir_all(&v3).unwrap();
+        std::fs::write(v3.join("libfoo.so.1"), b"not elf").unwrap();
+        std::fs::write(v3.join("../../libfoo.so.1"), b"not elf").unwrap();
+        let img = super::super::image::DirImage::new(dir.path());
+        let index = LibraryIndex::scan(&img);
+        let found: Vec<PathBuf> = index
+            .by_stem("libfoo.so")
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/glibc-hwcaps/x86-64-v3/libfoo.so.1"),
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/libfoo.so.1"),
+            ]
+        );
     }
 
     #[test]
