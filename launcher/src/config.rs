@@ -30,6 +30,11 @@ pub struct Config {
     pub launcher: LauncherConfig,
     pub mounts: MountsConfig,
     pub env: EnvConfig,
+    /// How host libraries are matched against the image's (`[injection]`).
+    pub injection: InjectionConfig,
+    /// Named sets of host libraries, binaries, devices, environment and
+    /// mounts (`[modules.NAME]`), selected with `--module=NAME[,NAME]`.
+    pub modules: BTreeMap<String, ModuleConfig>,
 }
 
 /// How to reach one registry (`[registries."HOST:PORT"]`).
@@ -50,6 +55,73 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig { ca_file: None, tls_verify: true, mirrors: Vec::new() }
     }
+}
+
+/// Settings of the host-library injection (`[injection]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InjectionConfig {
+    /// Modules used when the user names none; `--module=none` turns them off.
+    pub default_modules: Vec<String>,
+    /// The version rule for a host library that replaces an image library.
+    pub abi: AbiMode,
+}
+
+/// How strictly a host library must match the image's copy it replaces.
+/// Both modes require the same SONAME major version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AbiMode {
+    /// Host minor >= image minor is a full match; an older host minor is
+    /// injected with a warning (the established MPI rule).
+    #[default]
+    Relaxed,
+    /// Minors must be equal; anything else is refused.
+    Strict,
+}
+
+/// One `[modules.NAME]` section: what the site injects when a job asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleConfig {
+    /// One line shown by `shoal abi-check` and in errors.
+    pub description: Option<String>,
+    /// Host libraries: absolute paths or globs. Each is matched against the
+    /// image's copy by SONAME; its non-glibc dependencies come along.
+    pub libraries: Vec<String>,
+    /// Host programs (absolute paths or globs), bound into a directory put
+    /// first on the container's PATH.
+    pub binaries: Vec<String>,
+    /// Device nodes always bound (absolute paths or globs), e.g. `/dev/nvidiactl`.
+    pub devices: Vec<String>,
+    /// Per-GPU device nodes (globs); each name must end with the GPU's
+    /// number (`/dev/nvidia[0-9]*`). Only the job's GPUs (CUDA_VISIBLE_DEVICES)
+    /// are bound, and CUDA_VISIBLE_DEVICES is renumbered to match inside.
+    pub gpu_devices: Vec<String>,
+    /// Environment variables set in the container.
+    pub env: BTreeMap<String, String>,
+    /// Paths put in front of a `:`-separated variable (`PATH`, ...), in order.
+    pub env_prepend: BTreeMap<String, Vec<String>>,
+    /// Extra host directories or files bound into the container.
+    pub mounts: Vec<ModuleMount>,
+    /// Other SONAMEs a host library stands for: SONAME -> host path.
+    /// Debian's MPICH is `libmpich.so.12`, which MPICH's ABI also calls
+    /// `libmpi.so.12`: with `"libmpi.so.12" = ".../libmpich.so.12"` an image
+    /// linked against libmpi.so.12 gets the host's library, and an image
+    /// with another libmpi major (Open MPI's libmpi.so.40) is refused.
+    pub aliases: BTreeMap<String, String>,
+    /// Overrides `[injection] abi` for this module's libraries.
+    pub abi: Option<AbiMode>,
+}
+
+/// An extra bind mount of a module: read-only unless `writable = true`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// Where images live.
@@ -230,12 +302,126 @@ impl Config {
 
     /// Parses config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             at: e.span().map(|s| locate(text, s.start)).unwrap_or_default(),
             message: e.message().trim().to_string(),
-        })
+        })?;
+        config.check_modules().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            at: Location { line: find_key_line(text, &key), key: Some(key) },
+            message,
+        })?;
+        Ok(config)
     }
+
+    /// Checks what serde cannot: module names, absolute paths, and that
+    /// `default_modules` names configured modules. Returns the dotted key.
+    fn check_modules(&self) -> Result<(), (String, String)> {
+        for (name, module) in &self.modules {
+            if name.is_empty()
+                || name == "none"
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err((
+                    format!("modules.{name}"),
+                    format!("module name {name:?} must be letters, digits, `-`, `_` or `.` and not `none`"),
+                ));
+            }
+            let lists = [
+                ("libraries", &module.libraries),
+                ("binaries", &module.binaries),
+                ("devices", &module.devices),
+                ("gpu_devices", &module.gpu_devices),
+            ];
+            for (field, list) in lists {
+                if let Some(bad) = list.iter().find(|p| !p.starts_with('/')) {
+                    return Err((
+                        format!("modules.{name}.{field}"),
+                        format!("{bad:?} is not an absolute path"),
+                    ));
+                }
+                if let Some((bad, e)) = list
+                    .iter()
+                    .find_map(|p| glob::Pattern::new(p).err().map(|e| (p, e)))
+                {
+                    return Err((format!("modules.{name}.{field}"), format!("bad glob {bad:?}: {e}")));
+                }
+            }
+            let vars = module.env.keys().map(|k| ("env", k));
+            for (field, var) in vars.chain(module.env_prepend.keys().map(|k| ("env_prepend", k))) {
+                // LD_* stays out: the loader must find the injected libraries
+                // through the plan, never through a variable the image can reset.
+                if var.is_empty() || var.contains('=') || var.starts_with("LD_") {
+                    return Err((
+                        format!("modules.{name}.{field}"),
+                        format!("{var:?} cannot be set by a module (empty, contains `=`, or an LD_* loader variable)"),
+                    ));
+                }
+            }
+            for (alias, path) in &module.aliases {
+                if !alias.contains(".so.") || alias.contains('/') || !path.starts_with('/') {
+                    return Err((
+                        format!("modules.{name}.aliases"),
+                        format!("{alias:?} = {path:?}: want a SONAME like \"libmpi.so.12\" and an absolute host path"),
+                    ));
+                }
+            }
+            for m in &module.mounts {
+                if !m.source.is_absolute() || !m.target.is_absolute() {
+                    return Err((
+                        format!("modules.{name}.mounts"),
+                        format!("{} -> {}: source and target must be absolute", m.source.display(), m.target.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(bad) = self
+            .injection
+            .default_modules
+            .iter()
+            .find(|m| !self.modules.contains_key(m.as_str()))
+        {
+            return Err((
+                "injection.default_modules".into(),
+                format!("{bad:?} is not a configured module (configured: {})", module_names(self)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The configured module names, for error messages: `gpu, mpich` or `none`.
+pub fn module_names(config: &Config) -> String {
+    if config.modules.is_empty() {
+        "none".into()
+    } else {
+        config.modules.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The line of a dotted key found after parsing (`modules.mpich.libraries`):
+/// the `[modules.mpich]` header, then the key's own line under it.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    while !parts.is_empty() {
+        let (table, last) = (parts[..parts.len() - 1].join("."), parts[parts.len() - 1]);
+        let header = format!("[{}]", parts.join("."));
+        let mut in_table = table.is_empty();
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l.starts_with('[') {
+                if l.replace(' ', "") == header {
+                    return Some(i + 1);
+                }
+                in_table = l.trim_matches(|c| c == '[' || c == ']').trim() == table;
+            } else if in_table && l.split_once('=').map(|(k, _)| k.trim().trim_matches('"')) == Some(last) {
+                return Some(i + 1);
+            }
+        }
+        parts.pop();
+    }
+    None
 }
 
 /// Finds the line number and dotted key of the byte offset `at` in `text`,
@@ -373,5 +559,59 @@ mod tests {
         assert_eq!(c.launcher.squashfuse_path(), PathBuf::from("/opt/sq"));
         assert_eq!(c.mounts.site, ["/apps:/apps:ro"]);
         assert_eq!(c.env.deny, ["SECRET_*"]);
+    }
+
+    const MODULES: &str = r#"
+[injection]
+default_modules = ["mpich"]
+abi = "strict"
+
+[modules.mpich]
+description = "Debian MPICH"
+libraries = ["/usr/lib/x86_64-linux-gnu/libmpich.so.12*"]
+binaries = ["/usr/bin/mpichversion"]
+env = { MPICH_SITE = "1" }
+env_prepend = { PATH = ["/opt/site/bin"] }
+mounts = [{ source = "/etc/site-net", target = "/etc/site-net" }]
+
+[modules.gpu]
+libraries = ["/usr/lib/x86_64-linux-gnu/libcuda.so.1"]
+devices = ["/dev/nvidiactl", "/dev/nvidia-uvm"]
+gpu_devices = ["/dev/nvidia[0-9]*"]
+abi = "relaxed"
+"#;
+
+    #[test]
+    fn modules_parse() {
+        let c = Config::parse(MODULES, Path::new("x")).unwrap();
+        assert_eq!(c.injection.default_modules, ["mpich"]);
+        assert_eq!(c.injection.abi, AbiMode::Strict);
+        let mpich = &c.modules["mpich"];
+        assert_eq!(mpich.libraries, ["/usr/lib/x86_64-linux-gnu/libmpich.so.12*"]);
+        assert_eq!(mpich.env["MPICH_SITE"], "1");
+        assert_eq!(mpich.env_prepend["PATH"], ["/opt/site/bin"]);
+        assert_eq!(mpich.mounts[0].target, Path::new("/etc/site-net"));
+        assert!(!mpich.mounts[0].writable);
+        assert_eq!(c.modules["gpu"].abi, Some(AbiMode::Relaxed));
+        assert_eq!(c.modules["gpu"].gpu_devices, ["/dev/nvidia[0-9]*"]);
+        assert_eq!(Config::default().injection.abi, AbiMode::Relaxed);
+    }
+
+    #[test]
+    fn bad_module_input_names_the_key() {
+        let e = err("[modules.mpich]\nlibraries = [\"libmpich.so.12\"]\n");
+        assert!(e.contains("modules.mpich.libraries") && e.contains("line 2") && e.contains("absolute"), "{e}");
+        let e = err("[modules.mpich]\nlibaries = []\n");
+        assert!(e.contains("libaries") && e.contains("line 2"), "{e}");
+        let e = err("[injection]\nabi = \"loose\"\n");
+        assert!(e.contains("injection.abi") && e.contains("loose"), "{e}");
+        let e = err("[injection]\ndefault_modules = [\"mpi\"]\n[modules.mpich]\n");
+        assert!(e.contains("injection.default_modules") && e.contains("configured: mpich"), "{e}");
+        let e = err("[modules.gpu]\nenv = { LD_LIBRARY_PATH = \"/x\" }\n");
+        assert!(e.contains("modules.gpu.env") && e.contains("LD_"), "{e}");
+        let e = err("[modules.none]\n");
+        assert!(e.contains("modules.none"), "{e}");
+        let e = err("[modules.x]\nmounts = [{ source = \"rel\", target = \"/t\" }]\n");
+        assert!(e.contains("modules.x.mounts") && e.contains("line 2"), "{e}");
     }
 }

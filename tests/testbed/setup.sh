@@ -16,6 +16,8 @@ PACKAGES=(
     mpich libmpich-dev charliecloud
     # benchmarks and helpers
     hyperfine util-linux procps psmisc
+    # ABI tests build synthetic ELF libraries (gcc, objdump)
+    gcc binutils
 )
 
 missing=()

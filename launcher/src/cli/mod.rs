@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod abi_check;
 mod config_cmd;
 mod gc;
 mod images;
@@ -51,6 +52,8 @@ enum Command {
     Run(run::RunArgs),
     /// Check this node (user namespaces, FUSE, squashfs, config) and say how to fix failures.
     Doctor,
+    /// Show which host libraries of a module an image can take, and why.
+    AbiCheck(abi_check::AbiCheckArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Import(args) => import::run(args, &cli.config),
         Command::Run(args) => run::run(args, &cli.config),
         Command::Doctor => doctor::run(&cli.config),
+        Command::AbiCheck(args) => abi_check::run(args, &cli.config),
     };
     match result {
         Ok(code) => code,
