@@ -108,8 +108,9 @@ fn invalid_site_config_fails_naming_file_line_and_key() {
 fn bad_mount_module_and_conflicting_image_are_refused_at_the_prompt() {
     let tb = testbed();
     for (cmd, says) in [
-        ("srun -N1 --mount=relative:/x true", r#"shoal: --mount="relative:/x": SRC and DST must be absolute paths"#),
-        ("sbatch --volume='/a:/b;/c:/d:perNodeCache' --wrap=true", r#"shoal: --mount="/c:/d:perNodeCache": unknown flag"#),
+        ("srun -N1 --mount=/tmp:relative true", r#"shoal: --mount="/tmp:relative": invalid mount "/tmp:relative": the target must be an absolute path"#),
+        ("sbatch --volume='/a:/b;/c:/d:perNodeCache' --wrap=true", r#"shoal: --mount="/c:/d:perNodeCache": invalid mount "/c:/d:perNodeCache": unknown flag"#),
+        ("srun -N1 --mount=/tmp:/etc/x true", r#"shoal: --mount="/tmp:/etc/x": mount "/tmp:/etc/x" refused by site policy"#),
         ("srun -N1 --module=nosuchmodule true", "shoal: --module=nosuchmodule"),
         (
             "srun -N1 --image=127.0.0.1:5443/a:1 --image=127.0.0.1:5443/b:1 true",

@@ -35,6 +35,37 @@ pub struct Config {
     /// Named sets of host libraries, binaries, devices, environment and
     /// mounts (`[modules.NAME]`), selected with `--module=NAME[,NAME]`.
     pub modules: BTreeMap<String, ModuleConfig>,
+    pub slurm: SlurmConfig,
+}
+
+/// What tasks inside an image need from the host to stay Slurm tasks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// Host paths bound read-only at the same place into every image step,
+    /// so `srun`, `scontrol` and `sbatch` work inside (a batch script that
+    /// runs in the image starts its steps with them). Paths missing on the
+    /// node are skipped. The image's own C library must be able to run the
+    /// host's Slurm client (same distribution family, glibc not older).
+    pub host_paths: Vec<PathBuf>,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        let paths = [
+            "/usr/bin/srun",
+            "/usr/bin/sbatch",
+            "/usr/bin/scontrol",
+            "/usr/bin/squeue",
+            "/usr/lib/x86_64-linux-gnu/slurm-wlm",
+            "/usr/lib/x86_64-linux-gnu/libmunge.so.2",
+            "/etc/slurm",
+            "/run/munge",
+            "/usr/lib/shoal",
+            "/usr/local/lib/shoal",
+        ];
+        SlurmConfig { host_paths: paths.iter().map(PathBuf::from).collect() }
+    }
 }
 
 /// How to reach one registry (`[registries."HOST:PORT"]`).

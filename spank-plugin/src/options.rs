@@ -14,6 +14,7 @@
 use std::os::raw::{c_char, c_int};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use shoal::container::UserMount;
 use shoal::{Config, ImageSpec};
 
 use crate::spank::{self, OptionSpec, Spank};
@@ -151,28 +152,14 @@ pub fn set_image(req: &mut Request, value: Option<&str>) -> Result<(), String> {
 /// the site's policy.
 pub fn add_mounts(req: &mut Request, value: &str, option: &str) -> Result<(), String> {
     for spec in value.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        check_mount_syntax(spec).map_err(|why| format!("{option}={spec:?}: {why}"))?;
+        // The launcher's parser, so the prompt and the node agree on syntax.
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        UserMount::parse(spec, &cwd).map_err(|e| format!("{option}={spec:?}: {e}"))?;
         if !req.mounts.iter().any(|m| m == spec) {
             req.mounts.push(spec.to_string());
         }
     }
     Ok(())
-}
-
-fn check_mount_syntax(spec: &str) -> Result<(), String> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (src, dst, flags) = match parts.as_slice() {
-        [src, dst] => (*src, *dst, None),
-        [src, dst, flags] => (*src, *dst, Some(*flags)),
-        _ => return Err("expected SRC:DST or SRC:DST:ro".into()),
-    };
-    if !src.starts_with('/') || !dst.starts_with('/') {
-        return Err("SRC and DST must be absolute paths".into());
-    }
-    match flags {
-        None | Some("ro") | Some("rw") => Ok(()),
-        Some(f) => Err(format!("unknown flag {f:?}; the only flags are ro and rw")),
-    }
 }
 
 /// Records `--module`, refusing a conflicting repeat.
@@ -249,7 +236,7 @@ mod tests {
         add_mounts(&mut r, "/data:/data:ro", "--mount").unwrap();
         add_mounts(&mut r, "/opt/x:/x", "--mount").unwrap();
         assert_eq!(r.mounts, ["/scratch:/scratch", "/data:/data:ro", "/opt/x:/x"]);
-        for bad in ["scratch:/scratch", "/a", "/a:/b:perNodeCache", "/a:b", "/a:/b:ro:x"] {
+        for bad in ["/a:b", "/a:/b:perNodeCache", "/a:/b:ro:x", ":/b"] {
             let e = add_mounts(&mut r, bad, "--mount").unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }

@@ -320,9 +320,31 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
     let root = sys::openat(None, Path::new(&root_path), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the root"))?;
 
     // 7. Mounts, in plan order, onto targets resolved inside the root.
-    for (m, s) in plan.mounts.iter().zip(&binds) {
+    for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
         let what = || format!("mount {}", m.target.display());
-        let target = sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?;
+        let target = match sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // The skeleton made this target, but a tmpfs the plan
+                // mounted earlier (/run for /run/munge) now hides it: make
+                // it again inside that tmpfs, which is ours, not the image's.
+                let Some(tmpfs) = plan.mounts[..i]
+                    .iter()
+                    .rev()
+                    .find(|p| matches!(p.kind, MountKind::Tmpfs { .. }) && m.target.starts_with(&p.target))
+                else {
+                    return Err(step(what())(e));
+                };
+                let dir = match s {
+                    Some(fd) => is_dir(fd.as_fd()).map_err(step(what()))?,
+                    None => true,
+                };
+                let base = sys::open_in_root(root.as_fd(), &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step(what()))?;
+                let rel = m.target.strip_prefix(&tmpfs.target).unwrap_or(&m.target);
+                skeleton_path(base.as_fd(), rel, dir).map_err(step(what()))?;
+                sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?
+            }
+            other => other.map_err(step(what()))?,
+        };
         let mut extra = if m.harden { libc::MS_NOSUID | libc::MS_NODEV } else { 0 };
         if m.read_only {
             extra |= libc::MS_RDONLY;

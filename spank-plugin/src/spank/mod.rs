@@ -202,6 +202,34 @@ impl Spank {
         Ok(unsafe { args(argc, argv) })
     }
 
+    /// The environment the task will be started with (remote context).
+    pub fn job_env(&self) -> Result<Vec<(String, String)>, SpankError> {
+        let mut env: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: S_JOB_ENV takes one `char ***`; Slurm keeps ownership of
+        // the NULL-terminated array, which is copied here.
+        check("spank_get_item(S_JOB_ENV)", unsafe {
+            ffi::spank_get_item(self.0, ffi::spank_item::S_JOB_ENV, &mut env as *mut *mut *mut c_char)
+        })?;
+        let mut out = Vec::new();
+        if env.is_null() {
+            return Ok(out);
+        }
+        for i in 0.. {
+            // SAFETY: the array is NULL-terminated; every entry before the
+            // terminator is a NUL-terminated `NAME=VALUE` string.
+            let p = unsafe { *env.add(i) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: as above.
+            let kv = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+            if let Some((k, v)) = kv.split_once('=') {
+                out.push((k.to_string(), v.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a variable of the job's environment (remote context) or of the
     /// submitting command's environment (local and allocator contexts).
     pub fn getenv(&self, name: &str) -> Option<String> {
