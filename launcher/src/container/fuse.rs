@@ -51,6 +51,9 @@ pub struct FuseServer {
     /// Carries the mounted /dev/fuse descriptor to the server.
     handoff: Option<OwnedFd>,
     errors: OwnedFd,
+    /// The short-lived middle process of the double fork, reaped late so
+    /// the launch never waits for it to be scheduled.
+    middle: Option<nix::unistd::Pid>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -71,11 +74,14 @@ fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
 
 /// Forks the server; it waits for [`FuseServer::mount`] to hand it the
 /// mounted /dev/fuse descriptor, then execs. `image` is the opened squashfs
-/// file; `run_as` = (uid, gid, groups) when the launcher is root.
+/// file; `run_as` = (uid, gid, groups) when the launcher is root;
+/// `threaded`: serve with a pool of threads (containers shared by several
+/// processes) rather than one.
 pub fn start(
     squashfuse: &Path,
     image: BorrowedFd<'_>,
     run_as: Option<(u32, u32, &[u32])>,
+    threaded: bool,
 ) -> Result<FuseServer, FuseError> {
     if !squashfuse.is_file() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
@@ -91,26 +97,27 @@ pub fn start(
 
     // Everything the child needs, allocated before fork.
     let prog = sys::cstr(squashfuse).map_err(FuseError::Spawn)?;
-    let argv: Vec<CString> = [
-        "squashfuse_ll".to_string(),
-        "-f".into(),
+    let mut args = vec!["squashfuse_ll".to_string(), "-f".into()];
+    if !threaded {
+        // One process reading one file after another is served faster by
+        // one thread: no hand-off between workers on a loaded node.
+        args.push("-s".into());
+    }
+    args.extend([
         format!("/dev/fd/{SERVER_IMAGE_FD}"),
         format!("/dev/fd/{SERVER_DEV_FD}"),
-    ]
-    .into_iter()
-    .map(|s| CString::new(s).expect("no NUL"))
-    .collect();
+    ]);
+    let argv: Vec<CString> = args.into_iter().map(|s| CString::new(s).expect("no NUL")).collect();
     let groups: Vec<libc::gid_t> = run_as.map(|(_, _, g)| g.to_vec()).unwrap_or_default();
 
     // SAFETY: the process is single-threaded (launcher contract), so the
     // child may run ordinary code until exec/_exit.
     match unsafe { fork() }.map_err(|e| FuseError::Spawn(e.into()))? {
         ForkResult::Parent { child } => {
-            // The intermediate child exits at once; the server is reparented.
-            let _ = waitpid(child, None);
+            // The middle child exits at once; the server is reparented.
             drop(theirs);
             drop(err_w);
-            Ok(FuseServer { handoff: Some(ours), errors: err_r })
+            Ok(FuseServer { handoff: Some(ours), errors: err_r, middle: Some(child) })
         }
         ForkResult::Child => {
             drop(ours);
@@ -192,6 +199,13 @@ fn receive_fd(sock: BorrowedFd<'_>) -> Option<i32> {
 }
 
 impl FuseServer {
+    /// Reaps the middle process of the double fork (it exits at once).
+    pub fn reap(&mut self) {
+        if let Some(pid) = self.middle.take() {
+            let _ = waitpid(pid, None);
+        }
+    }
+
     /// Opens /dev/fuse (inside the container's namespaces), mounts it on
     /// `target` (read-only, nosuid, nodev, permissions checked by the
     /// kernel) and hands the descriptor to the server. The first access to
@@ -246,5 +260,6 @@ impl Drop for FuseServer {
     fn drop(&mut self) {
         // Closing the socket before the mount tells a waiting server to exit.
         self.handoff.take();
+        self.reap();
     }
 }

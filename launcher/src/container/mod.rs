@@ -98,12 +98,12 @@ pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> 
     let joined = match share {
         None => {
             let src = rootfs::open_sources(plan)?;
-            rootfs::build(plan, src)?;
+            rootfs::build(plan, src, 1)?;
             None
         }
         Some(s) => Some(share::enter_shared(s, plan.mode, plan.identity.uid, || -> Result<(), EnterError> {
             let src = rootfs::open_sources(plan)?;
-            rootfs::build(plan, src)?;
+            rootfs::build(plan, src, s.peers)?;
             Ok(())
         })?),
     };

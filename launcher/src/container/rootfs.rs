@@ -16,7 +16,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
@@ -222,7 +222,8 @@ fn c(s: &str) -> CString {
 
 /// Builds the container and leaves the current process inside it (root
 /// pivoted, cwd `/`). Credentials, capabilities and cwd are the caller's job.
-pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
+/// `processes`: how many processes will use it (the FUSE server's threads).
+pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), BuildError> {
     let id = &plan.identity;
 
     // 1. The image server is forked while we are still in the host's
@@ -230,7 +231,7 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
     let mut server = match &plan.root.via {
         ImageMount::Fuse { squashfuse } => {
             let run_as = (plan.mode == Mode::Privileged).then_some((id.uid, id.gid, plan.groups.as_slice()));
-            Some(fuse::start(squashfuse, src.image.as_fd(), run_as)?)
+            Some(fuse::start(squashfuse, src.image.as_fd(), run_as, processes > 1)?)
         }
         ImageMount::KernelLoop => None,
     };
@@ -271,6 +272,21 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
         }
     }
     drop(src.image);
+
+    // 5. The skeleton: every mount target (made while the server starts),
+    //    then /etc/passwd and /etc/group merged with the image's.
+    let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
+    for (m, s) in plan.mounts.iter().zip(&binds) {
+        let dir = match (&m.kind, s) {
+            (MountKind::Tmpfs { .. }, _) => true,
+            (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
+            (MountKind::Bind { .. }, None) => continue,
+        };
+        skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
+    }
+    skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
+    let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
+
     // The first access waits for the server; a server that died reports here.
     let lower_fd = sys::openat(None, Path::new(&lower), libc::O_PATH | libc::O_DIRECTORY, 0)
         .and_then(|fd| fstat(fd.as_fd()).map(|_| fd).map_err(io::Error::from))
@@ -285,18 +301,6 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
             },
         })?;
 
-    // 5. The skeleton: every mount target, and /etc/passwd, /etc/group.
-    let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
-    for (m, s) in plan.mounts.iter().zip(&binds) {
-        let dir = match (&m.kind, s) {
-            (MountKind::Tmpfs { .. }, _) => true,
-            (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
-            (MountKind::Bind { .. }, None) => continue,
-        };
-        skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
-    }
-    skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
-    let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
     let passwd = etc::merge_passwd(&read_image_file(lower_fd.as_fd(), "/etc/passwd"), id);
     let group = etc::merge_group(&read_image_file(lower_fd.as_fd(), "/etc/group"), id);
     write_file(etc_dir.as_fd(), "passwd", &passwd).map_err(step("write /etc/passwd"))?;
@@ -354,6 +358,8 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
     sys::pivot_root_here().map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| step("detach the host root")(e.into()))?;
     nix::unistd::chdir("/").map_err(|e| step("chdir /")(e.into()))?;
-    let _ = root.as_raw_fd();
+    if let Some(s) = server.as_mut() {
+        s.reap();
+    }
     Ok(())
 }
