@@ -17,6 +17,8 @@ STATE=${TESTBED_STATE:-/var/lib/shoal-testbed}
 BENCH=$STATE/bench/launcher
 REG=127.0.0.1:5443
 mkdir -p "$BENCH"
+# Defaults only: the benchmark must not depend on the node's site config.
+: > "$BENCH/shoal.toml"
 
 cargo build --release -p shoal --locked >/dev/null 2>&1 || cargo build --release -p shoal --locked
 SHOAL=$PWD/target/release/shoal
@@ -56,15 +58,15 @@ fi
 measure() {  # measure IMAGE N CMD...   -> lines "shoal MS", "ch-run MS", "bare MS"
     local img=$1 n=$2; shift 2
     runuser -u "$USER_NAME" -- env -i HOME=/tmp USER="$USER_NAME" PATH=/usr/bin:/bin bash -c '
-        img=$1; n=$2; shoal=$3; bare=$4; shift 4
+        img=$1; n=$2; shoal=$3; bare=$4; cfg=$5; shift 5
         cd /tmp
         t() { local s=$EPOCHREALTIME; "$@" >/dev/null 2>&1 || echo "failed: $*" >&2; local e=$EPOCHREALTIME; echo "$(( (${e/./} - ${s/./}) ))"; }
-        for i in $(seq 1 3); do "$shoal" run "$img" -- "$@" >/dev/null 2>&1; ch-run "$img" -- "$@" >/dev/null 2>&1; done
+        for i in $(seq 1 3); do "$shoal" --config "$cfg" run "$img" -- "$@" >/dev/null 2>&1; ch-run "$img" -- "$@" >/dev/null 2>&1; done
         for i in $(seq 1 "$n"); do
-            echo "shoal $(t "$shoal" run "$img" -- "$@")"
+            echo "shoal $(t "$shoal" --config "$cfg" run "$img" -- "$@")"
             echo "ch-run $(t ch-run "$img" -- "$@")"
             if [ "$bare" = 1 ]; then echo "bare $(t "$@")"; fi
-        done' _ "$img" "$n" "$SHOAL" "${BARE:-0}" "$@"
+        done' _ "$img" "$n" "$SHOAL" "${BARE:-0}" "$BENCH/shoal.toml" "$@"
 }
 stats() {  # stats TAG < "tag usec" lines -> "median p10 p90" in ms
     awk -v tag="$1" '$1==tag {print $2}' | sort -n | awk '{a[NR]=$1} END {

@@ -226,19 +226,24 @@ fn c(s: &str) -> CString {
 pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), BuildError> {
     let id = &plan.identity;
 
-    // 1. The image server is forked while we are still in the host's
-    //    namespaces, so it never holds the container's alive.
+    // 1. The image server first: the superblock is made (unprivileged: in a
+    //    new user namespace) and the server forked before the container's
+    //    mount namespace exists, so it never holds the container alive.
     let mut server = match &plan.root.via {
         ImageMount::Fuse { squashfuse } => {
-            let run_as = (plan.mode == Mode::Privileged).then_some((id.uid, id.gid, plan.groups.as_slice()));
-            Some(fuse::start(squashfuse, src.image.as_fd(), run_as, processes > 1)?)
+            let who = match plan.mode {
+                Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
+                Mode::Privileged => fuse::ServerAs::RootFor { uid: id.uid, gid: id.gid, groups: plan.groups.clone() },
+            };
+            Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1)?)
         }
         ImageMount::KernelLoop => None,
     };
 
-    // 2. Namespaces.
+    // 2. Namespaces: the container's own mount namespace (inside the user
+    //    namespace the server start made, when unprivileged).
     match plan.mode {
-        Mode::Unprivileged => userns::enter_user_and_mount(id.uid, id.gid)?,
+        Mode::Unprivileged => userns::new_mount()?,
         Mode::Privileged => userns::enter_mount()?,
     }
 
@@ -256,7 +261,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     // 4. The image, read-only, nosuid, nodev.
     let lower = format!("{STAGE}/lower");
     match server.as_mut() {
-        Some(s) => s.mount(Path::new(&lower), id.uid, id.gid)?,
+        Some(s) => s.attach(Path::new(&lower))?,
         None => {
             let (dev, name) = sys::loop_attach(src.image.as_fd())
                 .map_err(|err| BuildError::Loop { path: plan.root.squashfs.clone(), err })?;
