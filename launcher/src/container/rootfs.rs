@@ -368,3 +368,35 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn superblock(major: u16, bytes_used: u64, file_len: usize) -> tempfile::NamedTempFile {
+        let mut sb = vec![0u8; file_len.max(96)];
+        sb[0..4].copy_from_slice(b"hsqs");
+        sb[28..30].copy_from_slice(&major.to_le_bytes());
+        sb[40..48].copy_from_slice(&bytes_used.to_le_bytes());
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&sb[..file_len]).unwrap();
+        f
+    }
+
+    fn check(f: &tempfile::NamedTempFile) -> Result<(), String> {
+        let fd = sys::openat(None, f.path(), libc::O_RDONLY, 0).unwrap();
+        check_squashfs(fd.as_fd())
+    }
+
+    #[test]
+    fn squashfs_superblock_is_checked() {
+        assert_eq!(check(&superblock(4, 4096, 4096)), Ok(()));
+        assert!(check(&superblock(3, 4096, 4096)).unwrap_err().contains("version 3"));
+        assert!(check(&superblock(4, 8192, 4096)).unwrap_err().contains("truncated"));
+        assert!(check(&superblock(4, 10, 50)).unwrap_err().contains("no squashfs superblock"));
+        let mut junk = tempfile::NamedTempFile::new().unwrap();
+        junk.write_all(&[b'x'; 200]).unwrap();
+        assert!(check(&junk).unwrap_err().contains("no squashfs superblock"));
+    }
+}
