@@ -479,3 +479,31 @@ fn doctor_prints_a_table_with_fixes() {
     assert!(text.contains("config           FAIL"), "{text}");
     assert!(text.contains("fix: fix the file"), "{text}");
 }
+
+#[test]
+fn missing_or_closed_dev_fuse_is_reported_with_the_fix() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "devfuse");
+    // A private mount namespace whose /dev has no fuse node, then one whose
+    // fuse node is root-only: what a fresh node looks like.
+    for (setup, says) in [
+        ("", "/dev/fuse is missing on this node: load the kernel module"),
+        ("mknod $d/fuse c 10 229 && chmod 600 $d/fuse &&", "/dev/fuse is not accessible to you"),
+    ] {
+        let out = tb.root(&format!(
+            "unshare -m sh -c 'd=$(mktemp -d) && mount -t tmpfs t $d && cp -a /dev/null /dev/zero /dev/urandom $d/ && {setup} \
+             mount --bind $d /dev && cd {dir} && runuser -u {u} -- env HOME={home} {s} run ./busybox.sqfs -- true; \
+             runuser -u {u} -- {s} doctor'",
+            dir = dir.display(),
+            u = tb.user,
+            home = tb.home.display(),
+            s = shoal(tb)
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(err.contains(says), "expected {says:?} in:\n{err}");
+        assert!(table.contains("/dev/fuse        FAIL"), "doctor did not flag /dev/fuse:\n{table}");
+        assert!(table.contains("fix: modprobe fuse, and make /dev/fuse mode 0666"), "{table}");
+    }
+    assert_clean(&img);
+}
