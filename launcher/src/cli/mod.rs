@@ -30,7 +30,7 @@ enum Command {
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
     /// Run a command in an image: `shoal run IMAGE [--] CMD [ARGS...]`.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check this node (user namespaces, FUSE, squashfs, config) and say how to fix failures.
     Doctor,
 }
@@ -39,7 +39,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &cli.config),
-        Command::Run(args) => run::run(args, &cli.config),
+        Command::Run(args) => run::run(*args, &cli.config),
         Command::Doctor => doctor::run(&cli.config),
     };
     match result {
