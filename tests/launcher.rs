@@ -507,3 +507,43 @@ fn missing_or_closed_dev_fuse_is_reported_with_the_fix() {
     }
     assert_clean(&img);
 }
+
+#[test]
+fn user_namespaces_disabled_is_reported_with_the_fix() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "nouserns");
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    let gid = ok(&tb.user("id -g")).trim().to_string();
+    // user.max_user_namespaces is per user namespace: set it to 0 in a
+    // namespace of root's (all ids mapped to themselves) and run as the user
+    // there, as on a node where the admin disabled them.
+    let as_user = format!("setpriv --reuid={uid} --regid={gid} --clear-groups env HOME={}", tb.home.display());
+    let inner = dir.join("inner.sh");
+    let go = dir.join("go");
+    std::fs::write(
+        &inner,
+        format!(
+            "echo 0 > /proc/sys/user/max_user_namespaces\ncd {d}\n{as_user} {s} run ./busybox.sqfs -- true\n{as_user} {s} doctor\n",
+            d = dir.display(),
+            s = shoal(tb)
+        ),
+    )
+    .unwrap();
+    let out = tb.root(&format!(
+        "unshare --user sh -c 'while [ ! -e {go} ]; do sleep 0.01; done; exec sh {inner}' & p=$!
+         while [ \"$(readlink /proc/$p/ns/user)\" = \"$(readlink /proc/self/ns/user)\" ]; do sleep 0.01; done
+         echo '0 0 65536' > /proc/$p/uid_map && echo '0 0 65536' > /proc/$p/gid_map && touch {go}; wait $p",
+        go = go.display(),
+        inner = inner.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains("user namespaces are disabled on this node") && err.contains("user.max_user_namespaces=0"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "not one line:\n{err}");
+    assert!(table.contains("user namespaces  FAIL"), "{table}");
+    assert!(table.contains("fix: enable them: sysctl user.max_user_namespaces="), "{table}");
+    assert_clean(&img);
+}
