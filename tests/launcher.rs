@@ -547,3 +547,27 @@ fn user_namespaces_disabled_is_reported_with_the_fix() {
     assert!(table.contains("fix: enable them: sysctl user.max_user_namespaces="), "{table}");
     assert_clean(&img);
 }
+
+#[test]
+fn root_opens_user_mount_sources_with_the_users_credentials() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "asuser");
+    // A directory only root can reach (inside a 0700 one), and the user's
+    // symlink to it.
+    let secret = fixtures().join("secret/sub");
+    ok(&tb.root(&format!("mkdir -p {0} && chmod 700 {0}/.. && echo s > {0}/f", secret.display())));
+    ok(&tb.user(&format!("ln -sfn {} {}/link", secret.display(), dir.display())));
+    for src in [secret.display().to_string(), format!("{}/link", dir.display())] {
+        let err = fails(&tb.root(&format!(
+            "cd {} && {} run --user {} --mount {src}:/data ./busybox.sqfs -- cat /data/f",
+            dir.display(),
+            shoal(tb),
+            tb.user
+        )));
+        assert!(err.contains(&format!("mount source {src} for /data is not accessible to {}", tb.user)), "{src}: {err}");
+    }
+    // Root running for root may use it.
+    let out = ok(&tb.root(&format!("cd {} && {} run --mount {}:/data ./busybox.sqfs -- cat /data/f", dir.display(), shoal(tb), secret.display())));
+    assert_eq!(out.trim(), "s");
+    assert_clean(&img);
+}
