@@ -58,7 +58,7 @@ pub fn new_mount() -> Result<(), NsError> {
 }
 
 /// New mount namespace only (root).
-pub fn enter_mount(/* root */) -> Result<(), NsError> {
+pub fn enter_mount() -> Result<(), NsError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| NsError::Mountns(e.into()))?;
     make_private()
 }
