@@ -10,7 +10,8 @@
 //! Each returns the image's size, sha256 (hex, of the whole file) and inode
 //! count; the store records the hash so that nodes can verify their copies.
 //! `out` is a new temporary file next to its final place: it is overwritten,
-//! written in full, fsynced, and left for the caller to rename.
+//! written in full, fsynced, and left for the caller to rename (or, on an
+//! error, to delete).
 //!
 //! How: the layers are read top layer first, each decompressed once (gzip,
 //! zstd or plain tar, told by the media type and checked by magic bytes),
@@ -27,7 +28,12 @@
 //! links, fifos, with owners (numeric uid/gid from the tar headers), modes
 //! including setuid/setgid/sticky (image mounts are nosuid) and `SCHILY.xattr`
 //! extended attributes. Device nodes are dropped (mounts are nodev). The
-//! root directory is always 0755 root:root.
+//! root directory is always 0755 root:root. The output is deterministic: the
+//! same layers give the same bytes whatever their compression.
+//!
+//! `dir_to_squashfs` packs a directory as it is with `mksquashfs` (which
+//! keeps hard links and xattrs; squashfs-tools-ng's `gensquashfs` does not
+//! keep hard links).
 //!
 //! What this module must never do: write anything but `out` (no unpacking,
 //! no following of any path from a layer on the host), or accept an entry
@@ -194,8 +200,14 @@ pub enum ConvertError {
     },
     #[error("{tool} not found on PATH: install squashfs-tools-ng (Debian/Ubuntu package `squashfs-tools-ng`)")]
     ToolMissing { tool: &'static str },
-    #[error("no space left in {}: the image needs about {needed} MB there, {free} MB are free; free some space or point the store elsewhere", dir.display())]
-    DiskFull { dir: PathBuf, needed: u64, free: u64 },
+    #[error("no space left in {}: {}{free_mb} MB are free; free some space or point the store elsewhere", dir.display(), needs(.needed_mb))]
+    DiskFull {
+        dir: PathBuf,
+        /// A rough size of the image, when known (the compressed layers'
+        /// size: a zstd squashfs comes out about as big).
+        needed_mb: Option<u64>,
+        free_mb: u64,
+    },
     #[error("{tool} failed writing {}: {message}", out.display())]
     Writer {
         tool: &'static str,
@@ -208,6 +220,10 @@ pub enum ConvertError {
     Options(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+}
+
+fn needs(mb: &Option<u64>) -> String {
+    mb.map(|n| format!("the image needs about {n} MB, ")).unwrap_or_default()
 }
 
 impl ConvertError {

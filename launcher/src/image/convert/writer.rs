@@ -41,11 +41,11 @@ pub fn layers_to_squashfs(
     match feed(layers, stdin, out, total, progress) {
         Ok(()) => {
             progress(Progress::Finishing);
-            tool.wait(total)?;
+            tool.wait(Some(total))?;
             summarise(out)
         }
         // The writer's own failure explains a broken pipe better than the pipe.
-        Err(e @ ConvertError::Writer { .. }) => Err(tool.wait(total).err().unwrap_or(e)),
+        Err(e @ ConvertError::Writer { .. }) => Err(tool.wait(Some(total)).err().unwrap_or(e)),
         // Bad input: dropping `tool` stops the writer.
         Err(e) => Err(e),
     }
@@ -53,6 +53,9 @@ pub fn layers_to_squashfs(
 
 /// Packs the directory `dir` as it is (owners, modes, xattrs, hard links) into
 /// `out`, for `shoal import DIR`.
+///
+/// This uses `mksquashfs`: squashfs-tools-ng's `gensquashfs --pack-dir`
+/// stores hard links as separate files, and a directory needs no flattening.
 pub fn dir_to_squashfs(
     dir: &Path,
     out: &Path,
@@ -66,15 +69,28 @@ pub fn dir_to_squashfs(
             io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
         ));
     }
-    let mut cmd = Command::new("gensquashfs");
-    cmd.args(["--quiet", "--force", "--keep-time", "--keep-xattr", "--one-file-system"])
-        .arg("--pack-dir")
-        .arg(dir);
-    writer_args(&mut cmd, opts)?;
-    cmd.arg(out).stdin(Stdio::null());
+    check_block_size(opts.block_size)?;
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(dir)
+        .arg(out)
+        .args(["-noappend", "-quiet", "-no-progress", "-xattrs", "-one-file-system"])
+        .arg("-b")
+        .arg(opts.block_size.to_string())
+        .arg("-processors")
+        .arg(jobs().to_string());
+    match opts.compression {
+        Compression::Zstd { level } => cmd
+            .args(["-comp", "zstd", "-Xcompression-level"])
+            .arg(level.to_string()),
+        Compression::Gzip { level } => cmd
+            .args(["-comp", "gzip", "-Xcompression-level"])
+            .arg(level.to_string()),
+        Compression::Lz4 => cmd.args(["-comp", "lz4"]),
+    };
+    cmd.stdin(Stdio::null());
     progress(Progress::Finishing);
-    let tool = Tool::spawn(cmd, "gensquashfs", out)?;
-    tool.wait(0)?;
+    let tool = Tool::spawn(cmd, "mksquashfs", out)?;
+    tool.wait(None)?;
     summarise(out)
 }
 
@@ -84,13 +100,24 @@ pub fn check_squashfs(path: &Path) -> Result<SquashSummary, ConvertError> {
     summarise(path)
 }
 
-fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertError> {
-    let bs = opts.block_size;
+fn check_block_size(bs: u32) -> Result<(), ConvertError> {
     if !(4096..=1 << 20).contains(&bs) || !bs.is_power_of_two() {
         return Err(ConvertError::Options(format!(
             "block size {bs}: use a power of two from 4096 to 1048576"
         )));
     }
+    Ok(())
+}
+
+/// Compressor threads: all cores. On 2 cores the writer's threads and the
+/// decompressing thread share them (measured best; BENCHMARKS.md).
+fn jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertError> {
+    let bs = opts.block_size;
+    check_block_size(bs)?;
     match opts.compression {
         Compression::Zstd { level } if (1..=22).contains(&level) => {
             cmd.args(["-c", "zstd", "-X"]).arg(format!("level={level}"))
@@ -101,10 +128,7 @@ fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertErr
         Compression::Lz4 => cmd.args(["-c", "lz4"]),
         c => return Err(ConvertError::Options(format!("compression level out of range: {c}"))),
     };
-    // All cores compress while this process decompresses: on 2 cores the
-    // writer's threads and ours share them (measured best; BENCHMARKS.md).
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    cmd.arg("-j").arg(jobs.to_string()).arg("-b").arg(bs.to_string());
+    cmd.arg("-j").arg(jobs().to_string()).arg("-b").arg(bs.to_string());
     Ok(())
 }
 
@@ -140,24 +164,28 @@ impl Tool {
         })
     }
 
-    /// Waits for the writer; `needed` estimates the image size for a
-    /// disk-full message.
-    fn wait(mut self, needed: u64) -> Result<(), ConvertError> {
+    /// Waits for the writer; `needed` estimates the image size in bytes for
+    /// a disk-full message.
+    fn wait(mut self, needed: Option<u64>) -> Result<(), ConvertError> {
         let status = self.child.wait().map_err(|e| ConvertError::io(&self.out, e))?;
         let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
         if status.success() {
             return Ok(());
         }
-        if stderr.contains("No space left on device") {
-            let dir = match self.out.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => ".".into(),
-            };
-            let free = free_bytes(&dir).unwrap_or(0);
+        let dir = match self.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => ".".into(),
+        };
+        let free = free_bytes(&dir);
+        // tar2sqfs does not always say ENOSPC (a failed write may read
+        // "I/O error"): a file system left with almost nothing free is the
+        // tell. The partial image still holds its space at this point.
+        if stderr.contains("No space left on device") || free.is_some_and(|f| f < 4 << 20) {
+            let free = free.unwrap_or(0);
             return Err(ConvertError::DiskFull {
                 dir,
-                needed: needed.div_ceil(1 << 20),
-                free: free >> 20,
+                needed_mb: needed.map(|n| n.div_ceil(1 << 20)),
+                free_mb: free >> 20,
             });
         }
         let message = stderr
