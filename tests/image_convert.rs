@@ -39,7 +39,11 @@ fn json(path: &Path) -> serde_json::Value {
 
 /// The layers of `tag` in an OCI layout, bottom first.
 fn layers_of(layout: &Path, tag: &str) -> Vec<Layer> {
-    let blob = |digest: &str| layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
     let index = json(&layout.join("index.json"));
     let desc = index["manifests"]
         .as_array()
@@ -95,7 +99,11 @@ fn listing(tb: &Testbed, image: &Path) -> String {
 /// about basic vs extended inode types (hard links, xattrs) are layout, not
 /// content: mksquashfs and tar2sqfs choose differently.
 fn assert_same_content(tb: &Testbed, reference: &Path, ours: &Path) {
-    let out = tb.user(&format!("sqfsdiff -a {} -b {}", reference.display(), ours.display()));
+    let out = tb.user(&format!(
+        "sqfsdiff -a {} -b {}",
+        reference.display(),
+        ours.display()
+    ));
     let report = String::from_utf8_lossy(&out.stdout);
     let real: Vec<&str> = report
         .lines()
@@ -111,14 +119,40 @@ fn assert_same_content(tb: &Testbed, reference: &Path, ours: &Path) {
     );
 }
 
-/// Converts as root, in this process, reporting progress.
-fn convert(layers: &[Layer], out: &Path) -> Result<shoal::image::convert::SquashSummary, ConvertError> {
+/// Converts as root, in this process; checks the progress reports.
+fn convert(
+    layers: &[Layer],
+    out: &Path,
+) -> Result<shoal::image::convert::SquashSummary, ConvertError> {
+    convert_reporting(layers, out).0
+}
+
+/// Like [`convert`], also returning how many `Reading` reports came.
+fn convert_reporting(
+    layers: &[Layer],
+    out: &Path,
+) -> (
+    Result<shoal::image::convert::SquashSummary, ConvertError>,
+    usize,
+) {
     let seen = std::cell::RefCell::new(Vec::new());
-    let r = layers_to_squashfs(layers, out, &SquashOptions::default(), &|p| seen.borrow_mut().push(p));
-    if r.is_ok() {
-        assert_eq!(seen.borrow().last(), Some(&Progress::Finishing));
+    let r = layers_to_squashfs(layers, out, &SquashOptions::default(), &|p| {
+        seen.borrow_mut().push(p)
+    });
+    let seen = seen.into_inner();
+    let mut last = 0;
+    let mut reading = 0;
+    for p in &seen {
+        if let Progress::Reading { done, total } = *p {
+            assert!(done >= last && done <= total, "{seen:?}");
+            last = done;
+            reading += 1;
+        }
     }
-    r
+    if r.is_ok() {
+        assert_eq!(seen.last(), Some(&Progress::Finishing));
+    }
+    (r, reading)
 }
 
 /// Converts as the unprivileged user: re-runs this test binary's
@@ -129,18 +163,35 @@ fn convert_as_user(tb: &Testbed, layers: &[Layer], out: &Path) -> (bool, String)
         args.push(format!("{}={}", l.digest, l.path.display()));
     }
     let result = Command::new("runuser")
-        .args(["-u", &tb.user, "--", "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin"])
+        .args([
+            "-u",
+            &tb.user,
+            "--",
+            "env",
+            "-i",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+        ])
         .arg(format!("HOME={}", tb.home.display()))
         .arg(format!("SHOAL_CONVERT_CHILD={}", args.join("\n")))
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "convert_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "convert_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .current_dir(&tb.home)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&result.stdout).into_owned();
     // The child prints its own verdict; the harness's exit status is the test's.
     let success = text.contains("CHILD-OK");
-    assert!(success || text.contains("CHILD-ERR"), "child did not run:\n{text}{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        success || text.contains("CHILD-ERR"),
+        "child did not run:\n{text}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     (success, text)
 }
 
@@ -154,7 +205,11 @@ fn convert_child() {
         .map(|l| {
             let (digest, path) = l.split_once('=').unwrap();
             // Deliberately claim gzip for all: magic bytes must decide.
-            Layer { path: path.into(), compression: LayerCompression::Gzip, digest: digest.into() }
+            Layer {
+                path: path.into(),
+                compression: LayerCompression::Gzip,
+                digest: digest.into(),
+            }
         })
         .collect();
     assert_ne!(current_uid(), 0, "the child must not run as root");
@@ -204,10 +259,25 @@ fn layer_rules_match_umoci_unpack() {
         .filter_map(|l| l.split("squashfs-root").nth(1))
         .map(|p| p.split(" -> ").next().unwrap())
         .collect();
-    for gone in ["/gone/a", "/gone/sub", "/wh/remove-me", "/opq/old1", "/opq/oldsub", "/d2f/child", "/dev/null"] {
+    for gone in [
+        "/gone/a",
+        "/gone/sub",
+        "/wh/remove-me",
+        "/opq/old1",
+        "/opq/oldsub",
+        "/d2f/child",
+        "/dev/null",
+    ] {
         assert!(!paths.contains(gone), "{gone} should be gone:\n{list}");
     }
-    for kept in ["/gone/recreated", "/wh/keep", "/opq/new", "/f2d/inside", "/data/hardlink", "/run/fifo"] {
+    for kept in [
+        "/gone/recreated",
+        "/wh/keep",
+        "/opq/new",
+        "/f2d/inside",
+        "/data/hardlink",
+        "/run/fifo",
+    ] {
         assert!(paths.contains(kept), "{kept} missing:\n{list}");
     }
     let line = |suffix: &str| {
@@ -222,7 +292,10 @@ fn layer_rules_match_umoci_unpack() {
     assert!(line("squashfs-root/top").starts_with("-rw-r----- 12/34"));
     assert!(line("squashfs-root/d2f").starts_with("-rw-r--r--"));
     assert!(line("squashfs-root/f2d").starts_with("drwxr-xr-x"));
-    assert!(line("squashfs-root/opq").starts_with("drwx------"), "upper layer's opq metadata wins");
+    assert!(
+        line("squashfs-root/opq").starts_with("drwx------"),
+        "upper layer's opq metadata wins"
+    );
     assert!(line("squashfs-root/abs-link -> /etc/passwd").starts_with("lrwxrwxrwx"));
     assert!(line("squashfs-root/run/fifo").starts_with("prw-r--r--"));
 
@@ -236,10 +309,15 @@ fn layer_rules_match_umoci_unpack() {
         ours.display()
     )));
     assert!(
-        xattrs.lines().any(|l| l.starts_with("data/") && l.ends_with(" test-xattr")),
+        xattrs
+            .lines()
+            .any(|l| l.starts_with("data/") && l.ends_with(" test-xattr")),
         "{xattrs}"
     );
-    let content = ok(&tb.user(&format!("rdsquashfs -c /etc/shoal-test-image {}", ours.display())));
+    let content = ok(&tb.user(&format!(
+        "rdsquashfs -c /etc/shoal-test-image {}",
+        ours.display()
+    )));
     assert_eq!(content, "layers\n");
 }
 
@@ -257,7 +335,10 @@ fn the_user_converts_and_compression_does_not_change_the_image() {
     let out = dir.join("user.sqfs");
     let (success, text) = convert_as_user(tb, &zstd, &out);
     assert!(success, "{text}");
-    assert!(text.contains(&format!("CHILD-OK {}", by_root.sha256)), "{text}");
+    assert!(
+        text.contains(&format!("CHILD-OK {}", by_root.sha256)),
+        "{text}"
+    );
     let owner = sh(&format!("stat -c %U {}", out.display()));
     assert_eq!(owner.trim(), tb.user);
     assert_eq!(sha256sum(&out), by_root.sha256);
@@ -271,23 +352,47 @@ fn malicious_layers_are_refused_and_nothing_is_written_outside() {
     let _ = std::fs::remove_file(escaped);
     // Around: this test's directory and the layout (the parent holds other
     // tests' directories, created concurrently).
-    let around = || sh(&format!("ls -AR {} {} | sort", dir.display(), layout().display()));
+    let around = || {
+        sh(&format!(
+            "ls -AR {} {} | sort",
+            dir.display(),
+            layout().display()
+        ))
+    };
     let before = around();
     for (tag, entry, says) in [
         ("evil", "`a`", "writes `a/shoal-evil-escaped` beneath it"),
-        ("evil-samelayer", "`b/shoal-evil-escaped`", "beneath `b`, which this layer made a symlink"),
-        ("evil-dotdot", "`../../../../tmp/shoal-evil-escaped`", "climbs out of the image root"),
+        (
+            "evil-samelayer",
+            "`b/shoal-evil-escaped`",
+            "beneath `b`, which this layer made a symlink",
+        ),
+        (
+            "evil-dotdot",
+            "`../../../../tmp/shoal-evil-escaped`",
+            "climbs out of the image root",
+        ),
         ("evil-hardlink", "`shadow`", "climbs out of the image root"),
     ] {
         let layers = layers_of(layout(), tag);
         let out = dir.join(format!("{tag}.sqfs"));
         // As root in this process (the dangerous case)...
         let err = convert(&layers, &out).expect_err(tag).to_string();
-        let blamed = if tag == "evil" { &layers[0] } else { layers.last().unwrap() };
-        assert!(err.starts_with(&format!("layer {}: entry {entry}: ", blamed.digest)), "{tag}: {err}");
+        let blamed = if tag == "evil" {
+            &layers[0]
+        } else {
+            layers.last().unwrap()
+        };
+        assert!(
+            err.starts_with(&format!("layer {}: entry {entry}: ", blamed.digest)),
+            "{tag}: {err}"
+        );
         assert!(err.contains(says), "{tag}: {err}");
         if tag == "evil" {
-            assert!(err.contains(&layers[1].digest), "names the upper layer too: {err}");
+            assert!(
+                err.contains(&layers[1].digest),
+                "names the upper layer too: {err}"
+            );
         }
         // ...and as the user.
         let _ = std::fs::remove_file(&out);
@@ -322,7 +427,10 @@ fn directory_import_and_squashfs_check() {
     assert_eq!(summary.sha256, sha256sum(&imported));
     assert_same_content(tb, &ours, &imported);
     let stat = ok(&tb.user(&format!("rdsquashfs -s /data/orig {}", imported.display())));
-    assert!(stat.contains("Hard link count: 2"), "import keeps hard links: {stat}");
+    assert!(
+        stat.contains("Hard link count: 2"),
+        "import keeps hard links: {stat}"
+    );
 
     // `shoal import FILE.sqfs`: a good image passes, broken ones are named.
     assert_eq!(check_squashfs(&imported).unwrap(), summary);
@@ -330,7 +438,10 @@ fn directory_import_and_squashfs_check() {
     let bytes = std::fs::read(&imported).unwrap();
     std::fs::write(&truncated, &bytes[..200]).unwrap();
     let err = check_squashfs(&truncated).unwrap_err().to_string();
-    assert!(err.starts_with(&truncated.display().to_string()) && err.contains("truncated"), "{err}");
+    assert!(
+        err.starts_with(&truncated.display().to_string()) && err.contains("truncated"),
+        "{err}"
+    );
     let not = dir.join("not.sqfs");
     std::fs::write(&not, b"not a squashfs image ".repeat(10)).unwrap();
     let err = check_squashfs(&not).unwrap_err().to_string();
@@ -343,7 +454,10 @@ fn disk_full_is_reported_with_the_directory() {
     let dir = tb.user_tempdir("convert-full");
     let mnt = dir.join("small");
     std::fs::create_dir_all(&mnt).unwrap();
-    sh(&format!("mount -t tmpfs -o size=64k tmpfs {}", mnt.display()));
+    sh(&format!(
+        "mount -t tmpfs -o size=64k tmpfs {}",
+        mnt.display()
+    ));
     // The big layer of the layers image is tiny; a large incompressible
     // file in a layer of our own fills 64k at once.
     let layer = dir.join("big.tar");
@@ -352,12 +466,19 @@ fn disk_full_is_reported_with_the_directory() {
         d = dir.display(),
         l = layer.display()
     ));
-    let layers = [Layer { path: layer, compression: LayerCompression::Uncompressed, digest: "sha256:big".into() }];
+    let layers = [Layer {
+        path: layer,
+        compression: LayerCompression::Uncompressed,
+        digest: "sha256:big".into(),
+    }];
     let err = convert(&layers, &mnt.join("x.sqfs")).unwrap_err();
     sh(&format!("umount {}", mnt.display()));
     let msg = err.to_string();
     assert!(matches!(err, ConvertError::DiskFull { .. }), "{msg}");
-    assert!(msg.starts_with(&format!("no space left in {}", mnt.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!("no space left in {}", mnt.display())),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -374,7 +495,12 @@ fn debian_mpich_converts_like_umoci_unpack() {
     let layers = layers_of(&layout, "12");
     assert_eq!(layers.len(), 2);
     let ours = dir.join("ours.sqfs");
-    let summary = convert(&layers, &ours).unwrap();
+    let (summary, reports) = convert_reporting(&layers, &ours);
+    let summary = summary.unwrap();
+    assert!(
+        reports > 10,
+        "a 120 MB image gives progress every 4 MB, got {reports}"
+    );
     sh(&format!("chown {} {}", tb.user, ours.display()));
     assert!(summary.entries > 5000, "{summary:?}");
     let refimg = dir.join("ref.sqfs");
@@ -383,6 +509,9 @@ fn debian_mpich_converts_like_umoci_unpack() {
     assert_eq!(listing(tb, &ours), listing(tb, &refimg));
     let list = listing(tb, &ours);
     assert!(list.contains("squashfs-root/usr/local/bin/hello_mpi"));
-    assert!(!list.contains("squashfs-root/usr/share/doc/"), "layer 2 deleted the docs");
+    assert!(
+        !list.contains("squashfs-root/usr/share/doc/"),
+        "layer 2 deleted the docs"
+    );
     sh(&format!("rm -rf {}", dir.display()));
 }

@@ -84,7 +84,9 @@ pub enum FlattenError {
     Duplicate(String),
     #[error("hard link to `{target}`, which is not in the image as a file")]
     LinkTarget { target: String },
-    #[error("hard link to `{target}`, which layer {upper} replaces: the link would see the wrong file")]
+    #[error(
+        "hard link to `{target}`, which layer {upper} replaces: the link would see the wrong file"
+    )]
     LinkTargetReplaced { target: String, upper: String },
 }
 
@@ -93,14 +95,22 @@ impl FlattenError {
     pub fn name_layers(self, name: impl Fn(usize) -> String) -> Self {
         let rename = |s: String| s.parse().map(&name).unwrap_or(s);
         match self {
-            FlattenError::UnderUpper { what, path, upper, child } => FlattenError::UnderUpper {
+            FlattenError::UnderUpper {
+                what,
+                path,
+                upper,
+                child,
+            } => FlattenError::UnderUpper {
                 what,
                 path,
                 upper: rename(upper),
                 child,
             },
             FlattenError::LinkTargetReplaced { target, upper } => {
-                FlattenError::LinkTargetReplaced { target, upper: rename(upper) }
+                FlattenError::LinkTargetReplaced {
+                    target,
+                    upper: rename(upper),
+                }
             }
             e => e,
         }
@@ -137,8 +147,12 @@ enum OwnKind {
     /// Explicit directory entry.
     Dir,
     /// Parent of some entry of this layer, named `child`.
-    ImpliedDir { child: ImagePath },
-    NonDir { what: &'static str },
+    ImpliedDir {
+        child: ImagePath,
+    },
+    NonDir {
+        what: &'static str,
+    },
 }
 
 /// Rules state across layers. Feed layers top first: [`begin_layer`],
@@ -438,7 +452,9 @@ impl Flattener {
                     return Err((
                         *layer,
                         path.clone(),
-                        FlattenError::LinkTarget { target: show(target) },
+                        FlattenError::LinkTarget {
+                            target: show(target),
+                        },
                     ))
                 }
                 Some(&from) if from > *layer => {
@@ -470,7 +486,10 @@ mod tests {
         for (i, layer) in layers.iter().enumerate().rev() {
             f.begin_layer(i);
             for (p, k) in layer.iter() {
-                match f.entry(p.as_bytes(), k).map_err(|e| format!("layer {i} {p}: {e}"))? {
+                match f
+                    .entry(p.as_bytes(), k)
+                    .map_err(|e| format!("layer {i} {p}: {e}"))?
+                {
                     Decision::Emit(p) => out.push(format!("{} {}", show(&p), &what(k)[..1])),
                     Decision::Link { path, .. } => out.push(format!("{} h", show(&path))),
                     Decision::Dir(_) | Decision::Skip => {}
@@ -478,7 +497,9 @@ mod tests {
             }
             f.end_layer();
         }
-        let (dirs, _links) = f.finish().map_err(|(l, p, e)| format!("layer {l} {}: {e}", show(&p)))?;
+        let (dirs, _links) = f
+            .finish()
+            .map_err(|(l, p, e)| format!("layer {l} {}: {e}", show(&p)))?;
         out.extend(dirs.iter().map(|d| format!("{} d", show(d))));
         out.sort();
         Ok(out)
@@ -505,7 +526,13 @@ mod tests {
     #[test]
     fn whiteout_hides_lower_entry_and_its_children() {
         let got = flatten(&[
-            &[("a", Dir), ("a/f", File), ("a/g", File), ("d", Dir), ("d/x", File)],
+            &[
+                ("a", Dir),
+                ("a/f", File),
+                ("a/g", File),
+                ("d", Dir),
+                ("d/x", File),
+            ],
             &[("a/.wh.f", File), (".wh.d", File)],
         ])
         .unwrap();
@@ -528,7 +555,13 @@ mod tests {
     #[test]
     fn opaque_dir_hides_lower_children_only() {
         let got = flatten(&[
-            &[("d", Dir), ("d/old", File), ("d/sub", Dir), ("d/sub/x", File), ("e", File)],
+            &[
+                ("d", Dir),
+                ("d/old", File),
+                ("d/sub", Dir),
+                ("d/sub/x", File),
+                ("e", File),
+            ],
             &[("d", Dir), ("d/.wh..wh..opq", File), ("d/new", File)],
         ])
         .unwrap();
@@ -583,7 +616,10 @@ mod tests {
         f.end_layer();
         f.begin_layer(0);
         assert_eq!(f.entry(b"d", &Dir).unwrap(), Decision::Skip);
-        assert_eq!(f.entry(b"d/f", &File).unwrap(), Decision::Emit(b"d/f".to_vec()));
+        assert_eq!(
+            f.entry(b"d/f", &File).unwrap(),
+            Decision::Emit(b"d/f".to_vec())
+        );
         f.end_layer();
         let (dirs, _) = f.finish().unwrap();
         assert_eq!(dirs, [b"d".to_vec()]);
@@ -603,7 +639,10 @@ mod tests {
     #[test]
     fn write_through_lower_symlink_is_refused() {
         let err = flatten(&[&[("a", Symlink)], &[("a/x", File)]]).unwrap_err();
-        assert!(err.contains("layer 0 a:") && err.contains("layer 1 writes `a/x`"), "{err}");
+        assert!(
+            err.contains("layer 0 a:") && err.contains("layer 1 writes `a/x`"),
+            "{err}"
+        );
         assert!(err.contains("a/x"), "{err}");
         // ...unless the upper layer replaced the symlink first.
         let got = flatten(&[&[("a", Symlink)], &[("a", Dir), ("a/x", File)]]).unwrap();
@@ -615,7 +654,10 @@ mod tests {
     #[test]
     fn write_through_symlink_of_same_layer_is_refused() {
         let err = flatten(&[&[("a", Symlink), ("a/x", File)]]).unwrap_err();
-        assert!(err.contains("beneath `a`") && err.contains("symlink"), "{err}");
+        assert!(
+            err.contains("beneath `a`") && err.contains("symlink"),
+            "{err}"
+        );
         let err = flatten(&[&[("a/x", File), ("a", Symlink)]]).unwrap_err();
         assert!(err.contains("`a`"), "{err}");
         // A whiteout through a symlink is refused as well.
@@ -625,9 +667,15 @@ mod tests {
 
     #[test]
     fn escapes_are_refused_and_absolute_names_land_inside() {
-        assert!(flatten(&[&[("../evil", File)]]).unwrap_err().contains("climbs out"));
-        assert!(flatten(&[&[("a/../../evil", File)]]).unwrap_err().contains("climbs out"));
-        assert!(flatten(&[&[(".wh...", File)]]).unwrap_err().contains("climbs out"));
+        assert!(flatten(&[&[("../evil", File)]])
+            .unwrap_err()
+            .contains("climbs out"));
+        assert!(flatten(&[&[("a/../../evil", File)]])
+            .unwrap_err()
+            .contains("climbs out"));
+        assert!(flatten(&[&[(".wh...", File)]])
+            .unwrap_err()
+            .contains("climbs out"));
         assert_eq!(flatten(&[&[("/etc/x", File)]]).unwrap(), ["etc/x f"]);
         let err = flatten(&[&[("h", HardLink(b"../../etc/shadow".to_vec()))]]).unwrap_err();
         assert!(err.contains("climbs out"), "{err}");
@@ -635,7 +683,11 @@ mod tests {
 
     #[test]
     fn devices_are_dropped_but_still_hide_lower_entries() {
-        let got = flatten(&[&[("dev/null", File), ("keep", Fifo)], &[("dev/null", Device)]]).unwrap();
+        let got = flatten(&[
+            &[("dev/null", File), ("keep", Fifo)],
+            &[("dev/null", Device)],
+        ])
+        .unwrap();
         assert_eq!(got, ["keep f"]);
     }
 
@@ -648,13 +700,23 @@ mod tests {
         f.entry(b"h2", &HardLink(b"h1".to_vec())).unwrap();
         f.end_layer();
         let (_, links) = f.finish().unwrap();
-        assert_eq!(links, [(b"h1".to_vec(), b"f".to_vec()), (b"h2".to_vec(), b"f".to_vec())]);
+        assert_eq!(
+            links,
+            [
+                (b"h1".to_vec(), b"f".to_vec()),
+                (b"h2".to_vec(), b"f".to_vec())
+            ]
+        );
 
         let err = flatten(&[&[("h", HardLink(b"missing".to_vec()))]]).unwrap_err();
         assert!(err.contains("not in the image"), "{err}");
         // The link's target replaced in a later layer: the link would change
         // content, which cannot be represented; refused.
-        let err = flatten(&[&[("f", File), ("h", HardLink(b"f".to_vec()))], &[("f", File)]]).unwrap_err();
+        let err = flatten(&[
+            &[("f", File), ("h", HardLink(b"f".to_vec()))],
+            &[("f", File)],
+        ])
+        .unwrap_err();
         assert!(err.contains("layer 1 replaces"), "{err}");
     }
 
@@ -662,6 +724,8 @@ mod tests {
     fn duplicates_in_one_layer() {
         let got = flatten(&[&[("d", Dir), ("d", Dir)]]).unwrap();
         assert_eq!(got, ["d d"]);
-        assert!(flatten(&[&[("f", File), ("f", File)]]).unwrap_err().contains("twice"));
+        assert!(flatten(&[&[("f", File), ("f", File)]])
+            .unwrap_err()
+            .contains("twice"));
     }
 }

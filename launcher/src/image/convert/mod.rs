@@ -99,9 +99,13 @@ pub struct Layer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// Level 1..=22.
-    Zstd { level: i32 },
+    Zstd {
+        level: i32,
+    },
     /// Level 1..=9.
-    Gzip { level: u32 },
+    Gzip {
+        level: u32,
+    },
     Lz4,
 }
 
@@ -133,12 +137,20 @@ impl FromStr for Compression {
         let level_in = |lo: i64, hi: i64, dflt: i64| -> Result<i64, String> {
             match level {
                 None => Ok(dflt),
-                Some(l) => l.parse::<i64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(bad),
+                Some(l) => l
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (lo..=hi).contains(n))
+                    .ok_or_else(bad),
             }
         };
         match name {
-            "zstd" => Ok(Compression::Zstd { level: level_in(1, 22, 3)? as i32 }),
-            "gzip" => Ok(Compression::Gzip { level: level_in(1, 9, 6)? as u32 }),
+            "zstd" => Ok(Compression::Zstd {
+                level: level_in(1, 22, 3)? as i32,
+            }),
+            "gzip" => Ok(Compression::Gzip {
+                level: level_in(1, 9, 6)? as u32,
+            }),
             "lz4" if level.is_none() => Ok(Compression::Lz4),
             _ => Err(bad()),
         }
@@ -223,7 +235,8 @@ pub enum ConvertError {
 }
 
 fn needs(mb: &Option<u64>) -> String {
-    mb.map(|n| format!("the image needs about {n} MB, ")).unwrap_or_default()
+    mb.map(|n| format!("the image needs about {n} MB, "))
+        .unwrap_or_default()
 }
 
 impl ConvertError {
@@ -244,8 +257,14 @@ mod tests {
         for s in ["zstd:3", "zstd:19", "gzip:9", "lz4"] {
             assert_eq!(s.parse::<Compression>().unwrap().to_string(), s);
         }
-        assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd { level: 3 });
-        assert_eq!("gzip".parse::<Compression>().unwrap(), Compression::Gzip { level: 6 });
+        assert_eq!(
+            "zstd".parse::<Compression>().unwrap(),
+            Compression::Zstd { level: 3 }
+        );
+        assert_eq!(
+            "gzip".parse::<Compression>().unwrap(),
+            Compression::Gzip { level: 6 }
+        );
         for bad in ["zstd:0", "zstd:23", "gzip:10", "lz4:1", "xz", "zstd:x", ""] {
             assert!(bad.parse::<Compression>().is_err(), "{bad}");
         }

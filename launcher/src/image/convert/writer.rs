@@ -8,6 +8,9 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
@@ -73,7 +76,13 @@ pub fn dir_to_squashfs(
     let mut cmd = Command::new("mksquashfs");
     cmd.arg(dir)
         .arg(out)
-        .args(["-noappend", "-quiet", "-no-progress", "-xattrs", "-one-file-system"])
+        .args([
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-xattrs",
+            "-one-file-system",
+        ])
         .arg("-b")
         .arg(opts.block_size.to_string())
         .arg("-processors")
@@ -126,9 +135,16 @@ fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertErr
             cmd.args(["-c", "gzip", "-X"]).arg(format!("level={level}"))
         }
         Compression::Lz4 => cmd.args(["-c", "lz4"]),
-        c => return Err(ConvertError::Options(format!("compression level out of range: {c}"))),
+        c => {
+            return Err(ConvertError::Options(format!(
+                "compression level out of range: {c}"
+            )))
+        }
     };
-    cmd.arg("-j").arg(jobs().to_string()).arg("-b").arg(bs.to_string());
+    cmd.arg("-j")
+        .arg(jobs().to_string())
+        .arg("-b")
+        .arg(bs.to_string());
     Ok(())
 }
 
@@ -167,8 +183,15 @@ impl Tool {
     /// Waits for the writer; `needed` estimates the image size in bytes for
     /// a disk-full message.
     fn wait(mut self, needed: Option<u64>) -> Result<(), ConvertError> {
-        let status = self.child.wait().map_err(|e| ConvertError::io(&self.out, e))?;
-        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| ConvertError::io(&self.out, e))?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         if status.success() {
             return Ok(());
         }
@@ -197,7 +220,11 @@ impl Tool {
         Err(ConvertError::Writer {
             tool: self.name,
             out: self.out.clone(),
-            message: if message.is_empty() { status.to_string() } else { message },
+            message: if message.is_empty() {
+                status.to_string()
+            } else {
+                message
+            },
         })
     }
 }
@@ -235,49 +262,26 @@ fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
     }
 }
 
-/// Counts compressed bytes read, for progress reports.
-struct Counting<'a, R> {
+/// Counts compressed bytes read (shared with the thread that reports
+/// progress).
+struct Counting<R> {
     inner: R,
-    done: u64,
-    reported: u64,
-    base: u64,
-    total: u64,
-    progress: &'a dyn Fn(Progress),
+    done: Arc<AtomicU64>,
 }
 
-impl<R: Read> Read for Counting<'_, R> {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        if self.done - self.reported >= 4 << 20 {
-            self.reported = self.done;
-            (self.progress)(Progress::Reading {
-                done: self.base + self.done,
-                total: self.total,
-            });
-        }
+        self.done.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
 
-/// The layer's tar stream. The magic bytes decide over the media type: a
-/// mislabelled blob is read as what it is.
-fn open_layer<'a>(
-    l: &Layer,
-    base: u64,
-    total: u64,
-    progress: &'a dyn Fn(Progress),
-) -> Result<Box<dyn Read + 'a>, ConvertError> {
+/// The layer's decompressed tar stream. The magic bytes decide over the
+/// media type: a mislabelled blob is read as what it is.
+fn open_layer(l: &Layer, done: Arc<AtomicU64>) -> Result<Box<dyn Read + Send>, ConvertError> {
     let file = File::open(&l.path).map_err(|e| layer_err(l, e))?;
-    let counting = Counting {
-        inner: file,
-        done: 0,
-        reported: 0,
-        base,
-        total,
-        progress,
-    };
-    let mut buf = BufReader::with_capacity(1 << 20, counting);
+    let mut buf = BufReader::with_capacity(1 << 20, Counting { inner: file, done });
     let magic = {
         use std::io::BufRead;
         let head = buf.fill_buf().map_err(|e| layer_err(l, e))?;
@@ -286,9 +290,8 @@ fn open_layer<'a>(
     let kind = match magic {
         Some([0x1f, 0x8b, _, _]) => LayerCompression::Gzip,
         Some([0x28, 0xb5, 0x2f, 0xfd]) => LayerCompression::Zstd,
-        _ if l.compression == LayerCompression::Uncompressed => LayerCompression::Uncompressed,
-        // Labelled compressed but no known magic: a plain tar still has its
-        // "ustar" magic and will parse; anything else fails while reading.
+        // Anything else is read as a plain tar (whatever the label says): a
+        // tar has its "ustar" magic and parses, anything else fails reading.
         _ => LayerCompression::Uncompressed,
     };
     Ok(match kind {
@@ -298,6 +301,71 @@ fn open_layer<'a>(
         }
         LayerCompression::Uncompressed => Box::new(buf),
     })
+}
+
+/// Decompresses on its own thread, a few MiB ahead of the tar parser: when
+/// the writer is slow to take input, decompression goes on instead of
+/// waiting on the pipe (gzip is the one step that cannot be split).
+fn pump(mut from: Box<dyn Read + Send>, to: SyncSender<io::Result<Vec<u8>>>) {
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = to.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        buf.truncate(n);
+        if to.send(Ok(buf)).is_err() {
+            return; // the reader gave up (bad entry): stop quietly
+        }
+    }
+}
+
+/// The receiving end of [`pump`], reporting progress as data arrives.
+struct Pumped<'a> {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    done: Arc<AtomicU64>,
+    reported: u64,
+    total: u64,
+    progress: &'a dyn Fn(Progress),
+}
+
+impl Read for Pumped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0), // end of the layer
+            }
+            let done = self.done.load(Ordering::Relaxed);
+            if done - self.reported >= 4 << 20 {
+                self.reported = done;
+                (self.progress)(Progress::Reading {
+                    done,
+                    total: self.total,
+                });
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Metadata carried from a layer entry to the output.
@@ -322,7 +390,11 @@ fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
         for ext in exts {
             let ext = ext?;
             let (k, v) = (ext.key_bytes(), ext.value_bytes());
-            let num = || std::str::from_utf8(v).ok().and_then(|s| s.split('.').next()?.parse().ok());
+            let num = || {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.split('.').next()?.parse().ok())
+            };
             match k {
                 b"uid" => m.uid = num().unwrap_or(m.uid),
                 b"gid" => m.gid = num().unwrap_or(m.gid),
@@ -354,86 +426,120 @@ fn feed(
     let mut out = Out(tar::Builder::new(BufWriter::with_capacity(1 << 20, stdin)));
     let mut flat = Flattener::new();
     let mut dirs: BTreeMap<ImagePath, Meta> = BTreeMap::new();
-    let mut base = 0;
+    let done = Arc::new(AtomicU64::new(0));
     for (index, layer) in layers.iter().enumerate().rev() {
         flat.begin_layer(index);
-        let reader = open_layer(layer, base, total, progress)?;
-        base += std::fs::metadata(&layer.path).map(|m| m.len()).unwrap_or(0);
-        let mut archive = tar::Archive::new(reader);
-        let entries = archive.entries().map_err(|e| layer_err(layer, e))?;
-        for entry in entries {
-            let mut e = entry.map_err(|e| layer_err(layer, e))?;
-            let raw = e.path_bytes().into_owned();
-            let bad = |reason: String| ConvertError::BadEntry {
-                digest: layer.digest.clone(),
-                entry: String::from_utf8_lossy(&raw).into_owned(),
-                reason,
+        let decoder = open_layer(layer, done.clone())?;
+        std::thread::scope(|s| -> Result<(), ConvertError> {
+            let (tx, rx) = sync_channel(8);
+            s.spawn(move || pump(decoder, tx));
+            let reader = Pumped {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+                done: done.clone(),
+                reported: 0,
+                total,
+                progress,
             };
-            use tar::EntryType as T;
-            let kind = match e.header().entry_type() {
-                T::Regular | T::Continuous => Kind::File,
-                T::Directory => Kind::Dir,
-                T::Symlink => Kind::Symlink,
-                T::Link => Kind::HardLink(
-                    e.link_name_bytes()
-                        .ok_or_else(|| bad("hard link without a target".into()))?
-                        .into_owned(),
-                ),
-                T::Fifo => Kind::Fifo,
-                T::Char | T::Block => Kind::Device,
-                // Global PAX headers and the like carry no file.
-                T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-                T::GNUSparse => return Err(bad("GNU sparse files are not supported".into())),
-                other => return Err(bad(format!("unknown tar entry type {:?}", other.as_byte() as char))),
-            };
-            let named = |e: FlattenError| e.name_layers(|i| layers[i].digest.clone()).to_string();
-            match flat.entry(&raw, &kind).map_err(|e| bad(named(e)))? {
-                Decision::Skip | Decision::Link { .. } => {}
-                Decision::Dir(path) => {
-                    let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
-                    dirs.insert(path, meta);
-                }
-                Decision::Emit(path) => {
-                    let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
-                    match kind {
-                        Kind::Symlink => {
-                            let target = e
-                                .link_name_bytes()
-                                .ok_or_else(|| bad("symlink without a target".into()))?
-                                .into_owned();
-                            out.link(tar::EntryType::Symlink, &path, &target, &meta)
-                        }
-                        Kind::Fifo => out.data(tar::EntryType::Fifo, &path, &meta, 0, io::empty()),
-                        _ => {
-                            let size = e.size();
-                            // A read error here is the layer's (corrupt
-                            // stream); a write error the writer's.
-                            let mut src = ErrTag { inner: &mut e, failed: None };
-                            let r = out.data(tar::EntryType::Regular, &path, &meta, size, &mut src);
-                            if let Some(err) = src.failed {
-                                return Err(layer_err(layer, err));
-                            }
-                            r
-                        }
+            let mut archive = tar::Archive::new(reader);
+            let entries = archive.entries().map_err(|e| layer_err(layer, e))?;
+            for entry in entries {
+                let mut e = entry.map_err(|e| layer_err(layer, e))?;
+                let raw = e.path_bytes().into_owned();
+                let bad = |reason: String| ConvertError::BadEntry {
+                    digest: layer.digest.clone(),
+                    entry: String::from_utf8_lossy(&raw).into_owned(),
+                    reason,
+                };
+                use tar::EntryType as T;
+                let kind = match e.header().entry_type() {
+                    T::Regular | T::Continuous => Kind::File,
+                    T::Directory => Kind::Dir,
+                    T::Symlink => Kind::Symlink,
+                    T::Link => Kind::HardLink(
+                        e.link_name_bytes()
+                            .ok_or_else(|| bad("hard link without a target".into()))?
+                            .into_owned(),
+                    ),
+                    T::Fifo => Kind::Fifo,
+                    T::Char | T::Block => Kind::Device,
+                    // Global PAX headers and the like carry no file.
+                    T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
+                    T::GNUSparse => return Err(bad("GNU sparse files are not supported".into())),
+                    other => {
+                        return Err(bad(format!(
+                            "unknown tar entry type {:?}",
+                            other.as_byte() as char
+                        )))
                     }
-                    .map_err(pipe_err)?;
+                };
+                let named =
+                    |e: FlattenError| e.name_layers(|i| layers[i].digest.clone()).to_string();
+                match flat.entry(&raw, &kind).map_err(|e| bad(named(e)))? {
+                    Decision::Skip | Decision::Link { .. } => {}
+                    Decision::Dir(path) => {
+                        let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
+                        dirs.insert(path, meta);
+                    }
+                    Decision::Emit(path) => {
+                        let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
+                        match kind {
+                            Kind::Symlink => {
+                                let target = e
+                                    .link_name_bytes()
+                                    .ok_or_else(|| bad("symlink without a target".into()))?
+                                    .into_owned();
+                                out.link(tar::EntryType::Symlink, &path, &target, &meta)
+                            }
+                            Kind::Fifo => {
+                                out.data(tar::EntryType::Fifo, &path, &meta, 0, io::empty())
+                            }
+                            _ => {
+                                let size = e.size();
+                                // A read error here is the layer's (corrupt
+                                // stream); a write error the writer's.
+                                let mut src = ErrTag {
+                                    inner: &mut e,
+                                    failed: None,
+                                };
+                                let r =
+                                    out.data(tar::EntryType::Regular, &path, &meta, size, &mut src);
+                                if let Some(err) = src.failed {
+                                    return Err(layer_err(layer, err));
+                                }
+                                r
+                            }
+                        }
+                        .map_err(pipe_err)?;
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
         flat.end_layer();
     }
-    let (_, links) = flat.finish().map_err(|(index, path, e)| ConvertError::BadEntry {
-        digest: layers[index].digest.clone(),
-        entry: String::from_utf8_lossy(&path).into_owned(),
-        reason: e.name_layers(|i| layers[i].digest.clone()).to_string(),
-    })?;
+    let (_, links) = flat
+        .finish()
+        .map_err(|(index, path, e)| ConvertError::BadEntry {
+            digest: layers[index].digest.clone(),
+            entry: String::from_utf8_lossy(&path).into_owned(),
+            reason: e.name_layers(|i| layers[i].digest.clone()).to_string(),
+        })?;
     for (path, meta) in &dirs {
         out.data(tar::EntryType::Directory, path, meta, 0, io::empty())
             .map_err(pipe_err)?;
     }
-    let none = Meta { mode: 0o644, uid: 0, gid: 0, mtime: 0, xattrs: Vec::new() };
+    let none = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        xattrs: Vec::new(),
+    };
     for (path, target) in &links {
-        out.link(tar::EntryType::Link, path, target, &none).map_err(pipe_err)?;
+        out.link(tar::EntryType::Link, path, target, &none)
+            .map_err(pipe_err)?;
     }
     let mut w = out.0.into_inner().map_err(pipe_err)?;
     w.flush().map_err(pipe_err)?;
@@ -483,10 +589,17 @@ impl<W: Write> Out<W> {
         data: R,
     ) -> io::Result<()> {
         let mut h = self.header(kind, meta, size)?;
-        self.0.append_data(&mut h, Path::new(OsStr::from_bytes(path)), data.take(size))
+        self.0
+            .append_data(&mut h, Path::new(OsStr::from_bytes(path)), data.take(size))
     }
 
-    fn link(&mut self, kind: tar::EntryType, path: &[u8], target: &[u8], meta: &Meta) -> io::Result<()> {
+    fn link(
+        &mut self,
+        kind: tar::EntryType,
+        path: &[u8],
+        target: &[u8],
+        meta: &Meta,
+    ) -> io::Result<()> {
         let mut h = self.header(kind, meta, 0)?;
         self.0.append_link(
             &mut h,
@@ -551,7 +664,11 @@ fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
         }
         hasher.update(&buf[..n]);
     }
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(SquashSummary {
         size: len,
         sha256,
