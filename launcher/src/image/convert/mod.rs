@@ -95,8 +95,10 @@ pub struct Layer {
 }
 
 /// How the squashfs is compressed. Default: zstd level 3 (fast; the
-/// writers' own zstd default, 15 or more, is many times slower).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// writers' own zstd default, 15 or more, is many times slower). Written
+/// and read (also in the site config, `[image] compression`) as `zstd:3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Compression {
     /// Level 1..=22.
     Zstd {
@@ -154,6 +156,13 @@ impl FromStr for Compression {
             "lz4" if level.is_none() => Ok(Compression::Lz4),
             _ => Err(bad()),
         }
+    }
+}
+
+impl TryFrom<String> for Compression {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 
