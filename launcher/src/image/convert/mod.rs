@@ -27,7 +27,8 @@
 //! kept verbatim: they are resolved inside the container at run time), hard
 //! links, fifos, with owners (numeric uid/gid from the tar headers), modes
 //! including setuid/setgid/sticky (image mounts are nosuid) and `SCHILY.xattr`
-//! extended attributes. Device nodes are dropped (mounts are nodev). The
+//! extended attributes in the namespaces squashfs stores (`user.`,
+//! `trusted.`, `security.`; never `trusted.overlay.*`). Device nodes are dropped (mounts are nodev). The
 //! root directory is always 0755 root:root. The output is deterministic: the
 //! same layers give the same bytes whatever their compression.
 //!

@@ -401,13 +401,25 @@ fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
                 b"mtime" => m.mtime = num().unwrap_or(m.mtime),
                 _ => {
                     if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                        m.xattrs.push((name.to_vec(), v.to_vec()));
+                        if keep_xattr(name) {
+                            m.xattrs.push((name.to_vec(), v.to_vec()));
+                        }
                     }
                 }
             }
         }
     }
     Ok(m)
+}
+
+/// Which extended attributes go into the image. Squashfs stores only the
+/// `user.`, `trusted.` and `security.` namespaces (others, such as POSIX
+/// ACLs in `system.`, are dropped rather than failing the image), and
+/// overlayfs' own `trusted.overlay.*` markers are dropped so that an image
+/// cannot fake whiteouts or redirects in an overlay stacked on it later.
+fn keep_xattr(name: &[u8]) -> bool {
+    (name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security."))
+        && !name.starts_with(b"trusted.overlay.")
 }
 
 /// Reads the layers top first and writes the flattened tar into `stdin`.
@@ -690,6 +702,31 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xattrs_round_trip_and_unstorable_ones_are_dropped() {
+        let mut out = Out(tar::Builder::new(Vec::new()));
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = [
+            ("user.a", "1"),
+            ("security.capability", "2"),
+            ("system.posix_acl_access", "3"),
+            ("trusted.overlay.opaque", "y"),
+            ("trusted.x", "4"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        let meta = Meta { mode: 0o4755, uid: 7, gid: 8, mtime: 9, xattrs };
+        out.data(tar::EntryType::Regular, b"f", &meta, 2, &b"hi"[..]).unwrap();
+        let bytes = out.0.into_inner().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut e = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*e.path_bytes(), b"f");
+        let m = read_meta(&mut e).unwrap();
+        assert_eq!((m.mode, m.uid, m.gid, m.mtime), (0o4755, 7, 8, 9));
+        let names: Vec<&[u8]> = m.xattrs.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(names, [&b"user.a"[..], b"security.capability", b"trusted.x"]);
+    }
 
     #[test]
     fn pax_record_counts_its_own_length() {
