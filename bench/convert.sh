@@ -48,6 +48,7 @@ TREE=$W/bundle/rootfs
 {
     echo "image: shoal/debian-mpich:12, layers: ${#LAYERS[@]}, compressed $(du -cb "${LAYERS[@]}" | tail -1 | cut -f1) bytes,"
     echo "unpacked $(du -sb --apparent-size "$TREE" | cut -f1) bytes, $(find "$TREE" | wc -l) paths; $(nproc) cores"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every figure alike)"
 } > "$OUT/convert-image.txt"
 
 TAR2SQFS="tar2sqfs -q -f -c zstd -X level=3 -b 131072"
@@ -74,5 +75,6 @@ hyperfine --runs "$RUNS" --warmup 1 --export-markdown "$OUT/convert.md" \
     m "mksquashfs tree" "$W/mk.sqfs" "mksquashfs $TREE $W/mk.sqfs -noappend -quiet -no-progress -comp zstd -Xcompression-level 3"
     m "backhand tree" "$W/bh.sqfs" "$BACKHAND $TREE $W/bh.sqfs"
 } > "$OUT/convert-rss.txt"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/convert-image.txt"
 cat "$OUT/convert-image.txt" "$OUT/convert.md" "$OUT/convert-rss.txt"
 rm -rf "$W"
