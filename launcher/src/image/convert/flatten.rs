@@ -23,7 +23,7 @@
 //! resolves it inside the root, others escape it), and an image that relies on
 //! that is either broken or hostile. The refusal names both entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A normalised path inside the image: components joined by `/`, no leading
 /// `/`, never `.` or `..`; empty for the root.
@@ -172,6 +172,9 @@ pub struct Flattener {
     emitted: HashMap<ImagePath, usize>,
     /// Directories whose metadata goes in, with their layer.
     dirs: BTreeMap<ImagePath, usize>,
+    /// Directories with no entry of their own that must exist although
+    /// nothing written lies in them (see `keep_parents`).
+    implied: BTreeSet<ImagePath>,
     links: Vec<(usize, ImagePath, ImagePath)>,
 }
 
@@ -281,6 +284,12 @@ impl Flattener {
             Kind::Dir => OwnKind::Dir,
             k => OwnKind::NonDir { what: what(k) },
         });
+        if !visible || *kind == Kind::Device {
+            // An unpacker made this entry's parents before the entry was
+            // deleted (or, for a device, dropped): those that stay visible
+            // stay in the image, empty if need be.
+            self.keep_parents(&path);
+        }
         if !visible {
             return Ok(Decision::Skip);
         }
@@ -347,6 +356,18 @@ impl Flattener {
         }
     }
 
+    fn keep_parents(&mut self, path: &[u8]) {
+        for a in ancestors(path) {
+            if self.dirs.contains_key(a) || self.implied.contains(a) {
+                continue;
+            }
+            if !matches!(self.visible(a, &Kind::Dir), Ok(true)) {
+                break;
+            }
+            self.implied.insert(a.to_vec());
+        }
+    }
+
     /// Whether the layers above leave this entry in the image.
     fn visible(&self, path: &[u8], kind: &Kind) -> Result<bool, FlattenError> {
         for a in ancestors(path) {
@@ -357,20 +378,20 @@ impl Flattener {
         }
         match self.upper.get(path) {
             None => Ok(true),
-            Some(Claim::Gone) | Some(Claim::Dir { meta_set: true, .. }) => Ok(false),
-            Some(Claim::Dir { via, .. }) => {
-                if *kind == Kind::Dir {
-                    Ok(true)
-                } else {
-                    let (upper, child) = via.clone().unwrap_or_default();
-                    Err(FlattenError::UnderUpper {
-                        what: what(kind),
-                        path: show(path),
-                        upper: upper.to_string(),
-                        child: show(&child),
-                    })
-                }
-            }
+            Some(Claim::Gone) => Ok(false),
+            // A layer above put entries beneath this path without replacing
+            // what was here: over a non-directory that is a write through it,
+            // even if a layer higher still replaced the path later.
+            Some(Claim::Dir {
+                via: Some((upper, child)),
+                ..
+            }) if *kind != Kind::Dir => Err(FlattenError::UnderUpper {
+                what: what(kind),
+                path: show(path),
+                upper: upper.to_string(),
+                child: show(child),
+            }),
+            Some(Claim::Dir { meta_set, .. }) => Ok(!meta_set),
         }
     }
 
@@ -387,7 +408,8 @@ impl Flattener {
                 Some(OwnKind::ImpliedDir { child }) => Claim::Dir {
                     opaque: own.opaque || own.whiteout,
                     meta_set: own.whiteout,
-                    via: Some((layer, child.clone())),
+                    // With a whiteout here the layer cleared the path first.
+                    via: (!own.whiteout).then(|| (layer, child.clone())),
                 },
                 Some(OwnKind::NonDir { .. }) => Claim::Gone,
                 None if own.whiteout => Claim::Gone,
@@ -398,6 +420,7 @@ impl Flattener {
                     via: Some((layer, join(&path, b".wh..wh..opq"))),
                 },
             };
+            let resolves = own.whiteout || matches!(own.kind, Some(OwnKind::Dir));
             let merged = match (self.upper.remove(&path), mine) {
                 (None, m) => m,
                 (Some(Claim::Gone), _) => Claim::Gone,
@@ -410,16 +433,19 @@ impl Flattener {
                     Claim::Dir {
                         opaque: o2,
                         meta_set: m2,
-                        ..
+                        via: v2,
                     },
                 ) => Claim::Dir {
                     opaque: opaque || o2,
                     meta_set: meta_set || m2,
-                    via,
+                    // A pending "entries beneath, nothing replaced" from
+                    // above is settled by this layer's explicit directory or
+                    // whiteout; otherwise it stays pending for lower layers.
+                    via: if resolves { None } else { via.or(v2) },
                 },
-                // Only reachable when the upper directory was explicit
-                // (otherwise `visible` refused the entry): layers below see
-                // neither this path nor its children.
+                // A non-directory here under a pending upper directory was
+                // refused by `visible`; a whiteout settles it: layers below
+                // see neither this path nor its children.
                 (Some(Claim::Dir { .. }), Claim::Gone) => Claim::Dir {
                     opaque: true,
                     meta_set: true,
@@ -430,8 +456,9 @@ impl Flattener {
         }
     }
 
-    /// After the bottom layer: the directories to write (parents first) and
-    /// the hard links, checked against what was written.
+    /// After the bottom layer: the directories to write (parents first; those
+    /// without a [`Decision::Dir`] get default metadata) and the hard links,
+    /// checked against what was written.
     pub fn finish(self) -> Result<(Vec<ImagePath>, Links), (usize, ImagePath, FlattenError)> {
         let mut links = Vec::with_capacity(self.links.len());
         let targets: HashMap<&ImagePath, &ImagePath> =
@@ -470,7 +497,9 @@ impl Flattener {
                 Some(_) => links.push((path.clone(), t.clone())),
             }
         }
-        Ok((self.dirs.into_keys().collect(), links))
+        let mut dirs: BTreeSet<ImagePath> = self.dirs.into_keys().collect();
+        dirs.extend(self.implied);
+        Ok((dirs.into_iter().collect(), links))
     }
 }
 
@@ -572,7 +601,7 @@ mod tests {
             &[("d/new", File), ("d/.wh..wh..opq", File)],
         ])
         .unwrap();
-        assert_eq!(got, ["d/new f"]);
+        assert_eq!(got, ["d d", "d/new f"]);
     }
 
     #[test]
@@ -688,7 +717,7 @@ mod tests {
             &[("dev/null", Device)],
         ])
         .unwrap();
-        assert_eq!(got, ["keep f"]);
+        assert_eq!(got, ["dev d", "keep f"]);
     }
 
     #[test]
@@ -727,5 +756,160 @@ mod tests {
         assert!(flatten(&[&[("f", File), ("f", File)]])
             .unwrap_err()
             .contains("twice"));
+    }
+
+    /// A naive model of the layer rules: apply the layers bottom up to a
+    /// map, as an unpacker would (whiteouts of a layer first, then its
+    /// entries in order). An entry that would go through a non-directory, or
+    /// a non-directory path twice in a layer, is a conflict: it is skipped
+    /// and reported (`true`).
+    fn model(layers: &[Vec<(String, Kind)>]) -> (BTreeSet<String>, bool) {
+        let mut state: BTreeMap<String, char> = BTreeMap::new();
+        let mut conflict = false;
+        let under = |p: &str, q: &str| {
+            q.len() > p.len() && q.starts_with(p) && q.as_bytes()[p.len()] == b'/'
+        };
+        for layer in layers {
+            let marker = |name: &str| name.rsplit('/').next().unwrap().starts_with(".wh.");
+            for (p, _) in layer.iter().filter(|(p, _)| marker(p)) {
+                let (dir, name) = p.rsplit_once('/').unwrap_or(("", p));
+                if name == ".wh..wh..opq" {
+                    state.retain(|q, _| !under(dir, q));
+                } else {
+                    let gone = if dir.is_empty() {
+                        name[4..].to_string()
+                    } else {
+                        format!("{dir}/{}", &name[4..])
+                    };
+                    state.retain(|q, _| *q != gone && !under(&gone, q));
+                }
+            }
+            let mut mine: BTreeSet<String> = BTreeSet::new();
+            'entries: for (p, k) in layer {
+                let parts: Vec<&str> = p.split('/').collect();
+                for i in 1..parts.len() {
+                    match state.get(&parts[..i].join("/")) {
+                        Some('d') | None => {}
+                        Some(_) => {
+                            conflict = true;
+                            continue 'entries;
+                        }
+                    }
+                }
+                if marker(p) {
+                    continue; // a whiteout marker alone makes no directory
+                }
+                if mine.contains(p) && (*k != Dir || state.get(p) != Some(&'d')) {
+                    conflict = true;
+                    continue;
+                }
+                for i in 1..parts.len() {
+                    state.entry(parts[..i].join("/")).or_insert('d');
+                }
+                if *k == Dir {
+                    if state.get(p) != Some(&'d') {
+                        state.insert(p.clone(), 'd');
+                    }
+                } else {
+                    state.retain(|q, _| !under(p, q));
+                    state.insert(p.clone(), if *k == File { 'f' } else { 's' });
+                }
+                mine.insert(p.clone());
+            }
+        }
+        let tree = state.into_iter().map(|(p, k)| format!("{p} {k}")).collect();
+        (tree, conflict)
+    }
+
+    /// The flattener's image as the same kind of set (implicit parents
+    /// included, as the writer creates them).
+    fn flattened(layers: &[Vec<(String, Kind)>]) -> Result<BTreeSet<String>, ()> {
+        let mut f = Flattener::new();
+        let mut out = BTreeSet::new();
+        let mut add = |p: &[u8], k: char, out: &mut BTreeSet<String>| {
+            let p = show(p);
+            let parts: Vec<&str> = p.split('/').collect();
+            for i in 1..parts.len() {
+                out.insert(format!("{} d", parts[..i].join("/")));
+            }
+            out.insert(format!("{p} {k}"));
+        };
+        for (i, layer) in layers.iter().enumerate().rev() {
+            f.begin_layer(i);
+            for (p, k) in layer {
+                match f.entry(p.as_bytes(), k).map_err(|_| ())? {
+                    Decision::Emit(p) => add(&p, if *k == File { 'f' } else { 's' }, &mut out),
+                    Decision::Dir(p) => add(&p, 'd', &mut out),
+                    _ => {}
+                }
+            }
+            f.end_layer();
+        }
+        let (dirs, _) = f.finish().map_err(|_| ())?;
+        for d in dirs {
+            add(&d, 'd', &mut out);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn agrees_with_a_naive_unpacker_on_random_layers() {
+        // xorshift: deterministic, no dependency.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..6000 {
+            let layers: Vec<Vec<(String, Kind)>> = (0..1 + rnd(3))
+                .map(|_| {
+                    let mut layer: Vec<(String, Kind)> = (0..1 + rnd(6))
+                        .map(|_| {
+                            let depth = 1 + rnd(3);
+                            let mut p: Vec<String> = (0..depth)
+                                .map(|_| ["a", "b"][rnd(2) as usize].to_string())
+                                .collect();
+                            let k = match rnd(6) {
+                                0 | 1 => Dir,
+                                2 | 3 => File,
+                                4 => Symlink,
+                                _ => {
+                                    let last = p.pop().unwrap();
+                                    p.push(if rnd(2) == 0 {
+                                        ".wh..wh..opq".into()
+                                    } else {
+                                        format!(".wh.{last}")
+                                    });
+                                    File
+                                }
+                            };
+                            (p.join("/"), k)
+                        })
+                        .collect();
+                    // Real layers list a directory before what it holds.
+                    layer.sort_by(|x, y| x.0.cmp(&y.0));
+                    layer.dedup();
+                    layer
+                })
+                .collect();
+            // The flattener refuses only what the unpacker finds conflicting,
+            // and where it accepts, the trees agree (a conflict whose entries
+            // an upper layer hides anyway is accepted: nothing of it stays).
+            let (want, conflict) = model(&layers);
+            match flattened(&layers) {
+                Ok(got) => {
+                    assert_eq!(want, got, "layers (bottom first): {layers:?}");
+                    ok += 1;
+                }
+                Err(()) => {
+                    assert!(conflict, "refused without a conflict: {layers:?}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(ok > 1000 && refused > 100, "{ok} agreed, {refused} refused");
     }
 }

@@ -531,14 +531,24 @@ fn feed(
         })?;
         flat.end_layer();
     }
-    let (_, links) = flat
+    let (dir_list, links) = flat
         .finish()
         .map_err(|(index, path, e)| ConvertError::BadEntry {
             digest: layers[index].digest.clone(),
             entry: String::from_utf8_lossy(&path).into_owned(),
             reason: e.name_layers(|i| layers[i].digest.clone()).to_string(),
         })?;
-    for (path, meta) in &dirs {
+    // Directories that no layer gave an entry get what tar2sqfs gives
+    // implicit parents: 0755 root:root.
+    let implicit = Meta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        xattrs: Vec::new(),
+    };
+    for path in &dir_list {
+        let meta = dirs.get(path).unwrap_or(&implicit);
         out.data(tar::EntryType::Directory, path, meta, 0, io::empty())
             .map_err(pipe_err)?;
     }
@@ -716,8 +726,15 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
-        let meta = Meta { mode: 0o4755, uid: 7, gid: 8, mtime: 9, xattrs };
-        out.data(tar::EntryType::Regular, b"f", &meta, 2, &b"hi"[..]).unwrap();
+        let meta = Meta {
+            mode: 0o4755,
+            uid: 7,
+            gid: 8,
+            mtime: 9,
+            xattrs,
+        };
+        out.data(tar::EntryType::Regular, b"f", &meta, 2, &b"hi"[..])
+            .unwrap();
         let bytes = out.0.into_inner().unwrap();
         let mut archive = tar::Archive::new(&bytes[..]);
         let mut e = archive.entries().unwrap().next().unwrap().unwrap();
@@ -725,7 +742,10 @@ mod tests {
         let m = read_meta(&mut e).unwrap();
         assert_eq!((m.mode, m.uid, m.gid, m.mtime), (0o4755, 7, 8, 9));
         let names: Vec<&[u8]> = m.xattrs.iter().map(|(k, _)| k.as_slice()).collect();
-        assert_eq!(names, [&b"user.a"[..], b"security.capability", b"trusted.x"]);
+        assert_eq!(
+            names,
+            [&b"user.a"[..], b"security.capability", b"trusted.x"]
+        );
     }
 
     #[test]
