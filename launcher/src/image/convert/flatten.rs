@@ -13,15 +13,23 @@
 //! - `.wh.NAME` hides the lower `NAME` (and all below it); `.wh..wh..opq`
 //!   hides all lower children of its directory. Neither hides entries of its
 //!   own layer;
-//! - a lower directory replaced by a non-directory loses all its children.
+//! - a lower directory replaced by a non-directory loses all its children;
+//! - directories an unpacker creates on the way to an entry stay when the
+//!   entry is later deleted (they come out empty, 0755 root:root).
 //!
 //! Paths are normalised lexically: a leading `/` and `.` components are
 //! dropped (absolute names land inside the root, as every OCI unpacker does),
 //! `..` is applied, and a `..` that would climb above the root is refused.
 //! An entry beneath a path that a layer made a symlink (or any non-directory)
-//! is refused: unpacking tools would write through the symlink (Docker
-//! resolves it inside the root, others escape it), and an image that relies on
-//! that is either broken or hostile. The refusal names both entries.
+//! is refused, also when a higher layer replaces that path again: unpacking
+//! tools would write through the symlink (Docker resolves it inside the root,
+//! others escape it) or fail, and an image that relies on that is either
+//! broken or hostile. The refusal names both entries. The one exception: an
+//! entry that a higher layer hides entirely is not judged (nothing of it can
+//! reach the image).
+//!
+//! The rules are checked against a naive unpacker (apply layers bottom up to
+//! a map) on thousands of random layer stacks in the tests below.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

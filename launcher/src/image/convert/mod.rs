@@ -9,13 +9,16 @@
 //!
 //! Each returns the image's size, sha256 (hex, of the whole file) and inode
 //! count; the store records the hash so that nodes can verify their copies.
+//! The hash is taken right after the writer finishes, from the page cache
+//! (the writer rewrites the superblock at offset 0 last, so no running hash
+//! of its output is possible): 0.2 s for a 109 MB image.
 //! `out` is a new temporary file next to its final place: it is overwritten,
 //! written in full, fsynced, and left for the caller to rename (or, on an
 //! error, to delete).
 //!
 //! How: the layers are read top layer first, each decompressed once (gzip,
 //! zstd or plain tar, told by the media type and checked by magic bytes),
-//! judged entry by entry by the OCI layer rules ([`flatten`]) and streamed as
+//! judged entry by entry by the OCI layer rules (`flatten.rs`) and streamed as
 //! one flattened tar into squashfs-tools-ng's `tar2sqfs`, which compresses on
 //! every core while this process decompresses. The image is never unpacked
 //! to disk; memory holds metadata only (one small record per path). The
@@ -28,9 +31,10 @@
 //! links, fifos, with owners (numeric uid/gid from the tar headers), modes
 //! including setuid/setgid/sticky (image mounts are nosuid) and `SCHILY.xattr`
 //! extended attributes in the namespaces squashfs stores (`user.`,
-//! `trusted.`, `security.`; never `trusted.overlay.*`). Device nodes are dropped (mounts are nodev). The
-//! root directory is always 0755 root:root. The output is deterministic: the
-//! same layers give the same bytes whatever their compression.
+//! `trusted.`, `security.`; never `trusted.overlay.*`). Device nodes are
+//! dropped (mounts are nodev). The root directory is always 0755 root:root,
+//! and directories no layer lists get the same. The output is deterministic:
+//! the same layers give the same bytes whatever their compression.
 //!
 //! `dir_to_squashfs` packs a directory as it is with `mksquashfs` (which
 //! keeps hard links and xattrs; squashfs-tools-ng's `gensquashfs` does not
@@ -40,8 +44,8 @@
 //! no following of any path from a layer on the host), or accept an entry
 //! that resolves outside the image root. `..` above the root is refused,
 //! absolute names are taken relative to the root, and an entry beneath a
-//! path that some layer made a symlink is refused; each refusal names the
-//! layer digest and the entry.
+//! path that some layer made a symlink (or a file) is refused; each refusal
+//! names the layer digest and the entry.
 //!
 //! Not supported (refused with a clear error, never guessed): a path twice
 //! in one layer unless both are directories; a hard link whose target a
