@@ -515,3 +515,47 @@ fn debian_mpich_converts_like_umoci_unpack() {
     );
     sh(&format!("rm -rf {}", dir.display()));
 }
+
+#[test]
+fn compression_and_block_size_options_are_honoured() {
+    use shoal::image::convert::Compression;
+    let tb = testbed();
+    let dir = tb.user_tempdir("convert-options");
+    let layers = layers_of(layout(), "layers");
+    let base = dir.join("default.sqfs");
+    convert(&layers, &base).unwrap();
+    for (compression, block_size, says) in [
+        (Compression::Lz4, 65536, "lz4"),
+        (Compression::Gzip { level: 9 }, 131072, "gzip"),
+        (Compression::Zstd { level: 19 }, 1 << 20, "zstd"),
+    ] {
+        let out = dir.join(format!("{says}.sqfs"));
+        let opts = SquashOptions {
+            compression,
+            block_size,
+        };
+        layers_to_squashfs(&layers, &out, &opts, &|_| {}).unwrap();
+        sh(&format!(
+            "chown {} {} {}",
+            tb.user,
+            out.display(),
+            base.display()
+        ));
+        let sb = ok(&tb.user(&format!("unsquashfs -s {}", out.display())));
+        assert!(
+            sb.contains(&format!("Compression {says}")),
+            "{compression}: {sb}"
+        );
+        assert!(
+            sb.contains(&format!("Block size {block_size}")),
+            "{compression}: {sb}"
+        );
+        assert_same_content(tb, &base, &out);
+    }
+    let bad = SquashOptions {
+        compression: Compression::Lz4,
+        block_size: 1000,
+    };
+    let err = layers_to_squashfs(&layers, &dir.join("bad.sqfs"), &bad, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("block size 1000"), "{err}");
+}
