@@ -559,3 +559,31 @@ fn compression_and_block_size_options_are_honoured() {
     let err = layers_to_squashfs(&layers, &dir.join("bad.sqfs"), &bad, &|_| {}).unwrap_err();
     assert!(err.to_string().contains("block size 1000"), "{err}");
 }
+
+#[test]
+fn corrupt_layers_are_named() {
+    let tb = testbed();
+    let dir = tb.user_tempdir("convert-corrupt");
+    let layers = layers_of(layout(), "layers");
+    // The bottom layer (gzip) cut in half, the top one (plain tar) cut
+    // inside its first file's data.
+    for (i, layer) in [(0, &layers[0]), (2, &layers[2])] {
+        let bytes = std::fs::read(&layer.path).unwrap();
+        let cut = dir.join(format!("cut-{i}"));
+        let keep = if i == 0 { bytes.len() / 2 } else { 512 * 3 + 3 };
+        std::fs::write(&cut, &bytes[..keep]).unwrap();
+        let mut broken = layers.clone();
+        broken[i] = Layer {
+            path: cut.clone(),
+            ..layer.clone()
+        };
+        let err = convert(&broken, &dir.join("out.sqfs"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("layer {} ({})", layer.digest, cut.display())),
+            "{err}"
+        );
+        assert!(err.ends_with("delete it and pull again"), "{err}");
+    }
+}

@@ -513,6 +513,7 @@ fn feed(
                                 // stream); a write error the writer's.
                                 let mut src = ErrTag {
                                     inner: &mut e,
+                                    left: size,
                                     failed: None,
                                 };
                                 let r =
@@ -527,6 +528,13 @@ fn feed(
                     }
                 }
             }
+            // Read to the end of the stream: a compressed layer cut short
+            // fails its gzip/zstd checks here even when the cut fell between
+            // tar entries. (A plain tar cut exactly between entries cannot be
+            // told from its end: the blob digest, checked by the puller,
+            // covers that.)
+            let mut rest = archive.into_inner();
+            io::copy(&mut rest, &mut io::sink()).map_err(|e| layer_err(layer, e))?;
             Ok(())
         })?;
         flat.end_layer();
@@ -568,19 +576,35 @@ fn feed(
     Ok(())
 }
 
-/// Remembers a read error, so it is not mistaken for the writer's.
+/// Remembers a read error, so it is not mistaken for the writer's, and
+/// makes a file that ends early an error (the tar writer would otherwise
+/// pass a short entry on, misaligning the stream).
 struct ErrTag<'a, R> {
     inner: &'a mut R,
+    left: u64,
     failed: Option<io::Error>,
 }
 
 impl<R: Read> Read for ErrTag<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).map_err(|e| {
-            let copy = io::Error::new(e.kind(), e.to_string());
-            self.failed = Some(e);
-            copy
-        })
+        let r = match self.inner.read(buf) {
+            Ok(0) if self.left > 0 && !buf.is_empty() => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the layer ends inside a file (truncated download?)",
+            )),
+            r => r,
+        };
+        match r {
+            Ok(n) => {
+                self.left = self.left.saturating_sub(n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.failed = Some(e);
+                Err(copy)
+            }
+        }
     }
 }
 
@@ -746,6 +770,35 @@ mod tests {
             names,
             [&b"user.a"[..], b"security.capability", b"trusted.x"]
         );
+    }
+
+    #[test]
+    fn truncated_compressed_streams_fail_when_drained() {
+        use std::io::Write as _;
+        let data = vec![0u8; 100_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::encode_all(&data[..], 3).unwrap();
+        for (name, blob) in [("gzip", gz), ("zstd", zs)] {
+            for cut in [blob.len() / 2, blob.len() - 4] {
+                let l = Layer {
+                    path: std::env::temp_dir()
+                        .join(format!("shoal-trunc-{}-{name}-{cut}", std::process::id())),
+                    compression: LayerCompression::Gzip,
+                    digest: name.into(),
+                };
+                std::fs::write(&l.path, &blob[..cut]).unwrap();
+                let mut r = open_layer(&l, Arc::new(AtomicU64::new(0))).unwrap();
+                let res = io::copy(&mut r, &mut io::sink());
+                std::fs::remove_file(&l.path).unwrap();
+                assert!(
+                    res.is_err(),
+                    "{name} cut at {cut} of {}: {res:?}",
+                    blob.len()
+                );
+            }
+        }
     }
 
     #[test]
