@@ -14,6 +14,8 @@ PACKAGES=(
     docker-registry skopeo umoci openssl curl apache2-utils busybox-static debootstrap
     # MPI, and the peer measured against
     mpich libmpich-dev charliecloud
+    # zstd-compressed test layers (images.d/20-layers.sh, mklayers.py)
+    zstd
     # benchmarks and helpers
     hyperfine util-linux procps psmisc
     # ABI tests build synthetic ELF libraries (gcc, objdump)
