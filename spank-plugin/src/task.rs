@@ -7,7 +7,8 @@
 //! - `task_init_privileged` (the forked task, still root): reports a held
 //!   error where the user sees it, stages the image on this node, then
 //!   makes or joins the container of (job, step, node) with exactly Slurm's
-//!   local task count as peers, and sets the task's environment. Slurm then
+//!   local task count as peers, and sets the task's environment. Host
+//!   library modules are added to the plan first (`inject.rs`). Slurm then
 //!   drops to the user and execs the command inside.
 
 use std::fs::File;
@@ -21,7 +22,7 @@ use crate::options;
 use crate::pin::{self, Pin, Scope};
 use crate::spank::{self, Spank};
 use crate::stage::{self, ReadAt, Staged};
-use crate::{job, TAG};
+use crate::{inject, job, TAG};
 
 #[derive(Default)]
 struct Step {
@@ -139,6 +140,11 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     };
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
     add_slurm_binds(&mut plan, spank, step_id, &config)?;
+    // Every task checks (the same answer on every task); only the builder
+    // of the shared container carries the mounts and setup out.
+    let modules = options::request().modules;
+    inject::add_modules(&mut plan, &config, modules.as_deref(), &host_env)
+        .map_err(|e| format!("image {}: {e}", pin.requested))?;
     let share = Share {
         key: job::share_key(job_id, step_id, &node),
         peers: spank.local_task_count().map_err(|e| e.to_string())?,

@@ -8,6 +8,8 @@
 //! - `sys`: the only `unsafe` kernel calls;
 //! - `userns`: namespaces; `fuse`: the image through squashfuse_ll;
 //!   `rootfs`: image, skeleton, overlay root, mounts, pivot_root;
+//! - `inject`: host-library injection made part of the plan (mounts, and
+//!   setup steps run after pivot_root by the builder);
 //! - `share`: one container for the tasks of a node; `exec`: credentials,
 //!   capabilities, no_new_privs, execve;
 //! - `doctor`: checks a node and says how to fix what fails.
@@ -46,6 +48,7 @@ mod env;
 mod etc;
 mod exec;
 mod fuse;
+mod inject;
 mod plan;
 mod policy;
 mod rootfs;
@@ -64,6 +67,7 @@ pub use plan::{
     plan, Cwd, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RootFs,
     RunImage, RunRequest,
 };
+pub use inject::{add_injection, assess_modules, OrderError, SetupStep};
 pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, Joined, Share, ShareError};
@@ -99,11 +103,14 @@ pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> 
         None => {
             let src = rootfs::open_sources(plan)?;
             rootfs::build(plan, src)?;
+            inject::run_setup(plan)?;
             None
         }
         Some(s) => Some(share::enter_shared(s, plan.mode, plan.identity.uid, || -> Result<(), EnterError> {
             let src = rootfs::open_sources(plan)?;
             rootfs::build(plan, src)?;
+            // Only the builder: peers join a container already set up.
+            inject::run_setup(plan)?;
             Ok(())
         })?),
     };
