@@ -131,11 +131,9 @@ fn host_mpich_is_the_library_the_debian_mpich_image_loads() {
     assert!(!dry.contains("inject:"), "{dry}");
 }
 
-#[test]
-fn libraries_the_image_lacks_come_through_its_own_ldconfig_cache() {
-    let c = Case::new("added");
-    // An image with MPICH's library but none of its dependencies, and a
-    // program linked against it that prints its own maps.
+/// `img.sqfs`: MPICH's library but none of its dependencies, and `maps`,
+/// a program linked against it that prints its own /proc/self/maps.
+fn mpich_app_image(c: &Case) {
     ok(&c.user(
         r#"base img
         cp -a /usr/lib/$MA/libmpich.so.12* img/usr/lib/$MA/
@@ -144,6 +142,12 @@ fn libraries_the_image_lacks_come_through_its_own_ldconfig_cache() {
         sqfs img img.sqfs
         sha256sum img.sqfs > img.sum"#,
     ));
+}
+
+#[test]
+fn libraries_the_image_lacks_come_through_its_own_ldconfig_cache() {
+    let c = Case::new("added");
+    mpich_app_image(&c);
     let dry = ok(&c.user(r#""$SHOAL" --config "$CONF" run --dry-run --module mpich img.sqfs -- maps"#));
     for says in [
         "/.shoal <- tmpfs mode=755 [rw,nosuid,nodev]",
@@ -177,6 +181,35 @@ fn libraries_the_image_lacks_come_through_its_own_ldconfig_cache() {
     assert!(lines.next().unwrap().parse::<u32>().unwrap() >= 5, "host libraries listed in the cache:\n{out}");
     let mount = lines.next().unwrap_or_default();
     assert!(mount.split_whitespace().nth(5).is_some_and(|o| o.starts_with("ro,nosuid,nodev")), "{out}");
+}
+
+#[test]
+fn root_for_the_user_reads_the_image_and_runs_ldconfig_as_the_user() {
+    // Privileged mode, as the plugin uses it (slurmstepd is root).
+    let c = Case::new("privileged");
+    mpich_app_image(&c);
+    let run = |args: &str| {
+        c.tb.root(&format!(
+            "cd {} && {} --config {} run --user {} {args}",
+            c.dir.display(),
+            c.tb.shoal().display(),
+            testbed_config(),
+            c.tb.user
+        ))
+    };
+    let out = ok(&run(
+        r#"--module mpich img.sqfs -- busybox sh -c 'busybox stat -c "%U" /.shoal/etc /.shoal/etc/ld.so.cache; busybox grep NoNewPrivs /proc/self/status; maps'"#,
+    ));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(c.tb.user.as_str()), "{out}");
+    assert_eq!(lines.next(), Some(c.tb.user.as_str()), "{out}");
+    assert_eq!(lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()), Some(vec!["NoNewPrivs:", "1"]));
+    assert_eq!(mapped(&out, "/.shoal/lib/libhwloc.so.15"), host_file(c.tb, "/usr/lib/x86_64-linux-gnu/libhwloc.so.15"));
+    // An image root can read but the user cannot is refused: the check
+    // opens it with the user's credentials.
+    ok(&c.tb.root(&format!("cd {} && cp img.sqfs root-only.sqfs && chmod 600 root-only.sqfs", c.dir.display())));
+    let err = fails(&run("--module mpich root-only.sqfs -- maps"));
+    assert!(err.contains("root-only.sqfs") && err.contains("Permission denied"), "{err}");
 }
 
 #[test]
