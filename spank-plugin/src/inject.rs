@@ -1,7 +1,15 @@
-//! slurmstepd, each task of an image step (root, before the container is
-//! entered): the step's host-library modules (`--module`, or the site's
-//! `default_modules`) are checked against the staged image and added to the
-//! container plan; the container's builder carries them out.
+//! slurmstepd: the step's host-library modules (`--module`, or the site's
+//! `default_modules`).
+//!
+//! - [`assess`], in `user_init` (slurmstepd, once per step and node, with
+//!   the user's effective ids): the modules are checked against the pinned
+//!   image (the user's own store file, or the site store's; the copy staged
+//!   later is verified to be the same bytes). The forked tasks inherit the
+//!   answer.
+//! - [`add_to_plan`], in each task (root, before the container is entered):
+//!   the injection joins the container plan; only the task that builds the
+//!   shared container carries its mounts and setup out, every task gets its
+//!   environment.
 //!
 //! GPUs: the container of (job, step, node) is shared by the step's tasks,
 //! so it gets the step's GPUs (`SLURM_STEP_GPUS`, else `SLURM_JOB_GPUS`,
@@ -9,17 +17,20 @@
 //! `CUDA_VISIBLE_DEVICES` names a subset (`--gpu-bind`) gets it renumbered
 //! to the container's device order.
 //!
-//! Must never: read the user's image as root (the launcher's
-//! `assess_modules` takes the user's ids), or let a refused module through.
+//! Must never: read the user's image as root, or let a refused module
+//! through.
+
+use std::path::Path;
 
 use shoal::container::{self, Plan};
+use shoal::inject::InjectionPlan;
 use shoal::Config;
 
 fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
 }
 
-/// The step's GPUs (host numbers) and the task's own list, from the task's
+/// The step's GPUs (host numbers) and the task's own list, from the
 /// environment as slurmstepd holds it.
 pub fn gpu_lists(env: &[(String, String)]) -> (Option<&str>, Option<&str>) {
     let task = get(env, "CUDA_VISIBLE_DEVICES");
@@ -27,23 +38,30 @@ pub fn gpu_lists(env: &[(String, String)]) -> (Option<&str>, Option<&str>) {
     (step, task)
 }
 
-/// Checks the modules against the plan's (staged) image and adds the
-/// result to the plan. `requested`: the `--module` names, `None` for the
-/// site's defaults. Errors are one line for the user at the srun prompt.
-pub fn add_modules(
-    plan: &mut Plan,
+/// Checks the modules against the image with the caller's credentials
+/// (call with the user's). `requested`: the `--module` names, `None` for
+/// the site's defaults. `None` when no module applies; errors (a refusal
+/// naming the conflicting files) are one line for the user.
+pub fn assess(
     config: &Config,
     requested: Option<&[String]>,
+    squashfs: &Path,
     env: &[(String, String)],
-) -> Result<(), String> {
-    let (step_gpus, task_gpus) = gpu_lists(env);
-    let Some(assessment) =
-        container::assess_modules(plan, config, requested.unwrap_or(&[]), step_gpus).map_err(|e| e.to_string())?
+) -> Result<Option<InjectionPlan>, String> {
+    let (step_gpus, _) = gpu_lists(env);
+    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), step_gpus)
+        .map_err(|e| e.to_string())?
     else {
-        return Ok(());
+        return Ok(None);
     };
-    let injection = assessment.into_plan().map_err(|e| e.to_string())?;
-    container::add_injection(plan, &injection).map_err(|e| e.to_string())?;
+    assessment.into_plan().map(Some).map_err(|e| e.to_string())
+}
+
+/// Adds an injection to a task's container plan, with the task's own GPU
+/// numbering when it differs from the step's.
+pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
+    container::add_injection(plan, injection).map_err(|e| e.to_string())?;
+    let (step_gpus, task_gpus) = gpu_lists(env);
     if let (Some(selection), Some(task)) = (&injection.gpus, task_gpus) {
         if Some(task) != step_gpus {
             let inside = selection.renumber(task).map_err(|e| e.to_string())?;

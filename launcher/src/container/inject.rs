@@ -10,7 +10,8 @@
 //!   `ldconfig`, the cache bound over `/etc/ld.so.cache`) becomes
 //!   `plan.setup`, in the engine's order; environment changes go into
 //!   `plan.env`. `--dry-run` prints all of it.
-//! - Reading the image ([`assess_modules`]): as the user, always.
+//! - Reading the image ([`assess_modules`], [`assess_image`]): as the
+//!   user, always.
 //! - Doing ([`run_setup`]): called once per container, by the process that
 //!   built it, after pivot_root and before anything of the user's runs.
 //!
@@ -184,17 +185,12 @@ pub(crate) fn render(plan: &Plan) -> String {
 }
 
 /// Selects the requested modules (`--module` values; empty: the site's
-/// `default_modules`) and checks them against the plan's image. `None`
-/// when no module is selected.
-///
-/// The image is read with the user's credentials: in unprivileged mode the
-/// caller is the user; in privileged mode (root for a user, the plugin)
-/// this thread's effective ids are the user's for the whole check, so a
-/// user image is opened only if the user may read it (the plugin passes the
-/// staged copy, which belongs to the user; site images are world-readable)
-/// and the module's host files are read as the user will load them.
-pub fn assess_modules(
-    plan: &Plan,
+/// `default_modules`) and checks them against the squashfs image at
+/// `squashfs`, with the caller's current credentials. `None` when no module
+/// is selected. The SPANK plugin calls this from slurmstepd's user context
+/// (effective ids already the user's), once per step and node.
+pub fn assess_image(
+    squashfs: &Path,
     cfg: &Config,
     requested: &[String],
     cuda_visible_devices: Option<&str>,
@@ -203,20 +199,32 @@ pub fn assess_modules(
     if modules.is_empty() {
         return Ok(None);
     }
-    let check = || -> Result<Assessment, InjectError> {
-        let image = SquashfsImage::open(&plan.root.squashfs).map_err(|e| InjectError::Image {
-            image: plan.root.squashfs.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let host = DirImage::new("/");
-        let request = Request {
-            modules,
-            default_abi: cfg.injection.abi,
-            cuda_visible_devices,
-            host: &host,
-        };
-        inject::assess(&image, &request)
+    let image = SquashfsImage::open(squashfs).map_err(|e| InjectError::Image {
+        image: squashfs.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let host = DirImage::new("/");
+    let request = Request {
+        modules,
+        default_abi: cfg.injection.abi,
+        cuda_visible_devices,
+        host: &host,
     };
+    inject::assess(&image, &request).map(Some)
+}
+
+/// [`assess_image`] on the plan's image, always with the user's
+/// credentials: in unprivileged mode the caller is the user; in privileged
+/// mode (root for a user) this thread's effective ids are the user's for
+/// the whole check, so an image is read only if the user may read it, and
+/// the module's host files are read as the user will load them.
+pub fn assess_modules(
+    plan: &Plan,
+    cfg: &Config,
+    requested: &[String],
+    cuda_visible_devices: Option<&str>,
+) -> Result<Option<Assessment>, InjectError> {
+    let check = || assess_image(&plan.root.squashfs, cfg, requested, cuda_visible_devices);
     if plan.mode == Mode::Privileged && plan.identity.uid != 0 {
         let saved: Vec<u32> = nix::unistd::getgroups()
             .map_err(|e| InjectError::Module(format!("cannot read root's groups: {e}")))?
@@ -228,9 +236,9 @@ pub fn assess_modules(
         })?;
         let r = check();
         sys::thread_restore_root(&saved).expect("restoring root's ids after reading the image as the user");
-        r.map(Some)
+        r
     } else {
-        check().map(Some)
+        check()
     }
 }
 

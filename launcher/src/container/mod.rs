@@ -67,7 +67,7 @@ pub use plan::{
     plan, Cwd, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RootFs,
     RunImage, RunRequest,
 };
-pub use inject::{add_injection, assess_modules, OrderError, SetupStep};
+pub use inject::{add_injection, assess_image, assess_modules, OrderError, SetupStep};
 pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, Joined, Share, ShareError};
