@@ -309,6 +309,12 @@ pub(crate) fn run_setup(plan: &Plan) -> Result<(), BuildError> {
                 if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
                     return Err(step_err(what)(io::Error::other("not a regular file")));
                 }
+                if st.st_uid != plan.identity.uid {
+                    return Err(step_err(what)(io::Error::other(format!(
+                        "owned by uid {}, not by the user whose setup step wrote it",
+                        st.st_uid
+                    ))));
+                }
                 let dst = sys::open_in_root(root.as_fd(), target, libc::O_PATH | libc::O_NOFOLLOW, 0)
                     .map_err(step_err(what.clone()))?;
                 sys::mount(Some(&sys::fd_path(src.as_fd())), &sys::fd_path(dst.as_fd()), None, libc::MS_BIND, None)
