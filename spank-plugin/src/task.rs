@@ -81,7 +81,15 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
     // With the user's ids, on the pinned file: the copy staged later is
     // checked to hold the same bytes.
     let env = spank.job_env().map_err(|e| e.to_string())?;
-    let modules = options::request().modules;
+    // `--module` reaches slurmstepd as an option; `$SHOAL_MODULE` (checked
+    // at submission) only through the job's environment.
+    let mut req = options::request();
+    if req.modules.is_none() {
+        if let Some(v) = spank.getenv("SHOAL_MODULE").filter(|v| !v.is_empty()) {
+            options::set_modules(&mut req, &v).map_err(|e| format!("$SHOAL_MODULE: {e}"))?;
+        }
+    }
+    let modules = req.modules;
     state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env)
         .map_err(|e| format!("image {}: {e}", pin.requested))?;
     state.pin = Some(pin);
