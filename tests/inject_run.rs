@@ -181,6 +181,21 @@ fn libraries_the_image_lacks_come_through_its_own_ldconfig_cache() {
     assert!(lines.next().unwrap().parse::<u32>().unwrap() >= 5, "host libraries listed in the cache:\n{out}");
     let mount = lines.next().unwrap_or_default();
     assert!(mount.split_whitespace().nth(5).is_some_and(|o| o.starts_with("ro,nosuid,nodev")), "{out}");
+
+    // The setup command must succeed, or nothing runs.
+    let out = c.user(
+        r#"cp -a img bad && printf '#!/usr/bin/busybox sh\necho cache not written >&2\nexit 3\n' > bad/usr/sbin/ldconfig
+        sqfs bad bad.sqfs
+        "$SHOAL" --config "$CONF" run --module mpich bad.sqfs -- busybox touch "$T/ran""#,
+    );
+    let err = fails(&out);
+    assert!(
+        err.contains("cannot run /sbin/ldconfig -X -f /.shoal/etc/ld.so.conf -C /.shoal/etc/ld.so.cache")
+            && err.contains("exit status: 3; it printed: cache not written"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(!c.dir.join("ran").exists(), "nothing ran");
 }
 
 #[test]

@@ -357,9 +357,9 @@ fn run_as_user(plan: &Plan, argv: &[String], why: &str) -> Result<(), BuildError
             detail.push_str("...");
         }
         return Err(step_err(what)(io::Error::other(format!(
-            "{} in the image{}",
+            "{}{}",
             out.status,
-            if detail.is_empty() { String::new() } else { format!(": {detail}") }
+            if detail.is_empty() { String::new() } else { format!("; it printed: {detail}") }
         ))));
     }
     Ok(())
