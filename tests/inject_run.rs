@@ -2,7 +2,7 @@
 //! unprivileged user: the host's MPICH is the library a Debian image loads
 //! (proved by device and inode in /proc/self/maps), libraries the image
 //! lacks are found through the cache its own `ldconfig` writes, a fake GPU
-//! driver gets only the job's devices, and an Open MPI image is refused in
+//! driver gets only the job's device nodes bound, and an Open MPI image is refused in
 //! one line before anything runs.
 
 mod support;
@@ -228,7 +228,7 @@ fn root_for_the_user_reads_the_image_and_runs_ldconfig_as_the_user() {
 }
 
 #[test]
-fn gpu_module_gets_only_the_jobs_devices_renumbered() {
+fn gpu_module_binds_only_the_jobs_devices_and_keeps_their_numbering() {
     let c = Case::new("gpu");
     ok(&c.user(
         r#"base img
@@ -261,10 +261,12 @@ EOF"#,
         let d = dev.join(n);
         assert!(line.contains(&format!("{} <- bind {} [rw]", d.display(), d.display())), "{line}");
     }
-    assert!(dry.contains("env      CUDA_VISIBLE_DEVICES=1,0"), "{dry}");
+    // The job's numbering stays: the container's /dev is the host's, so
+    // CUDA numbers GPUs as on bare metal (renumbering would pick others).
+    assert!(dry.contains("env      CUDA_VISIBLE_DEVICES=3,1"), "{dry}");
     assert!(dry.contains("/.shoal/lib/libcuda.so.1 <- bind"), "{dry}");
 
-    // And for real: the mounts are exactly those, the variable renumbered,
+    // And for real: the mounts are exactly those, the variable as given,
     // and the image's loader finds the driver through the generated cache.
     let out = ok(&c.user(
         r#"cat > probe.sh <<'EOF'
@@ -275,7 +277,7 @@ EOF
         CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml run --module gpu img.sqfs -- busybox sh probe.sh"#,
     ));
     let mut want: Vec<String> =
-        ["1,0", "/.shoal/lib/libcuda.so.1", "/.shoal/lib/libnvidia-ml.so.1"].map(String::from).to_vec();
+        ["3,1", "/.shoal/lib/libcuda.so.1", "/.shoal/lib/libnvidia-ml.so.1"].map(String::from).to_vec();
     want.extend(["nvidiactl", "nvidia1", "nvidia3"].iter().map(|n| dev.join(n).display().to_string()));
     assert_eq!(out.lines().collect::<Vec<_>>(), want, "{out}");
 }
