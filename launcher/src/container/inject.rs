@@ -116,24 +116,10 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
         }
     }
     for change in &injection.env {
-        if injection.gpus.is_some() && matches!(change, EnvChange::Set { name, .. } if name == GPU_VAR) {
-            continue;
-        }
         apply_env(&mut plan.env, change);
     }
     Ok(())
 }
-
-/// The job's GPUs, as Slurm or the user set them.
-const GPU_VAR: &str = "CUDA_VISIBLE_DEVICES";
-
-// Why `CUDA_VISIBLE_DEVICES` is kept as it is: the container's /dev is the
-// host's (`plan()` binds it whole), so CUDA sees every GPU node of the node,
-// exactly as a bare-metal task does, and the job's own numbering (host
-// numbers, or Slurm's local ones under ConstrainDevices) already points at
-// the job's GPUs. The engine's renumbering (`GpuSelection`) is right only
-// for a /dev that holds nothing but the bound GPUs; applied here it would
-// send a job to another job's GPUs. The GPU binds stay (the same nodes).
 
 fn apply_env(env: &mut Vec<(String, String)>, change: &EnvChange) {
     let (name, value) = match change {
@@ -487,13 +473,6 @@ mod tests {
         let get = |k: &str| plan.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("PATH"), Some("/.shoal/bin:/usr/bin:/bin"));
         assert_eq!(get("CUDA_VISIBLE_DEVICES"), Some("1,0"));
-        // With a GPU selection, the job's own numbering stays (see GPU_VAR).
-        let mut plan = base();
-        let mut inj = injection();
-        inj.gpus = Some(crate::inject::GpuSelection { devices: vec![], cuda_visible_devices: Some("1,0".into()) });
-        add_injection(&mut plan, &inj).unwrap();
-        let cvd = plan.env.iter().find(|(n, _)| n == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.as_str());
-        assert_eq!(cvd, Some("3,1"));
         assert_eq!(get("NEW"), Some("a:b"));
     }
 

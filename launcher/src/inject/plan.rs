@@ -174,9 +174,9 @@ pub enum EnvChange {
 pub struct InjectionPlan {
     pub steps: Vec<Step>,
     pub env: Vec<EnvChange>,
-    /// The GPUs bound, when a module has `gpu_devices`: a task whose own
-    /// `CUDA_VISIBLE_DEVICES` differs from the step's is renumbered with
-    /// [`GpuSelection::renumber`].
+    /// The GPUs bound, when a module has `gpu_devices` (with the numbering
+    /// they would have in a /dev holding them alone; not applied, see
+    /// `plan()`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus: Option<GpuSelection>,
 }
@@ -895,9 +895,11 @@ impl Builder<'_> {
                     steps.push(device_bind(module, &dev.host, image)?);
                 }
             }
-            if let Some(inside) = &selection.cuda_visible_devices {
-                sets.insert("CUDA_VISIBLE_DEVICES".into(), inside.clone());
-            }
+            // `CUDA_VISIBLE_DEVICES` is left as the job has it: the
+            // launcher's /dev is the host's, so CUDA sees every GPU node and
+            // numbers them as on bare metal; the renumbered list
+            // (`selection.cuda_visible_devices`) is right only for a /dev
+            // holding the bound GPUs alone, and would point at other GPUs.
             gpus = Some(selection);
         }
         if self
