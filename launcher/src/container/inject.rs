@@ -54,12 +54,14 @@ pub enum SetupStep {
     BindWithin { source: PathBuf, target: PathBuf, why: String },
 }
 
-/// The engine handed over a plan whose mounts do not all come first.
+/// The engine handed over a plan the launcher cannot carry out as given
+/// (a bug in the injection engine, never the user's input).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("injection plan step {index} ({what}) comes after a step that needs the finished root; mounts must come first (a bug in the injection engine)")]
-pub struct OrderError {
-    pub index: usize,
-    pub what: String,
+pub enum OrderError {
+    #[error("injection plan step {index} ({what}) comes after a step that needs the finished root; mounts must come first")]
+    MountAfterSetup { index: usize, what: String },
+    #[error("injection plan step {index} writes {path}, which is not on a tmpfs of the injection; generated files go only there")]
+    WriteOutsideTmpfs { index: usize, path: PathBuf },
 }
 
 /// Appends an injection to a container plan (pure). Mounts keep the
@@ -91,6 +93,12 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
                 origin: origin(&b.why),
             }),
             Step::WriteFile { path, contents } => {
+                let on_tmpfs = injection.steps[..i]
+                    .iter()
+                    .any(|s| matches!(s, Step::Tmpfs { target } if path.starts_with(target) && path != target));
+                if !on_tmpfs {
+                    return Err(OrderError::WriteOutsideTmpfs { index: i + 1, path: path.clone() });
+                }
                 plan.setup.push(SetupStep::WriteFile { path: path.clone(), contents: contents.clone() });
                 None
             }
@@ -109,7 +117,7 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
         };
         match mount {
             Some(m) if setup_started => {
-                return Err(OrderError { index: i + 1, what: format!("mount {}", m.target.display()) })
+                return Err(OrderError::MountAfterSetup { index: i + 1, what: format!("mount {}", m.target.display()) })
             }
             Some(m) => plan.mounts.push(m),
             None => setup_started = true,
@@ -481,7 +489,15 @@ mod tests {
         let mut inj = injection();
         inj.steps.push(bind("/x", "/y", InjectKind::File, true));
         let e = add_injection(&mut base(), &inj).unwrap_err();
-        assert_eq!(e.index, 8);
+        assert!(matches!(e, OrderError::MountAfterSetup { index: 8, .. }), "{e}");
+    }
+
+    #[test]
+    fn generated_files_go_only_on_the_injections_tmpfs() {
+        let mut inj = injection();
+        inj.steps[4] = Step::WriteFile { path: "/etc/ld.so.conf".into(), contents: String::new() };
+        let e = add_injection(&mut base(), &inj).unwrap_err();
+        assert_eq!(e, OrderError::WriteOutsideTmpfs { index: 5, path: "/etc/ld.so.conf".into() });
     }
 
     #[test]
