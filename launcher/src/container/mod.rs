@@ -30,7 +30,11 @@
 //!     host_env: task_env,          // spank_getenv view of the job env
 //!     env: user_env_settings, mounts: user_mounts, writable,
 //! };
-//! let plan = shoal::container::plan(&req, &cfg)?;
+//! let mut plan = shoal::container::plan(&req, &cfg)?;
+//! // Host-library modules: checked with the user's ids (assess_image in
+//! // user_init, or assess_modules here), then part of the plan; the task
+//! // that builds the shared container carries them out after pivot_root.
+//! shoal::container::add_injection(&mut plan, &assessment.into_plan()?)?;
 //! let share = Share { key: format!("{job}.{step}.{slurm_node_name}"), peers: local_task_count };
 //! shoal::container::enter(&plan, Some(&share))?;   // now inside; still root
 //! // apply plan.env to the task with spank_setenv/spank_unsetenv, then return:
