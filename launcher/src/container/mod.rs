@@ -8,6 +8,8 @@
 //! - `sys`: the only `unsafe` kernel calls;
 //! - `userns`: namespaces; `fuse`: the image through squashfuse_ll;
 //!   `rootfs`: image, skeleton, overlay root, mounts, pivot_root;
+//! - `inject`: host-library injection made part of the plan (mounts, and
+//!   setup steps run after pivot_root by the builder);
 //! - `share`: one container for the tasks of a node; `exec`: credentials,
 //!   capabilities, no_new_privs, execve;
 //! - `doctor`: checks a node and says how to fix what fails.
@@ -36,7 +38,11 @@
 //!     mounts: user_mounts,          // UserMount::parse / parse_volumes of --volume
 //!     writable: false,
 //! };
-//! let plan = container::plan(&req, &cfg)?;               // pure; refusals are PlanError
+//! let mut plan = shoal::container::plan(&req, &cfg)?;               // pure; refusals are PlanError
+//! // Host-library modules: checked with the user's ids (assess_image in
+//! // user_init, or assess_modules here), then part of the plan; the task
+//! // that builds the shared container carries them out after pivot_root.
+//! shoal::container::add_injection(&mut plan, &assessment.into_plan()?)?;
 //! let share = Share { key: format!("{job}.{step}.{slurm_node_name}"), peers: local_task_count };
 //! let entered = container::enter(&plan, Some(&share))?; // now inside, still root
 //! // Replace the task's environment with `plan.env` (spank_setenv for each
@@ -67,6 +73,7 @@ mod env;
 mod etc;
 mod exec;
 mod fuse;
+mod inject;
 mod plan;
 mod policy;
 mod rootfs;
@@ -85,6 +92,7 @@ pub use plan::{
     plan, Cwd, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RootFs,
     RunImage, RunRequest,
 };
+pub use inject::{add_injection, assess_image, assess_modules, OrderError, SetupStep};
 pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, Joined, Share, ShareError};
@@ -120,11 +128,14 @@ pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> 
         None => {
             let src = rootfs::open_sources(plan)?;
             rootfs::build(plan, src, 1)?;
+            inject::run_setup(plan)?;
             None
         }
         Some(s) => Some(share::enter_shared(s, plan.mode, plan.identity.uid, || -> Result<(), EnterError> {
             let src = rootfs::open_sources(plan)?;
             rootfs::build(plan, src, s.peers)?;
+            // Only the builder: peers join a container already set up.
+            inject::run_setup(plan)?;
             Ok(())
         })?),
     };

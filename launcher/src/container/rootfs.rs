@@ -24,6 +24,7 @@ use nix::sys::stat::{fstat, SFlag};
 
 use super::etc;
 use super::fuse::{self, FuseError};
+use super::inject;
 use super::plan::{ImageMount, Mode, MountKind, Origin, Plan};
 use super::sys;
 use super::userns::{self, NsError};
@@ -171,7 +172,7 @@ fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// `mkdir -p` (and a final empty file when `!dir`) inside `base`, which is
 /// our own tmpfs: nothing here comes from the image.
-fn skeleton_path(base: BorrowedFd<'_>, path: &Path, dir: bool) -> io::Result<()> {
+pub(crate) fn skeleton_path(base: BorrowedFd<'_>, path: &Path, dir: bool) -> io::Result<()> {
     let rel = path.strip_prefix("/").unwrap_or(path);
     let mut cur = sys::openat(Some(base), Path::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
     let comps: Vec<_> = rel.components().collect();
@@ -288,6 +289,9 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             (MountKind::Bind { .. }, None) => continue,
         };
         skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
+    }
+    for t in inject::skeleton_files(plan) {
+        skeleton_path(skel.as_fd(), t, false).map_err(step(format!("create mount target {}", t.display())))?;
     }
     skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
     let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
