@@ -571,3 +571,16 @@ fn root_opens_user_mount_sources_with_the_users_credentials() {
     assert_eq!(out.trim(), "s");
     assert_clean(&img);
 }
+
+#[test]
+fn a_store_reference_runs_with_the_images_own_settings() {
+    let tb = testbed();
+    let dir = tb.user_tempdir("run-ref");
+    let img = "127.0.0.1:5443/shoal/busybox:v2";
+    ok(&tb.user(&format!("SSL_CERT_FILE=/var/lib/shoal-testbed/tls/cert.pem {} pull -q {img}", tb.shoal().display())));
+    let out = ok(&user_run(tb, &dir, &format!("{img} -- sh -c 'cat /etc/shoal-test-image; echo PATH=$PATH'")));
+    assert!(out.contains("shoal test image: busybox v2"), "{out}");
+    assert!(out.contains("PATH=/usr/local/bin:/usr/bin:/bin"), "the image's PATH was not applied:\n{out}");
+    let err = fails(&user_run(tb, &dir, "127.0.0.1:5443/shoal/never-pulled:1 -- true"));
+    assert!(err.contains("pull it first with `shoal pull 127.0.0.1:5443/shoal/never-pulled:1`"), "{err}");
+}

@@ -131,6 +131,9 @@ fn salloc_then_srun_with_image_and_salloc_with_image() {
     assert_eq!(out.matches("debian-mpich").count(), 2, "{out}");
     let out = ok(&tb.user(&format!("salloc -N2 --image={img} srun -l cat /etc/shoal-test-image")));
     assert_eq!(out.matches("debian-mpich").count(), 2, "{out}");
+    // The image named only by the environment default.
+    let out = ok(&tb.user(&format!("SHOAL_IMAGE={img} srun -N2 -l cat /etc/shoal-test-image")));
+    assert_eq!(out.matches("debian-mpich").count(), 2, "{out}");
 }
 
 #[test]

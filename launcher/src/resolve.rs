@@ -1,14 +1,12 @@
-//! From what a user named (`--image=...`, `shoal run IMAGE`) to what the
-//! launcher runs: a store lookup or a squashfs path, turned into a
-//! [`RunImage`]. Shared by `shoal run` and the SPANK plugin so both treat
-//! every image the same way.
+//! From a stored image to what the launcher runs: its run settings and
+//! whether the kernel may mount it. Shared by `shoal run` and the SPANK
+//! plugin so both treat every image the same way.
 
 use std::path::Path;
 
 use crate::container::{ImageConfig, RunImage};
 use crate::image::manifest;
-use crate::image::store::{Scope, Store, StoreError, StoredImage};
-use crate::reference::ImageSpec;
+use crate::image::store::{Scope, StoredImage};
 
 /// The launcher's view of an image's run settings.
 pub fn run_config(config: &manifest::ImageConfig) -> ImageConfig {
@@ -27,22 +25,5 @@ pub fn run_image(stored: &StoredImage, squashfs: &Path) -> RunImage {
         squashfs: squashfs.to_path_buf(),
         config: run_config(&stored.config),
         trusted_for_kernel_mount: stored.scope == Scope::Site,
-    }
-}
-
-/// Resolves `spec` for `shoal run`: a squashfs path is used as it is (a
-/// user's file, never trusted for a kernel mount); anything else is looked
-/// up in the site store, then the user's.
-pub fn resolve(store: &Store, spec: &ImageSpec) -> Result<RunImage, StoreError> {
-    match spec {
-        ImageSpec::File(path) => Ok(RunImage {
-            squashfs: path.clone(),
-            config: ImageConfig::default(),
-            trusted_for_kernel_mount: false,
-        }),
-        other => {
-            let stored = store.resolve(other)?;
-            Ok(run_image(&stored, &stored.squashfs))
-        }
     }
 }

@@ -46,13 +46,17 @@ fn step() -> MutexGuard<'static, Option<Step>> {
 }
 
 /// Whether this step runs in an image.
-fn wanted() -> bool {
+/// Whether this step runs in an image: `--image` (given, or replayed from
+/// the job), or a pin in the job environment (an image named only through
+/// $SHOAL_IMAGE at submission). Submission drops the pin from steps that
+/// must not run in the image.
+pub(crate) fn wanted(spank: &Spank) -> bool {
     let req = options::request();
-    req.image.is_some() && !req.no_image
+    !req.no_image && (req.image.is_some() || spank.getenv(pin::ENV).is_some())
 }
 
 pub fn user_init(spank: &Spank) -> Result<(), String> {
-    if !wanted() {
+    if !wanted(spank) {
         return Ok(());
     }
     let mut state = Step::default();

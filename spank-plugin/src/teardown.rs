@@ -8,13 +8,11 @@ use shoal::container::{self, Mode};
 use shoal::stage::NodeCache;
 
 use crate::job;
-use crate::options;
 use crate::spank::Spank;
 
 /// slurmstepd, at the end of a step (root).
 pub fn step_exit(spank: &Spank) -> Result<(), String> {
-    let req = options::request();
-    if req.image.is_none() || req.no_image {
+    if !crate::task::wanted(spank) {
         return Ok(());
     }
     let node = job::node_name()?;

@@ -14,6 +14,7 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use nix::unistd::{Gid, Group, Uid, User};
+use shoal::image::store::Store;
 use shoal::container::{self, EnterError, ExecError, Identity, ImageConfig, RunImage, RunRequest, Share, UserMount};
 use shoal::inject::plan::render_table;
 use shoal::{Config, ImageSpec};
@@ -95,9 +96,11 @@ fn image(arg: &str, cwd: &Path, cfg: &Config) -> Result<RunImage> {
         Ok(ImageSpec::File(p)) => p,
         // A bare file name that exists here is a file, not a Docker Hub name.
         _ if Path::new(arg).is_file() => PathBuf::from(arg),
-        Ok(spec) => bail!(
-            "image {spec} is not in the local store: `shoal run` takes a squashfs file path for now (e.g. ./image.sqfs)"
-        ),
+        // Site store first, then the caller's own store.
+        Ok(spec) => {
+            let stored = Store::open(cfg).resolve(&spec)?;
+            return Ok(shoal::resolve::run_image(&stored, &stored.squashfs));
+        }
         Err(e) => return Err(e.into()),
     };
     // `./x` and `a/./b` read better without the dots in messages and plans.
