@@ -155,8 +155,10 @@ fn a_moved_tag_does_not_change_a_running_job() {
     let d = dir.display();
     let name = format!("pin-{}", std::process::id());
     ok(&tb.user(&format!(
-        "cd {d} && setsid salloc -N1 -J {name} --image={tag} sh -c 'while [ ! -e {d}/go ]; do sleep 0.1; done; srun cat /etc/shoal-test-image' \
-         > moved.out 2>moved.err < /dev/null &"
+        // The shell lets go of the test's pipes before salloc goes to the background.
+        "exec > /dev/null 2>&1 < /dev/null; cd {d} && \
+         setsid salloc -N1 -J {name} --image={tag} sh -c 'while [ ! -e {d}/go ]; do sleep 0.1; done; srun cat /etc/shoal-test-image' \
+         > moved.out 2>moved.err &"
     )));
     ok(&tb.user(&format!("for i in $(seq 300); do squeue -h -n {name} -t R | grep -q . && break; sleep 0.1; done")));
     copy("v2");
