@@ -141,6 +141,40 @@ if ! registry_up; then
     wait_for "the registry on $REGISTRY_ADDR" registry_up
 fi
 
+# --- a second registry that wants a login (htpasswd, basic auth) ---------------
+# Same TLS certificate as the first; its test login is AUTH_REGISTRY_USER /
+# AUTH_REGISTRY_PASSWORD (common.sh). Additive: the first registry is untouched.
+AUTH_DIR=$TESTBED_STATE/registry-auth
+mkdir -p "$AUTH_DIR"
+if ! htpasswd -vb "$AUTH_DIR/htpasswd" "$AUTH_REGISTRY_USER" "$AUTH_REGISTRY_PASSWORD" >/dev/null 2>&1; then
+    htpasswd -Bbc "$AUTH_DIR/htpasswd" "$AUTH_REGISTRY_USER" "$AUTH_REGISTRY_PASSWORD" 2>/dev/null
+fi
+cat > "$TESTBED_STATE/registry-auth.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $AUTH_DIR/data
+http:
+  addr: $AUTH_REGISTRY_ADDR
+  tls:
+    certificate: $CA_CERT
+    key: $TLS_DIR/key.pem
+auth:
+  htpasswd:
+    realm: shoal-testbed
+    path: $AUTH_DIR/htpasswd
+YML
+# Any HTTP answer (401 without a login) means it is up.
+auth_registry_up() { curl -s --cacert "$CA_CERT" -o /dev/null "https://$AUTH_REGISTRY_ADDR/v2/"; }
+if ! auth_registry_up; then
+    log "starting the login-protected registry on $AUTH_REGISTRY_ADDR"
+    setsid docker-registry serve "$TESTBED_STATE/registry-auth.yml" \
+        >>/var/log/shoal-testbed-registry-auth.log 2>&1 < /dev/null 9>&- &
+    wait_for "the registry on $AUTH_REGISTRY_ADDR" auth_registry_up
+fi
+
 # --- test images -----------------------------------------------------------------
 "$HERE/images.sh"
 

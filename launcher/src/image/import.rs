@@ -62,8 +62,8 @@ impl Default for ImportOptions {
 pub enum ImportError {
     #[error("{}: {reason}", path.display())]
     Source { path: PathBuf, reason: String },
-    #[error("{}: {source}", path.display())]
-    Manifest { path: PathBuf, source: ManifestError },
+    #[error("{}: {problem}", path.display())]
+    Manifest { path: PathBuf, problem: ManifestError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -224,7 +224,7 @@ fn oci_layout(dir: &Path, opts: &ImportOptions) -> Result<(Digest, Vec<Layer>, C
         }
         Ok((digest, bytes))
     };
-    let malformed = |source| ImportError::Manifest { path: dir.into(), source };
+    let malformed = |problem| ImportError::Manifest { path: dir.into(), problem };
     let (mut digest, body) = read_blob(&chosen.digest)?;
     let mut doc = Document::parse(&body, Some(&chosen.media_type)).map_err(malformed)?;
     if let Document::Index(list) = &doc {
@@ -334,7 +334,7 @@ fn docker_archive(file: &Path, work: &Path, opts: &ImportOptions) -> Result<(Dig
     let config_bytes = fs::read(&config_path).map_err(io_err(&config_path))?;
     // Docker's image ID: the config's digest.
     let digest = sha256_digest(&config_bytes);
-    let config = ConfigBlob::parse(&config_bytes).map_err(|source| ImportError::Manifest { path: file.into(), source })?;
+    let config = ConfigBlob::parse(&config_bytes).map_err(|problem| ImportError::Manifest { path: file.into(), problem })?;
     let layers = entry
         .layers
         .iter()

@@ -92,8 +92,8 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Convert(#[from] ConvertError),
-    #[error("{reference}: malformed manifest: {source}; the registry served something Shoal cannot read, check that the image was pushed completely")]
-    Manifest { reference: String, source: ManifestError },
+    #[error("{reference}: malformed manifest: {problem}; the registry served something Shoal cannot read, check that the image was pushed completely")]
+    Manifest { reference: String, problem: ManifestError },
     #[error("{reference}: no image for platform {want} (it has: {}); choose one with --platform", list(.available))]
     NoPlatform { reference: String, want: Platform, available: Vec<Platform> },
 }
@@ -109,8 +109,8 @@ impl PullError {
     /// A full disk, wherever it was noticed, reads the same.
     fn normalize(self) -> PullError {
         match self {
-            PullError::Registry(RegistryError::Write { path, source })
-                if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) =>
+            PullError::Registry(RegistryError::Write { path, error })
+                if error.raw_os_error() == Some(libc::ENOSPC) || error.raw_os_error() == Some(libc::EDQUOT) =>
             {
                 PullError::Store(StoreError::DiskFull { path })
             }
@@ -166,7 +166,7 @@ fn pull_inner(
     }
 
     let top = registry.manifest(r.repository(), &wanted)?;
-    let malformed = |source| PullError::Manifest { reference: reference.clone(), source };
+    let malformed = |problem| PullError::Manifest { reference: reference.clone(), problem };
     let (image_digest, manifest) = match Document::parse(&top.body, top.content_type.as_deref()).map_err(malformed)? {
         Document::Image(m) => (top.digest.clone(), m),
         Document::Index(entries) => {
@@ -240,7 +240,7 @@ fn lock_path(root: &StoreRoot, d: &Digest) -> PathBuf {
 fn digest_of(s: &str, reference: &str) -> Result<Digest, PullError> {
     s.parse().map_err(|_| PullError::Manifest {
         reference: reference.to_string(),
-        source: ManifestError(format!("digest {s:?} is not sha256")),
+        problem: ManifestError(format!("digest {s:?} is not sha256")),
     })
 }
 

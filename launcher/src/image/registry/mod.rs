@@ -54,8 +54,8 @@ pub enum RegistryError {
     TooLarge { registry: String, what: String },
     #[error("cannot read CA certificates {path}: {detail}; fix `ca_file` or SSL_CERT_FILE")]
     CaFile { path: PathBuf, detail: String },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("writing {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
 }
 
 fn creds_note(c: &Option<PathBuf>) -> String {
@@ -130,6 +130,9 @@ pub struct Registry {
     agent: Agent,
     tries: u32,
     backoff: Duration,
+    /// `SHOAL_DEBUG_HTTP` set: each request is printed to stderr (method and
+    /// URL only, never a header), to see what a pull costs.
+    trace: bool,
 }
 
 /// A fetched manifest: its digest (computed from the bytes) and the body.
@@ -170,6 +173,7 @@ impl Registry {
             agent,
             tries: opts.tries.max(1),
             backoff: opts.backoff,
+            trace: std::env::var_os("SHOAL_DEBUG_HTTP").is_some_and(|v| !v.is_empty()),
         })
     }
 
@@ -242,7 +246,7 @@ impl Registry {
             loop {
                 attempt += 1;
                 let resp = self.send(ep, Method::Get, &path, repository, digest.as_str())?;
-                let mut file = File::create(dest).map_err(|source| RegistryError::Write { path: dest.into(), source })?;
+                let mut file = File::create(dest).map_err(|source| RegistryError::Write { path: dest.into(), error: source })?;
                 match copy_hashing(resp.into_reader(), &mut file, progress) {
                     Ok((n, actual)) => {
                         if n != size {
@@ -264,7 +268,7 @@ impl Registry {
                     }
                     Err(CopyError::Write(source, n)) => {
                         progress(-(n as i64));
-                        return Err(RegistryError::Write { path: dest.into(), source });
+                        return Err(RegistryError::Write { path: dest.into(), error: source });
                     }
                     Err(CopyError::Read(e, n)) => {
                         progress(-(n as i64));
@@ -312,6 +316,9 @@ impl Registry {
                 Method::Get => "GET",
                 Method::Head => "HEAD",
             };
+            if self.trace {
+                eprintln!("shoal: http {verb} {url}");
+            }
             let mut req = self.agent.request(verb, &url).set("Accept", super::manifest::ACCEPT_MANIFESTS);
             if let Some(a) = &auth {
                 req = req.set("Authorization", a);
@@ -387,6 +394,9 @@ impl Registry {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
+                    if self.trace {
+                        eprintln!("shoal: http GET {realm} (token)");
+                    }
                     let mut req = self.agent.get(&url);
                     if let Some(c) = &ep.creds {
                         req = req.set("Authorization", &c.basic_header());

@@ -124,8 +124,10 @@ pub enum StoreError {
     IsAFile(PathBuf),
     #[error("no space left on the device holding {path}; free space there, or set `store.user_dir` in the Shoal config to a larger filesystem")]
     DiskFull { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // `error`, not `source`: the message already carries it, and the CLI
+    // prints the cause chain, which would repeat it.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("no user image store: set HOME or XDG_DATA_HOME, or `store.user_dir` in the Shoal config")]
     NoUserStore,
     #[error("no site image store configured: set `store.site_dir` in the Shoal config")]
@@ -138,7 +140,7 @@ pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) {
             StoreError::DiskFull { path: path.to_path_buf() }
         } else {
-            StoreError::Io { path: path.to_path_buf(), source }
+            StoreError::Io { path: path.to_path_buf(), error: source }
         }
     }
 }
