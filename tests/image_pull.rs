@@ -38,7 +38,7 @@ impl<'a> Env<'a> {
     fn prelude(&self) -> String {
         format!(
             "set -e; cd '{d}'; export XDG_DATA_HOME='{d}/data' SSL_CERT_FILE='{ca}' SHOAL_CONFIG='{d}/shoal.toml'; \
-             touch '{d}/shoal.toml'; shoal() {{ '{bin}' \"$@\"; }}; ",
+             touch '{d}/shoal.toml'; export SHOAL_BIN='{bin}'; shoal() {{ \"$SHOAL_BIN\" \"$@\"; }}; ",
             d = self.dir.display(),
             ca = self.tb.ca_cert.display(),
             bin = self.tb.shoal().display()
@@ -337,7 +337,7 @@ fn killed_pull_leaves_no_image_and_the_next_pull_succeeds() {
     let img = format!("{REG}/shoal/fetch-big");
     // Kill it as soon as layer bytes are arriving in its work dir.
     let script = format!(
-        "shoal pull -q {img} & pid=$!; \
+        "\"$SHOAL_BIN\" pull -q {img} & pid=$!; \
          for i in $(seq 1 3000); do \
            if [ -n \"$(find '{tmp}' -path '*/blobs/*' -size +1k 2>/dev/null)\" ]; then kill -9 $pid; wait $pid || true; echo killed; exit 0; fi; \
            sleep 0.005; done; wait $pid; echo finished",

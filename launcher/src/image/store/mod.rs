@@ -587,8 +587,11 @@ impl StoreRoot {
                         let _ = fs::remove_file(&path);
                         report.temps_removed += 1;
                     }
-                } else if e.file_type().is_ok_and(|t| t.is_dir()) && !tmp.join(format!("{name}.lock")).exists() {
-                    let _ = fs::remove_dir_all(&path);
+                } else if e.file_type().is_ok_and(|t| t.is_dir())
+                    && !tmp.join(format!("{name}.lock")).exists()
+                    // Not already removed above through its lock file.
+                    && fs::remove_dir_all(&path).is_ok()
+                {
                     report.temps_removed += 1;
                 }
             }
