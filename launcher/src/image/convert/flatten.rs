@@ -1,0 +1,667 @@
+//! The layer rules as pure logic: given the entries of each layer, top layer
+//! first, decide which entry reaches the flattened image. No I/O here.
+//!
+//! Layers are read from the top down so that each one is decompressed once
+//! and streamed straight into the writer: when a layer is read, everything
+//! above it is already known, so an entry can be judged the moment it is
+//! seen. What the layers above have claimed is kept per path ([`Claim`]);
+//! only metadata is held, never file contents.
+//!
+//! Rules (OCI image spec, "Representing changes"):
+//! - an upper entry replaces a lower one at the same path; two directories
+//!   merge (the upper one's metadata wins, lower children stay);
+//! - `.wh.NAME` hides the lower `NAME` (and all below it); `.wh..wh..opq`
+//!   hides all lower children of its directory. Neither hides entries of its
+//!   own layer;
+//! - a lower directory replaced by a non-directory loses all its children.
+//!
+//! Paths are normalised lexically: a leading `/` and `.` components are
+//! dropped (absolute names land inside the root, as every OCI unpacker does),
+//! `..` is applied, and a `..` that would climb above the root is refused.
+//! An entry beneath a path that a layer made a symlink (or any non-directory)
+//! is refused: unpacking tools would write through the symlink (Docker
+//! resolves it inside the root, others escape it), and an image that relies on
+//! that is either broken or hostile. The refusal names both entries.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// A normalised path inside the image: components joined by `/`, no leading
+/// `/`, never `.` or `..`; empty for the root.
+pub type ImagePath = Vec<u8>;
+
+/// What kind of thing a layer entry is, as far as the rules care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// A hard link to another entry (the raw, not yet normalised, target).
+    HardLink(Vec<u8>),
+    Fifo,
+    /// Character and block devices: never placed in an image (mounts are
+    /// nodev anyway; a device node in an image is at best useless).
+    Device,
+}
+
+/// What to do with one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Write it now (regular files, symlinks, fifos).
+    Emit(ImagePath),
+    /// A directory whose metadata goes into the image; directories are
+    /// written at the end (the writer fills in implicit parents meanwhile).
+    Dir(ImagePath),
+    /// A hard link to `target`, written at the end once the target is known
+    /// to be in the image.
+    Link { path: ImagePath, target: ImagePath },
+    /// Not part of the image (hidden by an upper layer, a whiteout marker,
+    /// a device node, the root's own entry).
+    Skip,
+}
+
+/// Why an entry was refused. The caller adds the layer digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlattenError {
+    #[error("`..` climbs out of the image root")]
+    Escapes,
+    #[error("it lies beneath `{parent}`, which {layer_desc} made a {what}: writing through it is refused")]
+    ThroughNonDir {
+        parent: String,
+        /// "this layer" or "layer N" (bottom-first index).
+        layer_desc: String,
+        what: &'static str,
+    },
+    #[error("`{path}` is a {what} here, and layer {upper} writes `{child}` beneath it without replacing it: writing through a {what} is refused")]
+    UnderUpper {
+        what: &'static str,
+        path: String,
+        /// The higher layer: its bottom-first index, or its digest once
+        /// [`FlattenError::name_layers`] ran.
+        upper: String,
+        child: String,
+    },
+    #[error("the layer holds `{0}` twice")]
+    Duplicate(String),
+    #[error("hard link to `{target}`, which is not in the image as a file")]
+    LinkTarget { target: String },
+    #[error("hard link to `{target}`, which layer {upper} replaces: the link would see the wrong file")]
+    LinkTargetReplaced { target: String, upper: String },
+}
+
+impl FlattenError {
+    /// Replaces layer indices in the message by names (digests).
+    pub fn name_layers(self, name: impl Fn(usize) -> String) -> Self {
+        let rename = |s: String| s.parse().map(&name).unwrap_or(s);
+        match self {
+            FlattenError::UnderUpper { what, path, upper, child } => FlattenError::UnderUpper {
+                what,
+                path,
+                upper: rename(upper),
+                child,
+            },
+            FlattenError::LinkTargetReplaced { target, upper } => {
+                FlattenError::LinkTargetReplaced { target, upper: rename(upper) }
+            }
+            e => e,
+        }
+    }
+}
+
+/// What the layers above the current one did to a path, as seen from below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Claim {
+    /// A directory is here. `opaque`: lower children are hidden. `meta_set`:
+    /// a lower entry at this very path is hidden (an upper layer gave the
+    /// directory its metadata, or deleted what was below). `via`: when not
+    /// `meta_set`, the layer and entry that implied the directory.
+    Dir {
+        opaque: bool,
+        meta_set: bool,
+        via: Option<(usize, ImagePath)>,
+    },
+    /// A non-directory or a whiteout is here: everything below it is hidden.
+    Gone,
+}
+
+/// What the current layer did to a path (whiteouts do not apply to the
+/// layer's own entries, so these are kept apart until the layer ends).
+#[derive(Debug, Clone, Default)]
+struct Own {
+    kind: Option<OwnKind>,
+    whiteout: bool,
+    opaque: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnKind {
+    /// Explicit directory entry.
+    Dir,
+    /// Parent of some entry of this layer, named `child`.
+    ImpliedDir { child: ImagePath },
+    NonDir { what: &'static str },
+}
+
+/// Rules state across layers. Feed layers top first: [`begin_layer`],
+/// [`entry`] for each tar entry in order, [`end_layer`]; then [`finish`].
+///
+/// [`begin_layer`]: Flattener::begin_layer
+/// [`entry`]: Flattener::entry
+/// [`end_layer`]: Flattener::end_layer
+/// [`finish`]: Flattener::finish
+#[derive(Default)]
+pub struct Flattener {
+    upper: HashMap<ImagePath, Claim>,
+    own: HashMap<ImagePath, Own>,
+    /// Bottom-first index of the layer being read.
+    layer: usize,
+    /// Paths written as non-directories, with the layer they came from.
+    emitted: HashMap<ImagePath, usize>,
+    /// Directories whose metadata goes in, with their layer.
+    dirs: BTreeMap<ImagePath, usize>,
+    links: Vec<(usize, ImagePath, ImagePath)>,
+}
+
+/// The hard links to write at the end, validated: `(path, target)`, where
+/// the target is a path written as a non-directory.
+pub type Links = Vec<(ImagePath, ImagePath)>;
+
+fn show(p: &[u8]) -> String {
+    if p.is_empty() {
+        "/".into()
+    } else {
+        String::from_utf8_lossy(p).into_owned()
+    }
+}
+
+/// Normalises a tar path lexically (see the module doc).
+pub fn normalise(raw: &[u8]) -> Result<ImagePath, FlattenError> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop().ok_or(FlattenError::Escapes)?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join(&b'/'))
+}
+
+/// The proper ancestors of `p`, root excluded, outermost first.
+fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    p.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'/')
+        .map(move |(i, _)| &p[..i])
+}
+
+fn split_last(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (&p[..0], p),
+    }
+}
+
+fn join(dir: &[u8], name: &[u8]) -> ImagePath {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+fn what(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Dir => "directory",
+        Kind::File => "file",
+        Kind::Symlink => "symlink",
+        Kind::HardLink(_) => "hard link",
+        Kind::Fifo => "fifo",
+        Kind::Device => "device node",
+    }
+}
+
+impl Flattener {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts the layer with bottom-first index `index`.
+    pub fn begin_layer(&mut self, index: usize) {
+        self.layer = index;
+        self.own.clear();
+    }
+
+    /// Judges one entry of the current layer.
+    pub fn entry(&mut self, raw: &[u8], kind: &Kind) -> Result<Decision, FlattenError> {
+        let path = normalise(raw)?;
+        let (dir, name) = split_last(&path);
+        if name.starts_with(b".wh.") {
+            let dir = dir.to_vec();
+            self.check_own_parents(&path)?;
+            self.imply_parents(&path);
+            if name == b".wh..wh..opq" {
+                self.own.entry(dir).or_default().opaque = true;
+            } else if name.starts_with(b".wh..wh.") {
+                // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content.
+            } else {
+                let target = &name[4..];
+                if target.is_empty() || target == b"." || target == b".." {
+                    return Err(FlattenError::Escapes);
+                }
+                self.own.entry(join(&dir, target)).or_default().whiteout = true;
+            }
+            return Ok(Decision::Skip);
+        }
+        if path.is_empty() {
+            // The root's own entry (`./`): the writer's root stays 0755 root.
+            return Ok(Decision::Skip);
+        }
+        self.check_own_parents(&path)?;
+        self.check_own_duplicate(&path, kind)?;
+        let visible = self.visible(&path, kind)?;
+        self.imply_parents(&path);
+        let own = self.own.entry(path.clone()).or_default();
+        own.kind = Some(match kind {
+            Kind::Dir => OwnKind::Dir,
+            k => OwnKind::NonDir { what: what(k) },
+        });
+        if !visible {
+            return Ok(Decision::Skip);
+        }
+        Ok(match kind {
+            Kind::Dir => {
+                self.dirs.insert(path.clone(), self.layer);
+                Decision::Dir(path)
+            }
+            Kind::Device => Decision::Skip,
+            Kind::HardLink(target) => {
+                let target = normalise(target)?;
+                self.links.push((self.layer, path.clone(), target.clone()));
+                Decision::Link { path, target }
+            }
+            Kind::File | Kind::Symlink | Kind::Fifo => {
+                self.emitted.insert(path.clone(), self.layer);
+                Decision::Emit(path)
+            }
+        })
+    }
+
+    /// Refuses an entry beneath a non-directory of this same layer.
+    fn check_own_parents(&self, path: &[u8]) -> Result<(), FlattenError> {
+        for a in ancestors(path) {
+            if let Some(Own {
+                kind: Some(OwnKind::NonDir { what }),
+                ..
+            }) = self.own.get(a)
+            {
+                return Err(FlattenError::ThroughNonDir {
+                    parent: show(a),
+                    layer_desc: "this layer".into(),
+                    what,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A path twice in one layer: directories merge (the later wins), any
+    /// other pair is refused, since the first one is already written.
+    fn check_own_duplicate(&self, path: &[u8], kind: &Kind) -> Result<(), FlattenError> {
+        match self.own.get(path).and_then(|o| o.kind.as_ref()) {
+            None => Ok(()),
+            Some(OwnKind::Dir) if *kind == Kind::Dir => Ok(()),
+            Some(OwnKind::ImpliedDir { .. }) if *kind == Kind::Dir => Ok(()),
+            Some(OwnKind::ImpliedDir { child }) => Err(FlattenError::ThroughNonDir {
+                parent: show(path),
+                layer_desc: format!("this layer (after `{}`)", show(child)),
+                what: what(kind),
+            }),
+            Some(_) => Err(FlattenError::Duplicate(show(path))),
+        }
+    }
+
+    fn imply_parents(&mut self, path: &[u8]) {
+        for a in ancestors(path) {
+            let own = self.own.entry(a.to_vec()).or_default();
+            if own.kind.is_none() {
+                own.kind = Some(OwnKind::ImpliedDir {
+                    child: path.to_vec(),
+                });
+            }
+        }
+    }
+
+    /// Whether the layers above leave this entry in the image.
+    fn visible(&self, path: &[u8], kind: &Kind) -> Result<bool, FlattenError> {
+        for a in ancestors(path) {
+            match self.upper.get(a) {
+                Some(Claim::Gone) | Some(Claim::Dir { opaque: true, .. }) => return Ok(false),
+                _ => {}
+            }
+        }
+        match self.upper.get(path) {
+            None => Ok(true),
+            Some(Claim::Gone) | Some(Claim::Dir { meta_set: true, .. }) => Ok(false),
+            Some(Claim::Dir { via, .. }) => {
+                if *kind == Kind::Dir {
+                    Ok(true)
+                } else {
+                    let (upper, child) = via.clone().unwrap_or_default();
+                    Err(FlattenError::UnderUpper {
+                        what: what(kind),
+                        path: show(path),
+                        upper: upper.to_string(),
+                        child: show(&child),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Ends the current layer: its claims join those of the layers above.
+    pub fn end_layer(&mut self) {
+        let layer = self.layer;
+        for (path, own) in std::mem::take(&mut self.own) {
+            let mine = match &own.kind {
+                Some(OwnKind::Dir) => Claim::Dir {
+                    opaque: own.opaque || own.whiteout,
+                    meta_set: true,
+                    via: None,
+                },
+                Some(OwnKind::ImpliedDir { child }) => Claim::Dir {
+                    opaque: own.opaque || own.whiteout,
+                    meta_set: own.whiteout,
+                    via: Some((layer, child.clone())),
+                },
+                Some(OwnKind::NonDir { .. }) => Claim::Gone,
+                None if own.whiteout => Claim::Gone,
+                // An opaque marker alone: its directory is implied.
+                None => Claim::Dir {
+                    opaque: own.opaque,
+                    meta_set: false,
+                    via: Some((layer, join(&path, b".wh..wh..opq"))),
+                },
+            };
+            let merged = match (self.upper.remove(&path), mine) {
+                (None, m) => m,
+                (Some(Claim::Gone), _) => Claim::Gone,
+                (
+                    Some(Claim::Dir {
+                        opaque,
+                        meta_set,
+                        via,
+                    }),
+                    Claim::Dir {
+                        opaque: o2,
+                        meta_set: m2,
+                        ..
+                    },
+                ) => Claim::Dir {
+                    opaque: opaque || o2,
+                    meta_set: meta_set || m2,
+                    via,
+                },
+                // Only reachable when the upper directory was explicit
+                // (otherwise `visible` refused the entry): layers below see
+                // neither this path nor its children.
+                (Some(Claim::Dir { .. }), Claim::Gone) => Claim::Dir {
+                    opaque: true,
+                    meta_set: true,
+                    via: None,
+                },
+            };
+            self.upper.insert(path, merged);
+        }
+    }
+
+    /// After the bottom layer: the directories to write (parents first) and
+    /// the hard links, checked against what was written.
+    pub fn finish(self) -> Result<(Vec<ImagePath>, Links), (usize, ImagePath, FlattenError)> {
+        let mut links = Vec::with_capacity(self.links.len());
+        let targets: HashMap<&ImagePath, &ImagePath> =
+            self.links.iter().map(|(_, p, t)| (p, t)).collect();
+        for (layer, path, target) in &self.links {
+            // Follow links to links down to the written file.
+            let mut t = target;
+            let mut hops = 0;
+            while let Some(next) = targets.get(t) {
+                t = next;
+                hops += 1;
+                if hops > self.links.len() {
+                    break;
+                }
+            }
+            match self.emitted.get(t) {
+                None => {
+                    return Err((
+                        *layer,
+                        path.clone(),
+                        FlattenError::LinkTarget { target: show(target) },
+                    ))
+                }
+                Some(&from) if from > *layer => {
+                    return Err((
+                        *layer,
+                        path.clone(),
+                        FlattenError::LinkTargetReplaced {
+                            target: show(target),
+                            upper: from.to_string(),
+                        },
+                    ))
+                }
+                Some(_) => links.push((path.clone(), t.clone())),
+            }
+        }
+        Ok((self.dirs.into_keys().collect(), links))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the rules over layers given bottom-first, each a list of
+    /// (path, kind); returns the image's paths with a kind letter, sorted.
+    fn flatten(layers: &[&[(&str, Kind)]]) -> Result<Vec<String>, String> {
+        let mut f = Flattener::new();
+        let mut out = Vec::new();
+        for (i, layer) in layers.iter().enumerate().rev() {
+            f.begin_layer(i);
+            for (p, k) in layer.iter() {
+                match f.entry(p.as_bytes(), k).map_err(|e| format!("layer {i} {p}: {e}"))? {
+                    Decision::Emit(p) => out.push(format!("{} {}", show(&p), &what(k)[..1])),
+                    Decision::Link { path, .. } => out.push(format!("{} h", show(&path))),
+                    Decision::Dir(_) | Decision::Skip => {}
+                }
+            }
+            f.end_layer();
+        }
+        let (dirs, _links) = f.finish().map_err(|(l, p, e)| format!("layer {l} {}: {e}", show(&p)))?;
+        out.extend(dirs.iter().map(|d| format!("{} d", show(d))));
+        out.sort();
+        Ok(out)
+    }
+    use Kind::*;
+
+    #[test]
+    fn normalises_lexically_and_refuses_escapes() {
+        assert_eq!(normalise(b"./a//b/./c").unwrap(), b"a/b/c");
+        assert_eq!(normalise(b"/etc/passwd").unwrap(), b"etc/passwd");
+        assert_eq!(normalise(b"a/../b").unwrap(), b"b");
+        assert_eq!(normalise(b"./").unwrap(), b"");
+        assert_eq!(normalise(b"../x"), Err(FlattenError::Escapes));
+        assert_eq!(normalise(b"a/../../x"), Err(FlattenError::Escapes));
+        assert_eq!(normalise(b"/../x"), Err(FlattenError::Escapes));
+    }
+
+    #[test]
+    fn upper_file_replaces_lower() {
+        let got = flatten(&[&[("a", Dir), ("a/f", File)], &[("a/f", File)]]).unwrap();
+        assert_eq!(got, ["a d", "a/f f"]);
+    }
+
+    #[test]
+    fn whiteout_hides_lower_entry_and_its_children() {
+        let got = flatten(&[
+            &[("a", Dir), ("a/f", File), ("a/g", File), ("d", Dir), ("d/x", File)],
+            &[("a/.wh.f", File), (".wh.d", File)],
+        ])
+        .unwrap();
+        assert_eq!(got, ["a d", "a/g f"]);
+    }
+
+    #[test]
+    fn whiteout_does_not_hide_its_own_layer() {
+        let got = flatten(&[&[("f", File)], &[(".wh.f", File), ("f", Symlink)]]).unwrap();
+        assert_eq!(got, ["f s"]);
+        // ...and a directory next to its own whiteout starts empty.
+        let got = flatten(&[
+            &[("d", Dir), ("d/old", File)],
+            &[("d", Dir), (".wh.d", File), ("d/new", File)],
+        ])
+        .unwrap();
+        assert_eq!(got, ["d d", "d/new f"]);
+    }
+
+    #[test]
+    fn opaque_dir_hides_lower_children_only() {
+        let got = flatten(&[
+            &[("d", Dir), ("d/old", File), ("d/sub", Dir), ("d/sub/x", File), ("e", File)],
+            &[("d", Dir), ("d/.wh..wh..opq", File), ("d/new", File)],
+        ])
+        .unwrap();
+        assert_eq!(got, ["d d", "d/new f", "e f"]);
+        // The marker may come after the layer's own children.
+        let got = flatten(&[
+            &[("d/old", File)],
+            &[("d/new", File), ("d/.wh..wh..opq", File)],
+        ])
+        .unwrap();
+        assert_eq!(got, ["d/new f"]);
+    }
+
+    #[test]
+    fn three_layers_whiteout_then_recreate() {
+        // Layer 1 deletes d, layer 2 recreates it: layer 0's children stay hidden.
+        let got = flatten(&[
+            &[("d", Dir), ("d/zero", File)],
+            &[(".wh.d", File)],
+            &[("d", Dir), ("d/two", File)],
+        ])
+        .unwrap();
+        assert_eq!(got, ["d d", "d/two f"]);
+    }
+
+    #[test]
+    fn file_replaced_by_dir_and_dir_by_file() {
+        let got = flatten(&[
+            &[("x", File), ("y", Dir), ("y/child", File)],
+            &[("x", Dir), ("x/inside", File), ("y", File)],
+        ])
+        .unwrap();
+        assert_eq!(got, ["x d", "x/inside f", "y f"]);
+    }
+
+    #[test]
+    fn dir_replaced_by_file_then_dir_again_hides_bottom_children() {
+        let got = flatten(&[
+            &[("y", Dir), ("y/bottom", File)],
+            &[("y", File)],
+            &[("y", Dir), ("y/top", File)],
+        ])
+        .unwrap();
+        assert_eq!(got, ["y d", "y/top f"]);
+    }
+
+    #[test]
+    fn directories_merge_and_the_upper_one_wins() {
+        let mut f = Flattener::new();
+        f.begin_layer(1);
+        assert_eq!(f.entry(b"d/", &Dir).unwrap(), Decision::Dir(b"d".to_vec()));
+        f.end_layer();
+        f.begin_layer(0);
+        assert_eq!(f.entry(b"d", &Dir).unwrap(), Decision::Skip);
+        assert_eq!(f.entry(b"d/f", &File).unwrap(), Decision::Emit(b"d/f".to_vec()));
+        f.end_layer();
+        let (dirs, _) = f.finish().unwrap();
+        assert_eq!(dirs, [b"d".to_vec()]);
+    }
+
+    #[test]
+    fn implied_upper_dir_takes_lower_metadata() {
+        let mut f = Flattener::new();
+        f.begin_layer(1);
+        f.entry(b"d/f", &File).unwrap();
+        f.end_layer();
+        f.begin_layer(0);
+        assert_eq!(f.entry(b"d", &Dir).unwrap(), Decision::Dir(b"d".to_vec()));
+        f.end_layer();
+    }
+
+    #[test]
+    fn write_through_lower_symlink_is_refused() {
+        let err = flatten(&[&[("a", Symlink)], &[("a/x", File)]]).unwrap_err();
+        assert!(err.contains("layer 0 a:") && err.contains("layer 1 writes `a/x`"), "{err}");
+        assert!(err.contains("a/x"), "{err}");
+        // ...unless the upper layer replaced the symlink first.
+        let got = flatten(&[&[("a", Symlink)], &[("a", Dir), ("a/x", File)]]).unwrap();
+        assert_eq!(got, ["a d", "a/x f"]);
+        let got = flatten(&[&[("a", Symlink)], &[(".wh.a", File), ("a/x", File)]]).unwrap();
+        assert_eq!(got, ["a/x f"]);
+    }
+
+    #[test]
+    fn write_through_symlink_of_same_layer_is_refused() {
+        let err = flatten(&[&[("a", Symlink), ("a/x", File)]]).unwrap_err();
+        assert!(err.contains("beneath `a`") && err.contains("symlink"), "{err}");
+        let err = flatten(&[&[("a/x", File), ("a", Symlink)]]).unwrap_err();
+        assert!(err.contains("`a`"), "{err}");
+        // A whiteout through a symlink is refused as well.
+        let err = flatten(&[&[("a", Symlink), ("a/.wh.x", File)]]).unwrap_err();
+        assert!(err.contains("beneath `a`"), "{err}");
+    }
+
+    #[test]
+    fn escapes_are_refused_and_absolute_names_land_inside() {
+        assert!(flatten(&[&[("../evil", File)]]).unwrap_err().contains("climbs out"));
+        assert!(flatten(&[&[("a/../../evil", File)]]).unwrap_err().contains("climbs out"));
+        assert!(flatten(&[&[(".wh...", File)]]).unwrap_err().contains("climbs out"));
+        assert_eq!(flatten(&[&[("/etc/x", File)]]).unwrap(), ["etc/x f"]);
+        let err = flatten(&[&[("h", HardLink(b"../../etc/shadow".to_vec()))]]).unwrap_err();
+        assert!(err.contains("climbs out"), "{err}");
+    }
+
+    #[test]
+    fn devices_are_dropped_but_still_hide_lower_entries() {
+        let got = flatten(&[&[("dev/null", File), ("keep", Fifo)], &[("dev/null", Device)]]).unwrap();
+        assert_eq!(got, ["keep f"]);
+    }
+
+    #[test]
+    fn hard_links_resolve_to_a_written_file() {
+        let mut f = Flattener::new();
+        f.begin_layer(0);
+        f.entry(b"f", &File).unwrap();
+        f.entry(b"h1", &HardLink(b"./f".to_vec())).unwrap();
+        f.entry(b"h2", &HardLink(b"h1".to_vec())).unwrap();
+        f.end_layer();
+        let (_, links) = f.finish().unwrap();
+        assert_eq!(links, [(b"h1".to_vec(), b"f".to_vec()), (b"h2".to_vec(), b"f".to_vec())]);
+
+        let err = flatten(&[&[("h", HardLink(b"missing".to_vec()))]]).unwrap_err();
+        assert!(err.contains("not in the image"), "{err}");
+        // The link's target replaced in a later layer: the link would change
+        // content, which cannot be represented; refused.
+        let err = flatten(&[&[("f", File), ("h", HardLink(b"f".to_vec()))], &[("f", File)]]).unwrap_err();
+        assert!(err.contains("layer 1 replaces"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_in_one_layer() {
+        let got = flatten(&[&[("d", Dir), ("d", Dir)]]).unwrap();
+        assert_eq!(got, ["d d"]);
+        assert!(flatten(&[&[("f", File), ("f", File)]]).unwrap_err().contains("twice"));
+    }
+}

@@ -1,0 +1,561 @@
+//! Carrying the conversion out: decompress layers, feed the flattened tar to
+//! `tar2sqfs` (or a directory to `gensquashfs`), hash the result.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::thread::JoinHandle;
+
+use sha2::{Digest as _, Sha256};
+
+use super::flatten::{Decision, FlattenError, Flattener, ImagePath, Kind};
+use super::{
+    superblock, Compression, ConvertError, Layer, LayerCompression, Progress, SquashOptions,
+    SquashSummary,
+};
+
+/// Converts layers (bottom layer first, as in the manifest) into the
+/// squashfs file `out`. See the module doc.
+pub fn layers_to_squashfs(
+    layers: &[Layer],
+    out: &Path,
+    opts: &SquashOptions,
+    progress: &dyn Fn(Progress),
+) -> Result<SquashSummary, ConvertError> {
+    let mut total = 0;
+    for l in layers {
+        let meta = std::fs::metadata(&l.path).map_err(|e| layer_err(l, e))?;
+        total += meta.len();
+    }
+    let mut cmd = Command::new("tar2sqfs");
+    cmd.args(["--quiet", "--force", "--no-skip"])
+        .args(["--defaults", "uid=0,gid=0,mode=0755"]);
+    writer_args(&mut cmd, opts)?;
+    cmd.arg(out);
+    let mut tool = Tool::spawn(cmd, "tar2sqfs", out)?;
+    let stdin = tool.child.stdin.take().expect("piped stdin");
+    match feed(layers, stdin, out, total, progress) {
+        Ok(()) => {
+            progress(Progress::Finishing);
+            tool.wait(total)?;
+            summarise(out)
+        }
+        // The writer's own failure explains a broken pipe better than the pipe.
+        Err(e @ ConvertError::Writer { .. }) => Err(tool.wait(total).err().unwrap_or(e)),
+        // Bad input: dropping `tool` stops the writer.
+        Err(e) => Err(e),
+    }
+}
+
+/// Packs the directory `dir` as it is (owners, modes, xattrs, hard links) into
+/// `out`, for `shoal import DIR`.
+pub fn dir_to_squashfs(
+    dir: &Path,
+    out: &Path,
+    opts: &SquashOptions,
+    progress: &dyn Fn(Progress),
+) -> Result<SquashSummary, ConvertError> {
+    let meta = std::fs::metadata(dir).map_err(|e| ConvertError::io(dir, e))?;
+    if !meta.is_dir() {
+        return Err(ConvertError::io(
+            dir,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+        ));
+    }
+    let mut cmd = Command::new("gensquashfs");
+    cmd.args(["--quiet", "--force", "--keep-time", "--keep-xattr", "--one-file-system"])
+        .arg("--pack-dir")
+        .arg(dir);
+    writer_args(&mut cmd, opts)?;
+    cmd.arg(out).stdin(Stdio::null());
+    progress(Progress::Finishing);
+    let tool = Tool::spawn(cmd, "gensquashfs", out)?;
+    tool.wait(0)?;
+    summarise(out)
+}
+
+/// Checks that `path` is a squashfs 4.0 image with a sane superblock and
+/// hashes it, for `shoal import FILE.sqfs`.
+pub fn check_squashfs(path: &Path) -> Result<SquashSummary, ConvertError> {
+    summarise(path)
+}
+
+fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertError> {
+    let bs = opts.block_size;
+    if !(4096..=1 << 20).contains(&bs) || !bs.is_power_of_two() {
+        return Err(ConvertError::Options(format!(
+            "block size {bs}: use a power of two from 4096 to 1048576"
+        )));
+    }
+    match opts.compression {
+        Compression::Zstd { level } if (1..=22).contains(&level) => {
+            cmd.args(["-c", "zstd", "-X"]).arg(format!("level={level}"))
+        }
+        Compression::Gzip { level } if (1..=9).contains(&level) => {
+            cmd.args(["-c", "gzip", "-X"]).arg(format!("level={level}"))
+        }
+        Compression::Lz4 => cmd.args(["-c", "lz4"]),
+        c => return Err(ConvertError::Options(format!("compression level out of range: {c}"))),
+    };
+    // All cores compress while this process decompresses: on 2 cores the
+    // writer's threads and ours share them (measured best; BENCHMARKS.md).
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cmd.arg("-j").arg(jobs.to_string()).arg("-b").arg(bs.to_string());
+    Ok(())
+}
+
+/// A running squashfs-tools-ng writer, its stderr collected on the side.
+struct Tool {
+    child: Child,
+    name: &'static str,
+    out: std::path::PathBuf,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Tool {
+    fn spawn(mut cmd: Command, name: &'static str, out: &Path) -> Result<Tool, ConvertError> {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        if name == "tar2sqfs" {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ConvertError::ToolMissing { tool: name },
+            _ => ConvertError::io(Path::new(name), e),
+        })?;
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        });
+        Ok(Tool {
+            child,
+            name,
+            out: out.to_path_buf(),
+            stderr: Some(stderr),
+        })
+    }
+
+    /// Waits for the writer; `needed` estimates the image size for a
+    /// disk-full message.
+    fn wait(mut self, needed: u64) -> Result<(), ConvertError> {
+        let status = self.child.wait().map_err(|e| ConvertError::io(&self.out, e))?;
+        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        if stderr.contains("No space left on device") {
+            let dir = match self.out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => ".".into(),
+            };
+            let free = free_bytes(&dir).unwrap_or(0);
+            return Err(ConvertError::DiskFull {
+                dir,
+                needed: needed.div_ceil(1 << 20),
+                free: free >> 20,
+            });
+        }
+        let message = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ConvertError::Writer {
+            tool: self.name,
+            out: self.out.clone(),
+            message: if message.is_empty() { status.to_string() } else { message },
+        })
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        // Only reached without `wait` on an early error: do not leave the
+        // writer running (it is our own child; nothing else is touched).
+        if self.stderr.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable
+    // memory of the right size; statvfs fills it on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
+    ConvertError::LayerRead {
+        digest: l.digest.clone(),
+        path: l.path.clone(),
+        source,
+    }
+}
+
+/// Counts compressed bytes read, for progress reports.
+struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    reported: u64,
+    base: u64,
+    total: u64,
+    progress: &'a dyn Fn(Progress),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.done - self.reported >= 4 << 20 {
+            self.reported = self.done;
+            (self.progress)(Progress::Reading {
+                done: self.base + self.done,
+                total: self.total,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// The layer's tar stream. The magic bytes decide over the media type: a
+/// mislabelled blob is read as what it is.
+fn open_layer<'a>(
+    l: &Layer,
+    base: u64,
+    total: u64,
+    progress: &'a dyn Fn(Progress),
+) -> Result<Box<dyn Read + 'a>, ConvertError> {
+    let file = File::open(&l.path).map_err(|e| layer_err(l, e))?;
+    let counting = Counting {
+        inner: file,
+        done: 0,
+        reported: 0,
+        base,
+        total,
+        progress,
+    };
+    let mut buf = BufReader::with_capacity(1 << 20, counting);
+    let magic = {
+        use std::io::BufRead;
+        let head = buf.fill_buf().map_err(|e| layer_err(l, e))?;
+        head.get(..4).map(|m| [m[0], m[1], m[2], m[3]])
+    };
+    let kind = match magic {
+        Some([0x1f, 0x8b, _, _]) => LayerCompression::Gzip,
+        Some([0x28, 0xb5, 0x2f, 0xfd]) => LayerCompression::Zstd,
+        _ if l.compression == LayerCompression::Uncompressed => LayerCompression::Uncompressed,
+        // Labelled compressed but no known magic: a plain tar still has its
+        // "ustar" magic and will parse; anything else fails while reading.
+        _ => LayerCompression::Uncompressed,
+    };
+    Ok(match kind {
+        LayerCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
+        LayerCompression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buf).map_err(|e| layer_err(l, e))?)
+        }
+        LayerCompression::Uncompressed => Box::new(buf),
+    })
+}
+
+/// Metadata carried from a layer entry to the output.
+struct Meta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
+    let h = e.header();
+    let mut m = Meta {
+        mode: h.mode()? & 0o7777,
+        uid: h.uid()?,
+        gid: h.gid()?,
+        mtime: h.mtime().unwrap_or(0),
+        xattrs: Vec::new(),
+    };
+    if let Some(exts) = e.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            let (k, v) = (ext.key_bytes(), ext.value_bytes());
+            let num = || std::str::from_utf8(v).ok().and_then(|s| s.split('.').next()?.parse().ok());
+            match k {
+                b"uid" => m.uid = num().unwrap_or(m.uid),
+                b"gid" => m.gid = num().unwrap_or(m.gid),
+                b"mtime" => m.mtime = num().unwrap_or(m.mtime),
+                _ => {
+                    if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+                        m.xattrs.push((name.to_vec(), v.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Reads the layers top first and writes the flattened tar into `stdin`.
+fn feed(
+    layers: &[Layer],
+    stdin: ChildStdin,
+    out_path: &Path,
+    total: u64,
+    progress: &dyn Fn(Progress),
+) -> Result<(), ConvertError> {
+    let pipe_err = |e: io::Error| ConvertError::Writer {
+        tool: "tar2sqfs",
+        out: out_path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut out = Out(tar::Builder::new(BufWriter::with_capacity(1 << 20, stdin)));
+    let mut flat = Flattener::new();
+    let mut dirs: BTreeMap<ImagePath, Meta> = BTreeMap::new();
+    let mut base = 0;
+    for (index, layer) in layers.iter().enumerate().rev() {
+        flat.begin_layer(index);
+        let reader = open_layer(layer, base, total, progress)?;
+        base += std::fs::metadata(&layer.path).map(|m| m.len()).unwrap_or(0);
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive.entries().map_err(|e| layer_err(layer, e))?;
+        for entry in entries {
+            let mut e = entry.map_err(|e| layer_err(layer, e))?;
+            let raw = e.path_bytes().into_owned();
+            let bad = |reason: String| ConvertError::BadEntry {
+                digest: layer.digest.clone(),
+                entry: String::from_utf8_lossy(&raw).into_owned(),
+                reason,
+            };
+            use tar::EntryType as T;
+            let kind = match e.header().entry_type() {
+                T::Regular | T::Continuous => Kind::File,
+                T::Directory => Kind::Dir,
+                T::Symlink => Kind::Symlink,
+                T::Link => Kind::HardLink(
+                    e.link_name_bytes()
+                        .ok_or_else(|| bad("hard link without a target".into()))?
+                        .into_owned(),
+                ),
+                T::Fifo => Kind::Fifo,
+                T::Char | T::Block => Kind::Device,
+                // Global PAX headers and the like carry no file.
+                T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
+                T::GNUSparse => return Err(bad("GNU sparse files are not supported".into())),
+                other => return Err(bad(format!("unknown tar entry type {:?}", other.as_byte() as char))),
+            };
+            let named = |e: FlattenError| e.name_layers(|i| layers[i].digest.clone()).to_string();
+            match flat.entry(&raw, &kind).map_err(|e| bad(named(e)))? {
+                Decision::Skip | Decision::Link { .. } => {}
+                Decision::Dir(path) => {
+                    let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
+                    dirs.insert(path, meta);
+                }
+                Decision::Emit(path) => {
+                    let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
+                    match kind {
+                        Kind::Symlink => {
+                            let target = e
+                                .link_name_bytes()
+                                .ok_or_else(|| bad("symlink without a target".into()))?
+                                .into_owned();
+                            out.link(tar::EntryType::Symlink, &path, &target, &meta)
+                        }
+                        Kind::Fifo => out.data(tar::EntryType::Fifo, &path, &meta, 0, io::empty()),
+                        _ => {
+                            let size = e.size();
+                            // A read error here is the layer's (corrupt
+                            // stream); a write error the writer's.
+                            let mut src = ErrTag { inner: &mut e, failed: None };
+                            let r = out.data(tar::EntryType::Regular, &path, &meta, size, &mut src);
+                            if let Some(err) = src.failed {
+                                return Err(layer_err(layer, err));
+                            }
+                            r
+                        }
+                    }
+                    .map_err(pipe_err)?;
+                }
+            }
+        }
+        flat.end_layer();
+    }
+    let (_, links) = flat.finish().map_err(|(index, path, e)| ConvertError::BadEntry {
+        digest: layers[index].digest.clone(),
+        entry: String::from_utf8_lossy(&path).into_owned(),
+        reason: e.name_layers(|i| layers[i].digest.clone()).to_string(),
+    })?;
+    for (path, meta) in &dirs {
+        out.data(tar::EntryType::Directory, path, meta, 0, io::empty())
+            .map_err(pipe_err)?;
+    }
+    let none = Meta { mode: 0o644, uid: 0, gid: 0, mtime: 0, xattrs: Vec::new() };
+    for (path, target) in &links {
+        out.link(tar::EntryType::Link, path, target, &none).map_err(pipe_err)?;
+    }
+    let mut w = out.0.into_inner().map_err(pipe_err)?;
+    w.flush().map_err(pipe_err)?;
+    Ok(())
+}
+
+/// Remembers a read error, so it is not mistaken for the writer's.
+struct ErrTag<'a, R> {
+    inner: &'a mut R,
+    failed: Option<io::Error>,
+}
+
+impl<R: Read> Read for ErrTag<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.failed = Some(e);
+            copy
+        })
+    }
+}
+
+/// The flattened tar stream going to the writer.
+struct Out<W: Write>(tar::Builder<W>);
+
+impl<W: Write> Out<W> {
+    fn header(&mut self, kind: tar::EntryType, meta: &Meta, size: u64) -> io::Result<tar::Header> {
+        if !meta.xattrs.is_empty() {
+            self.pax_xattrs(&meta.xattrs)?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(meta.mode);
+        h.set_uid(meta.uid);
+        h.set_gid(meta.gid);
+        h.set_mtime(meta.mtime);
+        h.set_size(size);
+        Ok(h)
+    }
+
+    fn data<R: Read>(
+        &mut self,
+        kind: tar::EntryType,
+        path: &[u8],
+        meta: &Meta,
+        size: u64,
+        data: R,
+    ) -> io::Result<()> {
+        let mut h = self.header(kind, meta, size)?;
+        self.0.append_data(&mut h, Path::new(OsStr::from_bytes(path)), data.take(size))
+    }
+
+    fn link(&mut self, kind: tar::EntryType, path: &[u8], target: &[u8], meta: &Meta) -> io::Result<()> {
+        let mut h = self.header(kind, meta, 0)?;
+        self.0.append_link(
+            &mut h,
+            Path::new(OsStr::from_bytes(path)),
+            Path::new(OsStr::from_bytes(target)),
+        )
+    }
+
+    /// A PAX extended header carrying `SCHILY.xattr.NAME` records, which
+    /// tar2sqfs applies to the next entry.
+    fn pax_xattrs(&mut self, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        let mut body = Vec::new();
+        for (name, value) in xattrs {
+            let key = [b"SCHILY.xattr.".as_slice(), name].concat();
+            body.extend(pax_record(&key, value));
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_path("PaxHeader")?;
+        h.set_mode(0o644);
+        h.set_size(body.len() as u64);
+        h.set_cksum();
+        self.0.append(&h, body.as_slice())
+    }
+}
+
+/// One PAX record: "LEN KEY=VALUE\n", where LEN counts itself.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut r = format!("{len} ").into_bytes();
+    r.extend_from_slice(key);
+    r.push(b'=');
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// Checks the superblock, fsyncs and hashes the file.
+fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
+    let io_err = |e| ConvertError::io(path, e);
+    let mut file = File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    let mut head = [0u8; superblock::SIZE];
+    let n = read_full(&mut file, &mut head).map_err(io_err)?;
+    let sb = superblock::parse(&head[..n], len).map_err(|reason| ConvertError::NotSquashfs {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    // The writers do not fsync; the caller renames this file into the store.
+    file.sync_all().map_err(io_err)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&head[..n]);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(SquashSummary {
+        size: len,
+        sha256,
+        entries: sb.inodes.into(),
+    })
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_counts_its_own_length() {
+        let r = pax_record(b"SCHILY.xattr.user.a", b"b");
+        assert_eq!(r, b"25 SCHILY.xattr.user.a=b\n");
+        assert_eq!(r.len(), 25);
+        // Crossing a power of ten: 98 bytes plus a 2-digit length would be
+        // 100, which needs 3 digits.
+        assert_eq!(pax_record(b"k", &[b'v'; 93]).len(), 99);
+        let r = pax_record(b"k", &[b'v'; 94]);
+        assert_eq!(r.len(), 101);
+        assert!(r.starts_with(b"101 k="));
+    }
+}
