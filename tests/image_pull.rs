@@ -409,3 +409,83 @@ fn site_store_is_written_by_admins_and_read_by_users() {
     std::fs::remove_dir_all(&site).unwrap();
 }
 
+
+/// `skopeo copy` of `repo:tag` from the registry, `umoci unpack` as root
+/// (real owners), device nodes dropped (Shoal drops them: mounts are
+/// nodev), packed by mksquashfs: an independent reference for what a pull
+/// must produce. Returns the reference squashfs, readable by the user.
+fn reference_squashfs(tb: &Testbed, repo_tag: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/var/tmp/shoal-pull-ref-{}-{}", std::process::id(), repo_tag.replace([':', '/'], "-")));
+    let out = dir.with_extension("sqfs");
+    ok(&tb.root(&format!(
+        "set -e; rm -rf {d} {o}; mkdir -p {d}; \
+         skopeo copy -q --src-cert-dir /var/lib/shoal-testbed/tls/skopeo docker://{REG}/{repo_tag} oci:{d}/layout:ref; \
+         umoci unpack --image {d}/layout:ref {d}/bundle >/dev/null; \
+         find {d}/bundle/rootfs \\( -type b -o -type c \\) -delete; \
+         mksquashfs {d}/bundle/rootfs {o} -noappend -quiet -no-progress -xattrs -comp lz4 >/dev/null; \
+         chmod 644 {o}; rm -rf {d}",
+        d = dir.display(),
+        o = out.display()
+    )));
+    out
+}
+
+/// `sqfsdiff` as the user: same entries, contents, owners and permissions.
+/// Basic vs extended inode types are how a writer packs, not content.
+fn assert_same_tree(tb: &Testbed, reference: &Path, ours: &str) {
+    let out = tb.user(&format!("sqfsdiff -a '{}' -b '{ours}'", reference.display()));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let real: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.ends_with("has an extended type") && !l.ends_with("has a basic type"))
+        .collect();
+    assert!(
+        out.status.code() == Some(0) || (out.status.code() == Some(1) && real.is_empty()),
+        "sqfsdiff {} {ours}: {}\n{report}{}",
+        reference.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pulled_layers_image_matches_umoci_unpack_of_the_same_image() {
+    // Whiteouts, an opaque directory, a hard link, symlinks, a file replaced
+    // by a directory across layers, a setuid file (tests/testbed/mklayers.py).
+    let env = Env::new("layers");
+    ok(&env.sh(&format!("shoal pull -q {REG}/shoal/layers:latest && shoal pull -q {REG}/shoal/layers:zstd")));
+    let gz = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/layers:latest"))));
+    let zst = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/layers:zstd"))));
+    let reference = reference_squashfs(env.tb, "shoal/layers:latest");
+    assert_same_tree(env.tb, &reference, gz["squashfs"].as_str().unwrap());
+    // The zstd-compressed layers give the same tree.
+    assert_same_tree(env.tb, &reference, zst["squashfs"].as_str().unwrap());
+    let _ = std::fs::remove_file(&reference);
+    // The setuid bit is kept in the image (mounts are nosuid).
+    let list = ok(&env.sh(&format!("unsquashfs -lln '{}'", gz["squashfs"].as_str().unwrap())));
+    assert!(list.lines().any(|l| l.starts_with("-rws")), "no setuid file in:\n{list}");
+}
+
+#[test]
+fn malicious_layers_are_refused_and_write_nothing_outside() {
+    let env = Env::new("evil");
+    let sentinel = Path::new("/tmp/shoal-evil-escaped");
+    for (tag, says) in [
+        ("latest", "`a`"),
+        ("samelayer", "`b/shoal-evil-escaped`"),
+        ("dotdot", "climbs out of the image root"),
+        ("hardlink", "climbs out of the image root"),
+    ] {
+        let e = fails(&env.sh(&format!("shoal pull {REG}/shoal/evil:{tag}")));
+        assert!(e.contains(says) && e.contains("cannot be converted safely"), "evil:{tag}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "evil:{tag}: {e}");
+        assert!(!sentinel.exists(), "evil:{tag} wrote {}", sentinel.display());
+        assert!(env.images().is_empty() && env.temps().is_empty(), "evil:{tag} left {:?} {:?}", env.images(), env.temps());
+    }
+    // An absolute name is taken inside the image root.
+    ok(&env.sh(&format!("shoal pull -q {REG}/shoal/evil:absolute")));
+    let info = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/evil:absolute"))));
+    let inside = ok(&env.sh(&format!("unsquashfs -cat '{}' tmp/shoal-evil-absolute", info["squashfs"].as_str().unwrap())));
+    assert_eq!(inside.trim(), "inside");
+    assert!(!Path::new("/tmp/shoal-evil-absolute").exists());
+}
