@@ -489,3 +489,26 @@ fn malicious_layers_are_refused_and_write_nothing_outside() {
     assert_eq!(inside.trim(), "inside");
     assert!(!Path::new("/tmp/shoal-evil-absolute").exists());
 }
+
+#[test]
+fn mirrors_are_tried_first_and_fall_through() {
+    let env = Env::new("mirrors");
+    let img = format!("{REG}/shoal/busybox");
+    let login = format!(r#"{{"auths":{{"{AUTH_REG}":{{"auth":"{}"}}}}}}"#, base64(AUTH_LOGIN));
+    // A dead mirror, then the login-protected registry (which has the same
+    // repository), then the registry itself.
+    let out = env.sh(&format!(
+        "echo '{login}' > auth.json; export REGISTRY_AUTH_FILE=$PWD/auth.json; \
+         printf '[registries.\"{REG}\"]\\nmirrors = [\"127.0.0.1:5999\", \"{AUTH_REG}\"]\\n' > shoal.toml; \
+         SHOAL_DEBUG_HTTP=1 shoal pull {img}"
+    ));
+    ok(&out);
+    let reqs = requests(&out.stderr);
+    assert!(reqs[0].contains("https://127.0.0.1:5999/"), "{reqs:?}");
+    let blobs: Vec<&String> = reqs.iter().filter(|r| r.contains("/blobs/")).collect();
+    assert!(!blobs.is_empty() && blobs.iter().all(|r| r.contains(&format!("https://{AUTH_REG}/"))), "{reqs:?}");
+    // An image the mirrors lack comes from the registry itself.
+    let out = env.sh(&format!("export REGISTRY_AUTH_FILE=$PWD/auth.json; SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/fetch-multiarch"));
+    ok(&out);
+    assert!(requests(&out.stderr).iter().any(|r| r.contains(&format!("https://{REG}/v2/shoal/fetch-multiarch/blobs/"))));
+}

@@ -15,7 +15,7 @@ PACKAGES=(
     # MPI, and the peer measured against
     mpich libmpich-dev charliecloud
     # benchmarks and helpers
-    hyperfine util-linux procps psmisc
+    hyperfine util-linux procps psmisc time jq
 )
 
 missing=()

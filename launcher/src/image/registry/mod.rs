@@ -121,6 +121,10 @@ struct Endpoint {
     creds: Option<Credentials>,
     /// `Authorization` values, per repository (tokens are scoped).
     tokens: Mutex<HashMap<String, String>>,
+    /// A mirror gets one try per request (the next endpoint is the retry),
+    /// and once unreachable is skipped for the rest of the pull.
+    mirror: bool,
+    dead: std::sync::atomic::AtomicBool,
 }
 
 /// A connection to one registry and its mirrors.
@@ -156,17 +160,19 @@ impl Registry {
             .timeout_read(Duration::from_secs(60))
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build();
-        let endpoint = |name: &str| {
+        let endpoint = |name: &str, mirror: bool| {
             let host = if name == "docker.io" { "registry-1.docker.io" } else { name };
             Endpoint {
                 name: name.to_string(),
                 base: format!("https://{host}"),
                 creds: auth::find_credentials(name, &opts.auth_files),
                 tokens: Mutex::new(HashMap::new()),
+                mirror,
+                dead: std::sync::atomic::AtomicBool::new(false),
             }
         };
-        let mut endpoints: Vec<Endpoint> = cfg.mirrors.iter().map(|m| endpoint(m)).collect();
-        endpoints.push(endpoint(registry));
+        let mut endpoints: Vec<Endpoint> = cfg.mirrors.iter().map(|m| endpoint(m, true)).collect();
+        endpoints.push(endpoint(registry, false));
         Ok(Registry {
             name: registry.to_string(),
             endpoints,
@@ -295,8 +301,15 @@ impl Registry {
     fn on_endpoints<T>(&self, f: impl Fn(&Endpoint) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
         let (last, mirrors) = self.endpoints.split_last().expect("the registry itself is always an endpoint");
         for m in mirrors {
+            if m.dead.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
             match f(m) {
                 Ok(v) => return Ok(v),
+                Err(e @ (RegistryError::Unreachable { .. } | RegistryError::Tls { .. })) => {
+                    m.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+                    drop(e);
+                }
                 Err(e) if e.is_endpoint_specific() => continue,
                 Err(e) => return Err(e),
             }
@@ -307,6 +320,7 @@ impl Registry {
     /// One request with auth and retries. Returns only 2xx responses.
     fn send(&self, ep: &Endpoint, method: Method, path: &str, repository: &str, what: &str) -> Result<ureq::Response, RegistryError> {
         let url = format!("{}{path}", ep.base);
+        let tries = if ep.mirror { 1 } else { self.tries };
         let mut tried_auth = false;
         let mut attempt = 0;
         loop {
@@ -331,7 +345,7 @@ impl Registry {
                     if let Some(detail) = tls_failure(&t) {
                         return Err(RegistryError::Tls { registry: ep.name.clone(), detail });
                     }
-                    if attempt >= self.tries {
+                    if attempt >= tries {
                         return Err(RegistryError::Unreachable { registry: ep.name.clone(), detail: t.to_string(), tries: attempt });
                     }
                     std::thread::sleep(retry_in(attempt));
@@ -360,7 +374,7 @@ impl Registry {
                         reference: format!("{}/{what}", ep.name),
                     })
                 }
-                429 | 500..=599 if attempt < self.tries => {
+                429 | 500..=599 if attempt < tries => {
                     let wait = retry_after(&resp).unwrap_or_else(|| retry_in(attempt));
                     std::thread::sleep(wait.min(Duration::from_secs(30)));
                 }
