@@ -299,7 +299,7 @@ mod tests {
             let e = Document::parse(body.as_bytes(), None).unwrap_err().to_string();
             assert!(e.contains(says), "{body}: {e}");
         }
-        let bad_digest = format!(r#"{{"schemaVersion":2,"config":{{"digest":"md5:00","size":1}},"layers":[]}}"#);
+        let bad_digest = r#"{"schemaVersion":2,"config":{"digest":"md5:00","size":1},"layers":[]}"#;
         assert!(Document::parse(bad_digest.as_bytes(), None).unwrap_err().to_string().contains("md5:00"));
         let foreign = format!(
             r#"{{"schemaVersion":2,"config":{{"digest":"{D1}","size":1}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{D2}","size":1,"urls":["https://x"]}}]}}"#

@@ -26,6 +26,11 @@
 //! which no repository path component can, so a tag never collides with a
 //! nested repository.
 //!
+//! Reading a user store is done with that user's credentials: code running
+//! as root (slurmstepd) switches to the user (or forks a child as the user)
+//! before calling [`Store::resolve`], because every path under a user store
+//! is the user's to change.
+//!
 //! Rules it never breaks: an image directory appears whole or not at all
 //! (built under `tmp/`, fsynced, renamed into place under the image's lock);
 //! a tag entry is replaced by rename; it never follows a path out of its
@@ -171,10 +176,16 @@ impl Store {
     /// The stores the config names, the user store's default taken from
     /// this process's environment. Opening touches no file.
     pub fn open(config: &Config) -> Store {
-        let env = |k: &str| std::env::var(k).ok();
+        Store::open_with_env(config, &|k| std::env::var(k).ok())
+    }
+
+    /// Like [`Store::open`] with the user store's default taken from `env`
+    /// (`HOME`, `XDG_DATA_HOME`): for code acting for a job's user, such
+    /// as the SPANK plugin with the job's environment.
+    pub fn open_with_env(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Store {
         Store::with_dirs(
             config.store.site_dir.clone(),
-            config.store.user_dir.clone().or_else(|| default_user_dir(&env)),
+            config.store.user_dir.clone().or_else(|| default_user_dir(env)),
         )
     }
 
