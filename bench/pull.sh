@@ -46,6 +46,7 @@ measure() {
 
 as_user "rm -rf $WORK && mkdir -p $WORK"
 RESULTS=$(mktemp)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 SHOAL_ENV="XDG_DATA_HOME=$WORK/shoal-store SSL_CERT_FILE=$CA_CERT SHOAL_CONFIG=/dev/null"
 CH_ENV="CH_IMAGE_STORAGE=$WORK/ch-store REQUESTS_CA_BUNDLE=$CA_CERT"
 shoal_cold() { as_user "rm -rf $WORK/shoal-store"; measure shoal "$SHOAL_ENV $SHOAL_BIN pull -q $IMAGE"; }
@@ -67,6 +68,7 @@ median() { awk -v n="$1" -v col="$2" '$1 == n { print $col }' "$RESULTS" | sort 
 s_wall=$(median shoal 2) c_wall=$(median charliecloud 2)
 echo
 echo "Machine: $(nproc) cores, $(uname -r); image $IMAGE; $ROUNDS rounds, medians; $(date -u +%Y-%m-%d)"
+echo "Load average (1/5/15 min) at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg) (other builds share the machine)"
 echo
 echo "| step | wall s | CPU s | peak RSS MB |"
 echo "|---|---|---|---|"
