@@ -512,3 +512,39 @@ fn mirrors_are_tried_first_and_fall_through() {
     ok(&out);
     assert!(requests(&out.stderr).iter().any(|r| r.contains(&format!("https://{REG}/v2/shoal/fetch-multiarch/blobs/"))));
 }
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let env = Env::new("progress");
+    let img = format!("{REG}/shoal/fetch-big");
+    // Not a terminal: no progress on stderr, one summary line on stdout.
+    let out = env.sh(&format!("shoal pull {img}"));
+    assert_eq!(ok(&out).lines().count(), 1);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // -q: nothing at all.
+    let out = env.sh(&format!("shoal rm {img} >/dev/null && shoal pull -q {img}"));
+    assert!(ok(&out).is_empty() && out.stderr.is_empty());
+    // On a terminal (script(1) gives it a pty): bars for both phases.
+    let out = ok(&env.sh(&format!("shoal rm {img} >/dev/null && script -qec \"$SHOAL_BIN pull {img}\" /dev/null")));
+    assert!(out.contains("downloading") && out.contains("converting"), "{out}");
+    assert!(out.contains("fetch-big:latest: pulled"), "{out}");
+}
+
+#[test]
+fn bearer_token_registry_gets_a_token_with_the_saved_login() {
+    // 127.0.0.1:5445 answers 401 with `Bearer realm="https://127.0.0.1:5446/token"`;
+    // the token server (tests/testbed/token_server.py) wants the test login.
+    let env = Env::new("bearer");
+    let img = "127.0.0.1:5445/shoal/busybox:latest";
+    let e = fails(&env.sh(&format!("shoal pull {img}")));
+    assert!(e.contains("127.0.0.1:5445: authentication failed") && e.contains("no saved login"), "{e}");
+    let login = format!(r#"{{"auths":{{"127.0.0.1:5445":{{"auth":"{}"}}}}}}"#, base64(AUTH_LOGIN));
+    let out = env.sh(&format!("echo '{login}' > auth.json; REGISTRY_AUTH_FILE=$PWD/auth.json SHOAL_DEBUG_HTTP=1 shoal pull {img}"));
+    assert!(ok(&out).contains("pulled"));
+    let reqs = requests(&out.stderr);
+    // One token per repository, reused for the manifest and every blob.
+    assert_eq!(reqs.iter().filter(|r| r.contains("(token)")).count(), 1, "{reqs:?}");
+    assert!(reqs.iter().any(|r| r.contains("https://127.0.0.1:5446/token")), "{reqs:?}");
+    let info = json(&ok(&env.sh(&format!("shoal inspect --json {img}"))));
+    assert_eq!(info["config"]["labels"]["org.shoal.test"], "busybox");
+}

@@ -149,9 +149,17 @@ fn pull_inner(
         None => None,
     };
 
-    // A digest reference names fixed content: no request needed.
-    if let (Some(image), Some(_)) = (&known_image, r.digest()) {
-        return Ok(PullOutcome { image: image.clone(), downloaded: false });
+    // A digest reference names fixed content: no request needed, also when
+    // the digest is that of an image already here under another name.
+    if let Some(d) = r.digest() {
+        if let Some(image) = known_image {
+            return Ok(PullOutcome { image, downloaded: false });
+        }
+        if let Some(image) = root.image(d)? {
+            let _lock = root.lock_image(d)?;
+            root.set_tag(r, Some(d), platform, d)?;
+            return Ok(PullOutcome { image, downloaded: false });
+        }
     }
     let registry_cfg = config.registries.get(r.registry()).cloned().unwrap_or_else(RegistryConfig::default);
     let registry = Registry::new(r.registry(), &registry_cfg, &opts.client)?;
@@ -159,9 +167,9 @@ fn pull_inner(
         Some(d) => d.to_string(),
         None => r.tag().unwrap_or("latest").to_string(),
     };
-    if let (Some(image), Some(entry)) = (&known_image, &known) {
+    if let (Some(image), Some(entry)) = (known_image, &known) {
         if entry.digest.is_some() && registry.head_manifest(r.repository(), &wanted)? == entry.digest {
-            return Ok(PullOutcome { image: image.clone(), downloaded: false });
+            return Ok(PullOutcome { image, downloaded: false });
         }
     }
 
@@ -196,10 +204,12 @@ fn pull_inner(
     progress(PullEvent::Resolved { image: image_digest.clone(), layers: manifest.layers.len(), bytes });
     let lock = match super::store::Lock::try_acquire(&lock_path(root, &image_digest)) {
         Ok(Some(l)) => l,
-        _ => {
+        Ok(None) => {
             progress(PullEvent::Waiting);
             root.lock_image(&image_digest)?
         }
+        // No lock file yet: nobody is pulling it.
+        Err(_) => root.lock_image(&image_digest)?,
     };
     // The process we waited for may have published it.
     if let Some(image) = root.image(&image_digest)? {

@@ -110,3 +110,14 @@ if [ "$(cat "$WORK/auth-busybox.stamp" 2>/dev/null)" != "$STAMP" ] || \
         "oci:$WORK/oci:busybox" "docker://$AUTH_REGISTRY_ADDR/shoal/busybox:latest"
     echo "$STAMP" > "$WORK/auth-busybox.stamp"
 fi
+
+# The Bearer-token registry: busybox, pushed with the test login (skopeo
+# goes through the token server too).
+if [ "$(cat "$WORK/token-busybox.stamp" 2>/dev/null)" != "$STAMP" ] || \
+   [ "$(skopeo inspect --cert-dir "$TLS_DIR/skopeo" --creds "$AUTH_REGISTRY_USER:$AUTH_REGISTRY_PASSWORD" \
+        --format '{{.Name}}' "docker://$TOKEN_REGISTRY_ADDR/shoal/busybox:latest" 2>/dev/null)" = "" ]; then
+    log "pushing shoal/busybox to $TOKEN_REGISTRY_ADDR"
+    skopeo copy -q --dest-cert-dir "$TLS_DIR/skopeo" --dest-creds "$AUTH_REGISTRY_USER:$AUTH_REGISTRY_PASSWORD" \
+        "oci:$WORK/oci:busybox" "docker://$TOKEN_REGISTRY_ADDR/shoal/busybox:latest"
+    echo "$STAMP" > "$WORK/token-busybox.stamp"
+fi
