@@ -78,7 +78,14 @@ fn main() {
         };
     }
 
-    let bindings = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.generate()))
+    // bindgen panics when it cannot load libclang; catch that (quietly: the
+    // panic's own text and backtrace would bury our message) and name the
+    // package to install.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.generate()));
+    std::panic::set_hook(default_hook);
+    let bindings = generated
         .unwrap_or_else(|_| {
             fail(
                 "bindgen could not load libclang. Install Debian's `libclang-dev` \

@@ -103,3 +103,22 @@ fn invalid_site_config_fails_naming_file_line_and_key() {
     let want = format!("shoal: invalid Shoal config {}/bad.toml line 2 (key `store.site_dir`)", dir.display());
     assert!(err.contains(&want), "expected {want:?} in:\n{err}");
 }
+
+#[test]
+fn bad_mount_module_and_conflicting_image_are_refused_at_the_prompt() {
+    let tb = testbed();
+    for (cmd, says) in [
+        ("srun -N1 --mount=/tmp:relative true", r#"shoal: --mount="/tmp:relative": invalid mount "/tmp:relative": the target must be an absolute path"#),
+        ("sbatch --volume='/a:/b;/c:/d:perNodeCache' --wrap=true", r#"shoal: --mount="/c:/d:perNodeCache": invalid mount "/c:/d:perNodeCache": unknown flag"#),
+        ("srun -N1 --mount=/tmp:/etc/x true", r#"shoal: --mount="/tmp:/etc/x": mount "/tmp:/etc/x" refused by site policy"#),
+        ("srun -N1 --module=nosuchmodule true", "shoal: --module=nosuchmodule"),
+        (
+            "srun -N1 --image=127.0.0.1:5443/a:1 --image=127.0.0.1:5443/b:1 true",
+            "shoal: --image given twice with different values",
+        ),
+        ("SHOAL_IMAGE='::x' srun -N1 true", r#"shoal: $SHOAL_IMAGE: --image="::x""#),
+    ] {
+        let err = fails(&tb.user(cmd));
+        assert!(err.contains(says), "{cmd}: expected {says:?} in:\n{err}");
+    }
+}

@@ -23,9 +23,49 @@ pub const DEFAULT_PATH: &str = "/etc/shoal/shoal.toml";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub store: StoreConfig,
+    pub node: NodeConfig,
     /// Per-registry settings, keyed by `HOST[:PORT]` as written in image
     /// references (`docker.io` for Docker Hub).
     pub registries: BTreeMap<String, RegistryConfig>,
+    pub launcher: LauncherConfig,
+    pub mounts: MountsConfig,
+    pub env: EnvConfig,
+    /// How host libraries are matched against the image's (`[injection]`).
+    pub injection: InjectionConfig,
+    /// Named sets of host libraries, binaries, devices, environment and
+    /// mounts (`[modules.NAME]`), selected with `--module=NAME[,NAME]`.
+    pub modules: BTreeMap<String, ModuleConfig>,
+    pub slurm: SlurmConfig,
+}
+
+/// What tasks inside an image need from the host to stay Slurm tasks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// Host paths bound read-only at the same place into every image step,
+    /// so `srun`, `scontrol` and `sbatch` work inside (a batch script that
+    /// runs in the image starts its steps with them). Paths missing on the
+    /// node are skipped. The image's own C library must be able to run the
+    /// host's Slurm client (same distribution family, glibc not older).
+    pub host_paths: Vec<PathBuf>,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        let paths = [
+            "/usr/bin/srun",
+            "/usr/bin/sbatch",
+            "/usr/bin/scontrol",
+            "/usr/bin/squeue",
+            "/usr/lib/x86_64-linux-gnu/slurm-wlm",
+            "/usr/lib/x86_64-linux-gnu/libmunge.so.2",
+            "/etc/slurm",
+            "/run/munge",
+            "/usr/lib/shoal",
+            "/usr/local/lib/shoal",
+        ];
+        SlurmConfig { host_paths: paths.iter().map(PathBuf::from).collect() }
+    }
 }
 
 /// How to reach one registry (`[registries."HOST:PORT"]`).
@@ -48,6 +88,73 @@ impl Default for RegistryConfig {
     }
 }
 
+/// Settings of the host-library injection (`[injection]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InjectionConfig {
+    /// Modules used when the user names none; `--module=none` turns them off.
+    pub default_modules: Vec<String>,
+    /// The version rule for a host library that replaces an image library.
+    pub abi: AbiMode,
+}
+
+/// How strictly a host library must match the image's copy it replaces.
+/// Both modes require the same SONAME major version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AbiMode {
+    /// Host minor >= image minor is a full match; an older host minor is
+    /// injected with a warning (the established MPI rule).
+    #[default]
+    Relaxed,
+    /// Minors must be equal; anything else is refused.
+    Strict,
+}
+
+/// One `[modules.NAME]` section: what the site injects when a job asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleConfig {
+    /// One line shown by `shoal abi-check` and in errors.
+    pub description: Option<String>,
+    /// Host libraries: absolute paths or globs. Each is matched against the
+    /// image's copy by SONAME; its non-glibc dependencies come along.
+    pub libraries: Vec<String>,
+    /// Host programs (absolute paths or globs), bound into a directory put
+    /// first on the container's PATH.
+    pub binaries: Vec<String>,
+    /// Device nodes always bound (absolute paths or globs), e.g. `/dev/nvidiactl`.
+    pub devices: Vec<String>,
+    /// Per-GPU device nodes (globs); each name must end with the GPU's
+    /// number (`/dev/nvidia[0-9]*`). Only the job's GPUs (CUDA_VISIBLE_DEVICES)
+    /// are bound, and CUDA_VISIBLE_DEVICES is renumbered to match inside.
+    pub gpu_devices: Vec<String>,
+    /// Environment variables set in the container.
+    pub env: BTreeMap<String, String>,
+    /// Paths put in front of a `:`-separated variable (`PATH`, ...), in order.
+    pub env_prepend: BTreeMap<String, Vec<String>>,
+    /// Extra host directories or files bound into the container.
+    pub mounts: Vec<ModuleMount>,
+    /// Other SONAMEs a host library stands for: SONAME -> host path.
+    /// Debian's MPICH is `libmpich.so.12`, which MPICH's ABI also calls
+    /// `libmpi.so.12`: with `"libmpi.so.12" = ".../libmpich.so.12"` an image
+    /// linked against libmpi.so.12 gets the host's library, and an image
+    /// with another libmpi major (Open MPI's libmpi.so.40) is refused.
+    pub aliases: BTreeMap<String, String>,
+    /// Overrides `[injection] abi` for this module's libraries.
+    pub abi: Option<AbiMode>,
+}
+
+/// An extra bind mount of a module: read-only unless `writable = true`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    #[serde(default)]
+    pub writable: bool,
+}
+
 /// Where images live.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +165,121 @@ pub struct StoreConfig {
     /// Site store kept by the admins, read-only to users. Images here may be
     /// kernel-mounted by root because no user can have written them.
     pub site_dir: Option<PathBuf>,
+}
+
+/// How compute nodes stage images before a job's tasks start.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node-local cache; each Slurm node keeps its images in
+    /// `<cache_dir>/<node name>/`.
+    pub cache_dir: PathBuf,
+    /// Upper bound of one node's cache, e.g. `"20G"`; unused images are
+    /// evicted least-recently-used first to stay under it.
+    pub cache_size: Size,
+    pub staging: Staging,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cache_dir: PathBuf::from("/var/cache/shoal"),
+            cache_size: Size(20 << 30),
+            staging: Staging::Copy,
+        }
+    }
+}
+
+/// Where a node reads a job's image from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Staging {
+    /// Copy into the node cache (verified), then mount the local copy: the
+    /// shared filesystem is read once per node, not once per file access.
+    Copy,
+    /// Mount straight from the store on the shared filesystem.
+    Direct,
+}
+
+/// A byte count written as `"512M"`, `"20G"`, `"1T"` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(s) => parse_size(&s).map(Size).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}: write a number with an optional K, M, G or T suffix, e.g. \"20G\""
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// How `shoal run` and the plugin build containers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LauncherConfig {
+    /// The `squashfuse_ll` binary; default: found on the usual system paths.
+    pub squashfuse: Option<PathBuf>,
+    /// Let root mount images from users' stores or paths with the kernel's
+    /// squashfs driver. Off by default: the kernel parser then only ever
+    /// sees site-store files no user can have written.
+    pub allow_kernel_mount_of_user_images: bool,
+}
+
+impl LauncherConfig {
+    /// The configured `squashfuse_ll`, else the first one on the system paths.
+    pub fn squashfuse_path(&self) -> PathBuf {
+        if let Some(p) = &self.squashfuse {
+            return p.clone();
+        }
+        ["/usr/bin/squashfuse_ll", "/usr/local/bin/squashfuse_ll", "/bin/squashfuse_ll"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/squashfuse_ll"))
+    }
+}
+
+/// Site mounts and the policy for user mounts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountsConfig {
+    /// `SRC:DST[:ro]` binds added to every container.
+    pub site: Vec<String>,
+    /// Target prefixes users may mount over although they are reserved
+    /// (/etc, /usr, /proc, /sys, /dev, /lib*, /bin, /sbin).
+    pub allowed_targets: Vec<PathBuf>,
+}
+
+/// Environment rules.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// Host variables never carried into containers, besides `LD_*` and
+    /// `PATH`; a trailing `*` matches a prefix.
+    pub deny: Vec<String>,
 }
 
 /// A config file that could not be used; the message names the file, and
@@ -111,12 +333,126 @@ impl Config {
 
     /// Parses config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             at: e.span().map(|s| locate(text, s.start)).unwrap_or_default(),
             message: e.message().trim().to_string(),
-        })
+        })?;
+        config.check_modules().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            at: Location { line: find_key_line(text, &key), key: Some(key) },
+            message,
+        })?;
+        Ok(config)
     }
+
+    /// Checks what serde cannot: module names, absolute paths, and that
+    /// `default_modules` names configured modules. Returns the dotted key.
+    fn check_modules(&self) -> Result<(), (String, String)> {
+        for (name, module) in &self.modules {
+            if name.is_empty()
+                || name == "none"
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err((
+                    format!("modules.{name}"),
+                    format!("module name {name:?} must be letters, digits, `-`, `_` or `.` and not `none`"),
+                ));
+            }
+            let lists = [
+                ("libraries", &module.libraries),
+                ("binaries", &module.binaries),
+                ("devices", &module.devices),
+                ("gpu_devices", &module.gpu_devices),
+            ];
+            for (field, list) in lists {
+                if let Some(bad) = list.iter().find(|p| !p.starts_with('/')) {
+                    return Err((
+                        format!("modules.{name}.{field}"),
+                        format!("{bad:?} is not an absolute path"),
+                    ));
+                }
+                if let Some((bad, e)) = list
+                    .iter()
+                    .find_map(|p| glob::Pattern::new(p).err().map(|e| (p, e)))
+                {
+                    return Err((format!("modules.{name}.{field}"), format!("bad glob {bad:?}: {e}")));
+                }
+            }
+            let vars = module.env.keys().map(|k| ("env", k));
+            for (field, var) in vars.chain(module.env_prepend.keys().map(|k| ("env_prepend", k))) {
+                // LD_* stays out: the loader must find the injected libraries
+                // through the plan, never through a variable the image can reset.
+                if var.is_empty() || var.contains('=') || var.starts_with("LD_") {
+                    return Err((
+                        format!("modules.{name}.{field}"),
+                        format!("{var:?} cannot be set by a module (empty, contains `=`, or an LD_* loader variable)"),
+                    ));
+                }
+            }
+            for (alias, path) in &module.aliases {
+                if !alias.contains(".so.") || alias.contains('/') || !path.starts_with('/') {
+                    return Err((
+                        format!("modules.{name}.aliases"),
+                        format!("{alias:?} = {path:?}: want a SONAME like \"libmpi.so.12\" and an absolute host path"),
+                    ));
+                }
+            }
+            for m in &module.mounts {
+                if !m.source.is_absolute() || !m.target.is_absolute() {
+                    return Err((
+                        format!("modules.{name}.mounts"),
+                        format!("{} -> {}: source and target must be absolute", m.source.display(), m.target.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(bad) = self
+            .injection
+            .default_modules
+            .iter()
+            .find(|m| !self.modules.contains_key(m.as_str()))
+        {
+            return Err((
+                "injection.default_modules".into(),
+                format!("{bad:?} is not a configured module (configured: {})", module_names(self)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The configured module names, for error messages: `gpu, mpich` or `none`.
+pub fn module_names(config: &Config) -> String {
+    if config.modules.is_empty() {
+        "none".into()
+    } else {
+        config.modules.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The line of a dotted key found after parsing (`modules.mpich.libraries`):
+/// the `[modules.mpich]` header, then the key's own line under it.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    while !parts.is_empty() {
+        let (table, last) = (parts[..parts.len() - 1].join("."), parts[parts.len() - 1]);
+        let header = format!("[{}]", parts.join("."));
+        let mut in_table = table.is_empty();
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l.starts_with('[') {
+                if l.replace(' ', "") == header {
+                    return Some(i + 1);
+                }
+                in_table = l.trim_matches(|c| c == '[' || c == ']').trim() == table;
+            } else if in_table && l.split_once('=').map(|(k, _)| k.trim().trim_matches('"')) == Some(last) {
+                return Some(i + 1);
+            }
+        }
+        parts.pop();
+    }
+    None
 }
 
 /// Finds the line number and dotted key of the byte offset `at` in `text`,
@@ -174,6 +510,24 @@ mod tests {
     }
 
     #[test]
+    fn node_section_sizes_and_staging() {
+        let c = Config::parse(
+            "[node]\ncache_dir = \"/local/shoal\"\ncache_size = \"512M\"\nstaging = \"direct\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.node.cache_size, Size(512 << 20));
+        assert_eq!(c.node.staging, Staging::Direct);
+        assert_eq!(Config::default().node.staging, Staging::Copy);
+        let c = Config::parse("[node]\ncache_size = 4096\n", Path::new("x")).unwrap();
+        assert_eq!(c.node.cache_size, Size(4096));
+        let e = err("[node]\ncache_size = \"lots\"\n");
+        assert!(e.contains("node.cache_size") && e.contains("\"lots\""), "{e}");
+        let e = err("[node]\nstaging = \"teleport\"\n");
+        assert!(e.contains("node.staging") && e.contains("teleport"), "{e}");
+    }
+
+    #[test]
     fn registry_sections_parse() {
         let c = Config::parse(
             "[registries.\"lab.example:5000\"]\ntls_verify = false\nmirrors = [\"m1:5000\"]\n\
@@ -221,5 +575,74 @@ mod tests {
             Config::load(&missing).unwrap_err(),
             ConfigError::Read { .. }
         ));
+    }
+
+    #[test]
+    fn launcher_sections_parse() {
+        let c = Config::parse(
+            "[launcher]\nallow_kernel_mount_of_user_images = true\nsquashfuse = \"/opt/sq\"\n\
+             [mounts]\nsite = [\"/apps:/apps:ro\"]\nallowed_targets = [\"/etc/site\"]\n\
+             [env]\ndeny = [\"SECRET_*\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert!(c.launcher.allow_kernel_mount_of_user_images);
+        assert_eq!(c.launcher.squashfuse_path(), PathBuf::from("/opt/sq"));
+        assert_eq!(c.mounts.site, ["/apps:/apps:ro"]);
+        assert_eq!(c.env.deny, ["SECRET_*"]);
+    }
+
+    const MODULES: &str = r#"
+[injection]
+default_modules = ["mpich"]
+abi = "strict"
+
+[modules.mpich]
+description = "Debian MPICH"
+libraries = ["/usr/lib/x86_64-linux-gnu/libmpich.so.12*"]
+binaries = ["/usr/bin/mpichversion"]
+env = { MPICH_SITE = "1" }
+env_prepend = { PATH = ["/opt/site/bin"] }
+mounts = [{ source = "/etc/site-net", target = "/etc/site-net" }]
+
+[modules.gpu]
+libraries = ["/usr/lib/x86_64-linux-gnu/libcuda.so.1"]
+devices = ["/dev/nvidiactl", "/dev/nvidia-uvm"]
+gpu_devices = ["/dev/nvidia[0-9]*"]
+abi = "relaxed"
+"#;
+
+    #[test]
+    fn modules_parse() {
+        let c = Config::parse(MODULES, Path::new("x")).unwrap();
+        assert_eq!(c.injection.default_modules, ["mpich"]);
+        assert_eq!(c.injection.abi, AbiMode::Strict);
+        let mpich = &c.modules["mpich"];
+        assert_eq!(mpich.libraries, ["/usr/lib/x86_64-linux-gnu/libmpich.so.12*"]);
+        assert_eq!(mpich.env["MPICH_SITE"], "1");
+        assert_eq!(mpich.env_prepend["PATH"], ["/opt/site/bin"]);
+        assert_eq!(mpich.mounts[0].target, Path::new("/etc/site-net"));
+        assert!(!mpich.mounts[0].writable);
+        assert_eq!(c.modules["gpu"].abi, Some(AbiMode::Relaxed));
+        assert_eq!(c.modules["gpu"].gpu_devices, ["/dev/nvidia[0-9]*"]);
+        assert_eq!(Config::default().injection.abi, AbiMode::Relaxed);
+    }
+
+    #[test]
+    fn bad_module_input_names_the_key() {
+        let e = err("[modules.mpich]\nlibraries = [\"libmpich.so.12\"]\n");
+        assert!(e.contains("modules.mpich.libraries") && e.contains("line 2") && e.contains("absolute"), "{e}");
+        let e = err("[modules.mpich]\nlibaries = []\n");
+        assert!(e.contains("libaries") && e.contains("line 2"), "{e}");
+        let e = err("[injection]\nabi = \"loose\"\n");
+        assert!(e.contains("injection.abi") && e.contains("loose"), "{e}");
+        let e = err("[injection]\ndefault_modules = [\"mpi\"]\n[modules.mpich]\n");
+        assert!(e.contains("injection.default_modules") && e.contains("configured: mpich"), "{e}");
+        let e = err("[modules.gpu]\nenv = { LD_LIBRARY_PATH = \"/x\" }\n");
+        assert!(e.contains("modules.gpu.env") && e.contains("LD_"), "{e}");
+        let e = err("[modules.none]\n");
+        assert!(e.contains("modules.none"), "{e}");
+        let e = err("[modules.x]\nmounts = [{ source = \"rel\", target = \"/t\" }]\n");
+        assert!(e.contains("modules.x.mounts") && e.contains("line 2"), "{e}");
     }
 }

@@ -2,14 +2,23 @@
 //!
 //! The modules follow an image's life on a cluster:
 //! - [`reference`]: what the user typed (`--image=...`), parsed once into types;
-//! - [`config`]: the site's TOML settings, read by the command and the plugin alike.
+//! - [`config`]: the site's TOML settings, read by the command and the plugin alike;
+//! - [`image`]: pull or import an image into a content-addressed squashfs store;
+//! - [`resolve`]: from a name or path to the image the launcher runs;
+//! - [`stage`]: the node-local image cache each compute node stages into;
+//! - [`inject`]: which host libraries, programs and devices a job gets (ABI check and plan);
+//! - [`container`]: the plan of a container and carrying it out (`shoal run`, every task).
 //!
 //! Nothing in here needs root, and nothing here is setuid: the code that runs
 //! in slurmstepd as root calls the same functions with the user's credentials.
 
 pub mod config;
+pub mod container;
 pub mod image;
+pub mod inject;
 pub mod reference;
+pub mod resolve;
+pub mod stage;
 
 pub use config::Config;
 pub use reference::{Digest, ImageRef, ImageSpec};

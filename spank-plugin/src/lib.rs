@@ -3,18 +3,28 @@
 //!
 //! This file only exports the symbols Slurm looks for and dispatches each
 //! callback to the module for the phase of the job's life it belongs to:
-//! - [`options`]: the `--image` option as the user typed it (every context
-//!   that parses options);
-//! - [`submit`]: srun, sbatch and salloc, before the job or step exists.
+//! - [`options`]: `--image`, `--mount`, `--module`, `--no-image` as the user
+//!   typed them (every context that parses options);
+//! - [`submit`]: srun, sbatch and salloc, before the job or step exists:
+//!   checks the request and pins the image ([`pin`]);
+//! - [`stage`]: each allocated node copies and verifies the image (job
+//!   prolog, and again per task);
+//! - [`task`]: slurmstepd puts every task into the node's container;
+//! - [`teardown`]: step exit and job epilog clean up.
 //!
 //! Each callback runs inside `guard`, which turns an error or a panic into a
 //! logged message and a SPANK error code: unwinding into Slurm's C code would
 //! be undefined behaviour.
 
 mod args;
+mod job;
 mod options;
+mod pin;
 mod spank;
+mod stage;
 mod submit;
+mod task;
+mod teardown;
 
 use std::os::raw::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -102,4 +112,70 @@ pub extern "C" fn slurm_spank_init_post_opt(sp: ffi::spank_t, _argc: c_int, _arg
         Some(Context::Local | Context::Allocator) => submit::post_opt(&Spank::from_raw(sp)),
         _ => Ok(()),
     })
+}
+
+/// slurmstepd, with the user's effective ids, before any task forks.
+#[no_mangle]
+pub extern "C" fn slurm_spank_user_init(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
+    guard("slurm_spank_user_init", || task::user_init(&Spank::from_raw(sp)))
+}
+
+/// Each task, as root, just before Slurm drops to the user and execs it.
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
+    guard("slurm_spank_task_init_privileged", || task::task_init_privileged(&Spank::from_raw(sp)))
+}
+
+/// slurmstepd at the end of a step (remote) and srun/sbatch at exit (local).
+#[no_mangle]
+pub extern "C" fn slurm_spank_exit(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
+    guard("slurm_spank_exit", || match Context::current() {
+        Some(Context::Remote) => teardown::step_exit(&Spank::from_raw(sp)),
+        _ => Ok(()),
+    })
+}
+
+/// The job prolog on every allocated node (root): stage the image early.
+/// Never fails: a failing prolog drains the node, and a bad image is the
+/// job's problem, reported to the job by its tasks.
+#[no_mangle]
+pub extern "C" fn slurm_spank_job_prolog(sp: ffi::spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+    let spank = Spank::from_raw(sp);
+    guard("slurm_spank_job_prolog", || {
+        let (job, uid, gid) = match (spank.job_id(), spank.uid(), spank.gid()) {
+            (Ok(j), Ok(u), Ok(g)) => (j, u, g),
+            _ => return Ok(()),
+        };
+        // slurm_spank_init is not called for the prolog: read our own args.
+        let config = match script_config(argc, argv) {
+            Ok(c) => c,
+            Err(e) => {
+                spank::log_error(&format!("{TAG}: job {job}: prolog: {e}"));
+                return Ok(());
+            }
+        };
+        if let Err(e) = stage::prolog(&config, job, uid, gid) {
+            spank::log_error(&format!("{TAG}: job {job}: staging in the prolog failed (the job will report it): {e}"));
+        }
+        Ok(())
+    })
+}
+
+/// The job epilog on every node of the job (root).
+#[no_mangle]
+pub extern "C" fn slurm_spank_job_epilog(sp: ffi::spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+    let spank = Spank::from_raw(sp);
+    guard("slurm_spank_job_epilog", || {
+        let job = spank.job_id().map_err(|e| e.to_string())?;
+        teardown::epilog(&script_config(argc, argv)?, job)
+    })
+}
+
+/// The site config for the prolog and epilog, which Slurm runs without
+/// calling `slurm_spank_init` first.
+fn script_config(argc: c_int, argv: *mut *mut c_char) -> Result<shoal::Config, String> {
+    // SAFETY: Slurm passes argc valid strings to every callback.
+    let args = unsafe { spank::args(argc, argv) };
+    let args = args::PluginArgs::parse(&args)?;
+    shoal::Config::load(&args.config).map_err(|e| e.to_string())
 }

@@ -1,23 +1,36 @@
 //! The options Shoal adds to srun, sbatch and salloc, and their values.
 //!
 //! Slurm calls an option's callback with no handle and may call it more than
-//! once for the same option (from `#SBATCH` lines, the command line, and
-//! again in slurmstepd), so values live in process-wide state: a repeat with
-//! the same value is fine, a conflicting one is an error.
+//! once for the same option (from `#SBATCH` lines, the command line, the
+//! environment of a job step, and again in slurmstepd), so values live in
+//! process-wide state: a repeat with the same value is fine, a conflicting
+//! one is an error. `--mount`/`--volume` accumulate instead (each value may
+//! hold several mounts separated by `;`, Shifter's spelling).
+//!
+//! Defaults may come from the environment (`SHOAL_IMAGE`, `SHOAL_MOUNT`,
+//! `SHOAL_MODULE`), which is how a site or a user sets them for every job;
+//! a command-line option wins over its variable.
 
+use std::os::raw::{c_char, c_int};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use shoal::container::UserMount;
 use shoal::{Config, ImageSpec};
 
-use crate::spank::{self, OptionSpec, Spank, SpankError};
+use crate::spank::{self, OptionSpec, Spank};
 
-/// What the user asked for, as parsed from their options.
-#[derive(Debug, Default)]
+/// What the user asked for.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Request {
     pub image: Option<ImageSpec>,
+    /// `SRC:DST[:FLAGS]` specs in the order given.
+    pub mounts: Vec<String>,
+    /// `--module` names; `None` means "the site's default modules".
+    pub modules: Option<Vec<String>>,
+    /// `--no-image`: this step runs on the host even in an image job.
+    pub no_image: bool,
 }
 
-#[derive(Default)]
 struct State {
     config: Option<Config>,
     request: Request,
@@ -25,7 +38,12 @@ struct State {
 
 static STATE: Mutex<State> = Mutex::new(State {
     config: None,
-    request: Request { image: None },
+    request: Request {
+        image: None,
+        mounts: Vec::new(),
+        modules: None,
+        no_image: false,
+    },
 });
 
 fn state() -> MutexGuard<'static, State> {
@@ -38,70 +56,224 @@ pub fn set_config(config: Config) {
     state().config = Some(config);
 }
 
-/// Runs `f` on the request parsed so far.
-pub fn with_request<T>(f: impl FnOnce(&Request) -> T) -> T {
-    f(&state().request)
+/// The site config read in `slurm_spank_init`.
+pub fn config() -> Config {
+    state().config.clone().unwrap_or_default()
 }
 
-use std::os::raw::{c_char, c_int};
+/// The request as parsed so far.
+pub fn request() -> Request {
+    state().request.clone()
+}
 
-const IMAGE_OPT: c_int = 1;
+#[derive(Clone, Copy)]
+enum Opt {
+    Image = 1,
+    Mount = 2,
+    Volume = 3,
+    Module = 4,
+    NoImage = 5,
+}
 
-static IMAGE: OptionSpec = OptionSpec {
-    name: c"image",
-    arg: Some(c"REF"),
-    usage: c"[shoal] Run the job's tasks inside the container image REF: NAME[:TAG], \
+macro_rules! option {
+    ($name:ident, $opt:expr, $cname:literal, $arg:expr, $usage:literal) => {
+        static $name: OptionSpec = OptionSpec {
+            name: $cname,
+            arg: $arg,
+            usage: $usage,
+            val: $opt as c_int,
+            callback: option_callback,
+        };
+    };
+}
+
+option!(IMAGE, Opt::Image, c"image", Some(c"REF"),
+    c"[shoal] Run the job's tasks inside the container image REF: NAME[:TAG], \
 REGISTRY[:PORT]/NAME[:TAG], NAME@sha256:DIGEST, docker://..., id:DIGEST, or a path \
-to a squashfs file. Pull it first with `shoal pull REF`.",
-    val: IMAGE_OPT,
-    callback: image_callback,
-};
+to a squashfs file. Pull it first with `shoal pull REF`. Default: $SHOAL_IMAGE.");
+option!(MOUNT, Opt::Mount, c"mount", Some(c"SRC:DST[:ro]"),
+    c"[shoal] Bind host path SRC at DST inside the image (read-only with :ro). \
+Repeat the option or separate several with ';'. Default: $SHOAL_MOUNT.");
+option!(VOLUME, Opt::Volume, c"volume", Some(c"SRC:DST[:ro]"),
+    c"[shoal] Same as --mount (Shifter's spelling).");
+option!(MODULE, Opt::Module, c"module", Some(c"NAME[,NAME]"),
+    c"[shoal] Site modules to load into the image (host MPI, GPU, ...); 'none' \
+turns off the site's defaults. Default: $SHOAL_MODULE.");
+option!(NO_IMAGE, Opt::NoImage, c"no-image", None,
+    c"[shoal] Run this step on the host even though the job has an image.");
 
 pub fn register(spank: &Spank) -> Result<(), String> {
-    spank
-        .register_option(&IMAGE)
-        .map_err(|e: SpankError| format!("cannot register --image: {e}"))
+    for opt in [&IMAGE, &MOUNT, &VOLUME, &MODULE, &NO_IMAGE] {
+        spank.register_option(opt).map_err(|e| {
+            format!("cannot register --{}: {e}", opt.name.to_string_lossy())
+        })?;
+    }
+    Ok(())
 }
 
-/// Records a value for `--image`, refusing a malformed or conflicting one.
-pub fn set_image(value: Option<&str>) -> Result<(), String> {
+unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
+    // SAFETY: Slurm passes null or a NUL-terminated option value.
+    let value = unsafe { spank::optarg(optarg) };
+    crate::guard("option callback", || {
+        let mut st = state();
+        let req = &mut st.request;
+        match val {
+            v if v == Opt::Image as c_int => set_image(req, value.as_deref()),
+            v if v == Opt::Mount as c_int || v == Opt::Volume as c_int => {
+                add_mounts(req, value.as_deref().unwrap_or(""), "--mount")
+            }
+            v if v == Opt::Module as c_int => set_modules(req, value.as_deref().unwrap_or("")),
+            v if v == Opt::NoImage as c_int => {
+                req.no_image = true;
+                Ok(())
+            }
+            other => Err(format!("unknown option value {other}")),
+        }
+    })
+}
+
+/// Records `--image`, refusing a malformed or conflicting value.
+pub fn set_image(req: &mut Request, value: Option<&str>) -> Result<(), String> {
     let value = value.unwrap_or("");
-    let spec: ImageSpec = value
-        .parse()
-        .map_err(|e| format!("--image={value:?}: {e}"))?;
-    let mut st = state();
-    match &st.request.image {
+    let spec: ImageSpec = value.parse().map_err(|e| format!("--image={value:?}: {e}"))?;
+    match &req.image {
         Some(prev) if *prev != spec => Err(format!(
             "--image given twice with different values ({prev} and {spec}); give it once"
         )),
         _ => {
-            st.request.image = Some(spec);
+            req.image = Some(spec);
             Ok(())
         }
     }
 }
 
-unsafe extern "C" fn image_callback(_val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
-    // SAFETY: Slurm passes null or a NUL-terminated option value.
-    let value = unsafe { spank::optarg(optarg) };
-    crate::guard("--image", || set_image(value.as_deref()))
+/// Adds `--mount` specs (`;`-separated); the same spec twice is kept once,
+/// because Slurm may replay an option. The launcher checks each against
+/// the site's policy.
+pub fn add_mounts(req: &mut Request, value: &str, option: &str) -> Result<(), String> {
+    for spec in value.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        // The launcher's parser, so the prompt and the node agree on syntax.
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        UserMount::parse(spec, &cwd).map_err(|e| format!("{option}={spec:?}: {e}"))?;
+        if !req.mounts.iter().any(|m| m == spec) {
+            req.mounts.push(spec.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Records `--module`, refusing a conflicting repeat.
+pub fn set_modules(req: &mut Request, value: &str) -> Result<(), String> {
+    let names: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err("--module needs a name, e.g. --module=mpich, or --module=none".into());
+    }
+    match &req.modules {
+        Some(prev) if *prev != names => Err(format!(
+            "--module given twice with different values ({} and {}); give it once",
+            prev.join(","),
+            names.join(",")
+        )),
+        _ => {
+            req.modules = Some(names);
+            Ok(())
+        }
+    }
+}
+
+/// Fills what the command line left unset from `SHOAL_*` variables.
+pub fn apply_env_defaults(req: &mut Request, getenv: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    if req.image.is_none() && !req.no_image {
+        if let Some(v) = getenv("SHOAL_IMAGE").filter(|v| !v.is_empty()) {
+            set_image(req, Some(&v)).map_err(|e| format!("$SHOAL_IMAGE: {e}"))?;
+        }
+    }
+    if req.mounts.is_empty() {
+        if let Some(v) = getenv("SHOAL_MOUNT") {
+            add_mounts(req, &v, "$SHOAL_MOUNT")?;
+        }
+    }
+    if req.modules.is_none() {
+        if let Some(v) = getenv("SHOAL_MODULE").filter(|v| !v.is_empty()) {
+            set_modules(req, &v).map_err(|e| format!("$SHOAL_MODULE: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies [`apply_env_defaults`] to the process-wide request.
+pub fn apply_env_defaults_now(getenv: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    apply_env_defaults(&mut state().request, getenv)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // One test touches the process-wide state, so it runs the cases in order.
     #[test]
     fn image_values() {
-        let e = set_image(Some("::bad::")).unwrap_err();
+        let mut r = Request::default();
+        let e = set_image(&mut r, Some("::bad::")).unwrap_err();
         assert!(e.contains("--image=\"::bad::\""), "{e}");
-        assert!(set_image(Some("")).unwrap_err().contains("empty image reference"));
-        assert!(set_image(None).is_err());
-        set_image(Some("127.0.0.1:5443/shoal/busybox:1")).unwrap();
-        set_image(Some("127.0.0.1:5443/shoal/busybox:1")).unwrap();
-        let e = set_image(Some("debian:12")).unwrap_err();
+        assert!(set_image(&mut r, Some("")).unwrap_err().contains("empty image reference"));
+        assert!(set_image(&mut r, None).is_err());
+        set_image(&mut r, Some("127.0.0.1:5443/shoal/busybox:1")).unwrap();
+        set_image(&mut r, Some("127.0.0.1:5443/shoal/busybox:1")).unwrap();
+        let e = set_image(&mut r, Some("debian:12")).unwrap_err();
         assert!(e.contains("different values"), "{e}");
-        with_request(|r| assert_eq!(r.image.as_ref().unwrap().to_string(), "127.0.0.1:5443/shoal/busybox:1"));
+        assert_eq!(r.image.unwrap().to_string(), "127.0.0.1:5443/shoal/busybox:1");
+    }
+
+    #[test]
+    fn mounts_accumulate_split_and_dedupe() {
+        let mut r = Request::default();
+        add_mounts(&mut r, "/scratch:/scratch;/data:/data:ro", "--volume").unwrap();
+        add_mounts(&mut r, "/data:/data:ro", "--mount").unwrap();
+        add_mounts(&mut r, "/opt/x:/x", "--mount").unwrap();
+        assert_eq!(r.mounts, ["/scratch:/scratch", "/data:/data:ro", "/opt/x:/x"]);
+        for bad in ["/a:b", "/a:/b:perNodeCache", "/a:/b:ro:x", ":/b"] {
+            let e = add_mounts(&mut r, bad, "--mount").unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn modules_and_conflicts() {
+        let mut r = Request::default();
+        set_modules(&mut r, "mpich,gpu").unwrap();
+        set_modules(&mut r, "mpich, gpu").unwrap();
+        assert!(set_modules(&mut r, "gpu").unwrap_err().contains("different values"));
+        assert!(set_modules(&mut Request::default(), "").is_err());
+    }
+
+    #[test]
+    fn environment_defaults_fill_only_what_is_unset() {
+        let env = |k: &str| match k {
+            "SHOAL_IMAGE" => Some("debian:12".to_string()),
+            "SHOAL_MOUNT" => Some("/scratch:/scratch".to_string()),
+            "SHOAL_MODULE" => Some("mpich".to_string()),
+            _ => None,
+        };
+        let mut r = Request::default();
+        set_image(&mut r, Some("alpine:3")).unwrap();
+        apply_env_defaults(&mut r, env).unwrap();
+        assert_eq!(r.image.as_ref().unwrap().to_string(), "docker.io/library/alpine:3");
+        assert_eq!(r.mounts, ["/scratch:/scratch"]);
+        assert_eq!(r.modules.as_deref(), Some(&["mpich".to_string()][..]));
+
+        let mut r = Request { no_image: true, ..Request::default() };
+        apply_env_defaults(&mut r, env).unwrap();
+        assert!(r.image.is_none(), "--no-image must win over $SHOAL_IMAGE");
+
+        let e = apply_env_defaults(&mut Request::default(), |k| {
+            (k == "SHOAL_IMAGE").then(|| "::x".to_string())
+        })
+        .unwrap_err();
+        assert!(e.starts_with("$SHOAL_IMAGE: --image=\"::x\""), "{e}");
     }
 }

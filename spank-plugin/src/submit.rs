@@ -1,18 +1,95 @@
 //! srun, sbatch and salloc: the user is still at the prompt, so everything
-//! that can be checked is checked here and reported on their terminal.
+//! that can be checked is checked here and reported on their terminal, and
+//! the image is pinned to a digest for the whole job.
 
-use crate::options;
+use std::path::Path;
+
+use shoal::container::UserMount;
+use shoal::image::store::{Scope as StoreScope, Store};
+use shoal::ImageSpec;
+
+use crate::options::{self, Request};
+use crate::pin::{self, Pin, Scope};
 use crate::spank::Spank;
 
 /// After all options are parsed.
-pub fn post_opt(_spank: &Spank) -> Result<(), String> {
-    options::with_request(|req| match &req.image {
-        None => Ok(()),
-        // Staging and entering images on the nodes is not built yet; refuse
-        // instead of silently running the job on the host.
-        Some(image) => Err(format!(
-            "--image={image}: this Shoal build cannot run tasks inside images yet; \
-             submit without --image"
-        )),
+pub fn post_opt(spank: &Spank) -> Result<(), String> {
+    // SHOAL_* defaults come from the submitting command's own environment
+    // (spank_getenv only reads a job's environment, in slurmstepd).
+    options::apply_env_defaults_now(|name| std::env::var(name).ok())?;
+    let req = options::request();
+    let config = options::config();
+    check_request(&req, &config)?;
+    let Some(image) = req.image.as_ref().filter(|_| !req.no_image) else {
+        return Ok(());
+    };
+    let pin = pin_image(image, &config)?;
+    let value = pin.to_env();
+    // The job's environment carries the pin to every step (nested srun
+    // reuses it); the job control environment carries it to the prolog.
+    std::env::set_var(pin::ENV, &value);
+    spank
+        .job_control_setenv(pin::JOB_CONTROL_ENV, &value)
+        .map_err(|e| format!("cannot pass the image to the prolog: {e}"))?;
+    Ok(())
+}
+
+/// Checks modules and mounts against the site config now, so a typo fails
+/// at the prompt rather than on every node.
+fn check_request(req: &Request, config: &shoal::Config) -> Result<(), String> {
+    if let Some(modules) = &req.modules {
+        shoal::inject::select_modules(config, modules).map_err(|e| format!("--module={}: {e}", modules.join(",")))?;
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    for spec in &req.mounts {
+        let mount = UserMount::parse(spec, &cwd).map_err(|e| format!("--mount={spec:?}: {e}"))?;
+        mount
+            .check(&config.mounts.allowed_targets)
+            .map_err(|e| format!("--mount={spec:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Resolves `--image` to one immutable image, as the user (this process
+/// runs as the submitting user). A step inside a job whose pin came from
+/// the same `--image` reuses it: the tag may have moved since submission.
+fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
+    let requested = image.to_string();
+    if let Some(existing) = std::env::var(pin::ENV).ok().and_then(|v| Pin::from_env(&v).ok()) {
+        if existing.requested == requested {
+            return Ok(existing);
+        }
+    }
+    match image {
+        ImageSpec::File(path) => pin_file(path, requested),
+        spec => {
+            let stored = Store::open(config).resolve(spec).map_err(|e| e.to_string())?;
+            Ok(Pin {
+                requested,
+                digest: stored.digest.to_string(),
+                scope: match stored.scope {
+                    StoreScope::Site => Scope::Site,
+                    StoreScope::User => Scope::User,
+                },
+                squashfs: stored.squashfs.clone(),
+                sha256: stored.squashfs_sha256.clone(),
+                size: stored.size,
+            })
+        }
+    }
+}
+
+/// A squashfs file the user named: checked and hashed now, so every node
+/// can verify its copy; its digest is the file's own sha256.
+fn pin_file(path: &Path, requested: String) -> Result<Pin, String> {
+    let path = std::fs::canonicalize(path).map_err(|e| format!("--image={}: {e}", path.display()))?;
+    let summary = shoal::image::convert::check_squashfs(&path).map_err(|e| format!("--image={}: {e}", path.display()))?;
+    Ok(Pin {
+        requested,
+        digest: format!("sha256:{}", summary.sha256),
+        scope: Scope::User,
+        squashfs: path,
+        sha256: summary.sha256,
+        size: summary.size,
     })
 }

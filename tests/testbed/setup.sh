@@ -18,6 +18,8 @@ PACKAGES=(
     mpich libmpich-dev charliecloud
     # benchmarks and helpers
     hyperfine util-linux procps psmisc time jq
+    # ABI tests build synthetic ELF libraries (gcc, objdump)
+    gcc binutils
 )
 
 missing=()

@@ -224,4 +224,14 @@ fi
 # --- test images -----------------------------------------------------------------
 "$HERE/images.sh"
 
+# --- the site store -----------------------------------------------------------
+# Admins pull site images as root into store.site_dir; the plugin may
+# kernel-mount those. Only when installing a build (a re-pull of an
+# unchanged image is one manifest request).
+if [ -n "$install_from" ]; then
+    for img in shoal/busybox:latest shoal/debian-mpich:12; do
+        /usr/local/bin/shoal pull --site -q "$REGISTRY_ADDR/$img" || die "shoal pull --site $img failed"
+    done
+fi
+
 log "up: slurm n1..n3 idle, registry https://$REGISTRY_ADDR (CA $CA_CERT), user $TESTBED_USER"

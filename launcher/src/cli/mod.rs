@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod abi_check;
 mod config_cmd;
 mod gc;
 mod images;
@@ -14,6 +15,8 @@ mod import;
 mod inspect;
 mod pull;
 mod rm;
+mod doctor;
+mod run;
 
 /// Containers for HPC: run OCI images on Slurm clusters and laptops with no
 /// setuid binary and no daemon.
@@ -45,6 +48,12 @@ enum Command {
     Gc(gc::GcArgs),
     /// Import an OCI layout, docker-archive, directory or squashfs file.
     Import(import::ImportArgs),
+    /// Run a command in an image: `shoal run IMAGE [--] CMD [ARGS...]`.
+    Run(run::RunArgs),
+    /// Check this node (user namespaces, FUSE, squashfs, config) and say how to fix failures.
+    Doctor,
+    /// Show which host libraries of a module an image can take, and why.
+    AbiCheck(abi_check::AbiCheckArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -57,6 +66,9 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => rm::run(args, &cli.config),
         Command::Gc(args) => gc::run(args, &cli.config),
         Command::Import(args) => import::run(args, &cli.config),
+        Command::Run(args) => run::run(args, &cli.config),
+        Command::Doctor => doctor::run(&cli.config),
+        Command::AbiCheck(args) => abi_check::run(args, &cli.config),
     };
     match result {
         Ok(code) => code,

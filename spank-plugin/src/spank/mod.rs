@@ -131,6 +131,151 @@ impl Spank {
     }
 }
 
+/// Facts about the job and step, read with `spank_get_item`.
+impl Spank {
+    fn item_u32(&self, item: ffi::spank_item_t, call: &'static str) -> Result<u32, SpankError> {
+        let mut value: u32 = 0;
+        // SAFETY: for the items passed here spank.h documents a single
+        // `uint32_t *` (uid_t and gid_t are u32 on Linux) out-argument.
+        check(call, unsafe { ffi::spank_get_item(self.0, item, &mut value as *mut u32) })?;
+        Ok(value)
+    }
+
+    pub fn job_id(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_JOB_ID, "spank_get_item(S_JOB_ID)")
+    }
+
+    pub fn step_id(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_JOB_STEPID, "spank_get_item(S_JOB_STEPID)")
+    }
+
+    pub fn uid(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_JOB_UID, "spank_get_item(S_JOB_UID)")
+    }
+
+    pub fn gid(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_JOB_GID, "spank_get_item(S_JOB_GID)")
+    }
+
+    /// Number of this step's tasks on this node: exactly the number of
+    /// processes that will share the node's container.
+    pub fn local_task_count(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_JOB_LOCAL_TASK_COUNT, "spank_get_item(S_JOB_LOCAL_TASK_COUNT)")
+    }
+
+    /// Supplementary groups of the job's user, from the job credential.
+    pub fn supplementary_gids(&self) -> Result<Vec<u32>, SpankError> {
+        let mut gids: *mut u32 = std::ptr::null_mut();
+        let mut n: c_int = 0;
+        // SAFETY: S_JOB_SUPPLEMENTARY_GIDS takes (gid_t **, int *); Slurm
+        // keeps ownership of the array, which we copy out at once.
+        check("spank_get_item(S_JOB_SUPPLEMENTARY_GIDS)", unsafe {
+            ffi::spank_get_item(
+                self.0,
+                ffi::spank_item::S_JOB_SUPPLEMENTARY_GIDS,
+                &mut gids as *mut *mut u32,
+                &mut n as *mut c_int,
+            )
+        })?;
+        if gids.is_null() || n <= 0 {
+            return Ok(Vec::new());
+        }
+        // SAFETY: Slurm returned an array of n gids.
+        Ok(unsafe { std::slice::from_raw_parts(gids, n as usize) }.to_vec())
+    }
+
+    /// The step's command line (for a batch step, the script path).
+    pub fn argv(&self) -> Result<Vec<String>, SpankError> {
+        let mut argc: c_int = 0;
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: S_JOB_ARGV takes (int *, char ***); the strings stay
+        // owned by Slurm and are copied here.
+        check("spank_get_item(S_JOB_ARGV)", unsafe {
+            ffi::spank_get_item(
+                self.0,
+                ffi::spank_item::S_JOB_ARGV,
+                &mut argc as *mut c_int,
+                &mut argv as *mut *mut *mut c_char,
+            )
+        })?;
+        // SAFETY: Slurm returned argc valid strings.
+        Ok(unsafe { args(argc, argv) })
+    }
+
+    /// The environment the task will be started with (remote context).
+    pub fn job_env(&self) -> Result<Vec<(String, String)>, SpankError> {
+        let mut env: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: S_JOB_ENV takes one `char ***`; Slurm keeps ownership of
+        // the NULL-terminated array, which is copied here.
+        check("spank_get_item(S_JOB_ENV)", unsafe {
+            ffi::spank_get_item(self.0, ffi::spank_item::S_JOB_ENV, &mut env as *mut *mut *mut c_char)
+        })?;
+        let mut out = Vec::new();
+        if env.is_null() {
+            return Ok(out);
+        }
+        for i in 0.. {
+            // SAFETY: the array is NULL-terminated; every entry before the
+            // terminator is a NUL-terminated `NAME=VALUE` string.
+            let p = unsafe { *env.add(i) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: as above.
+            let kv = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+            if let Some((k, v)) = kv.split_once('=') {
+                out.push((k.to_string(), v.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a variable of the job's environment (remote context) or of the
+    /// submitting command's environment (local and allocator contexts).
+    pub fn getenv(&self, name: &str) -> Option<String> {
+        let name = CString::new(name).ok()?;
+        let mut buf = vec![0u8; 16384];
+        // SAFETY: buf is writable for its full length, which we pass.
+        let rc = unsafe {
+            ffi::spank_getenv(self.0, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int)
+        };
+        (rc == ffi::ESPANK_SUCCESS).then(|| c_buf_to_string(&buf))
+    }
+
+    /// Sets a variable in the job's environment (remote context: the tasks';
+    /// local and allocator contexts: the job or step being submitted).
+    pub fn setenv(&self, name: &str, value: &str) -> Result<(), SpankError> {
+        let (name, value) = (c_text(name), c_text(value));
+        // SAFETY: both are valid NUL-terminated strings; Slurm copies them.
+        check("spank_setenv", unsafe { ffi::spank_setenv(self.0, name.as_ptr(), value.as_ptr(), 1) })
+    }
+
+    pub fn unsetenv(&self, name: &str) -> Result<(), SpankError> {
+        let name = c_text(name);
+        // SAFETY: a valid NUL-terminated string.
+        check("spank_unsetenv", unsafe { ffi::spank_unsetenv(self.0, name.as_ptr()) })
+    }
+
+    /// Sets a variable in the job control environment, which Slurm hands to
+    /// the job prolog and epilog as `SPANK_<name>` (allocator and local).
+    pub fn job_control_setenv(&self, name: &str, value: &str) -> Result<(), SpankError> {
+        let (name, value) = (c_text(name), c_text(value));
+        // SAFETY: both are valid NUL-terminated strings; Slurm copies them.
+        check("spank_job_control_setenv", unsafe {
+            ffi::spank_job_control_setenv(self.0, name.as_ptr(), value.as_ptr(), 1)
+        })
+    }
+}
+
+fn c_buf_to_string(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn c_text(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).expect("NULs removed")
+}
+
 /// Text for Slurm's log functions: interior NULs would cut it short, so
 /// they are shown as `\0`.
 fn c_message(msg: &str) -> CString {

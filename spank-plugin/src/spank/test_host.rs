@@ -19,6 +19,11 @@ host_fn!(
     spank_context,
     spank_option_register,
     spank_strerror,
+    spank_get_item,
+    spank_getenv,
+    spank_setenv,
+    spank_unsetenv,
+    spank_job_control_setenv,
     slurm_error,
     slurm_verbose,
 );

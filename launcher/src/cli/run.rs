@@ -1,0 +1,162 @@
+//! `shoal run [OPTIONS] IMAGE [--] CMD [ARGS...]`: builds the request from
+//! the command line and the caller's identity, plans, and runs (or prints
+//! the plan with `--dry-run`). The command replaces this process.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use nix::unistd::{Gid, Group, Uid, User};
+use shoal::container::{self, EnterError, ExecError, Identity, ImageConfig, RunImage, RunRequest, Share, UserMount};
+use shoal::{Config, ImageSpec};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Print the plan (mounts in order with flags, env, ids, cwd, argv) and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Prepend the image's Entrypoint to the command.
+    #[arg(long)]
+    entrypoint: bool,
+    /// Writable root: a tmpfs over the image, discarded at exit.
+    #[arg(long)]
+    writable: bool,
+    /// Set a variable inside (wins over the image's and the caller's).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Read NAME=VALUE lines from a file (before --env settings).
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Bind a host path: SRC:DST[:ro]; repeatable.
+    #[arg(long = "mount", short = 'm', value_name = "SRC:DST[:ro]")]
+    mounts: Vec<String>,
+    /// Shifter's spelling: SRC:DST[:ro], several separated by `;`.
+    #[arg(long = "volume", value_name = "SRC:DST[:ro][;...]")]
+    volumes: Vec<String>,
+    /// Root only: run as this user (as slurmstepd does for a job).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Share one container among PEERS processes that give the same KEY
+    /// (JOB.STEP.NODENAME); the first builds it, the others join it.
+    #[arg(long, value_name = "KEY", requires = "share_peers")]
+    share_key: Option<String>,
+    /// Exactly how many processes share the container.
+    #[arg(long, value_name = "N", requires = "share_key")]
+    share_peers: Option<u32>,
+    /// A squashfs file (`/path`, `./path`) or an image reference.
+    image: String,
+    /// The command and its arguments (default: the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn identity(user: &User) -> Result<Identity> {
+    let name = std::ffi::CString::new(user.name.clone())?;
+    let gids: Vec<Gid> = if Uid::effective() == user.uid {
+        let mut g = vec![user.gid];
+        g.extend(nix::unistd::getgroups()?.into_iter().filter(|x| *x != user.gid));
+        g
+    } else {
+        nix::unistd::getgrouplist(&name, user.gid)?
+    };
+    let mut groups = Vec::new();
+    for g in gids {
+        if groups.iter().any(|(_, id)| *id == g.as_raw()) {
+            continue;
+        }
+        let n = Group::from_gid(g).ok().flatten().map(|g| g.name).unwrap_or_else(|| g.to_string());
+        groups.push((n, g.as_raw()));
+    }
+    Ok(Identity {
+        name: user.name.clone(),
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: user.dir.display().to_string(),
+        shell: user.shell.display().to_string(),
+        groups,
+    })
+}
+
+fn image(arg: &str, cwd: &Path, cfg: &Config) -> Result<RunImage> {
+    let path = match ImageSpec::from_str(arg) {
+        Ok(ImageSpec::File(p)) => p,
+        // A bare file name that exists here is a file, not a Docker Hub name.
+        _ if Path::new(arg).is_file() => PathBuf::from(arg),
+        Ok(spec) => bail!(
+            "image {spec} is not in the local store: `shoal run` takes a squashfs file path for now (e.g. ./image.sqfs)"
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    // `./x` and `a/./b` read better without the dots in messages and plans.
+    let squashfs: PathBuf = cwd.join(path).components().filter(|c| *c != std::path::Component::CurDir).collect();
+    let in_site_store = cfg
+        .store
+        .site_dir
+        .as_ref()
+        .is_some_and(|d| squashfs.starts_with(d) && !squashfs.components().any(|c| c.as_os_str() == ".."));
+    Ok(RunImage { squashfs, config: ImageConfig::default(), trusted_for_kernel_mount: in_site_store })
+}
+
+pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
+    let cfg = Config::load(config_path)?;
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let euid = Uid::effective();
+    let user = match &args.user {
+        Some(name) if !euid.is_root() => bail!("--user {name}: only root may run containers for another user"),
+        Some(name) => User::from_name(name)?.ok_or_else(|| anyhow!("--user {name}: no such user"))?,
+        None => User::from_uid(euid)?.ok_or_else(|| anyhow!("uid {euid} has no passwd entry; ask the admin to add one"))?,
+    };
+    let mut env = Vec::new();
+    for f in &args.env_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read --env-file {}", f.display()))?;
+        env.extend(container::parse_env_file(&text, &f.display().to_string())?);
+    }
+    for e in &args.env {
+        env.push(container::parse_assignment(e)?);
+    }
+    let mut mounts = Vec::new();
+    for m in &args.mounts {
+        mounts.push(UserMount::parse(m, &cwd)?);
+    }
+    for v in &args.volumes {
+        mounts.extend(UserMount::parse_volumes(v, &cwd)?);
+    }
+    let host_env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let req = RunRequest {
+        image: image(&args.image, &cwd, &cfg)?,
+        argv: args.command,
+        entrypoint: args.entrypoint,
+        user: identity(&user)?,
+        privileged: euid.is_root(),
+        cwd,
+        host_env,
+        env,
+        mounts,
+        writable: args.writable,
+    };
+    let plan = container::plan(&req, &cfg)?;
+    if args.dry_run {
+        print!("{}", plan.render());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let share = match (args.share_key, args.share_peers) {
+        (Some(key), Some(peers)) => Some(Share { key, peers }),
+        _ => None,
+    };
+    let err = match container::run(&plan, share.as_ref()) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    eprintln!("shoal: {err}");
+    // As a shell would say it: 127 not found, 126 not runnable, 125 the
+    // container itself failed.
+    Ok(ExitCode::from(match err {
+        EnterError::Exec(ExecError::NotFound(..)) => 127,
+        EnterError::Exec(ExecError::Exec(..)) => 126,
+        _ => 125,
+    }))
+}

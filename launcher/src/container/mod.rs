@@ -1,0 +1,139 @@
+//! The launcher: turns an image and a request into a running container.
+//! `shoal run` and the SPANK plugin share one code path: [`plan`] decides
+//! everything as plain data, [`enter`] makes the current process the
+//! container, [`run`] is `enter` + drop to the user + exec.
+//!
+//! Modules, in the order a container is made:
+//! - `policy`, `env`, `etc`, `plan`: deciding (pure, unit-tested as data);
+//! - `sys`: the only `unsafe` kernel calls;
+//! - `userns`: namespaces; `fuse`: the image through squashfuse_ll;
+//!   `rootfs`: image, skeleton, overlay root, mounts, pivot_root;
+//! - `share`: one container for the tasks of a node; `exec`: credentials,
+//!   capabilities, no_new_privs, execve;
+//! - `doctor`: checks a node and says how to fix what fails.
+//!
+//! # Contract for the SPANK plugin (issue 5)
+//!
+//! In `slurm_spank_task_init_privileged` (root, in the task process that
+//! slurmstepd forked, single-threaded, before slurmstepd drops to the user):
+//!
+//! ```ignore
+//! let req = RunRequest {
+//!     image: RunImage { squashfs, config, trusted_for_kernel_mount: stored.scope == Site },
+//!     argv: vec![/* unused by the plugin: Slurm execs the task's argv */ "true".into()],
+//!     entrypoint: false,
+//!     user: Identity { name, uid, gid, home, shell, groups },  // from S_JOB_UID/S_JOB_GID + getpwuid/getgrouplist
+//!     privileged: true,
+//!     cwd: job_cwd,
+//!     host_env: task_env,          // spank_getenv view of the job env
+//!     env: user_env_settings, mounts: user_mounts, writable,
+//! };
+//! let plan = shoal::container::plan(&req, &cfg)?;
+//! let share = Share { key: format!("{job}.{step}.{slurm_node_name}"), peers: local_task_count };
+//! shoal::container::enter(&plan, Some(&share))?;   // now inside; still root
+//! // apply plan.env to the task with spank_setenv/spank_unsetenv, then return:
+//! // slurmstepd drops to the user (setgid/initgroups/setuid) and execs the task
+//! // inside the container. no_new_privs is set and the bounding set is empty.
+//! ```
+//!
+//! At step exit (`slurm_spank_exit` in slurmstepd, remote context) call
+//! `shoal::container::teardown(&key, Mode::Privileged, 0)`: it removes share
+//! state a killed task may have left; it is idempotent. Containers have no
+//! other state to undo: they end with their last task, and with them their
+//! mounts, auto-clearing loop devices and FUSE server.
+
+mod env;
+mod etc;
+mod exec;
+mod fuse;
+mod plan;
+mod policy;
+mod rootfs;
+mod share;
+mod sys;
+mod userns;
+pub mod doctor;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+pub use env::{parse_assignment, parse_env_file, EnvError};
+pub use etc::Identity;
+pub use exec::ExecError;
+pub use plan::{
+    plan, Cwd, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RootFs,
+    RunImage, RunRequest,
+};
+pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
+pub use rootfs::{check_squashfs, BuildError};
+pub use share::{runtime_base, Joined, Share, ShareError};
+
+/// Why the process could not become the container.
+#[derive(Debug, thiserror::Error)]
+pub enum EnterError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+/// What [`enter`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entered {
+    /// Whether this process built the container or joined a peer's.
+    pub joined: Option<Joined>,
+    /// The working directory it is in.
+    pub cwd: PathBuf,
+}
+
+/// Makes the current process the container: namespaces entered (or joined,
+/// with `share`), image and mounts in place, root pivoted, cwd set,
+/// no_new_privs set, capability bounding set emptied. Credentials are left
+/// as they are (the plugin lets slurmstepd drop them; [`run`] drops them).
+///
+/// The process must be single-threaded (user namespaces and setns demand it).
+pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> {
+    let joined = match share {
+        None => {
+            let src = rootfs::open_sources(plan)?;
+            rootfs::build(plan, src)?;
+            None
+        }
+        Some(s) => Some(share::enter_shared(s, plan.mode, plan.identity.uid, || -> Result<(), EnterError> {
+            let src = rootfs::open_sources(plan)?;
+            rootfs::build(plan, src)?;
+            Ok(())
+        })?),
+    };
+    let cwd = match &plan.cwd.preferred {
+        Some(p) if nix::unistd::chdir(p).is_ok() => p.clone(),
+        _ => {
+            let fb = &plan.cwd.fallback;
+            if nix::unistd::chdir(fb).is_ok() {
+                fb.clone()
+            } else {
+                let _ = nix::unistd::chdir("/");
+                PathBuf::from("/")
+            }
+        }
+    };
+    exec::harden()?;
+    Ok(Entered { joined, cwd })
+}
+
+/// `shoal run`: [`enter`], drop to the user (privileged mode), clear every
+/// capability, and exec the command in place of this process. The command
+/// is the launcher's pid: signals, exit status, stdin/stdout/stderr, the
+/// terminal and the caller's process tree are exactly a bare process's.
+pub fn run(plan: &Plan, share: Option<&Share>) -> Result<Infallible, EnterError> {
+    enter(plan, share)?;
+    exec::become_user(plan)?;
+    Ok(exec::exec(plan)?)
+}
+
+/// Removes share state left for `key` (see [`share`]); idempotent.
+pub fn teardown(key: &str, mode: Mode, uid: u32) -> Result<(), ShareError> {
+    share::teardown(key, mode, uid)
+}

@@ -1,0 +1,542 @@
+//! Deciding: a [`RunRequest`] and the site [`Config`] become a [`Plan`], a
+//! plain value that says everything the container will be (which image file
+//! and how it is mounted, every mount in order with its flags, /etc entries,
+//! environment, credentials, cwd, argv). `--dry-run` prints it.
+//!
+//! Pure: no syscalls, no filesystem access, so every decision is unit-tested
+//! as data. Carrying a plan out is `rootfs.rs` / `mod.rs`.
+
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::env;
+use super::etc::Identity;
+use super::policy::{self, PolicyError, UserMount};
+use crate::config::Config;
+
+/// The image to run, as the store (or a squashfs path) hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunImage {
+    pub squashfs: PathBuf,
+    pub config: ImageConfig,
+    /// True only for files no user can have written (the site store: owned
+    /// by root, not user-writable); only those may meet the kernel's
+    /// squashfs parser. Re-checked on the opened file before a kernel mount.
+    pub trusted_for_kernel_mount: bool,
+}
+
+/// The parts of an OCI image config the launcher uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `NAME=VALUE` entries.
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub workdir: Option<String>,
+}
+
+/// Everything the caller decides; [`plan`] adds the site's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    pub image: RunImage,
+    /// CMD [ARGS...]; empty means the image's Cmd.
+    pub argv: Vec<String>,
+    /// Prepend the image's Entrypoint (`--entrypoint`).
+    pub entrypoint: bool,
+    /// Whom the container runs as.
+    pub user: Identity,
+    /// True when the caller is root acting for `user` (slurmstepd, or root
+    /// running `shoal run`): privileged mode, no user namespace.
+    pub privileged: bool,
+    /// The caller's working directory.
+    pub cwd: PathBuf,
+    /// The caller's environment.
+    pub host_env: Vec<(String, String)>,
+    /// `--env` and `--env-file` settings, in order.
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<UserMount>,
+    /// Writable root (`--writable`): a tmpfs over the image, lost at exit.
+    pub writable: bool,
+}
+
+/// How the container is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Any user: new user namespace (uid and gid mapped to themselves) and
+    /// mount namespace; image through squashfuse_ll.
+    Unprivileged,
+    /// Root acting for a user: new mount namespace only.
+    Privileged,
+}
+
+/// How the squashfs image becomes a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageMount {
+    /// `squashfuse_ll` as the user, served over a /dev/fuse descriptor
+    /// (the kernel never parses the image).
+    Fuse { squashfuse: PathBuf },
+    /// Kernel squashfs on a read-only, auto-clearing loop device.
+    KernelLoop,
+}
+
+/// The container's root: the image read-only under an overlay whose upper
+/// layer is a tmpfs, so mount targets missing in the image are created in
+/// the tmpfs; remounted read-only at the end unless `writable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFs {
+    pub squashfs: PathBuf,
+    pub via: ImageMount,
+    /// Kernel mount of a file that must be checked trusted first (false only
+    /// when the site allows kernel mounts of user images).
+    pub verify_trust: bool,
+    pub writable: bool,
+}
+
+/// Who asked for a mount; extra kinds (ABI injection) use `Other`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    System,
+    Host,
+    Home,
+    Cwd,
+    Site,
+    User,
+    Other(String),
+}
+
+/// What is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountKind {
+    /// A fresh tmpfs with this mode.
+    Tmpfs { mode: u32 },
+    /// A host file or directory. `as_user`: the source path is resolved
+    /// with the user's credentials (user-given paths: root never follows
+    /// them as root). `recursive`: submounts come along (/dev, /proc, /sys).
+    Bind { source: PathBuf, recursive: bool, as_user: bool },
+}
+
+/// One mount, applied in order after the root exists and before pivot_root.
+/// Targets are container paths; they are resolved inside the root (symlinks
+/// in the image cannot lead out) and created on the root's tmpfs layer when
+/// missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub target: PathBuf,
+    pub kind: MountKind,
+    pub read_only: bool,
+    /// nosuid,nodev (every mount but the kernel interfaces /dev, /proc, /sys).
+    pub harden: bool,
+    pub origin: Origin,
+}
+
+/// The working directory inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cwd {
+    /// Tried first: the caller's cwd, when it is bound in.
+    pub preferred: Option<PathBuf>,
+    /// The image's workdir (or `/`).
+    pub fallback: PathBuf,
+}
+
+/// Everything the container will be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub mode: Mode,
+    pub root: RootFs,
+    /// Extend freely (ABI injection appends binds); applied in order.
+    pub mounts: Vec<Mount>,
+    pub identity: Identity,
+    /// Supplementary gids for the final credentials.
+    pub groups: Vec<u32>,
+    /// Drop to the user's uid/gid/groups before exec (privileged mode).
+    pub drop_privileges: bool,
+    pub env: Vec<(String, String)>,
+    pub cwd: Cwd,
+    pub argv: Vec<String>,
+}
+
+/// Why no plan could be made; each names the input and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("site mount {entry:?} in the config is invalid: {reason}; fix [mounts] site in the Shoal config")]
+    SiteMount { entry: String, reason: String },
+    #[error("no command to run: image {image} has no Cmd; give one after the image, e.g. `shoal run IMAGE -- /bin/sh`")]
+    NoCommand { image: String },
+}
+
+/// Makes the plan: pure, decides everything.
+pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
+    let mode = if req.privileged { Mode::Privileged } else { Mode::Unprivileged };
+    let kernel = mode == Mode::Privileged
+        && (req.image.trusted_for_kernel_mount || cfg.launcher.allow_kernel_mount_of_user_images);
+    let root = RootFs {
+        squashfs: req.image.squashfs.clone(),
+        via: if kernel {
+            ImageMount::KernelLoop
+        } else {
+            ImageMount::Fuse { squashfuse: cfg.launcher.squashfuse_path() }
+        },
+        verify_trust: !cfg.launcher.allow_kernel_mount_of_user_images,
+        writable: req.writable,
+    };
+
+    let mut mounts = Vec::new();
+    let sys = |target: &str, kind: MountKind, harden: bool| Mount {
+        target: target.into(),
+        kind,
+        read_only: false,
+        harden,
+        origin: Origin::System,
+    };
+    let host_bind = |p: &str| MountKind::Bind { source: p.into(), recursive: true, as_user: false };
+    mounts.push(sys("/dev", host_bind("/dev"), false));
+    mounts.push(sys("/proc", host_bind("/proc"), false));
+    mounts.push(sys("/sys", host_bind("/sys"), false));
+    for t in ["/tmp", "/var/tmp"] {
+        mounts.push(sys(t, MountKind::Tmpfs { mode: 0o1777 }, true));
+    }
+    mounts.push(sys("/run", MountKind::Tmpfs { mode: 0o755 }, true));
+    for f in ["/etc/hosts", "/etc/resolv.conf", "/etc/localtime"] {
+        mounts.push(Mount {
+            target: f.into(),
+            kind: MountKind::Bind { source: f.into(), recursive: false, as_user: false },
+            read_only: true,
+            harden: true,
+            origin: Origin::Host,
+        });
+    }
+
+    let home = PathBuf::from(&req.user.home);
+    let home_bound = policy::same_path_bind_allowed(&home) && home.is_absolute();
+    if home_bound {
+        mounts.push(Mount {
+            target: home.clone(),
+            kind: MountKind::Bind { source: home.clone(), recursive: false, as_user: true },
+            read_only: false,
+            harden: true,
+            origin: Origin::Home,
+        });
+    }
+    let cwd_norm = policy::normalize(&req.cwd);
+    let mut cwd_visible = false;
+    if let Some(cwd) = &cwd_norm {
+        if home_bound && cwd.starts_with(&home) {
+            cwd_visible = true;
+        } else if policy::same_path_bind_allowed(cwd) {
+            mounts.push(Mount {
+                target: cwd.clone(),
+                kind: MountKind::Bind { source: cwd.clone(), recursive: false, as_user: true },
+                read_only: false,
+                harden: true,
+                origin: Origin::Cwd,
+            });
+            cwd_visible = true;
+        }
+    }
+
+    for entry in &cfg.mounts.site {
+        // The admin's own paths: trusted, and allowed anywhere.
+        let m = UserMount::parse(entry, Path::new("/")).map_err(|e| PlanError::SiteMount {
+            entry: entry.clone(),
+            reason: e.to_string(),
+        })?;
+        mounts.push(Mount {
+            target: m.target,
+            kind: MountKind::Bind { source: m.source, recursive: true, as_user: false },
+            read_only: m.read_only,
+            harden: true,
+            origin: Origin::Site,
+        });
+    }
+    for m in &req.mounts {
+        m.check(&cfg.mounts.allowed_targets)?;
+        mounts.push(Mount {
+            target: m.target.clone(),
+            kind: MountKind::Bind { source: m.source.clone(), recursive: true, as_user: true },
+            read_only: m.read_only,
+            harden: true,
+            origin: Origin::User,
+        });
+    }
+
+    let ic = &req.image.config;
+    let mut argv = Vec::new();
+    if req.entrypoint {
+        argv.extend(ic.entrypoint.iter().cloned());
+    }
+    if req.argv.is_empty() {
+        argv.extend(ic.cmd.iter().cloned());
+    } else {
+        argv.extend(req.argv.iter().cloned());
+    }
+    if argv.is_empty() {
+        return Err(PlanError::NoCommand { image: req.image.squashfs.display().to_string() });
+    }
+
+    let identity_env = vec![
+        ("HOME".to_string(), req.user.home.clone()),
+        ("USER".to_string(), req.user.name.clone()),
+        ("LOGNAME".to_string(), req.user.name.clone()),
+    ];
+    let env = env::compose(&req.host_env, &ic.env, &req.env, &cfg.env.deny, &identity_env);
+
+    Ok(Plan {
+        mode,
+        root,
+        mounts,
+        identity: req.user.clone(),
+        groups: req.user.groups.iter().map(|(_, g)| *g).collect(),
+        drop_privileges: mode == Mode::Privileged,
+        env,
+        cwd: Cwd {
+            preferred: if cwd_visible { cwd_norm } else { None },
+            fallback: ic
+                .workdir
+                .as_deref()
+                .and_then(|w| policy::normalize(Path::new(w)))
+                .unwrap_or_else(|| "/".into()),
+        },
+        argv,
+    })
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Unprivileged => "unprivileged (user + mount namespace)",
+            Mode::Privileged => "privileged (mount namespace, root acting for the user)",
+        })
+    }
+}
+
+impl Mount {
+    fn flags(&self) -> String {
+        let mut f = vec![if self.read_only { "ro" } else { "rw" }];
+        if self.harden {
+            f.extend(["nosuid", "nodev"]);
+        }
+        if let MountKind::Bind { recursive: true, .. } = self.kind {
+            f.push("rec");
+        }
+        f.join(",")
+    }
+}
+
+impl Plan {
+    /// The `--dry-run` text: one fact per line, mounts in order.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "mode     {}", self.mode);
+        let via = match &self.root.via {
+            ImageMount::Fuse { squashfuse } => format!("squashfuse_ll ({}) as uid {}", squashfuse.display(), self.identity.uid),
+            ImageMount::KernelLoop => "kernel squashfs on a read-only loop device".into(),
+        };
+        let _ = writeln!(s, "image    {} via {via}, ro,nosuid,nodev", self.root.squashfs.display());
+        let _ = writeln!(
+            s,
+            "root     overlay(image, tmpfs) nosuid,nodev, {} after setup",
+            if self.root.writable { "writable (changes lost at exit)" } else { "read-only" }
+        );
+        for (i, m) in self.mounts.iter().enumerate() {
+            let what = match &m.kind {
+                MountKind::Tmpfs { mode } => format!("tmpfs mode={mode:o}"),
+                MountKind::Bind { source, as_user, .. } => format!(
+                    "bind {}{}",
+                    source.display(),
+                    if *as_user { " (opened as the user)" } else { "" }
+                ),
+            };
+            let origin = match &m.origin {
+                Origin::System => "system".to_string(),
+                Origin::Host => "host".into(),
+                Origin::Home => "home".into(),
+                Origin::Cwd => "cwd".into(),
+                Origin::Site => "site".into(),
+                Origin::User => "user".into(),
+                Origin::Other(o) => o.clone(),
+            };
+            let _ = writeln!(
+                s,
+                "mount {:>2} {} <- {what} [{}] ({origin})",
+                i + 1,
+                m.target.display(),
+                m.flags()
+            );
+        }
+        let _ = writeln!(s, "etc      /etc/passwd += {}", self.identity.passwd_line());
+        let _ = writeln!(
+            s,
+            "etc      /etc/group += {}",
+            self.identity
+                .groups
+                .iter()
+                .map(|(n, g)| format!("{n}:{g}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "ids      uid={} gid={} groups={}{}",
+            self.identity.uid,
+            self.identity.gid,
+            self.groups.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+            if self.drop_privileges { " (dropped from root before exec)" } else { " (as outside)" }
+        );
+        let _ = writeln!(s, "security no_new_privs, all capabilities cleared (bounding set too)");
+        match &self.cwd.preferred {
+            Some(p) => {
+                let _ = writeln!(s, "cwd      {} (else {})", p.display(), self.cwd.fallback.display());
+            }
+            None => {
+                let _ = writeln!(s, "cwd      {}", self.cwd.fallback.display());
+            }
+        }
+        for (k, v) in &self.env {
+            let _ = writeln!(s, "env      {k}={v}");
+        }
+        let _ = writeln!(s, "argv     {:?}", self.argv);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            name: "alice".into(),
+            uid: 1001,
+            gid: 1001,
+            home: "/home/alice".into(),
+            shell: "/bin/bash".into(),
+            groups: vec![("alice".into(), 1001)],
+        }
+    }
+
+    fn req() -> RunRequest {
+        RunRequest {
+            image: RunImage {
+                squashfs: "/home/alice/img.sqfs".into(),
+                config: ImageConfig {
+                    env: vec!["PATH=/usr/bin:/bin".into()],
+                    entrypoint: vec!["/entry".into()],
+                    cmd: vec!["/bin/sh".into()],
+                    workdir: Some("/work".into()),
+                },
+                trusted_for_kernel_mount: false,
+            },
+            argv: vec!["id".into()],
+            entrypoint: false,
+            user: alice(),
+            privileged: false,
+            cwd: "/home/alice/proj".into(),
+            host_env: vec![("LD_PRELOAD".into(), "x".into()), ("TERM".into(), "dumb".into())],
+            env: vec![],
+            mounts: vec![],
+            writable: false,
+        }
+    }
+
+    fn targets(p: &Plan) -> Vec<String> {
+        p.mounts.iter().map(|m| m.target.display().to_string()).collect()
+    }
+
+    #[test]
+    fn unprivileged_plan_uses_fuse_and_binds_home() {
+        let p = plan(&req(), &Config::default()).unwrap();
+        assert_eq!(p.mode, Mode::Unprivileged);
+        assert!(matches!(p.root.via, ImageMount::Fuse { .. }));
+        assert!(!p.drop_privileges);
+        assert_eq!(
+            targets(&p),
+            [
+                "/dev", "/proc", "/sys", "/tmp", "/var/tmp", "/run", "/etc/hosts",
+                "/etc/resolv.conf", "/etc/localtime", "/home/alice"
+            ]
+        );
+        // cwd under $HOME needs no bind of its own.
+        assert_eq!(p.cwd.preferred.as_deref(), Some(Path::new("/home/alice/proj")));
+        assert_eq!(p.cwd.fallback, PathBuf::from("/work"));
+        assert_eq!(p.argv, ["id"]);
+        assert!(!p.env.iter().any(|(k, _)| k == "LD_PRELOAD"));
+        assert!(p.mounts.iter().filter(|m| m.origin != Origin::System).all(|m| m.harden));
+    }
+
+    #[test]
+    fn kernel_mount_only_for_trusted_images_as_root() {
+        let mut r = req();
+        r.privileged = true;
+        let cfg = Config::default();
+        assert!(matches!(plan(&r, &cfg).unwrap().root.via, ImageMount::Fuse { .. }));
+        r.image.trusted_for_kernel_mount = true;
+        let p = plan(&r, &cfg).unwrap();
+        assert_eq!(p.root.via, ImageMount::KernelLoop);
+        assert!(p.drop_privileges);
+        // Unprivileged callers never get a kernel mount, trusted or not.
+        r.privileged = false;
+        assert!(matches!(plan(&r, &cfg).unwrap().root.via, ImageMount::Fuse { .. }));
+        // The site may opt in to kernel mounts of user images.
+        let mut cfg = Config::default();
+        cfg.launcher.allow_kernel_mount_of_user_images = true;
+        r.privileged = true;
+        r.image.trusted_for_kernel_mount = false;
+        assert_eq!(plan(&r, &cfg).unwrap().root.via, ImageMount::KernelLoop);
+    }
+
+    #[test]
+    fn cwd_outside_home_is_bound_unless_reserved() {
+        let mut r = req();
+        r.cwd = "/scratch/run1".into();
+        let p = plan(&r, &Config::default()).unwrap();
+        let m = p.mounts.last().unwrap();
+        assert_eq!((m.target.to_str().unwrap(), &m.origin), ("/scratch/run1", &Origin::Cwd));
+        r.cwd = "/usr/share".into();
+        let p = plan(&r, &Config::default()).unwrap();
+        assert_eq!(p.cwd.preferred, None);
+        assert_eq!(p.cwd.fallback, PathBuf::from("/work"));
+    }
+
+    #[test]
+    fn user_mounts_are_checked_and_come_last_as_the_user() {
+        let mut r = req();
+        r.mounts = vec![UserMount::parse("/scratch:/data:ro", Path::new("/")).unwrap()];
+        let mut cfg = Config::default();
+        cfg.mounts.site = vec!["/shared/apps:/apps:ro".into()];
+        let p = plan(&r, &cfg).unwrap();
+        let n = p.mounts.len();
+        assert_eq!(p.mounts[n - 2].origin, Origin::Site);
+        assert_eq!(p.mounts[n - 1].origin, Origin::User);
+        assert!(p.mounts[n - 1].read_only);
+        assert!(matches!(p.mounts[n - 1].kind, MountKind::Bind { as_user: true, .. }));
+        assert!(matches!(p.mounts[n - 2].kind, MountKind::Bind { as_user: false, .. }));
+
+        r.mounts = vec![UserMount::parse("/x:/etc/passwd", Path::new("/")).unwrap()];
+        let e = plan(&r, &cfg).unwrap_err().to_string();
+        assert!(e.contains("refused by site policy"), "{e}");
+    }
+
+    #[test]
+    fn argv_rules() {
+        let mut r = req();
+        r.entrypoint = true;
+        assert_eq!(plan(&r, &Config::default()).unwrap().argv, ["/entry", "id"]);
+        r.argv.clear();
+        assert_eq!(plan(&r, &Config::default()).unwrap().argv, ["/entry", "/bin/sh"]);
+        r.entrypoint = false;
+        assert_eq!(plan(&r, &Config::default()).unwrap().argv, ["/bin/sh"]);
+        r.image.config.cmd.clear();
+        assert!(matches!(plan(&r, &Config::default()), Err(PlanError::NoCommand { .. })));
+    }
+
+    #[test]
+    fn render_lists_mounts_in_order_with_flags() {
+        let text = plan(&req(), &Config::default()).unwrap().render();
+        assert!(text.contains("mount  1 /dev <- bind /dev [rw,rec] (system)"), "{text}");
+        assert!(text.contains("/home/alice <- bind /home/alice (opened as the user) [rw,nosuid,nodev]"), "{text}");
+        assert!(text.contains("ids      uid=1001 gid=1001"), "{text}");
+        assert!(text.contains("argv     [\"id\"]"), "{text}");
+    }
+}

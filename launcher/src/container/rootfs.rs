@@ -1,0 +1,381 @@
+//! Doing: builds the container in the current process, in the order a reader
+//! expects: open every source (as the user where the user named it), start
+//! the image server, new namespaces, image mount, skeleton, overlay root,
+//! mounts, pivot_root.
+//!
+//! The root is an overlay of two read-only layers: a small tmpfs "skeleton"
+//! holding every mount target and the merged /etc/passwd and /etc/group, on
+//! top of the image. Targets missing in the image therefore need no write to
+//! the image, and every target path resolves through our own directories,
+//! never through a symlink the image (or a user's FUSE server) supplies.
+//! `--writable` adds a tmpfs upper layer.
+//!
+//! Must never: follow a user-named path with root's credentials, resolve a
+//! container path outside the new root, or mount the image without
+//! nosuid,nodev.
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{umount2, MntFlags};
+use nix::sys::stat::{fstat, SFlag};
+
+use super::etc;
+use super::fuse::{self, FuseError};
+use super::plan::{ImageMount, Mode, MountKind, Origin, Plan};
+use super::sys;
+use super::userns::{self, NsError};
+
+/// Why the container could not be built; each names what and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("image {path} not found: {source}; check the path, or pull the image first")]
+    ImageNotFound { path: PathBuf, source: io::Error },
+    #[error("image {path} is not a usable squashfs file ({why}); it is corrupt or incomplete: pull or build it again")]
+    ImageCorrupt { path: PathBuf, why: String },
+    #[error("image {path} is not trusted for a kernel mount ({why}); only root-owned files in root-owned, non-writable directories are")]
+    Untrusted { path: PathBuf, why: String },
+    #[error("mount source {source_path} for {target} is not accessible to {user}: {err}; check the path (it is opened with your own permissions)")]
+    Source { source_path: PathBuf, target: PathBuf, user: String, err: io::Error },
+    #[error(transparent)]
+    Namespace(#[from] NsError),
+    #[error(transparent)]
+    Fuse(#[from] FuseError),
+    #[error("squashfuse_ll could not serve image {path} ({detail}); the file is corrupt or not a squashfs image: pull or build it again")]
+    FuseServerFailed { path: PathBuf, detail: String },
+    #[error("cannot attach image {path} to a loop device: {err}; check /dev/loop-control (shoal doctor)")]
+    Loop { path: PathBuf, err: io::Error },
+    #[error("cannot {what}: {err}")]
+    Step { what: String, err: io::Error },
+}
+
+fn step(what: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let what = what.into();
+    move |err| BuildError::Step { what, err }
+}
+
+/// The image file, opened (as the user where root acts for one) and
+/// checked before anything else happens.
+pub(crate) struct Sources {
+    image: OwnedFd,
+}
+
+/// Runs `f` with this thread's effective ids switched to the user's when
+/// root builds for a user, so the kernel checks the user's permissions.
+fn as_user<T>(plan: &Plan, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let root_acting = plan.mode == Mode::Privileged && plan.identity.uid != 0;
+    if !root_acting {
+        return f();
+    }
+    let saved = nix::unistd::getgroups().map_err(io::Error::from)?;
+    let saved: Vec<u32> = saved.iter().map(|g| g.as_raw()).collect();
+    sys::thread_set_effective(plan.identity.uid, plan.identity.gid, &plan.groups)?;
+    let r = f();
+    sys::thread_restore_root(&saved).expect("restoring root's ids after opening as the user");
+    r
+}
+
+/// The squashfs superblock: magic `hsqs`, version 4, and a size that fits.
+pub fn check_squashfs(fd: BorrowedFd<'_>) -> Result<(), String> {
+    let st = fstat(fd).map_err(|e| e.to_string())?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err("not a regular file".into());
+    }
+    let mut sb = [0u8; 96];
+    let n = nix::sys::uio::pread(fd, &mut sb, 0).map_err(|e| e.to_string())?;
+    if n < 96 || &sb[0..4] != b"hsqs" {
+        return Err("no squashfs superblock".into());
+    }
+    let major = u16::from_le_bytes([sb[28], sb[29]]);
+    if major != 4 {
+        return Err(format!("squashfs version {major}, expected 4"));
+    }
+    let used = u64::from_le_bytes(sb[40..48].try_into().unwrap());
+    if used > st.st_size as u64 {
+        return Err(format!("truncated: superblock says {used} bytes, file has {}", st.st_size));
+    }
+    Ok(())
+}
+
+/// Root may kernel-mount only a regular file owned by root, writable by no
+/// one else, in directories owned by root and writable by no one else.
+fn check_trusted(fd: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
+    let st = fstat(fd).map_err(|e| e.to_string())?;
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        return Err("the file is not root-owned or is group/other-writable".into());
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        let st = nix::sys::stat::stat(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        if st.st_uid != 0 || (st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0) {
+            return Err(format!("{} is writable by users", d.display()));
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+pub(crate) fn open_sources(plan: &Plan) -> Result<Sources, BuildError> {
+    let path = &plan.root.squashfs;
+    let image = as_user(plan, || sys::openat(None, path, libc::O_RDONLY, 0))
+        .map_err(|source| BuildError::ImageNotFound { path: path.clone(), source })?;
+    check_squashfs(image.as_fd())
+        .map_err(|why| BuildError::ImageCorrupt { path: path.clone(), why })?;
+    if plan.root.via == ImageMount::KernelLoop {
+        // Decided by the plan, re-checked on the very file we opened.
+        if plan.root.verify_trust {
+            check_trusted(image.as_fd(), path)
+                .map_err(|why| BuildError::Untrusted { path: path.clone(), why })?;
+        }
+    }
+    Ok(Sources { image })
+}
+
+/// Opens every bind source. Called in the new mount namespace (a bind
+/// source must be a mount of the caller's namespace) and before the staging
+/// tmpfs covers anything.
+fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
+    let mut binds = Vec::with_capacity(plan.mounts.len());
+    for m in &plan.mounts {
+        let MountKind::Bind { source, as_user: user_path, .. } = &m.kind else {
+            binds.push(None);
+            continue;
+        };
+        let open = || sys::openat(None, source, libc::O_PATH, 0);
+        let r = if *user_path { as_user(plan, open) } else { open() };
+        match r {
+            Ok(fd) => binds.push(Some(fd)),
+            // Optional host pieces (no /etc/localtime, no home on this node).
+            Err(_) if matches!(m.origin, Origin::Host | Origin::Home | Origin::Cwd) => binds.push(None),
+            Err(err) => {
+                return Err(BuildError::Source {
+                    source_path: source.clone(),
+                    target: m.target.clone(),
+                    user: plan.identity.name.clone(),
+                    err,
+                })
+            }
+        }
+    }
+    Ok(binds)
+}
+
+const STAGE: &str = "/tmp";
+
+fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = fstat(fd).map_err(io::Error::from)?;
+    Ok(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+}
+
+/// `mkdir -p` (and a final empty file when `!dir`) inside `base`, which is
+/// our own tmpfs: nothing here comes from the image.
+fn skeleton_path(base: BorrowedFd<'_>, path: &Path, dir: bool) -> io::Result<()> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let mut cur = sys::openat(Some(base), Path::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let name = Path::new(c.as_os_str());
+        let last = i + 1 == comps.len();
+        if last && !dir {
+            match sys::openat(Some(cur.as_fd()), name, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW, 0o644) {
+                Ok(_) => return Ok(()),
+                // Already a directory there (another mount's parent): fine.
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        match sys::mkdirat(cur.as_fd(), name, 0o755) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        cur = sys::openat(Some(cur.as_fd()), name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+    }
+    Ok(())
+}
+
+/// Reads a small regular file of the image, resolved inside it; empty when
+/// absent or not a regular file.
+fn read_image_file(lower: BorrowedFd<'_>, path: &str) -> String {
+    let Ok(fd) = sys::open_in_root(lower, Path::new(path), libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
+        return String::new();
+    };
+    if is_dir(fd.as_fd()).unwrap_or(true) {
+        return String::new();
+    }
+    let mut s = String::new();
+    let _ = std::fs::File::from(fd).take(1 << 20).read_to_string(&mut s);
+    s
+}
+
+fn write_file(dir: BorrowedFd<'_>, name: &str, text: &str) -> io::Result<()> {
+    let fd = sys::openat(Some(dir), Path::new(name), libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
+    use std::io::Write;
+    std::fs::File::from(fd).write_all(text.as_bytes())
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+/// Builds the container and leaves the current process inside it (root
+/// pivoted, cwd `/`). Credentials, capabilities and cwd are the caller's job.
+pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
+    let id = &plan.identity;
+
+    // 1. The image server is forked while we are still in the host's
+    //    namespaces, so it never holds the container's alive.
+    let mut server = match &plan.root.via {
+        ImageMount::Fuse { squashfuse } => {
+            let run_as = (plan.mode == Mode::Privileged).then_some((id.uid, id.gid, plan.groups.as_slice()));
+            Some(fuse::start(squashfuse, src.image.as_fd(), run_as)?)
+        }
+        ImageMount::KernelLoop => None,
+    };
+
+    // 2. Namespaces.
+    match plan.mode {
+        Mode::Unprivileged => userns::enter_user_and_mount(id.uid, id.gid)?,
+        Mode::Privileged => userns::enter_mount()?,
+    }
+
+    let binds = open_binds(plan)?;
+
+    // 3. A private staging tmpfs (only this namespace sees it).
+    let stage = c(STAGE);
+    sys::mount(Some(c"shoal"), &stage, Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(c"mode=0700"))
+        .map_err(step("mount the staging tmpfs"))?;
+    let stage_fd = sys::openat(None, Path::new(STAGE), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the staging tmpfs"))?;
+    for d in ["lower", "skel", "root", "upper", "work"] {
+        sys::mkdirat(stage_fd.as_fd(), Path::new(d), 0o755).map_err(step(format!("create {STAGE}/{d}")))?;
+    }
+
+    // 4. The image, read-only, nosuid, nodev.
+    let lower = format!("{STAGE}/lower");
+    match server.as_mut() {
+        Some(s) => s.mount(Path::new(&lower), id.uid, id.gid)?,
+        None => {
+            let (dev, name) = sys::loop_attach(src.image.as_fd())
+                .map_err(|err| BuildError::Loop { path: plan.root.squashfs.clone(), err })?;
+            sys::mount(
+                Some(&c(&name)),
+                &c(&lower),
+                Some(c"squashfs"),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                None,
+            )
+            .map_err(|e| BuildError::ImageCorrupt { path: plan.root.squashfs.clone(), why: format!("kernel squashfs mount: {e}") })?;
+            drop(dev); // auto-clear: the loop device goes with the mount
+        }
+    }
+    drop(src.image);
+    // The first access waits for the server; a server that died reports here.
+    let lower_fd = sys::openat(None, Path::new(&lower), libc::O_PATH | libc::O_DIRECTORY, 0)
+        .and_then(|fd| fstat(fd.as_fd()).map(|_| fd).map_err(io::Error::from))
+        .map_err(|e| BuildError::FuseServerFailed {
+            path: plan.root.squashfs.clone(),
+            detail: match &server {
+                Some(s) => {
+                    let d = s.diagnostics();
+                    if d.is_empty() { e.to_string() } else { d }
+                }
+                None => e.to_string(),
+            },
+        })?;
+
+    // 5. The skeleton: every mount target, and /etc/passwd, /etc/group.
+    let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
+    for (m, s) in plan.mounts.iter().zip(&binds) {
+        let dir = match (&m.kind, s) {
+            (MountKind::Tmpfs { .. }, _) => true,
+            (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
+            (MountKind::Bind { .. }, None) => continue,
+        };
+        skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
+    }
+    skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
+    let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
+    let passwd = etc::merge_passwd(&read_image_file(lower_fd.as_fd(), "/etc/passwd"), id);
+    let group = etc::merge_group(&read_image_file(lower_fd.as_fd(), "/etc/group"), id);
+    write_file(etc_dir.as_fd(), "passwd", &passwd).map_err(step("write /etc/passwd"))?;
+    write_file(etc_dir.as_fd(), "group", &group).map_err(step("write /etc/group"))?;
+    drop(lower_fd);
+
+    // 6. The root: skeleton over image, plus a tmpfs upper when writable.
+    let mut opts = format!("lowerdir={STAGE}/skel:{lower}");
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if plan.root.writable {
+        opts.push_str(&format!(",upperdir={STAGE}/upper,workdir={STAGE}/work"));
+        if plan.mode == Mode::Unprivileged {
+            opts.push_str(",userxattr");
+        }
+    } else {
+        flags |= libc::MS_RDONLY;
+    }
+    let root_path = format!("{STAGE}/root");
+    sys::mount(Some(c"shoal"), &c(&root_path), Some(c"overlay"), flags, Some(&c(&opts)))
+        .map_err(step("mount the overlay root"))?;
+    let root = sys::openat(None, Path::new(&root_path), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the root"))?;
+
+    // 7. Mounts, in plan order, onto targets resolved inside the root.
+    for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
+        let what = || format!("mount {}", m.target.display());
+        let target = match sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // The skeleton made this target, but a tmpfs the plan
+                // mounted earlier (/run for /run/munge) now hides it: make
+                // it again inside that tmpfs, which is ours, not the image's.
+                let Some(tmpfs) = plan.mounts[..i]
+                    .iter()
+                    .rev()
+                    .find(|p| matches!(p.kind, MountKind::Tmpfs { .. }) && m.target.starts_with(&p.target))
+                else {
+                    return Err(step(what())(e));
+                };
+                let dir = match s {
+                    Some(fd) => is_dir(fd.as_fd()).map_err(step(what()))?,
+                    None => true,
+                };
+                let base = sys::open_in_root(root.as_fd(), &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step(what()))?;
+                let rel = m.target.strip_prefix(&tmpfs.target).unwrap_or(&m.target);
+                skeleton_path(base.as_fd(), rel, dir).map_err(step(what()))?;
+                sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?
+            }
+            other => other.map_err(step(what()))?,
+        };
+        let mut extra = if m.harden { libc::MS_NOSUID | libc::MS_NODEV } else { 0 };
+        if m.read_only {
+            extra |= libc::MS_RDONLY;
+        }
+        match (&m.kind, s) {
+            (MountKind::Tmpfs { mode }, _) => {
+                sys::mount(Some(c"tmpfs"), &sys::fd_path(target.as_fd()), Some(c"tmpfs"), extra, Some(&c(&format!("mode={mode:o}"))))
+                    .map_err(step(what()))?;
+            }
+            (MountKind::Bind { recursive, .. }, Some(fd)) => {
+                let rec = if *recursive { libc::MS_REC } else { 0 };
+                sys::mount(Some(&sys::fd_path(fd.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND | rec, None)
+                    .map_err(step(what()))?;
+                if extra != 0 {
+                    // Remount the new bind (reopened: the old fd is under it).
+                    let top = sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?;
+                    let keep = sys::locked_flags(fd.as_fd()).map_err(step(what()))?;
+                    sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | keep | extra, None)
+                        .map_err(step(format!("remount {} with nosuid,nodev{}", m.target.display(), if m.read_only { ",ro" } else { "" })))?;
+                }
+            }
+            (MountKind::Bind { .. }, None) => {}
+        }
+    }
+    drop(binds);
+
+    // 8. pivot_root, and the host's tree detached.
+    nix::unistd::fchdir(root.as_fd()).map_err(|e| step("enter the root")(e.into()))?;
+    sys::pivot_root_here().map_err(step("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| step("detach the host root")(e.into()))?;
+    nix::unistd::chdir("/").map_err(|e| step("chdir /")(e.into()))?;
+    let _ = root.as_raw_fd();
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The one thin layer over kernel calls that `nix` does not wrap (openat2,
+//! loop-device ioctls, per-thread credential switches, flock): every
+//! `unsafe` block of the launcher is here, each with its reason.
+//!
+//! Nothing here decides anything; callers pass exactly what to do.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// `/proc/self/fd/N`: lets path-taking calls (mount) act on exactly the
+/// file an fd refers to, whatever happened to the path since.
+pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// Opens `path` as if `root` were `/`: absolute symlinks and `..` in the
+/// image stay inside the image, magic links are refused.
+pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: if flags & libc::O_CREAT != 0 { mode as u64 } else { 0 },
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `c` and `how` outlive the call; the kernel reads `size` bytes of `how`.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Plain `openat` (relative to `dir`, which may be AT_FDCWD via `None`).
+pub fn openat(dir: Option<BorrowedFd<'_>>, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    let d = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
+    // SAFETY: `c` is a valid C string for the call's duration.
+    let fd = cvt(unsafe { libc::openat(d, c.as_ptr(), flags | libc::O_CLOEXEC, mode) } as libc::c_long)?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is a valid C string for the call's duration.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+
+/// mount(2) with C strings; `None` for NULL.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let p = |o: Option<&CStr>| o.map(|c| c.as_ptr()).unwrap_or(std::ptr::null());
+    // SAFETY: every pointer is NULL or a C string that lives across the call.
+    cvt(unsafe { libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast()) } as libc::c_long)
+        .map(drop)
+}
+
+/// Mount flags of the filesystem `fd` is on, as MS_* bits that a bind
+/// remount must keep (the kernel locks them for mounts from a more
+/// privileged namespace).
+pub fn locked_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_ulong> {
+    // SAFETY: statvfs is plain old data; fstatvfs fills it.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `s` is a valid out-pointer.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) } as libc::c_long)?;
+    let mut out = 0;
+    for (st, ms) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if s.f_flag & st != 0 {
+            out |= ms;
+        }
+    }
+    Ok(out)
+}
+
+pub fn pivot_root_here() -> io::Result<()> {
+    let dot = c".";
+    // SAFETY: two valid C strings; pivot_root(".", ".") stacks the old root
+    // on top of the new one so it can be detached right after.
+    cvt(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) }).map(drop)
+}
+
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long).map(drop)
+}
+
+/// Switches only this thread's effective ids and groups (raw syscalls, not
+/// glibc's process-wide wrappers), so root can open a path exactly as the
+/// user would and switch back. Saved ids stay 0, which keeps the permitted
+/// capabilities for the switch back.
+pub fn thread_set_effective(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the groups slice lives across the call; integer arguments otherwise.
+    unsafe {
+        cvt(libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()))?;
+        cvt(libc::syscall(libc::SYS_setresgid, -1i32, gid, -1i32))?;
+        cvt(libc::syscall(libc::SYS_setresuid, -1i32, uid, -1i32))?;
+    }
+    Ok(())
+}
+
+/// Undoes [`thread_set_effective`].
+pub fn thread_restore_root(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: as above.
+    unsafe {
+        cvt(libc::syscall(libc::SYS_setresuid, -1i32, 0, -1i32))?;
+        cvt(libc::syscall(libc::SYS_setresgid, -1i32, 0, -1i32))?;
+        cvt(libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()))?;
+    }
+    Ok(())
+}
+
+/// Blocking exclusive flock: released by the kernel when the holder dies.
+pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        // SAFETY: integer arguments only.
+        match cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } as libc::c_long) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+
+// Loop devices (linux/loop.h).
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Attaches `file` to a free loop device, read-only and auto-clearing (it
+/// detaches itself when its last mount goes), and returns the device open.
+pub fn loop_attach(file: BorrowedFd<'_>) -> io::Result<(OwnedFd, String)> {
+    let ctl = openat(None, Path::new("/dev/loop-control"), libc::O_RDWR, 0)?;
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument.
+        let n = cvt(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) } as libc::c_long)?;
+        let name = format!("/dev/loop{n}");
+        let dev = openat(None, Path::new(&name), libc::O_RDONLY, 0)?;
+        // SAFETY: all-zero is a valid LoopConfig.
+        let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
+        cfg.fd = file.as_raw_fd() as u32;
+        cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        // SAFETY: `cfg` is a valid loop_config that outlives the call.
+        match cvt(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) } as libc::c_long) {
+            Ok(_) => return Ok((dev, name)),
+            // Another process took this device between GET_FREE and CONFIGURE.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::WouldBlock, "no free loop device after 16 tries"))
+}

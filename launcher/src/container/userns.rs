@@ -1,0 +1,66 @@
+//! Namespaces: the unprivileged user namespace (the caller's uid and gid
+//! mapped to themselves, setgroups denied, no subuid ranges) plus a mount
+//! namespace, or a mount namespace alone for root.
+//!
+//! Must never map any id but the caller's own: files written inside belong
+//! to the same user outside.
+
+use std::fs;
+use std::io;
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+/// Why the namespaces could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error("user namespaces are disabled on this node ({0}): ask the admin to enable them (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0), or run through Slurm with --image")]
+    UsernsDisabled(String),
+    #[error("cannot write {file} for the user namespace: {source}")]
+    Map { file: &'static str, source: io::Error },
+    #[error("cannot create a mount namespace: {0}")]
+    Mountns(io::Error),
+    #[error("cannot make the mount namespace private: {0}")]
+    Private(io::Error),
+}
+
+fn why_disabled(e: nix::Error) -> String {
+    let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let mut why = vec![format!("unshare: {e}")];
+    if let Some(v) = read("/proc/sys/user/max_user_namespaces") {
+        why.push(format!("user.max_user_namespaces={v}"));
+    }
+    if let Some(v) = read("/proc/sys/kernel/unprivileged_userns_clone") {
+        why.push(format!("kernel.unprivileged_userns_clone={v}"));
+    }
+    if let Some(v) = read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") {
+        why.push(format!("kernel.apparmor_restrict_unprivileged_userns={v}"));
+    }
+    why.join(", ")
+}
+
+/// New user + mount namespace with `uid`/`gid` mapped to themselves.
+pub fn enter_user_and_mount(uid: u32, gid: u32) -> Result<(), NsError> {
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| NsError::UsernsDisabled(why_disabled(e)))?;
+    let write = |file: &'static str, text: String| {
+        fs::write(file, text).map_err(|source| NsError::Map { file, source })
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))?;
+    make_private()
+}
+
+/// New mount namespace only (root).
+pub fn enter_mount(/* root */) -> Result<(), NsError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| NsError::Mountns(e.into()))?;
+    make_private()
+}
+
+/// Nothing mounted from here on propagates back to the host, and host
+/// mounts do not appear inside.
+fn make_private() -> Result<(), NsError> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| NsError::Private(e.into()))
+}

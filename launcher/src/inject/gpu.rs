@@ -1,0 +1,178 @@
+//! GPU devices for a job: only the job's GPUs are bound, and
+//! `CUDA_VISIBLE_DEVICES` is renumbered to match what the container sees.
+//!
+//! Slurm gives the job's GPUs as host indices in `CUDA_VISIBLE_DEVICES`
+//! (`3,1,5`). Inside, only `/dev/nvidia1`, `/dev/nvidia3` and `/dev/nvidia5`
+//! exist, and CUDA numbers the devices it can open from 0 in host order; so
+//! host 1 is 0, host 3 is 1, host 5 is 2, and the job's own order becomes
+//! `1,0,2` (the rule Sarus established).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::InjectError;
+
+/// One per-GPU device node on the host (`/dev/nvidia3` is GPU 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuDevice {
+    pub index: u32,
+    pub host: PathBuf,
+}
+
+/// The GPUs a job gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuSelection {
+    /// Device nodes to bind, by host index.
+    pub devices: Vec<GpuDevice>,
+    /// `CUDA_VISIBLE_DEVICES` inside, when the job's GPUs were given.
+    pub cuda_visible_devices: Option<String>,
+}
+
+/// The GPU number a device node's name ends with (`nvidia3` -> 3).
+pub fn device_index(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    name[name.len() - digits..].parse().ok()
+}
+
+/// Picks the GPU device nodes for a job. `available` are the host's per-GPU
+/// nodes; `visible` is the job's `CUDA_VISIBLE_DEVICES` (None: not set, so
+/// every GPU is bound and the variable left alone).
+pub fn select_gpus(
+    available: &[GpuDevice],
+    visible: Option<&str>,
+) -> Result<GpuSelection, InjectError> {
+    let mut all = available.to_vec();
+    all.sort_by_key(|d| d.index);
+    let Some(visible) = visible.map(str::trim) else {
+        return Ok(GpuSelection {
+            devices: all,
+            cuda_visible_devices: None,
+        });
+    };
+    // Slurm sets NoDevFiles when the job has a GPU gres with no device files.
+    if visible.is_empty() || visible == "NoDevFiles" {
+        return Ok(GpuSelection {
+            devices: Vec::new(),
+            cuda_visible_devices: Some(visible.to_string()),
+        });
+    }
+    let mut order = Vec::new();
+    for item in visible.split(',').map(str::trim) {
+        let index: u32 = item.parse().map_err(|_| {
+            InjectError::Gpu(format!(
+                "CUDA_VISIBLE_DEVICES={visible}: {item:?} is not a GPU number (GPU UUIDs are not supported)"
+            ))
+        })?;
+        if !all.iter().any(|d| d.index == index) {
+            let have: Vec<String> = all.iter().map(|d| d.index.to_string()).collect();
+            return Err(InjectError::Gpu(format!(
+                "CUDA_VISIBLE_DEVICES={visible}: GPU {index} has no device node on this node (have: {})",
+                if have.is_empty() { "none".to_string() } else { have.join(",") }
+            )));
+        }
+        if !order.contains(&index) {
+            order.push(index);
+        }
+    }
+    let devices: Vec<GpuDevice> = all
+        .into_iter()
+        .filter(|d| order.contains(&d.index))
+        .collect();
+    let mut selection = GpuSelection {
+        devices,
+        cuda_visible_devices: None,
+    };
+    selection.cuda_visible_devices = Some(selection.renumber(visible)?);
+    Ok(selection)
+}
+
+impl GpuSelection {
+    /// `CUDA_VISIBLE_DEVICES` inside for a list of host GPU numbers (the
+    /// step's, or one task's when Slurm gives tasks their own): each number
+    /// becomes its position among the bound devices.
+    pub fn renumber(&self, visible: &str) -> Result<String, InjectError> {
+        let mut inside = Vec::new();
+        for item in visible.split(',').map(str::trim) {
+            let index: u32 = item.parse().map_err(|_| {
+                InjectError::Gpu(format!(
+                    "CUDA_VISIBLE_DEVICES={visible}: {item:?} is not a GPU number"
+                ))
+            })?;
+            let at = self.devices.iter().position(|d| d.index == index).ok_or_else(|| {
+                InjectError::Gpu(format!(
+                    "CUDA_VISIBLE_DEVICES={visible}: GPU {index} is not among the container's devices"
+                ))
+            })?;
+            inside.push(at.to_string());
+        }
+        Ok(inside.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpus(n: u32) -> Vec<GpuDevice> {
+        (0..n)
+            .map(|i| GpuDevice {
+                index: i,
+                host: format!("/dev/nvidia{i}").into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn renumbers_like_sarus() {
+        let s = select_gpus(&gpus(6), Some("3,1,5")).unwrap();
+        assert_eq!(s.cuda_visible_devices.as_deref(), Some("1,0,2"));
+        let idx: Vec<u32> = s.devices.iter().map(|d| d.index).collect();
+        assert_eq!(idx, [1, 3, 5]);
+    }
+
+    #[test]
+    fn tasks_are_renumbered_against_the_steps_devices() {
+        let step = select_gpus(&gpus(8), Some("6,2,4,5")).unwrap();
+        assert_eq!(step.cuda_visible_devices.as_deref(), Some("3,0,1,2"));
+        assert_eq!(step.renumber("4,5").unwrap(), "1,2");
+        assert!(step
+            .renumber("3")
+            .unwrap_err()
+            .to_string()
+            .contains("GPU 3 is not among"));
+    }
+
+    #[test]
+    fn unset_binds_all_and_leaves_the_variable() {
+        let s = select_gpus(&gpus(2), None).unwrap();
+        assert_eq!((s.devices.len(), s.cuda_visible_devices), (2, None));
+    }
+
+    #[test]
+    fn no_dev_files_binds_nothing() {
+        assert!(select_gpus(&gpus(2), Some("NoDevFiles"))
+            .unwrap()
+            .devices
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(select_gpus(&gpus(2), Some("0,7"))
+            .unwrap_err()
+            .to_string()
+            .contains("GPU 7"));
+        assert!(select_gpus(&gpus(2), Some("GPU-abc"))
+            .unwrap_err()
+            .to_string()
+            .contains("GPU-abc"));
+    }
+
+    #[test]
+    fn index_from_name() {
+        assert_eq!(device_index(Path::new("/dev/nvidia12")), Some(12));
+        assert_eq!(device_index(Path::new("/dev/nvidiactl")), None);
+    }
+}

@@ -1,0 +1,470 @@
+//! Staging: making an image available on one compute node before its tasks
+//! start, in a node-local cache.
+//!
+//! Layout, one tree per Slurm node name (the test bed runs three nodes on
+//! one kernel, and a shared filesystem path would collide the same way):
+//!
+//! ```text
+//! <cache_dir>/<node>/
+//!     .lock                      flock held while the cache changes
+//!     images/<key>.sqfs          staged images
+//!     refs/<key>/<job>           one empty file per job using the image
+//!     tmp/                       copies in progress (unique names)
+//! ```
+//!
+//! `<key>` is the image digest's hex for site images, and `u<uid>-<hex>`
+//! for images from a user's own store: those are copied with that user's
+//! credentials and owned by them (mode 0400), so one user's copy can never
+//! be served to another user, whatever digest their job claimed.
+//!
+//! A copy is verified against the squashfs checksum recorded when the image
+//! was written, and published by rename, so no reader ever sees a partial
+//! file. The cache has a size limit; images that no job references are
+//! evicted least-recently-used first. Nothing here decides *whose*
+//! credentials open the source: the caller passes an already-open reader
+//! (the plugin opens user-store files as the user).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::reference::Digest;
+
+/// Why staging failed. Each message names what failed and what to do; none
+/// of them is the node's fault, so the plugin fails the job, not the node.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("node cache {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("node cache {dir} is full while staging image {digest}; free space on that filesystem or lower `node.cache_size`")]
+    DiskFull { dir: PathBuf, digest: Digest },
+    #[error("image {digest} ({size} bytes) does not fit in the node cache limit of {limit} bytes even after evicting unused images ({in_use} bytes are in use by running jobs); raise `node.cache_size` in the Shoal config")]
+    TooSmall {
+        digest: Digest,
+        size: u64,
+        limit: u64,
+        in_use: u64,
+    },
+    #[error("image {digest}: the copy's checksum {actual} differs from the recorded {expected}; the stored image is damaged: remove it (`shoal rm`) and pull it again")]
+    Checksum {
+        digest: Digest,
+        expected: String,
+        actual: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
+    move |source| StageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What is known about an image before it is copied: its digest names the
+/// cache entry, the checksum and size were recorded when it was written.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub digest: Digest,
+    /// Hex sha256 of the squashfs file.
+    pub sha256: String,
+    pub size: u64,
+    pub owner: Owner,
+}
+
+/// Whose store an image comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The site store: one copy serves every user.
+    Site,
+    /// A user's own store (uid, gid): a copy for that user only.
+    User { uid: u32, gid: u32 },
+}
+
+impl Expected {
+    fn key(&self) -> String {
+        match self.owner {
+            Owner::Site => self.digest.hex().to_string(),
+            Owner::User { uid, .. } => format!("u{uid}-{}", self.digest.hex()),
+        }
+    }
+}
+
+/// The node-local image cache of one Slurm node.
+#[derive(Debug, Clone)]
+pub struct NodeCache {
+    root: PathBuf,
+    limit: u64,
+}
+
+/// A held cache lock; released when dropped or when the process dies.
+struct Locked(File);
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+impl NodeCache {
+    /// Opens (creating as needed) the cache of `node` under `cache_dir`.
+    pub fn open(cache_dir: &Path, node: &str, limit: u64) -> Result<NodeCache, StageError> {
+        let root = cache_dir.join(node);
+        for sub in ["images", "refs", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(NodeCache { root, limit })
+    }
+
+    fn lock(&self) -> Result<Locked, StageError> {
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // flock: released by the kernel if the holder is killed, so a
+        // cancelled job can never wedge the node's cache.
+        file.lock().map_err(io_err(&path))?;
+        Ok(Locked(file))
+    }
+
+    /// Path of a staged image (which may not exist).
+    pub fn image_path(&self, expected: &Expected) -> PathBuf {
+        self.root.join("images").join(format!("{}.sqfs", expected.key()))
+    }
+
+    /// Stages `expected` for `job`, copying from `source` unless the node
+    /// already has it. Returns the path of the staged file.
+    pub fn stage(
+        &self,
+        expected: &Expected,
+        job: u32,
+        source: impl FnOnce() -> io::Result<Box<dyn Read>>,
+    ) -> Result<PathBuf, StageError> {
+        let _lock = self.lock()?;
+        let dest = self.image_path(expected);
+        self.add_ref(&expected.key(), job)?;
+        if dest.is_file() {
+            touch(&dest);
+            return Ok(dest);
+        }
+        let result = self
+            .make_room(expected)
+            .and_then(|()| self.copy_in(expected, source, &dest));
+        if result.is_err() {
+            self.remove_ref(&expected.key(), job);
+        }
+        result.map(|()| dest)
+    }
+
+    fn add_ref(&self, key: &str, job: u32) -> Result<(), StageError> {
+        let dir = self.root.join("refs").join(key);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let file = dir.join(job.to_string());
+        File::create(&file).map_err(io_err(&file))?;
+        Ok(())
+    }
+
+    fn remove_ref(&self, key: &str, job: u32) {
+        let dir = self.root.join("refs").join(key);
+        let _ = fs::remove_file(dir.join(job.to_string()));
+        let _ = fs::remove_dir(dir); // only succeeds when no other job refers
+    }
+
+    /// Drops every reference `job` holds (the job epilog), leaving the
+    /// images for later jobs until eviction needs the space.
+    pub fn release_job(&self, job: u32) -> Result<(), StageError> {
+        let _lock = self.lock()?;
+        let refs = self.root.join("refs");
+        for entry in fs::read_dir(&refs).map_err(io_err(&refs))?.flatten() {
+            let _ = fs::remove_file(entry.path().join(job.to_string()));
+            let _ = fs::remove_dir(entry.path());
+        }
+        Ok(())
+    }
+
+    fn in_use(&self, key: &str) -> bool {
+        fs::read_dir(self.root.join("refs").join(key))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    }
+
+    /// Evicts unreferenced images, least recently used first, until the new
+    /// image fits under the limit.
+    fn make_room(&self, expected: &Expected) -> Result<(), StageError> {
+        if expected.size > self.limit {
+            return Err(StageError::TooSmall {
+                digest: expected.digest.clone(),
+                size: expected.size,
+                limit: self.limit,
+                in_use: 0,
+            });
+        }
+        let images = self.root.join("images");
+        let mut entries: Vec<(SystemTime, u64, PathBuf, bool)> = fs::read_dir(&images)
+            .map_err(io_err(&images))?
+            .flatten()
+            .filter_map(|e| {
+                let path = e.path();
+                let meta = e.metadata().ok()?;
+                let hex = path.file_stem()?.to_str()?.to_string();
+                let used = self.in_use(&hex);
+                Some((meta.modified().ok()?, meta.len(), path, used))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        entries.sort_by_key(|e| e.0);
+        for (_, len, path, used) in &entries {
+            if total + expected.size <= self.limit {
+                break;
+            }
+            if !used {
+                fs::remove_file(path).map_err(io_err(path))?;
+                total -= len;
+            }
+        }
+        if total + expected.size > self.limit {
+            let in_use = entries.iter().filter(|e| e.3).map(|e| e.1).sum();
+            return Err(StageError::TooSmall {
+                digest: expected.digest.clone(),
+                size: expected.size,
+                limit: self.limit,
+                in_use,
+            });
+        }
+        Ok(())
+    }
+
+    fn copy_in(
+        &self,
+        expected: &Expected,
+        source: impl FnOnce() -> io::Result<Box<dyn Read>>,
+        dest: &Path,
+    ) -> Result<(), StageError> {
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}.{}",
+            expected.digest.hex(),
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let result = (|| {
+            let mut reader = source().map_err(io_err(dest))?;
+            let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err(dest)(e)),
+                };
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| self.write_error(e, expected))?;
+            }
+            if let Owner::User { uid, gid } = expected.owner {
+                // Readable by its user alone (their FUSE server opens it).
+                std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
+                out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o400))
+                    .map_err(io_err(&tmp))?;
+            }
+            out.sync_all().map_err(|e| self.write_error(e, expected))?;
+            let actual = hex(&hasher.finalize());
+            if actual != expected.sha256 {
+                return Err(StageError::Checksum {
+                    digest: expected.digest.clone(),
+                    expected: expected.sha256.clone(),
+                    actual,
+                });
+            }
+            fs::rename(&tmp, dest).map_err(io_err(dest))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_error(&self, e: io::Error, expected: &Expected) -> StageError {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            StageError::DiskFull {
+                dir: self.root.clone(),
+                digest: expected.digest.clone(),
+            }
+        } else {
+            StageError::Io {
+                path: self.root.join("tmp"),
+                source: e,
+            }
+        }
+    }
+
+    /// Removes copies left in `tmp/` by stagers that died (none can be in
+    /// progress while the lock is held).
+    pub fn clean_tmp(&self) -> Result<(), StageError> {
+        let _lock = self.lock()?;
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(())
+    }
+}
+
+/// Marks an image as just used, for least-recently-used eviction.
+fn touch(path: &Path) {
+    if let Ok(f) = File::options().write(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex sha256 of a reader's bytes (what the store records for a squashfs).
+pub fn sha256_hex(mut r: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut r, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn image(byte: u8, len: usize) -> (Expected, Vec<u8>) {
+        let data = vec![byte; len];
+        let digest: Digest = format!("sha256:{:064x}", byte as u64 + 1).parse().unwrap();
+        let sha256 = sha256_hex(&data[..]).unwrap();
+        (
+            Expected {
+                digest,
+                sha256,
+                size: len as u64,
+                owner: Owner::Site,
+            },
+            data,
+        )
+    }
+
+    fn src(data: &[u8]) -> impl FnOnce() -> io::Result<Box<dyn Read>> + '_ {
+        move || Ok(Box::new(Cursor::new(data.to_vec())) as Box<dyn Read>)
+    }
+
+    #[test]
+    fn stages_once_then_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (exp, data) = image(1, 100);
+        let p = cache.stage(&exp, 7, src(&data)).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), data);
+        // A second job reuses it without reading the source.
+        let p2 = cache
+            .stage(&exp, 8, || panic!("source opened for an image already staged"))
+            .unwrap();
+        assert_eq!(p, p2);
+        assert!(p.starts_with(dir.path().join("n1")));
+    }
+
+    #[test]
+    fn nodes_have_separate_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (exp, data) = image(1, 10);
+        let a = NodeCache::open(dir.path(), "n1", 100).unwrap().stage(&exp, 1, src(&data)).unwrap();
+        let b = NodeCache::open(dir.path(), "n2", 100).unwrap().stage(&exp, 1, src(&data)).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn user_images_are_kept_apart_per_user_and_owned_by_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (site, data) = image(1, 10);
+        let me = own_ids();
+        let mine = Expected { owner: Owner::User { uid: me.0, gid: me.1 }, ..site.clone() };
+        let theirs = Expected { owner: Owner::User { uid: me.0 + 1, gid: me.1 }, ..site.clone() };
+        let p_site = cache.stage(&site, 1, src(&data)).unwrap();
+        let p_mine = cache.stage(&mine, 1, src(&data)).unwrap();
+        assert_ne!(p_site, p_mine);
+        assert_ne!(cache.image_path(&mine), cache.image_path(&theirs));
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(&p_mine).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (me.0, 0o400));
+    }
+
+    /// The test process's own uid and gid (chown to them needs no root).
+    fn own_ids() -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata("/proc/self").unwrap();
+        (meta.uid(), meta.gid())
+    }
+
+    #[test]
+    fn checksum_mismatch_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (mut exp, data) = image(1, 100);
+        exp.sha256 = "0".repeat(64);
+        let err = cache.stage(&exp, 7, src(&data)).unwrap_err();
+        assert!(matches!(err, StageError::Checksum { .. }), "{err}");
+        assert!(!cache.image_path(&exp).exists());
+        assert_eq!(fs::read_dir(dir.path().join("n1/tmp")).unwrap().count(), 0);
+        assert!(!cache.in_use(&exp.key()), "failed stage kept its reference");
+    }
+
+    #[test]
+    fn evicts_least_recently_used_unreferenced_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 250).unwrap();
+        let (a, da) = image(1, 100);
+        let (b, db) = image(2, 100);
+        let (c, dc) = image(3, 100);
+        cache.stage(&a, 1, src(&da)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.stage(&b, 2, src(&db)).unwrap();
+        cache.release_job(1).unwrap();
+        cache.release_job(2).unwrap();
+        // a is older: it goes, b stays.
+        cache.stage(&c, 3, src(&dc)).unwrap();
+        assert!(!cache.image_path(&a).exists());
+        assert!(cache.image_path(&b).exists());
+        assert!(cache.image_path(&c).exists());
+    }
+
+    #[test]
+    fn images_in_use_are_never_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 150).unwrap();
+        let (a, da) = image(1, 100);
+        let (b, db) = image(2, 100);
+        cache.stage(&a, 1, src(&da)).unwrap();
+        let err = cache.stage(&b, 2, src(&db)).unwrap_err();
+        match err {
+            StageError::TooSmall { in_use, limit, .. } => {
+                assert_eq!(in_use, 100);
+                assert_eq!(limit, 150);
+            }
+            other => panic!("{other}"),
+        }
+        assert!(cache.image_path(&a).exists());
+        assert!(!cache.image_path(&b).exists());
+    }
+
+    #[test]
+    fn image_larger_than_the_cache_is_refused_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 50).unwrap();
+        let (a, da) = image(1, 100);
+        let err = cache.stage(&a, 1, src(&da)).unwrap_err().to_string();
+        assert!(err.contains("node.cache_size"), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! The image a job is pinned to, decided once at submission and carried to
+//! every node and step.
+//!
+//! srun/sbatch/salloc resolve `--image` to a digest and write this record to
+//! the job's environment (`SHOAL_IMAGE_PIN`, inherited by every step, so a
+//! nested srun skips the lookup and a moved tag changes nothing) and to the
+//! job control environment (the prolog sees it as `SPANK_SHOAL_IMAGE_PIN`).
+//!
+//! The record comes from the user's side and is not trusted by root: for a
+//! site image only the digest is used, and the node looks it up in the site
+//! store itself; a user image is read with the user's own credentials and
+//! cached apart from other users' (see `stage.rs`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the variable in the job environment.
+pub const ENV: &str = "SHOAL_IMAGE_PIN";
+/// Name given to `spank_job_control_setenv` (the prolog reads `SPANK_` + this).
+pub const JOB_CONTROL_ENV: &str = "SHOAL_IMAGE_PIN";
+
+/// Which store the image was found in at submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The admins' store: root-owned, may be kernel-mounted.
+    Site,
+    /// The user's own store, or a squashfs file the user named.
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// `--image` as the user wrote it (matched by nested steps).
+    pub requested: String,
+    /// Image digest (`sha256:...`); names the image everywhere.
+    pub digest: String,
+    pub scope: Scope,
+    /// The squashfs file as resolved at submission.
+    pub squashfs: PathBuf,
+    /// Hex sha256 of the squashfs file, recorded when it was written.
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Pin {
+    pub fn to_env(&self) -> String {
+        serde_json::to_string(self).expect("a Pin always serializes")
+    }
+
+    pub fn from_env(value: &str) -> Result<Pin, String> {
+        let pin: Pin = serde_json::from_str(value)
+            .map_err(|e| format!("${ENV} is not a Shoal image pin ({e}); unset it and resubmit"))?;
+        pin.digest
+            .parse::<shoal::Digest>()
+            .map_err(|e| format!("${ENV}: {e}"))?;
+        Ok(pin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let pin = Pin {
+            requested: "127.0.0.1:5443/shoal/busybox".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            scope: Scope::User,
+            squashfs: "/home/alice/.local/share/shoal/x.sqfs".into(),
+            sha256: "b".repeat(64),
+            size: 42,
+        };
+        assert_eq!(Pin::from_env(&pin.to_env()).unwrap(), pin);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_fix() {
+        let e = Pin::from_env("nope").unwrap_err();
+        assert!(e.contains("SHOAL_IMAGE_PIN") && e.contains("resubmit"), "{e}");
+        let bad = r#"{"requested":"x","digest":"md5:1","scope":"site","squashfs":"/x","sha256":"","size":1}"#;
+        assert!(Pin::from_env(bad).unwrap_err().contains("invalid digest"));
+    }
+}

@@ -1,0 +1,185 @@
+//! Staging on each allocated node: the image a job is pinned to is copied
+//! into the node cache (or used in place, `node.staging = "direct"`),
+//! verified against the checksum recorded when it was written.
+//!
+//! Two callers: the job prolog stages ahead of the job (best effort: a
+//! failing prolog would drain the node, and a missing image is the job's
+//! fault, not the node's), and every task stages again before entering the
+//! image, which costs nothing when the prolog succeeded and reports the
+//! error in the job's output when it did not.
+//!
+//! Root never follows a path from a user's store as root: site images come
+//! from the configured site store, looked up by digest; user images are read
+//! through a descriptor the user opened, or by a `cat` running as the user.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use shoal::config::Staging;
+use shoal::image::store::{Scope as StoreScope, StoreRoot, StoredImage};
+use shoal::stage::{Expected, NodeCache, Owner};
+use shoal::{Config, Digest};
+
+use crate::pin::{Pin, Scope};
+
+/// The image as this node will mount it.
+pub struct Staged {
+    pub squashfs: PathBuf,
+    /// From the site store (root-owned): may be kernel-mounted.
+    pub site: bool,
+    /// The image's run settings, when known (site image, or user store
+    /// metadata read as the user).
+    pub config: Option<shoal::container::ImageConfig>,
+}
+
+/// Reads a whole file through `pread`, so every task of a step can copy
+/// from the one descriptor `user_init` opened without sharing an offset.
+pub struct ReadAt {
+    file: File,
+    offset: u64,
+}
+
+impl ReadAt {
+    pub fn new(file: File) -> ReadAt {
+        ReadAt { file, offset: 0 }
+    }
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Looks a pinned image up in the site store, as root. Only the digest of
+/// the pin is used: the rest of it came from the user.
+pub fn site_image(config: &Config, pin: &Pin) -> Result<StoredImage, String> {
+    let dir = config
+        .store
+        .site_dir
+        .clone()
+        .ok_or_else(|| format!("image {} was found in a site store at submission, but this node's Shoal config has no `store.site_dir`", pin.requested))?;
+    let digest: Digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
+    StoreRoot::new(dir.clone(), StoreScope::Site)
+        .image(&digest)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "image {} ({}) is not in the site store {} on this node; ask the admins to pull it there, or pull it into your own store",
+                pin.requested,
+                pin.digest,
+                dir.display()
+            )
+        })
+}
+
+fn node_cache(config: &Config, node: &str) -> Result<NodeCache, String> {
+    NodeCache::open(&config.node.cache_dir, node, config.node.cache_size.0).map_err(|e| e.to_string())
+}
+
+/// Stages a site image (any context running as root).
+pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<Staged, String> {
+    let stored = site_image(config, pin)?;
+    let run_config = Some(shoal::resolve::run_config(&stored.config));
+    if config.node.staging == Staging::Direct {
+        return Ok(Staged { squashfs: stored.squashfs, site: true, config: run_config });
+    }
+    let expected = Expected {
+        digest: stored.digest.clone(),
+        sha256: stored.squashfs_sha256.clone(),
+        size: stored.size,
+        owner: Owner::Site,
+    };
+    let source = stored.squashfs.clone();
+    let path = node_cache(config, node)?
+        .stage(&expected, job, move || Ok(Box::new(File::open(&source)?) as Box<dyn Read>))
+        .map_err(|e| e.to_string())?;
+    Ok(Staged { squashfs: path, site: true, config: run_config })
+}
+
+/// Stages a user image from `source`, which reads the user's file with the
+/// user's credentials.
+pub fn stage_user(
+    config: &Config,
+    node: &str,
+    job: u32,
+    pin: &Pin,
+    owner: (u32, u32),
+    source: impl FnOnce() -> io::Result<Box<dyn Read>>,
+) -> Result<PathBuf, String> {
+    if config.node.staging == Staging::Direct {
+        return Ok(pin.squashfs.clone());
+    }
+    let expected = Expected {
+        digest: pin.digest.parse().map_err(|e| format!("{e}"))?,
+        sha256: pin.sha256.clone(),
+        size: pin.size,
+        owner: Owner::User { uid: owner.0, gid: owner.1 },
+    };
+    node_cache(config, node)?.stage(&expected, job, source).map_err(|e| e.to_string())
+}
+
+/// The job prolog: stage ahead of the job. Never fails the prolog (that
+/// would drain the node); problems are logged and met again, with a
+/// message in the job's output, when the tasks stage.
+pub fn prolog(config: &Config, job: u32, uid: u32, gid: u32) -> Result<(), String> {
+    let Ok(value) = std::env::var(format!("SPANK_{}", crate::pin::JOB_CONTROL_ENV)) else {
+        return Ok(()); // not an image job
+    };
+    let pin = Pin::from_env(&value)?;
+    let node = crate::job::node_name()?;
+    match pin.scope {
+        Scope::Site => stage_site(config, &node, job, &pin).map(|_| ()),
+        Scope::User => {
+            let path = pin.squashfs.clone();
+            stage_user(config, &node, job, &pin, (uid, gid), move || cat_as_user(&path, uid, gid)).map(|_| ())
+        }
+    }
+}
+
+/// Streams a file through `cat` running as the user: the path is resolved
+/// with the user's credentials, never root's.
+fn cat_as_user(path: &std::path::Path, uid: u32, gid: u32) -> io::Result<Box<dyn Read>> {
+    // std drops supplementary groups (setgroups(0)) when it changes the uid
+    // as root, so the reader has exactly the user's uid and primary gid.
+    let child = Command::new("/bin/cat")
+        .arg("--")
+        .arg(path)
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_clear()
+        .spawn()?;
+    Ok(Box::new(ChildReader(child)))
+}
+
+/// A child's stdout that reports the child's failure at the end of input.
+struct ChildReader(std::process::Child);
+
+impl Read for ChildReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.stdout.as_mut().expect("piped").read(buf)?;
+        if n == 0 {
+            let status = self.0.wait()?;
+            if !status.success() {
+                return Err(io::Error::other(format!("reading the image as the user failed ({status})")));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for ChildReader {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,205 @@
+//! slurmstepd: every task of an image step enters the node's container for
+//! that step, as the step's user, before Slurm execs the task's command.
+//!
+//! - `user_init` (slurmstepd, with the user's effective ids): opens a
+//!   user-store image and its metadata with the user's own credentials.
+//!   Its errors are held, not returned: srun does not show them.
+//! - `task_init_privileged` (the forked task, still root): reports a held
+//!   error where the user sees it, stages the image on this node, then
+//!   makes or joins the container of (job, step, node) with exactly Slurm's
+//!   local task count as peers, and sets the task's environment. Slurm then
+//!   drops to the user and execs the command inside.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use shoal::container::{self, Mount, MountKind, Origin, RunImage, RunRequest, Share, UserMount};
+use shoal::image::store::ImageMeta;
+
+use crate::options;
+use crate::pin::{self, Pin, Scope};
+use crate::spank::{self, Spank};
+use crate::stage::{self, ReadAt, Staged};
+use crate::{job, TAG};
+
+#[derive(Default)]
+struct Step {
+    pin: Option<Pin>,
+    /// The user's image file, opened as the user.
+    user_file: Option<File>,
+    user_config: Option<container::ImageConfig>,
+    /// An error from `user_init`, reported by the tasks.
+    held: Option<String>,
+}
+
+static STEP: Mutex<Option<Step>> = Mutex::new(None);
+
+fn step() -> MutexGuard<'static, Option<Step>> {
+    STEP.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether this step runs in an image.
+fn wanted() -> bool {
+    let req = options::request();
+    req.image.is_some() && !req.no_image
+}
+
+pub fn user_init(spank: &Spank) -> Result<(), String> {
+    if !wanted() {
+        return Ok(());
+    }
+    let mut state = Step::default();
+    if let Err(e) = open_as_user(spank, &mut state) {
+        state.held = Some(e);
+    }
+    *step() = Some(state);
+    Ok(())
+}
+
+fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
+    let value = spank.getenv(pin::ENV).ok_or_else(|| {
+        format!(
+            "the job asked for an image but its environment has no ${}; submit with the default --export=ALL \
+             (or keep ${} in the exported variables)",
+            pin::ENV,
+            pin::ENV
+        )
+    })?;
+    let pin = Pin::from_env(&value)?;
+    if pin.scope == Scope::User {
+        let file = File::open(&pin.squashfs).map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
+        state.user_file = Some(file);
+        state.user_config = read_meta(&pin.squashfs, &pin.digest);
+    }
+    state.pin = Some(pin);
+    Ok(())
+}
+
+/// Run settings of a user-store image, from the `meta.json` beside it.
+fn read_meta(squashfs: &Path, digest: &str) -> Option<container::ImageConfig> {
+    let text = std::fs::read_to_string(squashfs.parent()?.join("meta.json")).ok()?;
+    let meta: ImageMeta = serde_json::from_str(&text).ok()?;
+    (meta.digest.as_str() == digest).then(|| shoal::resolve::run_config(&meta.config))
+}
+
+pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
+    let mut guard = step();
+    let Some(state) = guard.as_mut() else { return Ok(()) };
+    if let Some(e) = state.held.take() {
+        return Err(e);
+    }
+    let Some(pin) = state.pin.clone() else { return Ok(()) };
+    let config = options::config();
+    let node = job::node_name()?;
+    let job_id = spank.job_id().map_err(|e| e.to_string())?;
+    let step_id = spank.step_id().map_err(|e| e.to_string())?;
+    let user = job::identity(spank)?;
+
+    let staged = match pin.scope {
+        Scope::Site => stage::stage_site(&config, &node, job_id, &pin)?,
+        Scope::User => {
+            let file = state
+                .user_file
+                .as_ref()
+                .ok_or("the user's image was not opened")?
+                .try_clone()
+                .map_err(|e| e.to_string())?;
+            let path = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
+                Ok(Box::new(ReadAt::new(file)) as Box<dyn std::io::Read>)
+            })?;
+            Staged { squashfs: path, site: false, config: state.user_config.clone() }
+        }
+    };
+    drop(guard);
+
+    let host_env = spank.job_env().map_err(|e| e.to_string())?;
+    let cwd = working_dir(&host_env);
+    let mounts = options::request()
+        .mounts
+        .iter()
+        .map(|spec| UserMount::parse(spec, &cwd).map_err(|e| format!("--mount={spec:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = RunRequest {
+        image: RunImage {
+            squashfs: staged.squashfs,
+            config: staged.config.unwrap_or_default(),
+            trusted_for_kernel_mount: staged.site,
+        },
+        // Slurm execs the task's own argv; the plan's is not used.
+        argv: vec!["/bin/true".into()],
+        entrypoint: false,
+        user,
+        privileged: true,
+        cwd,
+        host_env: host_env.clone(),
+        env: Vec::new(),
+        mounts,
+        writable: false,
+    };
+    let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
+    add_slurm_binds(&mut plan, spank, step_id, &config)?;
+    let share = Share {
+        key: job::share_key(job_id, step_id, &node),
+        peers: spank.local_task_count().map_err(|e| e.to_string())?,
+    };
+    let entered = container::enter(&plan, Some(&share)).map_err(|e| format!("image {}: {e}", pin.requested))?;
+    spank::log_verbose(&format!("{TAG}: task in image {} ({}), cwd {}", pin.requested, pin.digest, entered.cwd.display()));
+    apply_env(spank, &host_env, &plan.env)
+}
+
+/// The task's working directory as Slurm will set it (srun's cwd, or the
+/// batch job's submit directory).
+fn working_dir(env: &[(String, String)]) -> PathBuf {
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| PathBuf::from(v));
+    std::env::current_dir()
+        .ok()
+        .filter(|d| d != Path::new("/"))
+        .or_else(|| get("PWD"))
+        .or_else(|| get("SLURM_SUBMIT_DIR"))
+        .unwrap_or_else(|| "/".into())
+}
+
+/// What a task inside needs from the host to go on being a Slurm task: the
+/// batch script itself (it lives in slurmd's spool), and the Slurm client,
+/// config and munge socket so `srun` works inside (`slurm.host_paths`).
+fn add_slurm_binds(plan: &mut container::Plan, spank: &Spank, step: u32, config: &shoal::Config) -> Result<(), String> {
+    let mut binds: Vec<(PathBuf, &str)> = Vec::new();
+    if job::is_batch(step) {
+        let argv = spank.argv().map_err(|e| e.to_string())?;
+        if let Some(dir) = argv.first().and_then(|s| Path::new(s).parent()) {
+            binds.push((dir.to_path_buf(), "batch script"));
+        }
+    }
+    for p in &config.slurm.host_paths {
+        if p.exists() {
+            binds.push((p.clone(), "Slurm client"));
+        }
+    }
+    for (path, why) in binds {
+        plan.mounts.push(Mount {
+            target: path.clone(),
+            kind: MountKind::Bind { source: path, recursive: false, as_user: false },
+            read_only: true,
+            harden: true,
+            origin: Origin::Other(why.into()),
+        });
+    }
+    Ok(())
+}
+
+/// Makes the task's environment the plan's: variables the plan dropped
+/// (host loader settings, ...) are unset, new and changed ones set.
+fn apply_env(spank: &Spank, before: &[(String, String)], after: &[(String, String)]) -> Result<(), String> {
+    for (k, _) in before {
+        if !after.iter().any(|(a, _)| a == k) {
+            spank.unsetenv(k).map_err(|e| e.to_string())?;
+        }
+    }
+    for (k, v) in after {
+        if !before.iter().any(|(b, bv)| b == k && bv == v) {
+            spank.setenv(k, v).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! The launcher driven for real: `shoal run` and `shoal doctor` with user and
+//! mount namespaces, squashfuse_ll and kernel loop mounts, as the
+//! unprivileged user and as root acting for that user (as slurmstepd does).
+//!
+//! After every run the tests check that nothing is left: no squashfuse_ll
+//! serving the image, no loop device on it, no container mount in the
+//! host's mountinfo.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::{fails, ok, repo_root, testbed, Testbed};
+
+const FIXTURES: &str = "/var/lib/shoal-testbed/launcher";
+
+/// Builds the squashfs fixtures once and writes a config whose site store
+/// is a root-owned directory of them.
+fn fixtures() -> &'static Path {
+    static DONE: OnceLock<PathBuf> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let tb = testbed();
+        let script = repo_root().join("tests/testbed/launcher-fixtures.sh");
+        ok(&tb.root(&format!(
+            "bash {} {FIXTURES} && mkdir -p {FIXTURES}/site && chmod 755 {FIXTURES}/site && \
+             printf '[store]\\nsite_dir = \"{FIXTURES}/site\"\\n' > {FIXTURES}/shoal.toml",
+            script.display()
+        )));
+        PathBuf::from(FIXTURES)
+    })
+}
+
+fn shoal(tb: &Testbed) -> String {
+    format!("{} --config {}/shoal.toml", tb.shoal().display(), fixtures().display())
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh copy of the busybox image owned by the user, in a fresh
+/// directory of theirs; each test has its own file so the leftover checks
+/// see only its own runs.
+fn user_image(tb: &Testbed, name: &str) -> (PathBuf, PathBuf) {
+    let dir = tb.user_tempdir(name);
+    let img = dir.join("busybox.sqfs");
+    ok(&tb.root(&format!(
+        "install -o {u} -g {u} -m 0644 {}/busybox.sqfs {}",
+        fixtures().display(),
+        img.display(),
+        u = tb.user
+    )));
+    (dir, img)
+}
+
+/// A fresh root-owned copy in the site store (trusted for kernel mounts).
+fn site_image(name: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let img = fixtures().join(format!("site/{name}-{}-{n}.sqfs", std::process::id()));
+    std::fs::copy(fixtures().join("busybox.sqfs"), &img).unwrap();
+    img
+}
+
+/// squashfuse_ll processes (not zombies) serving `image`.
+fn fuse_servers(image: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if !stat.contains("(squashfuse_ll)") || stat.contains(") Z ") {
+            continue;
+        }
+        if std::fs::read_link(format!("/proc/{pid}/fd/4")).ok().as_deref() == Some(image) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Loop devices backed by `image`.
+fn loops_on(image: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let f = e.path().join("loop/backing_file");
+        if std::fs::read_to_string(&f).map(|s| s.trim() == image.to_str().unwrap()).unwrap_or(false) {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until no FUSE server or loop device is left for `image`
+/// and checks the host's mount table never saw a container mount.
+#[track_caller]
+fn assert_clean(image: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (f, l) = (fuse_servers(image), loops_on(image));
+        if f.is_empty() && l.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left over for {}: fuse servers {f:?}, loop devices {l:?}", image.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mi.lines() {
+        assert!(!line.contains(image.to_str().unwrap()), "host mountinfo has {line}");
+        assert!(!line.contains(" - overlay shoal "), "host mountinfo has a container root: {line}");
+    }
+}
+
+fn user_run(tb: &Testbed, dir: &Path, args: &str) -> std::process::Output {
+    tb.user(&format!("cd {} && {} run {args}", dir.display(), shoal(tb)))
+}
+
+#[test]
+fn image_files_are_visible_and_id_inside_equals_id_outside() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "visible");
+    let outside = ok(&tb.user("id"));
+    let out = ok(&user_run(tb, &dir, "./busybox.sqfs -- sh -c 'cat /etc/shoal-test-image; id; pwd'"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "shoal launcher test image");
+    assert_eq!(lines[1], outside.trim(), "id differs inside");
+    assert_eq!(lines[2], dir.to_str().unwrap(), "cwd not kept");
+    assert_clean(&img);
+
+    // Root acting for the user (privileged mode), same image file.
+    let out = ok(&tb.root(&format!(
+        "cd {} && {} run --user {} ./busybox.sqfs -- sh -c 'cat /etc/shoal-test-image; id'",
+        dir.display(),
+        shoal(tb),
+        tb.user
+    )));
+    assert!(out.contains("shoal launcher test image"), "{out}");
+    assert!(out.contains(outside.trim()), "as root for the user: {out}");
+    assert_clean(&img);
+}
+
+#[test]
+fn files_created_in_bound_directories_belong_to_the_user() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "owner");
+    ok(&user_run(tb, &dir, "./busybox.sqfs -- sh -c 'echo x > made-inside; mkdir d-inside'"));
+    ok(&tb.root(&format!(
+        "cd {} && {} run --user {} ./busybox.sqfs -- touch made-by-root-run",
+        dir.display(),
+        shoal(tb),
+        tb.user
+    )));
+    let out = ok(&tb.root(&format!("stat -c '%U:%G %n' {0}/made-inside {0}/d-inside {0}/made-by-root-run", dir.display())));
+    for line in out.lines() {
+        assert!(line.starts_with(&format!("{0}:{0} ", tb.user)), "{line}");
+    }
+    assert_clean(&img);
+}
+
+#[test]
+fn setuid_binary_in_the_image_gains_nothing() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "suid");
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    let cmd = "./busybox.sqfs -- sh -c 'ls -l /usr/bin/busybox-suid; /usr/bin/busybox-suid id -u; /usr/bin/busybox-suid id -u -r; grep -E \"^(NoNewPrivs|CapEff|CapBnd)\" /proc/self/status'";
+    for out in [
+        ok(&user_run(tb, &dir, cmd)),
+        ok(&tb.root(&format!("cd {} && {} run --user {} {cmd}", dir.display(), shoal(tb), tb.user))),
+    ] {
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("-rws"), "fixture lost its setuid bit: {out}");
+        assert_eq!(lines[1], uid, "setuid raised the euid: {out}");
+        assert_eq!(lines[2], uid, "{out}");
+        assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+        assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+        assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
+    }
+    assert_clean(&img);
+}
+
+#[test]
+fn exit_codes_and_signals_pass_through() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "signals");
+    let s = shoal(tb);
+    let script = format!(
+        r#"cd {dir}
+set -m   # job control: background jobs get SIGINT like foreground ones
+{s} run ./busybox.sqfs -- sh -c 'exit 7'; echo "exit=$?"
+{s} run ./busybox.sqfs -- sh -c 'kill -TERM $$'; echo "self-term=$?"
+{s} run ./busybox.sqfs -- no-such-command; echo "notfound=$?"
+for sig in TERM INT; do
+  rm -f ready
+  {s} run ./busybox.sqfs -- sh -c "trap 'echo trapped-$sig; exit 42' $sig; touch ready; while :; do sleep 0.05; done" & p=$!
+  until [ -e ready ]; do sleep 0.02; done
+  kill -$sig $p; wait $p; echo "$sig=$?"
+done
+rm -f ready
+{s} run ./busybox.sqfs -- sh -c 'touch ready; exec sleep 100' & p=$!
+until [ -e ready ]; do sleep 0.02; done
+kill -KILL $p; wait $p; echo "KILL=$?"
+"#,
+        dir = dir.display()
+    );
+    let out = ok(&tb.user(&script));
+    for want in ["exit=7", "self-term=143", "notfound=127", "trapped-TERM", "TERM=42", "trapped-INT", "INT=42", "KILL=137"] {
+        assert!(out.lines().any(|l| l == want), "missing {want} in:\n{out}");
+    }
+    assert_clean(&img);
+}
+
+#[test]
+fn stdin_and_tty_pass_through() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "tty");
+    let out = ok(&tb.user(&format!(
+        "cd {} && echo from-stdin | {s} run ./busybox.sqfs -- cat && script -qec '{s} run ./busybox.sqfs -- tty' /dev/null",
+        dir.display(),
+        s = shoal(tb)
+    )));
+    assert!(out.contains("from-stdin"), "{out}");
+    assert!(out.contains("/dev/pts/"), "no tty inside: {out}");
+    assert_clean(&img);
+}
+
+#[test]
+fn mounts_env_and_cwd_follow_the_request_and_the_policy() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "mounts");
+    ok(&tb.user(&format!("cd {} && mkdir -p data && echo payload > data/f && printf 'FROM_FILE=1\\n# c\\n' > e.env", dir.display())));
+    let d = dir.display();
+    let out = ok(&tb.user(&format!(
+        "cd {d} && LD_PRELOAD=/nonexistent.so {s} run --env A=b --env-file e.env \
+         --mount {d}/data:/data:ro --volume '{d}/data:/new/deep/target;{d}/data:/vol2' ./busybox.sqfs -- \
+         sh -c 'cat /data/f /new/deep/target/f /vol2/f; echo A=$A FROM_FILE=$FROM_FILE LD=${{LD_PRELOAD:-unset}} PATH=$PATH; \
+         touch /data/x 2>/dev/null && echo data-writable || echo data-ro; touch /etc/x 2>/dev/null && echo root-writable || echo root-ro; \
+         touch /tmp/x && echo tmp-writable'",
+        s = shoal(tb)
+    )));
+    assert_eq!(out.matches("payload").count(), 3, "{out}");
+    assert!(out.contains("A=b FROM_FILE=1 LD=unset PATH=/usr/local/sbin:"), "{out}");
+    for want in ["data-ro", "root-ro", "tmp-writable"] {
+        assert!(out.lines().any(|l| l == want), "missing {want}: {out}");
+    }
+    // --writable: the root takes writes, lost at exit.
+    let out = ok(&user_run(tb, &dir, "--writable ./busybox.sqfs -- sh -c 'mkdir -p /opt/new && echo ok > /tmp/../opt/new/f && cat /opt/new/f'"));
+    assert_eq!(out.trim(), "ok");
+    // A cwd that is not visible inside falls back to the image's workdir (/).
+    let out = ok(&tb.user(&format!("cd /usr/share && {} run {}/busybox.sqfs -- pwd", shoal(tb), d)));
+    assert_eq!(out.trim(), "/");
+    assert_clean(&img);
+}
+
+#[test]
+fn policy_refusals_and_bad_input_get_one_line_with_the_fix() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "policy");
+    for (args, says) in [
+        ("--mount /tmp:/etc/x ./busybox.sqfs -- true", "refused by site policy: targets under /etc"),
+        ("--volume '/tmp:/data;/tmp:/usr/local' ./busybox.sqfs -- true", "targets under /usr"),
+        ("--mount /tmp:/proc ./busybox.sqfs -- true", "targets under /proc"),
+        ("--mount /tmp:/data:perNodeCache ./busybox.sqfs -- true", "only `ro` and `rw`"),
+        ("--mount /nonexistent:/data ./busybox.sqfs -- true", "mount source /nonexistent for /data is not accessible to alice"),
+        ("--env 1A=b ./busybox.sqfs -- true", "invalid environment setting"),
+        ("./missing.sqfs -- true", "missing.sqfs not found"),
+        ("debian:12 -- true", "is not in the local store"),
+        ("/etc/passwd -- true", "not a usable squashfs file"),
+        (&format!("{FIXTURES}/corrupt.sqfs -- true"), "corrupt"),
+    ] {
+        let err = fails(&user_run(tb, &dir, args));
+        assert!(err.contains(says), "{args}: expected {says:?} in:\n{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args}: not one line:\n{err}");
+    }
+    // squashfuse_ll missing: a site config that points elsewhere.
+    let cfg = dir.join("nosq.toml");
+    ok(&tb.user(&format!("printf '[launcher]\\nsquashfuse = \"/nonexistent/squashfuse_ll\"\\n' > {}", cfg.display())));
+    let err = fails(&tb.user(&format!(
+        "cd {} && {} --config {} run ./busybox.sqfs -- true",
+        dir.display(),
+        tb.shoal().display(),
+        cfg.display()
+    )));
+    assert!(err.contains("squashfuse_ll not found at /nonexistent/squashfuse_ll: install the `squashfuse` package"), "{err}");
+    // A user may not run containers for someone else.
+    let err = fails(&user_run(tb, &dir, "--user root ./busybox.sqfs -- true"));
+    assert!(err.contains("only root may"), "{err}");
+    assert_clean(&img);
+}
+
+#[test]
+fn dry_run_prints_the_plan() {
+    let tb = testbed();
+    let (dir, _img) = user_image(tb, "dryrun");
+    let out = ok(&user_run(tb, &dir, "--dry-run --mount /tmp:/data:ro --env X=1 ./busybox.sqfs -- /bin/echo hi"));
+    for want in [
+        "mode     unprivileged",
+        "via squashfuse_ll",
+        "/dev <- bind /dev [rw,rec] (system)",
+        "/tmp <- tmpfs mode=1777 [rw,nosuid,nodev] (system)",
+        "/data <- bind /tmp (opened as the user) [ro,nosuid,nodev,rec] (user)",
+        "ids      uid=1001 gid=1001",
+        "env      X=1",
+        "argv     [\"/bin/echo\", \"hi\"]",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // As root for the user with a site-store image: a kernel mount.
+    let site = site_image("dryrun");
+    let out = ok(&tb.root(&format!("{} run --dry-run --user {} {} -- true", shoal(tb), tb.user, site.display())));
+    assert!(out.contains("mode     privileged"), "{out}");
+    assert!(out.contains("kernel squashfs on a read-only loop device"), "{out}");
+    assert!(out.contains("(dropped from root before exec)"), "{out}");
+    std::fs::remove_file(site).unwrap();
+}
+
+#[test]
+fn root_kernel_mounts_only_site_images_and_serves_user_images_as_the_user() {
+    let tb = testbed();
+    let s = shoal(tb);
+    // Site image: loop device while it runs, none after.
+    let site = site_image("kernel");
+    let dir = tb.user_tempdir("kernel");
+    let script = format!(
+        "cd {d} && {{ {s} run --user {u} {img} -- sh -c 'touch {d}/ready; exec sleep 100' >/dev/null 2>&1 & echo $! > pid; }}; \
+         until [ -e ready ]; do sleep 0.02; done; \
+         for f in /sys/block/loop*/loop/backing_file; do grep -qx {img} $f && echo loop-in-use; done; \
+         kill $(cat pid); true",
+        d = dir.display(),
+        u = tb.user,
+        img = site.display()
+    );
+    let out = ok(&tb.root(&script));
+    assert!(out.contains("loop-in-use"), "no loop device for the site image:\n{out}");
+    assert_clean(&site);
+    std::fs::remove_file(&site).unwrap();
+
+    // User image, root acting for the user: squashfuse_ll runs as the user.
+    let (dir, img) = user_image(tb, "fuse-as-user");
+    ok(&tb.root(&format!(
+        "cd {d} && {{ {s} run --user {u} ./busybox.sqfs -- sh -c 'touch {d}/ready; exec sleep 100' >/dev/null 2>&1 & echo $! > pid; }}; \
+         until [ -e ready ]; do sleep 0.02; done",
+        d = dir.display(),
+        u = tb.user
+    )));
+    let servers = fuse_servers(&img);
+    assert_eq!(servers.len(), 1, "expected one squashfuse_ll for {}: {servers:?}", img.display());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", servers[0])).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let alice_uid = ok(&tb.user("id -u")).trim().to_string();
+    assert!(uid_line.split_whitespace().skip(1).all(|u| u == alice_uid), "server not running as the user: {uid_line}");
+    assert!(loops_on(&img).is_empty(), "a user image met the kernel's squashfs");
+    ok(&tb.root(&format!("kill $(cat {}/pid)", dir.display())));
+    assert_clean(&img);
+
+    // The site may opt in to kernel mounts of user images.
+    let cfg = dir.join("kernel-ok.toml");
+    ok(&tb.root(&format!("printf '[launcher]\\nallow_kernel_mount_of_user_images = true\\n' > {}", cfg.display())));
+    let out = ok(&tb.root(&format!("cd {} && {} --config {} run --dry-run --user {} ./busybox.sqfs -- true", dir.display(), tb.shoal().display(), cfg.display(), tb.user)));
+    assert!(out.contains("kernel squashfs"), "{out}");
+}
+
+#[test]
+fn fuse_server_ignores_stray_signals_and_a_killed_server_fails_cleanly() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "fusekill");
+    let d = dir.display();
+    let s = shoal(tb);
+    // Start a container that reads its image every 50 ms, then signal the server.
+    let start = format!(
+        "cd {d} && rm -f ready out && {{ {s} run ./busybox.sqfs -- sh -c 'touch ready; while cat /etc/shoal-test-image >/dev/null; do sleep 0.05; done; echo read-failed > out' >/dev/null 2>&1 & }}; \
+         until [ -e ready ]; do sleep 0.02; done"
+    );
+    ok(&tb.user(&start));
+    let servers = fuse_servers(&img);
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    // SIGTERM/SIGINT/SIGHUP (a terminal hangup, a scancel) do not end it.
+    ok(&tb.root(&format!("kill -TERM {0}; kill -INT {0}; kill -HUP {0}", servers[0])));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fuse_servers(&img), servers, "the FUSE server died of a stray signal");
+    // SIGKILL: the container sees I/O errors, exits, and nothing is left.
+    ok(&tb.root(&format!("kill -KILL {}", servers[0])));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("out").exists() {
+        assert!(Instant::now() < deadline, "container kept running on a dead image");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_clean(&img);
+}
+
+#[test]
+fn many_concurrent_runs() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "concurrent");
+    let out = ok(&tb.user(&format!(
+        "cd {} && for i in $(seq 1 16); do {} run ./busybox.sqfs -- sh -c \"cat /etc/shoal-test-image > out.$i\" & done; wait; cat out.* | sort | uniq -c",
+        dir.display(),
+        shoal(tb)
+    )));
+    assert_eq!(out.trim(), "16 shoal launcher test image", "{out}");
+    assert_clean(&img);
+}
+
+/// Four peers share one container; the first is SIGKILLed while it holds
+/// the lock with its container built but not yet registered. The other
+/// three must neither hang nor run in different containers.
+fn shared_container_survives_a_killed_peer(as_root: bool) {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, if as_root { "share-root" } else { "share-user" });
+    let user_flag = if as_root { format!("--user {}", tb.user) } else { String::new() };
+    let key = format!("{}.0.n1", std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed) as u32);
+    let run = format!("{} run {user_flag} --share-key {key} --share-peers 4 ./busybox.sqfs --", shoal(tb));
+    let script = format!(
+        r#"cd {d}
+SHOAL_TEST_HOLD_SETUP={d}/held {run} sh -c 'readlink /proc/self/ns/mnt > out0' & p0=$!
+until [ -e held ]; do sleep 0.02; done
+for i in 1 2 3; do {run} sh -c "readlink /proc/self/ns/mnt > out$i; sleep 0.5" & done
+sleep 0.3   # the others are now queued on the lock (not required for correctness)
+kill -KILL $p0; wait $p0; echo "p0=$?"
+wait
+cat out1 out2 out3 | sort | uniq -c | wc -l
+ls out0 2>/dev/null || echo no-out0
+"#,
+        d = dir.display()
+    );
+    let out = if as_root { ok(&tb.root(&script)) } else { ok(&tb.user(&script)) };
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["p0=137", "1", "no-out0"], "{out}");
+    assert_clean(&img);
+    // The step-exit teardown would remove the killed peer's state; the
+    // container itself is gone already.
+    let base = if as_root { "/run/shoal/share".to_string() } else { format!("/tmp/shoal-{}/share", ok(&tb.user("id -u")).trim()) };
+    ok(&tb.root(&format!("rm -rf {base}/{key}")));
+}
+
+#[test]
+fn shared_container_with_four_peers_one_killed_mid_setup_as_user() {
+    shared_container_survives_a_killed_peer(false);
+}
+
+#[test]
+fn shared_container_with_four_peers_one_killed_mid_setup_as_root() {
+    shared_container_survives_a_killed_peer(true);
+}
+
+#[test]
+fn shared_container_peers_all_join_one_namespace() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "share-all");
+    let key = format!("{}.1.n2", std::process::id());
+    let out = ok(&tb.user(&format!(
+        "cd {} && for i in 1 2 3 4; do {} run --share-key {key} --share-peers 4 ./busybox.sqfs -- sh -c 'echo $(readlink /proc/self/ns/mnt) $(readlink /proc/self/ns/user); sleep 0.3' & done; wait",
+        dir.display(),
+        shoal(tb)
+    )));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines.iter().all(|l| *l == lines[0]), "peers in different namespaces:\n{out}");
+    // The fourth peer removed the state: nothing left in the runtime dir.
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    assert!(!Path::new(&format!("/tmp/shoal-{uid}/share/{key}")).exists());
+    assert_clean(&img);
+}
+
+#[test]
+fn doctor_prints_a_table_with_fixes() {
+    let tb = testbed();
+    let out = tb.user(&format!("{} doctor", shoal(tb)));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for check in ["user namespaces", "/dev/fuse", "squashfuse_ll", "kernel squashfs", "loop devices", "overlay", "config", "site store"] {
+        assert!(text.lines().any(|l| l.starts_with(check)), "doctor lacks {check}:\n{text}");
+    }
+    assert!(text.contains("user namespaces  ok"), "{text}");
+    // A broken config is reported with its fix, and doctor fails.
+    let dir = tb.user_tempdir("doctor");
+    let bad = dir.join("bad.toml");
+    ok(&tb.user(&format!("printf '[launcher]\\nsquashfuse = 3\\n' > {}", bad.display())));
+    let out = tb.user(&format!("{} --config {} doctor", tb.shoal().display(), bad.display()));
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("config           FAIL"), "{text}");
+    assert!(text.contains("fix: fix the file"), "{text}");
+}
