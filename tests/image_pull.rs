@@ -525,7 +525,7 @@ fn progress_shows_on_a_terminal_only() {
     let out = env.sh(&format!("shoal rm {img} >/dev/null && shoal pull -q {img}"));
     assert!(ok(&out).is_empty() && out.stderr.is_empty());
     // On a terminal (script(1) gives it a pty): bars for both phases.
-    let out = ok(&env.sh(&format!("shoal rm {img} >/dev/null && script -qec \"$SHOAL_BIN pull {img}\" /dev/null")));
+    let out = ok(&env.sh(&format!("shoal rm {img} >/dev/null && TERM=xterm script -qec \"$SHOAL_BIN pull {img}\" /dev/null")));
     assert!(out.contains("downloading") && out.contains("converting"), "{out}");
     assert!(out.contains("fetch-big:latest: pulled"), "{out}");
 }

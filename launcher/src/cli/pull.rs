@@ -60,7 +60,7 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
     let bar = progress_bar(args.quiet);
     let outcome = pull(&config, &store, &r, &opts, &|ev| match ev {
         PullEvent::Resolved { layers, bytes, .. } => {
-            bar.set_message(format!("downloading {layers} layers"));
+            bar.set_message(format!("downloading {layers} layer{}", if layers == 1 { "" } else { "s" }));
             bar.set_length(bytes);
         }
         PullEvent::Waiting => bar.set_message("waiting for another pull of this image"),
@@ -97,7 +97,7 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+        ProgressStyle::with_template("{spinner} {msg:24} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("valid template")
             .progress_chars("=> "),
     );
