@@ -337,54 +337,38 @@ impl Registry {
             if let Some(a) = &auth {
                 req = req.set("Authorization", a);
             }
-            let retry_in = |attempt: u32| self.backoff * 2u32.pow(attempt.saturating_sub(1).min(6));
-            let resp = match req.call() {
+            let (outcome, resp, transport) = match req.call() {
                 Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(_, resp)) => resp,
+                Err(ureq::Error::Status(code, resp)) => {
+                    (Outcome::Status { code, retry_after: retry_after(&resp) }, Some(resp), None)
+                }
                 Err(ureq::Error::Transport(t)) => {
-                    if let Some(detail) = tls_failure(&t) {
-                        return Err(RegistryError::Tls { registry: ep.name.clone(), detail });
-                    }
-                    if attempt >= tries {
-                        return Err(RegistryError::Unreachable { registry: ep.name.clone(), detail: t.to_string(), tries: attempt });
-                    }
-                    std::thread::sleep(retry_in(attempt));
-                    continue;
+                    let tls = tls_failure(&t);
+                    (Outcome::Transport { tls: tls.is_some() }, None, Some((t.to_string(), tls)))
                 }
             };
-            let status = resp.status();
-            match status {
-                401 if !tried_auth => {
+            match next_step(&outcome, attempt, tries, tried_auth, self.backoff) {
+                Next::Authenticate => {
                     tried_auth = true;
                     attempt -= 1; // the challenge round is not a failure
-                    let challenge = resp.header("www-authenticate").and_then(auth::parse_challenge);
+                    let challenge = resp.as_ref().and_then(|r| r.header("www-authenticate")).and_then(auth::parse_challenge);
                     let header = self.authorize(ep, challenge, repository)?;
                     ep.tokens.lock().unwrap().insert(repository.to_string(), header);
                 }
-                401 => {
-                    return Err(RegistryError::Unauthorized {
-                        registry: ep.name.clone(),
-                        credentials: ep.creds.as_ref().map(|c| c.source.clone()),
-                    })
-                }
-                403 => return Err(RegistryError::Denied { registry: ep.name.clone(), repository: repository.to_string() }),
-                404 => {
-                    return Err(RegistryError::NotFound {
-                        registry: ep.name.clone(),
-                        reference: format!("{}/{what}", ep.name),
-                    })
-                }
-                429 | 500..=599 if attempt < tries => {
-                    let wait = retry_after(&resp).unwrap_or_else(|| retry_in(attempt));
-                    std::thread::sleep(wait.min(Duration::from_secs(30)));
-                }
-                _ => {
-                    return Err(RegistryError::Server {
-                        registry: ep.name.clone(),
-                        status,
-                        what: what.to_string(),
-                        tries: attempt,
-                    })
+                Next::RetryAfter(wait) => std::thread::sleep(wait),
+                Next::Fail(f) => {
+                    let registry = ep.name.clone();
+                    let (detail, tls) = transport.unwrap_or_default();
+                    return Err(match f {
+                        Failure::Unauthorized => {
+                            RegistryError::Unauthorized { registry, credentials: ep.creds.as_ref().map(|c| c.source.clone()) }
+                        }
+                        Failure::Denied => RegistryError::Denied { registry, repository: repository.to_string() },
+                        Failure::NotFound => RegistryError::NotFound { reference: format!("{registry}/{what}"), registry },
+                        Failure::Server(status) => RegistryError::Server { registry, status, what: what.to_string(), tries: attempt },
+                        Failure::Tls => RegistryError::Tls { registry, detail: tls.unwrap_or(detail) },
+                        Failure::Unreachable => RegistryError::Unreachable { registry, detail, tries: attempt },
+                    });
                 }
             }
         }
@@ -453,6 +437,55 @@ impl Registry {
     /// `host[:port]` of the registry itself.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// What came back for one request, as far as the retry loop cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// A non-2xx status (2xx never reaches the decision).
+    Status { code: u16, retry_after: Option<Duration> },
+    /// No response: refused, reset, timed out, or a failed TLS check.
+    Transport { tls: bool },
+}
+
+/// What the request loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Next {
+    /// Answer the 401 challenge, then ask again (once).
+    Authenticate,
+    /// Wait, then ask again.
+    RetryAfter(Duration),
+    Fail(Failure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    Unauthorized,
+    Denied,
+    NotFound,
+    Server(u16),
+    Unreachable,
+    Tls,
+}
+
+/// The retry policy as a pure decision: 5xx, 429 and transport failures
+/// are retried with doubling backoff (or the server's `Retry-After`, capped
+/// at 30 s) until `tries` attempts; a failed certificate check never is.
+fn next_step(outcome: &Outcome, attempt: u32, tries: u32, tried_auth: bool, backoff: Duration) -> Next {
+    let wait = backoff * 2u32.pow(attempt.saturating_sub(1).min(6));
+    match *outcome {
+        Outcome::Transport { tls: true } => Next::Fail(Failure::Tls),
+        Outcome::Transport { tls: false } if attempt < tries => Next::RetryAfter(wait),
+        Outcome::Transport { tls: false } => Next::Fail(Failure::Unreachable),
+        Outcome::Status { code: 401, .. } if !tried_auth => Next::Authenticate,
+        Outcome::Status { code: 401, .. } => Next::Fail(Failure::Unauthorized),
+        Outcome::Status { code: 403, .. } => Next::Fail(Failure::Denied),
+        Outcome::Status { code: 404, .. } => Next::Fail(Failure::NotFound),
+        Outcome::Status { code: 429 | 500..=599, retry_after, .. } if attempt < tries => {
+            Next::RetryAfter(retry_after.unwrap_or(wait).min(Duration::from_secs(30)))
+        }
+        Outcome::Status { code, .. } => Next::Fail(Failure::Server(code)),
     }
 }
 
@@ -527,4 +560,51 @@ fn copy_hashing(mut from: impl Read, to: &mut File, progress: &(dyn Fn(i64) + Sy
     }
     let digest = format!("sha256:{:x}", hasher.finalize()).parse().expect("sha256 hex is a digest");
     Ok((total, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Duration = Duration::from_millis(250);
+
+    fn status(code: u16) -> Outcome {
+        Outcome::Status { code, retry_after: None }
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retried_with_doubling_backoff() {
+        for code in [500, 502, 503, 429] {
+            assert_eq!(next_step(&status(code), 1, 5, false, B), Next::RetryAfter(B), "{code}");
+            assert_eq!(next_step(&status(code), 3, 5, false, B), Next::RetryAfter(B * 4), "{code}");
+            assert_eq!(next_step(&status(code), 5, 5, false, B), Next::Fail(Failure::Server(code)), "{code}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_capped() {
+        let o = Outcome::Status { code: 429, retry_after: Some(Duration::from_secs(7)) };
+        assert_eq!(next_step(&o, 1, 5, false, B), Next::RetryAfter(Duration::from_secs(7)));
+        let o = Outcome::Status { code: 503, retry_after: Some(Duration::from_secs(3600)) };
+        assert_eq!(next_step(&o, 1, 5, false, B), Next::RetryAfter(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn dropped_connections_are_retried_but_certificate_failures_are_not() {
+        let dropped = Outcome::Transport { tls: false };
+        assert_eq!(next_step(&dropped, 1, 5, false, B), Next::RetryAfter(B));
+        assert_eq!(next_step(&dropped, 5, 5, false, B), Next::Fail(Failure::Unreachable));
+        assert_eq!(next_step(&Outcome::Transport { tls: true }, 1, 5, false, B), Next::Fail(Failure::Tls));
+        // A mirror gets one try: the next endpoint is its retry.
+        assert_eq!(next_step(&dropped, 1, 1, false, B), Next::Fail(Failure::Unreachable));
+    }
+
+    #[test]
+    fn a_challenge_is_answered_once_and_client_errors_are_final() {
+        assert_eq!(next_step(&status(401), 1, 5, false, B), Next::Authenticate);
+        assert_eq!(next_step(&status(401), 1, 5, true, B), Next::Fail(Failure::Unauthorized));
+        assert_eq!(next_step(&status(403), 1, 5, false, B), Next::Fail(Failure::Denied));
+        assert_eq!(next_step(&status(404), 1, 5, false, B), Next::Fail(Failure::NotFound));
+        assert_eq!(next_step(&status(400), 1, 5, false, B), Next::Fail(Failure::Server(400)));
+    }
 }
