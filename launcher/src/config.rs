@@ -22,6 +22,7 @@ pub const DEFAULT_PATH: &str = "/etc/shoal/shoal.toml";
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub image: ImageConfig,
     pub store: StoreConfig,
     pub node: NodeConfig,
     /// Per-registry settings, keyed by `HOST[:PORT]` as written in image
@@ -153,6 +154,30 @@ pub struct ModuleMount {
     pub target: PathBuf,
     #[serde(default)]
     pub writable: bool,
+}
+
+/// How pulled and imported images are written as squashfs files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// `zstd:N` (1-22), `gzip:N` (1-9) or `lz4`. Default `zstd:3`.
+    pub compression: crate::image::convert::Compression,
+    /// Squashfs block size in bytes, a power of two from 4096 to 1048576.
+    pub block_size: u32,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        let o = crate::image::convert::SquashOptions::default();
+        ImageConfig { compression: o.compression, block_size: o.block_size }
+    }
+}
+
+impl ImageConfig {
+    /// The writer options these settings stand for.
+    pub fn squash_options(&self) -> crate::image::convert::SquashOptions {
+        crate::image::convert::SquashOptions { compression: self.compression, block_size: self.block_size }
+    }
 }
 
 /// Where images live.
@@ -496,6 +521,16 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn image_compression_parses_and_bad_values_name_the_key() {
+        let c = Config::parse("[image]\ncompression = \"lz4\"\nblock_size = 65536\n", Path::new("x")).unwrap();
+        assert_eq!(c.image.squash_options().compression.to_string(), "lz4");
+        assert_eq!(c.image.block_size, 65536);
+        assert_eq!(Config::default().image.compression.to_string(), "zstd:3");
+        let e = err("[image]\ncompression = \"zstd:99\"\n");
+        assert!(e.contains("line 2 (key `image.compression`)") && e.contains("zstd:N"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,8 @@ PACKAGES=(
     python3-jwt python3-cryptography
     # MPI, and the peer measured against
     mpich libmpich-dev charliecloud
+    # zstd-compressed test layers (images.d/20-layers.sh, mklayers.py)
+    zstd
     # benchmarks and helpers
     hyperfine util-linux procps psmisc time jq
     # ABI tests build synthetic ELF libraries (gcc, objdump)

@@ -53,6 +53,8 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
     if args.site {
         opts.scope = Scope::Site;
     }
+    // The site's `[image]` settings, then this call's --compression.
+    opts.squash = config.image.squash_options();
     if let Some(c) = &args.compression {
         opts.squash.compression = c.parse().map_err(anyhow::Error::msg)?;
     }

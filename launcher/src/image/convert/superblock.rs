@@ -28,14 +28,19 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 /// a short reason for the caller to put after the file name.
 pub fn parse(b: &[u8], file_len: u64) -> Result<Superblock, String> {
     if b.len() < SIZE {
-        return Err(format!("{} bytes, shorter than a squashfs superblock", b.len()));
+        return Err(format!(
+            "{} bytes, shorter than a squashfs superblock",
+            b.len()
+        ));
     }
     if u32_at(b, 0) != MAGIC {
         return Err("no squashfs magic (\"hsqs\") at the start".into());
     }
     let (major, minor) = (u16_at(b, 28), u16_at(b, 30));
     if (major, minor) != (4, 0) {
-        return Err(format!("squashfs version {major}.{minor}, only 4.0 is supported"));
+        return Err(format!(
+            "squashfs version {major}.{minor}, only 4.0 is supported"
+        ));
     }
     let block_size = u32_at(b, 12);
     let block_log = u16_at(b, 22);
@@ -69,7 +74,9 @@ pub fn parse(b: &[u8], file_len: u64) -> Result<Superblock, String> {
             continue;
         }
         if at < SIZE as u64 || at >= bytes_used {
-            return Err(format!("{name} at {at} lies outside the image ({bytes_used} bytes)"));
+            return Err(format!(
+                "{name} at {at} lies outside the image ({bytes_used} bytes)"
+            ));
         }
     }
     let inodes = u32_at(b, 4);
@@ -109,7 +116,10 @@ mod tests {
     #[test]
     fn accepts_a_sane_superblock() {
         let sb = parse(&good(), 8192).unwrap();
-        assert_eq!((sb.inodes, sb.block_size, sb.compressor, sb.bytes_used), (10, 131072, 6, 4096));
+        assert_eq!(
+            (sb.inodes, sb.block_size, sb.compressor, sb.bytes_used),
+            (10, 131072, 6, 4096)
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
@@ -41,11 +44,11 @@ pub fn layers_to_squashfs(
     match feed(layers, stdin, out, total, progress) {
         Ok(()) => {
             progress(Progress::Finishing);
-            tool.wait(total)?;
+            tool.wait(Some(total))?;
             summarise(out)
         }
         // The writer's own failure explains a broken pipe better than the pipe.
-        Err(e @ ConvertError::Writer { .. }) => Err(tool.wait(total).err().unwrap_or(e)),
+        Err(e @ ConvertError::Writer { .. }) => Err(tool.wait(Some(total)).err().unwrap_or(e)),
         // Bad input: dropping `tool` stops the writer.
         Err(e) => Err(e),
     }
@@ -53,6 +56,9 @@ pub fn layers_to_squashfs(
 
 /// Packs the directory `dir` as it is (owners, modes, xattrs, hard links) into
 /// `out`, for `shoal import DIR`.
+///
+/// This uses `mksquashfs`: squashfs-tools-ng's `gensquashfs --pack-dir`
+/// stores hard links as separate files, and a directory needs no flattening.
 pub fn dir_to_squashfs(
     dir: &Path,
     out: &Path,
@@ -66,15 +72,34 @@ pub fn dir_to_squashfs(
             io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
         ));
     }
-    let mut cmd = Command::new("gensquashfs");
-    cmd.args(["--quiet", "--force", "--keep-time", "--keep-xattr", "--one-file-system"])
-        .arg("--pack-dir")
-        .arg(dir);
-    writer_args(&mut cmd, opts)?;
-    cmd.arg(out).stdin(Stdio::null());
+    check_block_size(opts.block_size)?;
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(dir)
+        .arg(out)
+        .args([
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-xattrs",
+            "-one-file-system",
+        ])
+        .arg("-b")
+        .arg(opts.block_size.to_string())
+        .arg("-processors")
+        .arg(jobs().to_string());
+    match opts.compression {
+        Compression::Zstd { level } => cmd
+            .args(["-comp", "zstd", "-Xcompression-level"])
+            .arg(level.to_string()),
+        Compression::Gzip { level } => cmd
+            .args(["-comp", "gzip", "-Xcompression-level"])
+            .arg(level.to_string()),
+        Compression::Lz4 => cmd.args(["-comp", "lz4"]),
+    };
+    cmd.stdin(Stdio::null());
     progress(Progress::Finishing);
-    let tool = Tool::spawn(cmd, "gensquashfs", out)?;
-    tool.wait(0)?;
+    let tool = Tool::spawn(cmd, "mksquashfs", out)?;
+    tool.wait(None)?;
     summarise(out)
 }
 
@@ -84,13 +109,24 @@ pub fn check_squashfs(path: &Path) -> Result<SquashSummary, ConvertError> {
     summarise(path)
 }
 
-fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertError> {
-    let bs = opts.block_size;
+fn check_block_size(bs: u32) -> Result<(), ConvertError> {
     if !(4096..=1 << 20).contains(&bs) || !bs.is_power_of_two() {
         return Err(ConvertError::Options(format!(
             "block size {bs}: use a power of two from 4096 to 1048576"
         )));
     }
+    Ok(())
+}
+
+/// Compressor threads: all cores. On 2 cores the writer's threads and the
+/// decompressing thread share them (measured best; BENCHMARKS.md).
+fn jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertError> {
+    let bs = opts.block_size;
+    check_block_size(bs)?;
     match opts.compression {
         Compression::Zstd { level } if (1..=22).contains(&level) => {
             cmd.args(["-c", "zstd", "-X"]).arg(format!("level={level}"))
@@ -99,12 +135,16 @@ fn writer_args(cmd: &mut Command, opts: &SquashOptions) -> Result<(), ConvertErr
             cmd.args(["-c", "gzip", "-X"]).arg(format!("level={level}"))
         }
         Compression::Lz4 => cmd.args(["-c", "lz4"]),
-        c => return Err(ConvertError::Options(format!("compression level out of range: {c}"))),
+        c => {
+            return Err(ConvertError::Options(format!(
+                "compression level out of range: {c}"
+            )))
+        }
     };
-    // All cores compress while this process decompresses: on 2 cores the
-    // writer's threads and ours share them (measured best; BENCHMARKS.md).
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    cmd.arg("-j").arg(jobs.to_string()).arg("-b").arg(bs.to_string());
+    cmd.arg("-j")
+        .arg(jobs().to_string())
+        .arg("-b")
+        .arg(bs.to_string());
     Ok(())
 }
 
@@ -140,24 +180,35 @@ impl Tool {
         })
     }
 
-    /// Waits for the writer; `needed` estimates the image size for a
-    /// disk-full message.
-    fn wait(mut self, needed: u64) -> Result<(), ConvertError> {
-        let status = self.child.wait().map_err(|e| ConvertError::io(&self.out, e))?;
-        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+    /// Waits for the writer; `needed` estimates the image size in bytes for
+    /// a disk-full message.
+    fn wait(mut self, needed: Option<u64>) -> Result<(), ConvertError> {
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| ConvertError::io(&self.out, e))?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         if status.success() {
             return Ok(());
         }
-        if stderr.contains("No space left on device") {
-            let dir = match self.out.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => ".".into(),
-            };
-            let free = free_bytes(&dir).unwrap_or(0);
+        let dir = match self.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => ".".into(),
+        };
+        let free = free_bytes(&dir);
+        // tar2sqfs does not always say ENOSPC (a failed write may read
+        // "I/O error"): a file system left with almost nothing free is the
+        // tell. The partial image still holds its space at this point.
+        if stderr.contains("No space left on device") || free.is_some_and(|f| f < 4 << 20) {
+            let free = free.unwrap_or(0);
             return Err(ConvertError::DiskFull {
                 dir,
-                needed: needed.div_ceil(1 << 20),
-                free: free >> 20,
+                needed_mb: needed.map(|n| n.div_ceil(1 << 20)),
+                free_mb: free >> 20,
             });
         }
         let message = stderr
@@ -169,7 +220,11 @@ impl Tool {
         Err(ConvertError::Writer {
             tool: self.name,
             out: self.out.clone(),
-            message: if message.is_empty() { status.to_string() } else { message },
+            message: if message.is_empty() {
+                status.to_string()
+            } else {
+                message
+            },
         })
     }
 }
@@ -196,7 +251,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
@@ -207,49 +262,26 @@ fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
     }
 }
 
-/// Counts compressed bytes read, for progress reports.
-struct Counting<'a, R> {
+/// Counts compressed bytes read (shared with the thread that reports
+/// progress).
+struct Counting<R> {
     inner: R,
-    done: u64,
-    reported: u64,
-    base: u64,
-    total: u64,
-    progress: &'a dyn Fn(Progress),
+    done: Arc<AtomicU64>,
 }
 
-impl<R: Read> Read for Counting<'_, R> {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        if self.done - self.reported >= 4 << 20 {
-            self.reported = self.done;
-            (self.progress)(Progress::Reading {
-                done: self.base + self.done,
-                total: self.total,
-            });
-        }
+        self.done.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
 
-/// The layer's tar stream. The magic bytes decide over the media type: a
-/// mislabelled blob is read as what it is.
-fn open_layer<'a>(
-    l: &Layer,
-    base: u64,
-    total: u64,
-    progress: &'a dyn Fn(Progress),
-) -> Result<Box<dyn Read + 'a>, ConvertError> {
+/// The layer's decompressed tar stream. The magic bytes decide over the
+/// media type: a mislabelled blob is read as what it is.
+fn open_layer(l: &Layer, done: Arc<AtomicU64>) -> Result<Box<dyn Read + Send>, ConvertError> {
     let file = File::open(&l.path).map_err(|e| layer_err(l, e))?;
-    let counting = Counting {
-        inner: file,
-        done: 0,
-        reported: 0,
-        base,
-        total,
-        progress,
-    };
-    let mut buf = BufReader::with_capacity(1 << 20, counting);
+    let mut buf = BufReader::with_capacity(1 << 20, Counting { inner: file, done });
     let magic = {
         use std::io::BufRead;
         let head = buf.fill_buf().map_err(|e| layer_err(l, e))?;
@@ -258,9 +290,8 @@ fn open_layer<'a>(
     let kind = match magic {
         Some([0x1f, 0x8b, _, _]) => LayerCompression::Gzip,
         Some([0x28, 0xb5, 0x2f, 0xfd]) => LayerCompression::Zstd,
-        _ if l.compression == LayerCompression::Uncompressed => LayerCompression::Uncompressed,
-        // Labelled compressed but no known magic: a plain tar still has its
-        // "ustar" magic and will parse; anything else fails while reading.
+        // Anything else is read as a plain tar (whatever the label says): a
+        // tar has its "ustar" magic and parses, anything else fails reading.
         _ => LayerCompression::Uncompressed,
     };
     Ok(match kind {
@@ -270,6 +301,71 @@ fn open_layer<'a>(
         }
         LayerCompression::Uncompressed => Box::new(buf),
     })
+}
+
+/// Decompresses on its own thread, a few MiB ahead of the tar parser: when
+/// the writer is slow to take input, decompression goes on instead of
+/// waiting on the pipe (gzip is the one step that cannot be split).
+fn pump(mut from: Box<dyn Read + Send>, to: SyncSender<io::Result<Vec<u8>>>) {
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = to.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        buf.truncate(n);
+        if to.send(Ok(buf)).is_err() {
+            return; // the reader gave up (bad entry): stop quietly
+        }
+    }
+}
+
+/// The receiving end of [`pump`], reporting progress as data arrives.
+struct Pumped<'a> {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    done: Arc<AtomicU64>,
+    reported: u64,
+    total: u64,
+    progress: &'a dyn Fn(Progress),
+}
+
+impl Read for Pumped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0), // end of the layer
+            }
+            let done = self.done.load(Ordering::Relaxed);
+            if done - self.reported >= 4 << 20 {
+                self.reported = done;
+                (self.progress)(Progress::Reading {
+                    done,
+                    total: self.total,
+                });
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Metadata carried from a layer entry to the output.
@@ -294,20 +390,36 @@ fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
         for ext in exts {
             let ext = ext?;
             let (k, v) = (ext.key_bytes(), ext.value_bytes());
-            let num = || std::str::from_utf8(v).ok().and_then(|s| s.split('.').next()?.parse().ok());
+            let num = || {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.split('.').next()?.parse().ok())
+            };
             match k {
                 b"uid" => m.uid = num().unwrap_or(m.uid),
                 b"gid" => m.gid = num().unwrap_or(m.gid),
                 b"mtime" => m.mtime = num().unwrap_or(m.mtime),
                 _ => {
                     if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                        m.xattrs.push((name.to_vec(), v.to_vec()));
+                        if keep_xattr(name) {
+                            m.xattrs.push((name.to_vec(), v.to_vec()));
+                        }
                     }
                 }
             }
         }
     }
     Ok(m)
+}
+
+/// Which extended attributes go into the image. Squashfs stores only the
+/// `user.`, `trusted.` and `security.` namespaces (others, such as POSIX
+/// ACLs in `system.`, are dropped rather than failing the image), and
+/// overlayfs' own `trusted.overlay.*` markers are dropped so that an image
+/// cannot fake whiteouts or redirects in an overlay stacked on it later.
+fn keep_xattr(name: &[u8]) -> bool {
+    (name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security."))
+        && !name.starts_with(b"trusted.overlay.")
 }
 
 /// Reads the layers top first and writes the flattened tar into `stdin`.
@@ -326,105 +438,173 @@ fn feed(
     let mut out = Out(tar::Builder::new(BufWriter::with_capacity(1 << 20, stdin)));
     let mut flat = Flattener::new();
     let mut dirs: BTreeMap<ImagePath, Meta> = BTreeMap::new();
-    let mut base = 0;
+    let done = Arc::new(AtomicU64::new(0));
     for (index, layer) in layers.iter().enumerate().rev() {
         flat.begin_layer(index);
-        let reader = open_layer(layer, base, total, progress)?;
-        base += std::fs::metadata(&layer.path).map(|m| m.len()).unwrap_or(0);
-        let mut archive = tar::Archive::new(reader);
-        let entries = archive.entries().map_err(|e| layer_err(layer, e))?;
-        for entry in entries {
-            let mut e = entry.map_err(|e| layer_err(layer, e))?;
-            let raw = e.path_bytes().into_owned();
-            let bad = |reason: String| ConvertError::BadEntry {
-                digest: layer.digest.clone(),
-                entry: String::from_utf8_lossy(&raw).into_owned(),
-                reason,
+        let decoder = open_layer(layer, done.clone())?;
+        std::thread::scope(|s| -> Result<(), ConvertError> {
+            let (tx, rx) = sync_channel(8);
+            s.spawn(move || pump(decoder, tx));
+            let reader = Pumped {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+                done: done.clone(),
+                reported: 0,
+                total,
+                progress,
             };
-            use tar::EntryType as T;
-            let kind = match e.header().entry_type() {
-                T::Regular | T::Continuous => Kind::File,
-                T::Directory => Kind::Dir,
-                T::Symlink => Kind::Symlink,
-                T::Link => Kind::HardLink(
-                    e.link_name_bytes()
-                        .ok_or_else(|| bad("hard link without a target".into()))?
-                        .into_owned(),
-                ),
-                T::Fifo => Kind::Fifo,
-                T::Char | T::Block => Kind::Device,
-                // Global PAX headers and the like carry no file.
-                T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-                T::GNUSparse => return Err(bad("GNU sparse files are not supported".into())),
-                other => return Err(bad(format!("unknown tar entry type {:?}", other.as_byte() as char))),
-            };
-            let named = |e: FlattenError| e.name_layers(|i| layers[i].digest.clone()).to_string();
-            match flat.entry(&raw, &kind).map_err(|e| bad(named(e)))? {
-                Decision::Skip | Decision::Link { .. } => {}
-                Decision::Dir(path) => {
-                    let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
-                    dirs.insert(path, meta);
-                }
-                Decision::Emit(path) => {
-                    let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
-                    match kind {
-                        Kind::Symlink => {
-                            let target = e
-                                .link_name_bytes()
-                                .ok_or_else(|| bad("symlink without a target".into()))?
-                                .into_owned();
-                            out.link(tar::EntryType::Symlink, &path, &target, &meta)
-                        }
-                        Kind::Fifo => out.data(tar::EntryType::Fifo, &path, &meta, 0, io::empty()),
-                        _ => {
-                            let size = e.size();
-                            // A read error here is the layer's (corrupt
-                            // stream); a write error the writer's.
-                            let mut src = ErrTag { inner: &mut e, failed: None };
-                            let r = out.data(tar::EntryType::Regular, &path, &meta, size, &mut src);
-                            if let Some(err) = src.failed {
-                                return Err(layer_err(layer, err));
-                            }
-                            r
-                        }
+            let mut archive = tar::Archive::new(reader);
+            let entries = archive.entries().map_err(|e| layer_err(layer, e))?;
+            for entry in entries {
+                let mut e = entry.map_err(|e| layer_err(layer, e))?;
+                let raw = e.path_bytes().into_owned();
+                let bad = |reason: String| ConvertError::BadEntry {
+                    digest: layer.digest.clone(),
+                    entry: String::from_utf8_lossy(&raw).into_owned(),
+                    reason,
+                };
+                use tar::EntryType as T;
+                let kind = match e.header().entry_type() {
+                    T::Regular | T::Continuous => Kind::File,
+                    T::Directory => Kind::Dir,
+                    T::Symlink => Kind::Symlink,
+                    T::Link => Kind::HardLink(
+                        e.link_name_bytes()
+                            .ok_or_else(|| bad("hard link without a target".into()))?
+                            .into_owned(),
+                    ),
+                    T::Fifo => Kind::Fifo,
+                    T::Char | T::Block => Kind::Device,
+                    // Global PAX headers and the like carry no file.
+                    T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
+                    T::GNUSparse => return Err(bad("GNU sparse files are not supported".into())),
+                    other => {
+                        return Err(bad(format!(
+                            "unknown tar entry type {:?}",
+                            other.as_byte() as char
+                        )))
                     }
-                    .map_err(pipe_err)?;
+                };
+                let named =
+                    |e: FlattenError| e.name_layers(|i| layers[i].digest.clone()).to_string();
+                match flat.entry(&raw, &kind).map_err(|e| bad(named(e)))? {
+                    Decision::Skip | Decision::Link { .. } => {}
+                    Decision::Dir(path) => {
+                        let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
+                        dirs.insert(path, meta);
+                    }
+                    Decision::Emit(path) => {
+                        let meta = read_meta(&mut e).map_err(|e| layer_err(layer, e))?;
+                        match kind {
+                            Kind::Symlink => {
+                                let target = e
+                                    .link_name_bytes()
+                                    .ok_or_else(|| bad("symlink without a target".into()))?
+                                    .into_owned();
+                                out.link(tar::EntryType::Symlink, &path, &target, &meta)
+                            }
+                            Kind::Fifo => {
+                                out.data(tar::EntryType::Fifo, &path, &meta, 0, io::empty())
+                            }
+                            _ => {
+                                let size = e.size();
+                                // A read error here is the layer's (corrupt
+                                // stream); a write error the writer's.
+                                let mut src = ErrTag {
+                                    inner: &mut e,
+                                    left: size,
+                                    failed: None,
+                                };
+                                let r =
+                                    out.data(tar::EntryType::Regular, &path, &meta, size, &mut src);
+                                if let Some(err) = src.failed {
+                                    return Err(layer_err(layer, err));
+                                }
+                                r
+                            }
+                        }
+                        .map_err(pipe_err)?;
+                    }
                 }
             }
-        }
+            // Read to the end of the stream: a compressed layer cut short
+            // fails its gzip/zstd checks here even when the cut fell between
+            // tar entries. (A plain tar cut exactly between entries cannot be
+            // told from its end: the blob digest, checked by the puller,
+            // covers that.)
+            let mut rest = archive.into_inner();
+            io::copy(&mut rest, &mut io::sink()).map_err(|e| layer_err(layer, e))?;
+            Ok(())
+        })?;
         flat.end_layer();
     }
-    let (_, links) = flat.finish().map_err(|(index, path, e)| ConvertError::BadEntry {
-        digest: layers[index].digest.clone(),
-        entry: String::from_utf8_lossy(&path).into_owned(),
-        reason: e.name_layers(|i| layers[i].digest.clone()).to_string(),
-    })?;
-    for (path, meta) in &dirs {
+    let (dir_list, links) = flat
+        .finish()
+        .map_err(|(index, path, e)| ConvertError::BadEntry {
+            digest: layers[index].digest.clone(),
+            entry: String::from_utf8_lossy(&path).into_owned(),
+            reason: e.name_layers(|i| layers[i].digest.clone()).to_string(),
+        })?;
+    // Directories that no layer gave an entry get what tar2sqfs gives
+    // implicit parents: 0755 root:root.
+    let implicit = Meta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        xattrs: Vec::new(),
+    };
+    for path in &dir_list {
+        let meta = dirs.get(path).unwrap_or(&implicit);
         out.data(tar::EntryType::Directory, path, meta, 0, io::empty())
             .map_err(pipe_err)?;
     }
-    let none = Meta { mode: 0o644, uid: 0, gid: 0, mtime: 0, xattrs: Vec::new() };
+    let none = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        xattrs: Vec::new(),
+    };
     for (path, target) in &links {
-        out.link(tar::EntryType::Link, path, target, &none).map_err(pipe_err)?;
+        out.link(tar::EntryType::Link, path, target, &none)
+            .map_err(pipe_err)?;
     }
     let mut w = out.0.into_inner().map_err(pipe_err)?;
     w.flush().map_err(pipe_err)?;
     Ok(())
 }
 
-/// Remembers a read error, so it is not mistaken for the writer's.
+/// Remembers a read error, so it is not mistaken for the writer's, and
+/// makes a file that ends early an error (the tar writer would otherwise
+/// pass a short entry on, misaligning the stream).
 struct ErrTag<'a, R> {
     inner: &'a mut R,
+    left: u64,
     failed: Option<io::Error>,
 }
 
 impl<R: Read> Read for ErrTag<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).map_err(|e| {
-            let copy = io::Error::new(e.kind(), e.to_string());
-            self.failed = Some(e);
-            copy
-        })
+        let r = match self.inner.read(buf) {
+            Ok(0) if self.left > 0 && !buf.is_empty() => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the layer ends inside a file (truncated download?)",
+            )),
+            r => r,
+        };
+        match r {
+            Ok(n) => {
+                self.left = self.left.saturating_sub(n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.failed = Some(e);
+                Err(copy)
+            }
+        }
     }
 }
 
@@ -455,10 +635,17 @@ impl<W: Write> Out<W> {
         data: R,
     ) -> io::Result<()> {
         let mut h = self.header(kind, meta, size)?;
-        self.0.append_data(&mut h, Path::new(OsStr::from_bytes(path)), data.take(size))
+        self.0
+            .append_data(&mut h, Path::new(OsStr::from_bytes(path)), data.take(size))
     }
 
-    fn link(&mut self, kind: tar::EntryType, path: &[u8], target: &[u8], meta: &Meta) -> io::Result<()> {
+    fn link(
+        &mut self,
+        kind: tar::EntryType,
+        path: &[u8],
+        target: &[u8],
+        meta: &Meta,
+    ) -> io::Result<()> {
         let mut h = self.header(kind, meta, 0)?;
         self.0.append_link(
             &mut h,
@@ -523,7 +710,11 @@ fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
         }
         hasher.update(&buf[..n]);
     }
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(SquashSummary {
         size: len,
         sha256,
@@ -545,6 +736,70 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xattrs_round_trip_and_unstorable_ones_are_dropped() {
+        let mut out = Out(tar::Builder::new(Vec::new()));
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = [
+            ("user.a", "1"),
+            ("security.capability", "2"),
+            ("system.posix_acl_access", "3"),
+            ("trusted.overlay.opaque", "y"),
+            ("trusted.x", "4"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        let meta = Meta {
+            mode: 0o4755,
+            uid: 7,
+            gid: 8,
+            mtime: 9,
+            xattrs,
+        };
+        out.data(tar::EntryType::Regular, b"f", &meta, 2, &b"hi"[..])
+            .unwrap();
+        let bytes = out.0.into_inner().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut e = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*e.path_bytes(), b"f");
+        let m = read_meta(&mut e).unwrap();
+        assert_eq!((m.mode, m.uid, m.gid, m.mtime), (0o4755, 7, 8, 9));
+        let names: Vec<&[u8]> = m.xattrs.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            names,
+            [&b"user.a"[..], b"security.capability", b"trusted.x"]
+        );
+    }
+
+    #[test]
+    fn truncated_compressed_streams_fail_when_drained() {
+        use std::io::Write as _;
+        let data = vec![0u8; 100_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::encode_all(&data[..], 3).unwrap();
+        for (name, blob) in [("gzip", gz), ("zstd", zs)] {
+            for cut in [blob.len() / 2, blob.len() - 4] {
+                let l = Layer {
+                    path: std::env::temp_dir()
+                        .join(format!("shoal-trunc-{}-{name}-{cut}", std::process::id())),
+                    compression: LayerCompression::Gzip,
+                    digest: name.into(),
+                };
+                std::fs::write(&l.path, &blob[..cut]).unwrap();
+                let mut r = open_layer(&l, Arc::new(AtomicU64::new(0))).unwrap();
+                let res = io::copy(&mut r, &mut io::sink());
+                std::fs::remove_file(&l.path).unwrap();
+                assert!(
+                    res.is_err(),
+                    "{name} cut at {cut} of {}: {res:?}",
+                    blob.len()
+                );
+            }
+        }
+    }
 
     #[test]
     fn pax_record_counts_its_own_length() {
