@@ -26,7 +26,10 @@ struct Env<'a> {
 impl<'a> Env<'a> {
     fn new(name: &str) -> Env<'a> {
         let tb = testbed();
-        Env { tb, dir: tb.user_tempdir(name) }
+        Env {
+            tb,
+            dir: tb.user_tempdir(name),
+        }
     }
 
     fn store(&self) -> PathBuf {
@@ -53,7 +56,11 @@ impl<'a> Env<'a> {
     fn images(&self) -> Vec<String> {
         let dir = self.store().join("images/sha256");
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -78,7 +85,11 @@ fn json(out: &str) -> serde_json::Value {
 
 /// Lines of `SHOAL_DEBUG_HTTP` output: the requests a command made.
 fn requests(stderr: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stderr).lines().filter(|l| l.starts_with("shoal: http ")).map(str::to_string).collect()
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.starts_with("shoal: http "))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -86,18 +97,29 @@ fn pull_then_inspect_images_rm_and_gc_as_the_user() {
     let env = Env::new("pull-basic");
     let out = ok(&env.sh(&format!("shoal pull docker://{REG}/shoal/busybox:latest")));
     assert!(out.contains("pulled sha256:"), "{out}");
-    let info = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/busybox"))));
+    let info = json(&ok(
+        &env.sh(&format!("shoal inspect --json {REG}/shoal/busybox"))
+    ));
     assert_eq!(info["config"]["cmd"], serde_json::json!(["/bin/sh"]));
     assert_eq!(info["config"]["labels"]["org.shoal.test"], "busybox");
-    assert_eq!(info["config"]["env"][0], "PATH=/usr/local/bin:/usr/bin:/bin");
+    assert_eq!(
+        info["config"]["env"][0],
+        "PATH=/usr/local/bin:/usr/bin:/bin"
+    );
     assert_eq!(info["scope"], "user");
     assert_eq!(info["platform"]["architecture"], "amd64");
     let sqfs = PathBuf::from(info["squashfs"].as_str().unwrap());
     assert!(sqfs.starts_with(env.store()), "{}", sqfs.display());
     // The squashfs is what the metadata says, and holds the image's files.
     let sha = ok(&env.sh(&format!("sha256sum '{}'", sqfs.display())));
-    assert_eq!(sha.split_whitespace().next().unwrap(), info["squashfs_sha256"].as_str().unwrap());
-    let marker = ok(&env.sh(&format!("unsquashfs -cat '{}' etc/shoal-test-image", sqfs.display())));
+    assert_eq!(
+        sha.split_whitespace().next().unwrap(),
+        info["squashfs_sha256"].as_str().unwrap()
+    );
+    let marker = ok(&env.sh(&format!(
+        "unsquashfs -cat '{}' etc/shoal-test-image",
+        sqfs.display()
+    )));
     assert_eq!(marker.trim(), "shoal test image: busybox");
     // Listed, by its digest too.
     let list = json(&ok(&env.sh("shoal images --json")));
@@ -107,7 +129,10 @@ fn pull_then_inspect_images_rm_and_gc_as_the_user() {
     ok(&env.sh(&format!("shoal inspect id:{digest}")));
     ok(&env.sh(&format!("shoal inspect {REG}/shoal/busybox@{digest}")));
     let table = ok(&env.sh("shoal images"));
-    assert!(table.contains("shoal/busybox:latest") && table.contains("user"), "{table}");
+    assert!(
+        table.contains("shoal/busybox:latest") && table.contains("user"),
+        "{table}"
+    );
     // rm forgets the name and deletes the image nothing else names.
     ok(&env.sh(&format!("shoal rm {REG}/shoal/busybox")));
     assert!(env.images().is_empty());
@@ -121,16 +146,23 @@ fn pull_then_inspect_images_rm_and_gc_as_the_user() {
 #[test]
 fn re_pull_of_an_unchanged_image_is_one_manifest_request() {
     let env = Env::new("repull");
-    let first = env.sh(&format!("SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/busybox"));
+    let first = env.sh(&format!(
+        "SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/busybox"
+    ));
     ok(&first);
     let first = requests(&first.stderr);
     assert!(first.iter().any(|r| r.contains("/blobs/")), "{first:?}");
-    let again = env.sh(&format!("SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/busybox"));
+    let again = env.sh(&format!(
+        "SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/busybox"
+    ));
     let out = ok(&again);
     assert!(out.contains("up to date"), "{out}");
     let reqs = requests(&again.stderr);
     assert_eq!(reqs.len(), 1, "{reqs:?}");
-    assert!(reqs[0].starts_with("shoal: http HEAD ") && reqs[0].contains("/manifests/latest"), "{reqs:?}");
+    assert!(
+        reqs[0].starts_with("shoal: http HEAD ") && reqs[0].contains("/manifests/latest"),
+        "{reqs:?}"
+    );
 }
 
 #[test]
@@ -142,7 +174,9 @@ fn multi_platform_index_gives_each_platform_its_own_image() {
         ok(&env.sh(&format!("shoal pull -q {flag} {img}")));
         let info = json(&ok(&env.sh(&format!("shoal inspect --json {flag} {img}"))));
         let sqfs = info["squashfs"].as_str().unwrap().to_string();
-        ok(&env.sh(&format!("unsquashfs -cat '{sqfs}' etc/platform"))).trim().to_string()
+        ok(&env.sh(&format!("unsquashfs -cat '{sqfs}' etc/platform")))
+            .trim()
+            .to_string()
     };
     assert_eq!(platform_of(None), "linux/amd64");
     assert_eq!(platform_of(Some("linux/arm64")), "linux/arm64/v8");
@@ -150,7 +184,9 @@ fn multi_platform_index_gives_each_platform_its_own_image() {
     assert_eq!(env.images().len(), 3);
     let e = fails(&env.sh(&format!("shoal pull --platform linux/s390x {img}")));
     assert!(
-        e.contains("no image for platform linux/s390x") && e.contains("linux/arm64/v8") && e.contains("--platform"),
+        e.contains("no image for platform linux/s390x")
+            && e.contains("linux/arm64/v8")
+            && e.contains("--platform"),
         "{e}"
     );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
@@ -169,19 +205,35 @@ fn digest_references_pull_and_re_pull_without_asking_the_registry() {
     )));
     let index = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("docker-content-digest:").map(|d| d.trim().to_string()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("docker-content-digest:")
+                .map(|d| d.trim().to_string())
+        })
         .expect("Docker-Content-Digest header");
     let by_index = format!("{REG}/shoal/fetch-multiarch@{index}");
     ok(&env.sh(&format!("shoal pull -q --platform linux/arm64 {by_index}")));
-    let info = json(&ok(&env.sh(&format!("shoal inspect --json --platform linux/arm64 {by_index}"))));
+    let info = json(&ok(&env.sh(&format!(
+        "shoal inspect --json --platform linux/arm64 {by_index}"
+    ))));
     let arm = info["digest"].as_str().unwrap().to_string();
-    assert_ne!(arm, index, "the stored image is the platform's manifest, not the index");
+    assert_ne!(
+        arm, index,
+        "the stored image is the platform's manifest, not the index"
+    );
     // A platform manifest's digest works as a reference too.
     let env2 = Env::new("digest2");
-    ok(&env2.sh(&format!("shoal pull -q --platform linux/arm64 {REG}/shoal/fetch-multiarch@{arm}")));
-    assert_eq!(env2.images(), vec![arm.trim_start_matches("sha256:").to_string()]);
+    ok(&env2.sh(&format!(
+        "shoal pull -q --platform linux/arm64 {REG}/shoal/fetch-multiarch@{arm}"
+    )));
+    assert_eq!(
+        env2.images(),
+        vec![arm.trim_start_matches("sha256:").to_string()]
+    );
     // Pinned content: a re-pull asks nothing.
-    let again = env.sh(&format!("SHOAL_DEBUG_HTTP=1 shoal pull --platform linux/arm64 {by_index}"));
+    let again = env.sh(&format!(
+        "SHOAL_DEBUG_HTTP=1 shoal pull --platform linux/arm64 {by_index}"
+    ));
     assert!(ok(&again).contains("up to date"));
     assert_eq!(requests(&again.stderr), Vec::<String>::new());
     // A digest the registry does not have.
@@ -195,14 +247,25 @@ fn login_protected_registry_uses_saved_logins() {
     let env = Env::new("auth");
     let img = format!("{AUTH_REG}/shoal/busybox:latest");
     let e = fails(&env.sh(&format!("shoal pull {img}")));
-    assert!(e.contains("authentication failed") && e.contains("podman login") && e.contains("no saved login"), "{e}");
+    assert!(
+        e.contains("authentication failed")
+            && e.contains("podman login")
+            && e.contains("no saved login"),
+        "{e}"
+    );
     let auth = |login: &str| {
         let b64 = base64(login);
         format!(r#"{{"auths":{{"{AUTH_REG}":{{"auth":"{b64}"}}}}}}"#)
     };
     // A wrong password names the file it came from.
-    let e = fails(&env.sh(&format!("echo '{}' > bad.json && REGISTRY_AUTH_FILE=$PWD/bad.json shoal pull {img}", auth("shoaltest:nope"))));
-    assert!(e.contains("authentication failed") && e.contains("bad.json"), "{e}");
+    let e = fails(&env.sh(&format!(
+        "echo '{}' > bad.json && REGISTRY_AUTH_FILE=$PWD/bad.json shoal pull {img}",
+        auth("shoaltest:nope")
+    )));
+    assert!(
+        e.contains("authentication failed") && e.contains("bad.json"),
+        "{e}"
+    );
     // REGISTRY_AUTH_FILE, podman's auth.json, docker's config.json.
     for (i, setup) in [
         format!("echo '{}' > good.json && export REGISTRY_AUTH_FILE=$PWD/good.json", auth(AUTH_LOGIN)),
@@ -226,11 +289,16 @@ fn login_protected_registry_uses_saved_logins() {
 }
 
 fn base64(s: &str) -> String {
-    let out = std::process::Command::new("base64").arg("-w0").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
-        use std::io::Write;
-        c.stdin.take().unwrap().write_all(s.as_bytes())?;
-        c.wait_with_output()
-    });
+    let out = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        });
     String::from_utf8(out.unwrap().stdout).unwrap()
 }
 
@@ -239,7 +307,12 @@ fn tls_is_verified_unless_told_otherwise() {
     let env = Env::new("tls");
     let img = format!("{REG}/shoal/busybox");
     let e = fails(&env.sh(&format!("unset SSL_CERT_FILE; shoal pull {img}")));
-    assert!(e.contains("TLS certificate check failed") && e.contains("ca_file") && e.contains("--tls-verify=false"), "{e}");
+    assert!(
+        e.contains("TLS certificate check failed")
+            && e.contains("ca_file")
+            && e.contains("--tls-verify=false"),
+        "{e}"
+    );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     assert!(env.images().is_empty());
     // The CA from the registry's config section.
@@ -251,30 +324,53 @@ fn tls_is_verified_unless_told_otherwise() {
     // One call without checks, for a lab registry.
     ok(&env.sh(&format!("unset SSL_CERT_FILE; : > shoal.toml; export XDG_DATA_HOME=$PWD/d2; shoal pull -q --tls-verify=false {img}")));
     // A CA file that is no CA file.
-    let e = fails(&env.sh(&format!("echo junk > junk.pem; SSL_CERT_FILE=$PWD/junk.pem shoal pull {img}")));
-    assert!(e.contains("junk.pem") && e.contains("no PEM certificate"), "{e}");
+    let e = fails(&env.sh(&format!(
+        "echo junk > junk.pem; SSL_CERT_FILE=$PWD/junk.pem shoal pull {img}"
+    )));
+    assert!(
+        e.contains("junk.pem") && e.contains("no PEM certificate"),
+        "{e}"
+    );
 }
 
 #[test]
 fn corrupt_blob_fails_the_pull_and_leaves_nothing() {
     let env = Env::new("corrupt");
     let e = fails(&env.sh(&format!("shoal pull {REG}/shoal/fetch-corrupt")));
-    assert!(e.contains("is corrupt") && e.contains("nothing was stored"), "{e}");
+    assert!(
+        e.contains("is corrupt") && e.contains("nothing was stored"),
+        "{e}"
+    );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     assert!(env.images().is_empty());
     assert!(env.temps().is_empty(), "{:?}", env.temps());
-    assert_eq!(json(&ok(&env.sh("shoal images --json"))), serde_json::json!([]));
+    assert_eq!(
+        json(&ok(&env.sh("shoal images --json"))),
+        serde_json::json!([])
+    );
 }
 
 #[test]
 fn registry_errors_are_one_line_that_says_what_to_do() {
     let env = Env::new("errors");
     for (img, says) in [
-        (format!("{REG}/shoal/no-such-image:1"), "not found on 127.0.0.1:5443"),
-        (format!("{REG}/shoal/busybox:no-such-tag"), "check the name and tag"),
-        (format!("{REG}/shoal/fetch-badmanifest"), "malformed manifest: image manifest without a `config`"),
+        (
+            format!("{REG}/shoal/no-such-image:1"),
+            "not found on 127.0.0.1:5443",
+        ),
+        (
+            format!("{REG}/shoal/busybox:no-such-tag"),
+            "check the name and tag",
+        ),
+        (
+            format!("{REG}/shoal/fetch-badmanifest"),
+            "malformed manifest: image manifest without a `config`",
+        ),
         // Nothing listens there: retried with backoff, then given up.
-        ("127.0.0.1:5999/shoal/busybox".to_string(), "registry unreachable"),
+        (
+            "127.0.0.1:5999/shoal/busybox".to_string(),
+            "registry unreachable",
+        ),
     ] {
         let e = fails(&env.sh(&format!("shoal pull {img}")));
         assert!(e.contains(says), "{img}: {e}");
@@ -294,7 +390,10 @@ fn a_full_disk_is_reported_and_leaves_nothing() {
         "mkdir -p data && unshare -Urm sh -c 'mount -t tmpfs -o size=4m tmpfs data && \"$0\" pull {REG}/shoal/fetch-big; rc=$?; ls -A data/shoal/images/sha256 2>/dev/null | wc -l >&2; exit $rc' '{}'",
         env.tb.shoal().display()
     )));
-    assert!(e.contains("no space left") && e.contains("store.user_dir"), "{e}");
+    assert!(
+        e.contains("no space left") && e.contains("store.user_dir"),
+        "{e}"
+    );
     assert!(e.trim().ends_with('0'), "an image was published:\n{e}");
 }
 
@@ -308,7 +407,9 @@ fn concurrent_pulls_of_one_image_end_with_exactly_one_image() {
     assert_eq!(out.matches("fetch-big:latest: ").count(), 4, "{out}");
     assert_eq!(env.images().len(), 1, "{:?}", env.images());
     assert!(env.temps().is_empty(), "{:?}", env.temps());
-    let info = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/fetch-big"))));
+    let info = json(&ok(
+        &env.sh(&format!("shoal inspect --json {REG}/shoal/fetch-big"))
+    ));
     let sqfs = info["squashfs"].as_str().unwrap();
     let size = ok(&env.sh(&format!("unsquashfs -lln '{sqfs}' data/random.bin")));
     assert!(size.contains(&(48 << 20).to_string()), "{size}");
@@ -344,10 +445,25 @@ fn killed_pull_leaves_no_image_and_the_next_pull_succeeds() {
         tmp = store.join("tmp").display()
     );
     let out = ok(&env.sh(&script));
-    assert_eq!(out.trim(), "killed", "the pull ended before it could be killed");
-    assert!(env.images().is_empty(), "a killed pull published {:?}", env.images());
-    assert_eq!(env.temps().len(), 1, "the killed pull's work dir stays until gc");
-    assert_eq!(json(&ok(&env.sh("shoal images --json"))), serde_json::json!([]));
+    assert_eq!(
+        out.trim(),
+        "killed",
+        "the pull ended before it could be killed"
+    );
+    assert!(
+        env.images().is_empty(),
+        "a killed pull published {:?}",
+        env.images()
+    );
+    assert_eq!(
+        env.temps().len(),
+        1,
+        "the killed pull's work dir stays until gc"
+    );
+    assert_eq!(
+        json(&ok(&env.sh("shoal images --json"))),
+        serde_json::json!([])
+    );
     // The next pull does not trip over the leftovers; gc removes them.
     let out = ok(&env.sh(&format!("shoal pull {img}")));
     assert!(out.contains("pulled"), "{out}");
@@ -368,19 +484,38 @@ fn import_layout_archive_directory_and_squashfs() {
          shoal pull -q {REG}/shoal/busybox && cp \"$(shoal inspect --json {REG}/shoal/busybox | sed -n 's/.*\"squashfs\": \"\\(.*\\)\".*/\\1/p')\" copy.sqfs && \
          shoal import --name localhost/copy:1 copy.sqfs && shoal images"
     )));
-    for name in ["localhost/layout:latest", "localhost/bb:tar", "localhost/tree:latest", "localhost/copy:1"] {
+    for name in [
+        "localhost/layout:latest",
+        "localhost/bb:tar",
+        "localhost/tree:latest",
+        "localhost/copy:1",
+    ] {
         assert!(out.contains(name), "{name} missing:\n{out}");
     }
     // Layout and archive keep the image's settings; the directory's content
     // is there.
     for name in ["localhost/layout", "localhost/bb:tar"] {
         let info = json(&ok(&env.sh(&format!("shoal inspect --json {name}"))));
-        assert_eq!(info["config"]["cmd"], serde_json::json!(["/bin/sh"]), "{name}");
-        let marker = ok(&env.sh(&format!("unsquashfs -cat '{}' etc/shoal-test-image", info["squashfs"].as_str().unwrap())));
+        assert_eq!(
+            info["config"]["cmd"],
+            serde_json::json!(["/bin/sh"]),
+            "{name}"
+        );
+        let marker = ok(&env.sh(&format!(
+            "unsquashfs -cat '{}' etc/shoal-test-image",
+            info["squashfs"].as_str().unwrap()
+        )));
         assert_eq!(marker.trim(), "shoal test image: busybox", "{name}");
     }
     let tree = json(&ok(&env.sh("shoal inspect --json localhost/tree")));
-    assert_eq!(ok(&env.sh(&format!("unsquashfs -cat '{}' etc/hello", tree["squashfs"].as_str().unwrap()))).trim(), "hello");
+    assert_eq!(
+        ok(&env.sh(&format!(
+            "unsquashfs -cat '{}' etc/hello",
+            tree["squashfs"].as_str().unwrap()
+        )))
+        .trim(),
+        "hello"
+    );
     let e = fails(&env.sh("echo notanimage > x.bin && shoal import x.bin"));
     assert!(e.contains("x.bin"), "{e}");
     let e = fails(&env.sh("shoal import /nonexistent"));
@@ -394,28 +529,44 @@ fn site_store_is_written_by_admins_and_read_by_users() {
     let site = PathBuf::from(format!("/var/tmp/shoal-site-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&site);
     let cfg = env.dir.join("site.toml");
-    std::fs::write(&cfg, format!("[store]\nsite_dir = \"{}\"\n", site.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[store]\nsite_dir = \"{}\"\n", site.display()),
+    )
+    .unwrap();
     ok(&tb.root(&format!(
         "XDG_DATA_HOME=/nonexistent SSL_CERT_FILE={} {} --config {} pull -q --site {REG}/shoal/busybox",
         tb.ca_cert.display(),
         tb.shoal().display(),
         cfg.display()
     )));
-    let info = json(&ok(&env.sh(&format!("shoal --config '{}' inspect --json {REG}/shoal/busybox", cfg.display()))));
+    let info = json(&ok(&env.sh(&format!(
+        "shoal --config '{}' inspect --json {REG}/shoal/busybox",
+        cfg.display()
+    ))));
     assert_eq!(info["scope"], "site");
     assert!(Path::new(info["squashfs"].as_str().unwrap()).starts_with(&site));
-    let e = fails(&env.sh(&format!("shoal --config '{}' pull --site {REG}/shoal/fetch-multiarch", cfg.display())));
-    assert!(e.contains(&site.display().to_string()) && e.to_lowercase().contains("permission denied"), "{e}");
+    let e = fails(&env.sh(&format!(
+        "shoal --config '{}' pull --site {REG}/shoal/fetch-multiarch",
+        cfg.display()
+    )));
+    assert!(
+        e.contains(&site.display().to_string()) && e.to_lowercase().contains("permission denied"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&site).unwrap();
 }
-
 
 /// `skopeo copy` of `repo:tag` from the registry, `umoci unpack` as root
 /// (real owners), device nodes dropped (Shoal drops them: mounts are
 /// nodev), packed by mksquashfs: an independent reference for what a pull
 /// must produce. Returns the reference squashfs, readable by the user.
 fn reference_squashfs(tb: &Testbed, repo_tag: &str) -> PathBuf {
-    let dir = PathBuf::from(format!("/var/tmp/shoal-pull-ref-{}-{}", std::process::id(), repo_tag.replace([':', '/'], "-")));
+    let dir = PathBuf::from(format!(
+        "/var/tmp/shoal-pull-ref-{}-{}",
+        std::process::id(),
+        repo_tag.replace([':', '/'], "-")
+    ));
     let out = dir.with_extension("sqfs");
     ok(&tb.root(&format!(
         "set -e; rm -rf {d} {o}; mkdir -p {d}; \
@@ -433,7 +584,10 @@ fn reference_squashfs(tb: &Testbed, repo_tag: &str) -> PathBuf {
 /// `sqfsdiff` as the user: same entries, contents, owners and permissions.
 /// Basic vs extended inode types are how a writer packs, not content.
 fn assert_same_tree(tb: &Testbed, reference: &Path, ours: &str) {
-    let out = tb.user(&format!("sqfsdiff -a '{}' -b '{ours}'", reference.display()));
+    let out = tb.user(&format!(
+        "sqfsdiff -a '{}' -b '{ours}'",
+        reference.display()
+    ));
     let report = String::from_utf8_lossy(&out.stdout);
     let real: Vec<&str> = report
         .lines()
@@ -453,17 +607,29 @@ fn pulled_layers_image_matches_umoci_unpack_of_the_same_image() {
     // Whiteouts, an opaque directory, a hard link, symlinks, a file replaced
     // by a directory across layers, a setuid file (tests/testbed/mklayers.py).
     let env = Env::new("layers");
-    ok(&env.sh(&format!("shoal pull -q {REG}/shoal/layers:latest && shoal pull -q {REG}/shoal/layers:zstd")));
-    let gz = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/layers:latest"))));
-    let zst = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/layers:zstd"))));
+    ok(&env.sh(&format!(
+        "shoal pull -q {REG}/shoal/layers:latest && shoal pull -q {REG}/shoal/layers:zstd"
+    )));
+    let gz = json(&ok(
+        &env.sh(&format!("shoal inspect --json {REG}/shoal/layers:latest"))
+    ));
+    let zst = json(&ok(
+        &env.sh(&format!("shoal inspect --json {REG}/shoal/layers:zstd"))
+    ));
     let reference = reference_squashfs(env.tb, "shoal/layers:latest");
     assert_same_tree(env.tb, &reference, gz["squashfs"].as_str().unwrap());
     // The zstd-compressed layers give the same tree.
     assert_same_tree(env.tb, &reference, zst["squashfs"].as_str().unwrap());
     let _ = std::fs::remove_file(&reference);
     // The setuid bit is kept in the image (mounts are nosuid).
-    let list = ok(&env.sh(&format!("unsquashfs -lln '{}'", gz["squashfs"].as_str().unwrap())));
-    assert!(list.lines().any(|l| l.starts_with("-rws")), "no setuid file in:\n{list}");
+    let list = ok(&env.sh(&format!(
+        "unsquashfs -lln '{}'",
+        gz["squashfs"].as_str().unwrap()
+    )));
+    assert!(
+        list.lines().any(|l| l.starts_with("-rws")),
+        "no setuid file in:\n{list}"
+    );
 }
 
 #[test]
@@ -477,15 +643,32 @@ fn malicious_layers_are_refused_and_write_nothing_outside() {
         ("hardlink", "climbs out of the image root"),
     ] {
         let e = fails(&env.sh(&format!("shoal pull {REG}/shoal/evil:{tag}")));
-        assert!(e.contains(says) && e.contains("cannot be converted safely"), "evil:{tag}: {e}");
+        assert!(
+            e.contains(says) && e.contains("cannot be converted safely"),
+            "evil:{tag}: {e}"
+        );
         assert_eq!(e.trim().lines().count(), 1, "evil:{tag}: {e}");
-        assert!(!sentinel.exists(), "evil:{tag} wrote {}", sentinel.display());
-        assert!(env.images().is_empty() && env.temps().is_empty(), "evil:{tag} left {:?} {:?}", env.images(), env.temps());
+        assert!(
+            !sentinel.exists(),
+            "evil:{tag} wrote {}",
+            sentinel.display()
+        );
+        assert!(
+            env.images().is_empty() && env.temps().is_empty(),
+            "evil:{tag} left {:?} {:?}",
+            env.images(),
+            env.temps()
+        );
     }
     // An absolute name is taken inside the image root.
     ok(&env.sh(&format!("shoal pull -q {REG}/shoal/evil:absolute")));
-    let info = json(&ok(&env.sh(&format!("shoal inspect --json {REG}/shoal/evil:absolute"))));
-    let inside = ok(&env.sh(&format!("unsquashfs -cat '{}' tmp/shoal-evil-absolute", info["squashfs"].as_str().unwrap())));
+    let info = json(&ok(
+        &env.sh(&format!("shoal inspect --json {REG}/shoal/evil:absolute"))
+    ));
+    let inside = ok(&env.sh(&format!(
+        "unsquashfs -cat '{}' tmp/shoal-evil-absolute",
+        info["squashfs"].as_str().unwrap()
+    )));
     assert_eq!(inside.trim(), "inside");
     assert!(!Path::new("/tmp/shoal-evil-absolute").exists());
 }
@@ -494,7 +677,10 @@ fn malicious_layers_are_refused_and_write_nothing_outside() {
 fn mirrors_are_tried_first_and_fall_through() {
     let env = Env::new("mirrors");
     let img = format!("{REG}/shoal/busybox");
-    let login = format!(r#"{{"auths":{{"{AUTH_REG}":{{"auth":"{}"}}}}}}"#, base64(AUTH_LOGIN));
+    let login = format!(
+        r#"{{"auths":{{"{AUTH_REG}":{{"auth":"{}"}}}}}}"#,
+        base64(AUTH_LOGIN)
+    );
     // A dead mirror, then the login-protected registry (which has the same
     // repository), then the registry itself.
     let out = env.sh(&format!(
@@ -506,11 +692,19 @@ fn mirrors_are_tried_first_and_fall_through() {
     let reqs = requests(&out.stderr);
     assert!(reqs[0].contains("https://127.0.0.1:5999/"), "{reqs:?}");
     let blobs: Vec<&String> = reqs.iter().filter(|r| r.contains("/blobs/")).collect();
-    assert!(!blobs.is_empty() && blobs.iter().all(|r| r.contains(&format!("https://{AUTH_REG}/"))), "{reqs:?}");
+    assert!(
+        !blobs.is_empty()
+            && blobs
+                .iter()
+                .all(|r| r.contains(&format!("https://{AUTH_REG}/"))),
+        "{reqs:?}"
+    );
     // An image the mirrors lack comes from the registry itself.
     let out = env.sh(&format!("export REGISTRY_AUTH_FILE=$PWD/auth.json; SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/fetch-multiarch"));
     ok(&out);
-    assert!(requests(&out.stderr).iter().any(|r| r.contains(&format!("https://{REG}/v2/shoal/fetch-multiarch/blobs/"))));
+    assert!(requests(&out.stderr)
+        .iter()
+        .any(|r| r.contains(&format!("https://{REG}/v2/shoal/fetch-multiarch/blobs/"))));
 }
 
 #[test]
@@ -520,13 +714,22 @@ fn progress_shows_on_a_terminal_only() {
     // Not a terminal: no progress on stderr, one summary line on stdout.
     let out = env.sh(&format!("shoal pull {img}"));
     assert_eq!(ok(&out).lines().count(), 1);
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // -q: nothing at all.
     let out = env.sh(&format!("shoal rm {img} >/dev/null && shoal pull -q {img}"));
     assert!(ok(&out).is_empty() && out.stderr.is_empty());
     // On a terminal (script(1) gives it a pty): bars for both phases.
-    let out = ok(&env.sh(&format!("shoal rm {img} >/dev/null && TERM=xterm script -qec \"$SHOAL_BIN pull {img}\" /dev/null")));
-    assert!(out.contains("downloading") && out.contains("converting"), "{out}");
+    let out = ok(&env.sh(&format!(
+        "shoal rm {img} >/dev/null && TERM=xterm script -qec \"$SHOAL_BIN pull {img}\" /dev/null"
+    )));
+    assert!(
+        out.contains("downloading") && out.contains("converting"),
+        "{out}"
+    );
     assert!(out.contains("fetch-big:latest: pulled"), "{out}");
 }
 
@@ -537,14 +740,28 @@ fn bearer_token_registry_gets_a_token_with_the_saved_login() {
     let env = Env::new("bearer");
     let img = "127.0.0.1:5445/shoal/busybox:latest";
     let e = fails(&env.sh(&format!("shoal pull {img}")));
-    assert!(e.contains("127.0.0.1:5445: authentication failed") && e.contains("no saved login"), "{e}");
-    let login = format!(r#"{{"auths":{{"127.0.0.1:5445":{{"auth":"{}"}}}}}}"#, base64(AUTH_LOGIN));
+    assert!(
+        e.contains("127.0.0.1:5445: authentication failed") && e.contains("no saved login"),
+        "{e}"
+    );
+    let login = format!(
+        r#"{{"auths":{{"127.0.0.1:5445":{{"auth":"{}"}}}}}}"#,
+        base64(AUTH_LOGIN)
+    );
     let out = env.sh(&format!("echo '{login}' > auth.json; REGISTRY_AUTH_FILE=$PWD/auth.json SHOAL_DEBUG_HTTP=1 shoal pull {img}"));
     assert!(ok(&out).contains("pulled"));
     let reqs = requests(&out.stderr);
     // One token per repository, reused for the manifest and every blob.
-    assert_eq!(reqs.iter().filter(|r| r.contains("(token)")).count(), 1, "{reqs:?}");
-    assert!(reqs.iter().any(|r| r.contains("https://127.0.0.1:5446/token")), "{reqs:?}");
+    assert_eq!(
+        reqs.iter().filter(|r| r.contains("(token)")).count(),
+        1,
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.contains("https://127.0.0.1:5446/token")),
+        "{reqs:?}"
+    );
     let info = json(&ok(&env.sh(&format!("shoal inspect --json {img}"))));
     assert_eq!(info["config"]["labels"]["org.shoal.test"], "busybox");
 }
