@@ -401,10 +401,14 @@ fn a_full_disk_is_reported_and_leaves_nothing() {
 fn concurrent_pulls_of_one_image_end_with_exactly_one_image() {
     let env = Env::new("concurrent");
     let out = ok(&env.sh(&format!(
-        "for i in 1 2 3 4; do shoal pull {REG}/shoal/fetch-big > out.$i 2>&1 & done; \
+        "for i in 1 2 3 4; do SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/fetch-big > out.$i 2>&1 & done; \
          fail=0; for j in 1 2 3 4; do wait -n || fail=1; done; cat out.*; exit $fail"
     )));
     assert_eq!(out.matches("fetch-big:latest: ").count(), 4, "{out}");
+    // The waiting pulls found the image published: the layers were fetched
+    // by one of the four only.
+    let blob_gets = requests(out.as_bytes()).into_iter().filter(|r| r.contains("/blobs/")).count();
+    assert_eq!(blob_gets, 2, "config and layer, once:\n{out}");
     assert_eq!(env.images().len(), 1, "{:?}", env.images());
     assert!(env.temps().is_empty(), "{:?}", env.temps());
     let info = json(&ok(
