@@ -479,3 +479,95 @@ fn doctor_prints_a_table_with_fixes() {
     assert!(text.contains("config           FAIL"), "{text}");
     assert!(text.contains("fix: fix the file"), "{text}");
 }
+
+#[test]
+fn missing_or_closed_dev_fuse_is_reported_with_the_fix() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "devfuse");
+    // A private mount namespace whose /dev has no fuse node, then one whose
+    // fuse node is root-only: what a fresh node looks like.
+    for (setup, says) in [
+        ("", "/dev/fuse is missing on this node: load the kernel module"),
+        ("mknod $d/fuse c 10 229 && chmod 600 $d/fuse &&", "/dev/fuse is not accessible to you"),
+    ] {
+        let out = tb.root(&format!(
+            "unshare -m sh -c 'd=$(mktemp -d) && mount -t tmpfs t $d && cp -a /dev/null /dev/zero /dev/urandom $d/ && {setup} \
+             mount --bind $d /dev && cd {dir} && runuser -u {u} -- env HOME={home} {s} run ./busybox.sqfs -- true; \
+             runuser -u {u} -- {s} doctor'",
+            dir = dir.display(),
+            u = tb.user,
+            home = tb.home.display(),
+            s = shoal(tb)
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(err.contains(says), "expected {says:?} in:\n{err}");
+        assert!(table.contains("/dev/fuse        FAIL"), "doctor did not flag /dev/fuse:\n{table}");
+        assert!(table.contains("fix: modprobe fuse, and make /dev/fuse mode 0666"), "{table}");
+    }
+    assert_clean(&img);
+}
+
+#[test]
+fn user_namespaces_disabled_is_reported_with_the_fix() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "nouserns");
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    let gid = ok(&tb.user("id -g")).trim().to_string();
+    // user.max_user_namespaces is per user namespace: set it to 0 in a
+    // namespace of root's (all ids mapped to themselves) and run as the user
+    // there, as on a node where the admin disabled them.
+    let as_user = format!("setpriv --reuid={uid} --regid={gid} --clear-groups env HOME={}", tb.home.display());
+    let inner = dir.join("inner.sh");
+    let go = dir.join("go");
+    std::fs::write(
+        &inner,
+        format!(
+            "echo 0 > /proc/sys/user/max_user_namespaces\ncd {d}\n{as_user} {s} run ./busybox.sqfs -- true\n{as_user} {s} doctor\n",
+            d = dir.display(),
+            s = shoal(tb)
+        ),
+    )
+    .unwrap();
+    let out = tb.root(&format!(
+        "unshare --user sh -c 'while [ ! -e {go} ]; do sleep 0.01; done; exec sh {inner}' & p=$!
+         while [ \"$(readlink /proc/$p/ns/user)\" = \"$(readlink /proc/self/ns/user)\" ]; do sleep 0.01; done
+         echo '0 0 65536' > /proc/$p/uid_map && echo '0 0 65536' > /proc/$p/gid_map && touch {go}; wait $p",
+        go = go.display(),
+        inner = inner.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains("user namespaces are disabled on this node") && err.contains("user.max_user_namespaces=0"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "not one line:\n{err}");
+    assert!(table.contains("user namespaces  FAIL"), "{table}");
+    assert!(table.contains("fix: enable them: sysctl user.max_user_namespaces="), "{table}");
+    assert_clean(&img);
+}
+
+#[test]
+fn root_opens_user_mount_sources_with_the_users_credentials() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "asuser");
+    // A directory only root can reach (inside a 0700 one), and the user's
+    // symlink to it.
+    let secret = fixtures().join("secret/sub");
+    ok(&tb.root(&format!("mkdir -p {0} && chmod 700 {0}/.. && echo s > {0}/f", secret.display())));
+    ok(&tb.user(&format!("ln -sfn {} {}/link", secret.display(), dir.display())));
+    for src in [secret.display().to_string(), format!("{}/link", dir.display())] {
+        let err = fails(&tb.root(&format!(
+            "cd {} && {} run --user {} --mount {src}:/data ./busybox.sqfs -- cat /data/f",
+            dir.display(),
+            shoal(tb),
+            tb.user
+        )));
+        assert!(err.contains(&format!("mount source {src} for /data is not accessible to {}", tb.user)), "{src}: {err}");
+    }
+    // Root running for root may use it.
+    let out = ok(&tb.root(&format!("cd {} && {} run --mount {}:/data ./busybox.sqfs -- cat /data/f", dir.display(), shoal(tb), secret.display())));
+    assert_eq!(out.trim(), "s");
+    assert_clean(&img);
+}

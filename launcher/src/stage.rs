@@ -139,19 +139,20 @@ impl NodeCache {
     }
 
     /// Stages `expected` for `job`, copying from `source` unless the node
-    /// already has it. Returns the path of the staged file.
+    /// already has it. Returns the path of the staged file, and whether this
+    /// call copied it.
     pub fn stage(
         &self,
         expected: &Expected,
         job: u32,
         source: impl FnOnce() -> io::Result<Box<dyn Read>>,
-    ) -> Result<PathBuf, StageError> {
+    ) -> Result<(PathBuf, bool), StageError> {
         let _lock = self.lock()?;
         let dest = self.image_path(expected);
         self.add_ref(&expected.key(), job)?;
         if dest.is_file() {
             touch(&dest);
-            return Ok(dest);
+            return Ok((dest, false));
         }
         let result = self
             .make_room(expected)
@@ -159,7 +160,7 @@ impl NodeCache {
         if result.is_err() {
             self.remove_ref(&expected.key(), job);
         }
-        result.map(|()| dest)
+        result.map(|()| (dest, true))
     }
 
     fn add_ref(&self, key: &str, job: u32) -> Result<(), StageError> {
@@ -365,13 +366,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
         let (exp, data) = image(1, 100);
-        let p = cache.stage(&exp, 7, src(&data)).unwrap();
+        let (p, copied) = cache.stage(&exp, 7, src(&data)).unwrap();
+        assert!(copied);
         assert_eq!(fs::read(&p).unwrap(), data);
         // A second job reuses it without reading the source.
-        let p2 = cache
+        let (p2, copied) = cache
             .stage(&exp, 8, || panic!("source opened for an image already staged"))
             .unwrap();
         assert_eq!(p, p2);
+        assert!(!copied);
         assert!(p.starts_with(dir.path().join("n1")));
     }
 
@@ -379,8 +382,8 @@ mod tests {
     fn nodes_have_separate_caches() {
         let dir = tempfile::tempdir().unwrap();
         let (exp, data) = image(1, 10);
-        let a = NodeCache::open(dir.path(), "n1", 100).unwrap().stage(&exp, 1, src(&data)).unwrap();
-        let b = NodeCache::open(dir.path(), "n2", 100).unwrap().stage(&exp, 1, src(&data)).unwrap();
+        let a = NodeCache::open(dir.path(), "n1", 100).unwrap().stage(&exp, 1, src(&data)).unwrap().0;
+        let b = NodeCache::open(dir.path(), "n2", 100).unwrap().stage(&exp, 1, src(&data)).unwrap().0;
         assert_ne!(a, b);
     }
 
@@ -392,8 +395,8 @@ mod tests {
         let me = own_ids();
         let mine = Expected { owner: Owner::User { uid: me.0, gid: me.1 }, ..site.clone() };
         let theirs = Expected { owner: Owner::User { uid: me.0 + 1, gid: me.1 }, ..site.clone() };
-        let p_site = cache.stage(&site, 1, src(&data)).unwrap();
-        let p_mine = cache.stage(&mine, 1, src(&data)).unwrap();
+        let p_site = cache.stage(&site, 1, src(&data)).unwrap().0;
+        let p_mine = cache.stage(&mine, 1, src(&data)).unwrap().0;
         assert_ne!(p_site, p_mine);
         assert_ne!(cache.image_path(&mine), cache.image_path(&theirs));
         use std::os::unix::fs::MetadataExt;

@@ -17,6 +17,7 @@
 //! be undefined behaviour.
 
 mod args;
+mod inject;
 mod job;
 mod options;
 mod pin;

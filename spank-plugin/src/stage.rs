@@ -97,9 +97,10 @@ pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<St
         owner: Owner::Site,
     };
     let source = stored.squashfs.clone();
-    let path = node_cache(config, node)?
+    let (path, copied) = node_cache(config, node)?
         .stage(&expected, job, move || Ok(Box::new(File::open(&source)?) as Box<dyn Read>))
         .map_err(|e| e.to_string())?;
+    log_copy(copied, job, node, pin, &path);
     Ok(Staged { squashfs: path, site: true, config: run_config })
 }
 
@@ -122,7 +123,24 @@ pub fn stage_user(
         size: pin.size,
         owner: Owner::User { uid: owner.0, gid: owner.1 },
     };
-    node_cache(config, node)?.stage(&expected, job, source).map_err(|e| e.to_string())
+    let (path, copied) = node_cache(config, node)?.stage(&expected, job, source).map_err(|e| e.to_string())?;
+    log_copy(copied, job, node, pin, &path);
+    Ok(path)
+}
+
+/// One slurmd log line per copy into a node cache (how often an image is
+/// really copied is what staging is about).
+fn log_copy(copied: bool, job: u32, node: &str, pin: &Pin, path: &std::path::Path) {
+    if copied {
+        crate::spank::log_info(&format!(
+            "{}: job {job}: staged {} ({}) into {node}'s cache: {} ({} bytes)",
+            crate::TAG,
+            pin.requested,
+            pin.digest,
+            path.display(),
+            pin.size
+        ));
+    }
 }
 
 /// The job prolog: stage ahead of the job. Never fails the prolog (that

@@ -21,6 +21,9 @@ pub fn post_opt(spank: &Spank) -> Result<(), String> {
     let config = options::config();
     check_request(&req, &config)?;
     let Some(image) = req.image.as_ref().filter(|_| !req.no_image) else {
+        // A pin inherited from an enclosing image job must not put this
+        // step (`--no-image`, or a job without an image) into that image.
+        std::env::remove_var(pin::ENV);
         return Ok(());
     };
     let pin = pin_image(image, &config)?;

@@ -2,12 +2,15 @@
 //! that step, as the step's user, before Slurm execs the task's command.
 //!
 //! - `user_init` (slurmstepd, with the user's effective ids): opens a
-//!   user-store image and its metadata with the user's own credentials.
+//!   user-store image and its metadata with the user's own credentials, and
+//!   checks the step's host-library modules against the image (`inject.rs`).
 //!   Its errors are held, not returned: srun does not show them.
 //! - `task_init_privileged` (the forked task, still root): reports a held
 //!   error where the user sees it, stages the image on this node, then
 //!   makes or joins the container of (job, step, node) with exactly Slurm's
-//!   local task count as peers, and sets the task's environment. Slurm then
+//!   local task count as peers, and sets the task's environment. The
+//!   modules' mounts and setup are part of the plan (carried out by the
+//!   task that builds the container). Slurm then
 //!   drops to the user and execs the command inside.
 
 use std::fs::File;
@@ -16,12 +19,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use shoal::container::{self, Mount, MountKind, Origin, RunImage, RunRequest, Share, UserMount};
 use shoal::image::store::ImageMeta;
+use shoal::inject::InjectionPlan;
 
 use crate::options;
 use crate::pin::{self, Pin, Scope};
 use crate::spank::{self, Spank};
 use crate::stage::{self, ReadAt, Staged};
-use crate::{job, TAG};
+use crate::{inject, job, TAG};
 
 #[derive(Default)]
 struct Step {
@@ -29,6 +33,8 @@ struct Step {
     /// The user's image file, opened as the user.
     user_file: Option<File>,
     user_config: Option<container::ImageConfig>,
+    /// The modules checked against the image, once per step and node.
+    injection: Option<InjectionPlan>,
     /// An error from `user_init`, reported by the tasks.
     held: Option<String>,
 }
@@ -72,6 +78,20 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         state.user_file = Some(file);
         state.user_config = read_meta(&pin.squashfs, &pin.digest);
     }
+    // With the user's ids, on the pinned file: the copy staged later is
+    // checked to hold the same bytes.
+    let env = spank.job_env().map_err(|e| e.to_string())?;
+    // `--module` reaches slurmstepd as an option; `$SHOAL_MODULE` (checked
+    // at submission) only through the job's environment.
+    let mut req = options::request();
+    if req.modules.is_none() {
+        if let Some(v) = spank.getenv("SHOAL_MODULE").filter(|v| !v.is_empty()) {
+            options::set_modules(&mut req, &v).map_err(|e| format!("$SHOAL_MODULE: {e}"))?;
+        }
+    }
+    let modules = req.modules;
+    state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env)
+        .map_err(|e| format!("image {}: {e}", pin.requested))?;
     state.pin = Some(pin);
     Ok(())
 }
@@ -90,6 +110,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         return Err(e);
     }
     let Some(pin) = state.pin.clone() else { return Ok(()) };
+    let injection = state.injection.clone();
     let config = options::config();
     let node = job::node_name()?;
     let job_id = spank.job_id().map_err(|e| e.to_string())?;
@@ -139,6 +160,9 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     };
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
     add_slurm_binds(&mut plan, spank, step_id, &config)?;
+    if let Some(injection) = &injection {
+        inject::add_to_plan(&mut plan, injection).map_err(|e| format!("image {}: {e}", pin.requested))?;
+    }
     let share = Share {
         key: job::share_key(job_id, step_id, &node),
         peers: spank.local_task_count().map_err(|e| e.to_string())?,

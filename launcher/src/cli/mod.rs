@@ -49,7 +49,7 @@ enum Command {
     /// Import an OCI layout, docker-archive, directory or squashfs file.
     Import(import::ImportArgs),
     /// Run a command in an image: `shoal run IMAGE [--] CMD [ARGS...]`.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check this node (user namespaces, FUSE, squashfs, config) and say how to fix failures.
     Doctor,
     /// Show which host libraries of a module an image can take, and why.
@@ -66,7 +66,7 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => rm::run(args, &cli.config),
         Command::Gc(args) => gc::run(args, &cli.config),
         Command::Import(args) => import::run(args, &cli.config),
-        Command::Run(args) => run::run(args, &cli.config),
+        Command::Run(args) => run::run(*args, &cli.config),
         Command::Doctor => doctor::run(&cli.config),
         Command::AbiCheck(args) => abi_check::run(args, &cli.config),
     };

@@ -1,6 +1,11 @@
 //! `shoal run [OPTIONS] IMAGE [--] CMD [ARGS...]`: builds the request from
 //! the command line and the caller's identity, plans, and runs (or prints
 //! the plan with `--dry-run`). The command replaces this process.
+//!
+//! `--module`: the image is checked against the modules as the caller
+//! (unprivileged: the user; root with `--user`: the user's ids), and a
+//! refusal is one line naming the conflicting files, before anything is
+//! mounted.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use nix::unistd::{Gid, Group, Uid, User};
 use shoal::container::{self, EnterError, ExecError, Identity, ImageConfig, RunImage, RunRequest, Share, UserMount};
+use shoal::inject::plan::render_table;
 use shoal::{Config, ImageSpec};
 
 #[derive(Debug, Args)]
@@ -45,6 +51,11 @@ pub struct RunArgs {
     /// Exactly how many processes share the container.
     #[arg(long, value_name = "N", requires = "share_key")]
     share_peers: Option<u32>,
+    /// Host-library modules from the site config (`NAME[,NAME]`,
+    /// repeatable; `none` for no module); default: `[injection]
+    /// default_modules`. `--dry-run` prints the per-library decisions.
+    #[arg(long = "module", value_name = "NAME[,NAME]")]
+    modules: Vec<String>,
     /// A squashfs file (`/path`, `./path`) or an image reference.
     image: String,
     /// The command and its arguments (default: the image's Cmd).
@@ -138,7 +149,14 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         mounts,
         writable: args.writable,
     };
-    let plan = container::plan(&req, &cfg)?;
+    let mut plan = container::plan(&req, &cfg)?;
+    let cuda = req.host_env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.as_str());
+    if let Some(assessment) = container::assess_modules(&plan, &cfg, &args.modules, cuda)? {
+        if args.dry_run {
+            println!("{}", render_table(&assessment.decisions));
+        }
+        container::add_injection(&mut plan, &assessment.into_plan()?)?;
+    }
     if args.dry_run {
         print!("{}", plan.render());
         return Ok(ExitCode::SUCCESS);

@@ -142,7 +142,7 @@ pub fn checks(config_path: &Path) -> Vec<Check> {
 /// The table: one check a line, with the fix for each failure.
 pub fn render(checks: &[Check]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<16} {:<5} {}", "CHECK", "OK", "DETAIL / FIX");
+    let _ = writeln!(s, "{:<16} {:<5} DETAIL / FIX", "CHECK", "OK");
     for c in checks {
         let _ = writeln!(s, "{:<16} {:<5} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
         if !c.ok {

@@ -1,35 +1,36 @@
 //! The image through `squashfuse_ll`, with a lifetime tied to the container.
 //!
-//! The launcher opens /dev/fuse and mounts the FUSE filesystem itself (in the
-//! container's namespaces), then passes the descriptor (SCM_RIGHTS) to a
-//! `squashfuse_ll` that it execs with `/dev/fd/N` as mountpoint (libfuse 3
-//! serves an already mounted descriptor given that way). The server process is forked *before*
-//! the launcher leaves the host namespaces, in its own session, so:
-//! - it never pins the container's mount namespace: when the last container
-//!   process exits, the namespace and its mounts go, the kernel aborts the
-//!   FUSE connection and the server exits: it never outlives the container;
-//! - terminal signals and the launcher's own signals never reach it, and the
-//!   launcher never kills it: it does not die before the container;
-//! - it runs as the user (privileged mode drops to the user before exec), so
-//!   the squashfs parser never runs with privileges.
+//! The launcher makes the FUSE superblock itself as a *detached* mount (new
+//! mount API: fsopen/fsconfig/fsmount), in a user namespace of its own when
+//! unprivileged (uid and gid mapped to themselves) and a mount namespace
+//! that only the server keeps; then it forks the server, which execs
+//! `squashfuse_ll` on `/dev/fd/N` (libfuse 3 serves an already mounted
+//! descriptor given that way) while the launcher goes on: it makes the
+//! container's own mount namespace and attaches the mount there. So:
+//! - the server is never in the container's mount namespace and never pins
+//!   it: when the last container process exits, the namespace and its mounts
+//!   go, the kernel aborts the FUSE connection and the server exits: it
+//!   never outlives the container;
+//! - terminal signals and the launcher's own signals never reach it
+//!   (ignored, and libfuse keeps ignored signals ignored), and the launcher
+//!   never kills it: it does not die before the container;
+//! - it runs as the user (root's server drops to the user before exec), so
+//!   the squashfs parser never runs with privileges;
+//! - its exec and library loading overlap with the launcher's own work.
 //!
-//! Must never: keep the /dev/fuse descriptor open in the launcher after the
-//! mount (a dead server would then hang the container instead of failing it).
+//! Must never: keep a /dev/fuse descriptor in the launcher (a dead server
+//! would then hang the container instead of failing it).
 
 use std::ffi::CString;
-use std::io::{self, IoSlice, IoSliceMut, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 
 use super::sys;
+use super::userns;
 
 /// Why the FUSE server could not be started or the image not mounted.
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +45,28 @@ pub enum FuseError {
     Spawn(io::Error),
     #[error("cannot mount the image with FUSE: {0}")]
     Mount(io::Error),
+    #[error(transparent)]
+    Namespace(#[from] userns::NsError),
 }
 
-/// A server forked and waiting for its mount.
+/// Who the server runs as and where it makes the superblock.
+#[derive(Debug, Clone)]
+pub enum ServerAs {
+    /// Unprivileged launch: the server makes the user namespace.
+    User { uid: u32, gid: u32 },
+    /// Root acting for a user: superblock made as root in the host's
+    /// namespaces, then the server drops to the user.
+    RootFor { uid: u32, gid: u32, groups: Vec<u32> },
+}
+
+/// A server forked and serving the superblock made for it.
 pub struct FuseServer {
-    /// Carries the mounted /dev/fuse descriptor to the server.
-    handoff: Option<OwnedFd>,
+    /// The detached mount, until the launcher attaches it.
+    mount: Option<OwnedFd>,
     errors: OwnedFd,
+    /// The short-lived middle process of the double fork, reaped late so
+    /// the launch never waits for it to be scheduled.
+    middle: Option<nix::unistd::Pid>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -60,7 +76,6 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The descriptor numbers the server gets /dev/fuse and the image at.
 const SERVER_DEV_FD: i32 = 3;
 const SERVER_IMAGE_FD: i32 = 4;
-const SERVER_SOCK_FD: i32 = 5;
 
 fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
     sys::openat(None, Path::new("/dev/fuse"), libc::O_RDWR, 0).map_err(|e| match e.raw_os_error() {
@@ -69,157 +84,132 @@ fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
     })
 }
 
-/// Forks the server; it waits for [`FuseServer::mount`] to hand it the
-/// mounted /dev/fuse descriptor, then execs. `image` is the opened squashfs
-/// file; `run_as` = (uid, gid, groups) when the launcher is root.
-pub fn start(
-    squashfuse: &Path,
-    image: BorrowedFd<'_>,
-    run_as: Option<(u32, u32, &[u32])>,
-) -> Result<FuseServer, FuseError> {
+/// Makes the image's FUSE superblock as a detached mount (new mount API),
+/// read-only, nosuid, nodev, and returns it with its /dev/fuse descriptor.
+fn make_superblock(uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), FuseError> {
+    let dev = open_dev_fuse()?;
+    let m = FuseError::Mount;
+    let fs = sys::fsopen(c"fuse").map_err(m)?;
+    let num = |n: u32| CString::new(n.to_string()).expect("digits");
+    sys::fsconfig(fs.as_fd(), c"fd", Some(&num(dev.as_raw_fd() as u32))).map_err(m)?;
+    sys::fsconfig(fs.as_fd(), c"rootmode", Some(c"40000")).map_err(m)?;
+    sys::fsconfig(fs.as_fd(), c"user_id", Some(&num(uid))).map_err(m)?;
+    sys::fsconfig(fs.as_fd(), c"group_id", Some(&num(gid))).map_err(m)?;
+    // Root sets up the container before dropping to the user.
+    sys::fsconfig(fs.as_fd(), c"allow_other", None).map_err(m)?;
+    // The kernel checks file modes; the server never decides access.
+    sys::fsconfig(fs.as_fd(), c"default_permissions", None).map_err(m)?;
+    sys::fsconfig(fs.as_fd(), c"subtype", Some(c"squashfuse_ll")).map_err(m)?;
+    sys::fsconfig_create(fs.as_fd()).map_err(m)?;
+    let mount = sys::fsmount(fs.as_fd(), sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV).map_err(m)?;
+    Ok((dev, mount))
+}
+
+/// Makes the superblock and forks the server on it. Unprivileged (`who` is
+/// [`ServerAs::User`]), this first moves the launcher into a new user
+/// namespace (uid and gid mapped to themselves) and a mount namespace the
+/// server keeps; the launcher then makes the container's own mount
+/// namespace ([`super::userns::new_mount`]) before attaching the mount.
+/// `image` is the opened squashfs file; `threaded`: serve with a pool of
+/// threads (containers shared by several processes) rather than one.
+pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: bool) -> Result<FuseServer, FuseError> {
     if !squashfuse.is_file() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
     }
-    // Checked now for a clear error; the descriptor used for the mount must
-    // be opened inside the container's user namespace (the kernel demands
-    // the opener's namespace be the mount's).
-    drop(open_dev_fuse()?);
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| FuseError::Spawn(e.into()))?;
+    let (uid, gid) = match &who {
+        ServerAs::User { uid, gid } => {
+            userns::new_user_and_mount(*uid, *gid)
+                .map_err(|errno| userns::NsError::UsernsDisabled(userns::why_disabled(errno)))?;
+            (*uid, *gid)
+        }
+        ServerAs::RootFor { uid, gid, .. } => (*uid, *gid),
+    };
+    // After the user namespace: the kernel wants /dev/fuse opened in the
+    // superblock's namespace.
+    let (dev, mount) = make_superblock(uid, gid)?;
     let (err_r, err_w) = pipe().map_err(FuseError::Spawn)?;
     let null = sys::openat(None, Path::new("/dev/null"), libc::O_RDWR, 0).map_err(FuseError::Spawn)?;
 
-    // Everything the child needs, allocated before fork.
+    // Everything the child needs, prepared before fork.
     let prog = sys::cstr(squashfuse).map_err(FuseError::Spawn)?;
-    let argv: Vec<CString> = [
-        "squashfuse_ll".to_string(),
-        "-f".into(),
-        format!("/dev/fd/{SERVER_IMAGE_FD}"),
-        format!("/dev/fd/{SERVER_DEV_FD}"),
-    ]
-    .into_iter()
-    .map(|s| CString::new(s).expect("no NUL"))
-    .collect();
-    let groups: Vec<libc::gid_t> = run_as.map(|(_, _, g)| g.to_vec()).unwrap_or_default();
+    let mut args = vec!["squashfuse_ll".to_string(), "-f".into()];
+    if !threaded {
+        // One process reading one file after another is served faster by
+        // one thread: no hand-off between workers on a loaded node.
+        args.push("-s".into());
+    }
+    args.extend([format!("/dev/fd/{SERVER_IMAGE_FD}"), format!("/dev/fd/{SERVER_DEV_FD}")]);
+    let argv: Vec<CString> = args.into_iter().map(|s| CString::new(s).expect("no NUL")).collect();
+    let groups: Vec<libc::gid_t> = match &who {
+        ServerAs::RootFor { groups, .. } => groups.clone(),
+        ServerAs::User { .. } => Vec::new(),
+    };
 
-    // SAFETY: the process is single-threaded (launcher contract), so the
-    // child may run ordinary code until exec/_exit.
+    // SAFETY: the process is single-threaded (launcher contract), and the
+    // child makes only raw syscalls on values prepared above before exec/_exit.
     match unsafe { fork() }.map_err(|e| FuseError::Spawn(e.into()))? {
         ForkResult::Parent { child } => {
-            // The intermediate child exits at once; the server is reparented.
-            let _ = waitpid(child, None);
-            drop(theirs);
             drop(err_w);
-            Ok(FuseServer { handoff: Some(ours), errors: err_r })
+            // The server holds the only /dev/fuse descriptor from now on.
+            drop(dev);
+            Ok(FuseServer { mount: Some(mount), errors: err_r, middle: Some(child) })
         }
-        ForkResult::Child => {
-            drop(ours);
-            // SAFETY: raw syscalls on descriptors this child owns, then exec or _exit.
-            unsafe {
-                if libc::fork() != 0 {
-                    libc::_exit(0);
-                }
-                libc::setsid();
-                // Ignored dispositions survive exec, and libfuse only installs
-                // its exit handlers over SIG_DFL: a scancel's SIGTERM, a
-                // terminal's SIGINT/SIGHUP never end the server early.
-                for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                    libc::signal(sig, libc::SIG_IGN);
-                }
-                libc::dup2(null.as_raw_fd(), 0);
-                libc::dup2(null.as_raw_fd(), 1);
-                libc::dup2(err_w.as_raw_fd(), 2);
-                // Keep only stdio, the image (at its number) and the socket:
-                // the server must not hold the caller's other descriptors
-                // (pipes, sockets) for the container's whole life.
-                let img = libc::fcntl(image.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-                let sock = libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-                if img < 0
-                    || sock < 0
-                    || libc::dup2(img, SERVER_IMAGE_FD) < 0
-                    || libc::dup2(sock, SERVER_SOCK_FD) < 0
+        ForkResult::Child => unsafe {
+            // SAFETY (whole block): raw syscalls in the forked child.
+            if libc::fork() != 0 {
+                libc::_exit(0);
+            }
+            libc::setsid();
+            // Ignored dispositions survive exec, and libfuse only installs
+            // its exit handlers over SIG_DFL: a scancel's SIGTERM, a
+            // terminal's SIGINT/SIGHUP never end the server early.
+            for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            // Keep only stdio, /dev/fuse and the image, at their numbers:
+            // the server must not hold the caller's other descriptors
+            // (pipes, sockets) for the container's whole life.
+            let d = libc::fcntl(dev.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+            let i = libc::fcntl(image.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+            if d < 0
+                || i < 0
+                || libc::dup2(null.as_raw_fd(), 0) < 0
+                || libc::dup2(null.as_raw_fd(), 1) < 0
+                || libc::dup2(err_w.as_raw_fd(), 2) < 0
+                || libc::dup2(d, SERVER_DEV_FD) < 0
+                || libc::dup2(i, SERVER_IMAGE_FD) < 0
+            {
+                libc::_exit(126);
+            }
+            libc::syscall(libc::SYS_close_range, SERVER_IMAGE_FD + 1, u32::MAX, 0);
+            if let ServerAs::RootFor { uid, gid, .. } = &who {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(*gid, *gid, *gid) != 0
+                    || libc::setresuid(*uid, *uid, *uid) != 0
                 {
                     libc::_exit(126);
                 }
-                libc::close(3);
-                libc::syscall(libc::SYS_close_range, SERVER_SOCK_FD + 1, u32::MAX, 0);
-                std::mem::forget(theirs);
-                std::mem::forget(null);
-                std::mem::forget(err_w);
             }
-            // SAFETY: SERVER_SOCK_FD was just made a copy of the socket.
-            let sock = unsafe { OwnedFd::from_raw_fd(SERVER_SOCK_FD) };
-            // Lowest free descriptor: /dev/fuse arrives as 3.
-            let dev = match receive_fd(sock.as_fd()) {
-                Some(fd) => fd,
-                // The launcher died or gave up before mounting.
-                None => unsafe { libc::_exit(0) },
-            };
-            drop(sock);
-            // SAFETY: as above.
-            unsafe {
-                if dev != SERVER_DEV_FD && libc::dup2(dev, SERVER_DEV_FD) < 0 {
-                    libc::_exit(126);
-                }
-                if let Some((uid, gid, _)) = run_as {
-                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                        || libc::setresgid(gid, gid, gid) != 0
-                        || libc::setresuid(uid, uid, uid) != 0
-                    {
-                        libc::_exit(126);
-                    }
-                }
-                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-                ptrs.push(std::ptr::null());
-                libc::execv(prog.as_ptr(), ptrs.as_ptr());
-                libc::_exit(127);
-            }
-        }
+            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            libc::execv(prog.as_ptr(), ptrs.as_ptr());
+            libc::_exit(127);
+        },
     }
-}
-
-fn receive_fd(sock: BorrowedFd<'_>) -> Option<i32> {
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([i32; 1]);
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).ok()?;
-    for c in msg.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            return fds.first().copied();
-        }
-    }
-    None
 }
 
 impl FuseServer {
-    /// Opens /dev/fuse (inside the container's namespaces), mounts it on
-    /// `target` (read-only, nosuid, nodev, permissions checked by the
-    /// kernel) and hands the descriptor to the server. The first access to
-    /// the mount waits for the server to answer.
-    pub fn mount(&mut self, target: &Path, uid: u32, gid: u32) -> Result<(), FuseError> {
-        let dev = open_dev_fuse()?;
-        let data = CString::new(format!(
-            "fd={},rootmode=40000,user_id={uid},group_id={gid},allow_other,default_permissions",
-            dev.as_raw_fd()
-        ))
-        .expect("no NUL");
-        let t = sys::cstr(target).map_err(FuseError::Mount)?;
-        sys::mount(
-            Some(c"squashfuse_ll"),
-            &t,
-            Some(c"fuse.squashfuse_ll"),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            Some(&data),
-        )
-        .map_err(FuseError::Mount)?;
-        let sock = self.handoff.take().expect("mount called once");
-        let iov = [IoSlice::new(b"f")];
-        let fds = [dev.as_raw_fd()];
-        sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-            .map_err(|e| FuseError::Spawn(e.into()))?;
-        // The server holds the only descriptor from now on.
-        drop(dev);
-        Ok(())
+    /// Attaches the image at `target` (in the container's mount namespace).
+    pub fn attach(&mut self, target: &Path) -> Result<(), FuseError> {
+        let m = self.mount.take().expect("attach called once");
+        sys::move_mount_to(m.as_fd(), target).map_err(FuseError::Mount)
+    }
+
+    /// Reaps the middle process of the double fork (it exits at once).
+    pub fn reap(&mut self) {
+        if let Some(pid) = self.middle.take() {
+            let _ = waitpid(pid, None);
+        }
     }
 
     /// What the server printed, for an error message (waits briefly).
@@ -244,7 +234,7 @@ impl FuseServer {
 
 impl Drop for FuseServer {
     fn drop(&mut self) {
-        // Closing the socket before the mount tells a waiting server to exit.
-        self.handoff.take();
+        self.mount.take();
+        self.reap();
     }
 }

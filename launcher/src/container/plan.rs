@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::env;
 use super::etc::Identity;
+use super::inject::{self, SetupStep};
 use super::policy::{self, PolicyError, UserMount};
 use crate::config::Config;
 
@@ -153,6 +154,9 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
     pub cwd: Cwd,
     pub argv: Vec<String>,
+    /// Steps that need the finished root (host-library injection), run in
+    /// order by the process that builds the container; see `inject.rs`.
+    pub setup: Vec<SetupStep>,
 }
 
 /// Why no plan could be made; each names the input and the fix.
@@ -299,6 +303,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
                 .unwrap_or_else(|| "/".into()),
         },
         argv,
+        setup: Vec::new(),
     })
 }
 
@@ -365,6 +370,7 @@ impl Plan {
                 m.flags()
             );
         }
+        s.push_str(&inject::render(self));
         let _ = writeln!(s, "etc      /etc/passwd += {}", self.identity.passwd_line());
         let _ = writeln!(
             s,

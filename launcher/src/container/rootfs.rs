@@ -16,7 +16,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
@@ -24,6 +24,7 @@ use nix::sys::stat::{fstat, SFlag};
 
 use super::etc;
 use super::fuse::{self, FuseError};
+use super::inject;
 use super::plan::{ImageMount, Mode, MountKind, Origin, Plan};
 use super::sys;
 use super::userns::{self, NsError};
@@ -171,7 +172,7 @@ fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// `mkdir -p` (and a final empty file when `!dir`) inside `base`, which is
 /// our own tmpfs: nothing here comes from the image.
-fn skeleton_path(base: BorrowedFd<'_>, path: &Path, dir: bool) -> io::Result<()> {
+pub(crate) fn skeleton_path(base: BorrowedFd<'_>, path: &Path, dir: bool) -> io::Result<()> {
     let rel = path.strip_prefix("/").unwrap_or(path);
     let mut cur = sys::openat(Some(base), Path::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
     let comps: Vec<_> = rel.components().collect();
@@ -222,22 +223,28 @@ fn c(s: &str) -> CString {
 
 /// Builds the container and leaves the current process inside it (root
 /// pivoted, cwd `/`). Credentials, capabilities and cwd are the caller's job.
-pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
+/// `processes`: how many processes will use it (the FUSE server's threads).
+pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), BuildError> {
     let id = &plan.identity;
 
-    // 1. The image server is forked while we are still in the host's
-    //    namespaces, so it never holds the container's alive.
+    // 1. The image server first: the superblock is made (unprivileged: in a
+    //    new user namespace) and the server forked before the container's
+    //    mount namespace exists, so it never holds the container alive.
     let mut server = match &plan.root.via {
         ImageMount::Fuse { squashfuse } => {
-            let run_as = (plan.mode == Mode::Privileged).then_some((id.uid, id.gid, plan.groups.as_slice()));
-            Some(fuse::start(squashfuse, src.image.as_fd(), run_as)?)
+            let who = match plan.mode {
+                Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
+                Mode::Privileged => fuse::ServerAs::RootFor { uid: id.uid, gid: id.gid, groups: plan.groups.clone() },
+            };
+            Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1)?)
         }
         ImageMount::KernelLoop => None,
     };
 
-    // 2. Namespaces.
+    // 2. Namespaces: the container's own mount namespace (inside the user
+    //    namespace the server start made, when unprivileged).
     match plan.mode {
-        Mode::Unprivileged => userns::enter_user_and_mount(id.uid, id.gid)?,
+        Mode::Unprivileged => userns::new_mount()?,
         Mode::Privileged => userns::enter_mount()?,
     }
 
@@ -255,7 +262,7 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
     // 4. The image, read-only, nosuid, nodev.
     let lower = format!("{STAGE}/lower");
     match server.as_mut() {
-        Some(s) => s.mount(Path::new(&lower), id.uid, id.gid)?,
+        Some(s) => s.attach(Path::new(&lower))?,
         None => {
             let (dev, name) = sys::loop_attach(src.image.as_fd())
                 .map_err(|err| BuildError::Loop { path: plan.root.squashfs.clone(), err })?;
@@ -271,6 +278,24 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
         }
     }
     drop(src.image);
+
+    // 5. The skeleton: every mount target (made while the server starts),
+    //    then /etc/passwd and /etc/group merged with the image's.
+    let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
+    for (m, s) in plan.mounts.iter().zip(&binds) {
+        let dir = match (&m.kind, s) {
+            (MountKind::Tmpfs { .. }, _) => true,
+            (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
+            (MountKind::Bind { .. }, None) => continue,
+        };
+        skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
+    }
+    for t in inject::skeleton_files(plan) {
+        skeleton_path(skel.as_fd(), t, false).map_err(step(format!("create mount target {}", t.display())))?;
+    }
+    skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
+    let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
+
     // The first access waits for the server; a server that died reports here.
     let lower_fd = sys::openat(None, Path::new(&lower), libc::O_PATH | libc::O_DIRECTORY, 0)
         .and_then(|fd| fstat(fd.as_fd()).map(|_| fd).map_err(io::Error::from))
@@ -285,18 +310,6 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
             },
         })?;
 
-    // 5. The skeleton: every mount target, and /etc/passwd, /etc/group.
-    let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
-    for (m, s) in plan.mounts.iter().zip(&binds) {
-        let dir = match (&m.kind, s) {
-            (MountKind::Tmpfs { .. }, _) => true,
-            (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
-            (MountKind::Bind { .. }, None) => continue,
-        };
-        skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
-    }
-    skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
-    let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
     let passwd = etc::merge_passwd(&read_image_file(lower_fd.as_fd(), "/etc/passwd"), id);
     let group = etc::merge_group(&read_image_file(lower_fd.as_fd(), "/etc/group"), id);
     write_file(etc_dir.as_fd(), "passwd", &passwd).map_err(step("write /etc/passwd"))?;
@@ -376,6 +389,40 @@ pub(crate) fn build(plan: &Plan, src: Sources) -> Result<(), BuildError> {
     sys::pivot_root_here().map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| step("detach the host root")(e.into()))?;
     nix::unistd::chdir("/").map_err(|e| step("chdir /")(e.into()))?;
-    let _ = root.as_raw_fd();
+    if let Some(s) = server.as_mut() {
+        s.reap();
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn superblock(major: u16, bytes_used: u64, file_len: usize) -> tempfile::NamedTempFile {
+        let mut sb = vec![0u8; file_len.max(96)];
+        sb[0..4].copy_from_slice(b"hsqs");
+        sb[28..30].copy_from_slice(&major.to_le_bytes());
+        sb[40..48].copy_from_slice(&bytes_used.to_le_bytes());
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&sb[..file_len]).unwrap();
+        f
+    }
+
+    fn check(f: &tempfile::NamedTempFile) -> Result<(), String> {
+        let fd = sys::openat(None, f.path(), libc::O_RDONLY, 0).unwrap();
+        check_squashfs(fd.as_fd())
+    }
+
+    #[test]
+    fn squashfs_superblock_is_checked() {
+        assert_eq!(check(&superblock(4, 4096, 4096)), Ok(()));
+        assert!(check(&superblock(3, 4096, 4096)).unwrap_err().contains("version 3"));
+        assert!(check(&superblock(4, 8192, 4096)).unwrap_err().contains("truncated"));
+        assert!(check(&superblock(4, 10, 50)).unwrap_err().contains("no squashfs superblock"));
+        let mut junk = tempfile::NamedTempFile::new().unwrap();
+        junk.write_all(&[b'x'; 200]).unwrap();
+        assert!(check(&junk).unwrap_err().contains("no squashfs superblock"));
+    }
 }

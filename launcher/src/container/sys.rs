@@ -219,3 +219,59 @@ pub fn loop_attach(file: BorrowedFd<'_>) -> io::Result<(OwnedFd, String)> {
     }
     Err(io::Error::new(io::ErrorKind::WouldBlock, "no free loop device after 16 tries"))
 }
+
+// The new mount API (not in nix): a FUSE superblock made in the server's
+// process and handed over as a detached mount.
+const FSOPEN_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_FLAG: u32 = 0;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+const FSMOUNT_CLOEXEC: u32 = 1;
+pub const MOUNT_ATTR_RDONLY: u32 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u32 = 0x2;
+pub const MOUNT_ATTR_NODEV: u32 = 0x4;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: callers pass a descriptor the kernel just returned.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+pub fn fsopen(fstype: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a valid C string; integer flags.
+    cvt(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) }).map(owned)
+}
+
+/// `fsconfig(SET_STRING key=value)`, or `SET_FLAG key` when `value` is None.
+pub fn fsconfig(fs: BorrowedFd<'_>, key: &CStr, value: Option<&CStr>) -> io::Result<()> {
+    let (cmd, v) = match value {
+        Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+        None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+    };
+    // SAFETY: valid C strings (or NULL for a flag) across the call.
+    cvt(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, key.as_ptr(), v, 0) }).map(drop)
+}
+
+pub fn fsconfig_create(fs: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: integer arguments and NULLs.
+    cvt(unsafe {
+        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<libc::c_char>(), std::ptr::null::<libc::c_void>(), 0)
+    })
+    .map(drop)
+}
+
+/// A detached mount of the configured filesystem.
+pub fn fsmount(fs: BorrowedFd<'_>, attrs: u32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) }).map(owned)
+}
+
+/// Attaches the detached mount `mnt` at `target`.
+pub fn move_mount_to(mnt: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: valid C strings for the call's duration.
+    cvt(unsafe {
+        libc::syscall(libc::SYS_move_mount, mnt.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, t.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+    })
+    .map(drop)
+}

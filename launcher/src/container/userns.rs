@@ -16,17 +16,16 @@ use nix::sched::{unshare, CloneFlags};
 pub enum NsError {
     #[error("user namespaces are disabled on this node ({0}): ask the admin to enable them (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0), or run through Slurm with --image")]
     UsernsDisabled(String),
-    #[error("cannot write {file} for the user namespace: {source}")]
-    Map { file: &'static str, source: io::Error },
     #[error("cannot create a mount namespace: {0}")]
     Mountns(io::Error),
     #[error("cannot make the mount namespace private: {0}")]
     Private(io::Error),
 }
 
-fn why_disabled(e: nix::Error) -> String {
+/// What stops user namespaces on this node, for the error message.
+pub fn why_disabled(errno: i32) -> String {
     let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_string());
-    let mut why = vec![format!("unshare: {e}")];
+    let mut why = vec![format!("unshare: {}", nix::Error::from_raw(errno))];
     if let Some(v) = read("/proc/sys/user/max_user_namespaces") {
         why.push(format!("user.max_user_namespaces={v}"));
     }
@@ -39,21 +38,27 @@ fn why_disabled(e: nix::Error) -> String {
     why.join(", ")
 }
 
-/// New user + mount namespace with `uid`/`gid` mapped to themselves.
-pub fn enter_user_and_mount(uid: u32, gid: u32) -> Result<(), NsError> {
-    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
-        .map_err(|e| NsError::UsernsDisabled(why_disabled(e)))?;
-    let write = |file: &'static str, text: String| {
-        fs::write(file, text).map_err(|source| NsError::Map { file, source })
-    };
+/// New user namespace with `uid`/`gid` mapped to themselves, and a mount
+/// namespace it owns where the image's FUSE superblock is made (the FUSE
+/// server keeps it); returns the errno of a refused unshare.
+pub fn new_user_and_mount(uid: u32, gid: u32) -> Result<(), i32> {
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(|e| e as i32)?;
+    let write = |file: &str, text: String| fs::write(file, text).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM));
     write("/proc/self/setgroups", "deny".into())?;
     write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
     write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))?;
+    Ok(())
+}
+
+/// The container's mount namespace, inside the user namespace made by
+/// [`new_user_and_mount`] (the namespace that one made stays the server's).
+pub fn new_mount() -> Result<(), NsError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| NsError::Mountns(e.into()))?;
     make_private()
 }
 
 /// New mount namespace only (root).
-pub fn enter_mount(/* root */) -> Result<(), NsError> {
+pub fn enter_mount() -> Result<(), NsError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| NsError::Mountns(e.into()))?;
     make_private()
 }

@@ -1,5 +1,9 @@
-//! GPU devices for a job: only the job's GPUs are bound, and
-//! `CUDA_VISIBLE_DEVICES` is renumbered to match what the container sees.
+//! GPU devices for a job: only the job's GPUs are bound, and the numbering
+//! `CUDA_VISIBLE_DEVICES` would have in a /dev holding them alone.
+//!
+//! Not applied while the launcher binds the host's /dev whole (CUDA then
+//! sees every GPU node and the job's own numbering is the right one; see
+//! `InjectionPlan::gpus`). The rule, for a /dev with the bound GPUs alone:
 //!
 //! Slurm gives the job's GPUs as host indices in `CUDA_VISIBLE_DEVICES`
 //! (`3,1,5`). Inside, only `/dev/nvidia1`, `/dev/nvidia3` and `/dev/nvidia5`

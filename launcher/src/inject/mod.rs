@@ -44,6 +44,9 @@
 //! the generated files live on the tmpfs.
 //!
 //! # Carrying a plan out (the launcher's side)
+//! `container::add_injection` makes the plan part of the container's plan
+//! (tmpfs and binds as ordinary mounts, the rest as setup steps run after
+//! pivot_root by the container's builder; see `container/inject.rs`).
 //! [`InjectionPlan::steps`] are in order; each says what it needs:
 //! - [`Step::Tmpfs`]: a tmpfs (0755, nosuid, nodev) at `/.shoal`, owned by
 //!   the job's user (the ldconfig step writes `/.shoal/etc` as the user); the

@@ -13,7 +13,7 @@ use crate::config::{AbiMode, ModuleConfig};
 
 use super::discover::{FoundLib, LibraryIndex};
 use super::elf::{self, ElfInfo};
-use super::gpu::{device_index, select_gpus, GpuDevice};
+use super::gpu::{device_index, select_gpus, GpuDevice, GpuSelection};
 use super::image::{kind_of, EntryKind, ImageFs};
 use super::version::{compare_minor, stem, LibVersion, MinorVerdict};
 use super::InjectError;
@@ -174,6 +174,11 @@ pub enum EnvChange {
 pub struct InjectionPlan {
     pub steps: Vec<Step>,
     pub env: Vec<EnvChange>,
+    /// The GPUs bound, when a module has `gpu_devices` (with the numbering
+    /// they would have in a /dev holding them alone; not applied, see
+    /// `plan()`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<GpuSelection>,
 }
 
 /// The decision table and the plan it leads to.
@@ -822,6 +827,7 @@ impl Builder<'_> {
             steps.push(step);
         }
         let mut gpu_devices: Vec<GpuDevice> = Vec::new();
+        let mut gpus = None;
         let mut bound_devices = BTreeSet::new();
         let mut sets: BTreeMap<String, String> = BTreeMap::new();
         for (name, module) in &req.modules {
@@ -889,9 +895,12 @@ impl Builder<'_> {
                     steps.push(device_bind(module, &dev.host, image)?);
                 }
             }
-            if let Some(inside) = selection.cuda_visible_devices {
-                sets.insert("CUDA_VISIBLE_DEVICES".into(), inside);
-            }
+            // `CUDA_VISIBLE_DEVICES` is left as the job has it: the
+            // launcher's /dev is the host's, so CUDA sees every GPU node and
+            // numbers them as on bare metal; the renumbered list
+            // (`selection.cuda_visible_devices`) is right only for a /dev
+            // holding the bound GPUs alone, and would point at other GPUs.
+            gpus = Some(selection);
         }
         if self
             .rows
@@ -950,7 +959,7 @@ impl Builder<'_> {
                 },
             );
         }
-        Ok(InjectionPlan { steps, env })
+        Ok(InjectionPlan { steps, env, gpus })
     }
 }
 

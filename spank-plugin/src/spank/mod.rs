@@ -290,6 +290,13 @@ pub fn log_error(msg: &str) {
     unsafe { ffi::slurm_error(c"%s".as_ptr(), msg.as_ptr()) }
 }
 
+/// Informational log line (the slurmd log at its default level).
+pub fn log_info(msg: &str) {
+    let msg = c_message(msg);
+    // SAFETY: "%s" with one valid NUL-terminated string argument.
+    unsafe { ffi::slurm_info(c"%s".as_ptr(), msg.as_ptr()) }
+}
+
 /// Verbose log line (slurmd log at debug levels, `srun -vv`).
 pub fn log_verbose(msg: &str) {
     let msg = c_message(msg);

@@ -25,5 +25,6 @@ host_fn!(
     spank_unsetenv,
     spank_job_control_setenv,
     slurm_error,
+    slurm_info,
     slurm_verbose,
 );

@@ -1,0 +1,85 @@
+//! slurmstepd: the step's host-library modules (`--module`, or the site's
+//! `default_modules`).
+//!
+//! - [`assess`], in `user_init` (slurmstepd, once per step and node, with
+//!   the user's effective ids): the modules are checked against the pinned
+//!   image (the user's own store file, or the site store's; the copy staged
+//!   later is verified to be the same bytes). The forked tasks inherit the
+//!   answer.
+//! - [`add_to_plan`], in each task (root, before the container is entered):
+//!   the injection joins the container plan; only the task that builds the
+//!   shared container carries its mounts and setup out, every task gets its
+//!   environment.
+//!
+//! GPUs: the container of (job, step, node) is shared by the step's tasks,
+//! so the GPU module binds the step's GPUs (`SLURM_STEP_GPUS`, else
+//! `SLURM_JOB_GPUS`, else `CUDA_VISIBLE_DEVICES`: host numbers). Each
+//! task's `CUDA_VISIBLE_DEVICES` stays as Slurm set it (global numbers, or
+//! local ones under ConstrainDevices, per task with `--gpu-bind`): the
+//! container's /dev is the host's, so CUDA numbers GPUs as on bare metal
+//! (see `container/inject.rs`). Isolation between jobs is Slurm's device
+//! cgroup, as for bare-metal tasks.
+//!
+//! Must never: read the user's image as root, or let a refused module
+//! through.
+
+use std::path::Path;
+
+use shoal::container::{self, Plan};
+use shoal::inject::InjectionPlan;
+use shoal::Config;
+
+fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
+}
+
+/// The step's GPUs (host numbers), from the environment as slurmstepd
+/// holds it.
+pub fn step_gpus(env: &[(String, String)]) -> Option<&str> {
+    get(env, "SLURM_STEP_GPUS")
+        .or_else(|| get(env, "SLURM_JOB_GPUS"))
+        .or_else(|| get(env, "CUDA_VISIBLE_DEVICES"))
+}
+
+/// Checks the modules against the image with the caller's credentials
+/// (call with the user's). `requested`: the `--module` names, `None` for
+/// the site's defaults. `None` when no module applies; errors (a refusal
+/// naming the conflicting files) are one line for the user.
+pub fn assess(
+    config: &Config,
+    requested: Option<&[String]>,
+    squashfs: &Path,
+    env: &[(String, String)],
+) -> Result<Option<InjectionPlan>, String> {
+    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), step_gpus(env))
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    assessment.into_plan().map(Some).map_err(|e| e.to_string())
+}
+
+/// Adds the step's injection to a task's container plan.
+pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), String> {
+    container::add_injection(plan, injection).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_steps_gpus_are_slurms_host_numbers() {
+        let e = env(&[("SLURM_STEP_GPUS", "1,3"), ("SLURM_JOB_GPUS", "0,1,3"), ("CUDA_VISIBLE_DEVICES", "0")]);
+        assert_eq!(step_gpus(&e), Some("1,3"));
+        let e = env(&[("SLURM_JOB_GPUS", "2"), ("CUDA_VISIBLE_DEVICES", "0")]);
+        assert_eq!(step_gpus(&e), Some("2"));
+        let e = env(&[("CUDA_VISIBLE_DEVICES", "0,1")]);
+        assert_eq!(step_gpus(&e), Some("0,1"));
+        assert_eq!(step_gpus(&env(&[("SLURM_STEP_GPUS", " ")])), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! Host-library injection carried out by `shoal run --module`, as the
+//! unprivileged user: the host's MPICH is the library a Debian image loads
+//! (proved by device and inode in /proc/self/maps), libraries the image
+//! lacks are found through the cache its own `ldconfig` writes, a fake GPU
+//! driver gets only the job's device nodes bound, and an Open MPI image is refused in
+//! one line before anything runs.
+
+mod support;
+
+use support::{fails, ok, testbed, Testbed};
+
+/// Bash helpers (the same recipes as tests/abi_check.rs): `mklib`, `base`
+/// (a merged-/usr tree with the host's glibc and ldconfig), `sqfs`.
+const HELPERS: &str = r#"
+set -euo pipefail
+MA=$(gcc -print-multiarch)
+mklib() {
+    local dir=$1 file=$2 soname=$3
+    mkdir -p "$dir"
+    echo "int f_$(echo "$file" | tr -c 'a-z0-9\n' _)(void) { return 1; }" > "$T/src.c"
+    gcc -shared -fPIC -o "$dir/$file" -Wl,-soname,"$soname" "$T/src.c"
+    [ "$file" = "$soname" ] || ln -sfn "$file" "$dir/$soname"
+}
+base() {
+    local r=$1
+    mkdir -p "$r/usr/lib/$MA" "$r/usr/lib64" "$r/usr/sbin" "$r/usr/bin" "$r/etc/ld.so.conf.d"
+    ln -sfn usr/lib "$r/lib"; ln -sfn usr/lib64 "$r/lib64"; ln -sfn usr/sbin "$r/sbin"; ln -sfn usr/bin "$r/bin"
+    for f in libc.so.6 libm.so.6 libresolv.so.2 libpthread.so.0 libdl.so.2 librt.so.1 ld-linux-x86-64.so.2; do cp -L "/lib/$MA/$f" "$r/usr/lib/$MA/$f"; done
+    ln -sfn "../lib/$MA/ld-linux-x86-64.so.2" "$r/usr/lib64/ld-linux-x86-64.so.2"
+    cp -L /sbin/ldconfig "$r/usr/sbin/ldconfig"
+    cp -L /bin/busybox "$r/usr/bin/busybox"
+    echo 'include /etc/ld.so.conf.d/*.conf' > "$r/etc/ld.so.conf"
+    echo "/usr/lib/$MA" > "$r/etc/ld.so.conf.d/$MA.conf"
+}
+sqfs() { mksquashfs "$1" "$2" -comp zstd -Xcompression-level 3 -noappend -no-progress >/dev/null; }
+"#;
+
+/// The test bed's site config, whose `[modules.mpich]` names the host's
+/// Debian MPICH.
+fn testbed_config() -> String {
+    support::repo_root().join("tests/testbed/shoal.toml").display().to_string()
+}
+
+struct Case {
+    tb: &'static Testbed,
+    dir: std::path::PathBuf,
+}
+
+impl Case {
+    fn new(name: &str) -> Case {
+        let tb = testbed();
+        let dir = tb.user_tempdir(&format!("inject-{name}"));
+        Case { tb, dir }
+    }
+
+    /// `script` as the user with the helpers, `$T`, `$SHOAL` and `$CONF` set.
+    fn user(&self, script: &str) -> std::process::Output {
+        self.tb.user(&format!(
+            "T={}; SHOAL={}; CONF={}; {HELPERS}\ncd \"$T\"\n{script}",
+            self.dir.display(),
+            self.tb.shoal().display(),
+            testbed_config()
+        ))
+    }
+}
+
+/// `(major, minor, inode)` of the first /proc/self/maps line naming `file`.
+fn mapped(maps: &str, file: &str) -> (u32, u32, u64) {
+    let line = maps
+        .lines()
+        .find(|l| l.ends_with(file))
+        .unwrap_or_else(|| panic!("{file} not mapped:\n{maps}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (major, minor) = f[3].split_once(':').unwrap();
+    (
+        u32::from_str_radix(major, 16).unwrap(),
+        u32::from_str_radix(minor, 16).unwrap(),
+        f[4].parse().unwrap(),
+    )
+}
+
+/// `(major, minor, inode)` of a host file.
+fn host_file(tb: &Testbed, path: &str) -> (u32, u32, u64) {
+    let out = ok(&tb.user(&format!("stat -L -c '%Hd %Ld %i' {path}")));
+    let f: Vec<&str> = out.split_whitespace().collect();
+    (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+}
+
+const HOST_MPICH: &str = "/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2";
+
+#[test]
+fn host_mpich_is_the_library_the_debian_mpich_image_loads() {
+    let c = Case::new("debian");
+    // The shared Debian MPICH image, pulled into the user's own store
+    // (a no-op when it is there already).
+    let img = ok(&c.user(
+        r#"SSL_CERT_FILE=/var/lib/shoal-testbed/tls/cert.pem "$SHOAL" --config "$CONF" pull 127.0.0.1:5443/shoal/debian-mpich:12 >&2
+        id=$("$SHOAL" --config "$CONF" inspect 127.0.0.1:5443/shoal/debian-mpich:12 | sed -n 's/^image id: *sha256://p')
+        f=$HOME/.local/share/shoal/images/sha256/$id/image.sqfs
+        test -f "$f" && echo "$f""#,
+    ));
+    let img = img.trim();
+    let probe = r#"python3 -c "import ctypes; ctypes.CDLL('libmpich.so.12'); print(open('/proc/self/maps').read()); print(open('/proc/self/mountinfo').read())""#;
+
+    let out = ok(&c.user(&format!(r#""$SHOAL" --config "$CONF" run --module mpich {img} -- {probe}"#)));
+    let host = host_file(c.tb, HOST_MPICH);
+    assert_eq!(mapped(&out, "libmpich.so.12.2.2"), host, "the host's file is mapped:\n{out}");
+    let mount = out
+        .lines()
+        .find(|l| l.contains(" /usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2 "))
+        .unwrap_or_else(|| panic!("no bind over libmpich:\n{out}"));
+    let opts = mount.split_whitespace().nth(5).unwrap();
+    for flag in ["ro", "nosuid", "nodev"] {
+        assert!(opts.split(',').any(|o| o == flag), "{flag} missing: {mount}");
+    }
+
+    // Without the module the image's own copy (on the image's mount) is loaded.
+    let out = ok(&c.user(&format!(r#""$SHOAL" --config "$CONF" run --module none {img} -- {probe}"#)));
+    let own = mapped(&out, "libmpich.so.12.2.2");
+    assert_ne!((own.0, own.1), (host.0, host.1), "the image's copy lives on another filesystem:\n{out}");
+
+    // The site's default modules apply when none is named; `none` turns them off.
+    ok(&c.user(r#"{ printf '[injection]\ndefault_modules = ["mpich"]\n'; cat "$CONF"; } > shoal.toml"#));
+    let dry = ok(&c.user(&format!(r#""$SHOAL" --config shoal.toml run --dry-run {img} -- true"#)));
+    assert!(dry.contains("libmpich.so.12") && dry.contains("replace"), "decision table:\n{dry}");
+    assert!(
+        dry.contains(&format!("{HOST_MPICH} <- bind {HOST_MPICH} [ro,nosuid,nodev] (inject: host libmpich.so.12 replaces the image's (mpich))")),
+        "{dry}"
+    );
+    let dry = ok(&c.user(&format!(r#""$SHOAL" --config shoal.toml run --dry-run --module=none {img} -- true"#)));
+    assert!(!dry.contains("inject:"), "{dry}");
+}
+
+/// `img.sqfs`: MPICH's library but none of its dependencies, and `maps`,
+/// a program linked against it that prints its own /proc/self/maps.
+fn mpich_app_image(c: &Case) {
+    ok(&c.user(
+        r#"base img
+        cp -a /usr/lib/$MA/libmpich.so.12* img/usr/lib/$MA/
+        printf '#include <mpi.h>\n#include <stdio.h>\nint main(void){char v[MPI_MAX_LIBRARY_VERSION_STRING];int n;MPI_Get_library_version(v,&n);FILE*f=fopen("/proc/self/maps","r");int ch;while((ch=fgetc(f))!=EOF)putchar(ch);return 0;}\n' > maps.c
+        gcc -I/usr/include/x86_64-linux-gnu/mpich -o img/usr/bin/maps maps.c -lmpich
+        sqfs img img.sqfs
+        sha256sum img.sqfs > img.sum"#,
+    ));
+}
+
+#[test]
+fn libraries_the_image_lacks_come_through_its_own_ldconfig_cache() {
+    let c = Case::new("added");
+    mpich_app_image(&c);
+    let dry = ok(&c.user(r#""$SHOAL" --config "$CONF" run --dry-run --module mpich img.sqfs -- maps"#));
+    for says in [
+        "/.shoal <- tmpfs mode=755 [rw,nosuid,nodev]",
+        "/.shoal/lib/libhwloc.so.15 <- bind /usr/lib/x86_64-linux-gnu/libhwloc.so.15.6.1 [ro,nosuid,nodev]",
+        "setup  1 chown /.shoal to uid",
+        "setup  2 write /.shoal/etc/ld.so.conf",
+        "setup  3 run [\"/sbin/ldconfig\", \"-X\", \"-f\", \"/.shoal/etc/ld.so.conf\", \"-C\", \"/.shoal/etc/ld.so.cache\"] as the user",
+        "setup  4 bind /.shoal/etc/ld.so.cache -> /etc/ld.so.cache [ro,nosuid,nodev]",
+    ] {
+        assert!(dry.contains(says), "{says:?} missing in:\n{dry}");
+    }
+    // Without the module the program cannot start: its dependencies are
+    // not in the image.
+    let err = fails(&c.user(r#""$SHOAL" --config "$CONF" run --module none img.sqfs -- maps"#));
+    assert!(err.contains("libhwloc.so.15"), "{err}");
+
+    let out = ok(&c.user(r#""$SHOAL" --config "$CONF" run --module mpich img.sqfs -- maps"#));
+    assert_eq!(mapped(&out, "libmpich.so.12.2.2"), host_file(c.tb, HOST_MPICH), "{out}");
+    assert_eq!(
+        mapped(&out, "/.shoal/lib/libhwloc.so.15"),
+        host_file(c.tb, "/usr/lib/x86_64-linux-gnu/libhwloc.so.15"),
+        "{out}"
+    );
+    // The cache was written by the user, and the image file is untouched.
+    let out = ok(&c.user(
+        r#""$SHOAL" --config "$CONF" run --module mpich img.sqfs -- busybox sh -c 'busybox stat -c "%U %a" /.shoal/etc/ld.so.cache; ldconfig -p | busybox grep -c /.shoal/lib/; busybox grep " /etc/ld.so.cache " /proc/self/mountinfo'
+        sha256sum -c --quiet img.sum"#,
+    ));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("alice 644"), "{out}");
+    assert!(lines.next().unwrap().parse::<u32>().unwrap() >= 5, "host libraries listed in the cache:\n{out}");
+    let mount = lines.next().unwrap_or_default();
+    assert!(mount.split_whitespace().nth(5).is_some_and(|o| o.starts_with("ro,nosuid,nodev")), "{out}");
+
+    // The setup command must succeed, or nothing runs.
+    let out = c.user(
+        r#"cp -a img bad && printf '#!/usr/bin/busybox sh\necho cache not written >&2\nexit 3\n' > bad/usr/sbin/ldconfig
+        sqfs bad bad.sqfs
+        "$SHOAL" --config "$CONF" run --module mpich bad.sqfs -- busybox touch "$T/ran""#,
+    );
+    let err = fails(&out);
+    assert!(
+        err.contains("cannot run /sbin/ldconfig -X -f /.shoal/etc/ld.so.conf -C /.shoal/etc/ld.so.cache")
+            && err.contains("exit status: 3; it printed: cache not written"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(!c.dir.join("ran").exists(), "nothing ran");
+}
+
+#[test]
+fn root_for_the_user_reads_the_image_and_runs_ldconfig_as_the_user() {
+    // Privileged mode, as the plugin uses it (slurmstepd is root).
+    let c = Case::new("privileged");
+    mpich_app_image(&c);
+    let run = |args: &str| {
+        c.tb.root(&format!(
+            "cd {} && {} --config {} run --user {} {args}",
+            c.dir.display(),
+            c.tb.shoal().display(),
+            testbed_config(),
+            c.tb.user
+        ))
+    };
+    let out = ok(&run(
+        r#"--module mpich img.sqfs -- busybox sh -c 'busybox stat -c "%U" /.shoal/etc /.shoal/etc/ld.so.cache; busybox grep NoNewPrivs /proc/self/status; maps'"#,
+    ));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(c.tb.user.as_str()), "{out}");
+    assert_eq!(lines.next(), Some(c.tb.user.as_str()), "{out}");
+    assert_eq!(lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()), Some(vec!["NoNewPrivs:", "1"]));
+    assert_eq!(mapped(&out, "/.shoal/lib/libhwloc.so.15"), host_file(c.tb, "/usr/lib/x86_64-linux-gnu/libhwloc.so.15"));
+    // An image root can read but the user cannot is refused: the check
+    // opens it with the user's credentials.
+    ok(&c.tb.root(&format!("cd {} && cp img.sqfs root-only.sqfs && chmod 600 root-only.sqfs", c.dir.display())));
+    let err = fails(&run("--module mpich root-only.sqfs -- maps"));
+    assert!(err.contains("root-only.sqfs") && err.contains("Permission denied"), "{err}");
+}
+
+#[test]
+fn gpu_module_binds_only_the_jobs_devices_and_keeps_their_numbering() {
+    let c = Case::new("gpu");
+    ok(&c.user(
+        r#"base img
+        mklib drv libcuda.so.535.104.05 libcuda.so.1
+        mklib drv libnvidia-ml.so.535.104.05 libnvidia-ml.so.1
+        mkdir dev
+        sqfs img img.sqfs
+        cat > shoal.toml <<EOF
+[modules.gpu]
+libraries = ["$T/drv/libcuda.so.1", "$T/drv/libnvidia-ml.so.1"]
+devices = ["$T/dev/nvidiactl"]
+gpu_devices = ["$T/dev/nvidia[0-9]*"]
+EOF"#,
+    ));
+    // Device nodes only root can make (harmless: /dev/null's numbers).
+    ok(&c.tb.root(&format!(
+        "cd {}/dev && for n in nvidia0 nvidia1 nvidia2 nvidia3 nvidiactl; do mknod $n c 1 3; done",
+        c.dir.display()
+    )));
+    let dry = ok(&c.user(
+        r#"CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml run --dry-run --module gpu img.sqfs -- busybox true"#,
+    ));
+    let dev = c.dir.join("dev");
+    let bound: Vec<&str> = dry
+        .lines()
+        .filter(|l| l.starts_with("mount") && l.contains("device of module gpu"))
+        .collect();
+    assert_eq!(bound.len(), 3, "{dry}");
+    for (n, line) in ["nvidiactl", "nvidia1", "nvidia3"].iter().zip(&bound) {
+        let d = dev.join(n);
+        assert!(line.contains(&format!("{} <- bind {} [rw]", d.display(), d.display())), "{line}");
+    }
+    // The job's numbering stays: the container's /dev is the host's, so
+    // CUDA numbers GPUs as on bare metal (renumbering would pick others).
+    assert!(dry.contains("env      CUDA_VISIBLE_DEVICES=3,1"), "{dry}");
+    assert!(dry.contains("/.shoal/lib/libcuda.so.1 <- bind"), "{dry}");
+
+    // And for real: the mounts are exactly those, the variable as given,
+    // and the image's loader finds the driver through the generated cache.
+    let out = ok(&c.user(
+        r#"cat > probe.sh <<'EOF'
+echo "$CUDA_VISIBLE_DEVICES"
+ldconfig -p | busybox awk '$NF ~ /^\/\.shoal\// {print $NF}' | busybox sort -u
+busybox awk '$5 ~ /dev\/nvidia/ {print $5}' /proc/self/mountinfo
+EOF
+        CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml run --module gpu img.sqfs -- busybox sh probe.sh"#,
+    ));
+    let mut want: Vec<String> =
+        ["3,1", "/.shoal/lib/libcuda.so.1", "/.shoal/lib/libnvidia-ml.so.1"].map(String::from).to_vec();
+    want.extend(["nvidiactl", "nvidia1", "nvidia3"].iter().map(|n| dev.join(n).display().to_string()));
+    assert_eq!(out.lines().collect::<Vec<_>>(), want, "{out}");
+}
+
+#[test]
+fn openmpi_image_is_refused_in_one_line_before_anything_runs() {
+    let c = Case::new("openmpi");
+    ok(&c.user(
+        r#"base img
+        mklib img/usr/lib/$MA libmpi.so.40.30.1 libmpi.so.40
+        mklib img/usr/lib/$MA libopen-pal.so.40.30.1 libopen-pal.so.40
+        sqfs img img.sqfs"#,
+    ));
+    let out = c.user(r#""$SHOAL" --config "$CONF" run --module=mpich img.sqfs -- busybox touch "$T/ran""#);
+    let err = fails(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    for says in [
+        "cannot take module mpich",
+        "image library /usr/lib/x86_64-linux-gnu/libmpi.so.40 (libmpi.so.40)",
+        "/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2",
+        "different SONAME major",
+    ] {
+        assert!(err.contains(says), "{says:?} missing in: {err}");
+    }
+    assert!(!c.dir.join("ran").exists(), "nothing ran");
+    // The dry run shows the table, then the same refusal.
+    let out = c.user(r#""$SHOAL" --config "$CONF" run --dry-run --module=mpich img.sqfs -- true"#);
+    let err = fails(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REFUSE"), "{out:?}");
+    assert!(err.contains("cannot take module mpich"), "{err}");
+}
