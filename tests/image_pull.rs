@@ -401,8 +401,8 @@ fn a_full_disk_is_reported_and_leaves_nothing() {
 fn concurrent_pulls_of_one_image_end_with_exactly_one_image() {
     let env = Env::new("concurrent");
     let out = ok(&env.sh(&format!(
-        "for i in 1 2 3 4; do SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/fetch-big > out.$i 2>&1 & done; \
-         fail=0; for j in 1 2 3 4; do wait -n || fail=1; done; cat out.*; exit $fail"
+        "pids=; for i in 1 2 3 4; do SHOAL_DEBUG_HTTP=1 shoal pull {REG}/shoal/fetch-big > out.$i 2>&1 & pids=\"$pids $!\"; done; \
+         fail=0; for p in $pids; do wait $p || fail=1; done; cat out.*; exit $fail"
     )));
     assert_eq!(out.matches("fetch-big:latest: ").count(), 4, "{out}");
     // The waiting pulls found the image published: the layers were fetched
