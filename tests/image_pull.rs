@@ -278,6 +278,17 @@ fn login_protected_registry_uses_saved_logins() {
         let out = ok(&env.sh(&format!("export XDG_DATA_HOME=$PWD/data{i}; {setup}; shoal pull {img}")));
         assert!(out.contains("pulled"), "{out}");
     }
+    // With the login sent from the start, a re-pull is still one request.
+    let again = env.sh(&format!(
+        "export XDG_DATA_HOME=$PWD/data0 REGISTRY_AUTH_FILE=$PWD/good.json SHOAL_DEBUG_HTTP=1; shoal pull {img}"
+    ));
+    assert!(ok(&again).contains("up to date"));
+    assert_eq!(
+        requests(&again.stderr).len(),
+        1,
+        "{:?}",
+        requests(&again.stderr)
+    );
     // ~/.docker/config.json itself, the default place.
     let home_cfg = env.tb.home.join(".docker/config.json");
     let out = env.sh(&format!(
@@ -407,7 +418,10 @@ fn concurrent_pulls_of_one_image_end_with_exactly_one_image() {
     assert_eq!(out.matches("fetch-big:latest: ").count(), 4, "{out}");
     // The waiting pulls found the image published: the layers were fetched
     // by one of the four only.
-    let blob_gets = requests(out.as_bytes()).into_iter().filter(|r| r.contains("/blobs/")).count();
+    let blob_gets = requests(out.as_bytes())
+        .into_iter()
+        .filter(|r| r.contains("/blobs/"))
+        .count();
     assert_eq!(blob_gets, 2, "config and layer, once:\n{out}");
     assert_eq!(env.images().len(), 1, "{:?}", env.images());
     assert!(env.temps().is_empty(), "{:?}", env.temps());

@@ -409,7 +409,16 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let auth = ep.tokens.lock().unwrap().get(repository).cloned();
+            // A saved login goes along from the first request (it was saved
+            // for this very host): a basic-auth registry then answers at
+            // once, and a token registry challenges as it would anyway.
+            let auth = ep
+                .tokens
+                .lock()
+                .unwrap()
+                .get(repository)
+                .cloned()
+                .or_else(|| ep.creds.as_ref().map(Credentials::basic_header));
             let verb = match method {
                 Method::Get => "GET",
                 Method::Head => "HEAD",
