@@ -563,6 +563,22 @@ mod tests {
     }
 
     #[test]
+    fn documented_registry_example_parses_when_uncommented() {
+        let example = include_str!("../../packaging/shoal.toml");
+        let block: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# [registries."))
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&block, Path::new("packaging/shoal.toml")).unwrap();
+        let r = &c.registries["registry.example.org:5000"];
+        assert!(r.tls_verify && r.ca_file.is_some() && r.mirrors.len() == 1, "{block}");
+    }
+
+    #[test]
     fn registry_sections_parse() {
         let c = Config::parse(
             "[registries.\"lab.example:5000\"]\ntls_verify = false\nmirrors = [\"m1:5000\"]\n\

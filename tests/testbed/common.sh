@@ -8,6 +8,13 @@ TESTBED_STATE=${TESTBED_STATE:-/var/lib/shoal-testbed}
 TESTBED_USER=${TESTBED_USER:-alice}
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5443}
 REGISTRY_DIR=$TESTBED_STATE/registry
+# A second registry with htpasswd auth and this test login (up.sh).
+AUTH_REGISTRY_ADDR=${AUTH_REGISTRY_ADDR:-127.0.0.1:5444}
+AUTH_REGISTRY_USER=shoaltest
+AUTH_REGISTRY_PASSWORD=shoal-test-password
+# A third with Bearer tokens from a small token server; same test login.
+TOKEN_REGISTRY_ADDR=${TOKEN_REGISTRY_ADDR:-127.0.0.1:5445}
+TOKEN_SERVER_ADDR=${TOKEN_SERVER_ADDR:-127.0.0.1:5446}
 TLS_DIR=$TESTBED_STATE/tls
 CA_CERT=$TLS_DIR/cert.pem
 SLURM_NODES=(n1 n2 n3)

@@ -7,6 +7,9 @@ scancel --user="$TESTBED_USER" 2>/dev/null || true
 for n in "${SLURM_NODES[@]}"; do pkill -f "^slurmd -N $n\$" 2>/dev/null || true; done
 pkill -x slurmctld 2>/dev/null || true
 pkill -f "^docker-registry serve $TESTBED_STATE/registry.yml" 2>/dev/null || true
+pkill -f "^docker-registry serve $TESTBED_STATE/registry-auth.yml" 2>/dev/null || true
+pkill -f "^docker-registry serve $TESTBED_STATE/registry-token.yml" 2>/dev/null || true
+pkill -f "token_server.py $TOKEN_SERVER_ADDR " 2>/dev/null || true
 # Patterns are anchored so they cannot match the checking shell itself.
 WAIT_TIMEOUT=30 wait_for "daemons to stop" sh -c "! pgrep -x slurmctld && ! pgrep -f '^slurmd -N ' && ! pgrep -f '^docker-registry serve'"
 rm -f "$PLUGSTACK_SNIPPET"

@@ -12,12 +12,14 @@ PACKAGES=(
     squashfs-tools squashfs-tools-ng squashfuse fuse3
     # a real OCI registry and tools to build and push test images
     docker-registry skopeo umoci openssl curl apache2-utils busybox-static debootstrap
+    # the token server of the Bearer-auth test registry
+    python3-jwt python3-cryptography
     # MPI, and the peer measured against
     mpich libmpich-dev charliecloud
     # zstd-compressed test layers (images.d/20-layers.sh, mklayers.py)
     zstd
     # benchmarks and helpers
-    hyperfine util-linux procps psmisc
+    hyperfine util-linux procps psmisc time jq
     # ABI tests build synthetic ELF libraries (gcc, objdump)
     gcc binutils
 )

@@ -141,6 +141,86 @@ if ! registry_up; then
     wait_for "the registry on $REGISTRY_ADDR" registry_up
 fi
 
+# --- a second registry that wants a login (htpasswd, basic auth) ---------------
+# Same TLS certificate as the first; its test login is AUTH_REGISTRY_USER /
+# AUTH_REGISTRY_PASSWORD (common.sh). Additive: the first registry is untouched.
+AUTH_DIR=$TESTBED_STATE/registry-auth
+mkdir -p "$AUTH_DIR"
+if ! htpasswd -vb "$AUTH_DIR/htpasswd" "$AUTH_REGISTRY_USER" "$AUTH_REGISTRY_PASSWORD" >/dev/null 2>&1; then
+    htpasswd -Bbc "$AUTH_DIR/htpasswd" "$AUTH_REGISTRY_USER" "$AUTH_REGISTRY_PASSWORD" 2>/dev/null
+fi
+cat > "$TESTBED_STATE/registry-auth.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $AUTH_DIR/data
+http:
+  addr: $AUTH_REGISTRY_ADDR
+  tls:
+    certificate: $CA_CERT
+    key: $TLS_DIR/key.pem
+auth:
+  htpasswd:
+    realm: shoal-testbed
+    path: $AUTH_DIR/htpasswd
+YML
+# Any HTTP answer (401 without a login) means it is up.
+auth_registry_up() { curl -s --cacert "$CA_CERT" -o /dev/null "https://$AUTH_REGISTRY_ADDR/v2/"; }
+if ! auth_registry_up; then
+    log "starting the login-protected registry on $AUTH_REGISTRY_ADDR"
+    setsid docker-registry serve "$TESTBED_STATE/registry-auth.yml" \
+        >>/var/log/shoal-testbed-registry-auth.log 2>&1 < /dev/null 9>&- &
+    wait_for "the registry on $AUTH_REGISTRY_ADDR" auth_registry_up
+fi
+
+# --- a third registry with Bearer-token auth -----------------------------------
+# The registry protocol most public registries use: the registry answers 401
+# with a `Bearer realm=...` challenge, a token server (token_server.py, on
+# TOKEN_SERVER_ADDR) hands out JWTs for the test login, the registry checks
+# them against the signing key's certificate.
+TOKEN_DIR=$TESTBED_STATE/registry-token
+mkdir -p "$TOKEN_DIR"
+if [ ! -f "$TOKEN_DIR/signing.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=shoal-testbed-token \
+        -keyout "$TOKEN_DIR/signing.key" -out "$TOKEN_DIR/signing.crt" 2>/dev/null
+fi
+cat > "$TESTBED_STATE/registry-token.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $TOKEN_DIR/data
+http:
+  addr: $TOKEN_REGISTRY_ADDR
+  tls:
+    certificate: $CA_CERT
+    key: $TLS_DIR/key.pem
+auth:
+  token:
+    realm: https://$TOKEN_SERVER_ADDR/token
+    service: shoal-testbed-registry
+    issuer: shoal-testbed-token
+    rootcertbundle: $TOKEN_DIR/signing.crt
+YML
+token_server_up() { curl -s --cacert "$CA_CERT" -o /dev/null "https://$TOKEN_SERVER_ADDR/token"; }
+if ! token_server_up; then
+    log "starting the token server on $TOKEN_SERVER_ADDR"
+    setsid /usr/bin/python3 "$HERE/token_server.py" "$TOKEN_SERVER_ADDR" "$CA_CERT" "$TLS_DIR/key.pem" \
+        "$TOKEN_DIR/signing.key" "$AUTH_REGISTRY_USER" "$AUTH_REGISTRY_PASSWORD" \
+        >>/var/log/shoal-testbed-token-server.log 2>&1 < /dev/null 9>&- &
+    wait_for "the token server on $TOKEN_SERVER_ADDR" token_server_up
+fi
+token_registry_up() { curl -s --cacert "$CA_CERT" -o /dev/null "https://$TOKEN_REGISTRY_ADDR/v2/"; }
+if ! token_registry_up; then
+    log "starting the token-auth registry on $TOKEN_REGISTRY_ADDR"
+    setsid docker-registry serve "$TESTBED_STATE/registry-token.yml" \
+        >>/var/log/shoal-testbed-registry-token.log 2>&1 < /dev/null 9>&- &
+    wait_for "the registry on $TOKEN_REGISTRY_ADDR" token_registry_up
+fi
+
 # --- test images -----------------------------------------------------------------
 "$HERE/images.sh"
 

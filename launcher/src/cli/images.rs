@@ -24,7 +24,10 @@ pub fn run(args: ImagesArgs, config_path: &Path) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<50} {:<14} {:<19} {:>9}  {}", "REFERENCE", "PLATFORM", "IMAGE ID", "SIZE", "STORE");
+    println!(
+        "{:<50} {:<14} {:<19} {:>9}  STORE",
+        "REFERENCE", "PLATFORM", "IMAGE ID", "SIZE"
+    );
     for l in &listed {
         println!(
             "{:<50} {:<14} {:<19} {:>9}  {}",

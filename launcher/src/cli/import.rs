@@ -39,11 +39,16 @@ pub struct ImportArgs {
 
 pub fn run(args: ImportArgs, config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let mut opts = ImportOptions { select: args.select.clone(), ..Default::default() };
+    let mut opts = ImportOptions {
+        select: args.select.clone(),
+        ..Default::default()
+    };
     if let Some(n) = &args.name {
         match n.parse::<ImageSpec>()? {
             ImageSpec::Registry(r) if r.digest().is_none() => opts.name = Some(r),
-            _ => bail!("--name {n:?}: give a name like `localhost/myimage:1.0` (no digest, not a path)"),
+            _ => bail!(
+                "--name {n:?}: give a name like `localhost/myimage:1.0` (no digest, not a path)"
+            ),
         }
     }
     if let Some(p) = &args.platform {
@@ -52,6 +57,8 @@ pub fn run(args: ImportArgs, config_path: &Path) -> Result<ExitCode> {
     if args.site {
         opts.scope = Scope::Site;
     }
+    // The site's `[image]` settings, then this call's --compression.
+    opts.squash = config.image.squash_options();
     if let Some(c) = &args.compression {
         opts.squash.compression = c.parse().map_err(anyhow::Error::msg)?;
     }
@@ -68,7 +75,13 @@ pub fn run(args: ImportArgs, config_path: &Path) -> Result<ExitCode> {
     bar.finish_and_clear();
     let img = result?;
     if !args.quiet {
-        println!("{}: imported {} ({}, {} store)", args.source.display(), img.digest, human_size(img.size), img.scope);
+        println!(
+            "{}: imported {} ({}, {} store)",
+            args.source.display(),
+            img.digest,
+            human_size(img.size),
+            img.scope
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

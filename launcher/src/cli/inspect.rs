@@ -38,10 +38,21 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
     println!("reference:  {spec}");
     println!("image id:   {}", img.digest);
     println!("source:     {}", img.source_ref);
-    println!("platform:   {}", img.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    println!(
+        "platform:   {}",
+        img.platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
     println!("created:    {}", img.created.as_deref().unwrap_or("-"));
     println!("store:      {}", img.scope);
-    println!("squashfs:   {} ({}, sha256 {})", img.squashfs.display(), human_size(img.size), img.squashfs_sha256);
+    println!(
+        "squashfs:   {} ({}, sha256 {})",
+        img.squashfs.display(),
+        human_size(img.size),
+        img.squashfs_sha256
+    );
     println!("entrypoint: {:?}", c.entrypoint);
     println!("cmd:        {:?}", c.cmd);
     println!("workdir:    {}", c.workdir.as_deref().unwrap_or("/"));

@@ -40,8 +40,15 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let r = match args.reference.parse::<ImageSpec>()? {
         ImageSpec::Registry(r) => r,
-        ImageSpec::Id(_) => bail!("{}: an image id names an image already in a store; pull a registry reference instead", args.reference),
-        ImageSpec::File(p) => bail!("{}: a file, not a registry image; use `shoal import {}`", p.display(), p.display()),
+        ImageSpec::Id(_) => bail!(
+            "{}: an image id names an image already in a store; pull a registry reference instead",
+            args.reference
+        ),
+        ImageSpec::File(p) => bail!(
+            "{}: a file, not a registry image; use `shoal import {}`",
+            p.display(),
+            p.display()
+        ),
     };
     let mut opts = PullOptions::new();
     if let Some(p) = &args.platform {
@@ -53,6 +60,8 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
     if args.site {
         opts.scope = Scope::Site;
     }
+    // The site's `[image]` settings, then this call's --compression.
+    opts.squash = config.image.squash_options();
     if let Some(c) = &args.compression {
         opts.squash.compression = c.parse().map_err(anyhow::Error::msg)?;
     }
@@ -60,7 +69,10 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
     let bar = progress_bar(args.quiet);
     let outcome = pull(&config, &store, &r, &opts, &|ev| match ev {
         PullEvent::Resolved { layers, bytes, .. } => {
-            bar.set_message(format!("downloading {layers} layers"));
+            bar.set_message(format!(
+                "downloading {layers} layer{}",
+                if layers == 1 { "" } else { "s" }
+            ));
             bar.set_length(bytes);
         }
         PullEvent::Waiting => bar.set_message("waiting for another pull of this image"),
@@ -81,7 +93,11 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
         let img = &outcome.image;
         println!(
             "{r}: {} {} ({}, {} store)",
-            if outcome.downloaded { "pulled" } else { "up to date" },
+            if outcome.downloaded {
+                "pulled"
+            } else {
+                "up to date"
+            },
             img.digest,
             human_size(img.size),
             img.scope
@@ -97,9 +113,11 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg:24} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message("resolving");

@@ -28,7 +28,11 @@ pub fn run(args: RmArgs, config_path: &Path) -> Result<ExitCode> {
             ImageSpec::Registry(r) => {
                 let d = root.remove_tag(&r)?;
                 if d.is_empty() {
-                    bail!("{reference}: not in the {} store ({}); see `shoal images`", root.scope(), root.dir().display());
+                    bail!(
+                        "{reference}: not in the {} store ({}); see `shoal images`",
+                        root.scope(),
+                        root.dir().display()
+                    );
                 }
                 d
             }
@@ -42,11 +46,17 @@ pub fn run(args: RmArgs, config_path: &Path) -> Result<ExitCode> {
                     }
                 }
                 if root.image(&d)?.is_none() {
-                    bail!("{reference}: no such image in the {} store; see `shoal images`", root.scope());
+                    bail!(
+                        "{reference}: no such image in the {} store; see `shoal images`",
+                        root.scope()
+                    );
                 }
                 vec![d]
             }
-            ImageSpec::File(p) => bail!("{}: a file, not a stored image; delete it yourself", p.display()),
+            ImageSpec::File(p) => bail!(
+                "{}: a file, not a stored image; delete it yourself",
+                p.display()
+            ),
         };
         let mut removed = 0;
         for d in &digests {

@@ -154,7 +154,10 @@ fn check_digest(d: &str) -> Result<Digest, ManifestError> {
 
 /// Picks the entry of an index for `want`. Attestation manifests (BuildKit
 /// writes `unknown/unknown` entries) never match. Errors list what exists.
-pub fn select_platform<'a>(entries: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor, Vec<Platform>> {
+pub fn select_platform<'a>(
+    entries: &'a [Descriptor],
+    want: &Platform,
+) -> Result<&'a Descriptor, Vec<Platform>> {
     let found = entries
         .iter()
         .filter(|e| e.platform.as_ref().is_some_and(|p| want.accepts(p)))
@@ -221,7 +224,11 @@ impl ConfigBlob {
             .map_err(|e| ManifestError(format!("image config is not valid JSON ({e})")))?;
         let c = raw.config.unwrap_or_default();
         let platform = match (raw.os, raw.architecture) {
-            (Some(os), Some(architecture)) => Some(Platform { os, architecture, variant: raw.variant }),
+            (Some(os), Some(architecture)) => Some(Platform {
+                os,
+                architecture,
+                variant: raw.variant,
+            }),
             _ => None,
         };
         Ok(ConfigBlob {
@@ -258,7 +265,10 @@ mod tests {
                 )
             })
             .collect();
-        format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#, m.join(","))
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            m.join(",")
+        )
     }
 
     #[test]
@@ -267,7 +277,9 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"x","digest":"{D1}","size":5}},
             "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{D2}","size":7}}]}}"#
         );
-        let Document::Image(m) = Document::parse(body.as_bytes(), None).unwrap() else { panic!() };
+        let Document::Image(m) = Document::parse(body.as_bytes(), None).unwrap() else {
+            panic!()
+        };
         assert_eq!(m.layers.len(), 1);
         assert_eq!(m.layers[0].digest.as_str(), D2);
         assert_eq!(m.config.size, 5);
@@ -275,16 +287,32 @@ mod tests {
 
     #[test]
     fn oci_manifest_without_media_type_uses_the_header() {
-        let body = format!(r#"{{"schemaVersion":2,"config":{{"digest":"{D1}","size":5}},"layers":[]}}"#);
-        assert!(matches!(Document::parse(body.as_bytes(), Some(OCI_MANIFEST)).unwrap(), Document::Image(_)));
+        let body =
+            format!(r#"{{"schemaVersion":2,"config":{{"digest":"{D1}","size":5}},"layers":[]}}"#);
+        assert!(matches!(
+            Document::parse(body.as_bytes(), Some(OCI_MANIFEST)).unwrap(),
+            Document::Image(_)
+        ));
     }
 
     #[test]
     fn index_selection_by_platform() {
         let body = index(&[(D1, "linux/amd64"), (D2, "linux/arm64/v8")]);
-        let Document::Index(entries) = Document::parse(body.as_bytes(), None).unwrap() else { panic!() };
-        assert_eq!(select_platform(&entries, &"linux/arm64".parse().unwrap()).unwrap().digest, D2);
-        assert_eq!(select_platform(&entries, &"linux/amd64".parse().unwrap()).unwrap().digest, D1);
+        let Document::Index(entries) = Document::parse(body.as_bytes(), None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            select_platform(&entries, &"linux/arm64".parse().unwrap())
+                .unwrap()
+                .digest,
+            D2
+        );
+        assert_eq!(
+            select_platform(&entries, &"linux/amd64".parse().unwrap())
+                .unwrap()
+                .digest,
+            D1
+        );
         let missing = select_platform(&entries, &"linux/s390x".parse().unwrap()).unwrap_err();
         assert_eq!(missing.len(), 2);
     }
@@ -296,15 +324,23 @@ mod tests {
             (r#"{"schemaVersion":1}"#, "schemaVersion 1"),
             (r#"{"schemaVersion":2,"layers":[]}"#, "without a `config`"),
         ] {
-            let e = Document::parse(body.as_bytes(), None).unwrap_err().to_string();
+            let e = Document::parse(body.as_bytes(), None)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(says), "{body}: {e}");
         }
-        let bad_digest = format!(r#"{{"schemaVersion":2,"config":{{"digest":"md5:00","size":1}},"layers":[]}}"#);
-        assert!(Document::parse(bad_digest.as_bytes(), None).unwrap_err().to_string().contains("md5:00"));
+        let bad_digest = r#"{"schemaVersion":2,"config":{"digest":"md5:00","size":1},"layers":[]}"#;
+        assert!(Document::parse(bad_digest.as_bytes(), None)
+            .unwrap_err()
+            .to_string()
+            .contains("md5:00"));
         let foreign = format!(
             r#"{{"schemaVersion":2,"config":{{"digest":"{D1}","size":1}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{D2}","size":1,"urls":["https://x"]}}]}}"#
         );
-        assert!(Document::parse(foreign.as_bytes(), None).unwrap_err().to_string().contains("foreign"));
+        assert!(Document::parse(foreign.as_bytes(), None)
+            .unwrap_err()
+            .to_string()
+            .contains("foreign"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! - [`registry`]: the OCI distribution client (auth, TLS, mirrors, retries);
 //! - [`manifest`], [`platform`]: the registry's documents as plain values;
+//! - [`convert`]: downloaded layer blobs (or a directory) to a squashfs file;
 //! - [`store`]: where images live, how they are published atomically, found
 //!   by the launcher and the SPANK plugin, and collected;
 //! - [`pull`]: download -> convert -> publish, as one call;

@@ -8,7 +8,9 @@ use std::str::FromStr;
 
 /// An OCI platform: `os/architecture[/variant]`, in the OCI spelling
 /// (`amd64`, not `x86_64`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Platform {
     pub os: String,
     pub architecture: String,
@@ -18,7 +20,9 @@ pub struct Platform {
 
 /// `--platform` text that is not `OS/ARCH[/VARIANT]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT], e.g. `linux/amd64` or `linux/arm64/v8`")]
+#[error(
+    "invalid platform {0:?}: expected OS/ARCH[/VARIANT], e.g. `linux/amd64` or `linux/arm64/v8`"
+)]
 pub struct PlatformError(pub String);
 
 impl Platform {
@@ -64,7 +68,8 @@ impl FromStr for Platform {
     fn from_str(s: &str) -> Result<Self, PlatformError> {
         let bad = || PlatformError(s.to_string());
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok =
+            |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| ok(p)) {
             return Err(bad());
         }

@@ -66,7 +66,11 @@ impl Default for PullOptions {
 #[derive(Debug, Clone)]
 pub enum PullEvent {
     /// The manifest is known: this many layers and compressed bytes to fetch.
-    Resolved { image: Digest, layers: usize, bytes: u64 },
+    Resolved {
+        image: Digest,
+        layers: usize,
+        bytes: u64,
+    },
     /// Another process is pulling the same image; waiting for it.
     Waiting,
     /// Compressed bytes downloaded so far, of `total`.
@@ -92,29 +96,42 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Convert(#[from] ConvertError),
-    #[error("{reference}: malformed manifest: {source}; the registry served something Shoal cannot read, check that the image was pushed completely")]
-    Manifest { reference: String, source: ManifestError },
+    #[error("{reference}: malformed manifest: {problem}; the registry served something Shoal cannot read, check that the image was pushed completely")]
+    Manifest {
+        reference: String,
+        problem: ManifestError,
+    },
     #[error("{reference}: no image for platform {want} (it has: {}); choose one with --platform", list(.available))]
-    NoPlatform { reference: String, want: Platform, available: Vec<Platform> },
+    NoPlatform {
+        reference: String,
+        want: Platform,
+        available: Vec<Platform>,
+    },
 }
 
 fn list(p: &[Platform]) -> String {
     if p.is_empty() {
         return "none with a platform".into();
     }
-    p.iter().map(Platform::to_string).collect::<Vec<_>>().join(", ")
+    p.iter()
+        .map(Platform::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl PullError {
     /// A full disk, wherever it was noticed, reads the same.
     fn normalize(self) -> PullError {
         match self {
-            PullError::Registry(RegistryError::Write { path, source })
-                if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) =>
+            PullError::Registry(RegistryError::Write { path, error })
+                if error.raw_os_error() == Some(libc::ENOSPC)
+                    || error.raw_os_error() == Some(libc::EDQUOT) =>
             {
                 PullError::Store(StoreError::DiskFull { path })
             }
-            PullError::Convert(ConvertError::Io { path, source }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+            PullError::Convert(ConvertError::Io { path, source })
+                if source.raw_os_error() == Some(libc::ENOSPC) =>
+            {
                 PullError::Store(StoreError::DiskFull { path })
             }
             e => e,
@@ -144,42 +161,78 @@ fn pull_inner(
     let platform = &opts.platform;
     let reference = r.to_string();
     let known = root.tag_entry(r)?;
-    let known_image = match known.as_ref().and_then(|e| e.images.get(&platform.to_string())) {
+    let known_image = match known
+        .as_ref()
+        .and_then(|e| e.images.get(&platform.to_string()))
+    {
         Some(d) => root.image(d)?,
         None => None,
     };
 
-    // A digest reference names fixed content: no request needed.
-    if let (Some(image), Some(_)) = (&known_image, r.digest()) {
-        return Ok(PullOutcome { image: image.clone(), downloaded: false });
+    // A digest reference names fixed content: no request needed, also when
+    // the digest is that of an image already here under another name.
+    if let Some(d) = r.digest() {
+        if let Some(image) = known_image {
+            return Ok(PullOutcome {
+                image,
+                downloaded: false,
+            });
+        }
+        if let Some(image) = root.image(d)? {
+            let _lock = root.lock_image(d)?;
+            root.set_tag(r, Some(d), platform, d)?;
+            return Ok(PullOutcome {
+                image,
+                downloaded: false,
+            });
+        }
     }
-    let registry_cfg = config.registries.get(r.registry()).cloned().unwrap_or_else(RegistryConfig::default);
+    let registry_cfg = config
+        .registries
+        .get(r.registry())
+        .cloned()
+        .unwrap_or_else(RegistryConfig::default);
     let registry = Registry::new(r.registry(), &registry_cfg, &opts.client)?;
     let wanted = match r.digest() {
         Some(d) => d.to_string(),
         None => r.tag().unwrap_or("latest").to_string(),
     };
-    if let (Some(image), Some(entry)) = (&known_image, &known) {
-        if entry.digest.is_some() && registry.head_manifest(r.repository(), &wanted)? == entry.digest {
-            return Ok(PullOutcome { image: image.clone(), downloaded: false });
+    if let (Some(image), Some(entry)) = (known_image, &known) {
+        if entry.digest.is_some()
+            && registry.head_manifest(r.repository(), &wanted)? == entry.digest
+        {
+            return Ok(PullOutcome {
+                image,
+                downloaded: false,
+            });
         }
     }
 
     let top = registry.manifest(r.repository(), &wanted)?;
-    let malformed = |source| PullError::Manifest { reference: reference.clone(), source };
-    let (image_digest, manifest) = match Document::parse(&top.body, top.content_type.as_deref()).map_err(malformed)? {
+    let malformed = |problem| PullError::Manifest {
+        reference: reference.clone(),
+        problem,
+    };
+    let (image_digest, manifest) = match Document::parse(&top.body, top.content_type.as_deref())
+        .map_err(malformed)?
+    {
         Document::Image(m) => (top.digest.clone(), m),
         Document::Index(entries) => {
-            let chosen = manifest::select_platform(&entries, platform).map_err(|available| PullError::NoPlatform {
-                reference: reference.clone(),
-                want: platform.clone(),
-                available,
+            let chosen = manifest::select_platform(&entries, platform).map_err(|available| {
+                PullError::NoPlatform {
+                    reference: reference.clone(),
+                    want: platform.clone(),
+                    available,
+                }
             })?;
             let m = registry.manifest(r.repository(), &chosen.digest)?;
             match Document::parse(&m.body, m.content_type.as_deref()).map_err(malformed)? {
                 Document::Image(im) => (m.digest, im),
                 Document::Index(_) => {
-                    return Err(malformed(ManifestError(format!("index entry {} is itself an index", chosen.digest))))
+                    return Err(malformed(ManifestError(format!(
+                        "index entry {} is itself an index",
+                        chosen.digest
+                    ))))
                 }
             }
         }
@@ -189,30 +242,54 @@ fn pull_inner(
     if let Some(image) = root.image(&image_digest)? {
         let _lock = root.lock_image(&image_digest)?;
         root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
-        return Ok(PullOutcome { image, downloaded: false });
+        return Ok(PullOutcome {
+            image,
+            downloaded: false,
+        });
     }
 
     let bytes = manifest.layers.iter().map(|l| l.size).sum();
-    progress(PullEvent::Resolved { image: image_digest.clone(), layers: manifest.layers.len(), bytes });
+    progress(PullEvent::Resolved {
+        image: image_digest.clone(),
+        layers: manifest.layers.len(),
+        bytes,
+    });
     let lock = match super::store::Lock::try_acquire(&lock_path(root, &image_digest)) {
         Ok(Some(l)) => l,
-        _ => {
+        Ok(None) => {
             progress(PullEvent::Waiting);
             root.lock_image(&image_digest)?
         }
+        // No lock file yet: nobody is pulling it.
+        Err(_) => root.lock_image(&image_digest)?,
     };
     // The process we waited for may have published it.
     if let Some(image) = root.image(&image_digest)? {
         root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
-        return Ok(PullOutcome { image, downloaded: false });
+        return Ok(PullOutcome {
+            image,
+            downloaded: false,
+        });
     }
 
     let work = root.work_dir()?;
-    let config_blob = registry.blob_bytes(r.repository(), &digest_of(&manifest.config.digest, &reference)?)?;
+    let config_blob = registry.blob_bytes(
+        r.repository(),
+        &digest_of(&manifest.config.digest, &reference)?,
+    )?;
     let config_blob = ConfigBlob::parse(&config_blob).map_err(malformed)?;
-    let layers = download_layers(&registry, r.repository(), &manifest, work.path(), opts.parallel_downloads, progress)?;
+    let layers = download_layers(
+        &registry,
+        r.repository(),
+        &manifest,
+        work.path(),
+        opts.parallel_downloads,
+        progress,
+    )?;
     let sqfs = work.path().join("image.sqfs");
-    let summary = convert::layers_to_squashfs(&layers, &sqfs, &opts.squash, &|p| progress(PullEvent::Converting(p)))?;
+    let summary = convert::layers_to_squashfs(&layers, &sqfs, &opts.squash, &|p| {
+        progress(PullEvent::Converting(p))
+    })?;
     // Free the blobs' space before the image lands.
     let _ = std::fs::remove_dir_all(work.path().join("blobs"));
     let meta = ImageMeta {
@@ -228,7 +305,10 @@ fn pull_inner(
     let image = root.publish(&work, &sqfs, &meta, &lock)?;
     root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
     drop(lock);
-    Ok(PullOutcome { image, downloaded: true })
+    Ok(PullOutcome {
+        image,
+        downloaded: true,
+    })
 }
 
 fn lock_path(root: &StoreRoot, d: &Digest) -> PathBuf {
@@ -240,7 +320,7 @@ fn lock_path(root: &StoreRoot, d: &Digest) -> PathBuf {
 fn digest_of(s: &str, reference: &str) -> Result<Digest, PullError> {
     s.parse().map_err(|_| PullError::Manifest {
         reference: reference.to_string(),
-        source: ManifestError(format!("digest {s:?} is not sha256")),
+        problem: ManifestError(format!("digest {s:?} is not sha256")),
     })
 }
 
@@ -274,7 +354,10 @@ fn download_layers(
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
     let on_bytes = |n: i64| {
         let d = done.fetch_add(n, Ordering::Relaxed) + n;
-        progress(PullEvent::Downloading { done: d.max(0) as u64, total });
+        progress(PullEvent::Downloading {
+            done: d.max(0) as u64,
+            total,
+        });
     };
     std::thread::scope(|s| {
         for _ in 0..parallel.max(1) {
@@ -282,7 +365,9 @@ fn download_layers(
                 if first_error.lock().unwrap().is_some() {
                     return;
                 }
-                let Some((digest, size)) = queue.lock().unwrap().pop() else { return };
+                let Some((digest, size)) = queue.lock().unwrap().pop() else {
+                    return;
+                };
                 let dest = blobs.join(digest.hex());
                 if let Err(e) = registry.blob_to_file(repository, &digest, size, &dest, &on_bytes) {
                     first_error.lock().unwrap().get_or_insert(e);
@@ -300,8 +385,14 @@ fn download_layers(
         .map(|l| {
             let path = blobs.join(l.digest.hex());
             // The bytes, already verified, decide; media types lie sometimes.
-            let compression = sniff(&path).map_err(super::store::io_err(&path))?.unwrap_or(LayerCompression::Uncompressed);
-            Ok(Layer { path, compression, digest: l.digest.to_string() })
+            let compression = sniff(&path)
+                .map_err(super::store::io_err(&path))?
+                .unwrap_or(LayerCompression::Uncompressed);
+            Ok(Layer {
+                path,
+                compression,
+                digest: l.digest.to_string(),
+            })
         })
         .collect()
 }

@@ -23,7 +23,12 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({} from {})", self.username, self.source.display())
+        write!(
+            f,
+            "Credentials({} from {})",
+            self.username,
+            self.source.display()
+        )
     }
 }
 
@@ -31,7 +36,10 @@ impl Credentials {
     /// `Authorization: Basic ...` value.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
     }
 }
 
@@ -88,7 +96,9 @@ fn lookup(registry: &str, text: &[u8]) -> Option<(String, String)> {
             return None;
         }
         if let Some(a) = &entry.auth {
-            let raw = base64::engine::general_purpose::STANDARD.decode(a.trim()).ok()?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(a.trim())
+                .ok()?;
             let raw = String::from_utf8(raw).ok()?;
             let (u, p) = raw.split_once(':')?;
             return Some((u.to_string(), p.to_string()));
@@ -101,7 +111,10 @@ fn lookup(registry: &str, text: &[u8]) -> Option<(String, String)> {
 /// all name Docker Hub; keys may carry a scheme and a path.
 fn host_key(key: &str) -> String {
     let k = key.trim();
-    let k = k.strip_prefix("https://").or_else(|| k.strip_prefix("http://")).unwrap_or(k);
+    let k = k
+        .strip_prefix("https://")
+        .or_else(|| k.strip_prefix("http://"))
+        .unwrap_or(k);
     let host = k.split('/').next().unwrap_or(k).to_ascii_lowercase();
     match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
@@ -140,8 +153,14 @@ fn parse_params(s: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, after) = if let Some(q) = after.strip_prefix('"') {
             // Quoted string; `\"` escapes a quote.
             let mut value = String::new();
@@ -203,7 +222,10 @@ mod tests {
                 scope: Some("repository:library/debian:pull".into()),
             }
         );
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
     }
 
@@ -218,14 +240,24 @@ mod tests {
         )
         .unwrap();
         let podman = dir.path().join("auth.json");
-        std::fs::write(&podman, r#"{"auths":{"127.0.0.1:5444":{"username":"amy","password":"pw"}}}"#).unwrap();
+        std::fs::write(
+            &podman,
+            r#"{"auths":{"127.0.0.1:5444":{"username":"amy","password":"pw"}}}"#,
+        )
+        .unwrap();
         let c = find_credentials("docker.io", &[podman.clone(), docker.clone()]).unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("bob", "s3cr:et"));
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("bob", "s3cr:et")
+        );
         let c = find_credentials("127.0.0.1:5444", &[podman.clone(), docker.clone()]).unwrap();
         assert_eq!(c.username, "amy");
         assert_eq!(c.source, podman);
         assert!(find_credentials("quay.io", &[podman, docker]).is_none());
-        assert!(!format!("{c:?}").contains("pw"), "Debug must not show the password");
+        assert!(
+            !format!("{c:?}").contains("pw"),
+            "Debug must not show the password"
+        );
     }
 
     #[test]
@@ -248,6 +280,9 @@ mod tests {
 
     #[test]
     fn escaping() {
-        assert_eq!(query_escape("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+        assert_eq!(
+            query_escape("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
     }
 }

@@ -37,25 +37,51 @@ pub enum RegistryError {
     #[error("{reference}: not found on {registry} (unknown repository, tag or digest); check the name and tag")]
     NotFound { registry: String, reference: String },
     #[error("{registry}: authentication failed{}; log in with `podman login {registry}` or `docker login {registry}` (Shoal reads REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json and ~/.docker/config.json)", creds_note(.credentials))]
-    Unauthorized { registry: String, credentials: Option<PathBuf> },
-    #[error("{registry}: access to {repository} denied (HTTP 403); check that your login may pull it")]
-    Denied { registry: String, repository: String },
+    Unauthorized {
+        registry: String,
+        credentials: Option<PathBuf>,
+    },
+    #[error(
+        "{registry}: access to {repository} denied (HTTP 403); check that your login may pull it"
+    )]
+    Denied {
+        registry: String,
+        repository: String,
+    },
     #[error("{registry}: TLS certificate check failed ({detail}); give the registry's CA with `ca_file` in [registries.\"{registry}\"] of the Shoal config or SSL_CERT_FILE, or use --tls-verify=false for a lab registry")]
     Tls { registry: String, detail: String },
     #[error("{registry}: registry unreachable ({detail}) after {tries} tries; check the address and that the registry is up")]
-    Unreachable { registry: String, detail: String, tries: u32 },
+    Unreachable {
+        registry: String,
+        detail: String,
+        tries: u32,
+    },
     #[error("{registry}: registry answered HTTP {status} to {what} after {tries} tries; try again later or tell its admin")]
-    Server { registry: String, status: u16, what: String, tries: u32 },
+    Server {
+        registry: String,
+        status: u16,
+        what: String,
+        tries: u32,
+    },
     #[error("{registry}: blob {digest} is corrupt: its content hashes to {actual}; nothing was stored, pull again or tell the registry's admin")]
-    DigestMismatch { registry: String, digest: Digest, actual: String },
+    DigestMismatch {
+        registry: String,
+        digest: Digest,
+        actual: String,
+    },
     #[error("{registry}: blob {digest} is {actual} bytes, the manifest says {expected}; nothing was stored, pull again or tell the registry's admin")]
-    SizeMismatch { registry: String, digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        registry: String,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{registry}: {what} is larger than {MAX_DOCUMENT} bytes; refusing it")]
     TooLarge { registry: String, what: String },
     #[error("cannot read CA certificates {path}: {detail}; fix `ca_file` or SSL_CERT_FILE")]
     CaFile { path: PathBuf, detail: String },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("writing {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
 }
 
 fn creds_note(c: &Option<PathBuf>) -> String {
@@ -68,7 +94,10 @@ fn creds_note(c: &Option<PathBuf>) -> String {
 impl RegistryError {
     /// True for the errors worth trying the next mirror for.
     fn is_endpoint_specific(&self) -> bool {
-        !matches!(self, RegistryError::Write { .. } | RegistryError::CaFile { .. })
+        !matches!(
+            self,
+            RegistryError::Write { .. } | RegistryError::CaFile { .. }
+        )
     }
 }
 
@@ -92,16 +121,19 @@ impl ClientOptions {
     /// Options from the process environment (`SSL_CERT_FILE`, auth files).
     pub fn from_env() -> ClientOptions {
         let env = |k: &str| std::env::var(k).ok();
-        let ca_bundle = env("SSL_CERT_FILE").filter(|s| !s.is_empty()).map(PathBuf::from).or_else(|| {
-            [
-                "/etc/ssl/certs/ca-certificates.crt",
-                "/etc/pki/tls/certs/ca-bundle.crt",
-                "/etc/ssl/cert.pem",
-            ]
-            .iter()
+        let ca_bundle = env("SSL_CERT_FILE")
+            .filter(|s| !s.is_empty())
             .map(PathBuf::from)
-            .find(|p| p.is_file())
-        });
+            .or_else(|| {
+                [
+                    "/etc/ssl/certs/ca-certificates.crt",
+                    "/etc/pki/tls/certs/ca-bundle.crt",
+                    "/etc/ssl/cert.pem",
+                ]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+            });
         ClientOptions {
             tls_verify: None,
             tries: 5,
@@ -121,6 +153,10 @@ struct Endpoint {
     creds: Option<Credentials>,
     /// `Authorization` values, per repository (tokens are scoped).
     tokens: Mutex<HashMap<String, String>>,
+    /// A mirror gets one try per request (the next endpoint is the retry),
+    /// and once unreachable is skipped for the rest of the pull.
+    mirror: bool,
+    dead: std::sync::atomic::AtomicBool,
 }
 
 /// A connection to one registry and its mirrors.
@@ -130,6 +166,9 @@ pub struct Registry {
     agent: Agent,
     tries: u32,
     backoff: Duration,
+    /// `SHOAL_DEBUG_HTTP` set: each request is printed to stderr (method and
+    /// URL only, never a header), to see what a pull costs.
+    trace: bool,
 }
 
 /// A fetched manifest: its digest (computed from the bytes) and the body.
@@ -142,9 +181,18 @@ pub struct FetchedManifest {
 
 impl Registry {
     /// A client for `registry` (`host[:port]`, `docker.io` for Docker Hub).
-    pub fn new(registry: &str, cfg: &RegistryConfig, opts: &ClientOptions) -> Result<Registry, RegistryError> {
+    pub fn new(
+        registry: &str,
+        cfg: &RegistryConfig,
+        opts: &ClientOptions,
+    ) -> Result<Registry, RegistryError> {
         let verify = opts.tls_verify.unwrap_or(true) && cfg.tls_verify;
-        let tls = tls::client_config(registry, opts.ca_bundle.as_deref(), cfg.ca_file.as_deref(), verify)?;
+        let tls = tls::client_config(
+            registry,
+            opts.ca_bundle.as_deref(),
+            cfg.ca_file.as_deref(),
+            verify,
+        )?;
         let agent = ureq::AgentBuilder::new()
             .tls_config(tls)
             .https_only(true)
@@ -153,40 +201,63 @@ impl Registry {
             .timeout_read(Duration::from_secs(60))
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build();
-        let endpoint = |name: &str| {
-            let host = if name == "docker.io" { "registry-1.docker.io" } else { name };
+        let endpoint = |name: &str, mirror: bool| {
+            let host = if name == "docker.io" {
+                "registry-1.docker.io"
+            } else {
+                name
+            };
             Endpoint {
                 name: name.to_string(),
                 base: format!("https://{host}"),
                 creds: auth::find_credentials(name, &opts.auth_files),
                 tokens: Mutex::new(HashMap::new()),
+                mirror,
+                dead: std::sync::atomic::AtomicBool::new(false),
             }
         };
-        let mut endpoints: Vec<Endpoint> = cfg.mirrors.iter().map(|m| endpoint(m)).collect();
-        endpoints.push(endpoint(registry));
+        let mut endpoints: Vec<Endpoint> = cfg.mirrors.iter().map(|m| endpoint(m, true)).collect();
+        endpoints.push(endpoint(registry, false));
         Ok(Registry {
             name: registry.to_string(),
             endpoints,
             agent,
             tries: opts.tries.max(1),
             backoff: opts.backoff,
+            trace: std::env::var_os("SHOAL_DEBUG_HTTP").is_some_and(|v| !v.is_empty()),
         })
     }
 
     /// The digest `reference` (tag or digest) points to, from a HEAD request
     /// (one round trip on an anonymous registry). `None` when the registry
     /// does not send `Docker-Content-Digest`.
-    pub fn head_manifest(&self, repository: &str, reference: &str) -> Result<Option<Digest>, RegistryError> {
+    pub fn head_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>, RegistryError> {
         self.on_endpoints(|ep| {
             let path = format!("/v2/{repository}/manifests/{reference}");
-            let resp = self.send(ep, Method::Head, &path, repository, &format!("{repository}:{reference}"))?;
-            Ok(resp.header("docker-content-digest").and_then(|v| v.trim().parse().ok()))
+            let resp = self.send(
+                ep,
+                Method::Head,
+                &path,
+                repository,
+                &format!("{repository}:{reference}"),
+            )?;
+            Ok(resp
+                .header("docker-content-digest")
+                .and_then(|v| v.trim().parse().ok()))
         })
     }
 
     /// GETs a manifest by tag or digest. A digest reference is checked
     /// against the bytes.
-    pub fn manifest(&self, repository: &str, reference: &str) -> Result<FetchedManifest, RegistryError> {
+    pub fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
         self.on_endpoints(|ep| {
             let path = format!("/v2/{repository}/manifests/{reference}");
             let what = format!("{repository}:{reference}");
@@ -203,7 +274,11 @@ impl Registry {
                     });
                 }
             }
-            Ok(FetchedManifest { digest, body, content_type })
+            Ok(FetchedManifest {
+                digest,
+                body,
+                content_type,
+            })
         })
     }
 
@@ -242,7 +317,10 @@ impl Registry {
             loop {
                 attempt += 1;
                 let resp = self.send(ep, Method::Get, &path, repository, digest.as_str())?;
-                let mut file = File::create(dest).map_err(|source| RegistryError::Write { path: dest.into(), source })?;
+                let mut file = File::create(dest).map_err(|source| RegistryError::Write {
+                    path: dest.into(),
+                    error: source,
+                })?;
                 match copy_hashing(resp.into_reader(), &mut file, progress) {
                     Ok((n, actual)) => {
                         if n != size {
@@ -264,7 +342,10 @@ impl Registry {
                     }
                     Err(CopyError::Write(source, n)) => {
                         progress(-(n as i64));
-                        return Err(RegistryError::Write { path: dest.into(), source });
+                        return Err(RegistryError::Write {
+                            path: dest.into(),
+                            error: source,
+                        });
                     }
                     Err(CopyError::Read(e, n)) => {
                         progress(-(n as i64));
@@ -288,11 +369,24 @@ impl Registry {
 
     /// Runs `f` on each endpoint (mirrors first) until one succeeds; the
     /// registry's own error is the one reported.
-    fn on_endpoints<T>(&self, f: impl Fn(&Endpoint) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
-        let (last, mirrors) = self.endpoints.split_last().expect("the registry itself is always an endpoint");
+    fn on_endpoints<T>(
+        &self,
+        f: impl Fn(&Endpoint) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let (last, mirrors) = self
+            .endpoints
+            .split_last()
+            .expect("the registry itself is always an endpoint");
         for m in mirrors {
+            if m.dead.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
             match f(m) {
                 Ok(v) => return Ok(v),
+                Err(e @ (RegistryError::Unreachable { .. } | RegistryError::Tls { .. })) => {
+                    m.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+                    drop(e);
+                }
                 Err(e) if e.is_endpoint_specific() => continue,
                 Err(e) => return Err(e),
             }
@@ -301,69 +395,110 @@ impl Registry {
     }
 
     /// One request with auth and retries. Returns only 2xx responses.
-    fn send(&self, ep: &Endpoint, method: Method, path: &str, repository: &str, what: &str) -> Result<ureq::Response, RegistryError> {
+    fn send(
+        &self,
+        ep: &Endpoint,
+        method: Method,
+        path: &str,
+        repository: &str,
+        what: &str,
+    ) -> Result<ureq::Response, RegistryError> {
         let url = format!("{}{path}", ep.base);
+        let tries = if ep.mirror { 1 } else { self.tries };
         let mut tried_auth = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let auth = ep.tokens.lock().unwrap().get(repository).cloned();
+            // A saved login goes along from the first request (it was saved
+            // for this very host): a basic-auth registry then answers at
+            // once, and a token registry challenges as it would anyway.
+            let auth = ep
+                .tokens
+                .lock()
+                .unwrap()
+                .get(repository)
+                .cloned()
+                .or_else(|| ep.creds.as_ref().map(Credentials::basic_header));
             let verb = match method {
                 Method::Get => "GET",
                 Method::Head => "HEAD",
             };
-            let mut req = self.agent.request(verb, &url).set("Accept", super::manifest::ACCEPT_MANIFESTS);
+            if self.trace {
+                eprintln!("shoal: http {verb} {url}");
+            }
+            let mut req = self
+                .agent
+                .request(verb, &url)
+                .set("Accept", super::manifest::ACCEPT_MANIFESTS);
             if let Some(a) = &auth {
                 req = req.set("Authorization", a);
             }
-            let retry_in = |attempt: u32| self.backoff * 2u32.pow(attempt.saturating_sub(1).min(6));
-            let resp = match req.call() {
+            let (outcome, resp, transport) = match req.call() {
                 Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(_, resp)) => resp,
+                Err(ureq::Error::Status(code, resp)) => (
+                    Outcome::Status {
+                        code,
+                        retry_after: retry_after(&resp),
+                    },
+                    Some(resp),
+                    None,
+                ),
                 Err(ureq::Error::Transport(t)) => {
-                    if let Some(detail) = tls_failure(&t) {
-                        return Err(RegistryError::Tls { registry: ep.name.clone(), detail });
-                    }
-                    if attempt >= self.tries {
-                        return Err(RegistryError::Unreachable { registry: ep.name.clone(), detail: t.to_string(), tries: attempt });
-                    }
-                    std::thread::sleep(retry_in(attempt));
-                    continue;
+                    let tls = tls_failure(&t);
+                    (
+                        Outcome::Transport { tls: tls.is_some() },
+                        None,
+                        Some((t.to_string(), tls)),
+                    )
                 }
             };
-            let status = resp.status();
-            match status {
-                401 if !tried_auth => {
+            match next_step(&outcome, attempt, tries, tried_auth, self.backoff) {
+                Next::Authenticate => {
                     tried_auth = true;
                     attempt -= 1; // the challenge round is not a failure
-                    let challenge = resp.header("www-authenticate").and_then(auth::parse_challenge);
+                    let challenge = resp
+                        .as_ref()
+                        .and_then(|r| r.header("www-authenticate"))
+                        .and_then(auth::parse_challenge);
                     let header = self.authorize(ep, challenge, repository)?;
-                    ep.tokens.lock().unwrap().insert(repository.to_string(), header);
+                    ep.tokens
+                        .lock()
+                        .unwrap()
+                        .insert(repository.to_string(), header);
                 }
-                401 => {
-                    return Err(RegistryError::Unauthorized {
-                        registry: ep.name.clone(),
-                        credentials: ep.creds.as_ref().map(|c| c.source.clone()),
-                    })
-                }
-                403 => return Err(RegistryError::Denied { registry: ep.name.clone(), repository: repository.to_string() }),
-                404 => {
-                    return Err(RegistryError::NotFound {
-                        registry: ep.name.clone(),
-                        reference: format!("{}/{what}", ep.name),
-                    })
-                }
-                429 | 500..=599 if attempt < self.tries => {
-                    let wait = retry_after(&resp).unwrap_or_else(|| retry_in(attempt));
-                    std::thread::sleep(wait.min(Duration::from_secs(30)));
-                }
-                _ => {
-                    return Err(RegistryError::Server {
-                        registry: ep.name.clone(),
-                        status,
-                        what: what.to_string(),
-                        tries: attempt,
-                    })
+                Next::RetryAfter(wait) => std::thread::sleep(wait),
+                Next::Fail(f) => {
+                    let registry = ep.name.clone();
+                    let (detail, tls) = transport.unwrap_or_default();
+                    return Err(match f {
+                        Failure::Unauthorized => RegistryError::Unauthorized {
+                            registry,
+                            credentials: ep.creds.as_ref().map(|c| c.source.clone()),
+                        },
+                        Failure::Denied => RegistryError::Denied {
+                            registry,
+                            repository: repository.to_string(),
+                        },
+                        Failure::NotFound => RegistryError::NotFound {
+                            reference: format!("{registry}/{what}"),
+                            registry,
+                        },
+                        Failure::Server(status) => RegistryError::Server {
+                            registry,
+                            status,
+                            what: what.to_string(),
+                            tries: attempt,
+                        },
+                        Failure::Tls => RegistryError::Tls {
+                            registry,
+                            detail: tls.unwrap_or(detail),
+                        },
+                        Failure::Unreachable => RegistryError::Unreachable {
+                            registry,
+                            detail,
+                            tries: attempt,
+                        },
+                    });
                 }
             }
         }
@@ -371,22 +506,42 @@ impl Registry {
 
     /// Answers a 401 challenge: basic credentials, or a Bearer token from
     /// the realm (with credentials when saved, anonymous otherwise).
-    fn authorize(&self, ep: &Endpoint, challenge: Option<Challenge>, repository: &str) -> Result<String, RegistryError> {
+    fn authorize(
+        &self,
+        ep: &Endpoint,
+        challenge: Option<Challenge>,
+        repository: &str,
+    ) -> Result<String, RegistryError> {
         let unauthorized = || RegistryError::Unauthorized {
             registry: ep.name.clone(),
             credentials: ep.creds.as_ref().map(|c| c.source.clone()),
         };
         match challenge {
-            Some(Challenge::Basic) | None => ep.creds.as_ref().map(Credentials::basic_header).ok_or_else(unauthorized),
-            Some(Challenge::Bearer { realm, service, scope }) => {
+            Some(Challenge::Basic) | None => ep
+                .creds
+                .as_ref()
+                .map(Credentials::basic_header)
+                .ok_or_else(unauthorized),
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
                 let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
-                let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, auth::query_escape(&scope));
+                let mut url = format!(
+                    "{realm}{}scope={}",
+                    if realm.contains('?') { '&' } else { '?' },
+                    auth::query_escape(&scope)
+                );
                 if let Some(s) = service {
                     url.push_str(&format!("&service={}", auth::query_escape(&s)));
                 }
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
+                    if self.trace {
+                        eprintln!("shoal: http GET {realm} (token)");
+                    }
                     let mut req = self.agent.get(&url);
                     if let Some(c) = &ep.creds {
                         req = req.set("Authorization", &c.basic_header());
@@ -399,17 +554,23 @@ impl Registry {
                                 token: Option<String>,
                                 access_token: Option<String>,
                             }
-                            let t: Token = serde_json::from_slice(&body).map_err(|_| unauthorized())?;
+                            let t: Token =
+                                serde_json::from_slice(&body).map_err(|_| unauthorized())?;
                             let t = t.token.or(t.access_token).ok_or_else(unauthorized)?;
                             return Ok(format!("Bearer {t}"));
                         }
-                        Err(ureq::Error::Status(code, _)) if code >= 500 && attempt < self.tries => {
+                        Err(ureq::Error::Status(code, _))
+                            if code >= 500 && attempt < self.tries =>
+                        {
                             std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
                         }
                         Err(ureq::Error::Status(..)) => return Err(unauthorized()),
                         Err(ureq::Error::Transport(t)) => {
                             if let Some(detail) = tls_failure(&t) {
-                                return Err(RegistryError::Tls { registry: ep.name.clone(), detail });
+                                return Err(RegistryError::Tls {
+                                    registry: ep.name.clone(),
+                                    detail,
+                                });
                             }
                             if attempt >= self.tries {
                                 return Err(RegistryError::Unreachable {
@@ -429,6 +590,68 @@ impl Registry {
     /// `host[:port]` of the registry itself.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// What came back for one request, as far as the retry loop cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// A non-2xx status (2xx never reaches the decision).
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No response: refused, reset, timed out, or a failed TLS check.
+    Transport { tls: bool },
+}
+
+/// What the request loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Next {
+    /// Answer the 401 challenge, then ask again (once).
+    Authenticate,
+    /// Wait, then ask again.
+    RetryAfter(Duration),
+    Fail(Failure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    Unauthorized,
+    Denied,
+    NotFound,
+    Server(u16),
+    Unreachable,
+    Tls,
+}
+
+/// The retry policy as a pure decision: 5xx, 429 and transport failures
+/// are retried with doubling backoff (or the server's `Retry-After`, capped
+/// at 30 s) until `tries` attempts; a failed certificate check never is.
+fn next_step(
+    outcome: &Outcome,
+    attempt: u32,
+    tries: u32,
+    tried_auth: bool,
+    backoff: Duration,
+) -> Next {
+    let wait = backoff * 2u32.pow(attempt.saturating_sub(1).min(6));
+    match *outcome {
+        Outcome::Transport { tls: true } => Next::Fail(Failure::Tls),
+        Outcome::Transport { tls: false } if attempt < tries => Next::RetryAfter(wait),
+        Outcome::Transport { tls: false } => Next::Fail(Failure::Unreachable),
+        Outcome::Status { code: 401, .. } if !tried_auth => Next::Authenticate,
+        Outcome::Status { code: 401, .. } => Next::Fail(Failure::Unauthorized),
+        Outcome::Status { code: 403, .. } => Next::Fail(Failure::Denied),
+        Outcome::Status { code: 404, .. } => Next::Fail(Failure::NotFound),
+        Outcome::Status {
+            code: 429 | 500..=599,
+            retry_after,
+            ..
+        } if attempt < tries => {
+            Next::RetryAfter(retry_after.unwrap_or(wait).min(Duration::from_secs(30)))
+        }
+        Outcome::Status { code, .. } => Next::Fail(Failure::Server(code)),
     }
 }
 
@@ -464,20 +687,28 @@ fn tls_failure(t: &ureq::Transport) -> Option<String> {
 
 fn read_capped(resp: ureq::Response, registry: &str, what: &str) -> Result<Vec<u8>, RegistryError> {
     let mut body = Vec::new();
-    resp.into_reader().take(MAX_DOCUMENT + 1).read_to_end(&mut body).map_err(|e| RegistryError::Unreachable {
-        registry: registry.into(),
-        detail: format!("reading {what}: {e}"),
-        tries: 1,
-    })?;
+    resp.into_reader()
+        .take(MAX_DOCUMENT + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| RegistryError::Unreachable {
+            registry: registry.into(),
+            detail: format!("reading {what}: {e}"),
+            tries: 1,
+        })?;
     if body.len() as u64 > MAX_DOCUMENT {
-        return Err(RegistryError::TooLarge { registry: registry.into(), what: what.into() });
+        return Err(RegistryError::TooLarge {
+            registry: registry.into(),
+            what: what.into(),
+        });
     }
     Ok(body)
 }
 
 /// `sha256:` digest of bytes.
 pub fn sha256_digest(bytes: &[u8]) -> Digest {
-    format!("sha256:{:x}", Sha256::digest(bytes)).parse().expect("sha256 hex is a digest")
+    format!("sha256:{:x}", Sha256::digest(bytes))
+        .parse()
+        .expect("sha256 hex is a digest")
 }
 
 enum CopyError {
@@ -485,7 +716,11 @@ enum CopyError {
     Write(io::Error, u64),
 }
 
-fn copy_hashing(mut from: impl Read, to: &mut File, progress: &(dyn Fn(i64) + Sync)) -> Result<(u64, Digest), CopyError> {
+fn copy_hashing(
+    mut from: impl Read,
+    to: &mut File,
+    progress: &(dyn Fn(i64) + Sync),
+) -> Result<(u64, Digest), CopyError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
@@ -497,10 +732,108 @@ fn copy_hashing(mut from: impl Read, to: &mut File, progress: &(dyn Fn(i64) + Sy
             Err(e) => return Err(CopyError::Read(e, total)),
         };
         hasher.update(&buf[..n]);
-        to.write_all(&buf[..n]).map_err(|e| CopyError::Write(e, total))?;
+        to.write_all(&buf[..n])
+            .map_err(|e| CopyError::Write(e, total))?;
         total += n as u64;
         progress(n as i64);
     }
-    let digest = format!("sha256:{:x}", hasher.finalize()).parse().expect("sha256 hex is a digest");
+    let digest = format!("sha256:{:x}", hasher.finalize())
+        .parse()
+        .expect("sha256 hex is a digest");
     Ok((total, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Duration = Duration::from_millis(250);
+
+    fn status(code: u16) -> Outcome {
+        Outcome::Status {
+            code,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retried_with_doubling_backoff() {
+        for code in [500, 502, 503, 429] {
+            assert_eq!(
+                next_step(&status(code), 1, 5, false, B),
+                Next::RetryAfter(B),
+                "{code}"
+            );
+            assert_eq!(
+                next_step(&status(code), 3, 5, false, B),
+                Next::RetryAfter(B * 4),
+                "{code}"
+            );
+            assert_eq!(
+                next_step(&status(code), 5, 5, false, B),
+                Next::Fail(Failure::Server(code)),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_capped() {
+        let o = Outcome::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(
+            next_step(&o, 1, 5, false, B),
+            Next::RetryAfter(Duration::from_secs(7))
+        );
+        let o = Outcome::Status {
+            code: 503,
+            retry_after: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            next_step(&o, 1, 5, false, B),
+            Next::RetryAfter(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn dropped_connections_are_retried_but_certificate_failures_are_not() {
+        let dropped = Outcome::Transport { tls: false };
+        assert_eq!(next_step(&dropped, 1, 5, false, B), Next::RetryAfter(B));
+        assert_eq!(
+            next_step(&dropped, 5, 5, false, B),
+            Next::Fail(Failure::Unreachable)
+        );
+        assert_eq!(
+            next_step(&Outcome::Transport { tls: true }, 1, 5, false, B),
+            Next::Fail(Failure::Tls)
+        );
+        // A mirror gets one try: the next endpoint is its retry.
+        assert_eq!(
+            next_step(&dropped, 1, 1, false, B),
+            Next::Fail(Failure::Unreachable)
+        );
+    }
+
+    #[test]
+    fn a_challenge_is_answered_once_and_client_errors_are_final() {
+        assert_eq!(next_step(&status(401), 1, 5, false, B), Next::Authenticate);
+        assert_eq!(
+            next_step(&status(401), 1, 5, true, B),
+            Next::Fail(Failure::Unauthorized)
+        );
+        assert_eq!(
+            next_step(&status(403), 1, 5, false, B),
+            Next::Fail(Failure::Denied)
+        );
+        assert_eq!(
+            next_step(&status(404), 1, 5, false, B),
+            Next::Fail(Failure::NotFound)
+        );
+        assert_eq!(
+            next_step(&status(400), 1, 5, false, B),
+            Next::Fail(Failure::Server(400))
+        );
+    }
 }

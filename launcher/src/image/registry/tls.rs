@@ -47,7 +47,12 @@ pub fn client_config(
     let mut explicit: Vec<PathBuf> = ca_file.map(Path::to_path_buf).into_iter().collect();
     for dir in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
         if let Ok(entries) = std::fs::read_dir(Path::new(dir).join(registry)) {
-            explicit.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "crt")));
+            explicit.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "crt")),
+            );
         }
     }
     for (i, path) in explicit.iter().enumerate() {
@@ -61,10 +66,18 @@ pub fn client_config(
         Some(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| RegistryError::CaFile { path: bundle.unwrap_or(Path::new("-")).into(), detail: e.to_string() })?,
+                .map_err(|e| RegistryError::CaFile {
+                    path: bundle.unwrap_or(Path::new("-")).into(),
+                    detail: e.to_string(),
+                })?,
         )
     };
-    let verifier = Verifier { webpki, pinned, verify, algorithms: provider.signature_verification_algorithms };
+    let verifier = Verifier {
+        webpki,
+        pinned,
+        verify,
+        algorithms: provider.signature_verification_algorithms,
+    };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
@@ -77,14 +90,18 @@ pub fn client_config(
 /// Reads PEM certificates. A missing optional file is no error; a required
 /// file must hold at least one certificate.
 fn load(path: &Path, required: bool) -> Result<Vec<CertificateDer<'static>>, RegistryError> {
-    let bad = |detail: String| RegistryError::CaFile { path: path.to_path_buf(), detail };
+    let bad = |detail: String| RegistryError::CaFile {
+        path: path.to_path_buf(),
+        detail,
+    };
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if !required && e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(bad(e.to_string())),
     };
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&bytes).collect::<Result<_, _>>().map_err(|e| bad(format!("{e:?}")))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("{e:?}")))?;
     if required && certs.is_empty() {
         return Err(bad("no PEM certificate in it".into()));
     }
@@ -108,12 +125,19 @@ impl ServerCertVerifier for Verifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !self.verify || self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if !self.verify
+            || self
+                .pinned
+                .iter()
+                .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {
             Some(w) => w.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
         }
     }
 
@@ -139,4 +163,3 @@ impl ServerCertVerifier for Verifier {
         self.algorithms.supported_schemes()
     }
 }
-

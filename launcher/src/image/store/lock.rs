@@ -18,16 +18,26 @@ pub struct Lock {
 impl Lock {
     /// Waits for the lock on `path` (created if missing).
     pub fn acquire(path: &Path) -> io::Result<Lock> {
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
         file.lock()?;
-        Ok(Lock { _file: file, path: path.to_path_buf() })
+        Ok(Lock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Takes the lock on an existing `path` if nobody holds it.
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
         let file = OpenOptions::new().write(true).open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Lock { _file: file, path: path.to_path_buf() })),
+            Ok(()) => Ok(Some(Lock {
+                _file: file,
+                path: path.to_path_buf(),
+            })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
@@ -44,7 +54,10 @@ impl Lock {
 pub fn unique_name() -> String {
     let host = fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
-        .map(|h| h.trim().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"))
+        .map(|h| {
+            h.trim()
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
     // RandomState is seeded from the OS's random source.
@@ -79,7 +92,10 @@ impl WorkDir {
         lock.path = final_lock;
         let dir = tmp.join(&name);
         fs::create_dir(&dir)?;
-        Ok(WorkDir { dir, lock: Some(lock) })
+        Ok(WorkDir {
+            dir,
+            lock: Some(lock),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -117,7 +133,10 @@ mod tests {
         let b = WorkDir::create(dir.path()).unwrap();
         assert_ne!(a.path(), b.path());
         let lock = a.path().with_extension("lock");
-        assert!(Lock::try_acquire(&lock).unwrap().is_none(), "live work dir must be locked");
+        assert!(
+            Lock::try_acquire(&lock).unwrap().is_none(),
+            "live work dir must be locked"
+        );
         drop(a);
         drop(b);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);

@@ -26,6 +26,11 @@
 //! which no repository path component can, so a tag never collides with a
 //! nested repository.
 //!
+//! Reading a user store is done with that user's credentials: code running
+//! as root (slurmstepd) switches to the user (or forks a child as the user)
+//! before calling [`Store::resolve`], because every path under a user store
+//! is the user's to change.
+//!
 //! Rules it never breaks: an image directory appears whole or not at all
 //! (built under `tmp/`, fsynced, renamed into place under the image's lock);
 //! a tag entry is replaced by rename; it never follows a path out of its
@@ -114,19 +119,33 @@ pub struct TagEntry {
 /// Why a store operation failed; messages name the image and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{reference}: not in the {where_} image store; pull it first with `shoal pull {reference}`")]
+    #[error(
+        "{reference}: not in the {where_} image store; pull it first with `shoal pull {reference}`"
+    )]
     NotFound { reference: String, where_: String },
     #[error("{reference}: pulled for {have}, not for {want}; pull it with `shoal pull --platform {want} {reference}`")]
-    OtherPlatform { reference: String, want: Platform, have: String },
+    OtherPlatform {
+        reference: String,
+        want: Platform,
+        have: String,
+    },
     #[error("{path}: damaged image in the store ({detail}); remove it with `shoal rm {reference}` and pull again")]
-    Damaged { path: PathBuf, reference: String, detail: String },
+    Damaged {
+        path: PathBuf,
+        reference: String,
+        detail: String,
+    },
     #[error("{0} is a file, not an image in a store; use the file directly")]
     IsAFile(PathBuf),
     #[error("no space left on the device holding {path}; free space there, or set `store.user_dir` in the Shoal config to a larger filesystem")]
     DiskFull { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("no user image store: set HOME or XDG_DATA_HOME, or `store.user_dir` in the Shoal config")]
+    // `error`, not `source`: the message already carries it, and the CLI
+    // prints the cause chain, which would repeat it.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error(
+        "no user image store: set HOME or XDG_DATA_HOME, or `store.user_dir` in the Shoal config"
+    )]
     NoUserStore,
     #[error("no site image store configured: set `store.site_dir` in the Shoal config")]
     NoSiteStore,
@@ -135,10 +154,17 @@ pub enum StoreError {
 /// Wraps an io::Error with its path, recognising a full disk.
 pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| {
-        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) {
-            StoreError::DiskFull { path: path.to_path_buf() }
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            StoreError::DiskFull {
+                path: path.to_path_buf(),
+            }
         } else {
-            StoreError::Io { path: path.to_path_buf(), source }
+            StoreError::Io {
+                path: path.to_path_buf(),
+                error: source,
+            }
         }
     }
 }
@@ -162,24 +188,42 @@ pub fn default_user_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf>
     if let Some(d) = env("XDG_DATA_HOME").filter(|d| d.starts_with('/')) {
         return Some(Path::new(&d).join("shoal"));
     }
-    env("HOME").filter(|h| h.starts_with('/')).map(|h| Path::new(&h).join(".local/share/shoal"))
+    env("HOME")
+        .filter(|h| h.starts_with('/'))
+        .map(|h| Path::new(&h).join(".local/share/shoal"))
 }
 
 impl Store {
     /// The stores the config names, the user store's default taken from
     /// this process's environment. Opening touches no file.
     pub fn open(config: &Config) -> Store {
-        let env = |k: &str| std::env::var(k).ok();
+        Store::open_with_env(config, &|k| std::env::var(k).ok())
+    }
+
+    /// Like [`Store::open`] with the user store's default taken from `env`
+    /// (`HOME`, `XDG_DATA_HOME`): for code acting for a job's user, such
+    /// as the SPANK plugin with the job's environment.
+    pub fn open_with_env(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Store {
         Store::with_dirs(
             config.store.site_dir.clone(),
-            config.store.user_dir.clone().or_else(|| default_user_dir(&env)),
+            config
+                .store
+                .user_dir
+                .clone()
+                .or_else(|| default_user_dir(env)),
         )
     }
 
     pub fn with_dirs(site: Option<PathBuf>, user: Option<PathBuf>) -> Store {
         Store {
-            site: site.map(|dir| StoreRoot { dir, scope: Scope::Site }),
-            user: user.map(|dir| StoreRoot { dir, scope: Scope::User }),
+            site: site.map(|dir| StoreRoot {
+                dir,
+                scope: Scope::Site,
+            }),
+            user: user.map(|dir| StoreRoot {
+                dir,
+                scope: Scope::User,
+            }),
         }
     }
 
@@ -203,7 +247,11 @@ impl Store {
 
     /// Finds the image `spec` names for `platform`, site store first. Reads
     /// only; never touches the network.
-    pub fn resolve_for(&self, spec: &ImageSpec, platform: &Platform) -> Result<StoredImage, StoreError> {
+    pub fn resolve_for(
+        &self,
+        spec: &ImageSpec,
+        platform: &Platform,
+    ) -> Result<StoredImage, StoreError> {
         let mut other_platform = None;
         for root in self.roots() {
             match root.resolve(spec, platform) {
@@ -220,12 +268,17 @@ impl Store {
             return Err(StoreError::IsAFile(p.clone()));
         }
         let where_ = match (&self.site, &self.user) {
-            (Some(s), Some(u)) => format!("site ({}) or user ({})", s.dir.display(), u.dir.display()),
+            (Some(s), Some(u)) => {
+                format!("site ({}) or user ({})", s.dir.display(), u.dir.display())
+            }
             (Some(s), None) => format!("site ({})", s.dir.display()),
             (None, Some(u)) => format!("user ({})", u.dir.display()),
             (None, None) => "(none configured)".into(),
         };
-        Err(StoreError::NotFound { reference: spec.to_string(), where_ })
+        Err(StoreError::NotFound {
+            reference: spec.to_string(),
+            where_,
+        })
     }
 
     /// Every tag entry and image of both stores, for `shoal images`.
@@ -281,19 +334,31 @@ impl StoreRoot {
             (None, Some(t)) => format!(":{t}"),
             (None, None) => ":latest".to_string(),
         };
-        self.tags_dir().join(r.registry()).join(r.repository()).join(leaf)
+        self.tags_dir()
+            .join(r.registry())
+            .join(r.repository())
+            .join(leaf)
     }
 
     /// The tag index entry for `r`, if any.
     pub fn tag_entry(&self, r: &ImageRef) -> Result<Option<TagEntry>, StoreError> {
         let path = self.tag_path(r);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Damaged {
-                path,
-                reference: r.to_string(),
-                detail: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Damaged {
+                        path,
+                        reference: r.to_string(),
+                        detail: e.to_string(),
+                    })
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(io_err(&path)(e)),
         }
     }
@@ -314,14 +379,27 @@ impl StoreRoot {
         };
         let meta: ImageMeta = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
         let squashfs = dir.join("image.sqfs");
-        let size = fs::metadata(&squashfs).map_err(|e| damaged(format!("image.sqfs: {e}")))?.len();
+        let size = fs::metadata(&squashfs)
+            .map_err(|e| damaged(format!("image.sqfs: {e}")))?
+            .len();
         if size != meta.size || &meta.digest != digest {
-            return Err(damaged(format!("image.sqfs is {size} bytes, meta.json says {}", meta.size)));
+            return Err(damaged(format!(
+                "image.sqfs is {size} bytes, meta.json says {}",
+                meta.size
+            )));
         }
-        Ok(Some(StoredImage { meta, squashfs, scope: self.scope }))
+        Ok(Some(StoredImage {
+            meta,
+            squashfs,
+            scope: self.scope,
+        }))
     }
 
-    fn resolve(&self, spec: &ImageSpec, platform: &Platform) -> Result<Option<StoredImage>, StoreError> {
+    fn resolve(
+        &self,
+        spec: &ImageSpec,
+        platform: &Platform,
+    ) -> Result<Option<StoredImage>, StoreError> {
         match spec {
             ImageSpec::Id(d) => self.image(d),
             ImageSpec::File(_) => Ok(None),
@@ -368,7 +446,11 @@ impl StoreRoot {
         for d in self.image_digests()? {
             if !named.contains(&d) {
                 if let Some(image) = self.image(&d)? {
-                    out.push(Listed { reference: None, platform_key: None, image });
+                    out.push(Listed {
+                        reference: None,
+                        platform_key: None,
+                        image,
+                    });
                 }
             }
         }
@@ -414,7 +496,11 @@ impl StoreRoot {
         };
         let mut out: Vec<Digest> = entries
             .flatten()
-            .filter_map(|e| format!("sha256:{}", e.file_name().to_string_lossy()).parse().ok())
+            .filter_map(|e| {
+                format!("sha256:{}", e.file_name().to_string_lossy())
+                    .parse()
+                    .ok()
+            })
             .collect();
         out.sort();
         Ok(out)
@@ -422,13 +508,19 @@ impl StoreRoot {
 
     /// Takes the per-image lock (waits while another process holds it).
     pub fn lock_image(&self, digest: &Digest) -> Result<Lock, StoreError> {
-        let path = self.dir.join("locks").join(format!("{}.lock", digest.hex()));
+        let path = self
+            .dir
+            .join("locks")
+            .join(format!("{}.lock", digest.hex()));
         ensure_dir(&self.dir.join("locks"))?;
         Lock::acquire(&path).map_err(io_err(&path))
     }
 
     fn lock_tag(&self, r: &ImageRef) -> Result<Lock, StoreError> {
-        let key = format!("{:x}", sha2::Sha256::digest(self.tag_path(r).to_string_lossy().as_bytes()));
+        let key = format!(
+            "{:x}",
+            sha2::Sha256::digest(self.tag_path(r).to_string_lossy().as_bytes())
+        );
         let path = self.dir.join("locks").join(format!("tag-{key}.lock"));
         ensure_dir(&self.dir.join("locks"))?;
         Lock::acquire(&path).map_err(io_err(&path))
@@ -444,7 +536,13 @@ impl StoreRoot {
     /// Publishes `squashfs` (inside `work`) with `meta` as image
     /// `meta.digest`. The caller holds the image's lock. When the image is
     /// already there (another process won), the existing one is returned.
-    pub fn publish(&self, work: &WorkDir, squashfs: &Path, meta: &ImageMeta, _lock: &Lock) -> Result<StoredImage, StoreError> {
+    pub fn publish(
+        &self,
+        work: &WorkDir,
+        squashfs: &Path,
+        meta: &ImageMeta,
+        _lock: &Lock,
+    ) -> Result<StoredImage, StoreError> {
         if let Some(existing) = self.image(&meta.digest)? {
             return Ok(existing);
         }
@@ -453,10 +551,14 @@ impl StoreRoot {
         let sqfs = stage.join("image.sqfs");
         fs::rename(squashfs, &sqfs).map_err(io_err(&sqfs))?;
         let f = File::open(&sqfs).map_err(io_err(&sqfs))?;
-        f.set_permissions(fs::Permissions::from_mode(0o444)).map_err(io_err(&sqfs))?;
+        f.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(io_err(&sqfs))?;
         f.sync_all().map_err(io_err(&sqfs))?;
         let meta_path = stage.join("meta.json");
-        write_synced(&meta_path, &serde_json::to_vec_pretty(meta).expect("meta serializes"))?;
+        write_synced(
+            &meta_path,
+            &serde_json::to_vec_pretty(meta).expect("meta serializes"),
+        )?;
         sync_dir(&stage)?;
         let parent = self.dir.join("images/sha256");
         ensure_dir(&parent)?;
@@ -469,17 +571,24 @@ impl StoreRoot {
             Err(e) => return Err(io_err(&dest)(e)),
         }
         sync_dir(&parent)?;
-        self.image(&meta.digest)?.ok_or_else(|| StoreError::Damaged {
-            path: dest,
-            reference: meta.source_ref.clone(),
-            detail: "vanished right after publishing".into(),
-        })
+        self.image(&meta.digest)?
+            .ok_or_else(|| StoreError::Damaged {
+                path: dest,
+                reference: meta.source_ref.clone(),
+                detail: "vanished right after publishing".into(),
+            })
     }
 
     /// Points `r` (for `platform`) at `image`; `top` is what the registry
     /// served for `r` (an index or the manifest itself). Replaces the entry
     /// by rename, under a per-reference lock.
-    pub fn set_tag(&self, r: &ImageRef, top: Option<&Digest>, platform: &Platform, image: &Digest) -> Result<(), StoreError> {
+    pub fn set_tag(
+        &self,
+        r: &ImageRef,
+        top: Option<&Digest>,
+        platform: &Platform,
+        image: &Digest,
+    ) -> Result<(), StoreError> {
         let _lock = self.lock_tag(r)?;
         let mut entry = self.tag_entry(r).ok().flatten().unwrap_or_default();
         if entry.digest.as_ref() != top {
@@ -493,7 +602,10 @@ impl StoreRoot {
         let parent = path.parent().expect("tag path has a parent");
         ensure_dir(parent)?;
         let tmp = parent.join(format!(".{}.new", unique_name()));
-        write_synced(&tmp, &serde_json::to_vec_pretty(&entry).expect("entry serializes"))?;
+        write_synced(
+            &tmp,
+            &serde_json::to_vec_pretty(&entry).expect("entry serializes"),
+        )?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(parent)
     }
@@ -501,7 +613,9 @@ impl StoreRoot {
     /// Removes the tag entry `r`. Returns the image digests it named.
     pub fn remove_tag(&self, r: &ImageRef) -> Result<Vec<Digest>, StoreError> {
         let _lock = self.lock_tag(r)?;
-        let Some(entry) = self.tag_entry(r)? else { return Ok(Vec::new()) };
+        let Some(entry) = self.tag_entry(r)? else {
+            return Ok(Vec::new());
+        };
         let path = self.tag_path(r);
         fs::remove_file(&path).map_err(io_err(&path))?;
         Ok(entry.images.into_values().collect())
@@ -510,14 +624,21 @@ impl StoreRoot {
     /// Removes image `digest` if no tag entry names it and nobody holds its
     /// lock (a pull in progress). Returns whether it was removed.
     pub fn remove_if_unreferenced(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let lock_path = self.dir.join("locks").join(format!("{}.lock", digest.hex()));
+        let lock_path = self
+            .dir
+            .join("locks")
+            .join(format!("{}.lock", digest.hex()));
         let _lock = match Lock::try_acquire(&lock_path) {
             Ok(Some(l)) => Some(l),
             Ok(None) => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err(&lock_path)(e)),
         };
-        if self.tag_entries()?.iter().any(|(_, e)| e.images.values().any(|d| d == digest)) {
+        if self
+            .tag_entries()?
+            .iter()
+            .any(|(_, e)| e.images.values().any(|d| d == digest))
+        {
             return Ok(false);
         }
         self.remove_image(digest)?;
@@ -541,13 +662,20 @@ impl StoreRoot {
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         for (path, entry) in self.tag_entries()? {
-            if entry.images.values().all(|d| !self.image_dir(d).join("meta.json").exists()) {
+            if entry
+                .images
+                .values()
+                .all(|d| !self.image_dir(d).join("meta.json").exists())
+            {
                 let r: Result<ImageSpec, _> = entry.reference.parse();
                 if let Ok(ImageSpec::Registry(r)) = r {
                     let _lock = self.lock_tag(&r)?;
                     // Re-check under the lock: a pull may have just set it.
                     if let Some(e) = self.tag_entry(&r)? {
-                        if e.images.values().all(|d| !self.image_dir(d).join("meta.json").exists()) {
+                        if e.images
+                            .values()
+                            .all(|d| !self.image_dir(d).join("meta.json").exists())
+                        {
                             let _ = fs::remove_file(&path);
                             report.tags_removed += 1;
                         }
@@ -580,13 +708,20 @@ impl StoreRoot {
                     report.temps_removed += 1;
                 } else if name.ends_with(".lock.new") {
                     // Between create and rename for a moment only.
-                    let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|m| now.duration_since(m).ok());
+                    let old = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok());
                     if old.is_some_and(|a| a.as_secs() > 60) {
                         let _ = fs::remove_file(&path);
                         report.temps_removed += 1;
                     }
-                } else if e.file_type().is_ok_and(|t| t.is_dir()) && !tmp.join(format!("{name}.lock")).exists() {
-                    let _ = fs::remove_dir_all(&path);
+                } else if e.file_type().is_ok_and(|t| t.is_dir())
+                    && !tmp.join(format!("{name}.lock")).exists()
+                    // Not already removed above through its lock file.
+                    && fs::remove_dir_all(&path).is_ok()
+                {
                     report.temps_removed += 1;
                 }
             }
@@ -615,7 +750,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// sha256 of a file, streamed.

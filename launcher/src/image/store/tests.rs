@@ -1,7 +1,9 @@
 use super::*;
 
 fn digest(n: u8) -> Digest {
-    format!("sha256:{}", format!("{n:02x}").repeat(32)).parse().unwrap()
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+        .parse()
+        .unwrap()
 }
 
 fn reference(s: &str) -> ImageRef {
@@ -20,7 +22,10 @@ fn put(root: &StoreRoot, d: &Digest, tag: &str, platform: &str) -> StoredImage {
     let meta = ImageMeta {
         digest: d.clone(),
         squashfs_sha256: sha256_file(&sqfs).unwrap(),
-        config: ImageConfig { cmd: vec!["/bin/sh".into()], ..Default::default() },
+        config: ImageConfig {
+            cmd: vec!["/bin/sh".into()],
+            ..Default::default()
+        },
         source_ref: tag.into(),
         platform: Some(platform.parse().unwrap()),
         size: 15,
@@ -29,7 +34,13 @@ fn put(root: &StoreRoot, d: &Digest, tag: &str, platform: &str) -> StoredImage {
     };
     let lock = root.lock_image(d).unwrap();
     let img = root.publish(&work, &sqfs, &meta, &lock).unwrap();
-    root.set_tag(&reference(tag), Some(&digest(99)), &platform.parse().unwrap(), d).unwrap();
+    root.set_tag(
+        &reference(tag),
+        Some(&digest(99)),
+        &platform.parse().unwrap(),
+        d,
+    )
+    .unwrap();
     img
 }
 
@@ -40,14 +51,26 @@ fn publish_then_resolve_by_tag_digest_and_id() {
     let root = store.user.as_ref().unwrap();
     let img = put(root, &digest(1), "reg:5000/a/b:1", "linux/amd64");
     assert_eq!(img.scope, Scope::User);
-    assert_eq!(fs::metadata(&img.squashfs).unwrap().permissions().mode() & 0o777, 0o444);
+    assert_eq!(
+        fs::metadata(&img.squashfs).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
     let amd64: Platform = "linux/amd64".parse().unwrap();
-    let got = store.resolve_for(&"reg:5000/a/b:1".parse().unwrap(), &amd64).unwrap();
+    let got = store
+        .resolve_for(&"reg:5000/a/b:1".parse().unwrap(), &amd64)
+        .unwrap();
     assert_eq!(got, img);
     assert_eq!(got.config.cmd, vec!["/bin/sh"]);
-    let by_id = store.resolve_for(&format!("id:{}", digest(1)).parse().unwrap(), &amd64).unwrap();
+    let by_id = store
+        .resolve_for(&format!("id:{}", digest(1)).parse().unwrap(), &amd64)
+        .unwrap();
     assert_eq!(by_id.digest, digest(1));
-    let by_digest = store.resolve_for(&format!("reg:5000/a/b@{}", digest(1)).parse().unwrap(), &amd64).unwrap();
+    let by_digest = store
+        .resolve_for(
+            &format!("reg:5000/a/b@{}", digest(1)).parse().unwrap(),
+            &amd64,
+        )
+        .unwrap();
     assert_eq!(by_digest.digest, digest(1));
     // Work dirs are gone after publishing.
     assert_eq!(fs::read_dir(root.tmp_dir()).unwrap().count(), 0);
@@ -57,12 +80,26 @@ fn publish_then_resolve_by_tag_digest_and_id() {
 fn not_found_and_other_platform_say_what_to_run() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::with_dirs(None, Some(dir.path().to_path_buf()));
-    put(store.user.as_ref().unwrap(), &digest(1), "reg:5000/a/b:1", "linux/arm64");
+    put(
+        store.user.as_ref().unwrap(),
+        &digest(1),
+        "reg:5000/a/b:1",
+        "linux/arm64",
+    );
     let amd64: Platform = "linux/amd64".parse().unwrap();
-    let e = store.resolve_for(&"reg:5000/a/b:2".parse().unwrap(), &amd64).unwrap_err().to_string();
+    let e = store
+        .resolve_for(&"reg:5000/a/b:2".parse().unwrap(), &amd64)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("shoal pull reg:5000/a/b:2"), "{e}");
-    let e = store.resolve_for(&"reg:5000/a/b:1".parse().unwrap(), &amd64).unwrap_err().to_string();
-    assert!(e.contains("--platform linux/amd64") && e.contains("linux/arm64"), "{e}");
+    let e = store
+        .resolve_for(&"reg:5000/a/b:1".parse().unwrap(), &amd64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--platform linux/amd64") && e.contains("linux/arm64"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -70,9 +107,21 @@ fn site_store_wins_over_user_store() {
     let site = tempfile::tempdir().unwrap();
     let user = tempfile::tempdir().unwrap();
     let store = Store::with_dirs(Some(site.path().into()), Some(user.path().into()));
-    put(store.user.as_ref().unwrap(), &digest(2), "reg/x:1", "linux/amd64");
-    put(store.site.as_ref().unwrap(), &digest(3), "reg/x:1", "linux/amd64");
-    let got = store.resolve_for(&"reg/x:1".parse().unwrap(), &"linux/amd64".parse().unwrap()).unwrap();
+    put(
+        store.user.as_ref().unwrap(),
+        &digest(2),
+        "reg/x:1",
+        "linux/amd64",
+    );
+    put(
+        store.site.as_ref().unwrap(),
+        &digest(3),
+        "reg/x:1",
+        "linux/amd64",
+    );
+    let got = store
+        .resolve_for(&"reg/x:1".parse().unwrap(), &"linux/amd64".parse().unwrap())
+        .unwrap();
     assert_eq!((got.scope, got.digest.clone()), (Scope::Site, digest(3)));
 }
 
@@ -82,9 +131,22 @@ fn a_moved_tag_forgets_other_platforms_and_gc_collects_the_old_image() {
     let root = StoreRoot::new(dir.path().into(), Scope::User);
     put(&root, &digest(1), "reg/x:1", "linux/amd64");
     put(&root, &digest(2), "reg/x:1", "linux/arm64");
-    assert_eq!(root.tag_entry(&reference("reg/x:1")).unwrap().unwrap().images.len(), 2);
+    assert_eq!(
+        root.tag_entry(&reference("reg/x:1"))
+            .unwrap()
+            .unwrap()
+            .images
+            .len(),
+        2
+    );
     // Re-pulled after the tag moved (new index digest 98).
-    root.set_tag(&reference("reg/x:1"), Some(&digest(98)), &"linux/amd64".parse().unwrap(), &digest(1)).unwrap();
+    root.set_tag(
+        &reference("reg/x:1"),
+        Some(&digest(98)),
+        &"linux/amd64".parse().unwrap(),
+        &digest(1),
+    )
+    .unwrap();
     let entry = root.tag_entry(&reference("reg/x:1")).unwrap().unwrap();
     assert_eq!(entry.images.len(), 1);
     let report = root.gc().unwrap();
@@ -111,7 +173,10 @@ fn gc_removes_dead_work_dirs_but_not_live_ones_nor_locked_images() {
     assert_eq!(report.temps_removed, 1, "{report:?}");
     assert!(!dead.exists());
     assert!(live.path().exists());
-    assert!(root.image(&digest(5)).unwrap().is_some(), "locked image must survive gc");
+    assert!(
+        root.image(&digest(5)).unwrap().is_some(),
+        "locked image must survive gc"
+    );
     drop(held);
     assert_eq!(root.gc().unwrap().images_removed, 1);
     assert!(root.image(&digest(1)).unwrap().is_some());
@@ -133,7 +198,10 @@ fn user_dir_defaults() {
         "HOME" => Some("/home/u".to_string()),
         _ => None,
     };
-    assert_eq!(default_user_dir(&env), Some(PathBuf::from("/home/u/.local/share/shoal")));
+    assert_eq!(
+        default_user_dir(&env),
+        Some(PathBuf::from("/home/u/.local/share/shoal"))
+    );
     let env = |k: &str| match k {
         "HOME" => Some("/home/u".to_string()),
         "XDG_DATA_HOME" => Some("/data".to_string()),
