@@ -4,8 +4,7 @@
 //! own copy with `--module=none`.
 //!
 //! Ignored by default: it installs this build's plugin into the test bed's
-//! Slurm (`support::slurm()`), which only the lead does after merging.
-//! Run it with `cargo test --test inject_slurm -- --ignored`.
+//! Slurm (`support::slurm()`).
 
 mod support;
 
@@ -30,7 +29,6 @@ int main(int argc, char **argv) {
 "#;
 
 #[test]
-#[ignore = "installs the plugin into the test bed's Slurm; the lead runs it after merging"]
 fn six_ranks_on_three_nodes_load_the_hosts_mpich() {
     let tb = slurm();
     let dir = tb.user_tempdir("inject-slurm");
