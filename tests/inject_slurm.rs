@@ -2,9 +2,6 @@
 //! each in its node's container of the Debian MPICH image, each loading the
 //! HOST's libmpich (device and inode in /proc/self/maps), and the image's
 //! own copy with `--module=none`.
-//!
-//! Ignored by default: it installs this build's plugin into the test bed's
-//! Slurm (`support::slurm()`).
 
 mod support;
 
