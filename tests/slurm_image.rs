@@ -316,3 +316,43 @@ fn an_image_larger_than_the_node_cache_fails_the_job_not_the_node() {
     let state = ok(&tb.root("sinfo -h -n n1 -o %T"));
     assert_eq!(state.trim(), "idle", "n1 was not left idle");
 }
+
+#[test]
+fn tasks_get_their_own_slurm_variables_exit_codes_and_the_submit_directory() {
+    let _g = shared();
+    let tb = slurm();
+    let dir = tb.user_tempdir("image-task");
+    let d = dir.display();
+    let out = ok(&tb.user(&format!(
+        "cd {d} && srun -N3 -n6 --image={} sh -c 'echo $SLURM_PROCID $SLURM_LOCALID $SLURMD_NODENAME $(pwd)' | sort",
+        mpich_image()
+    )));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    for (rank, line) in lines.iter().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[0], rank.to_string(), "{out}");
+        assert!(f[1] == "0" || f[1] == "1", "{out}");
+        assert!(["n1", "n2", "n3"].contains(&f[2]), "{out}");
+        assert_eq!(f[3], d.to_string(), "cwd is not the submit directory: {out}");
+    }
+    let status = tb.user(&format!("cd {d} && srun -N1 --image={} sh -c 'exit 3'", mpich_image()));
+    assert_eq!(status.status.code(), Some(3), "srun's exit code");
+}
+
+#[test]
+fn auto_pull_fetches_a_missing_image_at_submission() {
+    let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
+    let tb = slurm();
+    let img = format!("{REG}/shoal/busybox:v2");
+    let _ = tb.user(&format!("shoal rm {img}"));
+    let conf = "/etc/shoal/shoal.toml";
+    let saved = std::fs::read_to_string(conf).unwrap();
+    std::fs::write(conf, format!("{saved}\n[image]\nauto_pull = true\n")).unwrap();
+    let out = tb.user(&format!("SSL_CERT_FILE=/var/lib/shoal-testbed/tls/cert.pem srun -N2 -l --image={img} cat /etc/shoal-test-image"));
+    std::fs::write(conf, &saved).unwrap();
+    let text = ok(&out);
+    assert_eq!(text.matches("busybox v2").count(), 2, "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pulling it (image.auto_pull)"));
+    assert!(ok(&tb.user("shoal images")).contains(&img));
+}

@@ -164,12 +164,16 @@ pub struct ImageConfig {
     pub compression: crate::image::convert::Compression,
     /// Squashfs block size in bytes, a power of two from 4096 to 1048576.
     pub block_size: u32,
+    /// srun, sbatch and salloc pull an `--image` that is in neither store
+    /// into the user's store before submitting, instead of failing with the
+    /// `shoal pull` command to run.
+    pub auto_pull: bool,
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
         let o = crate::image::convert::SquashOptions::default();
-        ImageConfig { compression: o.compression, block_size: o.block_size }
+        ImageConfig { compression: o.compression, block_size: o.block_size, auto_pull: false }
     }
 }
 

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use shoal::container::UserMount;
-use shoal::image::store::{Scope as StoreScope, Store};
+use shoal::image::pull::{pull, PullOptions};
+use shoal::image::store::{Scope as StoreScope, Store, StoreError, StoredImage};
 use shoal::ImageSpec;
 
 use crate::options::{self, Request};
@@ -66,7 +67,11 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
     match image {
         ImageSpec::File(path) => pin_file(path, requested),
         spec => {
-            let stored = Store::open(config).resolve(spec).map_err(|e| e.to_string())?;
+            let store = Store::open(config);
+            let stored = match store.resolve(spec) {
+                Err(StoreError::NotFound { .. }) if config.image.auto_pull => auto_pull(config, &store, spec)?,
+                other => other.map_err(|e| e.to_string())?,
+            };
             Ok(Pin {
                 requested,
                 digest: stored.digest.to_string(),
@@ -80,6 +85,21 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
             })
         }
     }
+}
+
+/// `image.auto_pull`: pull a missing registry image into the user's store
+/// now, as the user, with one line on the terminal (the pull's own progress
+/// bars would interleave with srun's output).
+fn auto_pull(config: &shoal::Config, store: &Store, spec: &ImageSpec) -> Result<StoredImage, String> {
+    let ImageSpec::Registry(r) = spec else {
+        return Err(format!("{spec}: not in the site or your image store"));
+    };
+    eprintln!("shoal: {r} is not in your image store; pulling it (image.auto_pull)");
+    let mut opts = PullOptions::new();
+    opts.squash = config.image.squash_options();
+    pull(config, store, r, &opts, &|_| {})
+        .map(|outcome| outcome.image)
+        .map_err(|e| format!("automatic pull of {r} failed: {e}"))
 }
 
 /// A squashfs file the user named: checked and hashed now, so every node
