@@ -356,3 +356,44 @@ fn auto_pull_fetches_a_missing_image_at_submission() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("pulling it (image.auto_pull)"));
     assert!(ok(&tb.user("shoal images")).contains(&img));
 }
+
+#[test]
+fn an_error_in_user_init_reaches_the_user() {
+    let _g = shared();
+    let tb = slurm();
+    let dir = tb.user_tempdir("image-userinit");
+    let d = dir.display();
+    let name = format!("localhost/vanishing:{}", std::process::id());
+    ok(&tb.user(&format!(
+        "cd {d} && mkdir -p root/etc root/bin && cp /bin/busybox root/bin/ && ln -s busybox root/bin/cat && shoal import -q root --name {name}"
+    )));
+    // The image is pinned at salloc time, then removed before the step:
+    // slurmstepd's user_init cannot open it, and the task must say so.
+    let out = tb.user(&format!("cd {d} && salloc -N1 --image={name} sh -c 'shoal rm {name} >/dev/null; srun true'"));
+    let err = fails(&out);
+    assert!(err.contains(&format!("shoal: image {name}")) && err.contains("No such file"), "{err}");
+}
+
+#[test]
+fn scancel_after_a_slurmd_restart_leaves_nothing_behind() {
+    let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
+    let tb = slurm();
+    let dir = tb.user_tempdir("image-restart");
+    let d = dir.display();
+    ok(&tb.user(&format!("cd {d} && printf 'touch {d}/started.$SLURM_PROCID\\nexec sleep 300\\n' > task.sh")));
+    let job: u32 = ok(&tb.user(&format!(
+        "cd {d} && sbatch --parsable -N3 -o restart.out --image={} --wrap='srun sh {d}/task.sh'",
+        mpich_image()
+    )))
+    .trim()
+    .parse()
+    .unwrap();
+    let _cancel = CancelOnDrop(tb, job);
+    ok(&tb.user(&format!("for i in $(seq 600); do [ $(ls {d}/started.* 2>/dev/null | wc -l) = 3 ] && break; sleep 0.1; done")));
+    // slurmd of n2 dies and comes back while the step runs (slurmstepd
+    // carries on without it), then the job is cancelled.
+    ok(&tb.root("pkill -f '^slurmd -N n2$'; while pgrep -f '^slurmd -N n2$' >/dev/null; do sleep 0.1; done"));
+    ok(&tb.root(&format!("bash {}/tests/testbed/up.sh >/dev/null", support::repo_root().display())));
+    ok(&tb.user(&format!("scancel {job}")));
+    assert_nothing_left(tb, job, true);
+}

@@ -57,11 +57,7 @@ pub fn run(args: ImportArgs, config_path: &Path) -> Result<ExitCode> {
     if args.site {
         opts.scope = Scope::Site;
     }
-    // The site's `[image]` settings, then this call's --compression.
-    opts.squash = config.image.squash_options();
-    if let Some(c) = &args.compression {
-        opts.squash.compression = c.parse().map_err(anyhow::Error::msg)?;
-    }
+    opts.squash = super::pull::squash_options(&config, args.compression.as_deref())?;
     let store = Store::open(&config);
     let bar = super::pull::progress_bar(args.quiet);
     let result = import(&store, &args.source, &opts, &|p| match p {

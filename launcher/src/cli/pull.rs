@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
-use shoal::image::convert::Progress;
+use shoal::image::convert::{Progress, SquashOptions};
 use shoal::image::pull::{pull, PullEvent, PullOptions};
 use shoal::image::store::{Scope, Store};
 use shoal::{Config, ImageSpec};
@@ -60,11 +60,7 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
     if args.site {
         opts.scope = Scope::Site;
     }
-    // The site's `[image]` settings, then this call's --compression.
-    opts.squash = config.image.squash_options();
-    if let Some(c) = &args.compression {
-        opts.squash.compression = c.parse().map_err(anyhow::Error::msg)?;
-    }
+    opts.squash = squash_options(&config, args.compression.as_deref())?;
     let store = Store::open(&config);
     let bar = progress_bar(args.quiet);
     let outcome = pull(&config, &store, &r, &opts, &|ev| match ev {
@@ -122,4 +118,14 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message("resolving");
     bar
+}
+
+/// The site's `[image]` squashfs settings, then this call's `--compression`
+/// (shared by `pull` and `import`).
+pub(super) fn squash_options(config: &Config, compression: Option<&str>) -> Result<SquashOptions> {
+    let mut squash = config.image.squash_options();
+    if let Some(c) = compression {
+        squash.compression = c.parse().map_err(anyhow::Error::msg)?;
+    }
+    Ok(squash)
 }
