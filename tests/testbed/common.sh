@@ -45,3 +45,16 @@ debian_mirror() {
     [ -n "$uri" ] || die "no Debian mirror found in /etc/apt/sources.list{,.d}"
     echo "$uri"
 }
+
+# A minimal userland from busybox-static in ROOTFS (test images and fixtures).
+busybox_tree() {  # busybox_tree ROOTFS: a minimal userland
+    local r=$1
+    mkdir -p "$r"/{bin,etc,tmp,dev,proc,sys,home,root,usr/bin,var/tmp}
+    chmod 1777 "$r/tmp" "$r/var/tmp"
+    cp /bin/busybox "$r/bin/busybox"
+    for applet in $("$r/bin/busybox" --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$r/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
+}

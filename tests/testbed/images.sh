@@ -32,17 +32,6 @@ new_image() {  # new_image NAME
     umoci new --image "$WORK/oci:$1"
     umoci unpack --image "$WORK/oci:$1" "$WORK/bundle-$1" >/dev/null
 }
-busybox_tree() {  # busybox_tree ROOTFS: a minimal userland
-    local r=$1
-    mkdir -p "$r"/{bin,etc,tmp,dev,proc,sys,home,root,usr/bin,var/tmp}
-    chmod 1777 "$r/tmp" "$r/var/tmp"
-    cp /bin/busybox "$r/bin/busybox"
-    for applet in $("$r/bin/busybox" --list); do
-        [ "$applet" = busybox ] || ln -sf busybox "$r/bin/$applet"
-    done
-    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
-    printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
-}
 
 
 for piece in "$HERE"/images.d/*.sh; do

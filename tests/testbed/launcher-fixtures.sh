@@ -4,7 +4,7 @@
 #                      setuid-root copy of busybox (/usr/bin/busybox-suid);
 #   DIR/corrupt.sqfs   a squashfs superblock followed by garbage.
 # Usage: launcher-fixtures.sh DIR
-set -euo pipefail
+source "$(dirname "$0")/common.sh"
 dir=$1
 stamp=$(sha256sum "$0" | cut -c1-16)
 [ "$(cat "$dir/.stamp" 2>/dev/null)" = "$stamp" ] && exit 0
@@ -12,14 +12,7 @@ mkdir -p "$dir"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 r=$work/rootfs
-mkdir -p "$r"/{bin,etc,tmp,dev,proc,sys,home,root,usr/bin,var/tmp}
-chmod 1777 "$r/tmp" "$r/var/tmp"
-cp /bin/busybox "$r/bin/busybox"
-for applet in $("$r/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$r/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
+busybox_tree "$r"
 echo "shoal launcher test image" > "$r/etc/shoal-test-image"
 cp /bin/busybox "$r/usr/bin/busybox-suid"
 chmod 4755 "$r/usr/bin/busybox-suid"
