@@ -262,7 +262,7 @@ fn policy_refusals_and_bad_input_get_one_line_with_the_fix() {
         ("--mount /nonexistent:/data ./busybox.sqfs -- true", "mount source /nonexistent for /data is not accessible to alice"),
         ("--env 1A=b ./busybox.sqfs -- true", "invalid environment setting"),
         ("./missing.sqfs -- true", "missing.sqfs not found"),
-        ("debian:12 -- true", "is not in the local store"),
+        ("debian:12 -- true", "pull it first with `shoal pull docker.io/library/debian:12`"),
         ("/etc/passwd -- true", "not a usable squashfs file"),
         (&format!("{FIXTURES}/corrupt.sqfs -- true"), "corrupt"),
     ] {

@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/testbed/setup.sh
 cargo build --workspace --locked
-cargo test --workspace --locked "$@"
+# --no-fail-fast: one failing test binary must not hide the others' results.
+cargo test --workspace --locked --no-fail-fast "$@"
