@@ -9,31 +9,8 @@ mod support;
 
 use support::{fails, ok, testbed, Testbed};
 
-/// Bash helpers (the same recipes as tests/abi_check.rs): `mklib`, `base`
-/// (a merged-/usr tree with the host's glibc and ldconfig), `sqfs`.
-const HELPERS: &str = r#"
-set -euo pipefail
-MA=$(gcc -print-multiarch)
-mklib() {
-    local dir=$1 file=$2 soname=$3
-    mkdir -p "$dir"
-    echo "int f_$(echo "$file" | tr -c 'a-z0-9\n' _)(void) { return 1; }" > "$T/src.c"
-    gcc -shared -fPIC -o "$dir/$file" -Wl,-soname,"$soname" "$T/src.c"
-    [ "$file" = "$soname" ] || ln -sfn "$file" "$dir/$soname"
-}
-base() {
-    local r=$1
-    mkdir -p "$r/usr/lib/$MA" "$r/usr/lib64" "$r/usr/sbin" "$r/usr/bin" "$r/etc/ld.so.conf.d"
-    ln -sfn usr/lib "$r/lib"; ln -sfn usr/lib64 "$r/lib64"; ln -sfn usr/sbin "$r/sbin"; ln -sfn usr/bin "$r/bin"
-    for f in libc.so.6 libm.so.6 libresolv.so.2 libpthread.so.0 libdl.so.2 librt.so.1 ld-linux-x86-64.so.2; do cp -L "/lib/$MA/$f" "$r/usr/lib/$MA/$f"; done
-    ln -sfn "../lib/$MA/ld-linux-x86-64.so.2" "$r/usr/lib64/ld-linux-x86-64.so.2"
-    cp -L /sbin/ldconfig "$r/usr/sbin/ldconfig"
-    cp -L /bin/busybox "$r/usr/bin/busybox"
-    echo 'include /etc/ld.so.conf.d/*.conf' > "$r/etc/ld.so.conf"
-    echo "/usr/lib/$MA" > "$r/etc/ld.so.conf.d/$MA.conf"
-}
-sqfs() { mksquashfs "$1" "$2" -comp zstd -Xcompression-level 3 -noappend -no-progress >/dev/null; }
-"#;
+/// Bash helpers shared with the other ELF tests: `mklib`, `base`, `sqfs`.
+const HELPERS: &str = include_str!("support/elf-helpers.sh");
 
 /// The test bed's site config, whose `[modules.mpich]` names the host's
 /// Debian MPICH.
