@@ -176,8 +176,8 @@ fn newer_host_minor_is_bound_over_every_copy_the_loader_can_reach() {
     let c = Case::new("replace");
     // One copy in the multiarch directory (reached through the /lib link of
     // merged /usr), another in /opt/app/lib named by ld.so.conf.d, a third
-    // in a directory only the image's ld.so.cache names: all are
-    // covered, at their real files.
+    // in a directory only the image's ld.so.cache names, a fourth in a
+    // program's RUNPATH: all are covered, at their real files.
     ok(&c.user(
         r#"base img
         mklib img/usr/lib/$MA libbar.so.1.3.0 libbar.so.1
@@ -188,6 +188,10 @@ fn newer_host_minor_is_bound_over_every_copy_the_loader_can_reach() {
         echo /opt/cached/lib > img/etc/ld.so.conf.d/cached.conf
         unshare -r /usr/sbin/chroot img /sbin/ldconfig
         rm img/etc/ld.so.conf.d/cached.conf
+        # A fourth only a program's RUNPATH names ($ORIGIN-relative).
+        mklib img/opt/rpath/lib libbar.so.1.0.1 libbar.so.1
+        echo 'int f_libbar_so_1_0_1(void); int main(void){return f_libbar_so_1_0_1() - 1;}' > app.c
+        gcc -o img/usr/bin/app app.c img/opt/rpath/lib/libbar.so.1.0.1 -Wl,-rpath,'$ORIGIN/../../opt/rpath/lib'
         mklib host libbar.so.1.4.2 libbar.so.1
         sqfs img img.sqfs
         printf '[modules.bar]\nlibraries = ["%s/host/libbar.so.1*"]\n' "$T" > shoal.toml"#,
@@ -227,6 +231,14 @@ fn newer_host_minor_is_bound_over_every_copy_the_loader_can_reach() {
     );
     // Nothing is added, so no tmpfs, loader cache or ldconfig run.
     assert!(steps(&v).iter().all(|s| s["step"] == "bind"), "{v:#}");
+    assert!(!bind_targets(&v).iter().any(|t| t.starts_with("/opt/rpath")));
+    let with_program = c.json("img.sqfs --module bar --program /bin/app");
+    assert_eq!(
+        rows(&with_program, "libbar.so.1").len(),
+        4,
+        "{with_program:#}"
+    );
+    assert!(bind_targets(&with_program).contains(&"/opt/rpath/lib/libbar.so.1.0.1".into()));
     // Strict mode: 4 vs 3 is refused too.
     ok(&c.user(r#"sed -i '1i [injection]\nabi = "strict"' shoal.toml"#));
     let err = fails(&c.abi_check("img.sqfs --module bar"));

@@ -18,6 +18,10 @@ pub struct AbiCheckArgs {
     /// site's `default_modules`.
     #[arg(long = "module", value_name = "NAME[,NAME]")]
     modules: Vec<String>,
+    /// The program the job will run, as a path inside the image: library
+    /// copies in its RUNPATH are checked and covered too.
+    #[arg(long, value_name = "PATH")]
+    program: Option<PathBuf>,
     /// Print the table and plan as JSON.
     #[arg(long)]
     json: bool,
@@ -37,6 +41,7 @@ pub fn run(args: AbiCheckArgs, config_path: &Path) -> Result<ExitCode> {
         default_abi: config.injection.abi,
         cuda_visible_devices: args.cuda_visible_devices.as_deref(),
         host: &host,
+        program: args.program.as_deref(),
     };
     let assessment = inject::assess(image.as_ref(), &request)?;
     if args.json {

@@ -62,7 +62,13 @@ impl<'a> LibraryIndex<'a> {
     /// Scans the image's library directories (names only; ELF files are
     /// read later, when a name is asked for).
     pub fn scan(fs: &'a dyn ImageFs) -> LibraryIndex<'a> {
-        let mut wanted: Vec<PathBuf> = Vec::new();
+        LibraryIndex::scan_with(fs, &[])
+    }
+
+    /// Like [`scan`](Self::scan), with `extra` directories searched first
+    /// (a program's RUNPATH, see [`program_search_dirs`]).
+    pub fn scan_with(fs: &'a dyn ImageFs, extra: &[PathBuf]) -> LibraryIndex<'a> {
+        let mut wanted: Vec<PathBuf> = extra.to_vec();
         wanted.extend(ld_so_conf_dirs(fs, Path::new("/etc/ld.so.conf"), 0));
         wanted.extend(STANDARD_DIRS.iter().map(PathBuf::from));
         for parent in MULTIARCH_PARENTS {
@@ -220,6 +226,33 @@ impl<'a> LibraryIndex<'a> {
             .insert(real.to_path_buf(), parsed.clone());
         parsed
     }
+}
+
+/// The DT_RUNPATH/DT_RPATH directories of a program in the image
+/// (`$ORIGIN` expanded): the loader searches them before the cache and
+/// the default directories, so a library copy there must be found too.
+pub fn program_search_dirs(fs: &dyn ImageFs, program: &Path) -> Result<Vec<PathBuf>, String> {
+    let real = resolve(fs, program).map_err(|e| format!("{}: {e}", program.display()))?;
+    let bytes = fs
+        .read(&real)
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    let info = elf::parse(&bytes).map_err(|e| format!("{}: {e}", program.display()))?;
+    let origin = real
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_string_lossy()
+        .into_owned();
+    Ok(info
+        .search_paths
+        .iter()
+        .map(|p| {
+            PathBuf::from(
+                p.replace("${ORIGIN}", "$ORIGIN")
+                    .replace("$ORIGIN", &origin),
+            )
+        })
+        .filter(|p| p.is_absolute())
+        .collect())
 }
 
 /// Directories listed in an ld.so.conf file and the files it includes

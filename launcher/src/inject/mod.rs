@@ -30,6 +30,10 @@
 //! still load the image's own library. A bind over the file wins whichever
 //! way the loader goes, also for a copy under an unusual directory
 //! (`/opt/mpich/lib`), because every path now leads to the host's bytes.
+//! Copies are looked for in every directory the loader can use: the default
+//! and multiarch directories with their `glibc-hwcaps` subdirectories,
+//! ld.so.conf, the image's cache, and the job's program's RUNPATH when the
+//! caller names the program ([`Request::program`]).
 //!
 //! A library with no counterpart has nothing to compete with, so it only
 //! has to be findable: it is bound into `/.shoal/lib` (a tmpfs), and the

@@ -34,6 +34,10 @@ pub struct Request<'a> {
     /// The host's tree, where dependencies of host libraries are looked up
     /// (`DirImage::new("/")`).
     pub host: &'a dyn ImageFs,
+    /// The program the job runs, inside the image, when known: copies of a
+    /// library in its RUNPATH (an rpath set by MPI compiler wrappers or
+    /// Spack) are found and covered as well.
+    pub program: Option<&'a Path>,
 }
 
 /// What a row is about.
@@ -336,8 +340,13 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
     image
         .list(Path::new("/"))
         .map_err(|e| image_err(format!("cannot list its root: {e}")))?;
+    let extra = match req.program {
+        Some(program) => super::discover::program_search_dirs(image, program)
+            .map_err(|e| image_err(format!("program {e}")))?,
+        None => Vec::new(),
+    };
     let mut b = Builder {
-        image: LibraryIndex::scan(image),
+        image: LibraryIndex::scan_with(image, &extra),
         host: LibraryIndex::scan(req.host),
         rows: Vec::new(),
         queue: VecDeque::new(),
@@ -1169,6 +1178,7 @@ mod tests {
             default_abi: AbiMode::Relaxed,
             cuda_visible_devices: None,
             host: &host,
+            program: None,
         };
         Some(assess(&DirImage::new(dir.path()), &req).unwrap())
     }
