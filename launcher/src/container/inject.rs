@@ -217,6 +217,9 @@ pub fn assess_image(
         default_abi: cfg.injection.abi,
         cuda_visible_devices,
         host: &host,
+        // The program is not known here (Slurm or the shell resolves it
+        // later); `shoal abi-check --program` covers RUNPATH copies.
+        program: None,
     };
     inject::assess(&image, &request).map(Some)
 }
