@@ -2,8 +2,6 @@
 //! whether the kernel may mount it. Shared by `shoal run` and the SPANK
 //! plugin so both treat every image the same way.
 
-use std::path::Path;
-
 use crate::container::{ImageConfig, RunImage};
 use crate::image::manifest;
 use crate::image::store::{Scope, StoredImage};
@@ -20,9 +18,9 @@ pub fn run_config(config: &manifest::ImageConfig) -> ImageConfig {
 
 /// A stored image as the launcher runs it. Only site-store images may meet
 /// the kernel's squashfs parser: no user can have written them.
-pub fn run_image(stored: &StoredImage, squashfs: &Path) -> RunImage {
+pub fn run_image(stored: &StoredImage) -> RunImage {
     RunImage {
-        squashfs: squashfs.to_path_buf(),
+        squashfs: stored.squashfs.clone(),
         config: run_config(&stored.config),
         trusted_for_kernel_mount: stored.scope == Scope::Site,
     }

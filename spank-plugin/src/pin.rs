@@ -14,21 +14,14 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+/// Which store the image was found in at submission (a squashfs file the
+/// user named counts as theirs).
+pub use shoal::image::store::Scope;
 
 /// Name of the variable in the job environment.
 pub const ENV: &str = "SHOAL_IMAGE_PIN";
 /// Name given to `spank_job_control_setenv` (the prolog reads `SPANK_` + this).
 pub const JOB_CONTROL_ENV: &str = "SHOAL_IMAGE_PIN";
-
-/// Which store the image was found in at submission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// The admins' store: root-owned, may be kernel-mounted.
-    Site,
-    /// The user's own store, or a squashfs file the user named.
-    User,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {

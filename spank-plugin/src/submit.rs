@@ -6,7 +6,7 @@ use std::path::Path;
 
 use shoal::container::UserMount;
 use shoal::image::pull::{pull, PullOptions};
-use shoal::image::store::{Scope as StoreScope, Store, StoreError, StoredImage};
+use shoal::image::store::{Store, StoreError, StoredImage};
 use shoal::ImageSpec;
 
 use crate::options::{self, Request};
@@ -75,10 +75,7 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
             Ok(Pin {
                 requested,
                 digest: stored.digest.to_string(),
-                scope: match stored.scope {
-                    StoreScope::Site => Scope::Site,
-                    StoreScope::User => Scope::User,
-                },
+                scope: stored.scope,
                 squashfs: stored.squashfs.clone(),
                 sha256: stored.squashfs_sha256.clone(),
                 size: stored.size,

@@ -99,7 +99,7 @@ fn image(arg: &str, cwd: &Path, cfg: &Config) -> Result<RunImage> {
         // Site store first, then the caller's own store.
         Ok(spec) => {
             let stored = Store::open(cfg).resolve(&spec)?;
-            return Ok(shoal::resolve::run_image(&stored, &stored.squashfs));
+            return Ok(shoal::resolve::run_image(&stored));
         }
         Err(e) => return Err(e.into()),
     };
