@@ -8,6 +8,8 @@ TESTBED_STATE=${TESTBED_STATE:-/var/lib/shoal-testbed}
 TESTBED_USER=${TESTBED_USER:-alice}
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5443}
 REGISTRY_DIR=$TESTBED_STATE/registry
+# Fake GPU device nodes (up.sh; Slurm gres.conf hands them out).
+FAKE_GPU_DIR=$TESTBED_STATE/gpu
 # A second registry with htpasswd auth and this test login (up.sh).
 AUTH_REGISTRY_ADDR=${AUTH_REGISTRY_ADDR:-127.0.0.1:5444}
 AUTH_REGISTRY_USER=shoaltest

@@ -16,6 +16,9 @@ PACKAGES=(
     python3-jwt python3-cryptography
     # MPI, and the peer measured against
     mpich libmpich-dev charliecloud
+    # PMIx for Slurm's mpi/pmix plugin (srun --mpi=pmix): the plugin dlopens
+    # pmix2/lib/libpmix.so, the unversioned name only libpmix-dev ships
+    libpmix2 libpmix-dev
     # zstd-compressed test layers (images.d/20-layers.sh, mklayers.py)
     zstd
     # benchmarks and helpers

@@ -76,6 +76,20 @@ if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$conf" ]; then
     pkill -x slurmctld 2>/dev/null && wait_for "slurmctld to stop" sh -c '! pgrep -x slurmctld'
 fi
 
+# --- fake GPUs: four character devices per node, handed out by gres/gpu ------
+# Major 195 is NVIDIA's; no driver answers on this machine (opening one gives
+# ENXIO), which is all the GPU-module tests need: the device nodes must exist,
+# Slurm must allocate them and set CUDA_VISIBLE_DEVICES.
+mkdir -p "$FAKE_GPU_DIR"
+for i in 0 1 2 3; do
+    [ -c "$FAKE_GPU_DIR/nvidia$i" ] || mknod -m 0666 "$FAKE_GPU_DIR/nvidia$i" c 195 "$i"
+done
+gres="NodeName=n[1-3] Name=gpu File=$FAKE_GPU_DIR/nvidia[0-3]"
+if [ "$(cat /etc/slurm/gres.conf 2>/dev/null)" != "$gres" ]; then
+    printf '%s\n' "$gres" > /etc/slurm/gres.conf
+    restart_slurmd=1
+fi
+
 # --- slurmctld and the three slurmd -------------------------------------------
 if ! pgrep -x slurmctld >/dev/null; then
     log "starting slurmctld"
@@ -95,6 +109,7 @@ for n in "${SLURM_NODES[@]}"; do
     if ! slurmd_running "$n"; then
         log "starting slurmd $n"
         mkdir -p "/var/spool/slurmd/$n"
+        install -d -m 1777 "/var/spool/slurmd/$n/tmp"   # TmpFS (slurm.conf.in)
         unshare --uts sh -c "hostname $n && exec slurmd -N $n" 9>&-
     fi
 done
