@@ -9,7 +9,8 @@
 //!   checks the request and pins the image ([`pin`]);
 //! - [`stage`]: each allocated node copies and verifies the image (job
 //!   prolog, and again per task);
-//! - [`task`]: slurmstepd puts every task into the node's container;
+//! - [`task`]: slurmstepd puts every task into the node's container
+//!   ([`pmix`]: with the step's PMIx directories);
 //! - [`teardown`]: step exit and job epilog clean up.
 //!
 //! Each callback runs inside `guard`, which turns an error or a panic into a
@@ -21,6 +22,7 @@ mod inject;
 mod job;
 mod options;
 mod pin;
+mod pmix;
 mod spank;
 mod stage;
 mod submit;

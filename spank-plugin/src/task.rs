@@ -8,7 +8,8 @@
 //! - `task_init_privileged` (the forked task, still root): reports a held
 //!   error where the user sees it, stages the image on this node, then
 //!   makes or joins the container of (job, step, node) with exactly Slurm's
-//!   local task count as peers, and sets the task's environment. The
+//!   local task count as peers (binding in the step's PMIx directories,
+//!   `pmix.rs`), and sets the task's environment. The
 //!   modules' mounts and setup are part of the plan (carried out by the
 //!   task that builds the container). Slurm then
 //!   drops to the user and execs the command inside.
@@ -25,7 +26,7 @@ use crate::options;
 use crate::pin::{self, Pin, Scope};
 use crate::spank::{self, Spank};
 use crate::stage::{self, ReadAt, Staged};
-use crate::{inject, job, TAG};
+use crate::{inject, job, pmix, TAG};
 
 #[derive(Default)]
 struct Step {
@@ -164,6 +165,9 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     };
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
     add_slurm_binds(&mut plan, spank, step_id, &config)?;
+    let uid = plan.identity.uid;
+    pmix::add_binds(&mut plan, &host_env, &node, uid, job_id, step_id)
+        .map_err(|e| format!("image {}: --mpi=pmix: {e}", pin.requested))?;
     if let Some(injection) = &injection {
         inject::add_to_plan(&mut plan, injection).map_err(|e| format!("image {}: {e}", pin.requested))?;
     }

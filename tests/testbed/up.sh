@@ -244,7 +244,7 @@ fi
 # kernel-mount those. Only when installing a build (a re-pull of an
 # unchanged image is one manifest request).
 if [ -n "$install_from" ]; then
-    for img in shoal/busybox:latest shoal/debian-mpich:12; do
+    for img in shoal/busybox:latest shoal/debian-mpich:12 shoal/debian-openmpi:12; do
         /usr/local/bin/shoal pull --site -q "$REGISTRY_ADDR/$img" || die "shoal pull --site $img failed"
     done
 fi

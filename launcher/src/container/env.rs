@@ -18,6 +18,12 @@ pub const PROTECTED: &[&str] = &[
     "HOME", "USER", "LOGNAME", "SLURM_*", "PMI_*", "PMIX_*", "SHOAL_*",
 ];
 
+/// Variables no deny rule drops: how a Slurm task reaches its step (ranks,
+/// node lists) and its PMI-1/PMI-2/PMIx server (`PMI_FD`, `PMIX_SERVER_URI*`,
+/// `PMIX_NAMESPACE`, ...). Without them an MPI program in the image cannot
+/// start, and a broad site pattern (`P*`) must not turn into that.
+pub const NEVER_DENIED: &[&str] = &["SLURM_*", "PMI_*", "PMIX_*"];
+
 /// PATH when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -68,7 +74,8 @@ pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>,
 }
 
 /// The environment, sorted by name. `deny` adds site patterns to
-/// [`DEFAULT_DENY`]; `image` is the image config's `NAME=VALUE` list.
+/// [`DEFAULT_DENY`] (neither drops [`NEVER_DENIED`] names); `image` is the
+/// image config's `NAME=VALUE` list.
 pub fn compose(
     host: &[(String, String)],
     image: &[String],
@@ -77,7 +84,8 @@ pub fn compose(
     identity: &[(String, String)],
 ) -> Vec<(String, String)> {
     let denied = |name: &str| {
-        DEFAULT_DENY.iter().any(|p| matches(p, name)) || deny.iter().any(|p| matches(p, name))
+        !NEVER_DENIED.iter().any(|p| matches(p, name))
+            && (DEFAULT_DENY.iter().any(|p| matches(p, name)) || deny.iter().any(|p| matches(p, name)))
     };
     let mut env: BTreeMap<String, String> = host
         .iter()
@@ -161,6 +169,24 @@ mod tests {
         assert_eq!(get(&env, "PATH"), Some("/mine"));
         assert_eq!(get(&env, "SECRET_TOKEN"), None);
         assert_eq!(get(&env, "USER"), Some("u"));
+    }
+
+    #[test]
+    fn slurm_and_pmi_variables_survive_every_deny_rule() {
+        let host = kv(&[
+            ("PMIX_SERVER_URI41", "pmix-server.1;tcp4://127.0.0.1:4000"),
+            ("PMIX_RANK", "3"),
+            ("PMI_FD", "7"),
+            ("SLURM_PROCID", "3"),
+            ("PROMPT", "x"),
+        ]);
+        let env = compose(&host, &[], &[], &["P*".into(), "SLURM_*".into()], &[]);
+        assert_eq!(get(&env, "PMIX_SERVER_URI41"), Some("pmix-server.1;tcp4://127.0.0.1:4000"));
+        assert_eq!(get(&env, "PMIX_RANK"), Some("3"));
+        assert_eq!(get(&env, "PMI_FD"), Some("7"));
+        assert_eq!(get(&env, "SLURM_PROCID"), Some("3"));
+        assert_eq!(get(&env, "PROMPT"), None);
+        assert_eq!(get(&env, "PATH"), Some(DEFAULT_PATH));
     }
 
     #[test]
