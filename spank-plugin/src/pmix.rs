@@ -36,8 +36,8 @@ const DEFAULT_SLURM_CONF: &str = "/etc/slurm/slurm.conf";
 /// Slurm's defaults when slurm.conf does not set them.
 const DEFAULT_SPOOL_DIR: &str = "/var/spool/slurmd";
 const DEFAULT_TMP_FS: &str = "/tmp";
-/// Job-environment variables with which Slurm's plugin moves the two
-/// directories somewhere this module does not look.
+/// Job-environment variables with which Slurm's plugin moves the server
+/// and the client directory somewhere this module does not look.
 const MOVED_BY: [&str; 2] = ["SLURM_PMIX_SRV_TMPDIR", "SLURM_PMIX_TMPDIR"];
 
 /// The two slurm.conf settings the PMIx directories live under, unexpanded
@@ -218,6 +218,10 @@ fn inspect(dir: &PmixDir, uid: u32, stepd_gid: u32) -> Result<Found, String> {
     }
 }
 
+fn env_get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
 /// Adds the step's PMIx directories to the plan (read-write: clients take
 /// locks in the store and write session files), when the step has them.
 pub fn add_binds(
@@ -232,20 +236,28 @@ pub fn add_binds(
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host = host.trim().split('.').next().unwrap_or(node);
     let stepd_gid = nix::unistd::getgid().as_raw();
+    let [server, client] = step_dirs(&dirs, node, host, uid, job, step);
+    let server_found = inspect(&server, uid, stepd_gid)?;
+    let client_found = inspect(&client, uid, stepd_gid)?;
+    // Whether this is a PMIx step at all: one of its directories is there,
+    // or srun said so. (The job's `SLURM_MPI_TYPE` only decides whether a
+    // missing directory is an error; it never names what is bound.)
+    let pmix_step = server_found == Found::Slurms
+        || client_found == Found::Slurms
+        || env_get(job_env, "SLURM_MPI_TYPE").is_some_and(|t| t.starts_with("pmix"));
     let mut found = Vec::new();
-    for dir in step_dirs(&dirs, node, host, uid, job, step) {
-        if inspect(&dir, uid, stepd_gid)? == Found::Slurms {
-            found.push(dir);
+    for (dir, state, moved_by) in [(server, server_found, MOVED_BY[0]), (client, client_found, MOVED_BY[1])] {
+        match state {
+            Found::Slurms => found.push(dir),
+            Found::Absent if pmix_step && env_get(job_env, moved_by).is_some() => {
+                return Err(format!(
+                    "${moved_by} is set: it moves Slurm's {} where an image step cannot follow it (only the \
+                     directories slurm.conf names are bound into the image); unset it for --mpi=pmix in an image",
+                    dir.what
+                ))
+            }
+            Found::Absent => {}
         }
-    }
-    if found.is_empty() {
-        if let Some(var) = MOVED_BY.iter().find(|v| job_env.iter().any(|(k, _)| k == *v)) {
-            return Err(format!(
-                "${var} is set: it moves Slurm's PMIx directories where an image step cannot follow them \
-                 (only the ones slurm.conf names are bound into the image); unset it for --mpi=pmix in an image"
-            ));
-        }
-        return Ok(());
     }
     for dir in found {
         plan.mounts.push(Mount {
