@@ -141,7 +141,9 @@ fn unquote(s: &str) -> &str {
 }
 
 /// Slurm's per-node expansion of slurmd paths: `%n` is the node name, `%h`
-/// the node's host name.
+/// the node's host name (Slurm takes NodeHostname; here the host name
+/// slurmstepd runs with, which is the same unless slurm.conf maps node
+/// names to other host names).
 fn expand(path: &str, node: &str, host: &str) -> PathBuf {
     PathBuf::from(path.replace("%n", node).replace("%h", host))
 }
