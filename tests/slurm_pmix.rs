@@ -97,3 +97,29 @@ fn a_moved_pmix_directory_is_refused_with_the_variable_named() {
     assert!(err.contains("$SLURM_PMIX_TMPDIR is set"), "{err}");
     assert!(err.contains("unset it for --mpi=pmix in an image"), "{err}");
 }
+
+#[test]
+fn srun_mpi_pmix_from_a_batch_script_inside_the_image() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("pmix-batch");
+    // srun runs inside the batch script's container: its mpi/pmix plugin
+    // loads the host's PMIx library (`slurm.launch_host_paths`), while the
+    // tasks it starts get containers of their own with the image's PMIx.
+    let out = ok(&tb.user(&format!(
+        "cd {d} && cat > job.sh <<'EOF'\n#!/bin/bash\n{OMPI_ENV}\n\
+         echo \"batch in $(cat /etc/shoal-test-image)\"\n\
+         srun --mpi=pmix bash -c 'echo \"task pmix $(grep -c /pmix2 /proc/self/mountinfo)\"; exec /usr/local/bin/hello_mpi.py'\nEOF\n\
+         sbatch --wait -o job.out -N3 --ntasks-per-node=2 --image={IMAGE} job.sh; rc=$?; cat job.out; exit $rc",
+        d = dir.display()
+    )));
+    assert!(out.contains("batch in debian-openmpi"), "{out}");
+    let mut ranks: Vec<u32> = out
+        .lines()
+        .filter(|l| l.starts_with("hello from rank") && l.contains(" of 6 on ") && l.contains(" sum 15 "))
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, [0, 1, 2, 3, 4, 5], "{out}");
+    // The host's PMIx is not in the tasks' containers.
+    assert_eq!(out.matches("task pmix 0").count(), 6, "{out}");
+}

@@ -49,6 +49,12 @@ pub struct SlurmConfig {
     /// node are skipped. The image's own C library must be able to run the
     /// host's Slurm client (same distribution family, glibc not older).
     pub host_paths: Vec<PathBuf>,
+    /// Host paths bound read-only at the same place only into the
+    /// containers of batch scripts and salloc's interactive step, where
+    /// `srun` runs inside the image: Slurm's mpi/pmix plugin in srun
+    /// dlopens the host's PMIx library by its host path. Never bound into
+    /// the tasks of a step, which keep the image's own MPI and PMIx.
+    pub launch_host_paths: Vec<PathBuf>,
 }
 
 impl Default for SlurmConfig {
@@ -65,7 +71,11 @@ impl Default for SlurmConfig {
             "/usr/lib/shoal",
             "/usr/local/lib/shoal",
         ];
-        SlurmConfig { host_paths: paths.iter().map(PathBuf::from).collect() }
+        SlurmConfig {
+            host_paths: paths.iter().map(PathBuf::from).collect(),
+            // Debian's libpmix-dev, where Debian's mpi_pmix_v4.so looks.
+            launch_host_paths: vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/pmix2")],
+        }
     }
 }
 

@@ -36,6 +36,12 @@ pub fn is_batch(step: u32) -> bool {
     step == BATCH_STEP
 }
 
+/// Steps whose container is where the user runs `srun`: the batch script
+/// and salloc's interactive step.
+pub fn starts_steps(step: u32) -> bool {
+    step == BATCH_STEP || step == INTERACTIVE_STEP
+}
+
 /// One container per (job, step, node): the key its tasks share.
 pub fn share_key(job: u32, step: u32, node: &str) -> String {
     format!("{job}.{}.{node}", step_name(step))
@@ -85,5 +91,6 @@ mod tests {
         assert_eq!(share_key(12, BATCH_STEP, "n2"), "12.batch.n2");
         assert_eq!(step_name(EXTERN_STEP), "extern");
         assert!(is_batch(BATCH_STEP) && !is_batch(0));
+        assert!(starts_steps(BATCH_STEP) && starts_steps(INTERACTIVE_STEP) && !starts_steps(0));
     }
 }

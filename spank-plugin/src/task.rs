@@ -194,7 +194,8 @@ fn working_dir(env: &[(String, String)]) -> PathBuf {
 
 /// What a task inside needs from the host to go on being a Slurm task: the
 /// batch script itself (it lives in slurmd's spool), and the Slurm client,
-/// config and munge socket so `srun` works inside (`slurm.host_paths`).
+/// config and munge socket so `srun` works inside (`slurm.host_paths`), and
+/// where srun runs, what its MPI plugins load (`slurm.launch_host_paths`).
 fn add_slurm_binds(plan: &mut container::Plan, spank: &Spank, step: u32, config: &shoal::Config) -> Result<(), String> {
     let mut binds: Vec<(PathBuf, &str)> = Vec::new();
     if job::is_batch(step) {
@@ -206,6 +207,13 @@ fn add_slurm_binds(plan: &mut container::Plan, spank: &Spank, step: u32, config:
     for p in &config.slurm.host_paths {
         if p.exists() {
             binds.push((p.clone(), "Slurm client"));
+        }
+    }
+    if job::starts_steps(step) {
+        for p in &config.slurm.launch_host_paths {
+            if p.exists() {
+                binds.push((p.clone(), "srun's MPI plugin"));
+            }
         }
     }
     for (path, why) in binds {
