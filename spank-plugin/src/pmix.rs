@@ -176,6 +176,8 @@ pub enum Found {
     Absent,
     /// A directory as Slurm makes it.
     Slurms,
+    /// Something else, never bound: why.
+    Foreign(String),
 }
 
 /// The rule for what root binds: the path (built by [`step_dirs`] from
@@ -184,7 +186,9 @@ pub enum Found {
 /// user and by slurmstepd's group, writable by no one else: exactly what
 /// Slurm's `mkdir` (as root) plus `chown(uid, -1)` leaves. Anything else
 /// there was not made by Slurm for this step (in a world-writable TmpFS
-/// another user could have put it there first) and is refused.
+/// another user could have put it there first): it is never bound, and it
+/// fails a PMIx step with a message naming it (a step without PMIx ignores
+/// it, so a stray entry cannot be used to break other users' steps).
 ///
 /// Safe because root binds only the step's own directories at their own
 /// paths, and the bind itself is then opened with the user's credentials
@@ -214,9 +218,7 @@ fn inspect(dir: &PmixDir, uid: u32, stepd_gid: u32) -> Result<Found, String> {
     match fs::symlink_metadata(&dir.path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Absent),
         Err(e) => Err(format!("{} {}: {e}", dir.what, dir.path.display())),
-        Ok(meta) => check(&meta, uid, stepd_gid)
-            .map(|()| Found::Slurms)
-            .map_err(|why| format!("{} {} is not Slurm's: {why}; not binding it into the image", dir.what, dir.path.display())),
+        Ok(meta) => Ok(check(&meta, uid, stepd_gid).map_or_else(Found::Foreign, |()| Found::Slurms)),
     }
 }
 
@@ -251,6 +253,16 @@ pub fn add_binds(
     for (dir, state, moved_by) in [(server, server_found, MOVED_BY[0]), (client, client_found, MOVED_BY[1])] {
         match state {
             Found::Slurms => found.push(dir),
+            // In a step that does not use PMIx, a stray entry (say, made in
+            // a shared /tmp by another user) must not fail the step.
+            Found::Foreign(why) if pmix_step => {
+                return Err(format!(
+                    "{} {} is not Slurm's: {why}; it is not bound into the image. Ask the admins to check it",
+                    dir.what,
+                    dir.path.display()
+                ))
+            }
+            Found::Foreign(_) => {}
             Found::Absent if pmix_step && env_get(job_env, moved_by).is_some() => {
                 return Err(format!(
                     "${moved_by} is set: it moves Slurm's {} where an image step cannot follow it (only the \
@@ -262,6 +274,7 @@ pub fn add_binds(
         }
     }
     for dir in found {
+        crate::spank::log_verbose(&format!("{}: job {job}.{step}: binding the {} {}", crate::TAG, dir.what, dir.path.display()));
         plan.mounts.push(Mount {
             target: dir.path.clone(),
             kind: MountKind::Bind { source: dir.path, recursive: false, as_user: true },
@@ -325,16 +338,20 @@ mod tests {
         assert_eq!(inspect(&pd(&dir), me, my_gid), Ok(Found::Slurms));
         assert_eq!(inspect(&pd(&base.join("missing")), me, my_gid), Ok(Found::Absent));
         // Wrong owner, wrong group, others may write, a symlink, a file.
-        assert!(inspect(&pd(&dir), me + 1, my_gid).unwrap_err().contains("owned by"));
-        assert!(inspect(&pd(&dir), me, my_gid + 1).unwrap_err().contains("owned by"));
+        let foreign = |p: &Path, uid: u32, gid: u32| match inspect(&pd(p), uid, gid) {
+            Ok(Found::Foreign(why)) => why,
+            other => panic!("{}: {other:?}", p.display()),
+        };
+        assert!(foreign(&dir, me + 1, my_gid).contains("owned by"));
+        assert!(foreign(&dir, me, my_gid + 1).contains("owned by"));
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
-        assert!(inspect(&pd(&dir), me, my_gid).unwrap_err().contains("writable by others"));
+        assert!(foreign(&dir, me, my_gid).contains("writable by others"));
         let link = base.join("spmix_appdir_1_1.0");
         symlink("/etc", &link).unwrap();
-        assert!(inspect(&pd(&link), me, my_gid).unwrap_err().contains("never followed"));
+        assert!(foreign(&link, me, my_gid).contains("never followed"));
         let file = base.join("file");
         fs::write(&file, "").unwrap();
-        assert!(inspect(&pd(&file), me, my_gid).unwrap_err().contains("not a directory"));
+        assert!(foreign(&file, me, my_gid).contains("not a directory"));
         fs::remove_dir_all(&base).unwrap();
     }
 }
