@@ -226,33 +226,17 @@ fn env_get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-/// Adds the step's PMIx directories to the plan (read-write: clients take
-/// locks in the store and write session files), when the step has them.
-pub fn add_binds(
-    plan: &mut Plan,
-    job_env: &[(String, String)],
-    node: &str,
-    uid: u32,
-    job: u32,
-    step: u32,
-) -> Result<(), String> {
-    let dirs = SlurmdDirs::load()?;
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host = host.trim().split('.').next().unwrap_or(node);
-    let stepd_gid = nix::unistd::getgid().as_raw();
-    let [server, client] = step_dirs(&dirs, node, host, uid, job, step);
-    let server_found = inspect(&server, uid, stepd_gid)?;
-    let client_found = inspect(&client, uid, stepd_gid)?;
+/// Which of the step's two directories (server, client) to bind, given
+/// what root found there: pure, so every case is a unit test.
+fn decide(found: [(PmixDir, Found); 2], job_env: &[(String, String)], srun_said_pmix: bool) -> Result<Vec<PmixDir>, String> {
     // Whether this is a PMIx step at all: one of its directories is there,
     // or srun said so. (The job's `SLURM_MPI_TYPE` only decides whether a
-    // missing directory is an error; it never names what is bound.)
-    let pmix_step = server_found == Found::Slurms
-        || client_found == Found::Slurms
-        || env_get(job_env, "SLURM_MPI_TYPE").is_some_and(|t| t.starts_with("pmix"));
-    let mut found = Vec::new();
-    for (dir, state, moved_by) in [(server, server_found, MOVED_BY[0]), (client, client_found, MOVED_BY[1])] {
+    // missing or foreign directory is an error; it never names what is bound.)
+    let pmix_step = srun_said_pmix || found.iter().any(|(_, f)| *f == Found::Slurms);
+    let mut bind = Vec::new();
+    for ((dir, state), moved_by) in found.into_iter().zip(MOVED_BY) {
         match state {
-            Found::Slurms => found.push(dir),
+            Found::Slurms => bind.push(dir),
             // In a step that does not use PMIx, a stray entry (say, made in
             // a shared /tmp by another user) must not fail the step.
             Found::Foreign(why) if pmix_step => {
@@ -273,6 +257,33 @@ pub fn add_binds(
             Found::Absent => {}
         }
     }
+    Ok(bind)
+}
+
+/// Adds the step's PMIx directories to the plan (read-write: clients take
+/// locks in the store and write session files), when the step has them.
+pub fn add_binds(
+    plan: &mut Plan,
+    job_env: &[(String, String)],
+    node: &str,
+    uid: u32,
+    job: u32,
+    step: u32,
+) -> Result<(), String> {
+    let srun_said_pmix = env_get(job_env, "SLURM_MPI_TYPE").is_some_and(|t| t.starts_with("pmix"));
+    let dirs = match SlurmdDirs::load() {
+        Ok(d) => d,
+        // Only a PMIx step needs slurm.conf here; others must not fail on it.
+        Err(e) if srun_said_pmix => return Err(format!("{e}; it names where Slurm keeps the step's PMIx directories")),
+        Err(_) => return Ok(()),
+    };
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim().split('.').next().filter(|h| !h.is_empty()).unwrap_or(node);
+    let stepd_gid = nix::unistd::getgid().as_raw();
+    let [server, client] = step_dirs(&dirs, node, host, uid, job, step);
+    let server_found = inspect(&server, uid, stepd_gid)?;
+    let client_found = inspect(&client, uid, stepd_gid)?;
+    let found = decide([(server, server_found), (client, client_found)], job_env, srun_said_pmix)?;
     for dir in found {
         crate::spank::log_verbose(&format!("{}: job {job}.{step}: binding the {} {}", crate::TAG, dir.what, dir.path.display()));
         plan.mounts.push(Mount {
@@ -322,6 +333,33 @@ mod tests {
         let [srv, cli] = step_dirs(&d, "n2", "node02", 7, 1, 2);
         assert_eq!(srv.path, Path::new("/spool/node02/pmix.1.2"));
         assert_eq!(cli.path, Path::new("/tmp/spmix_appdir_7_1.2"));
+    }
+
+    fn two(server: Found, client: Found) -> [(PmixDir, Found); 2] {
+        let d = SlurmdDirs { spool_dir: "/spool".into(), tmp_fs: "/tmp".into() };
+        let [s, c] = step_dirs(&d, "n1", "n1", 1001, 5, 0);
+        [(s, server), (c, client)]
+    }
+
+    #[test]
+    fn what_is_bound_and_what_fails_the_step() {
+        let none: Vec<(String, String)> = Vec::new();
+        let paths = |v: Vec<PmixDir>| v.into_iter().map(|d| d.path).collect::<Vec<_>>();
+        // A PMIx step: both bound.
+        let both = decide(two(Found::Slurms, Found::Slurms), &none, true).unwrap();
+        assert_eq!(paths(both), [PathBuf::from("/spool/pmix.5.0"), PathBuf::from("/tmp/spmix_appdir_1001_5.0")]);
+        // No PMIx: nothing bound, nothing fails, not even a stray entry.
+        assert_eq!(decide(two(Found::Absent, Found::Absent), &none, false).unwrap(), []);
+        assert_eq!(decide(two(Found::Absent, Found::Foreign("x".into())), &none, false).unwrap(), []);
+        // A stray entry in a PMIx step fails it, naming the path.
+        let e = decide(two(Found::Slurms, Found::Foreign("owned by 1002:1002".into())), &none, false).unwrap_err();
+        assert!(e.contains("/tmp/spmix_appdir_1001_5.0 is not Slurm's: owned by 1002:1002"), "{e}");
+        // A directory moved by the user's variable: named in the error.
+        let moved = vec![("SLURM_PMIX_TMPDIR".to_string(), "/home/u/x".to_string())];
+        let e = decide(two(Found::Slurms, Found::Absent), &moved, false).unwrap_err();
+        assert!(e.contains("$SLURM_PMIX_TMPDIR is set"), "{e}");
+        // ...but only in a PMIx step.
+        assert_eq!(decide(two(Found::Absent, Found::Absent), &moved, false).unwrap(), []);
     }
 
     #[test]
