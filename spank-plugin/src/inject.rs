@@ -13,12 +13,14 @@
 //!
 //! GPUs: the container of (job, step, node) is shared by the step's tasks,
 //! so the GPU module binds the step's GPUs (`SLURM_STEP_GPUS`, else
-//! `SLURM_JOB_GPUS`, else `CUDA_VISIBLE_DEVICES`: host numbers). Each
-//! task's `CUDA_VISIBLE_DEVICES` stays as Slurm set it (global numbers, or
-//! local ones under ConstrainDevices, per task with `--gpu-bind`): the
-//! container's /dev is the host's, so CUDA numbers GPUs as on bare metal
-//! (see `container/inject.rs`). Isolation between jobs is Slurm's device
-//! cgroup, as for bare-metal tasks.
+//! `SLURM_JOB_GPUS`, else `CUDA_VISIBLE_DEVICES`: host numbers; none of
+//! them: no GPU is bound, as a step without GPUs has none), and only those
+//! are in the container's minimal /dev. Each task's `CUDA_VISIBLE_DEVICES`
+//! (host numbers, its own under `--gpus-per-task`) is renumbered against
+//! the step's bound GPUs ([`task_gpus`]). This assumes Slurm's global
+//! numbering: under `ConstrainDevices` Slurm hands tasks numbers local to
+//! the step, which a minimal /dev needs no renumbering for; that setting
+//! is not detected yet.
 //!
 //! Must never: read the user's image as root, or let a refused module
 //! through.
@@ -51,7 +53,9 @@ pub fn assess(
     squashfs: &Path,
     env: &[(String, String)],
 ) -> Result<Option<InjectionPlan>, String> {
-    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), step_gpus(env))
+    // A step without GPUs gets none bound (not every GPU of the node).
+    let gpus = Some(step_gpus(env).unwrap_or(""));
+    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), gpus)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);
@@ -59,9 +63,16 @@ pub fn assess(
     assessment.into_plan().map(Some).map_err(|e| e.to_string())
 }
 
-/// Adds the step's injection to a task's container plan.
-pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), String> {
-    container::add_injection(plan, injection).map_err(|e| e.to_string())
+/// Adds the step's injection to a task's container plan, with the task's
+/// own GPUs (`env`: the task's environment) renumbered for inside.
+pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
+    container::add_injection(plan, injection).map_err(|e| e.to_string())?;
+    task_gpus(plan, injection, env)
+}
+
+/// The task's `CUDA_VISIBLE_DEVICES` renumbered against the step's GPUs.
+fn task_gpus(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
+    container::set_task_gpus(plan, injection, get(env, "CUDA_VISIBLE_DEVICES")).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
     add_slurm_binds(&mut plan, spank, step_id, &config)?;
     if let Some(injection) = &injection {
-        inject::add_to_plan(&mut plan, injection).map_err(|e| format!("image {}: {e}", pin.requested))?;
+        inject::add_to_plan(&mut plan, injection, &host_env).map_err(|e| format!("image {}: {e}", pin.requested))?;
     }
     let share = Share {
         key: job::share_key(job_id, step_id, &node),

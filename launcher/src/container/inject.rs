@@ -29,7 +29,7 @@ use std::process::Command;
 use nix::sys::stat::{fstat, SFlag};
 
 use super::exec;
-use super::plan::{Mode, Mount, MountKind, Origin, Plan};
+use super::plan::{DevLayout, Mode, Mount, MountKind, Origin, Plan};
 use super::rootfs::{skeleton_path, BuildError};
 use super::sys;
 use crate::config::Config;
@@ -75,7 +75,7 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
                 plan.setup.push(SetupStep::Own { path: target.clone() });
                 Some(Mount {
                     target: target.clone(),
-                    kind: MountKind::Tmpfs { mode: 0o755 },
+                    kind: MountKind::Tmpfs { mode: 0o755, noexec: false },
                     read_only: false,
                     harden: true,
                     origin: origin("Shoal directory"),
@@ -126,6 +126,36 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
     for change in &injection.env {
         apply_env(&mut plan.env, change);
     }
+    if let Some(visible) = injection.gpus.as_ref().and_then(|g| g.cuda_visible_devices.as_deref()) {
+        set_cuda_visible_devices(plan, visible);
+    }
+    Ok(())
+}
+
+/// `CUDA_VISIBLE_DEVICES` inside, already renumbered for the bound GPUs:
+/// set only where /dev holds them alone, and only to a list (Slurm's empty
+/// value or `NoDevFiles` stays as the job has it).
+fn set_cuda_visible_devices(plan: &mut Plan, inside: &str) {
+    if plan.dev != DevLayout::Minimal || inside.is_empty() || inside == "NoDevFiles" {
+        return;
+    }
+    apply_env(&mut plan.env, &EnvChange::Set { name: "CUDA_VISIBLE_DEVICES".into(), value: inside.into() });
+}
+
+/// One task's GPUs: Slurm may give each task its own host numbers
+/// (`--gpus-per-task`) within the step's, whose container the step's tasks
+/// share. `task_visible` (the task's `CUDA_VISIBLE_DEVICES`, host numbers)
+/// is renumbered against the GPUs the injection bound. No GPU module or no
+/// value: nothing changes.
+pub fn set_task_gpus(plan: &mut Plan, injection: &InjectionPlan, task_visible: Option<&str>) -> Result<(), InjectError> {
+    let (Some(gpus), Some(visible)) = (&injection.gpus, task_visible.map(str::trim)) else {
+        return Ok(());
+    };
+    if plan.dev != DevLayout::Minimal || visible.is_empty() || visible == "NoDevFiles" {
+        return Ok(());
+    }
+    let inside = gpus.renumber(visible)?;
+    set_cuda_visible_devices(plan, &inside);
     Ok(())
 }
 
@@ -465,7 +495,7 @@ mod tests {
                 ("/dev/nvidia3", false, false),
             ]
         );
-        assert!(matches!(plan.mounts[before].kind, MountKind::Tmpfs { mode: 0o755 }));
+        assert!(matches!(plan.mounts[before].kind, MountKind::Tmpfs { mode: 0o755, .. }));
         assert!(matches!(
             &plan.mounts[before + 1].kind,
             MountKind::Bind { recursive: false, as_user: false, source } if source == Path::new("/usr/lib/libfoo.so.1.2")
