@@ -28,6 +28,7 @@
 use std::path::Path;
 
 use shoal::container::{self, Plan};
+use crate::spank::Spank;
 use shoal::inject::InjectionPlan;
 use shoal::Config;
 
@@ -75,12 +76,66 @@ fn task_gpus(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)
     container::set_task_gpus(plan, injection, get(env, "CUDA_VISIBLE_DEVICES")).map_err(|e| e.to_string())
 }
 
+/// In `task_init`: Slurm's per-task GPU binding has replaced the value the
+/// plugin set (`set_before`) with the task's host numbers; renumber them.
+/// An unchanged value is already the container's numbering.
+pub fn task_gpus_from_slurm(
+    spank: &Spank,
+    injection: &InjectionPlan,
+    set_before: Option<&str>,
+    host_dev: bool,
+) -> Result<(), String> {
+    let now = spank.getenv("CUDA_VISIBLE_DEVICES");
+    let Some(inside) = renumbered_for_task(injection, set_before, now.as_deref(), host_dev)? else {
+        return Ok(());
+    };
+    spank.setenv("CUDA_VISIBLE_DEVICES", &inside).map_err(|e| e.to_string())
+}
+
+/// The decision of [`task_gpus_from_slurm`] (pure): `None` leaves the
+/// variable as it is.
+fn renumbered_for_task(
+    injection: &InjectionPlan,
+    set_before: Option<&str>,
+    now: Option<&str>,
+    host_dev: bool,
+) -> Result<Option<String>, String> {
+    let (Some(gpus), Some(now)) = (&injection.gpus, now.map(str::trim)) else {
+        return Ok(None);
+    };
+    if host_dev || Some(now) == set_before || now.is_empty() || now == "NoDevFiles" {
+        return Ok(None);
+    }
+    gpus.renumber(now).map(Some).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_tasks_own_gpus_from_slurm_are_renumbered_against_the_steps() {
+        let gpus = shoal::inject::select_gpus(
+            &(0..4)
+                .map(|i| shoal::inject::GpuDevice { index: i, host: format!("/g/nvidia{i}").into(), target: format!("/dev/nvidia{i}").into() })
+                .collect::<Vec<_>>(),
+            Some("2,3"),
+        )
+        .unwrap();
+        let inj = InjectionPlan { gpus: Some(gpus), ..Default::default() };
+        // Slurm replaced the step's value with the task's host GPU 3.
+        assert_eq!(renumbered_for_task(&inj, Some("0,1"), Some("3"), false), Ok(Some("1".into())));
+        // Unchanged since the plugin set it: already the container's numbers.
+        assert_eq!(renumbered_for_task(&inj, Some("0,1"), Some("0,1"), false), Ok(None));
+        // The site keeps the host's /dev: host numbering stays.
+        assert_eq!(renumbered_for_task(&inj, Some("0,1"), Some("3"), true), Ok(None));
+        let e = renumbered_for_task(&inj, Some("0,1"), Some("1"), false).unwrap_err();
+        assert!(e.contains("GPU 1 is not among the container's devices (the step's GPUs: 2,3)"), "{e}");
+        assert_eq!(renumbered_for_task(&InjectionPlan::default(), None, Some("3"), false), Ok(None));
     }
 
     #[test]

@@ -37,6 +37,9 @@ struct Step {
     injection: Option<InjectionPlan>,
     /// An error from `user_init`, reported by the tasks.
     held: Option<String>,
+    /// The task's `CUDA_VISIBLE_DEVICES` as this plugin set it (this task
+    /// process), to tell Slurm's later per-task value from ours.
+    cuda_set: Option<String>,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -173,7 +176,20 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     };
     let entered = container::enter(&plan, Some(&share)).map_err(|e| format!("image {}: {e}", pin.requested))?;
     spank::log_verbose(&format!("{TAG}: task in image {} ({}), cwd {}", pin.requested, pin.digest, entered.cwd.display()));
-    apply_env(spank, &host_env, &plan.env)
+    apply_env(spank, &host_env, &plan.env)?;
+    if let Some(state) = step().as_mut() {
+        state.cuda_set = plan.env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.clone());
+    }
+    Ok(())
+}
+
+/// Each task, as the user, just before exec: Slurm sets a task's own GPUs
+/// (`--gpus-per-task`, `--gpu-bind`) only after `task_init_privileged`, as
+/// host numbers; they are renumbered for the container here.
+pub fn task_init(spank: &Spank) -> Result<(), String> {
+    let guard = step();
+    let Some(Step { injection: Some(injection), cuda_set, .. }) = guard.as_ref() else { return Ok(()) };
+    inject::task_gpus_from_slurm(spank, injection, cuda_set.as_deref(), options::config().launcher.host_dev)
 }
 
 /// The task's working directory as Slurm will set it (srun's cwd, or the
