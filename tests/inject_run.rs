@@ -344,6 +344,32 @@ EOF"#,
 }
 
 #[test]
+fn the_programs_runpath_copy_is_covered_when_run_by_name() {
+    let c = Case::new("runpath");
+    // libbar twice in the image: in the multiarch directory, and a copy only
+    // the program's RUNPATH names; the program prints its own maps.
+    ok(&c.user(
+        r#"base img
+        mklib img/usr/lib/$MA libbar.so.1.3.0 libbar.so.1
+        mklib img/opt/rpath/lib libbar.so.1.0.1 libbar.so.1
+        printf '#include <stdio.h>\nint f_libbar_so_1_0_1(void);\nint main(void){FILE*f=fopen("/proc/self/maps","r");int ch;while((ch=fgetc(f))!=EOF)putchar(ch);return f_libbar_so_1_0_1()-1;}\n' > app.c
+        gcc -o img/usr/bin/app app.c img/opt/rpath/lib/libbar.so.1.0.1 -Wl,-rpath,'$ORIGIN/../../opt/rpath/lib'
+        mklib host libbar.so.1.4.2 libbar.so.1 '' 'int f_libbar_so_1_0_1(void) { return 1; }'
+        sqfs img img.sqfs
+        printf '[modules.bar]\nlibraries = ["%s/host/libbar.so.1*"]\n' "$T" > shoal.toml"#,
+    ));
+    let dry = |cmd: &str| ok(&c.user(&format!(r#""$SHOAL" --config shoal.toml run --dry-run --module bar img.sqfs -- {cmd}"#)));
+    let covered = "/opt/rpath/lib/libbar.so.1.0.1 <- bind";
+    // Found on the image's PATH, or named absolutely: its RUNPATH copy is covered.
+    assert!(dry("app").contains(covered), "{}", dry("app"));
+    assert!(dry("/usr/bin/app").contains(covered));
+    // Another program (or one that is not an ELF file) leaves it alone.
+    assert!(!dry("busybox true").contains(covered));
+    let out = ok(&c.user(r#""$SHOAL" --config shoal.toml run --module bar img.sqfs -- app"#));
+    assert_eq!(mapped(&out, "/opt/rpath/lib/libbar.so.1.0.1"), host_file(c.tb, &c.dir.join("host/libbar.so.1.4.2").display().to_string()), "{out}");
+}
+
+#[test]
 fn openmpi_image_is_refused_in_one_line_before_anything_runs() {
     let c = Case::new("openmpi");
     ok(&c.user(

@@ -294,7 +294,11 @@ fn dry_run_prints_the_plan() {
     for want in [
         "mode     unprivileged",
         "via squashfuse_ll",
-        "/dev <- bind /dev [rw,rec] (system)",
+        "/dev <- tmpfs mode=755 [rw,nosuid,nodev,noexec] (system)",
+        "/dev/null <- bind /dev/null [rw] (system)",
+        "/dev/pts <- bind /dev/pts [rw] (system)",
+        "/dev/shm <- tmpfs mode=1777 [rw,nosuid,nodev] (system)",
+        "/dev/ptmx -> pts/ptmx",
         "/tmp <- tmpfs mode=1777 [rw,nosuid,nodev] (system)",
         "/data <- bind /tmp (opened as the user) [ro,nosuid,nodev,rec] (user)",
         "ids      uid=1001 gid=1001",

@@ -56,7 +56,7 @@ pub fn assess(
 ) -> Result<Option<InjectionPlan>, String> {
     // A step without GPUs gets none bound (not every GPU of the node).
     let gpus = Some(step_gpus(env).unwrap_or(""));
-    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), gpus)
+    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), gpus, None)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);

@@ -24,7 +24,7 @@ use std::io::{self, Write as _};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Command as Process;
 
 use nix::sys::stat::{fstat, SFlag};
 
@@ -222,16 +222,46 @@ pub(crate) fn render(plan: &Plan) -> String {
     s
 }
 
+/// The job's command as the container will look it up: its `argv[0]`
+/// and the container's `PATH`.
+#[derive(Debug, Clone, Copy)]
+pub struct Command<'a> {
+    pub argv0: &'a str,
+    pub path: &'a str,
+}
+
+/// The program the loader will start for `cmd`, inside the image: `argv0`
+/// when absolute, else the first file of that name on `PATH`; only an ELF
+/// file (a script has no RUNPATH). None when it is not in the image (a
+/// program in the bound cwd or home, a relative path): the image's own
+/// library directories are still all searched.
+fn find_program(image: &dyn inject::ImageFs, cmd: Command<'_>) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = if cmd.argv0.contains('/') {
+        vec![PathBuf::from(cmd.argv0)]
+    } else {
+        cmd.path.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(cmd.argv0)).collect()
+    };
+    let found = candidates
+        .into_iter()
+        .filter(|p| p.is_absolute())
+        .find(|p| inject::image::kind_of(image, p) == Some(inject::image::EntryKind::File))?;
+    let real = inject::image::resolve(image, &found).ok()?;
+    image.read(&real).ok()?.starts_with(b"\x7fELF").then_some(found)
+}
+
 /// Selects the requested modules (`--module` values; empty: the site's
 /// `default_modules`) and checks them against the squashfs image at
 /// `squashfs`, with the caller's current credentials. `None` when no module
-/// is selected. The SPANK plugin calls this from slurmstepd's user context
-/// (effective ids already the user's), once per step and node.
+/// is selected. `command`, when known, names the job's program, whose
+/// RUNPATH copies of a library are then covered too. The SPANK plugin
+/// calls this from slurmstepd's user context (effective ids already the
+/// user's), once per step and node.
 pub fn assess_image(
     squashfs: &Path,
     cfg: &Config,
     requested: &[String],
     cuda_visible_devices: Option<&str>,
+    command: Option<Command<'_>>,
 ) -> Result<Option<Assessment>, InjectError> {
     let modules = inject::select_modules(cfg, requested)?;
     if modules.is_empty() {
@@ -242,20 +272,19 @@ pub fn assess_image(
         message: e.to_string(),
     })?;
     let host = DirImage::new("/");
+    let program = command.and_then(|c| find_program(&image, c));
     let request = Request {
         modules,
         default_abi: cfg.injection.abi,
         cuda_visible_devices,
         host: &host,
-        // The program is not known here (Slurm or the shell resolves it
-        // later); `shoal abi-check --program` covers RUNPATH copies.
-        program: None,
+        program: program.as_deref(),
     };
     inject::assess(&image, &request).map(Some)
 }
 
-/// [`assess_image`] on the plan's image, always with the user's
-/// credentials: in unprivileged mode the caller is the user; in privileged
+/// [`assess_image`] on the plan's image and command (`argv[0]` on the
+/// plan's `PATH`), always with the user's credentials: in unprivileged mode the caller is the user; in privileged
 /// mode (root for a user) this thread's effective ids are the user's for
 /// the whole check, so an image is read only if the user may read it, and
 /// the module's host files are read as the user will load them.
@@ -265,7 +294,9 @@ pub fn assess_modules(
     requested: &[String],
     cuda_visible_devices: Option<&str>,
 ) -> Result<Option<Assessment>, InjectError> {
-    let check = || assess_image(&plan.root.squashfs, cfg, requested, cuda_visible_devices);
+    let path = plan.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(super::env::DEFAULT_PATH);
+    let command = plan.argv.first().map(|argv0| Command { argv0, path });
+    let check = || assess_image(&plan.root.squashfs, cfg, requested, cuda_visible_devices, command);
     if plan.mode == Mode::Privileged && plan.identity.uid != 0 {
         let saved: Vec<u32> = nix::unistd::getgroups()
             .map_err(|e| InjectError::Module(format!("cannot read root's groups: {e}")))?
@@ -379,7 +410,7 @@ fn run_as_user(plan: &Plan, argv: &[String], why: &str) -> Result<(), BuildError
     let Some((prog, args)) = argv.split_first() else {
         return Err(step_err(what)(io::ErrorKind::InvalidInput.into()));
     };
-    let mut cmd = Command::new(prog);
+    let mut cmd = Process::new(prog);
     cmd.args(args).env_clear().env("PATH", super::env::DEFAULT_PATH).current_dir("/");
     let child_plan = plan.clone();
     // SAFETY: runs in the forked child before exec; the launcher is

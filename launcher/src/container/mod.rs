@@ -92,7 +92,9 @@ pub use plan::{
     plan, Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
     RootFs, RunImage, RunRequest, DEV_NODES,
 };
-pub use inject::{add_injection, assess_image, assess_modules, set_task_gpus, OrderError, SetupStep};
+pub use inject::{
+    add_injection, assess_image, assess_modules, set_task_gpus, Command, OrderError, SetupStep,
+};
 pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, Joined, Share, ShareError};
