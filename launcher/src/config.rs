@@ -325,7 +325,8 @@ pub struct LauncherConfig {
     /// Bind the host's whole /dev into containers instead of a minimal
     /// /dev (basic nodes, terminal, private /dev/shm, and the devices of the
     /// selected modules). Every device node, every GPU included, is then
-    /// visible, and `CUDA_VISIBLE_DEVICES` keeps the host's numbering.
+    /// visible, and `CUDA_VISIBLE_DEVICES` keeps the host's numbering;
+    /// module devices must then be at their container paths on the host.
     pub host_dev: bool,
 }
 
