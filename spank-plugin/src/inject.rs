@@ -17,10 +17,12 @@
 //! them: no GPU is bound, as a step without GPUs has none), and only those
 //! are in the container's minimal /dev. Each task's `CUDA_VISIBLE_DEVICES`
 //! (host numbers, its own under `--gpus-per-task`) is renumbered against
-//! the step's bound GPUs ([`task_gpus`]). This assumes Slurm's global
-//! numbering: under `ConstrainDevices` Slurm hands tasks numbers local to
-//! the step, which a minimal /dev needs no renumbering for; that setting
-//! is not detected yet.
+//! the step's bound GPUs ([`task_gpus`], and [`task_gpus_from_slurm`] for
+//! the per-task value Slurm sets later). Under `ConstrainDevices` Slurm
+//! numbers GPUs locally (positions among the step's GPUs, which is the
+//! container's numbering already): seen as a step `CUDA_VISIBLE_DEVICES`
+//! that differs from the step's host numbers ([`local_gpu_numbers`]), and
+//! then left as Slurm set it.
 //!
 //! Must never: read the user's image as root, or let a refused module
 //! through.
@@ -68,12 +70,31 @@ pub fn assess(
 /// own GPUs (`env`: the task's environment) renumbered for inside.
 pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
     container::add_injection(plan, injection).map_err(|e| e.to_string())?;
+    if local_gpu_numbers(env) {
+        // Slurm's local numbers are positions among the step's GPUs, the
+        // container's numbering: the task keeps Slurm's value.
+        if let (Some(slot), Some(v)) =
+            (plan.env.iter_mut().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES"), get(env, "CUDA_VISIBLE_DEVICES"))
+        {
+            slot.1 = v.to_string();
+        }
+        return Ok(());
+    }
     task_gpus(plan, injection, env)
 }
 
 /// The task's `CUDA_VISIBLE_DEVICES` renumbered against the step's GPUs.
 fn task_gpus(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
     container::set_task_gpus(plan, injection, get(env, "CUDA_VISIBLE_DEVICES")).map_err(|e| e.to_string())
+}
+
+/// Whether Slurm gave the step local GPU numbers (`ConstrainDevices`):
+/// with global numbers its `CUDA_VISIBLE_DEVICES` is the step's host list.
+pub fn local_gpu_numbers(env: &[(String, String)]) -> bool {
+    match (get(env, "CUDA_VISIBLE_DEVICES"), step_gpus(env)) {
+        (Some(cuda), Some(host)) => cuda.trim() != host.trim(),
+        _ => false,
+    }
 }
 
 /// In `task_init`: Slurm's per-task GPU binding has replaced the value the
@@ -136,6 +157,14 @@ mod tests {
         let e = renumbered_for_task(&inj, Some("0,1"), Some("1"), false).unwrap_err();
         assert!(e.contains("GPU 1 is not among the container's devices (the step's GPUs: 2,3)"), "{e}");
         assert_eq!(renumbered_for_task(&InjectionPlan::default(), None, Some("3"), false), Ok(None));
+    }
+
+    #[test]
+    fn local_numbering_is_told_from_the_steps_host_numbers() {
+        assert!(!local_gpu_numbers(&env(&[("SLURM_STEP_GPUS", "2,3"), ("CUDA_VISIBLE_DEVICES", "2,3")])));
+        assert!(local_gpu_numbers(&env(&[("SLURM_STEP_GPUS", "2,3"), ("CUDA_VISIBLE_DEVICES", "0,1")])));
+        assert!(!local_gpu_numbers(&env(&[("CUDA_VISIBLE_DEVICES", "0,1")])));
+        assert!(!local_gpu_numbers(&env(&[])));
     }
 
     #[test]

@@ -40,6 +40,8 @@ struct Step {
     /// The task's `CUDA_VISIBLE_DEVICES` as this plugin set it (this task
     /// process), to tell Slurm's later per-task value from ours.
     cuda_set: Option<String>,
+    /// Slurm numbers GPUs locally (ConstrainDevices), as the container does.
+    local_gpu_numbers: bool,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -179,6 +181,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     apply_env(spank, &host_env, &plan.env)?;
     if let Some(state) = step().as_mut() {
         state.cuda_set = plan.env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.clone());
+        state.local_gpu_numbers = inject::local_gpu_numbers(&host_env);
     }
     Ok(())
 }
@@ -188,7 +191,10 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
 /// host numbers; they are renumbered for the container here.
 pub fn task_init(spank: &Spank) -> Result<(), String> {
     let guard = step();
-    let Some(Step { injection: Some(injection), cuda_set, .. }) = guard.as_ref() else { return Ok(()) };
+    let Some(Step { injection: Some(injection), cuda_set, local_gpu_numbers, .. }) = guard.as_ref() else { return Ok(()) };
+    if *local_gpu_numbers {
+        return Ok(()); // already the container's numbering
+    }
     inject::task_gpus_from_slurm(spank, injection, cuda_set.as_deref(), options::config().launcher.host_dev)
 }
 
