@@ -174,3 +174,39 @@ fn each_task_sees_only_its_gpus_renumbered_and_the_hosts_driver() {
     let t = tasks(&out);
     assert_eq!((t[0].1.as_str(), t[0].2.as_str()), ("", "nvidiactl"), "{out}");
 }
+
+#[test]
+fn the_steps_program_gets_the_hosts_mpich_also_through_its_runpath() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("inject-runpath");
+    // An image whose program finds libmpich through its RUNPATH
+    // (/opt/mpich/lib, as MPI compiler wrappers and Spack link), with a
+    // copy in the multiarch directory too; the program prints its maps.
+    ok(&tb.user(&format!(
+        r#"set -e; cd {}; T=$PWD
+        {}
+        base img
+        mkdir -p img/opt/mpich/lib
+        cp -a /usr/lib/$MA/libmpich.so.12* img/usr/lib/$MA/
+        cp -a /usr/lib/$MA/libmpich.so.12* img/opt/mpich/lib/
+        printf '#include <mpi.h>\n#include <stdio.h>\nint main(void){{char v[MPI_MAX_LIBRARY_VERSION_STRING];int n;MPI_Get_library_version(v,&n);FILE*f=fopen("/proc/self/maps","r");int ch;while((ch=fgetc(f))!=EOF)putchar(ch);return 0;}}\n' > maps.c
+        gcc -I/usr/include/x86_64-linux-gnu/mpich -o img/usr/bin/maps maps.c -L/usr/lib/$MA -lmpich -Wl,-rpath,/opt/mpich/lib
+        sqfs img img.sqfs"#,
+        dir.display(),
+        include_str!("support/elf-helpers.sh"),
+    )));
+    let host = ok(&tb.user("stat -L -c '%Hd %Ld %i' /usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2"));
+    let h: Vec<u64> = host.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let host_file = format!("{:02x}:{:02x} {}", h[0], h[1], h[2]);
+    let out = ok(&tb.user(&format!(
+        "cd {} && srun -N1 --image=$PWD/img.sqfs --module=mpich maps",
+        dir.display()
+    )));
+    let line = out
+        .lines()
+        .find(|l| l.contains("libmpich.so.12"))
+        .unwrap_or_else(|| panic!("libmpich not mapped:\n{out}"));
+    assert!(line.ends_with("/opt/mpich/lib/libmpich.so.12.2.2"), "loaded through the RUNPATH: {line}");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(format!("{} {}", f[3], f[4]), host_file, "the host's file:\n{out}");
+}

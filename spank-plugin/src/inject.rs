@@ -50,15 +50,19 @@ pub fn step_gpus(env: &[(String, String)]) -> Option<&str> {
 /// (call with the user's). `requested`: the `--module` names, `None` for
 /// the site's defaults. `None` when no module applies; errors (a refusal
 /// naming the conflicting files) are one line for the user.
+///
+/// `command`: the step's argv[0] and the container's PATH, so the copies of
+/// a library in the program's RUNPATH are covered too.
 pub fn assess(
     config: &Config,
     requested: Option<&[String]>,
     squashfs: &Path,
     env: &[(String, String)],
+    command: Option<container::Command<'_>>,
 ) -> Result<Option<InjectionPlan>, String> {
     // A step without GPUs gets none bound (not every GPU of the node).
     let gpus = Some(step_gpus(env).unwrap_or(""));
-    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), gpus, None)
+    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), gpus, command)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);

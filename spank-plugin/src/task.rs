@@ -99,7 +99,16 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         }
     }
     let modules = req.modules;
-    state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env)
+    // The step's program as the container's PATH finds it (the image's
+    // PATH when its metadata is at hand, else the standard one).
+    let argv = spank.argv().unwrap_or_default();
+    let path = state
+        .user_config
+        .as_ref()
+        .and_then(|c| c.env.iter().find_map(|e| e.strip_prefix("PATH=")))
+        .unwrap_or(container::DEFAULT_PATH);
+    let command = argv.first().map(|argv0| container::Command { argv0, path });
+    state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env, command)
         .map_err(|e| format!("image {}: {e}", pin.requested))?;
     state.pin = Some(pin);
     Ok(())

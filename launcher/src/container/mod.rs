@@ -85,7 +85,7 @@ pub mod doctor;
 use std::convert::Infallible;
 use std::path::PathBuf;
 
-pub use env::{parse_assignment, parse_env_file, EnvError};
+pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
 pub use plan::{
