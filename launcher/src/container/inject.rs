@@ -75,7 +75,7 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
                 plan.setup.push(SetupStep::Own { path: target.clone() });
                 Some(Mount {
                     target: target.clone(),
-                    kind: MountKind::Tmpfs { mode: 0o755, noexec: false },
+                    kind: MountKind::Tmpfs { mode: 0o755, noexec: false, devices: false },
                     read_only: false,
                     harden: true,
                     origin: origin("Shoal directory"),

@@ -124,11 +124,16 @@ pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "
 /// What is mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountKind {
-    /// A fresh tmpfs with this mode; `noexec` on top of the mount's flags.
-    Tmpfs { mode: u32, noexec: bool },
+    /// A fresh tmpfs with this mode; `noexec` on top of the mount's flags;
+    /// `devices`: nodev left off even when hardened (a /dev that holds a
+    /// node made by root; no one else can make one there).
+    Tmpfs { mode: u32, noexec: bool, devices: bool },
     /// Not a mount: a symbolic link made in a tmpfs the plan mounted
     /// earlier (`/dev/fd -> /proc/self/fd`).
     Symlink { to: PathBuf },
+    /// Not a mount: a character device node made by root (privileged mode
+    /// only) in a tmpfs the plan mounted earlier with `devices`.
+    CharDevice { major: u32, minor: u32, mode: u32 },
     /// A host file or directory. `as_user`: the source path is resolved
     /// with the user's credentials (user-given paths: root never follows
     /// them as root). `recursive`: submounts come along (/dev, /proc, /sys).
@@ -219,14 +224,14 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     let dev = if cfg.launcher.host_dev { DevLayout::Host } else { DevLayout::Minimal };
     match dev {
         DevLayout::Host => mounts.push(sys("/dev", host_bind("/dev"), false)),
-        DevLayout::Minimal => mounts.extend(minimal_dev()),
+        DevLayout::Minimal => mounts.extend(minimal_dev(mode)),
     }
     mounts.push(sys("/proc", host_bind("/proc"), false));
     mounts.push(sys("/sys", host_bind("/sys"), false));
     for t in ["/tmp", "/var/tmp"] {
-        mounts.push(sys(t, MountKind::Tmpfs { mode: 0o1777, noexec: false }, true));
+        mounts.push(sys(t, MountKind::Tmpfs { mode: 0o1777, noexec: false, devices: false }, true));
     }
-    mounts.push(sys("/run", MountKind::Tmpfs { mode: 0o755, noexec: false }, true));
+    mounts.push(sys("/run", MountKind::Tmpfs { mode: 0o755, noexec: false, devices: false }, true));
     for f in ["/etc/hosts", "/etc/resolv.conf", "/etc/localtime"] {
         mounts.push(Mount {
             target: f.into(),
@@ -337,13 +342,16 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
 /// /dev as single-node binds (nodev cannot apply to them). The terminal is
 /// the host's devpts, bound: a new devpts instance would not hold the
 /// caller's terminal (`srun --pty`, a shell), so `tty` and ttyname() inside
-/// would fail. /dev/ptmx is a link to that instance's `pts/ptmx` (a bind of
-/// the host's /dev/ptmx node cannot work: the kernel looks for `pts` beside
-/// the node in the node's own mount): new ptys inside need the host's
-/// devpts mounted with `ptmxmode=0666` (Debian's default is 000), or
-/// `host_dev`. /dev/shm is a tmpfs of this container: the tasks of a node
-/// share one container, so they share it.
-fn minimal_dev() -> Vec<Mount> {
+/// would fail. New ptys come from /dev/ptmx, and the kernel looks for the
+/// devpts at `pts` beside the ptmx node, in the node's own mount (so a bind
+/// of the host's node cannot work): in privileged mode root makes a ptmx
+/// node (5:2) in /dev itself; unprivileged, /dev/ptmx is a link to the
+/// host instance's `pts/ptmx`, which needs the host's devpts mounted with
+/// `ptmxmode=0666` (Debian's default is 000), or `host_dev`. /dev/shm is a
+/// tmpfs of this container: the tasks of a node share one container, so
+/// they share it.
+fn minimal_dev(mode: Mode) -> Vec<Mount> {
+    let root_made_nodes = mode == Mode::Privileged;
     let node = |name: &str, optional: bool| {
         let p = format!("/dev/{name}");
         Mount {
@@ -357,7 +365,7 @@ fn minimal_dev() -> Vec<Mount> {
     };
     let mut v = vec![Mount {
         target: "/dev".into(),
-        kind: MountKind::Tmpfs { mode: 0o755, noexec: true },
+        kind: MountKind::Tmpfs { mode: 0o755, noexec: true, devices: root_made_nodes },
         read_only: false,
         harden: true,
         origin: Origin::System,
@@ -366,7 +374,7 @@ fn minimal_dev() -> Vec<Mount> {
     v.push(node("pts", false));
     v.push(Mount {
         target: "/dev/shm".into(),
-        kind: MountKind::Tmpfs { mode: 0o1777, noexec: false },
+        kind: MountKind::Tmpfs { mode: 0o1777, noexec: false, devices: false },
         read_only: false,
         harden: true,
         origin: Origin::System,
@@ -374,8 +382,19 @@ fn minimal_dev() -> Vec<Mount> {
     // POSIX message queues, where the host has them mounted (no device
     // nodes there: nosuid,nodev).
     v.push(Mount { harden: true, ..node("mqueue", true) });
+    let system = |target: &str, kind: MountKind| Mount {
+        target: target.into(),
+        kind,
+        read_only: false,
+        harden: false,
+        origin: Origin::System,
+    };
+    v.push(if root_made_nodes {
+        system("/dev/ptmx", MountKind::CharDevice { major: 5, minor: 2, mode: 0o666 })
+    } else {
+        system("/dev/ptmx", MountKind::Symlink { to: "pts/ptmx".into() })
+    });
     for (link, to) in [
-        ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
@@ -405,7 +424,10 @@ impl Mount {
     fn flags(&self) -> String {
         let mut f = vec![if self.read_only { "ro" } else { "rw" }];
         if self.harden {
-            f.extend(["nosuid", "nodev"]);
+            f.push("nosuid");
+            if !matches!(self.kind, MountKind::Tmpfs { devices: true, .. }) {
+                f.push("nodev");
+            }
         }
         if let MountKind::Tmpfs { noexec: true, .. } = self.kind {
             f.push("noexec");
@@ -437,6 +459,10 @@ impl Plan {
                 MountKind::Tmpfs { mode, .. } => format!("tmpfs mode={mode:o}"),
                 MountKind::Symlink { to } => {
                     let _ = writeln!(s, "link  {:>2} {} -> {}", i + 1, m.target.display(), to.display());
+                    continue;
+                }
+                MountKind::CharDevice { major, minor, mode } => {
+                    let _ = writeln!(s, "node  {:>2} {} char {major}:{minor} mode {mode:o} (made by root)", i + 1, m.target.display());
                     continue;
                 }
                 MountKind::Bind { source, as_user, .. } => format!(
@@ -573,8 +599,15 @@ mod tests {
             let p = plan(&r, &Config::default()).unwrap();
             assert_eq!(p.dev, DevLayout::Minimal);
             let dev = &p.mounts[0];
-            assert_eq!(dev.kind, MountKind::Tmpfs { mode: 0o755, noexec: true });
-            assert_eq!(dev.flags(), "rw,nosuid,nodev,noexec");
+            assert_eq!(dev.kind, MountKind::Tmpfs { mode: 0o755, noexec: true, devices: privileged });
+            // Root's own ptmx node needs device access on /dev; unprivileged, a link.
+            assert_eq!(dev.flags(), if privileged { "rw,nosuid,noexec" } else { "rw,nosuid,nodev,noexec" });
+            let ptmx = p.mounts.iter().find(|m| m.target == Path::new("/dev/ptmx")).unwrap();
+            if privileged {
+                assert_eq!(ptmx.kind, MountKind::CharDevice { major: 5, minor: 2, mode: 0o666 });
+            } else {
+                assert_eq!(ptmx.kind, MountKind::Symlink { to: "pts/ptmx".into() });
+            }
             // Only single host nodes: no recursive bind brings the rest of /dev.
             for m in p.mounts.iter().filter(|m| m.target.starts_with("/dev")) {
                 if let MountKind::Bind { source, recursive, as_user } = &m.kind {
@@ -583,7 +616,7 @@ mod tests {
                 }
             }
             let shm = p.mounts.iter().find(|m| m.target == Path::new("/dev/shm")).unwrap();
-            assert_eq!(shm.kind, MountKind::Tmpfs { mode: 0o1777, noexec: false });
+            assert_eq!(shm.kind, MountKind::Tmpfs { mode: 0o1777, noexec: false, devices: false });
             let fd = p.mounts.iter().find(|m| m.target == Path::new("/dev/fd")).unwrap();
             assert_eq!(fd.kind, MountKind::Symlink { to: "/proc/self/fd".into() });
             // Only /dev/mqueue may be missing on a node.
