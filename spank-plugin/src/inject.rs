@@ -58,7 +58,7 @@ pub fn assess(
     requested: Option<&[String]>,
     squashfs: &Path,
     env: &[(String, String)],
-    command: Option<container::Command<'_>>,
+    command: Option<container::TaskCommand<'_>>,
 ) -> Result<Option<InjectionPlan>, String> {
     // A step without GPUs gets none bound (not every GPU of the node).
     let gpus = Some(step_gpus(env).unwrap_or(""));

@@ -107,7 +107,7 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         .as_ref()
         .and_then(|c| c.env.iter().find_map(|e| e.strip_prefix("PATH=")))
         .unwrap_or(container::DEFAULT_PATH);
-    let command = argv.first().map(|argv0| container::Command { argv0, path });
+    let command = argv.first().map(|argv0| container::TaskCommand { argv0, path });
     state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env, command)
         .map_err(|e| format!("image {}: {e}", pin.requested))?;
     state.pin = Some(pin);

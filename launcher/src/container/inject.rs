@@ -24,7 +24,7 @@ use std::io::{self, Write as _};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command as Process;
+use std::process::Command;
 
 use nix::sys::stat::{fstat, SFlag};
 
@@ -225,7 +225,7 @@ pub(crate) fn render(plan: &Plan) -> String {
 /// The job's command as the container will look it up: its `argv[0]`
 /// and the container's `PATH`.
 #[derive(Debug, Clone, Copy)]
-pub struct Command<'a> {
+pub struct TaskCommand<'a> {
     pub argv0: &'a str,
     pub path: &'a str,
 }
@@ -235,7 +235,7 @@ pub struct Command<'a> {
 /// file (a script has no RUNPATH). None when it is not in the image (a
 /// program in the bound cwd or home, a relative path): the image's own
 /// library directories are still all searched.
-fn find_program(image: &dyn inject::ImageFs, cmd: Command<'_>) -> Option<PathBuf> {
+fn find_program(image: &dyn inject::ImageFs, cmd: TaskCommand<'_>) -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = if cmd.argv0.contains('/') {
         vec![PathBuf::from(cmd.argv0)]
     } else {
@@ -261,7 +261,7 @@ pub fn assess_image(
     cfg: &Config,
     requested: &[String],
     cuda_visible_devices: Option<&str>,
-    command: Option<Command<'_>>,
+    command: Option<TaskCommand<'_>>,
 ) -> Result<Option<Assessment>, InjectError> {
     let modules = inject::select_modules(cfg, requested)?;
     if modules.is_empty() {
@@ -295,7 +295,7 @@ pub fn assess_modules(
     cuda_visible_devices: Option<&str>,
 ) -> Result<Option<Assessment>, InjectError> {
     let path = plan.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(super::env::DEFAULT_PATH);
-    let command = plan.argv.first().map(|argv0| Command { argv0, path });
+    let command = plan.argv.first().map(|argv0| TaskCommand { argv0, path });
     let check = || assess_image(&plan.root.squashfs, cfg, requested, cuda_visible_devices, command);
     if plan.mode == Mode::Privileged && plan.identity.uid != 0 {
         let saved: Vec<u32> = nix::unistd::getgroups()
@@ -410,7 +410,7 @@ fn run_as_user(plan: &Plan, argv: &[String], why: &str) -> Result<(), BuildError
     let Some((prog, args)) = argv.split_first() else {
         return Err(step_err(what)(io::ErrorKind::InvalidInput.into()));
     };
-    let mut cmd = Process::new(prog);
+    let mut cmd = Command::new(prog);
     cmd.args(args).env_clear().env("PATH", super::env::DEFAULT_PATH).current_dir("/");
     let child_plan = plan.clone();
     // SAFETY: runs in the forked child before exec; the launcher is

@@ -43,6 +43,10 @@
 //! // user_init, or assess_modules here), then part of the plan; the task
 //! // that builds the shared container carries them out after pivot_root.
 //! shoal::container::add_injection(&mut plan, &assessment.into_plan()?)?;
+//! // GPU modules: the container's minimal /dev holds the step's GPUs only;
+//! // a task's own CUDA_VISIBLE_DEVICES (host numbers) is renumbered against
+//! // them with set_task_gpus (and again in task_init, where Slurm's
+//! // per-task binding has replaced it).
 //! let share = Share { key: format!("{job}.{step}.{slurm_node_name}"), peers: local_task_count };
 //! let entered = container::enter(&plan, Some(&share))?; // now inside, still root
 //! // Replace the task's environment with `plan.env` (spank_setenv for each
@@ -93,7 +97,7 @@ pub use plan::{
     RootFs, RunImage, RunRequest, DEV_NODES,
 };
 pub use inject::{
-    add_injection, assess_image, assess_modules, set_task_gpus, Command, OrderError, SetupStep,
+    add_injection, assess_image, assess_modules, set_task_gpus, OrderError, SetupStep, TaskCommand,
 };
 pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
