@@ -85,7 +85,7 @@ import ctypes
 ctypes.CDLL('libcuda.so.1')
 f = [l.split() for l in open('/proc/self/maps') if 'libcuda' in l][0]
 print(f[3] + ':' + f[4])")
-echo "task $SLURM_PROCID $(hostname) cuda=$CUDA_VISIBLE_DEVICES gpus=$(ls /dev | grep nvidia | paste -sd, -) all=$(ls /dev | paste -sd, -) lib=$lib"
+echo "task $SLURM_PROCID $(hostname) cuda=$CUDA_VISIBLE_DEVICES ordinal=$GPU_DEVICE_ORDINAL gpus=$(ls /dev | grep nvidia | paste -sd, -) all=$(ls /dev | paste -sd, -) lib=$lib"
 "#;
 
 /// Cancels the background job that holds GPUs, also when a check fails.
@@ -119,6 +119,8 @@ fn each_task_sees_only_its_gpus_renumbered_and_the_hosts_driver() {
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 let field = |k: &str| f.iter().find_map(|x| x.strip_prefix(k)).unwrap_or("").to_string();
+                // Slurm's OpenCL list follows CUDA's inside.
+                assert_eq!(field("ordinal="), field("cuda="), "{l}");
                 (f[2].to_string(), field("cuda="), field("gpus="), field("all="), field("lib="))
             })
             .collect();

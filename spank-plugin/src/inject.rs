@@ -114,7 +114,12 @@ pub fn task_gpus_from_slurm(
     let Some(inside) = renumbered_for_task(injection, set_before, now.as_deref(), host_dev)? else {
         return Ok(());
     };
-    spank.setenv("CUDA_VISIBLE_DEVICES", &inside).map_err(|e| e.to_string())
+    for name in container::GPU_LIST_VARIABLES {
+        if name == "CUDA_VISIBLE_DEVICES" || spank.getenv(name).is_some() {
+            spank.setenv(name, &inside).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// The decision of [`task_gpus_from_slurm`] (pure): `None` leaves the

@@ -132,6 +132,11 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
     Ok(())
 }
 
+/// Variables that number the job's GPUs like `CUDA_VISIBLE_DEVICES`: Slurm
+/// sets `GPU_DEVICE_ORDINAL` (OpenCL) to the same list; renumbered with it
+/// when present.
+pub const GPU_LIST_VARIABLES: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"];
+
 /// `CUDA_VISIBLE_DEVICES` inside, already renumbered for the bound GPUs:
 /// set only where /dev holds them alone, and only to a list (Slurm's empty
 /// value or `NoDevFiles` stays as the job has it).
@@ -140,6 +145,9 @@ fn set_cuda_visible_devices(plan: &mut Plan, inside: &str) {
         return;
     }
     apply_env(&mut plan.env, &EnvChange::Set { name: "CUDA_VISIBLE_DEVICES".into(), value: inside.into() });
+    if let Some(slot) = plan.env.iter_mut().find(|(k, _)| k == GPU_LIST_VARIABLES[1]) {
+        slot.1 = inside.into();
+    }
 }
 
 /// One task's GPUs: Slurm may give each task its own host numbers
@@ -546,6 +554,33 @@ mod tests {
         assert_eq!(get("PATH"), Some("/.shoal/bin:/usr/bin:/bin"));
         assert_eq!(get("CUDA_VISIBLE_DEVICES"), Some("1,0"));
         assert_eq!(get("NEW"), Some("a:b"));
+    }
+
+    #[test]
+    fn gpus_are_renumbered_only_in_a_minimal_dev() {
+        let devices: Vec<_> = (0..4)
+            .map(|i| crate::inject::GpuDevice {
+                index: i,
+                host: format!("/g/nvidia{i}").into(),
+                target: format!("/dev/nvidia{i}").into(),
+            })
+            .collect();
+        let inj = InjectionPlan { gpus: Some(crate::inject::select_gpus(&devices, Some("3,1")).unwrap()), ..Default::default() };
+        let get = |p: &Plan, k: &str| p.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut plan = base();
+        plan.env.push(("GPU_DEVICE_ORDINAL".into(), "3,1".into()));
+        add_injection(&mut plan, &inj).unwrap();
+        assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("1,0"));
+        assert_eq!(get(&plan, "GPU_DEVICE_ORDINAL").as_deref(), Some("1,0"));
+        // A task of the step with its own host GPU 3.
+        set_task_gpus(&mut plan, &inj, Some("3")).unwrap();
+        assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("1"));
+        assert!(set_task_gpus(&mut plan, &inj, Some("2")).unwrap_err().to_string().contains("GPU 2 is not among"));
+        // The host's whole /dev: CUDA numbers the GPUs as on the host.
+        let mut plan = base();
+        plan.dev = DevLayout::Host;
+        add_injection(&mut plan, &inj).unwrap();
+        assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("3,1"), "left as the job has it");
     }
 
     #[test]

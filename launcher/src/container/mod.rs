@@ -98,6 +98,7 @@ pub use plan::{
 };
 pub use inject::{
     add_injection, assess_image, assess_modules, set_task_gpus, OrderError, SetupStep, TaskCommand,
+    GPU_LIST_VARIABLES,
 };
 pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
