@@ -576,7 +576,7 @@ fn host_mpich_against_a_debian_image_with_the_testbed_module() {
     // Unknown modules name the configured ones; `none` checks nothing.
     let err = fails(&c.abi_check("img.sqfs --module=openmpi"));
     assert!(
-        err.contains("--module=openmpi: no such module") && err.contains("configured: mpich"),
+        err.contains("--module=openmpi: no such module") && err.contains("configured: ") && err.contains("mpich"),
         "{err}"
     );
     assert!(ok(&c.abi_check("img.sqfs --module=none")).contains("no module selected"));

@@ -204,59 +204,169 @@ fn root_for_the_user_reads_the_image_and_runs_ldconfig_as_the_user() {
     assert!(err.contains("root-only.sqfs") && err.contains("Permission denied"), "{err}");
 }
 
+/// Prints, inside: `CUDA_VISIBLE_DEVICES`, then the libcuda and
+/// libnvidia-ml lines of /proc/self/maps after the loader found them.
+const GPU_PROBE: &str = r#"#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    const char *v = getenv("CUDA_VISIBLE_DEVICES");
+    printf("cuda %s\n", v ? v : "(unset)");
+    if (!dlopen("libcuda.so.1", RTLD_NOW) || !dlopen("libnvidia-ml.so.1", RTLD_NOW)) { printf("dlopen %s\n", dlerror()); return 1; }
+    char line[4096];
+    FILE *f = fopen("/proc/self/maps", "r");
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "libcuda") || strstr(line, "libnvidia-ml")) fputs(line, stdout);
+    return 0;
+}
+"#;
+
 #[test]
-fn gpu_module_binds_only_the_jobs_devices_and_keeps_their_numbering() {
+fn gpu_module_shows_only_the_jobs_gpus_renumbered_with_the_hosts_driver() {
     let c = Case::new("gpu");
-    ok(&c.user(
+    ok(&c.user(&format!(
         r#"base img
         mklib drv libcuda.so.535.104.05 libcuda.so.1
         mklib drv libnvidia-ml.so.535.104.05 libnvidia-ml.so.1
-        mkdir dev
+        cat > probe.c <<'EOF'
+{GPU_PROBE}EOF
+        gcc -o img/usr/bin/gpuprobe probe.c -ldl
         sqfs img img.sqfs
+        mkdir -p dev
         cat > shoal.toml <<EOF
 [modules.gpu]
 libraries = ["$T/drv/libcuda.so.1", "$T/drv/libnvidia-ml.so.1"]
-devices = ["$T/dev/nvidiactl"]
-gpu_devices = ["$T/dev/nvidia[0-9]*"]
-EOF"#,
-    ));
-    // Device nodes only root can make (harmless: /dev/null's numbers).
+devices = ["$T/dev/nvidiactl:/dev"]
+gpu_devices = ["$T/dev/nvidia[0-9]*:/dev"]
+EOF"#
+    )));
+    // NVIDIA's numbers (major 195, control node 255); only root makes nodes.
     ok(&c.tb.root(&format!(
-        "cd {}/dev && for n in nvidia0 nvidia1 nvidia2 nvidia3 nvidiactl; do mknod $n c 1 3; done",
+        "cd {}/dev && for i in 0 1 2 3; do mknod -m 666 nvidia$i c 195 $i; done && mknod -m 666 nvidiactl c 195 255",
         c.dir.display()
     )));
     let dry = ok(&c.user(
-        r#"CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml run --dry-run --module gpu img.sqfs -- busybox true"#,
+        r#"CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml run --dry-run --module gpu img.sqfs -- gpuprobe"#,
     ));
     let dev = c.dir.join("dev");
-    let bound: Vec<&str> = dry
-        .lines()
-        .filter(|l| l.starts_with("mount") && l.contains("device of module gpu"))
-        .collect();
+    let bound: Vec<&str> = dry.lines().filter(|l| l.contains("device of module gpu")).collect();
     assert_eq!(bound.len(), 3, "{dry}");
     for (n, line) in ["nvidiactl", "nvidia1", "nvidia3"].iter().zip(&bound) {
-        let d = dev.join(n);
-        assert!(line.contains(&format!("{} <- bind {} [rw]", d.display(), d.display())), "{line}");
+        assert!(line.contains(&format!("/dev/{n} <- bind {} [rw]", dev.join(n).display())), "{line}");
     }
-    // The job's numbering stays: the container's /dev is the host's, so
-    // CUDA numbers GPUs as on bare metal (renumbering would pick others).
-    assert!(dry.contains("env      CUDA_VISIBLE_DEVICES=3,1"), "{dry}");
+    assert!(dry.contains("mount  1 /dev <- tmpfs mode=755 [rw,nosuid,nodev,noexec] (system)"), "{dry}");
+    assert!(dry.contains("env      CUDA_VISIBLE_DEVICES=1,0"), "{dry}");
     assert!(dry.contains("/.shoal/lib/libcuda.so.1 <- bind"), "{dry}");
 
-    // And for real: the mounts are exactly those, the variable as given,
-    // and the image's loader finds the driver through the generated cache.
-    let out = ok(&c.user(
-        r#"cat > probe.sh <<'EOF'
-echo "$CUDA_VISIBLE_DEVICES"
-ldconfig -p | busybox awk '$NF ~ /^\/\.shoal\// {print $NF}' | busybox sort -u
-busybox awk '$5 ~ /dev\/nvidia/ {print $5}' /proc/self/mountinfo
-EOF
-        CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml run --module gpu img.sqfs -- busybox sh probe.sh"#,
+    // As the user (user namespace), and as root for the user (the
+    // plugin's mode): the same /dev, numbering and driver.
+    let probe = r#"gpuprobe; busybox ls /dev; for n in /dev/nvidia*; do busybox stat -c "%n %t:%T" $n; done"#;
+    let as_user = c.user(&format!(
+        r#"CUDA_VISIBLE_DEVICES=3,1 "$SHOAL" --config shoal.toml run --module gpu img.sqfs -- busybox sh -c '{probe}'"#
     ));
-    let mut want: Vec<String> =
-        ["3,1", "/.shoal/lib/libcuda.so.1", "/.shoal/lib/libnvidia-ml.so.1"].map(String::from).to_vec();
-    want.extend(["nvidiactl", "nvidia1", "nvidia3"].iter().map(|n| dev.join(n).display().to_string()));
-    assert_eq!(out.lines().collect::<Vec<_>>(), want, "{out}");
+    let as_root = c.tb.root(&format!(
+        "cd {} && CUDA_VISIBLE_DEVICES=3,1 {} --config shoal.toml run --user {} --module gpu img.sqfs -- busybox sh -c '{probe}'",
+        c.dir.display(),
+        c.tb.shoal().display(),
+        c.tb.user
+    ));
+    let cuda = host_file(c.tb, &c.dir.join("drv/libcuda.so.535.104.05").display().to_string());
+    let nvml = host_file(c.tb, &c.dir.join("drv/libnvidia-ml.so.535.104.05").display().to_string());
+    for out in [as_user, as_root] {
+        let out = ok(&out);
+        assert_eq!(out.lines().next(), Some("cuda 1,0"), "{out}");
+        // The loader found the host's files (device and inode).
+        assert_eq!(mapped(&out, "/.shoal/lib/libcuda.so.1"), cuda, "{out}");
+        assert_eq!(mapped(&out, "/.shoal/lib/libnvidia-ml.so.1"), nvml, "{out}");
+        let mut names: Vec<&str> = out.lines().filter(|l| !l.contains(' ') && !l.is_empty()).collect();
+        names.retain(|n| *n != "mqueue"); // only where the host has one
+        assert_eq!(
+            names,
+            [
+                "fd", "full", "null", "nvidia1", "nvidia3", "nvidiactl", "ptmx", "pts", "random", "shm", "stderr",
+                "stdin", "stdout", "tty", "urandom", "zero"
+            ],
+            "only the basic nodes and the job's GPUs, no vda, fuse or loop:\n{out}"
+        );
+        for want in ["/dev/nvidia1 c3:1", "/dev/nvidia3 c3:3", "/dev/nvidiactl c3:ff"] {
+            assert!(out.lines().any(|l| l == want), "{want} missing:\n{out}");
+        }
+    }
+
+    // Without CUDA_VISIBLE_DEVICES every GPU node is bound and the
+    // variable stays unset.
+    let out = ok(&c.user(
+        r#"env -u CUDA_VISIBLE_DEVICES "$SHOAL" --config shoal.toml run --module gpu img.sqfs -- busybox sh -c 'echo ${CUDA_VISIBLE_DEVICES:-unset}; busybox ls /dev | busybox grep nvidia'"#,
+    ));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["unset", "nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl"], "{out}");
+}
+
+#[test]
+fn gpu_and_device_mistakes_are_one_line_naming_the_fix() {
+    let c = Case::new("gpu-errors");
+    ok(&c.user(
+        r#"base img
+        sqfs img img.sqfs
+        mkdir -p dev
+        cat > shoal.toml <<EOF
+[modules.gpu]
+gpu_devices = ["$T/dev/nvidia[0-9]*:/dev"]
+EOF
+        cat > missing.toml <<EOF
+[modules.gpu]
+devices = ["$T/dev/nvidia-uvm"]
+EOF
+        cat > bad.toml <<EOF
+[modules.gpu]
+gpu_devices = ["$T/dev/nvidia[0-9]*:dev"]
+EOF"#,
+    ));
+    ok(&c.tb.root(&format!("cd {}/dev && mknod -m 666 nvidia0 c 195 0 && mknod -m 666 nvidia1 c 195 1", c.dir.display())));
+    let run = |conf: &str, cuda: &str| {
+        c.user(&format!(
+            r#"CUDA_VISIBLE_DEVICES={cuda} "$SHOAL" --config {conf} run --module gpu img.sqfs -- busybox touch "$T/ran""#
+        ))
+    };
+    let err = fails(&run("shoal.toml", "1,7"));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("CUDA_VISIBLE_DEVICES=1,7: GPU 7 has no device node on this node (have: 0,1)"), "{err}");
+    assert!(err.contains("add its node to the module's gpu_devices"), "{err}");
+    let err = fails(&run("missing.toml", "0"));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("[modules.gpu] devices") && err.contains("nvidia-uvm") && err.contains("matches no file on this node; fix the site config"),
+        "{err}"
+    );
+    let err = fails(&run("bad.toml", "0"));
+    assert!(err.contains("modules.gpu.gpu_devices") && err.contains("line 2") && err.contains("HOST_GLOB:/dev"), "{err}");
+    assert!(!c.dir.join("ran").exists(), "nothing ran");
+}
+
+#[test]
+fn the_programs_runpath_copy_is_covered_when_run_by_name() {
+    let c = Case::new("runpath");
+    // libbar twice in the image: in the multiarch directory, and a copy only
+    // the program's RUNPATH names; the program prints its own maps.
+    ok(&c.user(
+        r#"base img
+        mklib img/usr/lib/$MA libbar.so.1.3.0 libbar.so.1
+        mklib img/opt/rpath/lib libbar.so.1.0.1 libbar.so.1
+        printf '#include <stdio.h>\nint f_libbar_so_1_0_1(void);\nint main(void){FILE*f=fopen("/proc/self/maps","r");int ch;while((ch=fgetc(f))!=EOF)putchar(ch);return f_libbar_so_1_0_1()-1;}\n' > app.c
+        gcc -o img/usr/bin/app app.c img/opt/rpath/lib/libbar.so.1.0.1 -Wl,-rpath,'$ORIGIN/../../opt/rpath/lib'
+        mklib host libbar.so.1.4.2 libbar.so.1 '' 'int f_libbar_so_1_0_1(void) { return 1; }'
+        sqfs img img.sqfs
+        printf '[modules.bar]\nlibraries = ["%s/host/libbar.so.1*"]\n' "$T" > shoal.toml"#,
+    ));
+    let dry = |cmd: &str| ok(&c.user(&format!(r#""$SHOAL" --config shoal.toml run --dry-run --module bar img.sqfs -- {cmd}"#)));
+    let covered = "/opt/rpath/lib/libbar.so.1.0.1 <- bind";
+    // Found on the image's PATH, or named absolutely: its RUNPATH copy is covered.
+    assert!(dry("app").contains(covered), "{}", dry("app"));
+    assert!(dry("/usr/bin/app").contains(covered));
+    // Another program (or one that is not an ELF file) leaves it alone.
+    assert!(!dry("busybox true").contains(covered));
+    let out = ok(&c.user(r#""$SHOAL" --config shoal.toml run --module bar img.sqfs -- app"#));
+    assert_eq!(mapped(&out, "/opt/rpath/lib/libbar.so.1.0.1"), host_file(c.tb, &c.dir.join("host/libbar.so.1.4.2").display().to_string()), "{out}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! `--module=mpich` through Slurm: six MPICH ranks on the three test nodes,
+//! Injection through Slurm. `--module=mpich`: six MPICH ranks on the three test nodes,
 //! each in its node's container of the Debian MPICH image, each loading the
 //! HOST's libmpich (device and inode in /proc/self/maps), and the image's
-//! own copy with `--module=none`.
+//! own copy with `--module=none`. `--module=gpu`: each task sees only its
+//! GPUs (the test bed's fake ones), renumbered, and the host's fake driver.
 
 mod support;
 
@@ -74,4 +75,140 @@ fn six_ranks_on_three_nodes_load_the_hosts_mpich() {
     let r = ranks(&out);
     assert_eq!(r.len(), 6, "{out}");
     assert!(r.iter().all(|(_, dev, _)| *dev != host_dev), "the image's own copy:\n{out}");
+}
+
+/// One line per task: node, its CUDA_VISIBLE_DEVICES inside, the NVIDIA
+/// nodes in its /dev, every name in /dev, and the file libcuda.so.1 the
+/// loader mapped (device and inode).
+const GPU_PROBE: &str = r#"lib=$(python3 -c "
+import ctypes
+ctypes.CDLL('libcuda.so.1')
+f = [l.split() for l in open('/proc/self/maps') if 'libcuda' in l][0]
+print(f[3] + ':' + f[4])")
+echo "task $SLURM_PROCID $(hostname) cuda=$CUDA_VISIBLE_DEVICES ordinal=$GPU_DEVICE_ORDINAL gpus=$(ls /dev | grep nvidia | paste -sd, -) all=$(ls /dev | paste -sd, -) lib=$lib"
+"#;
+
+/// Cancels the background job that holds GPUs, also when a check fails.
+struct Holder(&'static support::Testbed);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.user("scancel -n shoal-gpu-holder");
+    }
+}
+
+#[test]
+fn each_task_sees_only_its_gpus_renumbered_and_the_hosts_driver() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("inject-gpu");
+    const IMAGE: &str = "127.0.0.1:5443/shoal/debian-mpich:12";
+    ok(&tb.user(&format!(
+        "set -e; cd {}; SSL_CERT_FILE={} {} pull {IMAGE} >&2\ncat > probe.sh <<'EOF'\n{GPU_PROBE}EOF",
+        dir.display(),
+        tb.ca_cert.display(),
+        tb.shoal().display()
+    )));
+    let lib = ok(&tb.user("stat -L -c '%Hd %Ld %i' /var/lib/shoal-testbed/gpu/lib/libcuda.so.1"));
+    let l: Vec<u64> = lib.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let host_lib = format!("{:02x}:{:02x}:{}", l[0], l[1], l[2]);
+    // (node, cuda, nvidia nodes, all of /dev, libcuda), sorted by node.
+    let tasks = |out: &str| -> Vec<(String, String, String, String, String)> {
+        let mut v: Vec<_> = out
+            .lines()
+            .filter(|l| l.starts_with("task "))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let field = |k: &str| f.iter().find_map(|x| x.strip_prefix(k)).unwrap_or("").to_string();
+                // Slurm's OpenCL list follows CUDA's inside.
+                assert_eq!(field("ordinal="), field("cuda="), "{l}");
+                (f[2].to_string(), field("cuda="), field("gpus="), field("all="), field("lib="))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let srun = |args: &str| {
+        format!("cd {} && srun {args} --image={IMAGE} --module=gpu bash probe.sh", dir.display())
+    };
+
+    // Another job holds GPUs 0 and 1 of n1 ...
+    let _holder = Holder(tb);
+    ok(&tb.user(&format!(
+        "cd {} && (setsid srun -J shoal-gpu-holder -N1 -w n1 --gres=gpu:2 --image={IMAGE} --module=gpu \
+         bash -c 'bash probe.sh; sleep 300' > holder.out 2>&1 &)",
+        dir.display()
+    )));
+    ok(&tb.user(&format!(
+        "cd {} && for i in $(seq 600); do grep -q '^task ' holder.out && exit 0; sleep 0.2; done; cat holder.out; exit 1",
+        dir.display()
+    )));
+    let held = tasks(&std::fs::read_to_string(dir.join("holder.out")).unwrap());
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!((held[0].1.as_str(), held[0].2.as_str()), ("0,1", "nvidia0,nvidia1,nvidiactl"), "{held:?}");
+
+    // ... so a job on n1 and n2 gets GPUs 2,3 of n1 and 0,1 of n2: each
+    // task's /dev holds exactly those (host names), CUDA numbers them 0,1,
+    // and the loader maps the host's fake driver.
+    let out = ok(&tb.user(&srun("-N2 -w n1,n2 --gres=gpu:2")));
+    let t = tasks(&out);
+    assert_eq!(t.len(), 2, "{out}");
+    assert_eq!((t[0].0.as_str(), t[0].1.as_str(), t[0].2.as_str()), ("n1", "0,1", "nvidia2,nvidia3,nvidiactl"), "{out}");
+    assert_eq!((t[1].0.as_str(), t[1].1.as_str(), t[1].2.as_str()), ("n2", "0,1", "nvidia0,nvidia1,nvidiactl"), "{out}");
+    for task in &t {
+        assert_eq!(task.4, host_lib, "the host's libcuda.so.1:\n{out}");
+        for other in ["vda", "fuse", "loop-control", "nvidia-uvm"] {
+            assert!(!task.3.split(',').any(|n| n == other), "{other} visible:\n{out}");
+        }
+    }
+
+    // One GPU per task: the tasks share the node's container (both GPUs of
+    // the step bound), each task's own GPU renumbered against them.
+    let out = ok(&tb.user(&srun("-O -N1 -n2 -w n1 --gpus-per-task=1")));
+    let t = tasks(&out);
+    assert_eq!(t.len(), 2, "{out}");
+    let mut cuda: Vec<&str> = t.iter().map(|x| x.1.as_str()).collect();
+    cuda.sort();
+    assert_eq!(cuda, ["0", "1"], "{out}");
+    assert!(t.iter().all(|x| x.2 == "nvidia2,nvidia3,nvidiactl"), "{out}");
+
+    // A step without GPUs gets none.
+    let out = ok(&tb.user(&srun("-N1 -w n2")));
+    let t = tasks(&out);
+    assert_eq!((t[0].1.as_str(), t[0].2.as_str()), ("", "nvidiactl"), "{out}");
+}
+
+#[test]
+fn the_steps_program_gets_the_hosts_mpich_also_through_its_runpath() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("inject-runpath");
+    // An image whose program finds libmpich through its RUNPATH
+    // (/opt/mpich/lib, as MPI compiler wrappers and Spack link), with a
+    // copy in the multiarch directory too; the program prints its maps.
+    ok(&tb.user(&format!(
+        r#"set -e; cd {}; T=$PWD
+        {}
+        base img
+        mkdir -p img/opt/mpich/lib
+        cp -a /usr/lib/$MA/libmpich.so.12* img/usr/lib/$MA/
+        cp -a /usr/lib/$MA/libmpich.so.12* img/opt/mpich/lib/
+        printf '#include <mpi.h>\n#include <stdio.h>\nint main(void){{char v[MPI_MAX_LIBRARY_VERSION_STRING];int n;MPI_Get_library_version(v,&n);FILE*f=fopen("/proc/self/maps","r");int ch;while((ch=fgetc(f))!=EOF)putchar(ch);return 0;}}\n' > maps.c
+        gcc -I/usr/include/x86_64-linux-gnu/mpich -o img/usr/bin/maps maps.c -L/usr/lib/$MA -lmpich -Wl,-rpath,/opt/mpich/lib
+        sqfs img img.sqfs"#,
+        dir.display(),
+        include_str!("support/elf-helpers.sh"),
+    )));
+    let host = ok(&tb.user("stat -L -c '%Hd %Ld %i' /usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2"));
+    let h: Vec<u64> = host.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let host_file = format!("{:02x}:{:02x} {}", h[0], h[1], h[2]);
+    let out = ok(&tb.user(&format!(
+        "cd {} && srun -N1 --image=$PWD/img.sqfs --module=mpich maps",
+        dir.display()
+    )));
+    let line = out
+        .lines()
+        .find(|l| l.contains("libmpich.so.12"))
+        .unwrap_or_else(|| panic!("libmpich not mapped:\n{out}"));
+    assert!(line.ends_with("/opt/mpich/lib/libmpich.so.12.2.2"), "loaded through the RUNPATH: {line}");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(format!("{} {}", f[3], f[4]), host_file, "the host's file:\n{out}");
 }

@@ -294,7 +294,11 @@ fn dry_run_prints_the_plan() {
     for want in [
         "mode     unprivileged",
         "via squashfuse_ll",
-        "/dev <- bind /dev [rw,rec] (system)",
+        "/dev <- tmpfs mode=755 [rw,nosuid,nodev,noexec] (system)",
+        "/dev/null <- bind /dev/null [rw] (system)",
+        "/dev/pts <- bind /dev/pts [rw] (system)",
+        "/dev/shm <- tmpfs mode=1777 [rw,nosuid,nodev] (system)",
+        "/dev/ptmx -> pts/ptmx",
         "/tmp <- tmpfs mode=1777 [rw,nosuid,nodev] (system)",
         "/data <- bind /tmp (opened as the user) [ro,nosuid,nodev,rec] (user)",
         "ids      uid=1001 gid=1001",
@@ -583,4 +587,57 @@ fn a_store_reference_runs_with_the_images_own_settings() {
     assert!(out.contains("PATH=/usr/local/bin:/usr/bin:/bin"), "the image's PATH was not applied:\n{out}");
     let err = fails(&user_run(tb, &dir, "127.0.0.1:5443/shoal/never-pulled:1 -- true"));
     assert!(err.contains("pull it first with `shoal pull 127.0.0.1:5443/shoal/never-pulled:1`"), "{err}");
+}
+
+/// Opens a new pty through /dev/ptmx and prints the follower's name.
+const PTY_PROBE: &str = r#"#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void) {
+    int m = posix_openpt(O_RDWR | O_NOCTTY);
+    if (m < 0 || grantpt(m) || unlockpt(m)) { perror("ptmx"); return 1; }
+    int s = open(ptsname(m), O_RDWR | O_NOCTTY);
+    if (s < 0) { perror(ptsname(m)); return 1; }
+    printf("pty %s\n", ptsname(m));
+    return 0;
+}
+"#;
+
+#[test]
+fn dev_holds_only_the_basic_nodes_and_root_made_ptys_work() {
+    let tb = testbed();
+    let (dir, _img) = user_image(tb, "dev");
+    ok(&tb.user(&format!(
+        "set -e; cd {}; unsquashfs -q -d tree busybox.sqfs >/dev/null\ncat > pty.c <<'EOF'\n{PTY_PROBE}EOF\n\
+         gcc -static -o tree/bin/ptyprobe pty.c 2>/dev/null\nmksquashfs tree dev.sqfs -noappend -no-progress >/dev/null",
+        dir.display()
+    )));
+    let probe = "ls /dev; ls -l /dev/ptmx; echo x > /dev/null; echo shm > /dev/shm/f && cat /dev/shm/f; ls /dev/fd/0 >/dev/null && echo fd; grep \" /dev \" /proc/self/mountinfo; ptyprobe";
+    let expected = [
+        "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero",
+    ];
+    let names = |out: &str| -> Vec<String> {
+        let mut v: Vec<String> = out.lines().take_while(|l| !l.contains(' ')).map(String::from).collect();
+        v.retain(|n| n != "mqueue"); // only where the host has one
+        v
+    };
+    // Root for the user (the plugin's mode): root makes the ptmx node, so
+    // new ptys work whatever the host's devpts ptmxmode.
+    let out = ok(&tb.root(&format!("cd {} && {} run --user {} ./dev.sqfs -- sh -c '{probe}' </dev/null", dir.display(), shoal(tb), tb.user)));
+    assert_eq!(names(&out), expected, "no other host device:\n{out}");
+    assert!(out.lines().any(|l| l.starts_with("crw-rw-rw-") && l.ends_with("/dev/ptmx")), "{out}");
+    for want in ["shm", "fd"] {
+        assert!(out.lines().any(|l| l == want), "{want}:\n{out}");
+    }
+    assert!(out.lines().any(|l| l.contains(" / /dev rw,nosuid,noexec")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("pty /dev/pts/")), "{out}");
+    // The user alone (user namespace): the same /dev, nodev too; ptmx is the
+    // host devpts' own (usable where the host mounts it ptmxmode=0666).
+    let out = tb.user(&format!("cd {} && {} run ./dev.sqfs -- sh -c '{probe}' </dev/null", dir.display(), shoal(tb)));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(names(&text), expected, "no other host device:\n{text}");
+    assert!(text.lines().any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("/dev/ptmx -> pts/ptmx")), "{text}");
+    assert!(text.lines().any(|l| l.contains(" / /dev rw,nosuid,nodev,noexec")), "{text}");
 }

@@ -134,11 +134,14 @@ pub struct ModuleConfig {
     /// Host programs (absolute paths or globs), bound into a directory put
     /// first on the container's PATH.
     pub binaries: Vec<String>,
-    /// Device nodes always bound (absolute paths or globs), e.g. `/dev/nvidiactl`.
+    /// Device nodes always bound (absolute paths or globs), e.g.
+    /// `/dev/nvidiactl`: each appears inside at its own path, or, written
+    /// `HOST_GLOB:DIR` ([`DeviceSpec`]), in DIR under its own name.
     pub devices: Vec<String>,
-    /// Per-GPU device nodes (globs); each name must end with the GPU's
-    /// number (`/dev/nvidia[0-9]*`). Only the job's GPUs (CUDA_VISIBLE_DEVICES)
-    /// are bound, and CUDA_VISIBLE_DEVICES is renumbered to match inside.
+    /// Per-GPU device nodes (globs, `HOST_GLOB[:DIR]` like `devices`); each
+    /// name must end with the GPU's number (`/dev/nvidia[0-9]*`). Only the
+    /// job's GPUs (CUDA_VISIBLE_DEVICES) are bound, and CUDA_VISIBLE_DEVICES
+    /// is renumbered to match inside.
     pub gpu_devices: Vec<String>,
     /// Environment variables set in the container.
     pub env: BTreeMap<String, String>,
@@ -154,6 +157,50 @@ pub struct ModuleConfig {
     pub aliases: BTreeMap<String, String>,
     /// Overrides `[injection] abi` for this module's libraries.
     pub abi: Option<AbiMode>,
+}
+
+/// One `devices` or `gpu_devices` entry: `HOST_GLOB` (the nodes appear at
+/// their own paths, the common case of a real /dev/nvidia*) or
+/// `HOST_GLOB:DIR` (they appear in DIR under their own names: nodes kept
+/// elsewhere on the host, e.g. `/opt/gpu/nvidia[0-9]*:/dev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub pattern: String,
+    pub dir: Option<PathBuf>,
+}
+
+impl DeviceSpec {
+    /// Parses an entry; the error says what is wrong with it.
+    pub fn parse(entry: &str) -> Result<DeviceSpec, String> {
+        let (pattern, dir) = match entry.split_once(':') {
+            Some((p, d)) => (p, Some(d)),
+            None => (entry, None),
+        };
+        if !pattern.starts_with('/') {
+            return Err(format!("{entry:?}: {pattern:?} is not an absolute path"));
+        }
+        glob::Pattern::new(pattern).map_err(|e| format!("bad glob {pattern:?}: {e}"))?;
+        let dir = match dir {
+            None => None,
+            Some(d) if d.starts_with('/') && !d.contains(['*', '?', '[', ':']) && !d.split('/').any(|c| c == "..") => {
+                Some(PathBuf::from(d))
+            }
+            Some(d) => {
+                return Err(format!(
+                    "{entry:?}: {d:?} is not a directory inside the container; write HOST_GLOB or HOST_GLOB:/dev"
+                ))
+            }
+        };
+        Ok(DeviceSpec { pattern: pattern.to_string(), dir })
+    }
+
+    /// Where the host node `host` appears inside.
+    pub fn target(&self, host: &Path) -> PathBuf {
+        match (&self.dir, host.file_name()) {
+            (Some(d), Some(name)) => d.join(name),
+            _ => host.to_path_buf(),
+        }
+    }
 }
 
 /// An extra bind mount of a module: read-only unless `writable = true`.
@@ -285,6 +332,12 @@ pub struct LauncherConfig {
     /// squashfs driver. Off by default: the kernel parser then only ever
     /// sees site-store files no user can have written.
     pub allow_kernel_mount_of_user_images: bool,
+    /// Bind the host's whole /dev into containers instead of a minimal
+    /// /dev (basic nodes, terminal, private /dev/shm, and the devices of the
+    /// selected modules). Every device node, every GPU included, is then
+    /// visible, and `CUDA_VISIBLE_DEVICES` keeps the host's numbering;
+    /// module devices must then be at their container paths on the host.
+    pub host_dev: bool,
 }
 
 impl LauncherConfig {
@@ -398,12 +451,12 @@ impl Config {
                     format!("module name {name:?} must be letters, digits, `-`, `_` or `.` and not `none`"),
                 ));
             }
-            let lists = [
-                ("libraries", &module.libraries),
-                ("binaries", &module.binaries),
-                ("devices", &module.devices),
-                ("gpu_devices", &module.gpu_devices),
-            ];
+            for (field, list) in [("devices", &module.devices), ("gpu_devices", &module.gpu_devices)] {
+                if let Some(e) = list.iter().find_map(|d| DeviceSpec::parse(d).err()) {
+                    return Err((format!("modules.{name}.{field}"), e));
+                }
+            }
+            let lists = [("libraries", &module.libraries), ("binaries", &module.binaries)];
             for (field, list) in lists {
                 if let Some(bad) = list.iter().find(|p| !p.starts_with('/')) {
                     return Err((
@@ -709,5 +762,22 @@ abi = "relaxed"
         assert!(e.contains("modules.none"), "{e}");
         let e = err("[modules.x]\nmounts = [{ source = \"rel\", target = \"/t\" }]\n");
         assert!(e.contains("modules.x.mounts") && e.contains("line 2"), "{e}");
+        let e = err("[modules.gpu]\ngpu_devices = [\"/opt/gpu/nvidia[0-9]*:dev\"]\n");
+        assert!(e.contains("modules.gpu.gpu_devices") && e.contains("line 2") && e.contains("HOST_GLOB:/dev"), "{e}");
+    }
+
+    #[test]
+    fn device_entries_say_where_nodes_appear_inside() {
+        let d = DeviceSpec::parse("/dev/nvidia[0-9]*").unwrap();
+        assert_eq!((d.pattern.as_str(), d.dir.as_deref()), ("/dev/nvidia[0-9]*", None));
+        assert_eq!(d.target(Path::new("/dev/nvidia3")), Path::new("/dev/nvidia3"));
+        let d = DeviceSpec::parse("/var/lib/gpu/nvidia[0-9]*:/dev").unwrap();
+        assert_eq!(d.pattern, "/var/lib/gpu/nvidia[0-9]*");
+        assert_eq!(d.target(Path::new("/var/lib/gpu/nvidia3")), Path::new("/dev/nvidia3"));
+        for bad in ["dev/nvidia0", "/dev/nvidia0:", "/x:/dev/../etc", "/x:/dev/*", "/x[:/dev"] {
+            assert!(DeviceSpec::parse(bad).is_err(), "{bad}");
+        }
+        let c = Config::parse("[launcher]\nhost_dev = true\n", Path::new("x")).unwrap();
+        assert!(c.launcher.host_dev && !Config::default().launcher.host_dev);
     }
 }

@@ -13,12 +13,16 @@
 //!
 //! GPUs: the container of (job, step, node) is shared by the step's tasks,
 //! so the GPU module binds the step's GPUs (`SLURM_STEP_GPUS`, else
-//! `SLURM_JOB_GPUS`, else `CUDA_VISIBLE_DEVICES`: host numbers). Each
-//! task's `CUDA_VISIBLE_DEVICES` stays as Slurm set it (global numbers, or
-//! local ones under ConstrainDevices, per task with `--gpu-bind`): the
-//! container's /dev is the host's, so CUDA numbers GPUs as on bare metal
-//! (see `container/inject.rs`). Isolation between jobs is Slurm's device
-//! cgroup, as for bare-metal tasks.
+//! `SLURM_JOB_GPUS`, else `CUDA_VISIBLE_DEVICES`: host numbers; none of
+//! them: no GPU is bound, as a step without GPUs has none), and only those
+//! are in the container's minimal /dev. Each task's `CUDA_VISIBLE_DEVICES`
+//! (host numbers, its own under `--gpus-per-task`) is renumbered against
+//! the step's bound GPUs ([`task_gpus`], and [`task_gpus_from_slurm`] for
+//! the per-task value Slurm sets later). Under `ConstrainDevices` Slurm
+//! numbers GPUs locally (positions among the step's GPUs, which is the
+//! container's numbering already): seen as a step `CUDA_VISIBLE_DEVICES`
+//! that differs from the step's host numbers ([`local_gpu_numbers`]), and
+//! then left as Slurm set it.
 //!
 //! Must never: read the user's image as root, or let a refused module
 //! through.
@@ -26,6 +30,7 @@
 use std::path::Path;
 
 use shoal::container::{self, Plan};
+use crate::spank::Spank;
 use shoal::inject::InjectionPlan;
 use shoal::Config;
 
@@ -45,13 +50,19 @@ pub fn step_gpus(env: &[(String, String)]) -> Option<&str> {
 /// (call with the user's). `requested`: the `--module` names, `None` for
 /// the site's defaults. `None` when no module applies; errors (a refusal
 /// naming the conflicting files) are one line for the user.
+///
+/// `command`: the step's argv[0] and the container's PATH, so the copies of
+/// a library in the program's RUNPATH are covered too.
 pub fn assess(
     config: &Config,
     requested: Option<&[String]>,
     squashfs: &Path,
     env: &[(String, String)],
+    command: Option<container::TaskCommand<'_>>,
 ) -> Result<Option<InjectionPlan>, String> {
-    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), step_gpus(env))
+    // A step without GPUs gets none bound (not every GPU of the node).
+    let gpus = Some(step_gpus(env).unwrap_or(""));
+    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), gpus, command)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);
@@ -59,9 +70,73 @@ pub fn assess(
     assessment.into_plan().map(Some).map_err(|e| e.to_string())
 }
 
-/// Adds the step's injection to a task's container plan.
-pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), String> {
-    container::add_injection(plan, injection).map_err(|e| e.to_string())
+/// Adds the step's injection to a task's container plan, with the task's
+/// own GPUs (`env`: the task's environment) renumbered for inside.
+pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
+    container::add_injection(plan, injection).map_err(|e| e.to_string())?;
+    if local_gpu_numbers(env) {
+        // Slurm's local numbers are positions among the step's GPUs, the
+        // container's numbering: the task keeps Slurm's value.
+        if let (Some(slot), Some(v)) =
+            (plan.env.iter_mut().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES"), get(env, "CUDA_VISIBLE_DEVICES"))
+        {
+            slot.1 = v.to_string();
+        }
+        return Ok(());
+    }
+    task_gpus(plan, injection, env)
+}
+
+/// The task's `CUDA_VISIBLE_DEVICES` renumbered against the step's GPUs.
+fn task_gpus(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
+    container::set_task_gpus(plan, injection, get(env, "CUDA_VISIBLE_DEVICES")).map_err(|e| e.to_string())
+}
+
+/// Whether Slurm gave the step local GPU numbers (`ConstrainDevices`):
+/// with global numbers its `CUDA_VISIBLE_DEVICES` is the step's host list.
+pub fn local_gpu_numbers(env: &[(String, String)]) -> bool {
+    match (get(env, "CUDA_VISIBLE_DEVICES"), step_gpus(env)) {
+        (Some(cuda), Some(host)) => cuda.trim() != host.trim(),
+        _ => false,
+    }
+}
+
+/// In `task_init`: Slurm's per-task GPU binding has replaced the value the
+/// plugin set (`set_before`) with the task's host numbers; renumber them.
+/// An unchanged value is already the container's numbering.
+pub fn task_gpus_from_slurm(
+    spank: &Spank,
+    injection: &InjectionPlan,
+    set_before: Option<&str>,
+    host_dev: bool,
+) -> Result<(), String> {
+    let now = spank.getenv("CUDA_VISIBLE_DEVICES");
+    let Some(inside) = renumbered_for_task(injection, set_before, now.as_deref(), host_dev)? else {
+        return Ok(());
+    };
+    for name in container::GPU_LIST_VARIABLES {
+        if name == "CUDA_VISIBLE_DEVICES" || spank.getenv(name).is_some() {
+            spank.setenv(name, &inside).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The decision of [`task_gpus_from_slurm`] (pure): `None` leaves the
+/// variable as it is.
+fn renumbered_for_task(
+    injection: &InjectionPlan,
+    set_before: Option<&str>,
+    now: Option<&str>,
+    host_dev: bool,
+) -> Result<Option<String>, String> {
+    let (Some(gpus), Some(now)) = (&injection.gpus, now.map(str::trim)) else {
+        return Ok(None);
+    };
+    if host_dev || Some(now) == set_before || now.is_empty() || now == "NoDevFiles" {
+        return Ok(None);
+    }
+    gpus.renumber(now).map(Some).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -70,6 +145,35 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_tasks_own_gpus_from_slurm_are_renumbered_against_the_steps() {
+        let gpus = shoal::inject::select_gpus(
+            &(0..4)
+                .map(|i| shoal::inject::GpuDevice { index: i, host: format!("/g/nvidia{i}").into(), target: format!("/dev/nvidia{i}").into() })
+                .collect::<Vec<_>>(),
+            Some("2,3"),
+        )
+        .unwrap();
+        let inj = InjectionPlan { gpus: Some(gpus), ..Default::default() };
+        // Slurm replaced the step's value with the task's host GPU 3.
+        assert_eq!(renumbered_for_task(&inj, Some("0,1"), Some("3"), false), Ok(Some("1".into())));
+        // Unchanged since the plugin set it: already the container's numbers.
+        assert_eq!(renumbered_for_task(&inj, Some("0,1"), Some("0,1"), false), Ok(None));
+        // The site keeps the host's /dev: host numbering stays.
+        assert_eq!(renumbered_for_task(&inj, Some("0,1"), Some("3"), true), Ok(None));
+        let e = renumbered_for_task(&inj, Some("0,1"), Some("1"), false).unwrap_err();
+        assert!(e.contains("GPU 1 is not among the container's devices (the step's GPUs: 2,3)"), "{e}");
+        assert_eq!(renumbered_for_task(&InjectionPlan::default(), None, Some("3"), false), Ok(None));
+    }
+
+    #[test]
+    fn local_numbering_is_told_from_the_steps_host_numbers() {
+        assert!(!local_gpu_numbers(&env(&[("SLURM_STEP_GPUS", "2,3"), ("CUDA_VISIBLE_DEVICES", "2,3")])));
+        assert!(local_gpu_numbers(&env(&[("SLURM_STEP_GPUS", "2,3"), ("CUDA_VISIBLE_DEVICES", "0,1")])));
+        assert!(!local_gpu_numbers(&env(&[("CUDA_VISIBLE_DEVICES", "0,1")])));
+        assert!(!local_gpu_numbers(&env(&[])));
     }
 
     #[test]

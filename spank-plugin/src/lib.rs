@@ -129,6 +129,12 @@ pub extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, _argc: c_in
     guard("slurm_spank_task_init_privileged", || task::task_init_privileged(&Spank::from_raw(sp)))
 }
 
+/// Each task, as the user, just before Slurm execs it.
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
+    guard("slurm_spank_task_init", || task::task_init(&Spank::from_raw(sp)))
+}
+
 /// slurmstepd at the end of a step (remote) and srun/sbatch at exit (local).
 #[no_mangle]
 pub extern "C" fn slurm_spank_exit(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {

@@ -38,6 +38,11 @@ struct Step {
     injection: Option<InjectionPlan>,
     /// An error from `user_init`, reported by the tasks.
     held: Option<String>,
+    /// The task's `CUDA_VISIBLE_DEVICES` as this plugin set it (this task
+    /// process), to tell Slurm's later per-task value from ours.
+    cuda_set: Option<String>,
+    /// Slurm numbers GPUs locally (ConstrainDevices), as the container does.
+    local_gpu_numbers: bool,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -95,7 +100,16 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         }
     }
     let modules = req.modules;
-    state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env)
+    // The step's program as the container's PATH finds it (the image's
+    // PATH when its metadata is at hand, else the standard one).
+    let argv = spank.argv().unwrap_or_default();
+    let path = state
+        .user_config
+        .as_ref()
+        .and_then(|c| c.env.iter().find_map(|e| e.strip_prefix("PATH=")))
+        .unwrap_or(container::DEFAULT_PATH);
+    let command = argv.first().map(|argv0| container::TaskCommand { argv0, path });
+    state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env, command)
         .map_err(|e| format!("image {}: {e}", pin.requested))?;
     state.pin = Some(pin);
     Ok(())
@@ -169,7 +183,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     pmix::add_binds(&mut plan, &host_env, &node, uid, job_id, step_id)
         .map_err(|e| format!("image {}: --mpi=pmix: {e}", pin.requested))?;
     if let Some(injection) = &injection {
-        inject::add_to_plan(&mut plan, injection).map_err(|e| format!("image {}: {e}", pin.requested))?;
+        inject::add_to_plan(&mut plan, injection, &host_env).map_err(|e| format!("image {}: {e}", pin.requested))?;
     }
     let share = Share {
         key: job::share_key(job_id, step_id, &node),
@@ -177,7 +191,24 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     };
     let entered = container::enter(&plan, Some(&share)).map_err(|e| format!("image {}: {e}", pin.requested))?;
     spank::log_verbose(&format!("{TAG}: task in image {} ({}), cwd {}", pin.requested, pin.digest, entered.cwd.display()));
-    apply_env(spank, &host_env, &plan.env)
+    apply_env(spank, &host_env, &plan.env)?;
+    if let Some(state) = step().as_mut() {
+        state.cuda_set = plan.env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.clone());
+        state.local_gpu_numbers = inject::local_gpu_numbers(&host_env);
+    }
+    Ok(())
+}
+
+/// Each task, as the user, just before exec: Slurm sets a task's own GPUs
+/// (`--gpus-per-task`, `--gpu-bind`) only after `task_init_privileged`, as
+/// host numbers; they are renumbered for the container here.
+pub fn task_init(spank: &Spank) -> Result<(), String> {
+    let guard = step();
+    let Some(Step { injection: Some(injection), cuda_set, local_gpu_numbers, .. }) = guard.as_ref() else { return Ok(()) };
+    if *local_gpu_numbers {
+        return Ok(()); // already the container's numbering
+    }
+    inject::task_gpus_from_slurm(spank, injection, cuda_set.as_deref(), options::config().launcher.host_dev)
 }
 
 /// The task's working directory as Slurm will set it (srun's cwd, or the

@@ -84,6 +84,18 @@ mkdir -p "$FAKE_GPU_DIR"
 for i in 0 1 2 3; do
     [ -c "$FAKE_GPU_DIR/nvidia$i" ] || mknod -m 0666 "$FAKE_GPU_DIR/nvidia$i" c 195 "$i"
 done
+# The driver's control node, and a fake driver: libcuda.so.1 and
+# libnvidia-ml.so.1 with the real SONAMEs (the `gpu` module of shoal.toml).
+[ -c "$FAKE_GPU_DIR/nvidiactl" ] || mknod -m 0666 "$FAKE_GPU_DIR/nvidiactl" c 195 255
+mkdir -p "$FAKE_GPU_DIR/lib"
+for so in libcuda.so.1 libnvidia-ml.so.1; do
+    [ -f "$FAKE_GPU_DIR/lib/$so" ] && continue
+    fn=$(echo "${so%%.so*}" | tr -c 'a-z\n' _)
+    echo "int ${fn}_fake_driver(void) { return 535; }" > "$FAKE_GPU_DIR/lib/$so.c"
+    gcc -shared -fPIC -Wl,-soname,"$so" -o "$FAKE_GPU_DIR/lib/$so.tmp" "$FAKE_GPU_DIR/lib/$so.c"
+    mv "$FAKE_GPU_DIR/lib/$so.tmp" "$FAKE_GPU_DIR/lib/$so"
+    rm -f "$FAKE_GPU_DIR/lib/$so.c"
+done
 gres="NodeName=n[1-3] Name=gpu File=$FAKE_GPU_DIR/nvidia[0-3]"
 if [ "$(cat /etc/slurm/gres.conf 2>/dev/null)" != "$gres" ]; then
     printf '%s\n' "$gres" > /etc/slurm/gres.conf

@@ -29,7 +29,7 @@ use std::process::Command;
 use nix::sys::stat::{fstat, SFlag};
 
 use super::exec;
-use super::plan::{Mode, Mount, MountKind, Origin, Plan};
+use super::plan::{DevLayout, Mode, Mount, MountKind, Origin, Plan};
 use super::rootfs::{skeleton_path, BuildError};
 use super::sys;
 use crate::config::Config;
@@ -75,7 +75,7 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
                 plan.setup.push(SetupStep::Own { path: target.clone() });
                 Some(Mount {
                     target: target.clone(),
-                    kind: MountKind::Tmpfs { mode: 0o755 },
+                    kind: MountKind::Tmpfs { mode: 0o755, noexec: false, devices: false },
                     read_only: false,
                     harden: true,
                     origin: origin("Shoal directory"),
@@ -126,6 +126,44 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
     for change in &injection.env {
         apply_env(&mut plan.env, change);
     }
+    if let Some(visible) = injection.gpus.as_ref().and_then(|g| g.cuda_visible_devices.as_deref()) {
+        set_cuda_visible_devices(plan, visible);
+    }
+    Ok(())
+}
+
+/// Variables that number the job's GPUs like `CUDA_VISIBLE_DEVICES`: Slurm
+/// sets `GPU_DEVICE_ORDINAL` (OpenCL) to the same list; renumbered with it
+/// when present.
+pub const GPU_LIST_VARIABLES: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"];
+
+/// `CUDA_VISIBLE_DEVICES` inside, already renumbered for the bound GPUs:
+/// set only where /dev holds them alone, and only to a list (Slurm's empty
+/// value or `NoDevFiles` stays as the job has it).
+fn set_cuda_visible_devices(plan: &mut Plan, inside: &str) {
+    if plan.dev != DevLayout::Minimal || inside.is_empty() || inside == "NoDevFiles" {
+        return;
+    }
+    apply_env(&mut plan.env, &EnvChange::Set { name: "CUDA_VISIBLE_DEVICES".into(), value: inside.into() });
+    if let Some(slot) = plan.env.iter_mut().find(|(k, _)| k == GPU_LIST_VARIABLES[1]) {
+        slot.1 = inside.into();
+    }
+}
+
+/// One task's GPUs: Slurm may give each task its own host numbers
+/// (`--gpus-per-task`) within the step's, whose container the step's tasks
+/// share. `task_visible` (the task's `CUDA_VISIBLE_DEVICES`, host numbers)
+/// is renumbered against the GPUs the injection bound. No GPU module or no
+/// value: nothing changes.
+pub fn set_task_gpus(plan: &mut Plan, injection: &InjectionPlan, task_visible: Option<&str>) -> Result<(), InjectError> {
+    let (Some(gpus), Some(visible)) = (&injection.gpus, task_visible.map(str::trim)) else {
+        return Ok(());
+    };
+    if plan.dev != DevLayout::Minimal || visible.is_empty() || visible == "NoDevFiles" {
+        return Ok(());
+    }
+    let inside = gpus.renumber(visible)?;
+    set_cuda_visible_devices(plan, &inside);
     Ok(())
 }
 
@@ -192,16 +230,46 @@ pub(crate) fn render(plan: &Plan) -> String {
     s
 }
 
+/// The job's command as the container will look it up: its `argv[0]`
+/// and the container's `PATH`.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskCommand<'a> {
+    pub argv0: &'a str,
+    pub path: &'a str,
+}
+
+/// The program the loader will start for `cmd`, inside the image: `argv0`
+/// when absolute, else the first file of that name on `PATH`; only an ELF
+/// file (a script has no RUNPATH). None when it is not in the image (a
+/// program in the bound cwd or home, a relative path): the image's own
+/// library directories are still all searched.
+fn find_program(image: &dyn inject::ImageFs, cmd: TaskCommand<'_>) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = if cmd.argv0.contains('/') {
+        vec![PathBuf::from(cmd.argv0)]
+    } else {
+        cmd.path.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(cmd.argv0)).collect()
+    };
+    let found = candidates
+        .into_iter()
+        .filter(|p| p.is_absolute())
+        .find(|p| inject::image::kind_of(image, p) == Some(inject::image::EntryKind::File))?;
+    let real = inject::image::resolve(image, &found).ok()?;
+    image.read(&real).ok()?.starts_with(b"\x7fELF").then_some(found)
+}
+
 /// Selects the requested modules (`--module` values; empty: the site's
 /// `default_modules`) and checks them against the squashfs image at
 /// `squashfs`, with the caller's current credentials. `None` when no module
-/// is selected. The SPANK plugin calls this from slurmstepd's user context
-/// (effective ids already the user's), once per step and node.
+/// is selected. `command`, when known, names the job's program, whose
+/// RUNPATH copies of a library are then covered too. The SPANK plugin
+/// calls this from slurmstepd's user context (effective ids already the
+/// user's), once per step and node.
 pub fn assess_image(
     squashfs: &Path,
     cfg: &Config,
     requested: &[String],
     cuda_visible_devices: Option<&str>,
+    command: Option<TaskCommand<'_>>,
 ) -> Result<Option<Assessment>, InjectError> {
     let modules = inject::select_modules(cfg, requested)?;
     if modules.is_empty() {
@@ -212,20 +280,19 @@ pub fn assess_image(
         message: e.to_string(),
     })?;
     let host = DirImage::new("/");
+    let program = command.and_then(|c| find_program(&image, c));
     let request = Request {
         modules,
         default_abi: cfg.injection.abi,
         cuda_visible_devices,
         host: &host,
-        // The program is not known here (Slurm or the shell resolves it
-        // later); `shoal abi-check --program` covers RUNPATH copies.
-        program: None,
+        program: program.as_deref(),
     };
     inject::assess(&image, &request).map(Some)
 }
 
-/// [`assess_image`] on the plan's image, always with the user's
-/// credentials: in unprivileged mode the caller is the user; in privileged
+/// [`assess_image`] on the plan's image and command (`argv[0]` on the
+/// plan's `PATH`), always with the user's credentials: in unprivileged mode the caller is the user; in privileged
 /// mode (root for a user) this thread's effective ids are the user's for
 /// the whole check, so an image is read only if the user may read it, and
 /// the module's host files are read as the user will load them.
@@ -235,7 +302,9 @@ pub fn assess_modules(
     requested: &[String],
     cuda_visible_devices: Option<&str>,
 ) -> Result<Option<Assessment>, InjectError> {
-    let check = || assess_image(&plan.root.squashfs, cfg, requested, cuda_visible_devices);
+    let path = plan.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(super::env::DEFAULT_PATH);
+    let command = plan.argv.first().map(|argv0| TaskCommand { argv0, path });
+    let check = || assess_image(&plan.root.squashfs, cfg, requested, cuda_visible_devices, command);
     if plan.mode == Mode::Privileged && plan.identity.uid != 0 {
         let saved: Vec<u32> = nix::unistd::getgroups()
             .map_err(|e| InjectError::Module(format!("cannot read root's groups: {e}")))?
@@ -465,7 +534,7 @@ mod tests {
                 ("/dev/nvidia3", false, false),
             ]
         );
-        assert!(matches!(plan.mounts[before].kind, MountKind::Tmpfs { mode: 0o755 }));
+        assert!(matches!(plan.mounts[before].kind, MountKind::Tmpfs { mode: 0o755, .. }));
         assert!(matches!(
             &plan.mounts[before + 1].kind,
             MountKind::Bind { recursive: false, as_user: false, source } if source == Path::new("/usr/lib/libfoo.so.1.2")
@@ -485,6 +554,33 @@ mod tests {
         assert_eq!(get("PATH"), Some("/.shoal/bin:/usr/bin:/bin"));
         assert_eq!(get("CUDA_VISIBLE_DEVICES"), Some("1,0"));
         assert_eq!(get("NEW"), Some("a:b"));
+    }
+
+    #[test]
+    fn gpus_are_renumbered_only_in_a_minimal_dev() {
+        let devices: Vec<_> = (0..4)
+            .map(|i| crate::inject::GpuDevice {
+                index: i,
+                host: format!("/g/nvidia{i}").into(),
+                target: format!("/dev/nvidia{i}").into(),
+            })
+            .collect();
+        let inj = InjectionPlan { gpus: Some(crate::inject::select_gpus(&devices, Some("3,1")).unwrap()), ..Default::default() };
+        let get = |p: &Plan, k: &str| p.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut plan = base();
+        plan.env.push(("GPU_DEVICE_ORDINAL".into(), "3,1".into()));
+        add_injection(&mut plan, &inj).unwrap();
+        assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("1,0"));
+        assert_eq!(get(&plan, "GPU_DEVICE_ORDINAL").as_deref(), Some("1,0"));
+        // A task of the step with its own host GPU 3.
+        set_task_gpus(&mut plan, &inj, Some("3")).unwrap();
+        assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("1"));
+        assert!(set_task_gpus(&mut plan, &inj, Some("2")).unwrap_err().to_string().contains("GPU 2 is not among"));
+        // The host's whole /dev: CUDA numbers the GPUs as on the host.
+        let mut plan = base();
+        plan.dev = DevLayout::Host;
+        add_injection(&mut plan, &inj).unwrap();
+        assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("3,1"), "left as the job has it");
     }
 
     #[test]

@@ -43,6 +43,10 @@
 //! // user_init, or assess_modules here), then part of the plan; the task
 //! // that builds the shared container carries them out after pivot_root.
 //! shoal::container::add_injection(&mut plan, &assessment.into_plan()?)?;
+//! // GPU modules: the container's minimal /dev holds the step's GPUs only;
+//! // a task's own CUDA_VISIBLE_DEVICES (host numbers) is renumbered against
+//! // them with set_task_gpus (and again in task_init, where Slurm's
+//! // per-task binding has replaced it).
 //! let share = Share { key: format!("{job}.{step}.{slurm_node_name}"), peers: local_task_count };
 //! let entered = container::enter(&plan, Some(&share))?; // now inside, still root
 //! // Replace the task's environment with `plan.env` (spank_setenv for each
@@ -85,14 +89,17 @@ pub mod doctor;
 use std::convert::Infallible;
 use std::path::PathBuf;
 
-pub use env::{parse_assignment, parse_env_file, EnvError};
+pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
 pub use plan::{
-    plan, Cwd, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RootFs,
-    RunImage, RunRequest,
+    plan, Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
+    RootFs, RunImage, RunRequest, DEV_NODES,
 };
-pub use inject::{add_injection, assess_image, assess_modules, OrderError, SetupStep};
+pub use inject::{
+    add_injection, assess_image, assess_modules, set_task_gpus, OrderError, SetupStep, TaskCommand,
+    GPU_LIST_VARIABLES,
+};
 pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, Joined, Share, ShareError};

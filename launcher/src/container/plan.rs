@@ -105,11 +105,35 @@ pub enum Origin {
     Other(String),
 }
 
+/// What the container's /dev is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevLayout {
+    /// A tmpfs holding only the basic nodes ([`DEV_NODES`]), the terminal
+    /// pieces, a private /dev/shm and the devices of the selected modules:
+    /// a GPU (or any other device) the job was not given is not there.
+    Minimal,
+    /// The host's whole /dev (`[launcher] host_dev = true`): every device
+    /// node is visible, and `CUDA_VISIBLE_DEVICES` keeps the host numbering.
+    Host,
+}
+
+/// Host device nodes bound into every minimal /dev (binds, not mknod: no
+/// privilege needed, and the host's permissions on the node stay in force).
+pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
 /// What is mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountKind {
-    /// A fresh tmpfs with this mode.
-    Tmpfs { mode: u32 },
+    /// A fresh tmpfs with this mode; `noexec` on top of the mount's flags;
+    /// `devices`: nodev left off even when hardened (a /dev that holds a
+    /// node made by root; no one else can make one there).
+    Tmpfs { mode: u32, noexec: bool, devices: bool },
+    /// Not a mount: a symbolic link made in a tmpfs the plan mounted
+    /// earlier (`/dev/fd -> /proc/self/fd`).
+    Symlink { to: PathBuf },
+    /// Not a mount: a character device node made by root (privileged mode
+    /// only) in a tmpfs the plan mounted earlier with `devices`.
+    CharDevice { major: u32, minor: u32, mode: u32 },
     /// A host file or directory. `as_user`: the source path is resolved
     /// with the user's credentials (user-given paths: root never follows
     /// them as root). `recursive`: submounts come along (/dev, /proc, /sys).
@@ -144,6 +168,8 @@ pub struct Cwd {
 pub struct Plan {
     pub mode: Mode,
     pub root: RootFs,
+    /// Which /dev the container has (its mounts are in `mounts`).
+    pub dev: DevLayout,
     /// Extend freely (ABI injection appends binds); applied in order.
     pub mounts: Vec<Mount>,
     pub identity: Identity,
@@ -195,13 +221,17 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         origin: Origin::System,
     };
     let host_bind = |p: &str| MountKind::Bind { source: p.into(), recursive: true, as_user: false };
-    mounts.push(sys("/dev", host_bind("/dev"), false));
+    let dev = if cfg.launcher.host_dev { DevLayout::Host } else { DevLayout::Minimal };
+    match dev {
+        DevLayout::Host => mounts.push(sys("/dev", host_bind("/dev"), false)),
+        DevLayout::Minimal => mounts.extend(minimal_dev(mode)),
+    }
     mounts.push(sys("/proc", host_bind("/proc"), false));
     mounts.push(sys("/sys", host_bind("/sys"), false));
     for t in ["/tmp", "/var/tmp"] {
-        mounts.push(sys(t, MountKind::Tmpfs { mode: 0o1777 }, true));
+        mounts.push(sys(t, MountKind::Tmpfs { mode: 0o1777, noexec: false, devices: false }, true));
     }
-    mounts.push(sys("/run", MountKind::Tmpfs { mode: 0o755 }, true));
+    mounts.push(sys("/run", MountKind::Tmpfs { mode: 0o755, noexec: false, devices: false }, true));
     for f in ["/etc/hosts", "/etc/resolv.conf", "/etc/localtime"] {
         mounts.push(Mount {
             target: f.into(),
@@ -289,6 +319,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     Ok(Plan {
         mode,
         root,
+        dev,
         mounts,
         identity: req.user.clone(),
         groups: req.user.groups.iter().map(|(_, g)| *g).collect(),
@@ -307,6 +338,79 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     })
 }
 
+/// The minimal /dev, in mount order. Device nodes come from the host's
+/// /dev as single-node binds (nodev cannot apply to them). The terminal is
+/// the host's devpts, bound: a new devpts instance would not hold the
+/// caller's terminal (`srun --pty`, a shell), so `tty` and ttyname() inside
+/// would fail. New ptys come from /dev/ptmx, and the kernel looks for the
+/// devpts at `pts` beside the ptmx node, in the node's own mount (so a bind
+/// of the host's node cannot work): in privileged mode root makes a ptmx
+/// node (5:2) in /dev itself; unprivileged, /dev/ptmx is a link to the
+/// host instance's `pts/ptmx`, which needs the host's devpts mounted with
+/// `ptmxmode=0666` (Debian's default is 000), or `host_dev`. /dev/shm is a
+/// tmpfs of this container: the tasks of a node share one container, so
+/// they share it.
+fn minimal_dev(mode: Mode) -> Vec<Mount> {
+    let root_made_nodes = mode == Mode::Privileged;
+    let node = |name: &str, optional: bool| {
+        let p = format!("/dev/{name}");
+        Mount {
+            target: p.clone().into(),
+            kind: MountKind::Bind { source: p.into(), recursive: false, as_user: false },
+            read_only: false,
+            harden: false,
+            // Host pieces a node may lack are skipped (see `rootfs`).
+            origin: if optional { Origin::Host } else { Origin::System },
+        }
+    };
+    let mut v = vec![Mount {
+        target: "/dev".into(),
+        kind: MountKind::Tmpfs { mode: 0o755, noexec: true, devices: root_made_nodes },
+        read_only: false,
+        harden: true,
+        origin: Origin::System,
+    }];
+    v.extend(DEV_NODES.iter().map(|n| node(n, false)));
+    v.push(node("pts", false));
+    v.push(Mount {
+        target: "/dev/shm".into(),
+        kind: MountKind::Tmpfs { mode: 0o1777, noexec: false, devices: false },
+        read_only: false,
+        harden: true,
+        origin: Origin::System,
+    });
+    // POSIX message queues, where the host has them mounted (no device
+    // nodes there: nosuid,nodev).
+    v.push(Mount { harden: true, ..node("mqueue", true) });
+    let system = |target: &str, kind: MountKind| Mount {
+        target: target.into(),
+        kind,
+        read_only: false,
+        harden: false,
+        origin: Origin::System,
+    };
+    v.push(if root_made_nodes {
+        system("/dev/ptmx", MountKind::CharDevice { major: 5, minor: 2, mode: 0o666 })
+    } else {
+        system("/dev/ptmx", MountKind::Symlink { to: "pts/ptmx".into() })
+    });
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        v.push(Mount {
+            target: format!("/dev/{link}").into(),
+            kind: MountKind::Symlink { to: to.into() },
+            read_only: false,
+            harden: false,
+            origin: Origin::System,
+        });
+    }
+    v
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -320,7 +424,13 @@ impl Mount {
     fn flags(&self) -> String {
         let mut f = vec![if self.read_only { "ro" } else { "rw" }];
         if self.harden {
-            f.extend(["nosuid", "nodev"]);
+            f.push("nosuid");
+            if !matches!(self.kind, MountKind::Tmpfs { devices: true, .. }) {
+                f.push("nodev");
+            }
+        }
+        if let MountKind::Tmpfs { noexec: true, .. } = self.kind {
+            f.push("noexec");
         }
         if let MountKind::Bind { recursive: true, .. } = self.kind {
             f.push("rec");
@@ -346,7 +456,15 @@ impl Plan {
         );
         for (i, m) in self.mounts.iter().enumerate() {
             let what = match &m.kind {
-                MountKind::Tmpfs { mode } => format!("tmpfs mode={mode:o}"),
+                MountKind::Tmpfs { mode, .. } => format!("tmpfs mode={mode:o}"),
+                MountKind::Symlink { to } => {
+                    let _ = writeln!(s, "link  {:>2} {} -> {}", i + 1, m.target.display(), to.display());
+                    continue;
+                }
+                MountKind::CharDevice { major, minor, mode } => {
+                    let _ = writeln!(s, "node  {:>2} {} char {major}:{minor} mode {mode:o} (made by root)", i + 1, m.target.display());
+                    continue;
+                }
                 MountKind::Bind { source, as_user, .. } => format!(
                     "bind {}{}",
                     source.display(),
@@ -459,7 +577,9 @@ mod tests {
         assert_eq!(
             targets(&p),
             [
-                "/dev", "/proc", "/sys", "/tmp", "/var/tmp", "/run", "/etc/hosts",
+                "/dev", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+                "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/ptmx", "/dev/fd", "/dev/stdin", "/dev/stdout",
+                "/dev/stderr", "/proc", "/sys", "/tmp", "/var/tmp", "/run", "/etc/hosts",
                 "/etc/resolv.conf", "/etc/localtime", "/home/alice"
             ]
         );
@@ -469,6 +589,47 @@ mod tests {
         assert_eq!(p.argv, ["id"]);
         assert!(!p.env.iter().any(|(k, _)| k == "LD_PRELOAD"));
         assert!(p.mounts.iter().filter(|m| m.origin != Origin::System).all(|m| m.harden));
+    }
+
+    #[test]
+    fn dev_is_minimal_unless_the_site_wants_the_hosts() {
+        for privileged in [false, true] {
+            let mut r = req();
+            r.privileged = privileged;
+            let p = plan(&r, &Config::default()).unwrap();
+            assert_eq!(p.dev, DevLayout::Minimal);
+            let dev = &p.mounts[0];
+            assert_eq!(dev.kind, MountKind::Tmpfs { mode: 0o755, noexec: true, devices: privileged });
+            // Root's own ptmx node needs device access on /dev; unprivileged, a link.
+            assert_eq!(dev.flags(), if privileged { "rw,nosuid,noexec" } else { "rw,nosuid,nodev,noexec" });
+            let ptmx = p.mounts.iter().find(|m| m.target == Path::new("/dev/ptmx")).unwrap();
+            if privileged {
+                assert_eq!(ptmx.kind, MountKind::CharDevice { major: 5, minor: 2, mode: 0o666 });
+            } else {
+                assert_eq!(ptmx.kind, MountKind::Symlink { to: "pts/ptmx".into() });
+            }
+            // Only single host nodes: no recursive bind brings the rest of /dev.
+            for m in p.mounts.iter().filter(|m| m.target.starts_with("/dev")) {
+                if let MountKind::Bind { source, recursive, as_user } = &m.kind {
+                    assert_eq!((source, *recursive, *as_user), (&m.target, false, false), "{m:?}");
+                    assert_eq!(m.harden, m.target.ends_with("mqueue"), "device nodes must stay usable: {m:?}");
+                }
+            }
+            let shm = p.mounts.iter().find(|m| m.target == Path::new("/dev/shm")).unwrap();
+            assert_eq!(shm.kind, MountKind::Tmpfs { mode: 0o1777, noexec: false, devices: false });
+            let fd = p.mounts.iter().find(|m| m.target == Path::new("/dev/fd")).unwrap();
+            assert_eq!(fd.kind, MountKind::Symlink { to: "/proc/self/fd".into() });
+            // Only /dev/mqueue may be missing on a node.
+            let optional: Vec<_> = p.mounts.iter().filter(|m| m.origin == Origin::Host && m.target.starts_with("/dev")).collect();
+            assert_eq!(optional.len(), 1);
+            assert_eq!(optional[0].target, Path::new("/dev/mqueue"));
+        }
+        let mut cfg = Config::default();
+        cfg.launcher.host_dev = true;
+        let p = plan(&req(), &cfg).unwrap();
+        assert_eq!(p.dev, DevLayout::Host);
+        assert_eq!(p.mounts.iter().filter(|m| m.target.starts_with("/dev")).count(), 1);
+        assert!(p.render().contains("mount  1 /dev <- bind /dev [rw,rec] (system)"));
     }
 
     #[test]
@@ -540,7 +701,10 @@ mod tests {
     #[test]
     fn render_lists_mounts_in_order_with_flags() {
         let text = plan(&req(), &Config::default()).unwrap().render();
-        assert!(text.contains("mount  1 /dev <- bind /dev [rw,rec] (system)"), "{text}");
+        assert!(text.contains("mount  1 /dev <- tmpfs mode=755 [rw,nosuid,nodev,noexec] (system)"), "{text}");
+        assert!(text.contains("mount  2 /dev/null <- bind /dev/null [rw] (system)"), "{text}");
+        assert!(text.contains("link  12 /dev/fd -> /proc/self/fd"), "{text}");
+        assert!(text.contains("link  11 /dev/ptmx -> pts/ptmx"), "{text}");
         assert!(text.contains("/home/alice <- bind /home/alice (opened as the user) [rw,nosuid,nodev]"), "{text}");
         assert!(text.contains("ids      uid=1001 gid=1001"), "{text}");
         assert!(text.contains("argv     [\"id\"]"), "{text}");

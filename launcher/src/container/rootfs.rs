@@ -285,6 +285,8 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     for (m, s) in plan.mounts.iter().zip(&binds) {
         let dir = match (&m.kind, s) {
             (MountKind::Tmpfs { .. }, _) => true,
+            // Made in its tmpfs when the mounts are applied.
+            (MountKind::Symlink { .. } | MountKind::CharDevice { .. }, _) => continue,
             (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
             (MountKind::Bind { .. }, None) => continue,
         };
@@ -335,6 +337,30 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     // 7. Mounts, in plan order, onto targets resolved inside the root.
     for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
         let what = || format!("mount {}", m.target.display());
+        if let (MountKind::Bind { .. }, None) = (&m.kind, s) {
+            continue; // an optional source this node lacks
+        }
+        match &m.kind {
+            MountKind::Symlink { to } => {
+                let what = format!("link {} to {}", m.target.display(), to.display());
+                make_in_tmpfs(root.as_fd(), plan, i, |dir, name| nix::unistd::symlinkat(to, dir, name).map_err(io::Error::from))
+                    .map_err(step(what))?;
+                continue;
+            }
+            MountKind::CharDevice { major, minor, mode } => {
+                let what = format!("make device node {}", m.target.display());
+                make_in_tmpfs(root.as_fd(), plan, i, |dir, name| {
+                    let perm = nix::sys::stat::Mode::from_bits_truncate(*mode);
+                    let dev = libc::makedev(*major, *minor);
+                    nix::sys::stat::mknodat(dir, name, SFlag::S_IFCHR, perm, dev).map_err(io::Error::from)?;
+                    // The umask narrowed the mode.
+                    nix::sys::stat::fchmodat(dir, name, perm, nix::sys::stat::FchmodatFlags::NoFollowSymlink).map_err(io::Error::from)
+                })
+                .map_err(step(what))?;
+                continue;
+            }
+            _ => {}
+        }
         let target = match sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 // The skeleton made this target, but a tmpfs the plan
@@ -363,10 +389,13 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             extra |= libc::MS_RDONLY;
         }
         match (&m.kind, s) {
-            (MountKind::Tmpfs { mode }, _) => {
+            (MountKind::Tmpfs { mode, noexec, devices }, _) => {
+                let extra = if *noexec { extra | libc::MS_NOEXEC } else { extra };
+                let extra = if *devices { extra & !libc::MS_NODEV } else { extra };
                 sys::mount(Some(c"tmpfs"), &sys::fd_path(target.as_fd()), Some(c"tmpfs"), extra, Some(&c(&format!("mode={mode:o}"))))
                     .map_err(step(what()))?;
             }
+            (MountKind::Symlink { .. } | MountKind::CharDevice { .. }, _) => unreachable!("made above"),
             (MountKind::Bind { recursive, .. }, Some(fd)) => {
                 let rec = if *recursive { libc::MS_REC } else { 0 };
                 sys::mount(Some(&sys::fd_path(fd.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND | rec, None)
@@ -393,6 +422,33 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         s.reap();
     }
     Ok(())
+}
+
+/// Makes the link or node of `plan.mounts[i]` with `make(dir, name)` in
+/// the tmpfs the plan mounted over its parent (only ours: nothing is made
+/// in the image's tree).
+fn make_in_tmpfs(
+    root: BorrowedFd<'_>,
+    plan: &Plan,
+    i: usize,
+    make: impl FnOnce(BorrowedFd<'_>, &std::ffi::OsStr) -> io::Result<()>,
+) -> io::Result<()> {
+    let target = &plan.mounts[i].target;
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let tmpfs = plan.mounts[..i]
+        .iter()
+        .rev()
+        .find(|p| matches!(p.kind, MountKind::Tmpfs { .. }) && parent.starts_with(&p.target))
+        .ok_or_else(|| io::Error::other("not under a tmpfs of the plan"))?;
+    let base = sys::open_in_root(root, &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let rel = parent.strip_prefix(&tmpfs.target).unwrap_or(Path::new(""));
+    if !rel.as_os_str().is_empty() {
+        skeleton_path(base.as_fd(), rel, true)?;
+    }
+    let dir = sys::openat(Some(base.as_fd()), &Path::new(".").join(rel), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+    make(dir.as_fd(), name)
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! GPU devices for a job: only the job's GPUs are bound, and the numbering
 //! `CUDA_VISIBLE_DEVICES` would have in a /dev holding them alone.
 //!
-//! Not applied while the launcher binds the host's /dev whole (CUDA then
-//! sees every GPU node and the job's own numbering is the right one; see
-//! `InjectionPlan::gpus`). The rule, for a /dev with the bound GPUs alone:
+//! The launcher's minimal /dev holds the bound GPUs alone, so the
+//! renumbered list applies there (`container::add_injection`); with the
+//! site's `host_dev` (the host's whole /dev) the job's own numbering stays.
+//! The rule, for a /dev with the bound GPUs alone:
 //!
 //! Slurm gives the job's GPUs as host indices in `CUDA_VISIBLE_DEVICES`
 //! (`3,1,5`). Inside, only `/dev/nvidia1`, `/dev/nvidia3` and `/dev/nvidia5`
@@ -22,6 +23,8 @@ use super::InjectError;
 pub struct GpuDevice {
     pub index: u32,
     pub host: PathBuf,
+    /// Where it appears inside (keeps the host's name).
+    pub target: PathBuf,
 }
 
 /// The GPUs a job gets.
@@ -72,7 +75,8 @@ pub fn select_gpus(
         if !all.iter().any(|d| d.index == index) {
             let have: Vec<String> = all.iter().map(|d| d.index.to_string()).collect();
             return Err(InjectError::Gpu(format!(
-                "CUDA_VISIBLE_DEVICES={visible}: GPU {index} has no device node on this node (have: {})",
+                "CUDA_VISIBLE_DEVICES={visible}: GPU {index} has no device node on this node (have: {}); \
+                 name GPUs of this node, or add its node to the module's gpu_devices in the site config",
                 if have.is_empty() { "none".to_string() } else { have.join(",") }
             )));
         }
@@ -105,8 +109,11 @@ impl GpuSelection {
                 ))
             })?;
             let at = self.devices.iter().position(|d| d.index == index).ok_or_else(|| {
+                let have: Vec<String> = self.devices.iter().map(|d| d.index.to_string()).collect();
                 InjectError::Gpu(format!(
-                    "CUDA_VISIBLE_DEVICES={visible}: GPU {index} is not among the container's devices"
+                    "CUDA_VISIBLE_DEVICES={visible}: GPU {index} is not among the container's devices (the step's GPUs: {}); \
+                     give the task only GPUs of its step",
+                    if have.is_empty() { "none".to_string() } else { have.join(",") }
                 ))
             })?;
             inside.push(at.to_string());
@@ -124,6 +131,7 @@ mod tests {
             .map(|i| GpuDevice {
                 index: i,
                 host: format!("/dev/nvidia{i}").into(),
+                target: format!("/dev/nvidia{i}").into(),
             })
             .collect()
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{AbiMode, ModuleConfig};
+use crate::config::{AbiMode, DeviceSpec, ModuleConfig};
 
 use super::discover::{FoundLib, LibraryIndex};
 use super::elf::{self, ElfInfo};
@@ -178,9 +178,9 @@ pub enum EnvChange {
 pub struct InjectionPlan {
     pub steps: Vec<Step>,
     pub env: Vec<EnvChange>,
-    /// The GPUs bound, when a module has `gpu_devices` (with the numbering
-    /// they would have in a /dev holding them alone; not applied, see
-    /// `plan()`).
+    /// The GPUs bound, when a module has `gpu_devices`, with the numbering
+    /// they have in a /dev holding them alone (the launcher applies it to
+    /// its minimal /dev; see `container::add_injection`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus: Option<GpuSelection>,
 }
@@ -861,23 +861,34 @@ impl Builder<'_> {
                     why: format!("mount of module {name}"),
                 }));
             }
-            for pattern in &module.devices {
-                for dev in expand(name, "devices", pattern)? {
-                    if bound_devices.insert(dev.clone()) {
-                        steps.push(device_bind(name, &dev, image)?);
+            for entry in &module.devices {
+                let spec = device_spec(name, "devices", entry)?;
+                for dev in expand(name, "devices", &spec.pattern)? {
+                    let target = spec.target(&dev);
+                    if bound_devices.insert(target.clone()) {
+                        steps.push(device_bind(name, &dev, target, image)?);
                     }
                 }
             }
-            for pattern in &module.gpu_devices {
-                for dev in expand(name, "gpu_devices", pattern)? {
+            for entry in &module.gpu_devices {
+                let spec = device_spec(name, "gpu_devices", entry)?;
+                for dev in expand(name, "gpu_devices", &spec.pattern)? {
                     let index = device_index(&dev).ok_or_else(|| {
                         InjectError::Module(format!(
-                            "[modules.{name}] gpu_devices: {} does not end with a GPU number",
+                            "[modules.{name}] gpu_devices: {} does not end with a GPU number; fix the glob in the site config",
                             dev.display()
                         ))
                     })?;
+                    if let Some(other) = gpu_devices.iter().find(|g| g.index == index && g.host != dev) {
+                        return Err(InjectError::Module(format!(
+                            "[modules.{name}] gpu_devices: {} and {} are both GPU {index}; fix the glob in the site config",
+                            other.host.display(),
+                            dev.display()
+                        )));
+                    }
                     if !gpu_devices.iter().any(|g| g.host == dev) {
-                        gpu_devices.push(GpuDevice { index, host: dev });
+                        let target = spec.target(&dev);
+                        gpu_devices.push(GpuDevice { index, host: dev, target });
                     }
                 }
             }
@@ -894,21 +905,20 @@ impl Builder<'_> {
         if !gpu_devices.is_empty() {
             let selection = select_gpus(&gpu_devices, req.cuda_visible_devices)?;
             for dev in &selection.devices {
-                if bound_devices.insert(dev.host.clone()) {
+                if bound_devices.insert(dev.target.clone()) {
                     let module = req
                         .modules
                         .iter()
                         .find(|(_, m)| !m.gpu_devices.is_empty())
                         .map(|(n, _)| *n)
                         .unwrap_or("?");
-                    steps.push(device_bind(module, &dev.host, image)?);
+                    steps.push(device_bind(module, &dev.host, dev.target.clone(), image)?);
                 }
             }
-            // `CUDA_VISIBLE_DEVICES` is left as the job has it: the
-            // launcher's /dev is the host's, so CUDA sees every GPU node and
-            // numbers them as on bare metal; the renumbered list
-            // (`selection.cuda_visible_devices`) is right only for a /dev
-            // holding the bound GPUs alone, and would point at other GPUs.
+            // `CUDA_VISIBLE_DEVICES` is not set here: the renumbered list
+            // (`selection.cuda_visible_devices`) is right only in a /dev
+            // holding the bound GPUs alone, which the launcher decides
+            // (`container::add_injection` applies it to a minimal /dev).
             gpus = Some(selection);
         }
         if self
@@ -972,8 +982,12 @@ impl Builder<'_> {
     }
 }
 
-/// A device node bound at its own path (nosuid; device access allowed).
-fn device_bind(module: &str, dev: &Path, image: &dyn ImageFs) -> Result<Step, InjectError> {
+fn device_spec(module: &str, field: &str, entry: &str) -> Result<DeviceSpec, InjectError> {
+    DeviceSpec::parse(entry).map_err(|e| InjectError::Module(format!("[modules.{module}] {field}: {e}")))
+}
+
+/// A host device node bound at `target` (nosuid; device access allowed).
+fn device_bind(module: &str, dev: &Path, target: PathBuf, image: &dyn ImageFs) -> Result<Step, InjectError> {
     let meta = fs::metadata(dev).map_err(|e| InjectError::Host {
         path: dev.to_path_buf(),
         message: format!("[modules.{module}] {e}"),
@@ -986,12 +1000,12 @@ fn device_bind(module: &str, dev: &Path, image: &dyn ImageFs) -> Result<Step, In
     }
     Ok(Step::Bind(BindMount {
         source: dev.to_path_buf(),
-        target: dev.to_path_buf(),
+        target_in_image: kind_of(image, &target).is_some(),
+        target,
         kind: MountKind::Device,
         read_only: false,
         nosuid: true,
         nodev: false,
-        target_in_image: kind_of(image, dev).is_some(),
         why: format!("device of module {module}"),
     }))
 }
