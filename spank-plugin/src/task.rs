@@ -176,6 +176,8 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         env: Vec::new(),
         mounts,
         writable: false,
+        // Privileged: the host devpts is bound, the terminal keeps its name.
+        terminal: None,
     };
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
     add_slurm_binds(&mut plan, spank, step_id, &config)?;

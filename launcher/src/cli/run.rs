@@ -64,6 +64,16 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
+/// The caller's terminal: the pty on stdin, stdout or stderr, if any.
+fn terminal() -> Option<PathBuf> {
+    use std::io::IsTerminal;
+    let ttys = [std::io::stdin().is_terminal(), std::io::stdout().is_terminal(), std::io::stderr().is_terminal()];
+    (0..3)
+        .filter(|&fd| ttys[fd])
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .find(|p| p.starts_with("/dev/pts/"))
+}
+
 fn identity(user: &User) -> Result<Identity> {
     let name = std::ffi::CString::new(user.name.clone())?;
     let gids: Vec<Gid> = if Uid::effective() == user.uid {
@@ -151,6 +161,7 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         env,
         mounts,
         writable: args.writable,
+        terminal: terminal(),
     };
     let mut plan = container::plan(&req, &cfg)?;
     let cuda = req.host_env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.as_str());

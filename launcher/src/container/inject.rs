@@ -474,6 +474,7 @@ mod tests {
             env: vec![],
             mounts: vec![],
             writable: false,
+            terminal: None,
         };
         make_plan(&req, &Config::default()).unwrap()
     }

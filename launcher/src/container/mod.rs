@@ -37,6 +37,7 @@
 //!     env: user_settings,           // --container-env style K=V, in order
 //!     mounts: user_mounts,          // UserMount::parse / parse_volumes of --volume
 //!     writable: false,
+//!     terminal: None,
 //! };
 //! let mut plan = shoal::container::plan(&req, &cfg)?;               // pure; refusals are PlanError
 //! // Host-library modules: checked with the user's ids (assess_image in

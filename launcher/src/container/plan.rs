@@ -58,6 +58,10 @@ pub struct RunRequest {
     pub mounts: Vec<UserMount>,
     /// Writable root (`--writable`): a tmpfs over the image, lost at exit.
     pub writable: bool,
+    /// The caller's terminal (a pty on fd 0, 1 or 2), if any. Unprivileged,
+    /// the container has its own devpts, so the terminal is bound at
+    /// /dev/console, where ttyname() finds it.
+    pub terminal: Option<PathBuf>,
 }
 
 /// How the container is made.
@@ -128,6 +132,9 @@ pub enum MountKind {
     /// `devices`: nodev left off even when hardened (a /dev that holds a
     /// node made by root; no one else can make one there).
     Tmpfs { mode: u32, noexec: bool, devices: bool },
+    /// A new devpts instance (`newinstance,ptmxmode=0666`): ptys made
+    /// inside live there, and /dev/ptmx points at its `ptmx`.
+    Devpts,
     /// Not a mount: a symbolic link made in a tmpfs the plan mounted
     /// earlier (`/dev/fd -> /proc/self/fd`).
     Symlink { to: PathBuf },
@@ -224,7 +231,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     let dev = if cfg.launcher.host_dev { DevLayout::Host } else { DevLayout::Minimal };
     match dev {
         DevLayout::Host => mounts.push(sys("/dev", host_bind("/dev"), false)),
-        DevLayout::Minimal => mounts.extend(minimal_dev(mode)),
+        DevLayout::Minimal => mounts.extend(minimal_dev(mode, req.terminal.as_deref())),
     }
     mounts.push(sys("/proc", host_bind("/proc"), false));
     mounts.push(sys("/sys", host_bind("/sys"), false));
@@ -339,18 +346,22 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
 }
 
 /// The minimal /dev, in mount order. Device nodes come from the host's
-/// /dev as single-node binds (nodev cannot apply to them). The terminal is
-/// the host's devpts, bound: a new devpts instance would not hold the
-/// caller's terminal (`srun --pty`, a shell), so `tty` and ttyname() inside
-/// would fail. New ptys come from /dev/ptmx, and the kernel looks for the
-/// devpts at `pts` beside the ptmx node, in the node's own mount (so a bind
-/// of the host's node cannot work): in privileged mode root makes a ptmx
-/// node (5:2) in /dev itself; unprivileged, /dev/ptmx is a link to the
-/// host instance's `pts/ptmx`, which needs the host's devpts mounted with
-/// `ptmxmode=0666` (Debian's default is 000), or `host_dev`. /dev/shm is a
-/// tmpfs of this container: the tasks of a node share one container, so
-/// they share it.
-fn minimal_dev(mode: Mode) -> Vec<Mount> {
+/// /dev as single-node binds (nodev cannot apply to them). New ptys come
+/// from /dev/ptmx, and the kernel looks for the devpts at `pts` beside the
+/// ptmx node, in the node's own mount (so a bind of the host's node cannot
+/// work):
+/// - privileged (root for a user, the plugin): /dev/pts is the host's
+///   devpts, bound, so the caller's terminal (`srun --pty`) keeps its name,
+///   and root makes a ptmx node (5:2) in /dev itself;
+/// - unprivileged: no node can be made, and the host's `pts/ptmx` is mode
+///   000 on most distributions (Debian's `ptmxmode=000`), so /dev/pts is a
+///   new devpts instance with a usable ptmx, /dev/ptmx links to it, and the
+///   caller's terminal, which that instance does not hold, is bound at
+///   /dev/console (ttyname() and `tty` then name it there).
+///
+/// /dev/shm is a tmpfs of this container: the tasks of a node share one
+/// container, so they share it.
+fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
     let root_made_nodes = mode == Mode::Privileged;
     let node = |name: &str, optional: bool| {
         let p = format!("/dev/{name}");
@@ -371,7 +382,20 @@ fn minimal_dev(mode: Mode) -> Vec<Mount> {
         origin: Origin::System,
     }];
     v.extend(DEV_NODES.iter().map(|n| node(n, false)));
-    v.push(node("pts", false));
+    if root_made_nodes {
+        v.push(node("pts", false));
+    } else {
+        v.push(Mount { target: "/dev/pts".into(), kind: MountKind::Devpts, read_only: false, harden: false, origin: Origin::System });
+        if let Some(tty) = terminal {
+            v.push(Mount {
+                target: "/dev/console".into(),
+                kind: MountKind::Bind { source: tty.into(), recursive: false, as_user: true },
+                read_only: false,
+                harden: false,
+                origin: Origin::Host,
+            });
+        }
+    }
     v.push(Mount {
         target: "/dev/shm".into(),
         kind: MountKind::Tmpfs { mode: 0o1777, noexec: false, devices: false },
@@ -432,6 +456,10 @@ impl Mount {
         if let MountKind::Tmpfs { noexec: true, .. } = self.kind {
             f.push("noexec");
         }
+        if self.kind == MountKind::Devpts {
+            // Its ptys are device nodes: nodev would stop them.
+            f.extend(["nosuid", "noexec"]);
+        }
         if let MountKind::Bind { recursive: true, .. } = self.kind {
             f.push("rec");
         }
@@ -457,6 +485,7 @@ impl Plan {
         for (i, m) in self.mounts.iter().enumerate() {
             let what = match &m.kind {
                 MountKind::Tmpfs { mode, .. } => format!("tmpfs mode={mode:o}"),
+                MountKind::Devpts => "devpts newinstance,ptmxmode=0666".into(),
                 MountKind::Symlink { to } => {
                     let _ = writeln!(s, "link  {:>2} {} -> {}", i + 1, m.target.display(), to.display());
                     continue;
@@ -561,6 +590,7 @@ mod tests {
             env: vec![],
             mounts: vec![],
             writable: false,
+            terminal: None,
         }
     }
 
@@ -592,6 +622,19 @@ mod tests {
     }
 
     #[test]
+    fn the_callers_terminal_is_dev_console_when_the_container_has_its_own_devpts() {
+        let mut r = req();
+        r.terminal = Some("/dev/pts/7".into());
+        let p = plan(&r, &Config::default()).unwrap();
+        let console = p.mounts.iter().find(|m| m.target == Path::new("/dev/console")).unwrap();
+        assert_eq!(console.kind, MountKind::Bind { source: "/dev/pts/7".into(), recursive: false, as_user: true });
+        // Root's container binds the host's devpts: the terminal keeps its name.
+        r.privileged = true;
+        let p = plan(&r, &Config::default()).unwrap();
+        assert!(!p.mounts.iter().any(|m| m.target == Path::new("/dev/console")));
+    }
+
+    #[test]
     fn dev_is_minimal_unless_the_site_wants_the_hosts() {
         for privileged in [false, true] {
             let mut r = req();
@@ -603,10 +646,14 @@ mod tests {
             // Root's own ptmx node needs device access on /dev; unprivileged, a link.
             assert_eq!(dev.flags(), if privileged { "rw,nosuid,noexec" } else { "rw,nosuid,nodev,noexec" });
             let ptmx = p.mounts.iter().find(|m| m.target == Path::new("/dev/ptmx")).unwrap();
+            let pts = p.mounts.iter().find(|m| m.target == Path::new("/dev/pts")).unwrap();
             if privileged {
                 assert_eq!(ptmx.kind, MountKind::CharDevice { major: 5, minor: 2, mode: 0o666 });
+                assert_eq!(pts.kind, MountKind::Bind { source: "/dev/pts".into(), recursive: false, as_user: false });
             } else {
                 assert_eq!(ptmx.kind, MountKind::Symlink { to: "pts/ptmx".into() });
+                assert_eq!(pts.kind, MountKind::Devpts);
+                assert_eq!(pts.flags(), "rw,nosuid,noexec");
             }
             // Only single host nodes: no recursive bind brings the rest of /dev.
             for m in p.mounts.iter().filter(|m| m.target.starts_with("/dev")) {

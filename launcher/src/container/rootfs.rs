@@ -284,7 +284,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
     for (m, s) in plan.mounts.iter().zip(&binds) {
         let dir = match (&m.kind, s) {
-            (MountKind::Tmpfs { .. }, _) => true,
+            (MountKind::Tmpfs { .. } | MountKind::Devpts, _) => true,
             // Made in its tmpfs when the mounts are applied.
             (MountKind::Symlink { .. } | MountKind::CharDevice { .. }, _) => continue,
             (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
@@ -394,6 +394,18 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
                 let extra = if *devices { extra & !libc::MS_NODEV } else { extra };
                 sys::mount(Some(c"tmpfs"), &sys::fd_path(target.as_fd()), Some(c"tmpfs"), extra, Some(&c(&format!("mode={mode:o}"))))
                     .map_err(step(what()))?;
+            }
+            (MountKind::Devpts, _) => {
+                // nodev would stop the ptys themselves; gid= is left out
+                // (the tty group is not mapped in a user namespace).
+                sys::mount(
+                    Some(c"devpts"),
+                    &sys::fd_path(target.as_fd()),
+                    Some(c"devpts"),
+                    libc::MS_NOSUID | libc::MS_NOEXEC,
+                    Some(c"newinstance,ptmxmode=0666,mode=0620"),
+                )
+                .map_err(step(what()))?;
             }
             (MountKind::Symlink { .. } | MountKind::CharDevice { .. }, _) => unreachable!("made above"),
             (MountKind::Bind { recursive, .. }, Some(fd)) => {
