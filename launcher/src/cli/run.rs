@@ -168,6 +168,9 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         (Some(key), Some(peers)) => Some(Share { key, peers }),
         _ => None,
     };
+    // `shoal run` is single-threaded and exec'd, not forked from a threaded
+    // process: the image server may run in the forked launcher (no exec).
+    container::serve_fuse_in_process();
     let err = match container::run(&plan, share.as_ref()) {
         Ok(never) => match never {},
         Err(e) => e,

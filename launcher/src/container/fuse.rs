@@ -1,12 +1,15 @@
-//! The image through `squashfuse_ll`, with a lifetime tied to the container.
+//! The image through squashfuse, with a lifetime tied to the container.
 //!
 //! The launcher makes the FUSE superblock itself as a *detached* mount (new
 //! mount API: fsopen/fsconfig/fsmount), in a user namespace of its own when
 //! unprivileged (uid and gid mapped to themselves) and a mount namespace
-//! that only the server keeps; then it forks the server, which execs
-//! `squashfuse_ll` on `/dev/fd/N` (libfuse 3 serves an already mounted
-//! descriptor given that way) while the launcher goes on: it makes the
-//! container's own mount namespace and attaches the mount there. So:
+//! that only the server keeps; then it forks the server while the launcher
+//! goes on: it makes the container's own mount namespace and attaches the
+//! mount there. The server serves the descriptor (libfuse 3 takes an
+//! already mounted one as `/dev/fd/N`) either in the forked process itself
+//! with libsquashfuse_ll loaded there ([`super::fuse_lib`]; only when the
+//! binary opted in with [`serve_in_process`], as `shoal` does) or, in the
+//! SPANK plugin and as a fallback, by exec'ing `squashfuse_ll`. So:
 //! - the server is never in the container's mount namespace and never pins
 //!   it: when the last container process exits, the namespace and its mounts
 //!   go, the kernel aborts the FUSE connection and the server exits: it
@@ -16,21 +19,35 @@
 //!   never kills it: it does not die before the container;
 //! - it runs as the user (root's server drops to the user before exec), so
 //!   the squashfs parser never runs with privileges;
-//! - its exec and library loading overlap with the launcher's own work.
+//! - its library loading overlaps with the launcher's own work.
 //!
 //! Must never: keep a /dev/fuse descriptor in the launcher (a dead server
 //! would then hang the container instead of failing it).
 
 use std::ffi::CString;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 
+use super::fuse_lib;
 use super::sys;
 use super::userns;
+
+static IN_PROCESS: AtomicBool = AtomicBool::new(false);
+
+/// Lets the image server run in the forked launcher process itself rather
+/// than exec `squashfuse_ll`. Only for a program that is single-threaded
+/// and was not forked from a multi-threaded one (the `shoal` binary):
+/// dlopen and libfuse after a fork of a threaded process (slurmstepd, whose
+/// task process loads the SPANK plugin) can deadlock on a lock another
+/// thread held, so the plugin never calls this and keeps the exec.
+pub fn serve_in_process() {
+    IN_PROCESS.store(true, Ordering::Relaxed);
+}
 
 /// Why the FUSE server could not be started or the image not mounted.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +93,8 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The descriptor numbers the server gets /dev/fuse and the image at.
 const SERVER_DEV_FD: i32 = 3;
 const SERVER_IMAGE_FD: i32 = 4;
+const SERVER_DEV_PATH: &std::ffi::CStr = c"/dev/fd/3";
+const SERVER_IMAGE_PATH: &std::ffi::CStr = c"/dev/fd/4";
 
 fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
     sys::openat(None, Path::new("/dev/fuse"), libc::O_RDWR, 0).map_err(|e| match e.raw_os_error() {
@@ -145,8 +164,12 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
         ServerAs::User { .. } => Vec::new(),
     };
 
+    let in_process = IN_PROCESS.load(Ordering::Relaxed);
+
     // SAFETY: the process is single-threaded (launcher contract), and the
-    // child makes only raw syscalls on values prepared above before exec/_exit.
+    // child makes only raw syscalls on values prepared above before exec/_exit,
+    // or, when the binary opted in (see `serve_in_process`: not forked from
+    // a threaded process), runs the in-process server.
     match unsafe { fork() }.map_err(|e| FuseError::Spawn(e.into()))? {
         ForkResult::Parent { child } => {
             drop(err_w);
@@ -188,6 +211,17 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
                     || libc::setresuid(*uid, *uid, *uid) != 0
                 {
                     libc::_exit(126);
+                }
+            }
+            if in_process {
+                // The name `ps` and the tests see; exec renames a fallback.
+                libc::prctl(libc::PR_SET_NAME, c"shoal-fuse".as_ptr());
+                match fuse_lib::serve(SERVER_IMAGE_PATH, SERVER_DEV_PATH, threaded) {
+                    Ok(status) => libc::_exit(status),
+                    // Libraries missing: squashfuse_ll below still serves.
+                    Err(e) => {
+                        let _ = writeln!(io::stderr(), "in-process server unavailable ({}), exec'ing squashfuse_ll", e.0);
+                    }
                 }
             }
             let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();

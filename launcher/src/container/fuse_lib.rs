@@ -1,0 +1,186 @@
+//! The image server without an exec: libsquashfuse_ll's FUSE operations over
+//! libfuse 3's low-level session, both loaded with dlopen in the forked
+//! server process (Debian: libsquashfuse0, libfuse3-3).
+//!
+//! Why: exec'ing `squashfuse_ll` puts its exec, dynamic linking and start on
+//! the launch's critical path (the overlay mount waits for the server's
+//! first answer). Loading the libraries in the forked child instead keeps
+//! them out of the launcher (and out of `libspank_shoal.so`, which must load
+//! in slurmd without them) and overlaps the loading with the launcher's own
+//! work.
+//!
+//! Must never: run in a process forked from a multi-threaded one (dlopen
+//! and libfuse after such a fork can deadlock on a lock another thread
+//! held); [`super::fuse`] uses it only when the binary opted in with
+//! [`super::serve_fuse_in_process`]. Never runs before the server dropped
+//! to the user: the squashfs parser is loaded and run unprivileged.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+/// Why the libraries could not be used; the caller falls back to exec'ing
+/// `squashfuse_ll`.
+#[derive(Debug)]
+pub struct LoadError(pub String);
+
+type Op = Option<unsafe extern "C" fn()>;
+
+/// `struct fuse_lowlevel_ops` of libfuse 3, up to `create`, the last member
+/// squashfuse fills. libfuse copies only the size it is given and zeroes
+/// the rest, so a prefix is a valid table.
+#[repr(C)]
+#[derive(Default)]
+struct LowlevelOps {
+    init: Op,
+    destroy: Op,
+    lookup: Op,
+    forget: Op,
+    getattr: Op,
+    setattr: Op,
+    readlink: Op,
+    mknod: Op,
+    mkdir: Op,
+    unlink: Op,
+    rmdir: Op,
+    symlink: Op,
+    rename: Op,
+    link: Op,
+    open: Op,
+    read: Op,
+    write: Op,
+    flush: Op,
+    release: Op,
+    fsync: Op,
+    opendir: Op,
+    readdir: Op,
+    releasedir: Op,
+    fsyncdir: Op,
+    statfs: Op,
+    setxattr: Op,
+    getxattr: Op,
+    listxattr: Op,
+    removexattr: Op,
+    access: Op,
+    create: Op,
+}
+
+/// `struct fuse_args` of libfuse 3.
+#[repr(C)]
+struct FuseArgs {
+    argc: c_int,
+    argv: *mut *mut c_char,
+    allocated: c_int,
+}
+
+type SqfsLlOpen = unsafe extern "C" fn(path: *const c_char, offset: usize) -> *mut c_void;
+type SessionNew = unsafe extern "C" fn(args: *mut FuseArgs, ops: *const LowlevelOps, size: usize, userdata: *mut c_void) -> *mut c_void;
+type SessionMount = unsafe extern "C" fn(se: *mut c_void, mountpoint: *const c_char) -> c_int;
+type SessionLoop = unsafe extern "C" fn(se: *mut c_void) -> c_int;
+/// `fuse_session_loop_mt_31(se, clone_fd)`: the multi-threaded loop with
+/// default settings and the one stable plain-int signature.
+type SessionLoopMt = unsafe extern "C" fn(se: *mut c_void, clone_fd: c_int) -> c_int;
+
+fn dlerror() -> String {
+    // SAFETY: dlerror returns NULL or a C string valid until the next dl call.
+    let e = unsafe { libc::dlerror() };
+    if e.is_null() {
+        "unknown error".into()
+    } else {
+        // SAFETY: non-NULL, NUL-terminated, read before any other dl call.
+        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
+    }
+}
+
+struct Lib(*mut c_void);
+
+impl Lib {
+    fn open(name: &CStr) -> Result<Lib, LoadError> {
+        // SAFETY: a valid C string; the handle is never closed (the process
+        // serves until it exits).
+        let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if h.is_null() {
+            return Err(LoadError(format!("{}: {}", name.to_string_lossy(), dlerror())));
+        }
+        Ok(Lib(h))
+    }
+
+    /// A function of the library or of its dependencies (libfuse3).
+    fn sym(&self, name: &CStr) -> Result<*mut c_void, LoadError> {
+        // SAFETY: a live handle and a valid C string.
+        let p = unsafe { libc::dlsym(self.0, name.as_ptr()) };
+        if p.is_null() {
+            return Err(LoadError(format!("{}: {}", name.to_string_lossy(), dlerror())));
+        }
+        Ok(p)
+    }
+
+    fn op(&self, name: &CStr) -> Result<Op, LoadError> {
+        // SAFETY: every name passed is a FUSE low-level operation of
+        // libsquashfuse_ll, called by libfuse with that operation's C
+        // signature; the table stores it type-erased, as libfuse does.
+        Ok(Some(unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn()>(self.sym(name)?) }))
+    }
+}
+
+/// Serves the squashfs image at `image` (a `/dev/fd/N` path) on the
+/// already mounted FUSE descriptor `dev` (`/dev/fd/M`) until the kernel
+/// ends the connection. `Err` only when nothing was served yet (the
+/// libraries are missing): the caller may still exec `squashfuse_ll`.
+/// `Ok(status)`: the exit status for the server process.
+pub fn serve(image: &CStr, dev: &CStr, threaded: bool) -> Result<i32, LoadError> {
+    let lib = Lib::open(c"libsquashfuse_ll.so.0")?;
+    let ops = LowlevelOps {
+        lookup: lib.op(c"sqfs_ll_op_lookup")?,
+        forget: lib.op(c"sqfs_ll_op_forget")?,
+        getattr: lib.op(c"sqfs_ll_op_getattr")?,
+        readlink: lib.op(c"sqfs_ll_op_readlink")?,
+        open: lib.op(c"sqfs_ll_op_open")?,
+        read: lib.op(c"sqfs_ll_op_read")?,
+        release: lib.op(c"sqfs_ll_op_release")?,
+        opendir: lib.op(c"sqfs_ll_op_opendir")?,
+        readdir: lib.op(c"sqfs_ll_op_readdir")?,
+        releasedir: lib.op(c"sqfs_ll_op_releasedir")?,
+        statfs: lib.op(c"stfs_ll_op_statfs")?,
+        getxattr: lib.op(c"sqfs_ll_op_getxattr")?,
+        listxattr: lib.op(c"sqfs_ll_op_listxattr")?,
+        create: lib.op(c"sqfs_ll_op_create")?,
+        ..Default::default()
+    };
+    // SAFETY (these four): each symbol has exactly the C signature of the
+    // type it is cast to (libsquashfuse_ll 0.1.10x, libfuse 3.x ABI).
+    let ll_open: SqfsLlOpen = unsafe { std::mem::transmute(lib.sym(c"sqfs_ll_open")?) };
+    let session_new: SessionNew = unsafe { std::mem::transmute(lib.sym(c"fuse_session_new")?) };
+    let session_mount: SessionMount = unsafe { std::mem::transmute(lib.sym(c"fuse_session_mount")?) };
+    let run: Result<SessionLoop, SessionLoopMt> = if threaded {
+        Err(unsafe { std::mem::transmute(lib.sym(c"fuse_session_loop_mt_31")?) })
+    } else {
+        Ok(unsafe { std::mem::transmute(lib.sym(c"fuse_session_loop")?) })
+    };
+
+    // From here on the libraries are in: failures are the image's or the
+    // session's, reported on stderr (the launcher's diagnostics pipe).
+    // SAFETY: a valid C path; squashfuse opens it and prints its own errors.
+    let ll = unsafe { ll_open(image.as_ptr(), 0) };
+    if ll.is_null() {
+        return Ok(1);
+    }
+    let mut argv0 = *b"shoal-fuse\0";
+    let mut argv = [argv0.as_mut_ptr().cast::<c_char>(), std::ptr::null_mut()];
+    let mut args = FuseArgs { argc: 1, argv: argv.as_mut_ptr(), allocated: 0 };
+    // SAFETY: `args`, `ops` and `ll` outlive the session (this function
+    // never returns while serving); libfuse copies `size` bytes of `ops`.
+    let se = unsafe { session_new(&mut args, &ops, std::mem::size_of::<LowlevelOps>(), ll) };
+    if se.is_null() {
+        return Ok(1);
+    }
+    // libfuse takes `/dev/fd/N` as the already mounted connection.
+    // SAFETY: a live session and a valid C string.
+    if unsafe { session_mount(se, dev.as_ptr()) } != 0 {
+        return Ok(1);
+    }
+    // SAFETY: a live, mounted session; returns when the connection ends.
+    let status = match run {
+        Ok(single) => unsafe { single(se) },
+        Err(multi) => unsafe { multi(se, 0) },
+    };
+    Ok(if status == 0 { 0 } else { 1 })
+}
