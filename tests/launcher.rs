@@ -62,13 +62,16 @@ fn site_image(name: &str) -> PathBuf {
     img
 }
 
-/// squashfuse_ll processes (not zombies) serving `image`.
+/// FUSE servers (not zombies) serving `image`: `shoal run`'s in-process
+/// server (`shoal-fuse`) or an exec'd `squashfuse_ll`, both with the image
+/// at descriptor 4.
 fn fuse_servers(image: &Path) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if !stat.contains("(squashfuse_ll)") || stat.contains(") Z ") {
+        let server = stat.contains("(squashfuse_ll)") || stat.contains("(shoal-fuse)");
+        if !server || stat.contains(") Z ") {
             continue;
         }
         if std::fs::read_link(format!("/proc/{pid}/fd/4")).ok().as_deref() == Some(image) {

@@ -114,9 +114,19 @@ fn image(arg: &str, cwd: &Path, cfg: &Config) -> Result<RunImage> {
 }
 
 pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
+    let euid = Uid::effective();
+    // `shoal run` is single-threaded and exec'd, not forked from a threaded
+    // process: the image server may run in the forked launcher (no exec of
+    // squashfuse_ll). Unprivileged, it is forked right now so that it loads
+    // its libraries while this process reads the config and makes the
+    // namespaces (not for a dry run or a shared container, which may never
+    // build one). If the fork fails, the launch forks it later.
+    container::serve_fuse_in_process();
+    if !euid.is_root() && !args.dry_run && args.share_key.is_none() {
+        let _ = container::prefork_fuse_server();
+    }
     let cfg = Config::load(config_path)?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let euid = Uid::effective();
     let user = match &args.user {
         Some(name) if !euid.is_root() => bail!("--user {name}: only root may run containers for another user"),
         Some(name) => User::from_name(name)?.ok_or_else(|| anyhow!("--user {name}: no such user"))?,
@@ -168,9 +178,6 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         (Some(key), Some(peers)) => Some(Share { key, peers }),
         _ => None,
     };
-    // `shoal run` is single-threaded and exec'd, not forked from a threaded
-    // process: the image server may run in the forked launcher (no exec).
-    container::serve_fuse_in_process();
     let err = match container::run(&plan, share.as_ref()) {
         Ok(never) => match never {},
         Err(e) => e,

@@ -75,9 +75,6 @@ type SqfsLlOpen = unsafe extern "C" fn(path: *const c_char, offset: usize) -> *m
 type SessionNew = unsafe extern "C" fn(args: *mut FuseArgs, ops: *const LowlevelOps, size: usize, userdata: *mut c_void) -> *mut c_void;
 type SessionMount = unsafe extern "C" fn(se: *mut c_void, mountpoint: *const c_char) -> c_int;
 type SessionLoop = unsafe extern "C" fn(se: *mut c_void) -> c_int;
-/// `fuse_session_loop_mt_31(se, clone_fd)`: the multi-threaded loop with
-/// default settings and the one stable plain-int signature.
-type SessionLoopMt = unsafe extern "C" fn(se: *mut c_void, clone_fd: c_int) -> c_int;
 
 fn dlerror() -> String {
     // SAFETY: dlerror returns NULL or a C string valid until the next dl call.
@@ -90,6 +87,7 @@ fn dlerror() -> String {
     }
 }
 
+/// A dlopen handle, never closed: the server uses the library until it exits.
 struct Lib(*mut c_void);
 
 impl Lib {
@@ -121,12 +119,18 @@ impl Lib {
     }
 }
 
-/// Serves the squashfs image at `image` (a `/dev/fd/N` path) on the
-/// already mounted FUSE descriptor `dev` (`/dev/fd/M`) until the kernel
-/// ends the connection. `Err` only when nothing was served yet (the
-/// libraries are missing): the caller may still exec `squashfuse_ll`.
-/// `Ok(status)`: the exit status for the server process.
-pub fn serve(image: &CStr, dev: &CStr, threaded: bool) -> Result<i32, LoadError> {
+/// The libraries, loaded: everything the server needs before the image.
+pub struct Loaded {
+    ops: LowlevelOps,
+    ll_open: SqfsLlOpen,
+    session_new: SessionNew,
+    session_mount: SessionMount,
+    session_loop: SessionLoop,
+}
+
+/// Loads libsquashfuse_ll (and with it libfuse3 and the decompressors).
+/// `Err`: the libraries are missing; the caller may exec `squashfuse_ll`.
+pub fn load() -> Result<Loaded, LoadError> {
     let lib = Lib::open(c"libsquashfuse_ll.so.0")?;
     let ops = LowlevelOps {
         lookup: lib.op(c"sqfs_ll_op_lookup")?,
@@ -147,40 +151,47 @@ pub fn serve(image: &CStr, dev: &CStr, threaded: bool) -> Result<i32, LoadError>
     };
     // SAFETY (these four): each symbol has exactly the C signature of the
     // type it is cast to (libsquashfuse_ll 0.1.10x, libfuse 3.x ABI).
-    let ll_open: SqfsLlOpen = unsafe { std::mem::transmute(lib.sym(c"sqfs_ll_open")?) };
-    let session_new: SessionNew = unsafe { std::mem::transmute(lib.sym(c"fuse_session_new")?) };
-    let session_mount: SessionMount = unsafe { std::mem::transmute(lib.sym(c"fuse_session_mount")?) };
-    let run: Result<SessionLoop, SessionLoopMt> = if threaded {
-        Err(unsafe { std::mem::transmute(lib.sym(c"fuse_session_loop_mt_31")?) })
-    } else {
-        Ok(unsafe { std::mem::transmute(lib.sym(c"fuse_session_loop")?) })
-    };
+    unsafe {
+        Ok(Loaded {
+            ops,
+            ll_open: std::mem::transmute::<*mut c_void, SqfsLlOpen>(lib.sym(c"sqfs_ll_open")?),
+            session_new: std::mem::transmute::<*mut c_void, SessionNew>(lib.sym(c"fuse_session_new")?),
+            session_mount: std::mem::transmute::<*mut c_void, SessionMount>(lib.sym(c"fuse_session_mount")?),
+            session_loop: std::mem::transmute::<*mut c_void, SessionLoop>(lib.sym(c"fuse_session_loop")?),
+        })
+    }
+}
 
-    // From here on the libraries are in: failures are the image's or the
-    // session's, reported on stderr (the launcher's diagnostics pipe).
-    // SAFETY: a valid C path; squashfuse opens it and prints its own errors.
-    let ll = unsafe { ll_open(image.as_ptr(), 0) };
-    if ll.is_null() {
-        return Ok(1);
+impl Loaded {
+    /// Serves the squashfs image at `image` (a `/dev/fd/N` path) on the
+    /// already mounted FUSE descriptor `dev` (`/dev/fd/M`) until the kernel
+    /// ends the connection, on one thread; returns the server's exit
+    /// status. Errors (a corrupt image) are printed on stderr by squashfuse
+    /// itself. One thread only: this library (Debian 0.1.105) returned
+    /// corrupt data when served from libfuse's thread pool.
+    pub fn serve(&self, image: &CStr, dev: &CStr) -> i32 {
+        // SAFETY: a valid C path; squashfuse opens it and prints its own errors.
+        let ll = unsafe { (self.ll_open)(image.as_ptr(), 0) };
+        if ll.is_null() {
+            return 1;
+        }
+        let mut argv0 = *b"shoal-fuse\0";
+        let mut argv = [argv0.as_mut_ptr().cast::<c_char>(), std::ptr::null_mut()];
+        let mut args = FuseArgs { argc: 1, argv: argv.as_mut_ptr(), allocated: 0 };
+        // SAFETY: `args`, `self.ops` and `ll` outlive the session (this
+        // function returns only when serving ended); libfuse copies `size`
+        // bytes of the table.
+        let se = unsafe { (self.session_new)(&mut args, &self.ops, std::mem::size_of::<LowlevelOps>(), ll) };
+        if se.is_null() {
+            return 1;
+        }
+        // libfuse takes `/dev/fd/N` as the already mounted connection.
+        // SAFETY: a live session and a valid C string.
+        if unsafe { (self.session_mount)(se, dev.as_ptr()) } != 0 {
+            return 1;
+        }
+        // SAFETY: a live, mounted session; returns when the connection ends.
+        let status = unsafe { (self.session_loop)(se) };
+        if status == 0 { 0 } else { 1 }
     }
-    let mut argv0 = *b"shoal-fuse\0";
-    let mut argv = [argv0.as_mut_ptr().cast::<c_char>(), std::ptr::null_mut()];
-    let mut args = FuseArgs { argc: 1, argv: argv.as_mut_ptr(), allocated: 0 };
-    // SAFETY: `args`, `ops` and `ll` outlive the session (this function
-    // never returns while serving); libfuse copies `size` bytes of `ops`.
-    let se = unsafe { session_new(&mut args, &ops, std::mem::size_of::<LowlevelOps>(), ll) };
-    if se.is_null() {
-        return Ok(1);
-    }
-    // libfuse takes `/dev/fd/N` as the already mounted connection.
-    // SAFETY: a live session and a valid C string.
-    if unsafe { session_mount(se, dev.as_ptr()) } != 0 {
-        return Ok(1);
-    }
-    // SAFETY: a live, mounted session; returns when the connection ends.
-    let status = match run {
-        Ok(single) => unsafe { single(se) },
-        Err(multi) => unsafe { multi(se, 0) },
-    };
-    Ok(if status == 0 { 0 } else { 1 })
 }

@@ -90,7 +90,7 @@ use std::path::PathBuf;
 pub use env::{parse_assignment, parse_env_file, EnvError};
 pub use etc::Identity;
 pub use exec::ExecError;
-pub use fuse::serve_in_process as serve_fuse_in_process;
+pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process, FuseError};
 pub use plan::{
     plan, Cwd, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RootFs,
     RunImage, RunRequest,
