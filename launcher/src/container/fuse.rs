@@ -189,6 +189,8 @@ pub fn prefork() -> Result<(), FuseError> {
                     libc::_exit(0);
                 }
                 libc::setsid();
+                // Pins no directory of the caller's (an automounted home).
+                libc::chdir(c"/".as_ptr());
                 // As in `start`: stray signals never end the server.
                 for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
                     libc::signal(sig, libc::SIG_IGN);
@@ -307,6 +309,8 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
     if !squashfuse.is_file() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
     }
+    // The server runs in `/`: a configured relative path must not change meaning.
+    let squashfuse = &std::path::absolute(squashfuse).map_err(FuseError::Spawn)?;
     let (uid, gid) = match &who {
         ServerAs::User { uid, gid } => {
             userns::new_user_and_mount(*uid, *gid)
@@ -369,6 +373,7 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
                 libc::_exit(0);
             }
             libc::setsid();
+            libc::chdir(c"/".as_ptr());
             // Ignored dispositions survive exec, and libfuse only installs
             // its exit handlers over SIG_DFL: a scancel's SIGTERM, a
             // terminal's SIGINT/SIGHUP never end the server early.
