@@ -75,7 +75,7 @@ pub enum FuseError {
     NoDevFuse,
     #[error("/dev/fuse is not accessible to you ({0}): sites must make it mode 0666 (`chmod 666 /dev/fuse`, or a udev rule)")]
     DevFuseDenied(io::Error),
-    #[error("cannot start squashfuse_ll: {0}")]
+    #[error("cannot start the image server (squashfuse): {0}")]
     Spawn(io::Error),
     #[error("cannot mount the image with FUSE: {0}")]
     Mount(io::Error),
@@ -316,13 +316,16 @@ fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded
     .map_err(io::Error::from)
 }
 
-/// Makes the superblock and forks the server on it. Unprivileged (`who` is
-/// [`ServerAs::User`]), this first moves the launcher into a new user
-/// namespace (uid and gid mapped to themselves) and a mount namespace the
-/// server keeps; the launcher then makes the container's own mount
-/// namespace ([`super::userns::new_mount`]) before attaching the mount.
-/// `image` is the opened squashfs file; `threaded`: serve with a pool of
-/// threads (containers shared by several processes) rather than one.
+/// Makes the superblock and hands it to the early server ([`prefork`]), or
+/// forks a server on it. Unprivileged (`who` is [`ServerAs::User`]), this
+/// first moves the launcher into a new user namespace (uid and gid mapped
+/// to themselves) and a mount namespace (a server forked here keeps it);
+/// the launcher then makes the container's own mount namespace
+/// ([`super::userns::new_mount`]) before attaching the mount. `image` is
+/// the opened squashfs file; `threaded`: serve with a pool of threads
+/// (containers shared by several processes; always through squashfuse_ll)
+/// rather than one. `squashfuse`: the binary exec'd when not serving
+/// in-process, checked even then (the fallback).
 pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: bool) -> Result<FuseServer, FuseError> {
     if !squashfuse.is_file() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
