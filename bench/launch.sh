@@ -5,6 +5,9 @@
 # (`python3 -c 'import numpy'`) in the Debian + MPICH + NumPy test image.
 #
 #   bash bench/launch.sh [LAUNCHES]      (default 60; run as root)
+#   BASELINE=/path/to/older/shoal bash bench/launch.sh ...
+#       also times an older `shoal` build in the same alternation (a change
+#       measured against what it replaces, under the same load)
 #
 # Prints one line per measurement (median, p10, p90 in ms) and the ratios;
 # BENCHMARKS.md records a run. Needs the test bed up (tests/testbed/up.sh)
@@ -58,15 +61,16 @@ fi
 measure() {  # measure IMAGE N CMD...   -> lines "shoal MS", "ch-run MS", "bare MS"
     local img=$1 n=$2; shift 2
     runuser -u "$USER_NAME" -- env -i HOME=/tmp USER="$USER_NAME" PATH=/usr/bin:/bin bash -c '
-        img=$1; n=$2; shoal=$3; bare=$4; cfg=$5; shift 5
+        img=$1; n=$2; shoal=$3; bare=$4; cfg=$5; base=$6; shift 6
         cd /tmp
         t() { local s=$EPOCHREALTIME; "$@" >/dev/null 2>&1 || echo "failed: $*" >&2; local e=$EPOCHREALTIME; echo "$(( (${e/./} - ${s/./}) ))"; }
         for i in $(seq 1 3); do "$shoal" --config "$cfg" run "$img" -- "$@" >/dev/null 2>&1; ch-run "$img" -- "$@" >/dev/null 2>&1; done
         for i in $(seq 1 "$n"); do
             echo "shoal $(t "$shoal" --config "$cfg" run "$img" -- "$@")"
             echo "ch-run $(t ch-run "$img" -- "$@")"
+            if [ -n "$base" ]; then echo "baseline $(t "$base" --config "$cfg" run "$img" -- "$@")"; fi
             if [ "$bare" = 1 ]; then echo "bare $(t "$@")"; fi
-        done' _ "$img" "$n" "$SHOAL" "${BARE:-0}" "$BENCH/shoal.toml" "$@"
+        done' _ "$img" "$n" "$SHOAL" "${BARE:-0}" "$BENCH/shoal.toml" "${BASELINE:-}" "$@"
 }
 stats() {  # stats TAG < "tag usec" lines -> "median p10 p90" in ms
     awk -v tag="$1" '$1==tag {print $2}' | sort -n | awk '{a[NR]=$1} END {
@@ -74,14 +78,16 @@ stats() {  # stats TAG < "tag usec" lines -> "median p10 p90" in ms
         printf "%.2f %.2f %.2f %d\n", a[int((NR+1)/2)]/1000, a[int(NR*0.1)+1]/1000, a[int(NR*0.9)]/1000, NR }'
 }
 report() {  # report FILE TITLE
-    local f=$1 s c b
-    s=$(stats shoal < "$f"); c=$(stats ch-run < "$f"); b=$(stats bare < "$f")
+    local f=$1 s c b o
+    s=$(stats shoal < "$f"); c=$(stats ch-run < "$f"); b=$(stats bare < "$f"); o=$(stats baseline < "$f")
     echo "## $2"
     echo "shoal run   median/p10/p90/n: $s"
     echo "ch-run      median/p10/p90/n: $c"
+    [ "$o" = n/a ] || echo "baseline    median/p10/p90/n: $o"
     [ "$b" = n/a ] || echo "bare        median/p10/p90/n: $b"
-    awk -v s="${s%% *}" -v c="${c%% *}" -v b="${b%% *}" 'BEGIN {
+    awk -v s="${s%% *}" -v c="${c%% *}" -v b="${b%% *}" -v o="${o%% *}" 'BEGIN {
         printf "ratio ch-run/shoal: %.2f\n", c/s
+        if (o != "n/a" && o > 0) printf "ratio ch-run/baseline: %.2f\n", c/o
         if (b != "n/a" && b > 0) printf "ratio shoal/bare: %.2f\n", s/b }'
 }
 

@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -62,13 +63,16 @@ fn site_image(name: &str) -> PathBuf {
     img
 }
 
-/// squashfuse_ll processes (not zombies) serving `image`.
+/// FUSE servers (not zombies) serving `image`: `shoal run`'s in-process
+/// server (`shoal-fuse`) or an exec'd `squashfuse_ll`, both with the image
+/// at descriptor 4.
 fn fuse_servers(image: &Path) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if !stat.contains("(squashfuse_ll)") || stat.contains(") Z ") {
+        let server = stat.contains("(squashfuse_ll)") || stat.contains("(shoal-fuse)");
+        if !server || stat.contains(") Z ") {
             continue;
         }
         if std::fs::read_link(format!("/proc/{pid}/fd/4")).ok().as_deref() == Some(image) {
@@ -370,14 +374,24 @@ fn fuse_server_ignores_stray_signals_and_a_killed_server_fails_cleanly() {
     let (dir, img) = user_image(tb, "fusekill");
     let d = dir.display();
     let s = shoal(tb);
-    // Start a container that reads its image every 50 ms, then signal the server.
+    // Start a container that reads its image every 50 ms (the launcher
+    // holding one more descriptor of the caller's), then signal the server.
     let start = format!(
-        "cd {d} && rm -f ready out && {{ {s} run ./busybox.sqfs -- sh -c 'touch ready; while cat /etc/shoal-test-image >/dev/null; do sleep 0.05; done; echo read-failed > out' >/dev/null 2>&1 & }}; \
+        "cd {d} && rm -f ready out && {{ {s} run ./busybox.sqfs -- sh -c 'touch ready; while cat /etc/shoal-test-image >/dev/null; do sleep 0.05; done; echo read-failed > out' >/dev/null 2>&1 9>caller-fd & }}; \
          until [ -e ready ]; do sleep 0.02; done"
     );
     ok(&tb.user(&start));
     let servers = fuse_servers(&img);
     assert_eq!(servers.len(), 1, "{servers:?}");
+    // It holds stdio, /dev/fuse and the image, none of the caller's others.
+    for fd in std::fs::read_dir(format!("/proc/{}/fd", servers[0])).unwrap().flatten() {
+        let n: u32 = fd.file_name().to_string_lossy().parse().unwrap();
+        let target = std::fs::read_link(fd.path()).unwrap();
+        // /dev/fuse (10:229), opened in another mount namespace, so its
+        // link text need not read /dev/fuse.
+        let dev_fuse = std::fs::metadata(fd.path()).map(|m| m.file_type().is_char_device() && m.rdev() == (10 << 8 | 229)).unwrap_or(false);
+        assert!(n <= 2 || dev_fuse || target == img, "server holds fd {n} -> {}", target.display());
+    }
     // SIGTERM/SIGINT/SIGHUP (a terminal hangup, a scancel) do not end it.
     ok(&tb.root(&format!("kill -TERM {0}; kill -INT {0}; kill -HUP {0}", servers[0])));
     std::thread::sleep(Duration::from_millis(300));
@@ -390,6 +404,39 @@ fn fuse_server_ignores_stray_signals_and_a_killed_server_fails_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_clean(&img);
+}
+
+/// `shoal run` forks its image server before it reads its config or opens
+/// the image; a launch that fails before handing it the image leaves no
+/// server behind.
+#[test]
+fn a_failed_launch_leaves_no_image_server() {
+    let tb = testbed();
+    let dir = tb.user_tempdir("early-server");
+    let missing = dir.join("missing.sqfs");
+    let out = tb.user(&format!("{} run {} -- true", shoal(tb), missing.display()));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.sqfs not found"), "{out:?}");
+    // The early server inherited the launcher's command line: find it by
+    // the image named there (a path unique to this test).
+    let early = || -> Vec<u32> {
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if stat.contains("(shoal-fuse)") && !stat.contains(") Z ") && String::from_utf8_lossy(&cmdline).contains(missing.to_str().unwrap()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !early().is_empty() {
+        assert!(Instant::now() < deadline, "early image server left over: {:?}", early());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!missing.exists());
 }
 
 #[test]

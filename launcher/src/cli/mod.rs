@@ -57,6 +57,10 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // Before the (slow) parse: see run::wants_early_server.
+    if run::wants_early_server(std::env::args_os().skip(1)) {
+        run::start_early_server();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &cli.config),

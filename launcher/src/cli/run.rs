@@ -123,10 +123,57 @@ fn image(arg: &str, cwd: &Path, cfg: &Config) -> Result<RunImage> {
     Ok(RunImage { squashfs, config: ImageConfig::default(), trusted_for_kernel_mount: in_site_store })
 }
 
+/// Whether `shoal` should fork its image server before it even parses its
+/// command line (`args`: without the program name): the subcommand is
+/// `run` (after the global `--config`), and no `--dry-run`, `--share-key`
+/// (a dry run or a shared container may never build one) or help request
+/// comes before the command's own `--`. Deciding wrong costs little either
+/// way: a server never handed an image exits; without one the launch forks
+/// it later.
+pub fn wants_early_server(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    let mut args = args.into_iter();
+    loop {
+        match args.next() {
+            Some(a) if a == "--config" => {
+                args.next();
+            }
+            Some(a) if a.to_string_lossy().starts_with("--config=") => {}
+            Some(a) if a == "run" => break,
+            _ => return false,
+        }
+    }
+    for a in args {
+        let a = a.to_string_lossy();
+        if a == "--" {
+            break;
+        }
+        if a == "--dry-run" || a.starts_with("--share-key") || a == "--help" || a == "-h" || a == "--version" || a == "-V" {
+            return false;
+        }
+    }
+    true
+}
+
+/// `shoal run` is single-threaded and exec'd, not forked from a threaded
+/// process, so its image server may run in the forked launcher (no exec of
+/// squashfuse_ll). Unprivileged, it is forked first thing (see
+/// [`wants_early_server`]), loading its libraries while this process parses
+/// its arguments, reads the config and makes the namespaces.
+pub fn start_early_server() {
+    container::serve_fuse_in_process();
+    if !Uid::effective().is_root() {
+        // A failed fork: the launch forks the server when it needs it.
+        let _ = container::prefork_fuse_server();
+    }
+}
+
 pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
+    let euid = Uid::effective();
+    // Also for root (`--user`), whose server is forked when the image is
+    // mounted (see `start_early_server`).
+    container::serve_fuse_in_process();
     let cfg = Config::load(config_path)?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let euid = Uid::effective();
     let user = match &args.user {
         Some(name) if !euid.is_root() => bail!("--user {name}: only root may run containers for another user"),
         Some(name) => User::from_name(name)?.ok_or_else(|| anyhow!("--user {name}: no such user"))?,
@@ -191,4 +238,29 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         EnterError::Exec(ExecError::Exec(..)) => 126,
         _ => 125,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_early_server;
+
+    fn early(line: &str) -> bool {
+        wants_early_server(line.split_whitespace().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn early_server_only_for_a_run_that_builds_a_container() {
+        assert!(early("run ./img.sqfs -- true"));
+        assert!(early("--config /etc/x.toml run -e A=1 img true"));
+        assert!(early("--config=/x.toml run img"));
+        // A command's own options after `--` are its business.
+        assert!(early("run img -- --dry-run --share-key k"));
+        assert!(!early("run --dry-run img true"));
+        assert!(!early("run --share-key k --share-peers 2 img true"));
+        assert!(!early("run --share-key=k --share-peers=2 img true"));
+        assert!(!early("run --help"));
+        assert!(!early("pull img"));
+        assert!(!early("--config x pull run"));
+        assert!(!early(""));
+    }
 }

@@ -1,36 +1,70 @@
-//! The image through `squashfuse_ll`, with a lifetime tied to the container.
+//! The image through squashfuse, with a lifetime tied to the container.
 //!
 //! The launcher makes the FUSE superblock itself as a *detached* mount (new
 //! mount API: fsopen/fsconfig/fsmount), in a user namespace of its own when
-//! unprivileged (uid and gid mapped to themselves) and a mount namespace
-//! that only the server keeps; then it forks the server, which execs
-//! `squashfuse_ll` on `/dev/fd/N` (libfuse 3 serves an already mounted
-//! descriptor given that way) while the launcher goes on: it makes the
-//! container's own mount namespace and attaches the mount there. So:
+//! unprivileged (uid and gid mapped to themselves), hands its /dev/fuse
+//! descriptor to the server and goes on: it makes the container's own mount
+//! namespace and attaches the mount there. The server serves the descriptor
+//! (libfuse 3 takes an already mounted one as `/dev/fd/N`) in one of three
+//! ways, all double-forked (reparented away from the command the launcher
+//! becomes):
+//! - unprivileged `shoal run`: forked at the very start ([`prefork`]), it
+//!   loads libsquashfuse_ll ([`super::fuse_lib`]) while the launcher reads
+//!   its config and makes the namespaces, then receives the superblock's
+//!   descriptor and the image over a socket: the overlay mount, which waits
+//!   for the server's first answer, finds it ready;
+//! - `shoal run` as root for a user: forked when the superblock exists,
+//!   drops to the user, then loads the library and serves;
+//! - the SPANK plugin (and the fallback when the libraries are missing):
+//!   forked when the superblock exists, drops to the user and execs
+//!   `squashfuse_ll`. In-process serving needs a process that was never
+//!   forked from a threaded one ([`serve_in_process`]): slurmstepd is.
+//!
+//! So:
 //! - the server is never in the container's mount namespace and never pins
 //!   it: when the last container process exits, the namespace and its mounts
 //!   go, the kernel aborts the FUSE connection and the server exits: it
-//!   never outlives the container;
+//!   never outlives the container (an early server that never gets a
+//!   superblock reads end-of-file when the launcher execs or exits, and
+//!   exits);
 //! - terminal signals and the launcher's own signals never reach it
 //!   (ignored, and libfuse keeps ignored signals ignored), and the launcher
 //!   never kills it: it does not die before the container;
-//! - it runs as the user (root's server drops to the user before exec), so
-//!   the squashfs parser never runs with privileges;
-//! - its exec and library loading overlap with the launcher's own work.
+//! - it runs as the user (root's server drops to the user before loading
+//!   or exec'ing squashfuse), so the squashfs parser never runs with
+//!   privileges;
+//! - it holds stdio, /dev/fuse and the image only, never the caller's
+//!   other descriptors.
 //!
 //! Must never: keep a /dev/fuse descriptor in the launcher (a dead server
 //! would then hang the container instead of failing it).
 
 use std::ffi::CString;
-use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
+use nix::sys::socket;
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 
+use super::fuse_lib;
 use super::sys;
 use super::userns;
+
+static IN_PROCESS: AtomicBool = AtomicBool::new(false);
+
+/// Lets the image server run in the forked launcher process itself rather
+/// than exec `squashfuse_ll`. Only for a program that is single-threaded
+/// and was not forked from a multi-threaded one (the `shoal` binary):
+/// dlopen and libfuse after a fork of a threaded process (slurmstepd, whose
+/// task process loads the SPANK plugin) can deadlock on a lock another
+/// thread held, so the plugin never calls this and keeps the exec.
+pub fn serve_in_process() {
+    IN_PROCESS.store(true, Ordering::Relaxed);
+}
 
 /// Why the FUSE server could not be started or the image not mounted.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +75,7 @@ pub enum FuseError {
     NoDevFuse,
     #[error("/dev/fuse is not accessible to you ({0}): sites must make it mode 0666 (`chmod 666 /dev/fuse`, or a udev rule)")]
     DevFuseDenied(io::Error),
-    #[error("cannot start squashfuse_ll: {0}")]
+    #[error("cannot start the image server (squashfuse): {0}")]
     Spawn(io::Error),
     #[error("cannot mount the image with FUSE: {0}")]
     Mount(io::Error),
@@ -73,9 +107,24 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// squashfuse_ll's whole environment: glibc's malloc tuned as the in-process
+/// server tunes it ([`fuse_lib::MALLOC_TUNING`]; measured: the debian-mpich
+/// `/bin/true` launch 1.6 ms faster through the exec'd server).
+struct ServerEnv([*const libc::c_char; 2]);
+// SAFETY: pointers to a 'static C string and NULL, never written.
+unsafe impl Sync for ServerEnv {}
+impl ServerEnv {
+    fn as_ptr(&self) -> *const *const libc::c_char {
+        self.0.as_ptr()
+    }
+}
+static SERVER_ENV: ServerEnv = ServerEnv([fuse_lib::MALLOC_TUNING.as_ptr(), std::ptr::null()]);
+
 /// The descriptor numbers the server gets /dev/fuse and the image at.
 const SERVER_DEV_FD: i32 = 3;
 const SERVER_IMAGE_FD: i32 = 4;
+const SERVER_DEV_PATH: &std::ffi::CStr = c"/dev/fd/3";
+const SERVER_IMAGE_PATH: &std::ffi::CStr = c"/dev/fd/4";
 
 fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
     sys::openat(None, Path::new("/dev/fuse"), libc::O_RDWR, 0).map_err(|e| match e.raw_os_error() {
@@ -105,17 +154,184 @@ fn make_superblock(uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), FuseError> 
     Ok((dev, mount))
 }
 
-/// Makes the superblock and forks the server on it. Unprivileged (`who` is
-/// [`ServerAs::User`]), this first moves the launcher into a new user
-/// namespace (uid and gid mapped to themselves) and a mount namespace the
-/// server keeps; the launcher then makes the container's own mount
-/// namespace ([`super::userns::new_mount`]) before attaching the mount.
-/// `image` is the opened squashfs file; `threaded`: serve with a pool of
-/// threads (containers shared by several processes) rather than one.
+/// A server forked at the start of an unprivileged `shoal run` (see
+/// [`prefork`]), loading its libraries while the launcher reads its config,
+/// resolves the user and makes the namespaces; it waits on `sock` for the
+/// superblock's /dev/fuse descriptor and the image.
+struct Early {
+    sock: OwnedFd,
+    errors: OwnedFd,
+    middle: nix::unistd::Pid,
+}
+
+static EARLY: Mutex<Option<Early>> = Mutex::new(None);
+
+/// The socket's descriptor number in the early server.
+const EARLY_SOCK_FD: i32 = 5;
+
+/// Forks the image server now, before the launcher knows its image, so
+/// that its library loading is off the launch's critical path: [`start`]
+/// then only hands it the superblock. For an unprivileged, single-threaded
+/// program that opted in with [`serve_in_process`] (the server is already
+/// the user; root's server must drop to the user first and is forked by
+/// [`start`]). A server that is never handed a superblock (the launch
+/// failed, the launcher died) reads end-of-file and exits.
+pub fn prefork() -> Result<(), FuseError> {
+    serve_in_process();
+    let (sock, child_sock) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| FuseError::Spawn(e.into()))?;
+    let (err_r, err_w) = pipe().map_err(FuseError::Spawn)?;
+    let null = sys::openat(None, Path::new("/dev/null"), libc::O_RDWR, 0).map_err(FuseError::Spawn)?;
+    // SAFETY: the process is single-threaded and was not forked from a
+    // threaded one (the caller's contract, see `serve_in_process`).
+    match unsafe { fork() }.map_err(|e| FuseError::Spawn(e.into()))? {
+        ForkResult::Parent { child } => {
+            drop(child_sock);
+            *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(Early { sock, errors: err_r, middle: child });
+            Ok(())
+        }
+        ForkResult::Child => {
+            // SAFETY: raw syscalls in the forked child, on descriptors it owns.
+            unsafe {
+                if libc::fork() != 0 {
+                    libc::_exit(0);
+                }
+                // A process group of its own, so no terminal signal (sent to
+                // the foreground group) reaches it; but the caller's session,
+                // not a new one: with autogroup scheduling a new session is
+                // a new scheduling group, and every FUSE request then pays a
+                // cross-group wakeup (measured: the first answer 0.7 ms later).
+                libc::setpgid(0, 0);
+                // Pins no directory of the caller's (an automounted home).
+                libc::chdir(c"/".as_ptr());
+                // As in `start`: stray signals never end the server.
+                for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                // Only stdio and the socket: no caller descriptor is held.
+                let s = libc::fcntl(child_sock.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+                if s < 0
+                    || libc::dup2(null.as_raw_fd(), 0) < 0
+                    || libc::dup2(null.as_raw_fd(), 1) < 0
+                    || libc::dup2(err_w.as_raw_fd(), 2) < 0
+                    || libc::dup3(s, EARLY_SOCK_FD, libc::O_CLOEXEC) < 0
+                    // Placeholders: the descriptors received later land
+                    // above them and are then moved onto these numbers.
+                    || libc::dup2(null.as_raw_fd(), SERVER_DEV_FD) < 0
+                    || libc::dup2(null.as_raw_fd(), SERVER_IMAGE_FD) < 0
+                {
+                    libc::_exit(126);
+                }
+                libc::syscall(libc::SYS_close_range, EARLY_SOCK_FD + 1, u32::MAX, 0);
+                libc::prctl(libc::PR_SET_NAME, c"shoal-fuse".as_ptr());
+            }
+            early_server()
+        }
+    }
+}
+
+/// The early server's life: load, wait for the superblock, serve, exit.
+fn early_server() -> ! {
+    let lib = fuse_lib::load();
+    // SAFETY: EARLY_SOCK_FD was set up by `prefork` and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(EARLY_SOCK_FD) };
+    let mut buf = [0u8; 4096];
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let (n, fds) = {
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), socket::MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().into_iter().flatten() {
+                    if let socket::ControlMessageOwned::ScmRights(r) = c {
+                        fds.extend(r);
+                    }
+                }
+                (msg.bytes, fds)
+            }
+            Err(_) => (0, Vec::new()),
+        }
+    };
+    drop(sock);
+    // End of file: the launch did not get as far as the image.
+    if n == 0 || fds.len() != 2 {
+        // SAFETY: ends this process only.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: the two descriptors just received, placed at the numbers the
+    // server (or squashfuse_ll) expects, without close-on-exec.
+    unsafe {
+        if libc::dup2(fds[0], SERVER_DEV_FD) < 0 || libc::dup2(fds[1], SERVER_IMAGE_FD) < 0 {
+            libc::_exit(126);
+        }
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    let threaded = buf[0] == 1;
+    match lib {
+        // SAFETY: ends this process once serving is over.
+        Ok(lib) if !threaded => unsafe { libc::_exit(lib.serve(SERVER_IMAGE_PATH, SERVER_DEV_PATH)) },
+        // Threads only through squashfuse_ll (see `start`).
+        lib => {
+            if let Err(e) = lib {
+                let _ = writeln!(io::stderr(), "in-process server unavailable ({}), exec'ing squashfuse_ll", e.0);
+            }
+            let prog = CString::new(&buf[1..n]).unwrap_or_default();
+            let mut args: Vec<&std::ffi::CStr> = vec![c"squashfuse_ll", c"-f"];
+            if !threaded {
+                args.push(c"-s");
+            }
+            args.extend([SERVER_IMAGE_PATH, SERVER_DEV_PATH]);
+            let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            // SAFETY: NUL-terminated argv of live C strings.
+            unsafe {
+                libc::execve(prog.as_ptr(), ptrs.as_ptr(), SERVER_ENV.as_ptr());
+                libc::_exit(127)
+            }
+        }
+    }
+}
+
+/// Hands the early server its superblock: the /dev/fuse descriptor, the
+/// image, whether to serve with threads, and squashfuse_ll's path (its
+/// fallback when the libraries are missing).
+fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded: bool, squashfuse: &Path) -> io::Result<()> {
+    let mut msg = vec![u8::from(threaded)];
+    msg.extend_from_slice(squashfuse.as_os_str().as_encoded_bytes());
+    let fds = [dev.as_raw_fd(), image.as_raw_fd()];
+    socket::sendmsg::<()>(
+        early.sock.as_raw_fd(),
+        &[io::IoSlice::new(&msg)],
+        &[socket::ControlMessage::ScmRights(&fds)],
+        socket::MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+    .map_err(io::Error::from)
+}
+
+/// Makes the superblock and hands it to the early server ([`prefork`]), or
+/// forks a server on it. Unprivileged (`who` is [`ServerAs::User`]), this
+/// first moves the launcher into a new user namespace (uid and gid mapped
+/// to themselves) and a mount namespace (a server forked here keeps it);
+/// the launcher then makes the container's own mount namespace
+/// ([`super::userns::new_mount`]) before attaching the mount. `image` is
+/// the opened squashfs file; `threaded`: serve with a pool of threads
+/// (containers shared by several processes; always through squashfuse_ll)
+/// rather than one. `squashfuse`: the binary exec'd when not serving
+/// in-process, checked even then (the fallback).
 pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: bool) -> Result<FuseServer, FuseError> {
     if !squashfuse.is_file() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
     }
+    // The server runs in `/`: a configured relative path must not change meaning.
+    let squashfuse = &std::path::absolute(squashfuse).map_err(FuseError::Spawn)?;
     let (uid, gid) = match &who {
         ServerAs::User { uid, gid } => {
             userns::new_user_and_mount(*uid, *gid)
@@ -127,6 +343,17 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
     // After the user namespace: the kernel wants /dev/fuse opened in the
     // superblock's namespace.
     let (dev, mount) = make_superblock(uid, gid)?;
+    let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let (Some(early), ServerAs::RootFor { .. }) = (&early, &who) {
+        // Not forked as this user: let it read end-of-file and exit.
+        let _ = waitpid(early.middle, None);
+    }
+    if let (Some(early), ServerAs::User { .. }) = (early, &who) {
+        hand_over(&early, dev.as_fd(), image, threaded, squashfuse).map_err(FuseError::Spawn)?;
+        // The server holds the only /dev/fuse descriptor from now on.
+        drop(dev);
+        return Ok(FuseServer { mount: Some(mount), errors: early.errors, middle: Some(early.middle) });
+    }
     let (err_r, err_w) = pipe().map_err(FuseError::Spawn)?;
     let null = sys::openat(None, Path::new("/dev/null"), libc::O_RDWR, 0).map_err(FuseError::Spawn)?;
 
@@ -145,8 +372,15 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
         ServerAs::User { .. } => Vec::new(),
     };
 
+    // Threads only through the squashfuse_ll binary: Debian's
+    // libsquashfuse_ll.so.0 (0.1.105) served from libfuse's thread pool
+    // returned corrupt file contents to a shared container's processes.
+    let in_process = IN_PROCESS.load(Ordering::Relaxed) && !threaded;
+
     // SAFETY: the process is single-threaded (launcher contract), and the
-    // child makes only raw syscalls on values prepared above before exec/_exit.
+    // child makes only raw syscalls on values prepared above before exec/_exit,
+    // or, when the binary opted in (see `serve_in_process`: not forked from
+    // a threaded process), runs the in-process server.
     match unsafe { fork() }.map_err(|e| FuseError::Spawn(e.into()))? {
         ForkResult::Parent { child } => {
             drop(err_w);
@@ -159,7 +393,14 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
             if libc::fork() != 0 {
                 libc::_exit(0);
             }
-            libc::setsid();
+            // In-process: as in `prefork`. The exec'd squashfuse_ll (the
+            // plugin's) keeps the session of its own it always had.
+            if in_process {
+                libc::setpgid(0, 0);
+            } else {
+                libc::setsid();
+            }
+            libc::chdir(c"/".as_ptr());
             // Ignored dispositions survive exec, and libfuse only installs
             // its exit handlers over SIG_DFL: a scancel's SIGTERM, a
             // terminal's SIGINT/SIGHUP never end the server early.
@@ -190,9 +431,20 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
                     libc::_exit(126);
                 }
             }
+            if in_process {
+                // The name `ps` and the tests see; exec renames a fallback.
+                libc::prctl(libc::PR_SET_NAME, c"shoal-fuse".as_ptr());
+                match fuse_lib::load() {
+                    Ok(lib) => libc::_exit(lib.serve(SERVER_IMAGE_PATH, SERVER_DEV_PATH)),
+                    // Libraries missing: squashfuse_ll below still serves.
+                    Err(e) => {
+                        let _ = writeln!(io::stderr(), "in-process server unavailable ({}), exec'ing squashfuse_ll", e.0);
+                    }
+                }
+            }
             let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
             ptrs.push(std::ptr::null());
-            libc::execv(prog.as_ptr(), ptrs.as_ptr());
+            libc::execve(prog.as_ptr(), ptrs.as_ptr(), SERVER_ENV.as_ptr());
             libc::_exit(127);
         },
     }

@@ -6,7 +6,8 @@
 //! Modules, in the order a container is made:
 //! - `policy`, `env`, `etc`, `plan`: deciding (pure, unit-tested as data);
 //! - `sys`: the only `unsafe` kernel calls;
-//! - `userns`: namespaces; `fuse`: the image through squashfuse_ll;
+//! - `userns`: namespaces; `fuse`: the image through squashfuse (`fuse_lib`:
+//!   its libraries served in-process, for the `shoal` binary);
 //!   `rootfs`: image, skeleton, overlay root, mounts, pivot_root;
 //! - `inject`: host-library injection made part of the plan (mounts, and
 //!   setup steps run after pivot_root by the builder);
@@ -78,6 +79,7 @@ mod env;
 mod etc;
 mod exec;
 mod fuse;
+mod fuse_lib;
 mod inject;
 mod plan;
 mod policy;
@@ -93,6 +95,7 @@ use std::path::PathBuf;
 pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
+pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process, FuseError};
 pub use plan::{
     plan, Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
     RootFs, RunImage, RunRequest, DEV_NODES,

@@ -39,8 +39,9 @@ pub fn why_disabled(errno: i32) -> String {
 }
 
 /// New user namespace with `uid`/`gid` mapped to themselves, and a mount
-/// namespace it owns where the image's FUSE superblock is made (the FUSE
-/// server keeps it); returns the errno of a refused unshare.
+/// namespace it owns where the image's FUSE superblock is made (a server
+/// forked then keeps it; an early server stays in the caller's); returns
+/// the errno of a refused unshare.
 pub fn new_user_and_mount(uid: u32, gid: u32) -> Result<(), i32> {
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(|e| e as i32)?;
     let write = |file: &str, text: String| fs::write(file, text).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM));
