@@ -83,8 +83,11 @@ fn guard(callback: &str, f: impl FnOnce() -> Result<(), String>) -> c_int {
 
 /// Called first in every context: reads the plugstack arguments and the
 /// site config, and registers the options.
+///
+/// # Safety
+/// Slurm's contract: `argv` holds `argc` valid C strings.
 #[no_mangle]
-pub extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
     guard("slurm_spank_init", || {
         // SAFETY: Slurm passes argc valid strings.
         let args = unsafe { spank::args(argc, argv) };

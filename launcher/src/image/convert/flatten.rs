@@ -834,7 +834,7 @@ mod tests {
     fn flattened(layers: &[Vec<(String, Kind)>]) -> Result<BTreeSet<String>, ()> {
         let mut f = Flattener::new();
         let mut out = BTreeSet::new();
-        let mut add = |p: &[u8], k: char, out: &mut BTreeSet<String>| {
+        let add = |p: &[u8], k: char, out: &mut BTreeSet<String>| {
             let p = show(p);
             let parts: Vec<&str> = p.split('/').collect();
             for i in 1..parts.len() {
