@@ -692,3 +692,41 @@ fn dev_holds_only_the_basic_nodes_and_new_ptys_work() {
     assert!(out.lines().any(|l| l.contains(" / /dev/pts rw,nosuid,noexec") && l.contains("ptmxmode=666")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("pty /dev/pts/")), "{out}");
 }
+
+#[test]
+fn the_images_passwd_is_kept_for_the_next_launch_only_in_the_users_own_directory() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "etccache");
+    let launch = |runtime: &Path| {
+        ok(&tb.user(&format!("cd {} && XDG_RUNTIME_DIR={} {} run ./busybox.sqfs -- id -un", dir.display(), runtime.display(), shoal(tb))))
+    };
+    // The user's own runtime dir: the image's files (not the merged ones)
+    // are kept there, 0600, and the next launch still merges the user in.
+    let own = dir.join("runtime");
+    ok(&tb.user(&format!("mkdir -m 0700 {}", own.display())));
+    assert_eq!(launch(&own).trim(), tb.user);
+    let entries: Vec<PathBuf> = std::fs::read_dir(own.join("shoal")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let kept = std::fs::read_to_string(&entries[0]).unwrap();
+    assert!(kept.starts_with("root:x:0:0:"), "{kept}");
+    assert!(!kept.contains(&format!("{}:x:", tb.user)), "merged entries must not be kept: {kept}");
+    let meta = std::fs::metadata(&entries[0]).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    assert_eq!(launch(&own).trim(), tb.user, "a launch from the kept files");
+    // Proof that the kept files are what the next launch reads: a marker
+    // put into the entry shows up inside.
+    ok(&tb.user(&format!("sed -i 's/^root:x:0:0:/kept:x:4242:4242::\\/:\\/bin\\/sh\\nroot:x:0:0:/' {}", entries[0].display())));
+    let out = ok(&tb.user(&format!(
+        "cd {} && XDG_RUNTIME_DIR={} {} run ./busybox.sqfs -- grep -c '^kept:x:4242:' /etc/passwd",
+        dir.display(),
+        own.display(),
+        shoal(tb)
+    )));
+    assert_eq!(out.trim(), "1", "the kept entry was not used");
+    // A directory others can write to is not used, and the launch works.
+    let open = dir.join("open");
+    ok(&tb.user(&format!("mkdir -p {d}/shoal && chmod 0777 {d}/shoal", d = open.display())));
+    assert_eq!(launch(&open).trim(), tb.user);
+    assert_eq!(std::fs::read_dir(open.join("shoal")).unwrap().count(), 0);
+    assert_clean(&img);
+}

@@ -77,6 +77,7 @@
 
 mod env;
 mod etc;
+mod etc_cache;
 mod exec;
 mod fuse;
 mod fuse_lib;
