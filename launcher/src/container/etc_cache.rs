@@ -18,7 +18,7 @@
 //! Must never: fail a launch, or follow a link it did not make.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -91,32 +91,8 @@ impl EtcCache {
         if renamed.is_err() {
             let _ = nix::unistd::unlinkat(self.dir.as_fd(), Path::new(&tmp), nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
-        self.prune();
-    }
-
-    /// Keeps the directory small: past [`KEEP`] entries, the oldest go
-    /// (on a miss only, so a launch that hits never lists the directory).
-    fn prune(&self) {
-        // Listed through the descriptor checked at open, not the path.
-        let Ok(list) = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd())) else {
-            return;
-        };
-        let mut entries: Vec<(i64, std::ffi::OsString)> = list
-            .flatten()
-            .filter(|e| e.file_name().as_encoded_bytes().starts_with(b"etc-"))
-            .filter_map(|e| Some((e.metadata().ok()?.mtime(), e.file_name())))
-            .collect();
-        if entries.len() > KEEP {
-            entries.sort();
-            for (_, name) in &entries[..entries.len() - KEEP] {
-                let _ = nix::unistd::unlinkat(self.dir.as_fd(), Path::new(name), nix::unistd::UnlinkatFlags::NoRemoveDir);
-            }
-        }
     }
 }
-
-/// Entries kept per user (a few KiB each).
-const KEEP: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -154,33 +130,6 @@ mod tests {
         // A directory open to others is not used.
         std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         assert!(open().is_none());
-        let _ = std::fs::remove_dir_all(&base);
-        let _ = std::fs::remove_file(&image);
-    }
-
-    #[test]
-    fn a_miss_prunes_the_oldest_entries_past_the_limit() {
-        let base = std::env::temp_dir().join(format!("shoal-etc-prune-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir(&base).unwrap();
-        std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        for i in 0..KEEP + 5 {
-            let old = base.join(format!("etc-old-{i}"));
-            std::fs::write(&old, "x\0y").unwrap();
-            let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
-            std::fs::File::options().write(true).open(&old).unwrap().set_modified(when).unwrap();
-        }
-        let image = base.with_extension("sqfs");
-        std::fs::write(&image, b"img").unwrap();
-        let f = std::fs::File::open(&image).unwrap();
-        let cache = EtcCache::open(&base, nix::unistd::geteuid().as_raw(), f.as_fd()).unwrap();
-        cache.put("p", "g");
-        let names: Vec<String> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        assert_eq!(names.len(), KEEP, "{names:?}");
-        assert!(names.contains(&cache.name), "the new entry stays");
-        for i in 0..6 {
-            assert!(!names.contains(&format!("etc-old-{i}")), "oldest go first: {names:?}");
-        }
         let _ = std::fs::remove_dir_all(&base);
         let _ = std::fs::remove_file(&image);
     }

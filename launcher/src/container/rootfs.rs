@@ -250,8 +250,6 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     }
 
     let binds = open_binds(plan)?;
-    // Before the staging tmpfs covers /tmp, where the cache may live.
-    let etc_cache = plan.root.etc_cache.as_deref().and_then(|d| EtcCache::open(d, id.uid, src.image.as_fd()));
 
     // 3. A private staging tmpfs (only this namespace sees it).
     let stage = c(STAGE);
@@ -280,6 +278,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             drop(dev); // auto-clear: the loop device goes with the mount
         }
     }
+    let etc_cache = plan.root.etc_cache.as_deref().and_then(|d| EtcCache::open(d, id.uid, src.image.as_fd()));
     drop(src.image);
 
     // 5. The skeleton: every mount target (made while the server starts),
