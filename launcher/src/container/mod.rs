@@ -77,7 +77,6 @@
 
 mod env;
 mod etc;
-mod etc_cache;
 mod exec;
 mod fuse;
 mod fuse_lib;

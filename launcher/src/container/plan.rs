@@ -95,9 +95,6 @@ pub struct RootFs {
     /// when the site allows kernel mounts of user images).
     pub verify_trust: bool,
     pub writable: bool,
-    /// Where the image's own /etc/passwd and /etc/group are kept between
-    /// launches (unprivileged only: the user's directory, see `etc_cache`).
-    pub etc_cache: Option<PathBuf>,
 }
 
 /// Who asked for a mount; extra kinds (ABI injection) use `Other`.
@@ -220,7 +217,6 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         },
         verify_trust: !cfg.launcher.allow_kernel_mount_of_user_images,
         writable: req.writable,
-        etc_cache: (mode == Mode::Unprivileged).then(|| super::etc_cache::dir_for(req.user.uid, &req.host_env)),
     };
 
     let mut mounts = Vec::new();

@@ -23,7 +23,6 @@ use nix::mount::{umount2, MntFlags};
 use nix::sys::stat::{fstat, SFlag};
 
 use super::etc;
-use super::etc_cache::EtcCache;
 use super::fuse::{self, FuseError};
 use super::inject;
 use super::plan::{ImageMount, Mode, MountKind, Origin, Plan};
@@ -278,7 +277,6 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             drop(dev); // auto-clear: the loop device goes with the mount
         }
     }
-    let etc_cache = plan.root.etc_cache.as_deref().and_then(|d| EtcCache::open(d, id.uid, src.image.as_fd()));
     drop(src.image);
 
     // 5. The skeleton: every mount target (made while the server starts),
@@ -314,18 +312,8 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             },
         })?;
 
-    let (image_passwd, image_group) = match etc_cache.as_ref().and_then(EtcCache::get) {
-        Some(seen) => seen,
-        None => {
-            let files = (read_image_file(lower_fd.as_fd(), "/etc/passwd"), read_image_file(lower_fd.as_fd(), "/etc/group"));
-            if let Some(cache) = &etc_cache {
-                cache.put(&files.0, &files.1);
-            }
-            files
-        }
-    };
-    let passwd = etc::merge_passwd(&image_passwd, id);
-    let group = etc::merge_group(&image_group, id);
+    let passwd = etc::merge_passwd(&read_image_file(lower_fd.as_fd(), "/etc/passwd"), id);
+    let group = etc::merge_group(&read_image_file(lower_fd.as_fd(), "/etc/group"), id);
     write_file(etc_dir.as_fd(), "passwd", &passwd).map_err(step("write /etc/passwd"))?;
     write_file(etc_dir.as_fd(), "group", &group).map_err(step("write /etc/group"))?;
     drop(lower_fd);
