@@ -48,6 +48,34 @@ debian_mirror() {
     echo "$uri"
 }
 
+# A Debian 12 minbase tree with PACKAGES (comma-separated) for a test image,
+# made with debootstrap (minutes) and cached under $TESTBED_STATE/cache,
+# keyed by what it is made from; older trees of NAME are removed. Prints the
+# tree's path.
+debootstrap_tree() {  # debootstrap_tree NAME PACKAGES
+    local name=$1 include=$2 mirror key cache=$TESTBED_STATE/cache tree
+    mirror=$(debian_mirror)
+    key=$(printf 'minbase %s bookworm %s\n' "$include" "$mirror" | sha256sum | cut -c1-16)
+    tree=$cache/$name-$key
+    if [ ! -f "$tree.done" ]; then
+        log "debootstrap bookworm ($include) from $mirror: takes a few minutes"
+        mkdir -p "$cache"
+        rm -rf "$tree.tmp" "$tree"
+        debootstrap --variant=minbase --include="$include" \
+            bookworm "$tree.tmp" "$mirror" >"$cache/debootstrap-$name.log" 2>&1 \
+            || die "debootstrap failed; see $cache/debootstrap-$name.log"
+        # No package lists or downloaded .debs in the image (they are not
+        # part of the recipe and would only inflate it).
+        rm -rf "$tree.tmp"/var/lib/apt/lists/* "$tree.tmp"/var/cache/apt/archives/*.deb
+        mv "$tree.tmp" "$tree"
+        touch "$tree.done"
+        for old in "$cache/$name"-*.done; do
+            [ "$old" = "$tree.done" ] || rm -rf "${old%.done}" "$old"
+        done
+    fi
+    echo "$tree"
+}
+
 # A minimal userland from busybox-static in ROOTFS (test images and fixtures).
 busybox_tree() {  # busybox_tree ROOTFS: a minimal userland
     local r=$1

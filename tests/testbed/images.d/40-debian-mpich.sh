@@ -12,36 +12,12 @@
 # of this recipe rebuilds the image from the cached tree in seconds.
 
 DEBIAN_MPICH_INCLUDE=mpich,libmpich12,python3-numpy,libopenblas0-pthread
-debian_mpich_rootfs() {  # prints the cached debootstrap tree, making it if needed
-    local mirror key cache=$TESTBED_STATE/cache tree
-    mirror=$(debian_mirror)
-    key=$(printf 'minbase %s bookworm %s\n' "$DEBIAN_MPICH_INCLUDE" "$mirror" | sha256sum | cut -c1-16)
-    tree=$cache/debian-mpich-$key
-    if [ ! -f "$tree.done" ]; then
-        log "debootstrap bookworm ($DEBIAN_MPICH_INCLUDE) from $mirror: takes a few minutes"
-        mkdir -p "$cache"
-        rm -rf "$tree.tmp" "$tree"
-        debootstrap --variant=minbase --include="$DEBIAN_MPICH_INCLUDE" \
-            bookworm "$tree.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
-            || die "debootstrap failed; see $cache/debootstrap.log"
-        # No package lists or downloaded .debs in the image (they are not
-        # part of the recipe and would only inflate it).
-        rm -rf "$tree.tmp"/var/lib/apt/lists/* "$tree.tmp"/var/cache/apt/archives/*.deb
-        mv "$tree.tmp" "$tree"
-        touch "$tree.done"
-        # Older trees of this recipe are of no use any more.
-        for old in "$cache"/debian-mpich-*.done; do
-            [ "$old" = "$tree.done" ] || rm -rf "${old%.done}" "$old"
-        done
-    fi
-    echo "$tree"
-}
 
 # The C source is part of the recipe too.
 STAMP=$( { echo "$STAMP"; cat "$HERE/hello_mpi.c"; } | sha256sum | cut -c1-16)
 if ! up_to_date debian-mpich 12; then
     log "building image shoal/debian-mpich:12"
-    tree=$(debian_mpich_rootfs)
+    tree=$(debootstrap_tree debian-mpich "$DEBIAN_MPICH_INCLUDE")
     mpicc -O2 -o "$WORK/hello_mpi" "$HERE/hello_mpi.c"
     new_image debian-mpich
     b=$WORK/bundle-debian-mpich

@@ -14,31 +14,10 @@
 # keyed by what it was made from.
 
 DEBIAN_OPENMPI_INCLUDE=python3-mpi4py
-debian_openmpi_rootfs() {  # prints the cached debootstrap tree, making it if needed
-    local mirror key cache=$TESTBED_STATE/cache tree
-    mirror=$(debian_mirror)
-    key=$(printf 'minbase %s bookworm %s\n' "$DEBIAN_OPENMPI_INCLUDE" "$mirror" | sha256sum | cut -c1-16)
-    tree=$cache/debian-openmpi-$key
-    if [ ! -f "$tree.done" ]; then
-        log "debootstrap bookworm ($DEBIAN_OPENMPI_INCLUDE) from $mirror: takes a few minutes"
-        mkdir -p "$cache"
-        rm -rf "$tree.tmp" "$tree"
-        debootstrap --variant=minbase --include="$DEBIAN_OPENMPI_INCLUDE" \
-            bookworm "$tree.tmp" "$mirror" >"$cache/debootstrap-openmpi.log" 2>&1 \
-            || die "debootstrap failed; see $cache/debootstrap-openmpi.log"
-        rm -rf "$tree.tmp"/var/lib/apt/lists/* "$tree.tmp"/var/cache/apt/archives/*.deb
-        mv "$tree.tmp" "$tree"
-        touch "$tree.done"
-        for old in "$cache"/debian-openmpi-*.done; do
-            [ "$old" = "$tree.done" ] || rm -rf "${old%.done}" "$old"
-        done
-    fi
-    echo "$tree"
-}
 
 if ! up_to_date debian-openmpi 12; then
     log "building image shoal/debian-openmpi:12"
-    tree=$(debian_openmpi_rootfs)
+    tree=$(debootstrap_tree debian-openmpi "$DEBIAN_OPENMPI_INCLUDE")
     new_image debian-openmpi
     b=$WORK/bundle-debian-openmpi
     cp -a "$tree/." "$b/rootfs/"
