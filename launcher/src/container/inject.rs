@@ -239,22 +239,21 @@ pub struct TaskCommand<'a> {
 }
 
 /// The program the loader will start for `cmd`, inside the image: `argv0`
-/// when absolute, else the first file of that name on `PATH`; only an ELF
-/// file (a script has no RUNPATH). None when it is not in the image (a
-/// program in the bound cwd or home, a relative path): the image's own
-/// library directories are still all searched.
+/// when absolute, else the first file of that name on `PATH` (a script is
+/// found too; it has no RUNPATH, which the check reads once, when it parses
+/// the file). None when it is not in the image (a program in the bound cwd
+/// or home, a relative path): the image's own library directories are still
+/// all searched.
 fn find_program(image: &dyn inject::ImageFs, cmd: TaskCommand<'_>) -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = if cmd.argv0.contains('/') {
         vec![PathBuf::from(cmd.argv0)]
     } else {
         cmd.path.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(cmd.argv0)).collect()
     };
-    let found = candidates
+    candidates
         .into_iter()
         .filter(|p| p.is_absolute())
-        .find(|p| inject::image::kind_of(image, p) == Some(inject::image::EntryKind::File))?;
-    let real = inject::image::resolve(image, &found).ok()?;
-    image.read(&real).ok()?.starts_with(b"\x7fELF").then_some(found)
+        .find(|p| inject::image::kind_of(image, p) == Some(inject::image::EntryKind::File))
 }
 
 /// Selects the requested modules (`--module` values; empty: the site's

@@ -231,11 +231,18 @@ impl<'a> LibraryIndex<'a> {
 /// The DT_RUNPATH/DT_RPATH directories of a program in the image
 /// (`$ORIGIN` expanded): the loader searches them before the cache and
 /// the default directories, so a library copy there must be found too.
+/// Empty for a script (not ELF) or a program the user cannot read.
 pub fn program_search_dirs(fs: &dyn ImageFs, program: &Path) -> Result<Vec<PathBuf>, String> {
     let real = resolve(fs, program).map_err(|e| format!("{}: {e}", program.display()))?;
-    let bytes = fs
-        .read(&real)
-        .map_err(|e| format!("{}: {e}", program.display()))?;
+    // An execute-only program (mode 0711) runs all the same, but its
+    // RUNPATH cannot be read with the user's credentials: nothing to add.
+    let Ok(bytes) = fs.read(&real) else {
+        return Ok(Vec::new());
+    };
+    if !bytes.starts_with(b"\x7fELF") {
+        // A script: the interpreter it names is what the loader starts.
+        return Ok(Vec::new());
+    }
     let info = elf::parse(&bytes).map_err(|e| format!("{}: {e}", program.display()))?;
     let origin = real
         .parent()
@@ -379,6 +386,17 @@ mod tests {
         b.extend(5u32.to_ne_bytes());
         b.extend([0u8; 100]);
         assert!(ld_so_cache_paths(&b).len() <= 5);
+    }
+
+    #[test]
+    fn a_script_program_has_no_search_dirs_and_a_broken_elf_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::write(dir.path().join("bin/run.sh"), b"#!/bin/sh\nexec true\n").unwrap();
+        std::fs::write(dir.path().join("bin/broken"), b"\x7fELF\x02").unwrap();
+        let img = super::super::image::DirImage::new(dir.path());
+        assert_eq!(program_search_dirs(&img, Path::new("/bin/run.sh")), Ok(Vec::new()));
+        assert!(program_search_dirs(&img, Path::new("/bin/broken")).is_err());
     }
 
     #[test]
