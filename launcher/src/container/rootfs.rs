@@ -25,7 +25,7 @@ use nix::sys::stat::{fstat, SFlag};
 use super::etc;
 use super::fuse::{self, FuseError};
 use super::inject;
-use super::plan::{ImageMount, Mode, MountKind, Origin, Plan};
+use super::plan::{ImageMount, Mode, Mount, MountKind, Origin, Plan};
 use super::sys;
 use super::userns::{self, NsError};
 
@@ -366,11 +366,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
                 // The skeleton made this target, but a tmpfs the plan
                 // mounted earlier (/run for /run/munge) now hides it: make
                 // it again inside that tmpfs, which is ours, not the image's.
-                let Some(tmpfs) = plan.mounts[..i]
-                    .iter()
-                    .rev()
-                    .find(|p| matches!(p.kind, MountKind::Tmpfs { .. }) && m.target.starts_with(&p.target))
-                else {
+                let Some(tmpfs) = enclosing_tmpfs(&plan.mounts[..i], &m.target) else {
                     return Err(step(what())(e));
                 };
                 let dir = match s {
@@ -436,6 +432,12 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     Ok(())
 }
 
+/// The innermost tmpfs among `earlier` (mounts made before) that `path`
+/// lies in: what the container made there is ours, not the image's.
+fn enclosing_tmpfs<'a>(earlier: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+    earlier.iter().rev().find(|p| matches!(p.kind, MountKind::Tmpfs { .. }) && path.starts_with(&p.target))
+}
+
 /// Makes the link or node of `plan.mounts[i]` with `make(dir, name)` in
 /// the tmpfs the plan mounted over its parent (only ours: nothing is made
 /// in the image's tree).
@@ -449,11 +451,7 @@ fn make_in_tmpfs(
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
-    let tmpfs = plan.mounts[..i]
-        .iter()
-        .rev()
-        .find(|p| matches!(p.kind, MountKind::Tmpfs { .. }) && parent.starts_with(&p.target))
-        .ok_or_else(|| io::Error::other("not under a tmpfs of the plan"))?;
+    let tmpfs = enclosing_tmpfs(&plan.mounts[..i], parent).ok_or_else(|| io::Error::other("not under a tmpfs of the plan"))?;
     let base = sys::open_in_root(root, &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0)?;
     let rel = parent.strip_prefix(&tmpfs.target).unwrap_or(Path::new(""));
     if !rel.as_os_str().is_empty() {
