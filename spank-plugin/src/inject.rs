@@ -17,7 +17,7 @@
 //! them: no GPU is bound, as a step without GPUs has none), and only those
 //! are in the container's minimal /dev. Each task's `CUDA_VISIBLE_DEVICES`
 //! (host numbers, its own under `--gpus-per-task`) is renumbered against
-//! the step's bound GPUs ([`task_gpus`], and [`task_gpus_from_slurm`] for
+//! the step's bound GPUs ([`add_to_plan`], and [`task_gpus_from_slurm`] for
 //! the per-task value Slurm sets later). Under `ConstrainDevices` Slurm
 //! numbers GPUs locally (positions among the step's GPUs, which is the
 //! container's numbering already): seen as a step `CUDA_VISIBLE_DEVICES`
@@ -84,11 +84,7 @@ pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, S
         }
         return Ok(());
     }
-    task_gpus(plan, injection, env)
-}
-
-/// The task's `CUDA_VISIBLE_DEVICES` renumbered against the step's GPUs.
-fn task_gpus(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
+    // The task's own GPUs renumbered against the step's.
     container::set_task_gpus(plan, injection, get(env, "CUDA_VISIBLE_DEVICES")).map_err(|e| e.to_string())
 }
 
@@ -133,7 +129,7 @@ fn renumbered_for_task(
     let (Some(gpus), Some(now)) = (&injection.gpus, now.map(str::trim)) else {
         return Ok(None);
     };
-    if host_dev || Some(now) == set_before || now.is_empty() || now == "NoDevFiles" {
+    if host_dev || Some(now) == set_before || !shoal::inject::names_gpus(now) {
         return Ok(None);
     }
     gpus.renumber(now).map(Some).map_err(|e| e.to_string())

@@ -141,7 +141,7 @@ pub const GPU_LIST_VARIABLES: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "GPU_DEVICE_O
 /// set only where /dev holds them alone, and only to a list (Slurm's empty
 /// value or `NoDevFiles` stays as the job has it).
 fn set_cuda_visible_devices(plan: &mut Plan, inside: &str) {
-    if plan.dev != DevLayout::Minimal || inside.is_empty() || inside == "NoDevFiles" {
+    if plan.dev != DevLayout::Minimal || !inject::names_gpus(inside) {
         return;
     }
     apply_env(&mut plan.env, &EnvChange::Set { name: "CUDA_VISIBLE_DEVICES".into(), value: inside.into() });
@@ -156,10 +156,10 @@ fn set_cuda_visible_devices(plan: &mut Plan, inside: &str) {
 /// is renumbered against the GPUs the injection bound. No GPU module or no
 /// value: nothing changes.
 pub fn set_task_gpus(plan: &mut Plan, injection: &InjectionPlan, task_visible: Option<&str>) -> Result<(), InjectError> {
-    let (Some(gpus), Some(visible)) = (&injection.gpus, task_visible.map(str::trim)) else {
+    let (Some(gpus), Some(visible)) = (&injection.gpus, task_visible) else {
         return Ok(());
     };
-    if plan.dev != DevLayout::Minimal || visible.is_empty() || visible == "NoDevFiles" {
+    if plan.dev != DevLayout::Minimal || !inject::names_gpus(visible) {
         return Ok(());
     }
     let inside = gpus.renumber(visible)?;

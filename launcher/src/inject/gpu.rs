@@ -43,6 +43,21 @@ pub fn device_index(path: &Path) -> Option<u32> {
     name[name.len() - digits..].parse().ok()
 }
 
+/// Whether a `CUDA_VISIBLE_DEVICES` value names GPUs: Slurm's empty value
+/// and `NoDevFiles` (a GPU gres with no device files) do not.
+pub fn names_gpus(visible: &str) -> bool {
+    let v = visible.trim();
+    !v.is_empty() && v != "NoDevFiles"
+}
+
+/// GPU numbers for a message: `2,3`, or `none`.
+fn numbers(devices: &[GpuDevice]) -> String {
+    if devices.is_empty() {
+        return "none".into();
+    }
+    devices.iter().map(|d| d.index.to_string()).collect::<Vec<_>>().join(",")
+}
+
 /// Picks the GPU device nodes for a job. `available` are the host's per-GPU
 /// nodes; `visible` is the job's `CUDA_VISIBLE_DEVICES` (None: not set, so
 /// every GPU is bound and the variable left alone).
@@ -58,8 +73,7 @@ pub fn select_gpus(
             cuda_visible_devices: None,
         });
     };
-    // Slurm sets NoDevFiles when the job has a GPU gres with no device files.
-    if visible.is_empty() || visible == "NoDevFiles" {
+    if !names_gpus(visible) {
         return Ok(GpuSelection {
             devices: Vec::new(),
             cuda_visible_devices: Some(visible.to_string()),
@@ -73,11 +87,10 @@ pub fn select_gpus(
             ))
         })?;
         if !all.iter().any(|d| d.index == index) {
-            let have: Vec<String> = all.iter().map(|d| d.index.to_string()).collect();
             return Err(InjectError::Gpu(format!(
                 "CUDA_VISIBLE_DEVICES={visible}: GPU {index} has no device node on this node (have: {}); \
                  name GPUs of this node, or add its node to the module's gpu_devices in the site config",
-                if have.is_empty() { "none".to_string() } else { have.join(",") }
+                numbers(&all)
             )));
         }
         if !order.contains(&index) {
@@ -109,11 +122,10 @@ impl GpuSelection {
                 ))
             })?;
             let at = self.devices.iter().position(|d| d.index == index).ok_or_else(|| {
-                let have: Vec<String> = self.devices.iter().map(|d| d.index.to_string()).collect();
                 InjectError::Gpu(format!(
                     "CUDA_VISIBLE_DEVICES={visible}: GPU {index} is not among the container's devices (the step's GPUs: {}); \
                      give the task only GPUs of its step",
-                    if have.is_empty() { "none".to_string() } else { have.join(",") }
+                    numbers(&self.devices)
                 ))
             })?;
             inside.push(at.to_string());
