@@ -126,6 +126,43 @@ const SERVER_IMAGE_FD: i32 = 4;
 const SERVER_DEV_PATH: &std::ffi::CStr = c"/dev/fd/3";
 const SERVER_IMAGE_PATH: &std::ffi::CStr = c"/dev/fd/4";
 
+/// Ignored dispositions survive exec, and libfuse only installs its exit
+/// handlers over SIG_DFL: a scancel's SIGTERM, a terminal's SIGINT/SIGHUP
+/// never end the server early.
+///
+/// # Safety
+/// Only changes signal dispositions (async-signal-safe after fork).
+unsafe fn ignore_stray_signals() {
+    for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+}
+
+/// squashfuse_ll's command line on the server's descriptors. One thread
+/// (`-s`) unless shared: one process reading one file after another is
+/// served faster without hand-offs between workers on a loaded node.
+fn squashfuse_argv(threaded: bool) -> Vec<*const libc::c_char> {
+    let mut args: Vec<&'static std::ffi::CStr> = vec![c"squashfuse_ll", c"-f"];
+    if !threaded {
+        args.push(c"-s");
+    }
+    args.extend([SERVER_IMAGE_PATH, SERVER_DEV_PATH]);
+    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    ptrs
+}
+
+/// Execs squashfuse_ll with the tuned environment ([`SERVER_ENV`]); exits
+/// 127 when that fails.
+///
+/// # Safety
+/// `argv` is from [`squashfuse_argv`] (NULL-terminated, 'static strings);
+/// the caller is the forked server, ready for exec.
+unsafe fn exec_squashfuse(prog: &std::ffi::CStr, argv: &[*const libc::c_char]) -> ! {
+    libc::execve(prog.as_ptr(), argv.as_ptr(), SERVER_ENV.as_ptr());
+    libc::_exit(127)
+}
+
 fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
     sys::openat(None, Path::new("/dev/fuse"), libc::O_RDWR, 0).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => FuseError::NoDevFuse,
@@ -209,10 +246,7 @@ pub fn prefork() -> Result<(), FuseError> {
                 libc::setpgid(0, 0);
                 // Pins no directory of the caller's (an automounted home).
                 libc::chdir(c"/".as_ptr());
-                // As in `start`: stray signals never end the server.
-                for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                    libc::signal(sig, libc::SIG_IGN);
-                }
+                ignore_stray_signals();
                 // Only stdio and the socket: no caller descriptor is held.
                 let s = libc::fcntl(child_sock.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
                 if s < 0
@@ -282,18 +316,9 @@ fn early_server() -> ! {
                 let _ = writeln!(io::stderr(), "in-process server unavailable ({}), exec'ing squashfuse_ll", e.0);
             }
             let prog = CString::new(&buf[1..n]).unwrap_or_default();
-            let mut args: Vec<&std::ffi::CStr> = vec![c"squashfuse_ll", c"-f"];
-            if !threaded {
-                args.push(c"-s");
-            }
-            args.extend([SERVER_IMAGE_PATH, SERVER_DEV_PATH]);
-            let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-            ptrs.push(std::ptr::null());
-            // SAFETY: NUL-terminated argv of live C strings.
-            unsafe {
-                libc::execve(prog.as_ptr(), ptrs.as_ptr(), SERVER_ENV.as_ptr());
-                libc::_exit(127)
-            }
+            let argv = squashfuse_argv(threaded);
+            // SAFETY: ends this process (exec or exit).
+            unsafe { exec_squashfuse(&prog, &argv) }
         }
     }
 }
@@ -359,14 +384,7 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
 
     // Everything the child needs, prepared before fork.
     let prog = sys::cstr(squashfuse).map_err(FuseError::Spawn)?;
-    let mut args = vec!["squashfuse_ll".to_string(), "-f".into()];
-    if !threaded {
-        // One process reading one file after another is served faster by
-        // one thread: no hand-off between workers on a loaded node.
-        args.push("-s".into());
-    }
-    args.extend([format!("/dev/fd/{SERVER_IMAGE_FD}"), format!("/dev/fd/{SERVER_DEV_FD}")]);
-    let argv: Vec<CString> = args.into_iter().map(|s| CString::new(s).expect("no NUL")).collect();
+    let argv = squashfuse_argv(threaded);
     let groups: Vec<libc::gid_t> = match &who {
         ServerAs::RootFor { groups, .. } => groups.clone(),
         ServerAs::User { .. } => Vec::new(),
@@ -401,12 +419,7 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
                 libc::setsid();
             }
             libc::chdir(c"/".as_ptr());
-            // Ignored dispositions survive exec, and libfuse only installs
-            // its exit handlers over SIG_DFL: a scancel's SIGTERM, a
-            // terminal's SIGINT/SIGHUP never end the server early.
-            for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                libc::signal(sig, libc::SIG_IGN);
-            }
+            ignore_stray_signals();
             // Keep only stdio, /dev/fuse and the image, at their numbers:
             // the server must not hold the caller's other descriptors
             // (pipes, sockets) for the container's whole life.
@@ -442,10 +455,7 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
                     }
                 }
             }
-            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-            ptrs.push(std::ptr::null());
-            libc::execve(prog.as_ptr(), ptrs.as_ptr(), SERVER_ENV.as_ptr());
-            libc::_exit(127);
+            exec_squashfuse(&prog, &argv)
         },
     }
 }
