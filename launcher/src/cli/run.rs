@@ -160,7 +160,8 @@ pub fn wants_early_server(args: impl IntoIterator<Item = std::ffi::OsString>) ->
 /// [`wants_early_server`]), loading its libraries while this process parses
 /// its arguments, reads the config and makes the namespaces.
 pub fn start_early_server() {
-    container::serve_fuse_in_process();
+    // Root's server is forked later (it drops to the user first); `run`
+    // opts in for it. prefork opts in itself.
     if !Uid::effective().is_root() {
         // A failed fork: the launch forks the server when it needs it.
         let _ = container::prefork_fuse_server();
