@@ -63,9 +63,9 @@ fn site_image(name: &str) -> PathBuf {
     img
 }
 
-/// FUSE servers (not zombies) serving `image`: `shoal run`'s in-process
-/// server (`shoal-fuse`) or an exec'd `squashfuse_ll`, both with the image
-/// at descriptor 4.
+/// FUSE servers (not zombies) serving `image`: `shoal run`'s built-in
+/// server (`shoal-fuse`) or an exec'd `squashfuse_ll`, each holding the
+/// image open.
 fn fuse_servers(image: &Path) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -75,7 +75,8 @@ fn fuse_servers(image: &Path) -> Vec<u32> {
         if !server || stat.contains(") Z ") {
             continue;
         }
-        if std::fs::read_link(format!("/proc/{pid}/fd/4")).ok().as_deref() == Some(image) {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+        if fds.into_iter().any(|fd| std::fs::read_link(fd.path()).ok().as_deref() == Some(image)) {
             out.push(pid);
         }
     }
@@ -374,10 +375,11 @@ fn fuse_server_ignores_stray_signals_and_a_killed_server_fails_cleanly() {
     let (dir, img) = user_image(tb, "fusekill");
     let d = dir.display();
     let s = shoal(tb);
-    // Start a container that reads its image every 50 ms (the launcher
+    // Start a container that asks its image for a new name every 50 ms (a
+    // lookup the kernel cannot answer from its caches; the launcher
     // holding one more descriptor of the caller's), then signal the server.
     let start = format!(
-        "cd {d} && rm -f ready out && {{ {s} run ./busybox.sqfs -- sh -c 'touch ready; while cat /etc/shoal-test-image >/dev/null; do sleep 0.05; done; echo read-failed > out' >/dev/null 2>&1 9>caller-fd & }}; \
+        "cd {d} && rm -f ready out && {{ {s} run ./busybox.sqfs -- sh -c 'touch ready; i=0; while i=$((i+1)); ls /probe-$i 2>&1 | grep -q \"No such file\"; do sleep 0.05; done; echo lookup-failed > out' >/dev/null 2>&1 9>caller-fd & }}; \
          until [ -e ready ]; do sleep 0.02; done"
     );
     ok(&tb.user(&start));

@@ -1,24 +1,23 @@
-//! The image through squashfuse, with a lifetime tied to the container.
+//! The image through FUSE, with a lifetime tied to the container.
 //!
 //! The launcher makes the FUSE superblock itself as a *detached* mount (new
 //! mount API: fsopen/fsconfig/fsmount), in a user namespace of its own when
 //! unprivileged (uid and gid mapped to themselves), hands its /dev/fuse
 //! descriptor to the server and goes on: it makes the container's own mount
-//! namespace and attaches the mount there. The server serves the descriptor
-//! (libfuse 3 takes an already mounted one as `/dev/fd/N`) in one of three
-//! ways, all double-forked (reparented away from the command the launcher
-//! becomes):
+//! namespace and attaches the mount there. The server is Shoal's own
+//! ([`super::image_server`]) or, for shared containers and images it does
+//! not serve, `squashfuse_ll` (which takes an already mounted descriptor as
+//! `/dev/fd/N`). Either way it is double-forked (reparented away from the
+//! command the launcher becomes):
 //! - unprivileged `shoal run`: forked at the very start ([`prefork`]), it
-//!   loads libsquashfuse_ll ([`super::fuse_lib`]) while the launcher reads
-//!   its config and makes the namespaces, then receives the superblock's
-//!   descriptor and the image over a socket: the overlay mount, which waits
-//!   for the server's first answer, finds it ready;
+//!   waits on a socket for the superblock's descriptor and the image and
+//!   answers the kernel's INIT at once;
 //! - `shoal run` as root for a user: forked when the superblock exists,
-//!   drops to the user, then loads the library and serves;
-//! - the SPANK plugin (and the fallback when the libraries are missing):
-//!   forked when the superblock exists, drops to the user and execs
-//!   `squashfuse_ll`. In-process serving needs a process that was never
-//!   forked from a threaded one ([`serve_in_process`]): slurmstepd is.
+//!   drops to the user, then serves;
+//! - the SPANK plugin: forked when the superblock exists, drops to the user
+//!   and execs `squashfuse_ll`. Serving in the forked process needs one that
+//!   was never forked from a threaded one ([`serve_in_process`]):
+//!   slurmstepd is.
 //!
 //! So:
 //! - the server is never in the container's mount namespace and never pins
@@ -50,7 +49,7 @@ use nix::sys::socket;
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 
-use super::fuse_lib;
+use super::image_server;
 use super::sys;
 use super::userns;
 
@@ -58,10 +57,11 @@ static IN_PROCESS: AtomicBool = AtomicBool::new(false);
 
 /// Lets the image server run in the forked launcher process itself rather
 /// than exec `squashfuse_ll`. Only for a program that is single-threaded
-/// and was not forked from a multi-threaded one (the `shoal` binary):
-/// dlopen and libfuse after a fork of a threaded process (slurmstepd, whose
-/// task process loads the SPANK plugin) can deadlock on a lock another
-/// thread held, so the plugin never calls this and keeps the exec.
+/// and was not forked from a multi-threaded one (the `shoal` binary): the
+/// server allocates, and malloc after a fork of a threaded process
+/// (slurmstepd, whose task process loads the SPANK plugin) can deadlock on
+/// a lock another thread held, so the plugin never calls this and keeps
+/// the exec.
 pub fn serve_in_process() {
     IN_PROCESS.store(true, Ordering::Relaxed);
 }
@@ -107,9 +107,14 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// squashfuse_ll's whole environment: glibc's malloc tuned as the in-process
-/// server tunes it ([`fuse_lib::MALLOC_TUNING`]; measured: the debian-mpich
-/// `/bin/true` launch 1.6 ms faster through the exec'd server).
+/// squashfuse allocates two block-sized (128 KiB, mksquashfs's default)
+/// buffers per read, right at glibc's default mmap threshold: each became a
+/// fresh mmap (page faults, zeroing) and a munmap. Raised thresholds took a
+/// FUSE read of the debian-mpich image from 312 to 215 us (median), and the
+/// debian-mpich `/bin/true` launch 1.6 ms.
+const MALLOC_TUNING: &std::ffi::CStr = c"GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=16777216";
+
+/// squashfuse_ll's whole environment: glibc's malloc tuned ([`MALLOC_TUNING`]).
 struct ServerEnv([*const libc::c_char; 2]);
 // SAFETY: pointers to a 'static C string and NULL, never written.
 unsafe impl Sync for ServerEnv {}
@@ -118,7 +123,7 @@ impl ServerEnv {
         self.0.as_ptr()
     }
 }
-static SERVER_ENV: ServerEnv = ServerEnv([fuse_lib::MALLOC_TUNING.as_ptr(), std::ptr::null()]);
+static SERVER_ENV: ServerEnv = ServerEnv([MALLOC_TUNING.as_ptr(), std::ptr::null()]);
 
 /// The descriptor numbers the server gets /dev/fuse and the image at.
 const SERVER_DEV_FD: i32 = 3;
@@ -269,9 +274,8 @@ pub fn prefork() -> Result<(), FuseError> {
     }
 }
 
-/// The early server's life: load, wait for the superblock, serve, exit.
+/// The early server's life: wait for the superblock, serve, exit.
 fn early_server() -> ! {
-    let lib = fuse_lib::load();
     // SAFETY: EARLY_SOCK_FD was set up by `prefork` and nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(EARLY_SOCK_FD) };
     let mut buf = [0u8; 4096];
@@ -306,21 +310,41 @@ fn early_server() -> ! {
         libc::close(fds[0]);
         libc::close(fds[1]);
     }
-    let threaded = buf[0] == 1;
-    match lib {
-        // SAFETY: ends this process once serving is over.
-        Ok(lib) if !threaded => unsafe { libc::_exit(lib.serve(SERVER_IMAGE_PATH, SERVER_DEV_PATH)) },
-        // Threads only through squashfuse_ll (see `start`).
-        lib => {
-            if let Err(e) = lib {
-                let _ = writeln!(io::stderr(), "in-process server unavailable ({}), exec'ing squashfuse_ll", e.0);
+    let prog = CString::new(&buf[1..n]).unwrap_or_default();
+    // SAFETY: the descriptors are in place; ends this process.
+    unsafe { serve_or_exec(&prog, buf[0] == 1) }
+}
+
+/// The server's work once /dev/fuse and the image are at their numbers:
+/// the built-in server ([`super::image_server`]), or `squashfuse_ll` for
+/// shared containers (served by a pool of threads) and for images the
+/// built-in server refuses (xz, lzo, xattrs). Exits with the server.
+///
+/// # Safety
+/// Called in the forked server only (it execs or exits), with
+/// SERVER_DEV_FD and SERVER_IMAGE_FD open.
+unsafe fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool) -> ! {
+    if !threaded {
+        // A second descriptor for the reader: SERVER_IMAGE_FD stays for
+        // squashfuse_ll.
+        let image = libc::fcntl(SERVER_IMAGE_FD, libc::F_DUPFD_CLOEXEC, 10);
+        if image >= 0 {
+            match image_server::squashfs::Archive::open(std::fs::File::from_raw_fd(image)) {
+                Ok(archive) => {
+                    let dev = libc::fcntl(SERVER_DEV_FD, libc::F_DUPFD_CLOEXEC, 10);
+                    libc::close(SERVER_DEV_FD);
+                    libc::close(SERVER_IMAGE_FD);
+                    libc::_exit(image_server::serve(OwnedFd::from_raw_fd(dev), archive))
+                }
+                Err(image_server::squashfs::Error::Unsupported(_)) => {}
+                Err(e) => {
+                    let _ = writeln!(io::stderr(), "{e}");
+                    libc::_exit(1)
+                }
             }
-            let prog = CString::new(&buf[1..n]).unwrap_or_default();
-            let argv = squashfuse_argv(threaded);
-            // SAFETY: ends this process (exec or exit).
-            unsafe { exec_squashfuse(&prog, &argv) }
         }
     }
+    exec_squashfuse(prog, &squashfuse_argv(threaded))
 }
 
 /// Hands the early server its superblock: the /dev/fuse descriptor, the
@@ -390,9 +414,8 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
         ServerAs::User { .. } => Vec::new(),
     };
 
-    // Threads only through the squashfuse_ll binary: Debian's
-    // libsquashfuse_ll.so.0 (0.1.105) served from libfuse's thread pool
-    // returned corrupt file contents to a shared container's processes.
+    // Shared containers (several processes reading at once) are served by
+    // squashfuse_ll's pool of threads; the built-in server has one.
     let in_process = IN_PROCESS.load(Ordering::Relaxed) && !threaded;
 
     // SAFETY: the process is single-threaded (launcher contract), and the
@@ -445,15 +468,9 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
                 }
             }
             if in_process {
-                // The name `ps` and the tests see; exec renames a fallback.
+                // The name `ps` and the tests see; exec renames squashfuse_ll.
                 libc::prctl(libc::PR_SET_NAME, c"shoal-fuse".as_ptr());
-                match fuse_lib::load() {
-                    Ok(lib) => libc::_exit(lib.serve(SERVER_IMAGE_PATH, SERVER_DEV_PATH)),
-                    // Libraries missing: squashfuse_ll below still serves.
-                    Err(e) => {
-                        let _ = writeln!(io::stderr(), "in-process server unavailable ({}), exec'ing squashfuse_ll", e.0);
-                    }
-                }
+                serve_or_exec(&prog, threaded)
             }
             exec_squashfuse(&prog, &argv)
         },

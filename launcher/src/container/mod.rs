@@ -6,8 +6,9 @@
 //! Modules, in the order a container is made:
 //! - `policy`, `env`, `etc`, `plan`: deciding (pure, unit-tested as data);
 //! - `sys`: the only `unsafe` kernel calls;
-//! - `userns`: namespaces; `fuse`: the image through squashfuse (`fuse_lib`:
-//!   its libraries served in-process, for the `shoal` binary);
+//! - `userns`: namespaces; `fuse`: the image through FUSE, served by
+//!   `image_server` (Shoal's own squashfs server, for the `shoal` binary) or
+//!   squashfuse_ll;
 //!   `rootfs`: image, skeleton, overlay root, mounts, pivot_root;
 //! - `inject`: host-library injection made part of the plan (mounts, and
 //!   setup steps run after pivot_root by the builder);
@@ -79,7 +80,7 @@ mod env;
 mod etc;
 mod exec;
 mod fuse;
-mod fuse_lib;
+mod image_server;
 mod inject;
 mod plan;
 mod policy;

@@ -1,0 +1,336 @@
+//! The built-in image server: answers the kernel's FUSE requests for a
+//! squashfs image, read-only, on one thread, in the process `fuse.rs` forks
+//! for the container (no exec, no library to load: the launch's first
+//! request finds it ready).
+//!
+//! What makes it faster than squashfuse_ll on a launch, each measured with
+//! `bench/launch-phases.sh` (see BENCHMARKS.md):
+//! - every block a container touches is decompressed once ([`squashfs`]
+//!   caches them; squashfuse keeps one data block);
+//! - the kernel is told to keep what it learns: long entry and attribute
+//!   timeouts (the image never changes), negative lookups cached (a
+//!   program's library search and Python's imports miss often), symlink
+//!   targets cached, no OPEN/RELEASE/OPENDIR round trips (page cache kept);
+//! - after an answer the server looks for the next request for a short
+//!   while before it sleeps: a starting program sends requests a few
+//!   microseconds apart, and waking a sleeping server on another CPU costs
+//!   tens of microseconds each time (much more on a VM).
+//!
+//! Images it cannot serve faithfully (xz, lzma or lzo compression,
+//! extended attributes) are refused by [`squashfs::Archive::open`] with
+//! `Unsupported`, and `fuse.rs` execs squashfuse_ll for them instead.
+//!
+//! Must never: trust the image (a corrupt or crafted one is answered with
+//! EIO, never a panic), or write anything (the mount is read-only).
+
+mod abi;
+pub mod squashfs;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+
+use abi::*;
+use squashfs::{Archive, FileLayout, Inode, Kind};
+
+/// How long the server keeps looking for the next request after an answer
+/// before it sleeps (a poll costs about a microsecond; an idle server
+/// after a program's start burns at most this once).
+const SPIN_NS: u64 = 50_000;
+
+/// How long the kernel may keep entries and attributes: the image is
+/// read-only and outlives no container, so as long as it likes.
+const VALID_SECS: u64 = 365 * 24 * 3600;
+
+/// Largest request read (the kernel's minimum is 8 KiB; names are at most
+/// 4 KiB).
+const REQUEST_BUFFER: usize = 64 << 10;
+
+/// File layouts kept by node id (READ carries no open file handle: opens
+/// are not sent).
+const LAYOUT_CACHE: usize = 4096;
+
+/// Files the launcher reads as soon as the image is mounted (rootfs.rs
+/// merges the user into them): the server decompresses them while it
+/// waits for the launcher's first request, so that request finds them ready.
+const WARM: &[&str] = &["/etc/passwd", "/etc/group"];
+
+struct Server {
+    fs: Archive,
+    layouts: HashMap<u64, Rc<FileLayout>>,
+}
+
+/// Serves `fs` on the mounted FUSE connection `dev` until the kernel ends
+/// it (the container's last process exited); returns the exit status.
+pub fn serve(dev: OwnedFd, fs: Archive) -> i32 {
+    let fd = dev.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this process owns.
+    let nonblocking = unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+    };
+    if !nonblocking {
+        eprintln!("image server: cannot make /dev/fuse non-blocking: {}", io::Error::last_os_error());
+        return 1;
+    }
+    let mut server = Server { fs, layouts: HashMap::new() };
+    let mut buf = vec![0u8; REQUEST_BUFFER];
+    let mut reply = Vec::with_capacity(1 << 20);
+    let mut idle_since = now_ns();
+    let mut warm = WARM.iter();
+    loop {
+        // SAFETY: reads into a buffer this function owns.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    // Idle: one file warmed at a time, then requests again.
+                    if let Some(path) = warm.next() {
+                        server.warm(path);
+                        continue;
+                    }
+                    if now_ns().saturating_sub(idle_since) < SPIN_NS {
+                        // Lets a requester woken on this CPU run first.
+                        // SAFETY: no arguments.
+                        unsafe { libc::sched_yield() };
+                    } else {
+                        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                        // SAFETY: one valid pollfd.
+                        unsafe { libc::poll(&mut p, 1, -1) };
+                        idle_since = now_ns();
+                    }
+                    continue;
+                }
+                // Interrupted, or a request the kernel took back.
+                Some(libc::EINTR) | Some(libc::ENOENT) => continue,
+                // The connection ended: the container is gone.
+                Some(libc::ENODEV) => return 0,
+                _ => {
+                    eprintln!("image server: reading /dev/fuse: {}", io::Error::last_os_error());
+                    return 1;
+                }
+            }
+        }
+        let Some(req) = Request::parse(&buf[..n as usize]) else {
+            eprintln!("image server: malformed request from the kernel");
+            return 1;
+        };
+        reply.clear();
+        let answer = server.handle(&req, &mut reply);
+        if let Some(status) = answer {
+            send(fd, req.unique, status, &reply);
+        }
+        idle_since = now_ns();
+    }
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Writes one answer: the header, then `body` when `status` is 0.
+fn send(fd: i32, unique: u64, status: i32, body: &[u8]) {
+    let body = if status == 0 { body } else { &[] };
+    let head = out_header(unique, status, body.len());
+    let iov = [
+        libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
+        libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() },
+    ];
+    // SAFETY: two iovecs over live buffers. A failed write (the request was
+    // interrupted, ENOENT) needs nothing done.
+    unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+}
+
+/// A node id for an inode reference: the root is 1 (FUSE's), others are
+/// shifted past it (references are unique per inode).
+fn node_id(fs: &Archive, inode_ref: u64) -> u64 {
+    if inode_ref == fs.root() {
+        FUSE_ROOT_ID
+    } else {
+        inode_ref + 2
+    }
+}
+
+fn inode_ref(fs: &Archive, node: u64) -> u64 {
+    if node == FUSE_ROOT_ID {
+        fs.root()
+    } else {
+        node.wrapping_sub(2)
+    }
+}
+
+impl Server {
+    /// Answers one request into `reply`; `None` for requests that get no
+    /// answer (FORGET, INTERRUPT), else the errno (0: `reply` is the body).
+    fn handle(&mut self, req: &Request<'_>, reply: &mut Vec<u8>) -> Option<i32> {
+        let r = match req.opcode {
+            FUSE_INIT => self.init(req.body, reply),
+            FUSE_LOOKUP => self.lookup(req.node, req.body, reply),
+            FUSE_GETATTR => self.getattr(req.node, reply),
+            FUSE_READLINK => self.readlink(req.node, reply),
+            FUSE_READ => self.read(req.node, req.body, reply),
+            FUSE_READDIR => self.readdir(req.node, req.body, reply),
+            FUSE_STATFS => {
+                let (bytes, inodes) = self.fs.usage();
+                statfs_out(reply, bytes, self.fs.block_size(), inodes);
+                Ok(())
+            }
+            // Nothing kept per open file or per lookup.
+            FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => return None,
+            FUSE_DESTROY => Ok(()),
+            // ENOSYS to OPEN and OPENDIR (negotiated with
+            // FUSE_NO_OPEN_SUPPORT): the kernel stops sending them and
+            // RELEASE, and keeps the page cache. ENOSYS to FLUSH, ACCESS
+            // (the kernel checks modes itself), and the xattr calls (the
+            // image has none, squashfs::Archive::open checked): the
+            // kernel stops asking.
+            _ => Err(libc::ENOSYS),
+        };
+        Some(match r {
+            Ok(()) => 0,
+            Err(e) => {
+                reply.clear();
+                -e
+            }
+        })
+    }
+
+    /// Reads a file of the image into the caches; a missing or unreadable
+    /// one is left for its request to report.
+    fn warm(&mut self, path: &str) {
+        let mut r = self.fs.root();
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            let Ok(dir) = self.fs.inode(r) else { return };
+            let Ok(Some(e)) = self.fs.lookup(r, &dir, name.as_bytes()) else { return };
+            r = e.inode_ref;
+        }
+        let node = node_id(&self.fs, r);
+        if let Ok(l) = self.layout(node) {
+            let mut sink = Vec::new();
+            let _ = self.fs.read(&l, 0, l.size.min(1 << 20) as usize, &mut sink);
+        }
+    }
+
+    fn init(&mut self, body: &[u8], reply: &mut Vec<u8>) -> Result<(), i32> {
+        let init = InitIn::parse(body).ok_or(libc::EINVAL)?;
+        if init.major < 7 {
+            return Err(libc::EPROTO);
+        }
+        let want = FUSE_ASYNC_READ | FUSE_MAX_PAGES | FUSE_CACHE_SYMLINKS | FUSE_NO_OPEN_SUPPORT | FUSE_NO_OPENDIR_SUPPORT;
+        init_out(reply, init.minor.min(FUSE_KERNEL_MINOR), init.max_readahead, init.flags & want);
+        Ok(())
+    }
+
+    fn inode(&mut self, node: u64) -> Result<Inode, i32> {
+        let r = inode_ref(&self.fs, node);
+        self.fs.inode(r).map_err(|e| self.io_error(e))
+    }
+
+    /// Logs what went wrong with the image (the launcher shows the
+    /// server's stderr when the container fails) and answers EIO.
+    fn io_error(&self, e: squashfs::Error) -> i32 {
+        eprintln!("image server: {e}");
+        libc::EIO
+    }
+
+    fn lookup(&mut self, node: u64, body: &[u8], reply: &mut Vec<u8>) -> Result<(), i32> {
+        let name = body.split(|b| *b == 0).next().unwrap_or_default();
+        let dir_ref = inode_ref(&self.fs, node);
+        let dir = self.inode(node)?;
+        if !matches!(dir.kind, Kind::Dir { .. }) {
+            return Err(libc::ENOTDIR);
+        }
+        match self.fs.lookup(dir_ref, &dir, name).map_err(|e| self.io_error(e))? {
+            Some(e) => {
+                let inode = self.fs.inode(e.inode_ref).map_err(|e| self.io_error(e))?;
+                entry_out(reply, node_id(&self.fs, e.inode_ref), VALID_SECS, &self.attr(&inode));
+            }
+            // A negative entry the kernel keeps: the same miss is not asked again.
+            None => entry_out(reply, 0, VALID_SECS, &Attr::default()),
+        }
+        Ok(())
+    }
+
+    fn attr(&self, i: &Inode) -> Attr {
+        Attr {
+            ino: u64::from(i.number),
+            size: i.size(),
+            blocks: i.size().div_ceil(512),
+            mtime: u64::from(i.mtime),
+            mode: i.st_mode(),
+            nlink: i.nlink.max(1),
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev(),
+            blksize: self.fs.block_size(),
+        }
+    }
+
+    fn getattr(&mut self, node: u64, reply: &mut Vec<u8>) -> Result<(), i32> {
+        let inode = self.inode(node)?;
+        attr_out(reply, VALID_SECS, &self.attr(&inode));
+        Ok(())
+    }
+
+    fn readlink(&mut self, node: u64, reply: &mut Vec<u8>) -> Result<(), i32> {
+        match self.inode(node)?.kind {
+            Kind::Symlink(t) => {
+                reply.extend_from_slice(&t);
+                Ok(())
+            }
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    fn layout(&mut self, node: u64) -> Result<Rc<FileLayout>, i32> {
+        if let Some(l) = self.layouts.get(&node) {
+            return Ok(l.clone());
+        }
+        let Kind::File(f) = self.inode(node)?.kind else {
+            return Err(libc::EISDIR);
+        };
+        let l = Rc::new(self.fs.layout(&f).map_err(|e| self.io_error(e))?);
+        if self.layouts.len() >= LAYOUT_CACHE {
+            self.layouts.clear();
+        }
+        self.layouts.insert(node, l.clone());
+        Ok(l)
+    }
+
+    fn read(&mut self, node: u64, body: &[u8], reply: &mut Vec<u8>) -> Result<(), i32> {
+        let (offset, size) = read_in(body).ok_or(libc::EINVAL)?;
+        let l = self.layout(node)?;
+        self.fs.read(&l, offset, size as usize, reply).map_err(|e| self.io_error(e))
+    }
+
+    fn readdir(&mut self, node: u64, body: &[u8], reply: &mut Vec<u8>) -> Result<(), i32> {
+        let (offset, size) = read_in(body).ok_or(libc::EINVAL)?;
+        let dir_ref = inode_ref(&self.fs, node);
+        let dir = self.inode(node)?;
+        let Kind::Dir { parent, .. } = dir.kind else {
+            return Err(libc::ENOTDIR);
+        };
+        let entries = self.fs.dir(dir_ref, &dir).map_err(|e| self.io_error(e))?;
+        // Offsets: 1 after ".", 2 after "..", then 3 + the entry's index.
+        let mut next = offset;
+        while next < 2 + entries.len() as u64 {
+            let (name, ino, dtype): (&[u8], u64, u8) = match next {
+                0 => (b".", u64::from(dir.number), libc::DT_DIR),
+                1 => (b"..", u64::from(parent), libc::DT_DIR),
+                n => {
+                    let e = &entries[(n - 2) as usize];
+                    (&e.name, u64::from(e.number), e.dtype)
+                }
+            };
+            if !dirent(reply, size as usize, ino, next + 1, dtype, name) {
+                break;
+            }
+            next += 1;
+        }
+        Ok(())
+    }
+}
