@@ -300,7 +300,8 @@ fn dry_run_prints_the_plan() {
     let out = ok(&user_run(tb, &dir, "--dry-run --mount /tmp:/data:ro --env X=1 ./busybox.sqfs -- /bin/echo hi"));
     for want in [
         "mode     unprivileged",
-        "via squashfuse_ll",
+        "via FUSE as uid 1001 (Shoal's image server;",
+        "/etc/hosts <- /etc/hosts (its contents, read-only) (host)",
         "/dev <- tmpfs mode=755 [rw,nosuid,nodev,noexec] (system)",
         "/dev/null <- bind /dev/null [rw] (system)",
         "/dev/pts <- devpts newinstance,ptmxmode=0666 [rw,nosuid,noexec] (system)",
@@ -682,7 +683,8 @@ fn dev_holds_only_the_basic_nodes_and_new_ptys_work() {
     for want in ["shm", "fd"] {
         assert!(out.lines().any(|l| l == want), "{want}:\n{out}");
     }
-    assert!(out.lines().any(|l| l.contains(" / /dev rw,nosuid,noexec")), "{out}");
+    // (A directory of the container's scratch tmpfs, bound at /dev.)
+    assert!(out.lines().any(|l| l.contains(" /dev rw,nosuid,noexec")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("pty /dev/pts/")), "{out}");
     // The user alone (user namespace): the same /dev, nodev too; ptmx is
     // the container's own devpts' (the host's is mode 000 on Debian), and
@@ -690,7 +692,7 @@ fn dev_holds_only_the_basic_nodes_and_new_ptys_work() {
     let out = ok(&tb.user(&format!("cd {} && {} run ./dev.sqfs -- sh -c '{probe}; grep \" /dev/pts \" /proc/self/mountinfo' </dev/null", dir.display(), shoal(tb))));
     assert_eq!(names(&out), expected, "no other host device:\n{out}");
     assert!(out.lines().any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("/dev/ptmx -> pts/ptmx")), "{out}");
-    assert!(out.lines().any(|l| l.contains(" / /dev rw,nosuid,nodev,noexec")), "{out}");
+    assert!(out.lines().any(|l| l.contains(" /dev rw,nosuid,nodev,noexec")), "{out}");
     assert!(out.lines().any(|l| l.contains(" / /dev/pts rw,nosuid,noexec") && l.contains("ptmxmode=666")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("pty /dev/pts/")), "{out}");
 }

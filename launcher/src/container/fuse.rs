@@ -101,6 +101,9 @@ pub struct FuseServer {
     /// The short-lived middle process of the double fork, reaped late so
     /// the launch never waits for it to be scheduled.
     middle: Option<nix::unistd::Pid>,
+    /// Whether the server was forked after the launcher's mount namespace
+    /// was made, and so holds it (the container then needs one of its own).
+    pub in_launcher_namespace: bool,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -401,7 +404,9 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
         hand_over(&early, dev.as_fd(), image, threaded, squashfuse).map_err(FuseError::Spawn)?;
         // The server holds the only /dev/fuse descriptor from now on.
         drop(dev);
-        return Ok(FuseServer { mount: Some(mount), errors: early.errors, middle: Some(early.middle) });
+        // Forked before any namespace: the launcher's mount namespace is
+        // the container's own already.
+        return Ok(FuseServer { mount: Some(mount), errors: early.errors, middle: Some(early.middle), in_launcher_namespace: false });
     }
     let (err_r, err_w) = pipe().map_err(FuseError::Spawn)?;
     let null = sys::openat(None, Path::new("/dev/null"), libc::O_RDWR, 0).map_err(FuseError::Spawn)?;
@@ -427,7 +432,8 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
             drop(err_w);
             // The server holds the only /dev/fuse descriptor from now on.
             drop(dev);
-            Ok(FuseServer { mount: Some(mount), errors: err_r, middle: Some(child) })
+            let in_launcher_namespace = matches!(who, ServerAs::User { .. });
+            Ok(FuseServer { mount: Some(mount), errors: err_r, middle: Some(child), in_launcher_namespace })
         }
         ForkResult::Child => unsafe {
             // SAFETY (whole block): raw syscalls in the forked child.

@@ -145,6 +145,10 @@ pub enum MountKind {
     /// with the user's credentials (user-given paths: root never follows
     /// them as root). `recursive`: submounts come along (/dev, /proc, /sys).
     Bind { source: PathBuf, recursive: bool, as_user: bool },
+    /// Not a mount: a small host file's contents written into the root's
+    /// own layer when the container is built (/etc/hosts: read-only like
+    /// the rest of the root, and cheaper than a bind and its remount).
+    Copy { source: PathBuf },
 }
 
 /// One mount, applied in order after the root exists and before pivot_root.
@@ -242,7 +246,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     for f in ["/etc/hosts", "/etc/resolv.conf", "/etc/localtime"] {
         mounts.push(Mount {
             target: f.into(),
-            kind: MountKind::Bind { source: f.into(), recursive: false, as_user: false },
+            kind: MountKind::Copy { source: f.into() },
             read_only: true,
             harden: true,
             origin: Origin::Host,
@@ -473,7 +477,11 @@ impl Plan {
         let mut s = String::new();
         let _ = writeln!(s, "mode     {}", self.mode);
         let via = match &self.root.via {
-            ImageMount::Fuse { squashfuse } => format!("squashfuse_ll ({}) as uid {}", squashfuse.display(), self.identity.uid),
+            ImageMount::Fuse { squashfuse } => format!(
+                "FUSE as uid {} (Shoal's image server; squashfuse_ll {} for shared containers and xz/lzo/xattr images)",
+                self.identity.uid,
+                squashfuse.display()
+            ),
             ImageMount::KernelLoop => "kernel squashfs on a read-only loop device".into(),
         };
         let _ = writeln!(s, "image    {} via {via}, ro,nosuid,nodev", self.root.squashfs.display());
@@ -488,6 +496,10 @@ impl Plan {
                 MountKind::Devpts => "devpts newinstance,ptmxmode=0666".into(),
                 MountKind::Symlink { to } => {
                     let _ = writeln!(s, "link  {:>2} {} -> {}", i + 1, m.target.display(), to.display());
+                    continue;
+                }
+                MountKind::Copy { source } => {
+                    let _ = writeln!(s, "copy  {:>2} {} <- {} (its contents, read-only) (host)", i + 1, m.target.display(), source.display());
                     continue;
                 }
                 MountKind::CharDevice { major, minor, mode } => {

@@ -164,6 +164,8 @@ fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
 }
 
 const STAGE: &str = "/tmp";
+/// The staging tmpfs's flags, which directories bound from it keep.
+const STAGE_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
 
 fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let st = fstat(fd).map_err(io::Error::from)?;
@@ -242,20 +244,22 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     };
 
     // 2. Namespaces: the container's own mount namespace (inside the user
-    //    namespace the server start made, when unprivileged).
-    match plan.mode {
-        Mode::Unprivileged => userns::new_mount()?,
-        Mode::Privileged => userns::enter_mount()?,
+    //    namespace the server start made, when unprivileged; that start's
+    //    mount namespace serves when the server is not in it).
+    match (plan.mode, &server) {
+        (Mode::Unprivileged, Some(s)) if !s.in_launcher_namespace => userns::make_private()?,
+        (Mode::Unprivileged, _) => userns::new_mount()?,
+        (Mode::Privileged, _) => userns::enter_mount()?,
     }
 
     let binds = open_binds(plan)?;
 
     // 3. A private staging tmpfs (only this namespace sees it).
     let stage = c(STAGE);
-    sys::mount(Some(c"shoal"), &stage, Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(c"mode=0700"))
+    sys::mount(Some(c"shoal"), &stage, Some(c"tmpfs"), STAGE_FLAGS, Some(c"mode=0700"))
         .map_err(step("mount the staging tmpfs"))?;
     let stage_fd = sys::openat(None, Path::new(STAGE), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the staging tmpfs"))?;
-    for d in ["lower", "skel", "root", "upper", "work"] {
+    for d in ["lower", "skel", "root", "upper", "work", "scratch"] {
         sys::mkdirat(stage_fd.as_fd(), Path::new(d), 0o755).map_err(step(format!("create {STAGE}/{d}")))?;
     }
 
@@ -282,11 +286,19 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     // 5. The skeleton: every mount target (made while the server starts),
     //    then /etc/passwd and /etc/group merged with the image's.
     let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
-    for (m, s) in plan.mounts.iter().zip(&binds) {
+    for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
+        // Targets in a tmpfs of the plan are made there when it is mounted.
+        if enclosing_tmpfs(&plan.mounts[..i], &m.target).is_some() {
+            continue;
+        }
         let dir = match (&m.kind, s) {
             (MountKind::Tmpfs { .. } | MountKind::Devpts, _) => true,
             // Made in its tmpfs when the mounts are applied.
             (MountKind::Symlink { .. } | MountKind::CharDevice { .. }, _) => continue,
+            (MountKind::Copy { source }, _) => {
+                copy_host_file(skel.as_fd(), source, &m.target).map_err(step(format!("copy {} into the container", source.display())))?;
+                continue;
+            }
             (MountKind::Bind { .. }, Some(fd)) => is_dir(fd.as_fd()).map_err(step("stat a mount source"))?,
             (MountKind::Bind { .. }, None) => continue,
         };
@@ -341,6 +353,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             continue; // an optional source this node lacks
         }
         match &m.kind {
+            MountKind::Copy { .. } => continue, // in the skeleton already
             MountKind::Symlink { to } => {
                 let what = format!("link {} to {}", m.target.display(), to.display());
                 make_in_tmpfs(root.as_fd(), plan, i, |dir, name| nix::unistd::symlinkat(to, dir, name).map_err(io::Error::from))
@@ -361,7 +374,9 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             }
             _ => {}
         }
-        let target = match sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0) {
+        let inside_tmpfs = enclosing_tmpfs(&plan.mounts[..i], &m.target).is_some();
+        let first = if inside_tmpfs { Err(io::Error::from_raw_os_error(libc::ENOENT)) } else { sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0) };
+        let target = match first {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 // The skeleton made this target, but a tmpfs the plan
                 // mounted earlier (/run for /run/munge) now hides it: make
@@ -386,10 +401,26 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         }
         match (&m.kind, s) {
             (MountKind::Tmpfs { mode, noexec, devices }, _) => {
-                let extra = if *noexec { extra | libc::MS_NOEXEC } else { extra };
-                let extra = if *devices { extra & !libc::MS_NODEV } else { extra };
-                sys::mount(Some(c"tmpfs"), &sys::fd_path(target.as_fd()), Some(c"tmpfs"), extra, Some(&c(&format!("mode={mode:o}"))))
-                    .map_err(step(what()))?;
+                // A directory of the staging tmpfs, bound here: one tmpfs
+                // for all of the container's scratch directories (a bind
+                // costs about half a new tmpfs). It is nosuid,nodev.
+                let want = if *noexec { extra | libc::MS_NOEXEC } else { extra };
+                let want = if *devices { want & !libc::MS_NODEV } else { want };
+                let name = PathBuf::from(format!("scratch/{i}"));
+                sys::mkdirat(stage_fd.as_fd(), &name, 0o700).map_err(step(what()))?;
+                nix::sys::stat::fchmodat(
+                    stage_fd.as_fd(),
+                    &name,
+                    nix::sys::stat::Mode::from_bits_truncate(*mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )
+                .map_err(|e| step(what())(e.into()))?;
+                let dir = sys::openat(Some(stage_fd.as_fd()), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+                sys::mount(Some(&sys::fd_path(dir.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND, None).map_err(step(what()))?;
+                if want != STAGE_FLAGS {
+                    let top = sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?;
+                    sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | want, None).map_err(step(what()))?;
+                }
             }
             (MountKind::Devpts, _) => {
                 // nodev would stop the ptys themselves; gid= is left out
@@ -403,15 +434,16 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
                 )
                 .map_err(step(what()))?;
             }
-            (MountKind::Symlink { .. } | MountKind::CharDevice { .. }, _) => unreachable!("made above"),
+            (MountKind::Symlink { .. } | MountKind::CharDevice { .. } | MountKind::Copy { .. }, _) => unreachable!("made above"),
             (MountKind::Bind { recursive, .. }, Some(fd)) => {
                 let rec = if *recursive { libc::MS_REC } else { 0 };
                 sys::mount(Some(&sys::fd_path(fd.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND | rec, None)
                     .map_err(step(what()))?;
-                if extra != 0 {
+                let keep = sys::locked_flags(fd.as_fd()).map_err(step(what()))?;
+                // A source mounted nosuid,nodev (,ro) already needs no remount.
+                if extra & !keep != 0 {
                     // Remount the new bind (reopened: the old fd is under it).
                     let top = sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?;
-                    let keep = sys::locked_flags(fd.as_fd()).map_err(step(what()))?;
                     sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | keep | extra, None)
                         .map_err(step(format!("remount {} with nosuid,nodev{}", m.target.display(), if m.read_only { ",ro" } else { "" })))?;
                 }
@@ -430,6 +462,26 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         s.reap();
     }
     Ok(())
+}
+
+/// Writes a small host file's contents (at most 1 MiB) at `target` in the
+/// skeleton; a host without the file (no /etc/localtime) gets none.
+fn copy_host_file(skel: BorrowedFd<'_>, source: &Path, target: &Path) -> io::Result<()> {
+    let mut text = Vec::new();
+    match std::fs::File::open(source) {
+        Ok(f) => f.take(1 << 20).read_to_end(&mut text)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    skeleton_path(skel, parent, true)?;
+    let rel = parent.strip_prefix("/").unwrap_or(parent);
+    let dir = sys::openat(Some(skel), &Path::new(".").join(rel), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+    let fd = sys::openat(Some(dir.as_fd()), Path::new(name), libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
+    use std::io::Write;
+    std::fs::File::from(fd).write_all(&text)
 }
 
 /// The innermost tmpfs among `earlier` (mounts made before) that `path`

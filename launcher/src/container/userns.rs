@@ -66,7 +66,7 @@ pub fn enter_mount() -> Result<(), NsError> {
 
 /// Nothing mounted from here on propagates back to the host, and host
 /// mounts do not appear inside.
-fn make_private() -> Result<(), NsError> {
+pub fn make_private() -> Result<(), NsError> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| NsError::Private(e.into()))
 }

@@ -52,8 +52,10 @@ const REQUEST_BUFFER: usize = 64 << 10;
 const LAYOUT_CACHE: usize = 4096;
 
 /// Files the launcher reads as soon as the image is mounted (rootfs.rs
-/// merges the user into them): the server decompresses them while it
-/// waits for the launcher's first request, so that request finds them ready.
+/// merges the user into them): the server decompresses them before it
+/// answers the kernel's INIT, while the launcher prepares the container's
+/// mounts, so the launcher's reads find them ready and never wait behind
+/// a decompression.
 const WARM: &[&str] = &["/etc/passwd", "/etc/group"];
 
 struct Server {
@@ -77,19 +79,16 @@ pub fn serve(dev: OwnedFd, fs: Archive) -> i32 {
     let mut server = Server { fs, layouts: HashMap::new() };
     let mut buf = vec![0u8; REQUEST_BUFFER];
     let mut reply = Vec::with_capacity(1 << 20);
+    for path in WARM {
+        server.warm(path);
+    }
     let mut idle_since = now_ns();
-    let mut warm = WARM.iter();
     loop {
         // SAFETY: reads into a buffer this function owns.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EAGAIN) => {
-                    // Idle: one file warmed at a time, then requests again.
-                    if let Some(path) = warm.next() {
-                        server.warm(path);
-                        continue;
-                    }
                     if now_ns().saturating_sub(idle_since) < SPIN_NS {
                         // Lets a requester woken on this CPU run first.
                         // SAFETY: no arguments.
