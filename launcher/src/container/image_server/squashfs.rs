@@ -350,7 +350,9 @@ impl Archive {
     /// `len` bytes of metadata starting at `offset` in the block at `pos`,
     /// following on into the next blocks.
     fn meta_bytes(&mut self, mut pos: u64, offset: usize, len: usize) -> Result<(Vec<u8>, u64, usize), Error> {
-        let mut out = Vec::with_capacity(len);
+        // `len` comes from the image (a directory may claim 4 GiB): grow
+        // with the blocks actually there.
+        let mut out = Vec::with_capacity(len.min(METADATA_SIZE));
         let mut off = offset;
         loop {
             let m = self.meta_block(pos)?;
