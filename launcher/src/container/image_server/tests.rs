@@ -140,7 +140,7 @@ fn build_tree(root: &Path) {
         fs::create_dir(root.join(path)).expect("mode dir");
         chmod(&root.join(path), mode);
     }
-    for (path, mode) in [("setuid", 0o4755), ("readonly", 0o444), ("noperm", 0o000)] {
+    for (path, mode) in [("setuid", 0o4755), ("readonly", 0o444), ("owneronly", 0o600)] {
         write(&root.join(path), path.as_bytes());
         chmod(&root.join(path), mode);
     }
@@ -683,4 +683,67 @@ fn mutated_gzip_images_give_errors() {
 fn mutated_uncompressed_images_give_errors() {
     require_mksquashfs!();
     fuzz(&["-comp", "gzip", "-noI", "-noD", "-noF"], 1500, 3);
+}
+
+/// Address space the crafted-size walk gets (`ulimit -v`, KiB): far less
+/// than the 4 GiB directory size it is given, far more than the image.
+const CRAFTED_AS_KIB: u64 = 1 << 20;
+
+/// A directory whose inode claims 4 GiB of listing must not make the
+/// reader allocate that much (the module's contract: caches plus a block).
+/// The walk runs in a child test process under an address-space limit,
+/// where such an allocation aborts it.
+#[test]
+fn crafted_sizes_do_not_allocate_their_size() {
+    require_mksquashfs!();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("tree");
+    fuzz_tree(&src);
+    let image = tmp.path().join("image.sqfs");
+    // Uncompressed inodes: the field can be patched in place.
+    mksquashfs(&src, &image, &["-b", "4096", "-noI", "-all-root", "-no-xattrs"]).expect("mksquashfs");
+    let mut a = open(&image).expect("image");
+    let root = a.inode(a.root()).expect("root");
+    let d = a.lookup(a.root(), &root, b"d").expect("lookup").expect("d");
+    let d_inode = a.inode(d.inode_ref).expect("d");
+    let e = a.lookup(d.inode_ref, &d_inode, b"e").expect("lookup").expect("e");
+
+    // The byte at `at` of the inode's record, past metadata block headers.
+    let mut img = fs::read(&image).expect("image");
+    let mut block = get_field(&img, (64, 8)) as usize + (e.inode_ref >> 16) as usize;
+    let locate = |block: &mut usize, mut at: usize| {
+        while at >= 8192 {
+            *block += 2 + 8192;
+            at -= 8192;
+        }
+        *block + 2 + at
+    };
+    let start = (e.inode_ref & 0xffff) as usize;
+    let kind = locate(&mut block.clone(), start);
+    assert_eq!(get_field(&img, (kind, 2)), 8, "d/e is not an extended directory inode");
+    let size = locate(&mut block, start + 20);
+    set_field(&mut img, (size, 4), 0xffff_fff0);
+    let crafted = tmp.path().join("crafted.sqfs");
+    write(&crafted, &img);
+
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {CRAFTED_AS_KIB} && exec \"$0\" \"$@\""))
+        .arg(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "container::image_server::tests::walk_crafted_image", "--ignored", "--test-threads=1"])
+        .env("SHOAL_CRAFTED_IMAGE", &crafted)
+        .output()
+        .expect("running the walk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("1 passed"), "walk under a {CRAFTED_AS_KIB} KiB address space: {:?}\n{text}", out.status);
+}
+
+#[test]
+#[ignore = "run by crafted_sizes_do_not_allocate_their_size, under an address-space limit"]
+fn walk_crafted_image() {
+    let Some(image) = std::env::var_os("SHOAL_CRAFTED_IMAGE") else {
+        eprintln!("skipped: only crafted_sizes_do_not_allocate_their_size runs this, with SHOAL_CRAFTED_IMAGE set");
+        return;
+    };
+    walk_untrusted(&mut open(Path::new(&image)).expect("the crafted image opens"));
 }
