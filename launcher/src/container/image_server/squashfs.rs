@@ -350,7 +350,9 @@ impl Archive {
     /// `len` bytes of metadata starting at `offset` in the block at `pos`,
     /// following on into the next blocks.
     fn meta_bytes(&mut self, mut pos: u64, offset: usize, len: usize) -> Result<(Vec<u8>, u64, usize), Error> {
-        let mut out = Vec::with_capacity(len);
+        // `len` comes from the image (a directory may claim 4 GiB): grow
+        // with the blocks actually there.
+        let mut out = Vec::with_capacity(len.min(METADATA_SIZE));
         let mut off = offset;
         loop {
             let m = self.meta_block(pos)?;
@@ -463,7 +465,7 @@ impl Archive {
         let len = (size as usize).saturating_sub(3);
         let mut entries = Vec::new();
         if len > 0 {
-            let pos = self.dir_table + u64::from(start_block);
+            let pos = self.dir_table.checked_add(u64::from(start_block)).ok_or_else(|| Error::Corrupt("directory position".into()))?;
             let (b, _, _) = self.meta_bytes(pos, usize::from(offset), len)?;
             let mut i = 0;
             while i + 12 <= b.len() {
@@ -557,7 +559,8 @@ impl Archive {
         }
         // 512 entries of 16 bytes per metadata block.
         let block = u64::from(index / 512);
-        let ptr = self.read_at(self.fragment_table + block * 8, 8)?;
+        let at = self.fragment_table.checked_add(block * 8).ok_or_else(|| Error::Corrupt("fragment table position".into()))?;
+        let ptr = self.read_at(at, 8)?;
         let pos = le64(&ptr, 0)?;
         let (e, _, _) = self.meta_bytes(pos, (index % 512) as usize * 16, 16)?;
         let f = (le64(&e, 0)?, le32(&e, 8)?);
