@@ -8,9 +8,9 @@ PACKAGES=(
     slurm-wlm libslurm-dev munge
     # build: bindgen needs libclang
     libclang-dev pkg-config
-    # images: squashfs writers/readers and FUSE (`shoal run` loads
-    # libsquashfuse0 and libfuse3-3 with dlopen; the plugin execs squashfuse_ll)
-    squashfs-tools squashfs-tools-ng squashfuse fuse3 libsquashfuse0 libfuse3-3
+    # images: squashfs writers/readers and FUSE (`shoal run` serves most
+    # images itself; the plugin and shared containers exec squashfuse_ll)
+    squashfs-tools squashfs-tools-ng squashfuse fuse3
     # a real OCI registry and tools to build and push test images
     docker-registry skopeo umoci openssl curl apache2-utils busybox-static debootstrap
     # the token server of the Bearer-auth test registry
