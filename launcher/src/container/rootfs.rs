@@ -213,10 +213,17 @@ fn read_image_file(lower: BorrowedFd<'_>, path: &str) -> String {
     s
 }
 
-fn write_file(dir: BorrowedFd<'_>, name: &str, text: &str) -> io::Result<()> {
-    let fd = sys::openat(Some(dir), Path::new(name), libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
+fn write_file(dir: BorrowedFd<'_>, name: &Path, bytes: &[u8]) -> io::Result<()> {
+    let fd = sys::openat(Some(dir), name, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
     use std::io::Write;
-    std::fs::File::from(fd).write_all(text.as_bytes())
+    std::fs::File::from(fd).write_all(bytes)
+}
+
+/// Remounts the bind just made at `target` (reopened inside the root: the
+/// descriptor opened before it is under it) with `flags`.
+fn remount_bind(root: BorrowedFd<'_>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    let top = sys::open_in_root(root, target, libc::O_PATH, 0)?;
+    sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | flags, None)
 }
 
 fn c(s: &str) -> CString {
@@ -326,8 +333,8 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
 
     let passwd = etc::merge_passwd(&read_image_file(lower_fd.as_fd(), "/etc/passwd"), id);
     let group = etc::merge_group(&read_image_file(lower_fd.as_fd(), "/etc/group"), id);
-    write_file(etc_dir.as_fd(), "passwd", &passwd).map_err(step("write /etc/passwd"))?;
-    write_file(etc_dir.as_fd(), "group", &group).map_err(step("write /etc/group"))?;
+    write_file(etc_dir.as_fd(), Path::new("passwd"), passwd.as_bytes()).map_err(step("write /etc/passwd"))?;
+    write_file(etc_dir.as_fd(), Path::new("group"), group.as_bytes()).map_err(step("write /etc/group"))?;
     drop(lower_fd);
 
     // 6. The root: skeleton over image, plus a tmpfs upper when writable.
@@ -418,8 +425,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
                 let dir = sys::openat(Some(stage_fd.as_fd()), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
                 sys::mount(Some(&sys::fd_path(dir.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND, None).map_err(step(what()))?;
                 if want != STAGE_FLAGS {
-                    let top = sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?;
-                    sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | want, None).map_err(step(what()))?;
+                    remount_bind(root.as_fd(), &m.target, want).map_err(step(what()))?;
                 }
             }
             (MountKind::Devpts, _) => {
@@ -442,9 +448,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
                 let keep = sys::locked_flags(fd.as_fd()).map_err(step(what()))?;
                 // A source mounted nosuid,nodev (,ro) already needs no remount.
                 if extra & !keep != 0 {
-                    // Remount the new bind (reopened: the old fd is under it).
-                    let top = sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?;
-                    sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | keep | extra, None)
+                    remount_bind(root.as_fd(), &m.target, keep | extra)
                         .map_err(step(format!("remount {} with nosuid,nodev{}", m.target.display(), if m.read_only { ",ro" } else { "" })))?;
                 }
             }
@@ -479,9 +483,7 @@ fn copy_host_file(skel: BorrowedFd<'_>, source: &Path, target: &Path) -> io::Res
     skeleton_path(skel, parent, true)?;
     let rel = parent.strip_prefix("/").unwrap_or(parent);
     let dir = sys::openat(Some(skel), &Path::new(".").join(rel), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
-    let fd = sys::openat(Some(dir.as_fd()), Path::new(name), libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
-    use std::io::Write;
-    std::fs::File::from(fd).write_all(&text)
+    write_file(dir.as_fd(), Path::new(name), &text)
 }
 
 /// The innermost tmpfs among `earlier` (mounts made before) that `path`
