@@ -50,6 +50,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 
 use super::image_server;
+use super::image_server::readahead::Hints;
 use super::sys;
 use super::userns;
 
@@ -213,6 +214,9 @@ static EARLY: Mutex<Option<Early>> = Mutex::new(None);
 
 /// The socket's descriptor number in the early server.
 const EARLY_SOCK_FD: i32 = 5;
+/// The largest hand-over message: a flag, squashfuse_ll's path and the
+/// read-ahead hints (which are left out when they do not fit).
+const EARLY_MESSAGE: usize = 64 << 10;
 
 /// Forks the image server now, before the launcher knows its image, so
 /// that its library loading is off the launch's critical path: [`start`]
@@ -281,7 +285,7 @@ pub fn prefork() -> Result<(), FuseError> {
 fn early_server() -> ! {
     // SAFETY: EARLY_SOCK_FD was set up by `prefork` and nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(EARLY_SOCK_FD) };
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; EARLY_MESSAGE];
     let mut space = nix::cmsg_space!([RawFd; 2]);
     let (n, fds) = {
         let mut iov = [io::IoSliceMut::new(&mut buf)];
@@ -313,20 +317,24 @@ fn early_server() -> ! {
         libc::close(fds[0]);
         libc::close(fds[1]);
     }
-    let prog = CString::new(&buf[1..n]).unwrap_or_default();
+    // [threaded] squashfuse_ll's path [NUL hints]
+    let mut rest = buf[1..n].splitn(2, |b| *b == 0);
+    let prog = CString::new(rest.next().unwrap_or_default()).unwrap_or_default();
+    let hints = rest.next().map(Hints::decode);
     // SAFETY: the descriptors are in place; ends this process.
-    unsafe { serve_or_exec(&prog, buf[0] == 1) }
+    unsafe { serve_or_exec(&prog, buf[0] == 1, hints) }
 }
 
 /// The server's work once /dev/fuse and the image are at their numbers:
 /// the built-in server ([`super::image_server`]), or `squashfuse_ll` for
 /// shared containers (served by a pool of threads) and for images the
 /// built-in server refuses (xz, lzo, xattrs). Exits with the server.
+/// `hints`: what the built-in server reads ahead.
 ///
 /// # Safety
 /// Called in the forked server only (it execs or exits), with
 /// SERVER_DEV_FD and SERVER_IMAGE_FD open.
-unsafe fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool) -> ! {
+unsafe fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, hints: Option<Hints>) -> ! {
     if !threaded {
         // A second descriptor for the reader: SERVER_IMAGE_FD stays for
         // squashfuse_ll.
@@ -337,7 +345,7 @@ unsafe fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool) -> ! {
                     let dev = libc::fcntl(SERVER_DEV_FD, libc::F_DUPFD_CLOEXEC, 10);
                     libc::close(SERVER_DEV_FD);
                     libc::close(SERVER_IMAGE_FD);
-                    libc::_exit(image_server::serve(OwnedFd::from_raw_fd(dev), archive))
+                    libc::_exit(image_server::serve(OwnedFd::from_raw_fd(dev), archive, hints))
                 }
                 Err(image_server::squashfs::Error::Unsupported(_)) => {}
                 Err(e) => {
@@ -351,11 +359,16 @@ unsafe fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool) -> ! {
 }
 
 /// Hands the early server its superblock: the /dev/fuse descriptor, the
-/// image, whether to serve with threads, and squashfuse_ll's path (its
-/// fallback when the libraries are missing).
-fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded: bool, squashfuse: &Path) -> io::Result<()> {
+/// image, whether to serve with threads, squashfuse_ll's path (for images
+/// the built-in server does not serve) and the read-ahead hints.
+fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded: bool, squashfuse: &Path, hints: &Hints) -> io::Result<()> {
     let mut msg = vec![u8::from(threaded)];
     msg.extend_from_slice(squashfuse.as_os_str().as_encoded_bytes());
+    let hints = hints.encode();
+    if msg.len() + 1 + hints.len() <= EARLY_MESSAGE {
+        msg.push(0);
+        msg.extend_from_slice(&hints);
+    }
     let fds = [dev.as_raw_fd(), image.as_raw_fd()];
     socket::sendmsg::<()>(
         early.sock.as_raw_fd(),
@@ -377,8 +390,9 @@ fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded
 /// the opened squashfs file; `threaded`: serve with a pool of threads
 /// (containers shared by several processes; always through squashfuse_ll)
 /// rather than one. `squashfuse`: the binary exec'd when not serving
-/// in-process, checked even then (the fallback).
-pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: bool) -> Result<FuseServer, FuseError> {
+/// in-process, checked even then (the fallback). `hints`: what the
+/// container's start will read, for the built-in server to read ahead.
+pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: bool, hints: &Hints) -> Result<FuseServer, FuseError> {
     if !squashfuse.is_file() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
     }
@@ -401,7 +415,7 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
         let _ = waitpid(early.middle, None);
     }
     if let (Some(early), ServerAs::User { .. }) = (early, &who) {
-        hand_over(&early, dev.as_fd(), image, threaded, squashfuse).map_err(FuseError::Spawn)?;
+        hand_over(&early, dev.as_fd(), image, threaded, squashfuse, hints).map_err(FuseError::Spawn)?;
         // The server holds the only /dev/fuse descriptor from now on.
         drop(dev);
         // Forked before any namespace: the launcher's mount namespace is
@@ -422,6 +436,7 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
     // Shared containers (several processes reading at once) are served by
     // squashfuse_ll's pool of threads; the built-in server has one.
     let in_process = IN_PROCESS.load(Ordering::Relaxed) && !threaded;
+    let hints = in_process.then(|| hints.clone());
 
     // SAFETY: the process is single-threaded (launcher contract), and the
     // child makes only raw syscalls on values prepared above before exec/_exit,
@@ -476,7 +491,7 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
             if in_process {
                 // The name `ps` and the tests see; exec renames squashfuse_ll.
                 libc::prctl(libc::PR_SET_NAME, c"shoal-fuse".as_ptr());
-                serve_or_exec(&prog, threaded)
+                serve_or_exec(&prog, threaded, hints)
             }
             exec_squashfuse(&prog, &argv)
         },

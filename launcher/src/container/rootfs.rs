@@ -24,6 +24,7 @@ use nix::sys::stat::{fstat, SFlag};
 
 use super::etc;
 use super::fuse::{self, FuseError};
+use super::image_server::readahead::Hints;
 use super::inject;
 use super::plan::{ImageMount, Mode, Mount, MountKind, Origin, Plan};
 use super::sys;
@@ -245,7 +246,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
                 Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
                 Mode::Privileged => fuse::ServerAs::RootFor { uid: id.uid, gid: id.gid, groups: plan.groups.clone() },
             };
-            Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1)?)
+            Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1, &readahead_hints(plan))?)
         }
         ImageMount::KernelLoop => None,
     };
@@ -466,6 +467,17 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         s.reap();
     }
     Ok(())
+}
+
+/// What the image server reads ahead: the command's start as
+/// [`super::exec::exec`] will make it.
+fn readahead_hints(plan: &Plan) -> Hints {
+    let env = |name: &str| plan.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    Hints {
+        program: plan.argv.first().map(|a| a.as_bytes().to_vec()).unwrap_or_default(),
+        path: env("PATH").unwrap_or(super::env::DEFAULT_PATH).as_bytes().to_vec(),
+        library_path: env("LD_LIBRARY_PATH").unwrap_or_default().as_bytes().to_vec(),
+    }
 }
 
 /// Writes a small host file's contents (at most 1 MiB) at `target` in the

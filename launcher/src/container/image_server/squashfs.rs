@@ -12,10 +12,11 @@
 //! checked, every error is [`Error::Corrupt`], which the server answers with
 //! EIO), or allocate more than the caches' bounds plus one block per read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::rc::Rc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 const MAGIC: u32 = 0x7371_7368; // "hsqs"
 const METADATA_SIZE: usize = 8192;
@@ -193,31 +194,113 @@ struct Meta {
     next: u64,
 }
 
-/// A small least-recently-used cache of decompressed blocks by position.
-struct BlockCache {
-    map: HashMap<u64, (Rc<[u8]>, u64)>,
+/// Decompressed data and fragment blocks by position, shared by the
+/// server's answering thread and its read-ahead thread (see
+/// [`super::readahead`]), each with an [`Archive`] of its own. A block one
+/// thread is decompressing is waited for by the other, never done twice.
+pub struct BlockCache {
+    state: Mutex<Blocks>,
+    loaded: Condvar,
+}
+
+/// A block being decompressed by this thread; dropped when done.
+struct Loading<'a> {
+    cache: &'a BlockCache,
+    pos: u64,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.cache.lock().loading.remove(&self.pos);
+        self.cache.loaded.notify_all();
+    }
+}
+
+/// A block as the cache keeps it (moved in, never copied).
+pub type Block = Arc<Vec<u8>>;
+
+struct Blocks {
+    /// Each block with when it was last used (a least-recently-used cache).
+    map: HashMap<u64, (Block, u64)>,
     capacity: usize,
     clock: u64,
+    /// Blocks being decompressed now.
+    loading: HashSet<u64>,
 }
 
 impl BlockCache {
-    fn get(&mut self, pos: u64) -> Option<Rc<[u8]>> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.map.get_mut(&pos).map(|(b, used)| {
-            *used = clock;
-            b.clone()
+    fn new(block_size: u32) -> Arc<BlockCache> {
+        Arc::new(BlockCache {
+            state: Mutex::new(Blocks {
+                map: HashMap::new(),
+                capacity: (BLOCK_CACHE_BYTES / block_size as usize).max(8),
+                clock: 0,
+                loading: HashSet::new(),
+            }),
+            loaded: Condvar::new(),
         })
     }
 
-    fn put(&mut self, pos: u64, block: Rc<[u8]>) {
-        if self.map.len() >= self.capacity {
-            if let Some(old) = self.map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k) {
-                self.map.remove(&old);
+    fn lock(&self) -> MutexGuard<'_, Blocks> {
+        // A panic while holding the lock leaves the map consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The block at `pos`: cached, or waited for while the other thread
+    /// decompresses it, or made with `load` (outside the lock).
+    fn get_or_load(&self, pos: u64, load: impl FnOnce() -> Result<Vec<u8>, Error>) -> Result<Block, Error> {
+        let mut s = self.lock();
+        loop {
+            s.clock += 1;
+            let clock = s.clock;
+            if let Some((b, used)) = s.map.get_mut(&pos) {
+                *used = clock;
+                return Ok(b.clone());
+            }
+            if !s.loading.contains(&pos) {
+                break;
+            }
+            s = self.loaded.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.loading.insert(pos);
+        drop(s);
+        // Ends the wait of the other thread also when `load` fails.
+        let _loading = Loading { cache: self, pos };
+        let block = Arc::new(load()?);
+        let mut s = self.lock();
+        if s.map.len() >= s.capacity {
+            if let Some(old) = s.map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k) {
+                s.map.remove(&old);
             }
         }
-        self.clock += 1;
-        self.map.insert(pos, (block, self.clock));
+        s.clock += 1;
+        let clock = s.clock;
+        s.map.insert(pos, (block.clone(), clock));
+        Ok(block)
+    }
+
+    /// How many blocks are kept.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// The most blocks kept.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.lock().capacity
+    }
+}
+
+/// An image to open in another thread ([`Archive::share`]).
+pub struct Shared {
+    file: File,
+    blocks: Arc<BlockCache>,
+}
+
+impl Shared {
+    pub fn open(self) -> Result<Archive, Error> {
+        Archive::open_with(self.file, Some(self.blocks))
     }
 }
 
@@ -235,7 +318,7 @@ pub struct Archive {
     ids: Vec<u32>,
     codec: Codec,
     meta: HashMap<u64, Rc<Meta>>,
-    blocks: BlockCache,
+    blocks: Arc<BlockCache>,
     dirs: HashMap<u64, Rc<Vec<Entry>>>,
     dir_entries: usize,
     fragment_entries: HashMap<u32, (u64, u32)>,
@@ -246,6 +329,22 @@ impl Archive {
     /// cannot serve faithfully ([`Error::Unsupported`]: another server
     /// should take the image).
     pub fn open(file: File) -> Result<Archive, Error> {
+        Archive::open_with(file, None)
+    }
+
+    /// The image again, for another thread: an [`Archive`] opened from it
+    /// has caches of its own but shares this one's decompressed blocks.
+    pub fn share(&self) -> Result<Shared, Error> {
+        Ok(Shared { file: self.file.try_clone()?, blocks: self.blocks.clone() })
+    }
+
+    /// The decompressed data blocks.
+    #[cfg(test)]
+    pub fn blocks(&self) -> &BlockCache {
+        &self.blocks
+    }
+
+    fn open_with(file: File, blocks: Option<Arc<BlockCache>>) -> Result<Archive, Error> {
         let mut sb = [0u8; 96];
         file.read_exact_at(&mut sb, 0)?;
         if le32(&sb, 0)? != MAGIC {
@@ -286,11 +385,7 @@ impl Archive {
             root: le64(&sb, 32)?,
             ids: Vec::new(),
             meta: HashMap::new(),
-            blocks: BlockCache {
-                map: HashMap::new(),
-                capacity: (BLOCK_CACHE_BYTES / block_size as usize).max(8),
-                clock: 0,
-            },
+            blocks: blocks.unwrap_or_else(|| BlockCache::new(block_size)),
             dirs: HashMap::new(),
             dir_entries: 0,
             fragment_entries: HashMap::new(),
@@ -528,25 +623,22 @@ impl Archive {
 
     /// A data or fragment block, decompressed, through the cache. `word`
     /// is its on-disk size word; `full` the size it decompresses to at most.
-    fn block(&mut self, pos: u64, word: u32, full: usize) -> Result<Rc<[u8]>, Error> {
-        if let Some(b) = self.blocks.get(pos) {
-            return Ok(b);
-        }
+    fn block(&mut self, pos: u64, word: u32, full: usize) -> Result<Block, Error> {
         let size = (word & !DATA_UNCOMPRESSED) as usize;
         if size > self.block_size as usize {
             return corrupt(format!("block at {pos} larger than the block size"));
         }
-        let raw = self.read_at(pos, size)?;
-        let data: Rc<[u8]> = if word & DATA_UNCOMPRESSED != 0 {
-            raw.into()
-        } else {
+        let blocks = self.blocks.clone();
+        blocks.get_or_load(pos, || {
+            let raw = self.read_at(pos, size)?;
+            if word & DATA_UNCOMPRESSED != 0 {
+                return Ok(raw);
+            }
             let mut out = vec![0u8; full];
             let n = self.codec.decompress(&raw, &mut out)?;
             out.truncate(n);
-            out.into()
-        };
-        self.blocks.put(pos, data.clone());
-        Ok(data)
+            Ok(out)
+        })
     }
 
     /// Fragment `index`'s block position and size word.
