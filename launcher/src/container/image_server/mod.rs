@@ -1,7 +1,7 @@
 //! The built-in image server: answers the kernel's FUSE requests for a
-//! squashfs image, read-only, on one thread (a second reads ahead), in the process `fuse.rs` forks
-//! for the container (no exec, no library to load: the launch's first
-//! request finds it ready).
+//! squashfs image, read-only, on one thread (a second reads ahead), in the
+//! process `fuse.rs` forks for the container (no exec, no library to load:
+//! the launch's first request finds it ready).
 //!
 //! What makes it faster than squashfuse_ll on a launch, each measured with
 //! `bench/launch-phases.sh` (see BENCHMARKS.md):
