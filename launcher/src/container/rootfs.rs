@@ -332,11 +332,24 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             },
         })?;
 
-    let passwd = etc::merge_passwd(&read_image_file(lower_fd.as_fd(), "/etc/passwd"), id);
-    let group = etc::merge_group(&read_image_file(lower_fd.as_fd(), "/etc/group"), id);
-    write_file(etc_dir.as_fd(), Path::new("passwd"), passwd.as_bytes()).map_err(step("write /etc/passwd"))?;
-    write_file(etc_dir.as_fd(), Path::new("group"), group.as_bytes()).map_err(step("write /etc/group"))?;
-    drop(lower_fd);
+    // /etc/passwd and /etc/group: the image's with the user merged in. A
+    // writable root holds them in the skeleton, where tools inside can
+    // replace them (useradd renames onto /etc/passwd, which a mount point
+    // refuses). A read-only root gets them bound from the staging tmpfs and
+    // filled in last: reading the image's costs the server a decompression
+    // or two, which its read-ahead then does while the mounts are made
+    // (the launcher waited about a millisecond here before).
+    let user_db = if plan.root.writable {
+        write_user_db(lower_fd.as_fd(), etc_dir.as_fd(), id)?;
+        None
+    } else {
+        for name in USER_DB {
+            write_file(etc_dir.as_fd(), Path::new(name), b"").map_err(step(format!("create /etc/{name}")))?;
+            write_file(stage_fd.as_fd(), Path::new(name), b"").map_err(step(format!("create {STAGE}/{name}")))?;
+        }
+        Some(lower_fd)
+    };
+    drop(etc_dir);
 
     // 6. The root: skeleton over image, plus a tmpfs upper when writable.
     let mut opts = format!("lowerdir={STAGE}/skel:{lower}");
@@ -353,6 +366,16 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     sys::mount(Some(c"shoal"), &c(&root_path), Some(c"overlay"), flags, Some(&c(&opts)))
         .map_err(step("mount the overlay root"))?;
     let root = sys::openat(None, Path::new(&root_path), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the root"))?;
+    if user_db.is_some() {
+        for name in USER_DB {
+            let target = Path::new("/etc").join(name);
+            let what = || format!("bind /etc/{name}");
+            let source = sys::openat(Some(stage_fd.as_fd()), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+            let top = sys::open_in_root(root.as_fd(), &target, libc::O_PATH, 0).map_err(step(what()))?;
+            sys::mount(Some(&sys::fd_path(source.as_fd())), &sys::fd_path(top.as_fd()), None, libc::MS_BIND, None).map_err(step(what()))?;
+            remount_bind(root.as_fd(), &target, STAGE_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
+        }
+    }
 
     // 7. Mounts, in plan order, onto targets resolved inside the root.
     for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
@@ -457,6 +480,9 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         }
     }
     drop(binds);
+    if let Some(lower_fd) = user_db {
+        write_user_db(lower_fd.as_fd(), stage_fd.as_fd(), id)?;
+    }
 
     // 8. pivot_root, and the host's tree detached.
     nix::unistd::fchdir(root.as_fd()).map_err(|e| step("enter the root")(e.into()))?;
@@ -467,6 +493,18 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         s.reap();
     }
     Ok(())
+}
+
+/// The files the user is merged into.
+const USER_DB: [&str; 2] = ["passwd", "group"];
+
+/// Writes the image's /etc/passwd and /etc/group with the user merged in
+/// (see [`etc`]) into `dir`, from the image mounted at `lower`.
+fn write_user_db(lower: BorrowedFd<'_>, dir: BorrowedFd<'_>, id: &etc::Identity) -> Result<(), BuildError> {
+    let passwd = etc::merge_passwd(&read_image_file(lower, "/etc/passwd"), id);
+    let group = etc::merge_group(&read_image_file(lower, "/etc/group"), id);
+    write_file(dir, Path::new("passwd"), passwd.as_bytes()).map_err(step("write /etc/passwd"))?;
+    write_file(dir, Path::new("group"), group.as_bytes()).map_err(step("write /etc/group"))
 }
 
 /// What the image server reads ahead: the command's start as
