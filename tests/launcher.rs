@@ -240,17 +240,26 @@ fn mounts_env_and_cwd_follow_the_request_and_the_policy() {
          --mount {d}/data:/data:ro --volume '{d}/data:/new/deep/target;{d}/data:/vol2' ./busybox.sqfs -- \
          sh -c 'cat /data/f /new/deep/target/f /vol2/f; echo A=$A FROM_FILE=$FROM_FILE LD=${{LD_PRELOAD:-unset}} PATH=$PATH; \
          touch /data/x 2>/dev/null && echo data-writable || echo data-ro; touch /etc/x 2>/dev/null && echo root-writable || echo root-ro; \
+         (echo x >> /etc/passwd) 2>/dev/null && echo passwd-writable || echo passwd-ro; \
          touch /tmp/x && echo tmp-writable'",
         s = shoal(tb)
     )));
     assert_eq!(out.matches("payload").count(), 3, "{out}");
     assert!(out.contains("A=b FROM_FILE=1 LD=unset PATH=/usr/local/sbin:"), "{out}");
-    for want in ["data-ro", "root-ro", "tmp-writable"] {
+    for want in ["data-ro", "root-ro", "passwd-ro", "tmp-writable"] {
         assert!(out.lines().any(|l| l == want), "missing {want}: {out}");
     }
-    // --writable: the root takes writes, lost at exit.
-    let out = ok(&user_run(tb, &dir, "--writable ./busybox.sqfs -- sh -c 'mkdir -p /opt/new && echo ok > /tmp/../opt/new/f && cat /opt/new/f'"));
-    assert_eq!(out.trim(), "ok");
+    // --writable: the root takes writes, lost at exit; /etc/passwd can be
+    // replaced as useradd does (a new file renamed over it), and still
+    // names the user.
+    let out = ok(&user_run(
+        tb,
+        &dir,
+        "--writable ./busybox.sqfs -- sh -c 'mkdir -p /opt/new && echo ok > /tmp/../opt/new/f && cat /opt/new/f; \
+         grep -c \"^$(id -un):\" /etc/passwd; cp /etc/passwd /etc/passwd+ && echo added:x:4242:4242::/:/bin/sh >> /etc/passwd+ && \
+         mv /etc/passwd+ /etc/passwd && grep ^added: /etc/passwd | cut -d: -f1'",
+    ));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["ok", "1", "added"], "{out}");
     // A cwd that is not visible inside falls back to the image's workdir (/).
     let out = ok(&tb.user(&format!("cd /usr/share && {} run {}/busybox.sqfs -- pwd", shoal(tb), d)));
     assert_eq!(out.trim(), "/");

@@ -4,11 +4,12 @@
 //! mounts, pivot_root.
 //!
 //! The root is an overlay of two read-only layers: a small tmpfs "skeleton"
-//! holding every mount target and the merged /etc/passwd and /etc/group, on
-//! top of the image. Targets missing in the image therefore need no write to
-//! the image, and every target path resolves through our own directories,
-//! never through a symlink the image (or a user's FUSE server) supplies.
-//! `--writable` adds a tmpfs upper layer.
+//! holding every mount target, on top of the image. Targets missing in the
+//! image therefore need no write to the image, and every target path
+//! resolves through our own directories, never through a symlink the image
+//! (or a user's FUSE server) supplies. `--writable` adds a tmpfs upper
+//! layer. /etc/passwd and /etc/group, the image's with the user merged in,
+//! are bound over the root last (a writable root has them in the skeleton).
 //!
 //! Must never: follow a user-named path with root's credentials, resolve a
 //! container path outside the new root, or mount the image without
@@ -292,7 +293,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     drop(src.image);
 
     // 5. The skeleton: every mount target (made while the server starts),
-    //    then /etc/passwd and /etc/group merged with the image's.
+    //    and /etc/passwd and /etc/group (see `user_db` below).
     let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
     for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
         // Targets in a tmpfs of the plan are made there when it is mounted.
