@@ -93,12 +93,16 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
         if n < 0 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EAGAIN) => {
-                    // Not while the read-ahead thread runs: yielding would
-                    // hand it the CPU until its slice ends, and the next
-                    // request would find this thread runnable but not
-                    // running (seen: 1.7 ms). Asleep, the request's wakeup
-                    // takes the CPU from it at once.
-                    if now_ns().saturating_sub(idle_since) < SPIN_NS && !reading_ahead.load(Ordering::Relaxed) {
+                    let spinning = now_ns().saturating_sub(idle_since) < SPIN_NS;
+                    if spinning && reading_ahead.load(Ordering::Relaxed) {
+                        // No yield while the read-ahead thread runs: it
+                        // would take the CPU for its whole slice, and the
+                        // next request would find this thread runnable but
+                        // not running (seen: 1.7 ms).
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    if spinning {
                         // Lets a requester woken on this CPU run first.
                         // SAFETY: no arguments.
                         unsafe { libc::sched_yield() };

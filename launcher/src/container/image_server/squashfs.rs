@@ -194,61 +194,61 @@ struct Meta {
     next: u64,
 }
 
-/// Decompressed data and fragment blocks by position, shared by the
-/// server's answering thread and its read-ahead thread (see
-/// [`super::readahead`]), each with an [`Archive`] of its own. A block one
-/// thread is decompressing is waited for by the other, never done twice.
-pub struct BlockCache {
-    state: Mutex<Blocks>,
+/// Decompressed blocks by position, shared by the server's answering thread
+/// and its read-ahead thread (see [`super::readahead`]), each with an
+/// [`Archive`] of its own: one for data and fragment blocks, one for
+/// metadata blocks. A block one thread is decompressing is waited for by the
+/// other, never done twice.
+pub struct Cache<V> {
+    state: Mutex<Entries<V>>,
     loaded: Condvar,
 }
 
+/// The data blocks' cache.
+pub type BlockCache = Cache<Vec<u8>>;
+
+/// What two archives of one image share.
+struct Caches {
+    blocks: BlockCache,
+    meta: Cache<Meta>,
+}
+
 /// A block being decompressed by this thread; dropped when done.
-struct Loading<'a> {
-    cache: &'a BlockCache,
+struct Loading<'a, V> {
+    cache: &'a Cache<V>,
     pos: u64,
 }
 
-impl Drop for Loading<'_> {
+impl<V> Drop for Loading<'_, V> {
     fn drop(&mut self) {
         self.cache.lock().loading.remove(&self.pos);
         self.cache.loaded.notify_all();
     }
 }
 
-/// A block as the cache keeps it (moved in, never copied).
-pub type Block = Arc<Vec<u8>>;
-
-struct Blocks {
-    /// Each block with when it was last used (a least-recently-used cache).
-    map: HashMap<u64, (Block, u64)>,
+struct Entries<V> {
+    /// Each block (moved in, never copied) with when it was last used (a
+    /// least-recently-used cache).
+    map: HashMap<u64, (Arc<V>, u64)>,
     capacity: usize,
     clock: u64,
     /// Blocks being decompressed now.
     loading: HashSet<u64>,
 }
 
-impl BlockCache {
-    fn new(block_size: u32) -> Arc<BlockCache> {
-        Arc::new(BlockCache {
-            state: Mutex::new(Blocks {
-                map: HashMap::new(),
-                capacity: (BLOCK_CACHE_BYTES / block_size as usize).max(8),
-                clock: 0,
-                loading: HashSet::new(),
-            }),
-            loaded: Condvar::new(),
-        })
+impl<V> Cache<V> {
+    fn new(capacity: usize) -> Cache<V> {
+        Cache { state: Mutex::new(Entries { map: HashMap::new(), capacity, clock: 0, loading: HashSet::new() }), loaded: Condvar::new() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Blocks> {
+    fn lock(&self) -> MutexGuard<'_, Entries<V>> {
         // A panic while holding the lock leaves the map consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The block at `pos`: cached, or waited for while the other thread
     /// decompresses it, or made with `load` (outside the lock).
-    fn get_or_load(&self, pos: u64, load: impl FnOnce() -> Result<Vec<u8>, Error>) -> Result<Block, Error> {
+    fn get_or_load(&self, pos: u64, load: impl FnOnce() -> Result<V, Error>) -> Result<Arc<V>, Error> {
         let mut s = self.lock();
         loop {
             s.clock += 1;
@@ -295,12 +295,12 @@ impl BlockCache {
 /// An image to open in another thread ([`Archive::share`]).
 pub struct Shared {
     file: File,
-    blocks: Arc<BlockCache>,
+    caches: Arc<Caches>,
 }
 
 impl Shared {
     pub fn open(self) -> Result<Archive, Error> {
-        Archive::open_with(self.file, Some(self.blocks))
+        Archive::open_with(self.file, Some(self.caches))
     }
 }
 
@@ -317,8 +317,7 @@ pub struct Archive {
     root: u64,
     ids: Vec<u32>,
     codec: Codec,
-    meta: HashMap<u64, Rc<Meta>>,
-    blocks: Arc<BlockCache>,
+    caches: Arc<Caches>,
     dirs: HashMap<u64, Rc<Vec<Entry>>>,
     dir_entries: usize,
     fragment_entries: HashMap<u32, (u64, u32)>,
@@ -335,16 +334,16 @@ impl Archive {
     /// The image again, for another thread: an [`Archive`] opened from it
     /// has caches of its own but shares this one's decompressed blocks.
     pub fn share(&self) -> Result<Shared, Error> {
-        Ok(Shared { file: self.file.try_clone()?, blocks: self.blocks.clone() })
+        Ok(Shared { file: self.file.try_clone()?, caches: self.caches.clone() })
     }
 
     /// The decompressed data blocks.
     #[cfg(test)]
     pub fn blocks(&self) -> &BlockCache {
-        &self.blocks
+        &self.caches.blocks
     }
 
-    fn open_with(file: File, blocks: Option<Arc<BlockCache>>) -> Result<Archive, Error> {
+    fn open_with(file: File, caches: Option<Arc<Caches>>) -> Result<Archive, Error> {
         let mut sb = [0u8; 96];
         file.read_exact_at(&mut sb, 0)?;
         if le32(&sb, 0)? != MAGIC {
@@ -384,8 +383,12 @@ impl Archive {
             inodes: le32(&sb, 4)?,
             root: le64(&sb, 32)?,
             ids: Vec::new(),
-            meta: HashMap::new(),
-            blocks: blocks.unwrap_or_else(|| BlockCache::new(block_size)),
+            caches: caches.unwrap_or_else(|| {
+                Arc::new(Caches {
+                    blocks: Cache::new((BLOCK_CACHE_BYTES / block_size as usize).max(8)),
+                    meta: Cache::new(METADATA_CACHE_BLOCKS),
+                })
+            }),
             dirs: HashMap::new(),
             dir_entries: 0,
             fragment_entries: HashMap::new(),
@@ -415,31 +418,26 @@ impl Archive {
     }
 
     /// The metadata block at `pos`, decompressed.
-    fn meta_block(&mut self, pos: u64) -> Result<Rc<Meta>, Error> {
-        if let Some(m) = self.meta.get(&pos) {
-            return Ok(m.clone());
-        }
-        let head = self.read_at(pos, 2)?;
-        let word = u16::from_le_bytes([head[0], head[1]]);
-        let size = usize::from(word & !META_UNCOMPRESSED);
-        if size == 0 || size > METADATA_SIZE {
-            return corrupt(format!("metadata block at {pos} has size {size}"));
-        }
-        let raw = self.read_at(pos + 2, size)?;
-        let data = if word & META_UNCOMPRESSED != 0 {
-            raw
-        } else {
-            let mut out = vec![0u8; METADATA_SIZE];
-            let n = self.codec.decompress(&raw, &mut out)?;
-            out.truncate(n);
-            out
-        };
-        let m = Rc::new(Meta { data, next: pos + 2 + size as u64 });
-        if self.meta.len() >= METADATA_CACHE_BLOCKS {
-            self.meta.clear();
-        }
-        self.meta.insert(pos, m.clone());
-        Ok(m)
+    fn meta_block(&mut self, pos: u64) -> Result<Arc<Meta>, Error> {
+        let caches = self.caches.clone();
+        caches.meta.get_or_load(pos, || {
+            let head = self.read_at(pos, 2)?;
+            let word = u16::from_le_bytes([head[0], head[1]]);
+            let size = usize::from(word & !META_UNCOMPRESSED);
+            if size == 0 || size > METADATA_SIZE {
+                return corrupt(format!("metadata block at {pos} has size {size}"));
+            }
+            let raw = self.read_at(pos + 2, size)?;
+            let data = if word & META_UNCOMPRESSED != 0 {
+                raw
+            } else {
+                let mut out = vec![0u8; METADATA_SIZE];
+                let n = self.codec.decompress(&raw, &mut out)?;
+                out.truncate(n);
+                out
+            };
+            Ok(Meta { data, next: pos + 2 + size as u64 })
+        })
     }
 
     /// `len` bytes of metadata starting at `offset` in the block at `pos`,
@@ -623,13 +621,13 @@ impl Archive {
 
     /// A data or fragment block, decompressed, through the cache. `word`
     /// is its on-disk size word; `full` the size it decompresses to at most.
-    fn block(&mut self, pos: u64, word: u32, full: usize) -> Result<Block, Error> {
+    fn block(&mut self, pos: u64, word: u32, full: usize) -> Result<Arc<Vec<u8>>, Error> {
         let size = (word & !DATA_UNCOMPRESSED) as usize;
         if size > self.block_size as usize {
             return corrupt(format!("block at {pos} larger than the block size"));
         }
-        let blocks = self.blocks.clone();
-        blocks.get_or_load(pos, || {
+        let caches = self.caches.clone();
+        caches.blocks.get_or_load(pos, || {
             let raw = self.read_at(pos, size)?;
             if word & DATA_UNCOMPRESSED != 0 {
                 return Ok(raw);
