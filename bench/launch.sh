@@ -9,7 +9,9 @@
 #       also times an older `shoal` build in the same alternation (a change
 #       measured against what it replaces, under the same load)
 #
-# Prints one line per measurement (median, p10, p90 in ms) and the ratios;
+# Prints one line per measurement (median, p10, p90 in ms), the ratios of
+# the medians, and the median of the per-iteration ratios (paired: the
+# steadier figure on a machine whose speed drifts);
 # BENCHMARKS.md records a run. Needs the test bed up (tests/testbed/up.sh)
 # for the registry image and the user `alice`.
 set -euo pipefail
@@ -77,6 +79,14 @@ stats() {  # stats TAG < "tag usec" lines -> "median p10 p90" in ms
         if (NR == 0) { print "n/a"; exit }
         printf "%.2f %.2f %.2f %d\n", a[int((NR+1)/2)]/1000, a[int(NR*0.1)+1]/1000, a[int(NR*0.9)]/1000, NR }'
 }
+paired() {  # paired TAG < lines -> median over iterations of ch-run/TAG
+    # Each iteration's two launches run back to back, so their ratio cancels
+    # the machine's slow and fast periods (seconds long on this VM), which
+    # move whole-run medians by 10% or more.
+    awk -v tag="$1" '$1==tag {x[++n]=$2} $1=="ch-run" {c[++m]=$2}
+        END { for (i = 1; i <= n && i <= m; i++) if (x[i] > 0) print c[i] / x[i] }' | sort -g |
+        awk '{a[NR]=$1} END { if (NR == 0) print "n/a"; else printf "%.2f (p25 %.2f, p75 %.2f)\n", a[int((NR+1)/2)], a[int(NR/4)+1], a[int(NR*3/4)] }'
+}
 report() {  # report FILE TITLE
     local f=$1 s c b o
     s=$(stats shoal < "$f"); c=$(stats ch-run < "$f"); b=$(stats bare < "$f"); o=$(stats baseline < "$f")
@@ -89,6 +99,8 @@ report() {  # report FILE TITLE
         printf "ratio ch-run/shoal: %.2f\n", c/s
         if (o != "n/a" && o > 0) printf "ratio ch-run/baseline: %.2f\n", c/o
         if (b != "n/a" && b > 0) printf "ratio shoal/bare: %.2f\n", s/b }'
+    echo "paired ch-run/shoal (median of per-iteration ratios): $(paired shoal < "$f")"
+    [ "$o" = n/a ] || echo "paired ch-run/baseline: $(paired baseline < "$f")"
 }
 
 out=$(mktemp)
