@@ -266,6 +266,43 @@ fn mounts_env_and_cwd_follow_the_request_and_the_policy() {
     assert_clean(&img);
 }
 
+/// Images where /etc and /home are symlinks (/etc -> usr/etc as in some
+/// minimal distributions, /home -> var/home as in Fedora's image-based
+/// ones): the container keeps the links and the image's files behind them,
+/// and what Shoal adds (the user's entries, /etc/hosts, the home bind)
+/// lands behind them too.
+#[test]
+fn an_image_whose_etc_and_home_are_symlinks_keeps_them() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "etclink");
+    ok(&tb.user(&format!(
+        "set -e; cd {}; unsquashfs -q -d tree busybox.sqfs >/dev/null; mkdir -p tree/usr tree/var\n\
+         mv tree/etc tree/usr/etc && ln -s usr/etc tree/etc\n\
+         rmdir tree/home && mkdir -p tree/var/home && ln -s var/home tree/home\n\
+         mkdir -p tree/srv && ln -s srv tree/opt && mkdir -p data && echo payload > data/f\n\
+         mksquashfs tree links.sqfs -noappend -no-progress >/dev/null",
+        dir.display()
+    )));
+    let probe = "readlink /etc; readlink /home; cat /etc/shoal-test-image; id -un; grep -c . /etc/hosts >/dev/null && echo hosts; \
+                 cd && pwd && test -d tests && echo home-bound";
+    for (who, out) in [
+        ("user", user_run(tb, &dir, &format!("./links.sqfs -- sh -c '{probe}'"))),
+        ("root for the user", tb.root(&format!("cd {} && {} run --user {} ./links.sqfs -- sh -c '{probe}'", dir.display(), shoal(tb), tb.user))),
+        ("writable", user_run(tb, &dir, &format!("--writable ./links.sqfs -- sh -c '{probe}'"))),
+    ] {
+        let out = ok(&out);
+        let home = tb.home.display().to_string();
+        // The home bind is reached through the image's /home link.
+        let want = ["usr/etc", "var/home", "shoal launcher test image", tb.user.as_str(), "hosts", home.as_str(), "home-bound"];
+        assert_eq!(out.lines().collect::<Vec<_>>(), want, "{who}:\n{out}");
+    }
+    // Targets on both sides of a link (/opt -> srv): both land in /srv.
+    let d = dir.display();
+    let out = ok(&user_run(tb, &dir, &format!("--mount {d}/data:/opt/a --mount {d}/data:/srv/b ./links.sqfs -- sh -c 'readlink /opt; cat /opt/a/f /srv/b/f; ls /srv'")));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["srv", "payload", "payload", "a", "b"], "{out}");
+    assert_clean(&img);
+}
+
 #[test]
 fn policy_refusals_and_bad_input_get_one_line_with_the_fix() {
     let tb = testbed();

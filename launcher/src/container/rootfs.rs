@@ -16,6 +16,7 @@
 //! nosuid,nodev.
 
 use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -333,6 +334,8 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             },
         })?;
 
+    follow_image_links(skel.as_fd(), lower_fd.as_fd(), Path::new(&lower)).map_err(step("place the mount targets behind the image's links"))?;
+
     // /etc/passwd and /etc/group: the image's with the user merged in. A
     // writable root holds them in the skeleton, where tools inside can
     // replace them (useradd renames onto /etc/passwd, which a mount point
@@ -494,6 +497,63 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         s.reap();
     }
     Ok(())
+}
+
+/// Moves each top-level directory of the skeleton that the image has as a
+/// symlink to where the link leads in the image. A skeleton directory /etc
+/// would hide the image's `/etc -> usr/etc` and every file behind it (the
+/// overlay shows the upper layer's directory, not the link); at `usr/etc` it
+/// merges with the image's directory instead, and targets under /etc are
+/// reached through the image's link. The link is resolved inside the image
+/// (`lower`, mounted at `lower_path`) and the move is within the skeleton,
+/// our own tmpfs: no host path is followed. A link that leads nowhere, to
+/// the root, or into itself leaves the skeleton's directory in its place.
+fn follow_image_links(skel: BorrowedFd<'_>, lower: BorrowedFd<'_>, lower_path: &Path) -> io::Result<()> {
+    let names: Vec<std::ffi::OsString> = std::fs::read_dir(Path::new(STAGE).join("skel"))?
+        .filter_map(|e| e.ok().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.file_name()))
+        .collect();
+    for name in names {
+        let linked = nix::sys::stat::fstatat(lower, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK);
+        if !linked {
+            continue;
+        }
+        let Ok(dir) = sys::open_in_root(lower, &Path::new("/").join(&name), libc::O_PATH | libc::O_DIRECTORY, 0) else {
+            continue;
+        };
+        let real = std::fs::read_link(Path::new(std::ffi::OsStr::from_bytes(sys::fd_path(dir.as_fd()).as_bytes())))?;
+        let Ok(to) = real.strip_prefix(lower_path) else { continue };
+        let from = Path::new(&name);
+        if to.as_os_str().is_empty() || to.starts_with(from) {
+            continue;
+        }
+        merge_into(skel, from, to)?;
+    }
+    Ok(())
+}
+
+/// Moves the skeleton's `from` to `to` (both relative to `skel`), merging
+/// into what is there already.
+fn merge_into(skel: BorrowedFd<'_>, from: &Path, to: &Path) -> io::Result<()> {
+    if let Some(parent) = to.parent() {
+        skeleton_path(skel, parent, true)?;
+    }
+    match nix::fcntl::renameat(skel, from, skel, to) {
+        Ok(()) => return Ok(()),
+        Err(nix::Error::EEXIST | nix::Error::ENOTEMPTY) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (Ok(src), Ok(dst)) = (sys::openat(Some(skel), from, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0), sys::openat(Some(skel), to, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)) else {
+        // A file already where a directory would go: two targets at one
+        // place; the first stays.
+        return Ok(());
+    };
+    drop((src, dst));
+    for child in std::fs::read_dir(Path::new(STAGE).join("skel").join(from))? {
+        let child = child?.file_name();
+        merge_into(skel, &from.join(&child), &to.join(&child))?;
+    }
+    nix::unistd::unlinkat(skel, from, nix::unistd::UnlinkatFlags::RemoveDir).map_err(io::Error::from)
 }
 
 /// The files the user is merged into.
