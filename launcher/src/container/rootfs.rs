@@ -10,6 +10,9 @@
 //! (or a user's FUSE server) supplies. `--writable` adds a tmpfs upper
 //! layer. /etc/passwd and /etc/group, the image's with the user merged in,
 //! are bound over the root last (a writable root has them in the skeleton).
+//! A skeleton directory the image has as a top-level symlink (/etc ->
+//! usr/etc) is moved to where the link leads, so the link and what is
+//! behind it stay visible.
 //!
 //! Must never: follow a user-named path with root's credentials, resolve a
 //! container path outside the new root, or mount the image without
