@@ -69,7 +69,8 @@ pub fn resolve(fs: &dyn ImageFs, path: &Path) -> io::Result<PathBuf> {
     Ok(done)
 }
 
-fn components(path: &Path) -> Vec<OsString> {
+/// The names along `path` (`..` kept, `.` and the root dropped).
+pub(crate) fn components(path: &Path) -> Vec<OsString> {
     path.components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),

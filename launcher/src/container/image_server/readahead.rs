@@ -28,9 +28,20 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::squashfs::{Archive, FileInode, FileLayout, Kind};
+
+// Little-endian fields of ELF64LSB, as the squashfs reader reads its own.
+fn le16(b: &[u8], o: usize) -> Option<u16> {
+    super::squashfs::le16(b, o).ok()
+}
+fn le32(b: &[u8], o: usize) -> Option<u32> {
+    super::squashfs::le32(b, o).ok()
+}
+fn le64(b: &[u8], o: usize) -> Option<u64> {
+    super::squashfs::le64(b, o).ok()
+}
 
 /// The most bytes read ahead: half the block cache, so read-ahead never
 /// evicts what the command itself read.
@@ -215,15 +226,7 @@ impl<'a> Reader<'a> {
     /// ones from the image's root: nothing leaves the image); the inode and
     /// the path with every link replaced.
     fn resolve(&mut self, path: &Path) -> Option<(u64, PathBuf)> {
-        let names = |p: &Path| -> Vec<OsString> {
-            p.components()
-                .filter_map(|c| match c {
-                    Component::Normal(n) => Some(n.to_os_string()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                })
-                .collect()
-        };
+        let names = crate::inject::image::components;
         let mut todo: VecDeque<OsString> = names(path).into();
         let mut walked: Vec<(u64, OsString)> = Vec::new(); // (inode, name) from the root
         let mut links = 0;
@@ -360,7 +363,7 @@ impl<'a> Reader<'a> {
         if h[0..4] != *b"\x7fELF" || h[4] != 2 || h[5] != 1 {
             return None;
         }
-        let (phoff, phentsize, phnum) = (u64_at(&h, 32)?, u16_at(&h, 54)?, u16_at(&h, 56)?);
+        let (phoff, phentsize, phnum) = (le64(&h, 32)?, le16(&h, 54)?, le16(&h, 56)?);
         if phentsize != 56 || phnum > 512 {
             return None;
         }
@@ -368,7 +371,7 @@ impl<'a> Reader<'a> {
         let mut loads = Vec::new();
         let (mut interp, mut dynamic) = (None, None);
         for p in ph.chunks_exact(56) {
-            let (kind, offset, vaddr, filesz) = (u32_at(p, 0)?, u64_at(p, 8)?, u64_at(p, 16)?, u64_at(p, 32)?);
+            let (kind, offset, vaddr, filesz) = (le32(p, 0)?, le64(p, 8)?, le64(p, 16)?, le64(p, 32)?);
             match kind {
                 PT_LOAD => loads.push((vaddr, offset, filesz)),
                 PT_INTERP => interp = Some((offset, filesz.min(4096) as usize)),
@@ -389,7 +392,7 @@ impl<'a> Reader<'a> {
         let mut strsz = 0;
         let mut names = Vec::new(); // (tag, string offset)
         for e in d.chunks_exact(16) {
-            let (tag, val) = (u64_at(e, 0)?, u64_at(e, 8)?);
+            let (tag, val) = (le64(e, 0)?, le64(e, 8)?);
             match tag {
                 0 => break,
                 DT_STRTAB => strtab = Some(val),
@@ -441,14 +444,4 @@ fn replace(s: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
 }

@@ -50,13 +50,13 @@ fn corrupt<T>(what: impl Into<String>) -> Result<T, Error> {
     Err(Error::Corrupt(what.into()))
 }
 
-fn le16(b: &[u8], o: usize) -> Result<u16, Error> {
+pub(super) fn le16(b: &[u8], o: usize) -> Result<u16, Error> {
     b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or_else(|| Error::Corrupt("short record".into()))
 }
-fn le32(b: &[u8], o: usize) -> Result<u32, Error> {
+pub(super) fn le32(b: &[u8], o: usize) -> Result<u32, Error> {
     b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4"))).ok_or_else(|| Error::Corrupt("short record".into()))
 }
-fn le64(b: &[u8], o: usize) -> Result<u64, Error> {
+pub(super) fn le64(b: &[u8], o: usize) -> Result<u64, Error> {
     b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8"))).ok_or_else(|| Error::Corrupt("short record".into()))
 }
 
