@@ -244,20 +244,11 @@ pub fn program_search_dirs(fs: &dyn ImageFs, program: &Path) -> Result<Vec<PathB
         return Ok(Vec::new());
     }
     let info = elf::parse(&bytes).map_err(|e| format!("{}: {e}", program.display()))?;
-    let origin = real
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .to_string_lossy()
-        .into_owned();
+    let origin = real.parent().unwrap_or(Path::new("/"));
     Ok(info
         .search_paths
         .iter()
-        .map(|p| {
-            PathBuf::from(
-                p.replace("${ORIGIN}", "$ORIGIN")
-                    .replace("$ORIGIN", &origin),
-            )
-        })
+        .map(|p| elf::expand_origin(Path::new(p), origin))
         .filter(|p| p.is_absolute())
         .collect())
 }

@@ -4,6 +4,9 @@
 //! from a file name.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 /// The dynamic-linking facts of one ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -89,6 +92,25 @@ pub fn parse(bytes: &[u8]) -> Result<ElfInfo, String> {
     })
 }
 
+/// A DT_RUNPATH or DT_RPATH entry with `$ORIGIN` and `${ORIGIN}` replaced
+/// by `origin`, the directory of the object that names it, as ld.so does.
+/// Byte for byte: a directory name need not be UTF-8.
+pub fn expand_origin(entry: &Path, origin: &Path) -> PathBuf {
+    let origin = origin.as_os_str().as_bytes();
+    let mut rest = entry.as_os_str().as_bytes();
+    let mut out = Vec::with_capacity(rest.len());
+    while let Some(&b) = rest.first() {
+        if let Some(after) = rest.strip_prefix(b"${ORIGIN}").or_else(|| rest.strip_prefix(b"$ORIGIN")) {
+            out.extend_from_slice(origin);
+            rest = after;
+        } else {
+            out.push(b);
+            rest = &rest[1..];
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
 /// The newest of the `PREFIX_x.y.z` versions in `defs` (`GLIBC_2.36`), by
 /// number rather than by string order, for messages.
 pub fn newest<'a>(defs: &'a BTreeSet<String>, prefix: &str) -> Option<&'a str> {
@@ -110,6 +132,17 @@ fn version_numbers(s: &str) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_is_expanded_in_both_spellings() {
+        let o = Path::new("/opt/app/lib");
+        assert_eq!(expand_origin(Path::new("$ORIGIN/../lib64"), o), Path::new("/opt/app/lib/../lib64"));
+        assert_eq!(expand_origin(Path::new("${ORIGIN}:x/$ORIGIN"), o), Path::new("/opt/app/lib:x//opt/app/lib"));
+        assert_eq!(expand_origin(Path::new("/usr/lib/$ORIGINAL"), o), Path::new("/usr/lib//opt/app/libAL"));
+        assert_eq!(expand_origin(Path::new("/usr/lib"), o), Path::new("/usr/lib"));
+        let raw = Path::new(std::ffi::OsStr::from_bytes(b"/d\xff"));
+        assert_eq!(expand_origin(Path::new("$ORIGIN/x"), raw).as_os_str().as_bytes(), b"/d\xff/x");
+    }
 
     #[test]
     fn newest_compares_numbers_not_strings() {

@@ -755,10 +755,7 @@ impl Builder<'_> {
         let mut dirs = vec![origin.clone()];
         if let Some(info) = &obj.elf {
             for p in &info.search_paths {
-                let p = p
-                    .replace("${ORIGIN}", "$ORIGIN")
-                    .replace("$ORIGIN", &origin.to_string_lossy());
-                dirs.push(PathBuf::from(p));
+                dirs.push(super::elf::expand_origin(Path::new(p), &origin));
             }
         }
         dirs.iter()

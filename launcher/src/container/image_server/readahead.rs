@@ -27,7 +27,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::squashfs::{Archive, FileInode, FileLayout, Kind};
@@ -286,11 +286,8 @@ impl<'a> Reader<'a> {
         if name.components().count() > 1 {
             return self.take_path(name);
         }
-        let origin = object.parent().unwrap_or(Path::new("/")).as_os_str().as_bytes();
-        let expand = |d: &PathBuf| -> PathBuf {
-            let d = replace(d.as_os_str().as_bytes(), b"${ORIGIN}", origin);
-            PathBuf::from(OsString::from_vec(replace(&d, b"$ORIGIN", origin)))
-        };
+        let origin = object.parent().unwrap_or(Path::new("/"));
+        let expand = |d: &PathBuf| crate::inject::elf::expand_origin(d, origin);
         // RPATH only counts when there is no RUNPATH.
         let rpath: Vec<PathBuf> = if elf.runpath.is_empty() { elf.rpath.iter().map(expand).collect() } else { Vec::new() };
         let env: Vec<PathBuf> = hints.library_path.split(|b| *b == b':').map(|d| PathBuf::from(OsStr::from_bytes(d))).collect();
@@ -431,17 +428,3 @@ fn path_from(bytes: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(bytes))
 }
 
-fn replace(s: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
-}
