@@ -19,9 +19,8 @@
 //! nosuid,nodev.
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
@@ -524,7 +523,7 @@ fn follow_image_links(skel: BorrowedFd<'_>, lower: BorrowedFd<'_>, lower_path: &
         let Ok(dir) = sys::open_in_root(lower, &Path::new("/").join(&name), libc::O_PATH | libc::O_DIRECTORY, 0) else {
             continue;
         };
-        let real = std::fs::read_link(Path::new(std::ffi::OsStr::from_bytes(sys::fd_path(dir.as_fd()).as_bytes())))?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
         let Ok(to) = real.strip_prefix(lower_path) else { continue };
         let from = Path::new(&name);
         if to.as_os_str().is_empty() || to.starts_with(from) {

@@ -35,8 +35,6 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use abi::*;
 use squashfs::{Archive, FileLayout, Inode, Kind};
@@ -69,10 +67,7 @@ struct Server {
 /// will read ([`readahead`]).
 pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 {
     tune_malloc();
-    let reading_ahead = Arc::new(AtomicBool::new(false));
-    if let Some(hints) = hints {
-        start_readahead(&fs, hints, &reading_ahead);
-    }
+    let readahead = hints.and_then(|hints| start_readahead(&fs, hints));
     let fd = dev.as_raw_fd();
     // SAFETY: fcntl on a descriptor this process owns.
     let nonblocking = unsafe {
@@ -94,7 +89,7 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EAGAIN) => {
                     let spinning = now_ns().saturating_sub(idle_since) < SPIN_NS;
-                    if spinning && reading_ahead.load(Ordering::Relaxed) {
+                    if spinning && readahead.as_ref().is_some_and(|t| !t.is_finished()) {
                         // No yield while the read-ahead thread runs: it
                         // would take the CPU for its whole slice, and the
                         // next request would find this thread runnable but
@@ -151,19 +146,14 @@ fn tune_malloc() {
 
 /// Starts the read-ahead thread on a second view of the image sharing its
 /// block cache. Failing to is only slower.
-fn start_readahead(fs: &Archive, hints: readahead::Hints, running: &Arc<AtomicBool>) {
-    let Ok(shared) = fs.share() else { return };
-    running.store(true, Ordering::Relaxed);
-    let flag = running.clone();
-    let started = std::thread::Builder::new().name("shoal-readahead".into()).spawn(move || {
+fn start_readahead(fs: &Archive, hints: readahead::Hints) -> Option<std::thread::JoinHandle<()>> {
+    let shared = fs.share().ok()?;
+    let spawned = std::thread::Builder::new().name("shoal-readahead".into()).spawn(move || {
         if let Ok(fs) = shared.open() {
             readahead::run(fs, &hints);
         }
-        flag.store(false, Ordering::Relaxed);
     });
-    if started.is_err() {
-        running.store(false, Ordering::Relaxed);
-    }
+    spawned.ok()
 }
 
 fn now_ns() -> u64 {
