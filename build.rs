@@ -43,6 +43,27 @@ fn main() {
 
     let version = read_version(&version_h);
     println!("cargo:rustc-env=SHOAL_SLURM_VERSION_NUMBER={version}");
+    // SPANK symbols newer than 22.05, as cfgs: the plugin may reference one
+    // only in a build for a Slurm that has it. Rust links cdylibs with full
+    // RELRO (-z now), so one unresolved symbol fails slurmd's dlopen of the
+    // whole plugin, RTLD_LAZY or not.
+    for (cfg, since, symbol) in NEWER_SYMBOLS {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if version >= *since {
+            println!("cargo:rustc-cfg={cfg}");
+        }
+        let declared = fs::read_to_string(&spank_h).is_ok_and(|h| h.contains(symbol));
+        if declared != (version >= *since) {
+            fail(&format!(
+                "{}: Slurm {:#x} {} {symbol}, which Slurm added in {:#x}: are spank.h and slurm_version.h \
+                 from the same libslurm-dev?",
+                spank_h.display(),
+                version,
+                if declared { "declares" } else { "does not declare" },
+                since
+            ));
+        }
+    }
     println!(
         "cargo:rustc-env=SHOAL_SLURM_VERSION={}.{}.{}",
         (version >> 16) & 0xff,
@@ -104,6 +125,14 @@ fn main() {
         .write_to_file(&out)
         .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", out.display())));
 }
+
+/// `(cfg, first SLURM_VERSION_NUMBER that has it, symbol in spank.h)`.
+const NEWER_SYMBOLS: &[(&str, u32, &str)] = &[
+    // 23.11: spank_prepend_task_argv() (task_init_privileged, task_init).
+    ("slurm_prepend_task_argv", 0x170b00, "spank_prepend_task_argv"),
+    // 25.05: a plugin-defined `int slurm_spank_init_failure_mode`.
+    ("slurm_init_failure_mode", 0x190500, "slurm_spank_init_failure_mode"),
+];
 
 /// Reads `#define SLURM_VERSION_NUMBER 0x160508` from slurm_version.h.
 fn read_version(path: &Path) -> u32 {

@@ -32,6 +32,14 @@ pub fn step_name(step: u32) -> String {
     }
 }
 
+/// The extern step holds the job's allocation on a node (`PrologFlags=Contain`)
+/// and, with `PrologFlags=RunInJob` (Slurm 24.05+), runs the job prolog. It
+/// loads the plugin in remote context like a step, but it has no tasks and
+/// no image of its own.
+pub fn is_extern(step: u32) -> bool {
+    step == EXTERN_STEP
+}
+
 pub fn is_batch(step: u32) -> bool {
     step == BATCH_STEP
 }
@@ -91,6 +99,7 @@ mod tests {
         assert_eq!(share_key(12, BATCH_STEP, "n2"), "12.batch.n2");
         assert_eq!(step_name(EXTERN_STEP), "extern");
         assert!(is_batch(BATCH_STEP) && !is_batch(0));
+        assert!(is_extern(EXTERN_STEP) && !is_extern(BATCH_STEP) && !is_extern(0));
         assert!(starts_steps(BATCH_STEP) && starts_steps(INTERACTIVE_STEP) && !starts_steps(0));
     }
 }

@@ -123,33 +123,71 @@ pub extern "C" fn slurm_spank_init_post_opt(sp: ffi::spank_t, _argc: c_int, _arg
 /// slurmstepd, with the user's effective ids, before any task forks.
 #[no_mangle]
 pub extern "C" fn slurm_spank_user_init(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
-    guard("slurm_spank_user_init", || task::user_init(&Spank::from_raw(sp)))
+    guard("slurm_spank_user_init", || {
+        let spank = Spank::from_raw(sp);
+        if in_extern_step(&spank) {
+            return Ok(());
+        }
+        task::user_init(&spank)
+    })
 }
 
 /// Each task, as root, just before Slurm drops to the user and execs it.
 #[no_mangle]
 pub extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
-    guard("slurm_spank_task_init_privileged", || task::task_init_privileged(&Spank::from_raw(sp)))
+    guard("slurm_spank_task_init_privileged", || {
+        let spank = Spank::from_raw(sp);
+        if in_extern_step(&spank) {
+            return Ok(());
+        }
+        task::task_init_privileged(&spank)
+    })
 }
 
 /// Each task, as the user, just before Slurm execs it.
 #[no_mangle]
 pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
-    guard("slurm_spank_task_init", || task::task_init(&Spank::from_raw(sp)))
+    guard("slurm_spank_task_init", || {
+        let spank = Spank::from_raw(sp);
+        if in_extern_step(&spank) {
+            return Ok(());
+        }
+        task::task_init(&spank)
+    })
 }
 
 /// slurmstepd at the end of a step (remote) and srun/sbatch at exit (local).
 #[no_mangle]
 pub extern "C" fn slurm_spank_exit(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
     guard("slurm_spank_exit", || match Context::current() {
-        Some(Context::Remote) => teardown::step_exit(&Spank::from_raw(sp)),
+        Some(Context::Remote) => {
+            let spank = Spank::from_raw(sp);
+            if in_extern_step(&spank) {
+                return Ok(());
+            }
+            teardown::step_exit(&spank)
+        }
         _ => Ok(()),
     })
 }
 
+/// Slurm 25.05+ reads this to decide what a failing `slurm_spank_job_prolog`
+/// does: `ESPANK_JOB_FAILURE` fails the job without draining the node (the
+/// default, `ESPANK_NODE_FAILURE`, drains it and requeues the job). Older
+/// Slurm has no such choice, so the prolog there never fails.
+#[cfg(slurm_init_failure_mode)]
+#[no_mangle]
+#[used]
+pub static slurm_spank_init_failure_mode: c_int = ffi::slurm_err_t::ESPANK_JOB_FAILURE as c_int;
+
+/// Whether a failing prolog fails only the job (see above).
+const PROLOG_FAILS_THE_JOB: bool = cfg!(slurm_init_failure_mode);
+
 /// The job prolog on every allocated node (root): stage the image early.
-/// Never fails: a failing prolog drains the node, and a bad image is the
-/// job's problem, reported to the job by its tasks.
+/// A bad image is the job's problem, not the node's: on Slurm 25.05+ the
+/// prolog fails and so fails the job (`slurm_spank_init_failure_mode`);
+/// before, a failing prolog would drain the node, so it logs and succeeds,
+/// and the job's tasks report the error when they stage again.
 #[no_mangle]
 pub extern "C" fn slurm_spank_job_prolog(sp: ffi::spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
     let spank = Spank::from_raw(sp);
@@ -159,17 +197,19 @@ pub extern "C" fn slurm_spank_job_prolog(sp: ffi::spank_t, argc: c_int, argv: *m
             _ => return Ok(()),
         };
         // slurm_spank_init is not called for the prolog: read our own args.
-        let config = match script_config(argc, argv) {
-            Ok(c) => c,
+        let staged = script_config(argc, argv)
+            .map_err(|e| format!("job {job}: prolog: {e}"))
+            .and_then(|config| {
+                stage::prolog(&config, job, uid, gid).map_err(|e| format!("job {job}: staging in the prolog failed: {e}"))
+            });
+        match staged {
+            Err(e) if PROLOG_FAILS_THE_JOB => Err(format!("{e} (the job fails; the node stays up)")),
             Err(e) => {
-                spank::log_error(&format!("{TAG}: job {job}: prolog: {e}"));
-                return Ok(());
+                spank::log_error(&format!("{TAG}: {e} (the job will report it)"));
+                Ok(())
             }
-        };
-        if let Err(e) = stage::prolog(&config, job, uid, gid) {
-            spank::log_error(&format!("{TAG}: job {job}: staging in the prolog failed (the job will report it): {e}"));
+            Ok(()) => Ok(()),
         }
-        Ok(())
     })
 }
 
@@ -181,6 +221,13 @@ pub extern "C" fn slurm_spank_job_epilog(sp: ffi::spank_t, argc: c_int, argv: *m
         let job = spank.job_id().map_err(|e| e.to_string())?;
         teardown::epilog(&script_config(argc, argv)?, job)
     })
+}
+
+/// Whether this slurmstepd is the job's extern step (see [`job::is_extern`]):
+/// every remote callback leaves it alone. Staging for it happens in the job
+/// prolog, which Slurm 24.05+ runs inside it with `PrologFlags=RunInJob`.
+fn in_extern_step(spank: &Spank) -> bool {
+    spank.step_id().is_ok_and(job::is_extern)
 }
 
 /// The site config for the prolog and epilog, which Slurm runs without

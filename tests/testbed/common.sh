@@ -39,30 +39,25 @@ wait_for() {
     done
 }
 
-# The Debian mirror this machine already uses, for debootstrap.
-debian_mirror() {
-    local uri
-    uri=$(grep -hoE '^URIs:[[:space:]]+\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
-    [ -n "$uri" ] || uri=$(grep -hoE '^deb[[:space:]]+\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
-    [ -n "$uri" ] || die "no Debian mirror found in /etc/apt/sources.list{,.d}"
-    echo "$uri"
-}
+# debian_mirror (the Debian mirror this machine already uses, for
+# debootstrap) is in slurm-headers/apt.sh, sourced by versions.sh below.
 
 # A Debian 12 minbase tree with PACKAGES (comma-separated) for a test image,
 # made with debootstrap (minutes) and cached under $TESTBED_STATE/cache,
 # keyed by what it is made from; older trees of NAME are removed. Prints the
 # tree's path.
-debootstrap_tree() {  # debootstrap_tree NAME PACKAGES
-    local name=$1 include=$2 mirror key cache=$TESTBED_STATE/cache tree
+debootstrap_tree() {  # debootstrap_tree NAME PACKAGES [SUITE, default bookworm]
+    local name=$1 include=$2 suite=${3:-bookworm} mirror key cache=$TESTBED_STATE/cache tree
     mirror=$(debian_mirror)
     key=$(printf 'minbase %s bookworm %s\n' "$include" "$mirror" | sha256sum | cut -c1-16)
+    [ "$suite" = bookworm ] || key=$(printf 'minbase %s %s %s\n' "$include" "$suite" "$mirror" | sha256sum | cut -c1-16)
     tree=$cache/$name-$key
     if [ ! -f "$tree.done" ]; then
-        log "debootstrap bookworm ($include) from $mirror: takes a few minutes"
+        log "debootstrap $suite ($include) from $mirror: takes a few minutes"
         mkdir -p "$cache"
         rm -rf "$tree.tmp" "$tree"
         debootstrap --variant=minbase --include="$include" \
-            bookworm "$tree.tmp" "$mirror" >"$cache/debootstrap-$name.log" 2>&1 \
+            "$suite" "$tree.tmp" "$mirror" >"$cache/debootstrap-$name.log" 2>&1 \
             || die "debootstrap failed; see $cache/debootstrap-$name.log"
         # No package lists or downloaded .debs in the image (they are not
         # part of the recipe and would only inflate it).
@@ -88,3 +83,6 @@ busybox_tree() {  # busybox_tree ROOTFS: a minimal userland
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
 }
+
+# The Slurm series to run (SHOAL_TESTBED_SLURM) and the chroot clusters.
+source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"

@@ -6,11 +6,17 @@
 #
 #   up.sh [--install TARGET_DIR]     e.g. up.sh --install target/debug
 #
+# SHOAL_TESTBED_SLURM=24.11 or 26.05 runs that Slurm's cluster from its
+# chroot instead (chroot-cluster.sh; the plugin from
+# TARGET_DIR/slurm-SERIES/, packaging/build-plugin.sh) and stops the others:
+# one cluster runs at a time, on the same ports.
+#
 # Idempotent and safe to run concurrently (serialized by a lock that the
 # daemons it starts do not inherit); it waits on readiness (sinfo shows
 # idle, the registry answers), never on sleeps.
 source "$(dirname "$0")/common.sh"
 HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/chroot-cluster.sh"
 
 install_from=
 while [ $# -gt 0 ]; do
@@ -33,6 +39,8 @@ id "$TESTBED_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TESTBED_USER"
 
 # --- Shoal itself --------------------------------------------------------------
 restart_slurmd=0
+if [ "$SLURM_SERIES" = 22.05 ]; then
+stop_other_clusters 22.05
 if [ -n "$install_from" ]; then
     [ -f "$install_from/libspank_shoal.so" ] || die "$install_from/libspank_shoal.so missing: run cargo build --workspace first"
     mkdir -p "$PLUGIN_DIR" /etc/shoal
@@ -58,6 +66,8 @@ if [ -f "$PLUGIN_DIR/libspank_shoal.so" ]; then
         restart_slurmd=1
     fi
 fi
+install -D -m 0755 "$HERE/task-prolog.sh" /etc/slurm/task-prolog.sh
+fi
 
 # --- munge ---------------------------------------------------------------------
 mkdir -p /run/munge && chown munge:munge /run/munge
@@ -65,15 +75,6 @@ if ! munge -n >/dev/null 2>&1; then
     log "starting munged"
     runuser -u munge -- /usr/sbin/munged 9>&-
     wait_for "munged" munge -n
-fi
-
-# --- slurm.conf ----------------------------------------------------------------
-mkdir -p /var/spool/slurmctld /var/log/slurm /etc/slurm
-conf=$(sed -e "s/@HOST@/$hostname_short/g" "$HERE/slurm.conf.in")
-if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$conf" ]; then
-    printf '%s\n' "$conf" > /etc/slurm/slurm.conf
-    restart_slurmd=1
-    pkill -x slurmctld 2>/dev/null && wait_for "slurmctld to stop" sh -c '! pgrep -x slurmctld'
 fi
 
 # --- fake GPUs: four character devices per node, handed out by gres/gpu ------
@@ -100,6 +101,16 @@ gres="NodeName=n[1-3] Name=gpu File=$FAKE_GPU_DIR/nvidia[0-3]"
 if [ "$(cat /etc/slurm/gres.conf 2>/dev/null)" != "$gres" ]; then
     printf '%s\n' "$gres" > /etc/slurm/gres.conf
     restart_slurmd=1
+fi
+
+if [ "$SLURM_SERIES" = 22.05 ]; then
+# --- slurm.conf ----------------------------------------------------------------
+mkdir -p /var/spool/slurmctld /var/log/slurm /etc/slurm
+conf=$(series_slurm_conf 22.05 "$hostname_short")
+if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$conf" ]; then
+    printf '%s\n' "$conf" > /etc/slurm/slurm.conf
+    restart_slurmd=1
+    pkill -x slurmctld 2>/dev/null && wait_for "slurmctld to stop" sh -c '! pgrep -x slurmctld'
 fi
 
 # --- slurmctld and the three slurmd -------------------------------------------
@@ -136,6 +147,9 @@ if ! WAIT_TIMEOUT=10 wait_for "nodes" nodes_idle 2>/dev/null; then
     scontrol update nodename=n[1-3] state=resume 2>/dev/null || true
 fi
 WAIT_TIMEOUT=90 wait_for "n1..n3 to be idle in sinfo" nodes_idle
+else
+    chroot_cluster_up "$SLURM_SERIES" "$install_from" "$hostname_short"
+fi
 
 # --- the TLS registry ----------------------------------------------------------
 mkdir -p "$TLS_DIR" "$REGISTRY_DIR"
@@ -256,9 +270,11 @@ fi
 # kernel-mount those. Only when installing a build (a re-pull of an
 # unchanged image is one manifest request).
 if [ -n "$install_from" ]; then
-    for img in shoal/busybox:latest shoal/debian-mpich:12 shoal/debian-openmpi:12; do
-        /usr/local/bin/shoal pull --site -q "$REGISTRY_ADDR/$img" || die "shoal pull --site $img failed"
+    site_shoal=(/usr/local/bin/shoal)
+    [ "$SLURM_SERIES" = 22.05 ] || site_shoal=(chroot_run "$SLURM_SERIES" /usr/local/bin/shoal)
+    for img in shoal/busybox:latest shoal/debian-mpich:12 shoal/debian-openmpi:12 $(series_images "$SLURM_SERIES"); do
+        "${site_shoal[@]}" pull --site -q "$REGISTRY_ADDR/$img" || die "shoal pull --site $img failed"
     done
 fi
 
-log "up: slurm n1..n3 idle, registry https://$REGISTRY_ADDR (CA $CA_CERT), user $TESTBED_USER"
+log "up: slurm $SLURM_SERIES n1..n3 idle, registry https://$REGISTRY_ADDR (CA $CA_CERT), user $TESTBED_USER"
