@@ -6,7 +6,8 @@
 //!   node by the site config) and a job's (the MPI of its modules);
 //! - [`index`]: the selection itself, a pure function of (index bytes,
 //!   capabilities, job request) that returns the chosen digest and every
-//!   entry's verdict and score.
+//!   entry's verdict and score;
+//! - [`resolve`]: a name to the image a node runs, through its index.
 //!
 //! Nothing here re-serializes an index: its fields are read from the raw
 //! JSON the registry served, kept byte for byte in the store.
@@ -14,6 +15,7 @@
 pub mod capabilities;
 pub mod cpu;
 pub mod index;
+pub mod resolve;
 
 pub use capabilities::{JobRequest, Mpi, NodeCapabilities};
 pub use index::{select, select_uniform, Decision, EntryVerdict, Score, SelectError, Verdict};
