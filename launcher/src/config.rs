@@ -37,6 +37,38 @@ pub struct Config {
     /// mounts (`[modules.NAME]`), selected with `--module=NAME[,NAME]`.
     pub modules: BTreeMap<String, ModuleConfig>,
     pub slurm: SlurmConfig,
+    /// Per-node overrides of detected capabilities (`[nodes."NAME"]`),
+    /// for nodes where detection is wrong, and for tests.
+    pub nodes: BTreeMap<String, NodeOverride>,
+}
+
+/// `[nodes."NAME"]`: facts of one node that replace what Shoal detects
+/// there when it picks an image from an index (see `shoal select`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeOverride {
+    /// OCI architecture (`amd64`, `arm64`).
+    pub architecture: Option<String>,
+    /// An archspec target (`x86_64_v3`, `icelake`, `zen4`): its vendor,
+    /// ancestors and features become the node's.
+    pub cpu_target: Option<String>,
+    pub cpu_vendor: Option<String>,
+    /// The CPU flags, as `/proc/cpuinfo` would list them.
+    pub cpu_features: Option<Vec<String>>,
+    /// The node's GPUs; `[]` for none.
+    pub gpus: Option<Vec<GpuOverride>>,
+}
+
+/// One GPU of a `[nodes."NAME"]` table.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuOverride {
+    pub vendor: String,
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// The highest CUDA the driver runs; default: from the driver version.
+    #[serde(default)]
+    pub cuda: Option<String>,
 }
 
 /// What tasks inside an image need from the host to stay Slurm tasks.
@@ -157,6 +189,11 @@ pub struct ModuleConfig {
     pub aliases: BTreeMap<String, String>,
     /// Overrides `[injection] abi` for this module's libraries.
     pub abi: Option<AbiMode>,
+    /// The MPI this module brings, when its library's SONAME and version
+    /// string do not tell (`intel-mpi`, `cray-mpich`, ...); used to pick an
+    /// index entry whose `org.supercontainers.mpi.implementation` fits.
+    pub mpi_implementation: Option<String>,
+    pub mpi_version: Option<String>,
 }
 
 /// One `devices` or `gpu_devices` entry: `HOST_GLOB` (the nodes appear at
@@ -225,12 +262,26 @@ pub struct ImageConfig {
     /// into the user's store before submitting, instead of failing with the
     /// `shoal pull` command to run.
     pub auto_pull: bool,
+    /// The platforms (`linux/amd64`, `linux/arm64`) of this site's nodes:
+    /// `shoal pull` of an image index converts every entry one of them
+    /// could choose. Default: this machine's.
+    pub platforms: Vec<String>,
+    /// How the nodes of a multi-node job pick from an image index:
+    /// `node` (each node its best entry) or `uniform` (the best entry every
+    /// allocated node accepts). `--image-select` overrides it per job.
+    pub select: crate::select::SelectMode,
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
         let o = crate::image::convert::SquashOptions::default();
-        ImageConfig { compression: o.compression, block_size: o.block_size, auto_pull: false }
+        ImageConfig {
+            compression: o.compression,
+            block_size: o.block_size,
+            auto_pull: false,
+            platforms: Vec::new(),
+            select: crate::select::SelectMode::Node,
+        }
     }
 }
 
@@ -264,6 +315,11 @@ pub struct NodeConfig {
     /// evicted least-recently-used first to stay under it.
     pub cache_size: Size,
     pub staging: Staging,
+    /// Where each node publishes its detected capabilities
+    /// (`NAME.json`), so that `--image-select=uniform` can choose for all
+    /// of a job's nodes: a directory every node can read, written by root.
+    /// Default: `<store.site_dir>/nodes` when a site store is set.
+    pub capabilities_dir: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -272,6 +328,7 @@ impl Default for NodeConfig {
             cache_dir: PathBuf::from("/var/cache/shoal"),
             cache_size: Size(20 << 30),
             staging: Staging::Copy,
+            capabilities_dir: None,
         }
     }
 }

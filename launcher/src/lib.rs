@@ -5,6 +5,7 @@
 //! - [`config`]: the site's TOML settings, read by the command and the plugin alike;
 //! - [`image`]: pull or import an image into a content-addressed squashfs store;
 //! - [`resolve`]: from a name or path to the image the launcher runs;
+//! - [`select`]: which entry of an image index a node runs (CPU, GPU, MPI);
 //! - [`stage`]: the node-local image cache each compute node stages into;
 //! - [`inject`]: which host libraries, programs and devices a job gets (ABI check and plan);
 //! - [`container`]: the plan of a container and carrying it out (`shoal run`, every task).
@@ -18,6 +19,7 @@ pub mod image;
 pub mod inject;
 pub mod reference;
 pub mod resolve;
+pub mod select;
 pub mod stage;
 
 pub use config::Config;

@@ -7,6 +7,7 @@
 //!   typed them (every context that parses options);
 //! - [`submit`]: srun, sbatch and salloc, before the job or step exists:
 //!   checks the request and pins the image ([`pin`]);
+//! - [`choose`]: each node's entry of an image index (CPU, GPU, MPI);
 //! - [`stage`]: each allocated node copies and verifies the image (job
 //!   prolog, and again per task);
 //! - [`task`]: slurmstepd puts every task into the node's container
@@ -18,6 +19,7 @@
 //! be undefined behaviour.
 
 mod args;
+mod choose;
 mod inject;
 mod job;
 mod options;
@@ -103,6 +105,14 @@ pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *
             env!("SHOAL_SLURM_VERSION"),
             args.config.display()
         ));
+        if context == Some(Context::Slurmd) {
+            // Once per node: what uniform image-index jobs read (choose.rs).
+            if let Ok(node) = job::node_name().or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).map_err(|e| e.to_string())) {
+                if let Err(e) = choose::refresh(&options::config(), &node) {
+                    spank::log_verbose(&format!("{TAG}: node {node}: capabilities not published: {e}"));
+                }
+            }
+        }
         match context {
             Some(ctx) if ctx.takes_options() => options::register(&spank),
             _ => Ok(()),

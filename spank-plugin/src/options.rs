@@ -29,6 +29,8 @@ pub struct Request {
     pub modules: Option<Vec<String>>,
     /// `--no-image`: this step runs on the host even in an image job.
     pub no_image: bool,
+    /// `--image-select`: how the nodes pick from an image index.
+    pub select: Option<shoal::select::SelectMode>,
 }
 
 struct State {
@@ -43,6 +45,7 @@ static STATE: Mutex<State> = Mutex::new(State {
         mounts: Vec::new(),
         modules: None,
         no_image: false,
+        select: None,
     },
 });
 
@@ -73,6 +76,7 @@ enum Opt {
     Volume = 3,
     Module = 4,
     NoImage = 5,
+    ImageSelect = 6,
 }
 
 macro_rules! option {
@@ -102,8 +106,13 @@ turns off the site's defaults. Default: $SHOAL_MODULE.");
 option!(NO_IMAGE, Opt::NoImage, c"no-image", None,
     c"[shoal] Run this step on the host even though the job has an image.");
 
+option!(IMAGE_SELECT, Opt::ImageSelect, c"image-select", Some(c"node|uniform"),
+    c"[shoal] For an image index: `node` (default) runs each node's best entry, \
+`uniform` the best entry every node of the job accepts (identical bytes everywhere). \
+Default: the site's image.select, or $SHOAL_IMAGE_SELECT.");
+
 pub fn register(spank: &Spank) -> Result<(), String> {
-    for opt in [&IMAGE, &MOUNT, &VOLUME, &MODULE, &NO_IMAGE] {
+    for opt in [&IMAGE, &MOUNT, &VOLUME, &MODULE, &NO_IMAGE, &IMAGE_SELECT] {
         spank.register_option(opt).map_err(|e| {
             format!("cannot register --{}: {e}", opt.name.to_string_lossy())
         })?;
@@ -127,6 +136,7 @@ unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote:
                 req.no_image = true;
                 Ok(())
             }
+            v if v == Opt::ImageSelect as c_int => set_select(req, value.as_deref().unwrap_or("")),
             other => Err(format!("unknown option value {other}")),
         }
     })
@@ -186,6 +196,18 @@ pub fn set_modules(req: &mut Request, value: &str) -> Result<(), String> {
     }
 }
 
+/// Records `--image-select`, refusing a bad or conflicting value.
+pub fn set_select(req: &mut Request, value: &str) -> Result<(), String> {
+    let mode: shoal::select::SelectMode = value.parse().map_err(|e| format!("--image-select={e}"))?;
+    match req.select {
+        Some(prev) if prev != mode => Err(format!("--image-select given twice with different values ({prev:?} and {mode:?}); give it once")),
+        _ => {
+            req.select = Some(mode);
+            Ok(())
+        }
+    }
+}
+
 /// Fills what the command line left unset from `SHOAL_*` variables.
 pub fn apply_env_defaults(req: &mut Request, getenv: impl Fn(&str) -> Option<String>) -> Result<(), String> {
     if req.image.is_none() && !req.no_image {
@@ -201,6 +223,11 @@ pub fn apply_env_defaults(req: &mut Request, getenv: impl Fn(&str) -> Option<Str
     if req.modules.is_none() {
         if let Some(v) = getenv("SHOAL_MODULE").filter(|v| !v.is_empty()) {
             set_modules(req, &v).map_err(|e| format!("$SHOAL_MODULE: {e}"))?;
+        }
+    }
+    if req.select.is_none() {
+        if let Some(v) = getenv("SHOAL_IMAGE_SELECT").filter(|v| !v.is_empty()) {
+            set_select(req, &v).map_err(|e| format!("$SHOAL_IMAGE_SELECT: {e}"))?;
         }
     }
     Ok(())
@@ -240,6 +267,15 @@ mod tests {
             let e = add_mounts(&mut r, bad, "--mount").unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn image_select_values() {
+        let mut r = Request::default();
+        set_select(&mut r, "uniform").unwrap();
+        set_select(&mut r, "uniform").unwrap();
+        assert!(set_select(&mut r, "node").unwrap_err().contains("different values"));
+        assert!(set_select(&mut Request::default(), "best").unwrap_err().contains("--image-select=\"best\""));
     }
 
     #[test]

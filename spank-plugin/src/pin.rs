@@ -35,6 +35,13 @@ pub struct Pin {
     /// Hex sha256 of the squashfs file, recorded when it was written.
     pub sha256: String,
     pub size: u64,
+    /// The digest names an image index (`squashfs` is then the index
+    /// file): each node chooses its entry from these bytes (`choose.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub index: bool,
+    /// How the nodes choose from an index.
+    #[serde(default)]
+    pub select: shoal::select::SelectMode,
 }
 
 impl Pin {
@@ -65,6 +72,8 @@ mod tests {
             squashfs: "/home/alice/.local/share/shoal/x.sqfs".into(),
             sha256: "b".repeat(64),
             size: 42,
+            index: false,
+            select: Default::default(),
         };
         assert_eq!(Pin::from_env(&pin.to_env()).unwrap(), pin);
     }

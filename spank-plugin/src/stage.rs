@@ -152,6 +152,11 @@ pub fn prolog(config: &Config, job: u32, uid: u32, gid: u32) -> Result<(), Strin
     };
     let pin = Pin::from_env(&value)?;
     let node = crate::job::node_name()?;
+    if pin.index {
+        // An image index: the tasks choose and stage (as the user, who may
+        // own the index); the prolog refreshes what uniform jobs read.
+        return crate::choose::refresh(config, &node).map(|_| ());
+    }
     match pin.scope {
         Scope::Site => stage_site(config, &node, job, &pin).map(|_| ()),
         Scope::User => {

@@ -59,8 +59,13 @@ fn check_request(req: &Request, config: &shoal::Config) -> Result<(), String> {
 /// the same `--image` reuses it: the tag may have moved since submission.
 fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
     let requested = image.to_string();
-    if let Some(existing) = std::env::var(pin::ENV).ok().and_then(|v| Pin::from_env(&v).ok()) {
+    let mode = options::request().select.unwrap_or(config.image.select);
+    if let Some(mut existing) = std::env::var(pin::ENV).ok().and_then(|v| Pin::from_env(&v).ok()) {
         if existing.requested == requested {
+            // A step may ask for another choice mode from the job's index.
+            if let Some(m) = options::request().select {
+                existing.select = m;
+            }
             return Ok(existing);
         }
     }
@@ -68,6 +73,20 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
         ImageSpec::File(path) => pin_file(path, requested),
         spec => {
             let store = Store::open(config);
+            // An image index: pinned by its digest; each node chooses from
+            // the same bytes (choose.rs).
+            if let Some((index, root)) = store.find_index(spec).map_err(|e| e.to_string())? {
+                return Ok(Pin {
+                    requested,
+                    digest: index.digest.to_string(),
+                    scope: root.scope(),
+                    squashfs: index.path.clone(),
+                    sha256: index.digest.hex().to_string(),
+                    size: index.bytes.len() as u64,
+                    index: true,
+                    select: mode,
+                });
+            }
             let stored = match store.resolve(spec) {
                 Err(StoreError::NotFound { .. }) if config.image.auto_pull => auto_pull(config, &store, spec)?,
                 other => other.map_err(|e| e.to_string())?,
@@ -79,6 +98,8 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                 squashfs: stored.squashfs.clone(),
                 sha256: stored.squashfs_sha256.clone(),
                 size: stored.size,
+                index: false,
+                select: mode,
             })
         }
     }
@@ -111,5 +132,7 @@ fn pin_file(path: &Path, requested: String) -> Result<Pin, String> {
         squashfs: path,
         sha256: summary.sha256,
         size: summary.size,
+        index: false,
+        select: Default::default(),
     })
 }

@@ -26,7 +26,7 @@ use crate::options;
 use crate::pin::{self, Pin, Scope};
 use crate::spank::{self, Spank};
 use crate::stage::{self, ReadAt, Staged};
-use crate::{inject, job, pmix, TAG};
+use crate::{choose, inject, job, pmix, TAG};
 
 #[derive(Default)]
 struct Step {
@@ -82,15 +82,7 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
             pin::ENV
         )
     })?;
-    let pin = Pin::from_env(&value)?;
-    if pin.scope == Scope::User {
-        let file = File::open(&pin.squashfs).map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
-        state.user_file = Some(file);
-        state.user_config = read_meta(&pin.squashfs, &pin.digest);
-    }
-    // With the user's ids, on the pinned file: the copy staged later is
-    // checked to hold the same bytes.
-    let env = spank.job_env().map_err(|e| e.to_string())?;
+    let mut pin = Pin::from_env(&value)?;
     // `--module` reaches slurmstepd as an option; `$SHOAL_MODULE` (checked
     // at submission) only through the job's environment.
     let mut req = options::request();
@@ -100,6 +92,24 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         }
     }
     let modules = req.modules;
+    if pin.index {
+        // An image index: this node's entry, before anything is staged.
+        let config = options::config();
+        let node = job::node_name()?;
+        let job_request = shoal::select::resolve::job_request(&config, modules.as_deref().unwrap_or(&[]));
+        let nodelist = spank.getenv("SLURM_JOB_NODELIST");
+        let (chosen, how) = choose::choose(&config, &pin, &node, nodelist.as_deref(), &job_request)?;
+        spank::log_info(&format!("{TAG}: job {}: image {}: {how}", spank.job_id().unwrap_or(0), pin.requested));
+        pin = chosen;
+    }
+    if pin.scope == Scope::User {
+        let file = File::open(&pin.squashfs).map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
+        state.user_file = Some(file);
+        state.user_config = read_meta(&pin.squashfs, &pin.digest);
+    }
+    // With the user's ids, on the pinned file: the copy staged later is
+    // checked to hold the same bytes.
+    let env = spank.job_env().map_err(|e| e.to_string())?;
     // The step's program as the container's PATH finds it (the image's
     // PATH when its metadata is at hand, else the standard one).
     let argv = spank.argv().unwrap_or_default();

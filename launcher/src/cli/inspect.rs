@@ -29,9 +29,22 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
         Some(p) => p.parse()?,
         None => shoal::image::platform::Platform::host(),
     };
-    let img = Store::open(&config).resolve_for(&spec, &platform)?;
+    let store = Store::open(&config);
+    // An index without --platform: this node's choice, and every variant.
+    let (img, index) = match (store.find_index(&spec)?, &args.platform) {
+        (Some(_), None) => {
+            let node = shoal::select::resolve::this_node(&config).map_err(anyhow::Error::msg)?;
+            let r = shoal::select::resolve::resolve(&store, &spec, &[node], &Default::default())?;
+            (r.image, r.chosen_from)
+        }
+        _ => (store.resolve_for(&spec, &platform)?, None),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&img)?);
+        let mut v = serde_json::to_value(&img)?;
+        if let Some((idx, decision)) = &index {
+            v["index"] = serde_json::json!({ "digest": idx.digest, "variants": idx.variants, "decision": decision });
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let c = &img.config;
@@ -62,6 +75,13 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
     }
     for (k, v) in &c.labels {
         println!("label:      {k}={v}");
+    }
+    if let Some((idx, decision)) = &index {
+        println!("index:      {} (this node's choice of its entries):", idx.digest);
+        print!("{}", decision.render());
+        for (key, d) in &idx.variants {
+            println!("variant:    {key} {d}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@ mod pull;
 mod rm;
 mod doctor;
 mod run;
+mod select;
 
 /// Containers for HPC: run OCI images on Slurm clusters and laptops with no
 /// setuid binary and no daemon.
@@ -50,6 +51,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Run a command in an image: `shoal run IMAGE [--] CMD [ARGS...]`.
     Run(Box<run::RunArgs>),
+    /// Which entry of an image index this node (or each given node) runs, and why.
+    Select(select::SelectArgs),
     /// Check this node (user namespaces, FUSE, squashfs, config) and say how to fix failures.
     Doctor,
     /// Show which host libraries of a module an image can take, and why.
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Gc(args) => gc::run(args, &cli.config),
         Command::Import(args) => import::run(args, &cli.config),
         Command::Run(args) => run::run(*args, &cli.config),
+        Command::Select(args) => select::run(args, &cli.config),
         Command::Doctor => doctor::run(&cli.config),
         Command::AbiCheck(args) => abi_check::run(args, &cli.config),
     };

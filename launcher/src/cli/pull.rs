@@ -53,6 +53,14 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
     let mut opts = PullOptions::new();
     if let Some(p) = &args.platform {
         opts.platform = p.parse()?;
+    } else {
+        // From an index, every entry one of the site's nodes could run.
+        opts.platforms = config
+            .image
+            .platforms
+            .iter()
+            .map(|p| p.parse().map_err(|e| anyhow::anyhow!("image.platforms in the site config: {e}")))
+            .collect::<Result<_>>()?;
     }
     if !args.tls_verify {
         opts.client.tls_verify = Some(false);
@@ -98,6 +106,12 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
             human_size(img.size),
             img.scope
         );
+        if let Some((index, variants)) = &outcome.index {
+            println!("  image index {index}: {} entr{} for this site's platforms", variants.len(), if variants.len() == 1 { "y" } else { "ies" });
+            for (key, v) in variants {
+                println!("    {key:<24} {} ({})", v.digest, human_size(v.size));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -101,14 +101,22 @@ fn identity(user: &User) -> Result<Identity> {
     })
 }
 
-fn image(arg: &str, cwd: &Path, cfg: &Config) -> Result<RunImage> {
+fn image(arg: &str, cwd: &Path, cfg: &Config, modules: &[String]) -> Result<RunImage> {
     let path = match ImageSpec::from_str(arg) {
         Ok(ImageSpec::File(p)) => p,
         // A bare file name that exists here is a file, not a Docker Hub name.
         _ if Path::new(arg).is_file() => PathBuf::from(arg),
         // Site store first, then the caller's own store.
+        // An image index: this node's best entry (`shoal select` explains).
         Ok(spec) => {
-            let stored = Store::open(cfg).resolve(&spec)?;
+            let store = Store::open(cfg);
+            let stored = if store.find_index(&spec)?.is_some() {
+                let node = shoal::select::resolve::this_node(cfg).map_err(anyhow::Error::msg)?;
+                let job = shoal::select::resolve::job_request(cfg, modules);
+                shoal::select::resolve::resolve(&store, &spec, &[node], &job)?.image
+            } else {
+                store.resolve(&spec)?
+            };
             return Ok(shoal::resolve::run_image(&stored));
         }
         Err(e) => return Err(e.into()),
@@ -199,7 +207,7 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
     let req = RunRequest {
-        image: image(&args.image, &cwd, &cfg)?,
+        image: image(&args.image, &cwd, &cfg, &args.modules)?,
         argv: args.command,
         entrypoint: args.entrypoint,
         user: identity(&user)?,

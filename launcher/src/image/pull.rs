@@ -4,7 +4,10 @@
 //! 1. If the store already has the reference for this platform, one manifest
 //!    request (HEAD) tells whether it moved; unchanged means done. A digest
 //!    reference already in the store needs no request at all.
-//! 2. Fetch the manifest; from an index pick the platform's manifest.
+//! 2. Fetch the manifest. An image index is kept as the registry's bytes,
+//!    and every entry a node of this site could choose (its os/architecture
+//!    is one of `image.platforms`, or `--platform`) is pulled as an image of
+//!    its own: which one runs is decided per node ([`crate::select`]).
 //! 3. Take the image's lock (a second puller, on this node or another over a
 //!    shared filesystem, waits here and then finds the image published).
 //! 4. Download the config and the layers in parallel into a work dir, each
@@ -36,6 +39,9 @@ use crate::reference::{Digest, ImageRef};
 pub struct PullOptions {
     /// Which platform's image to take from an index. Default: this machine's.
     pub platform: Platform,
+    /// The platforms of the site's nodes: from an index, every entry of one
+    /// of them is pulled. Empty: `platform` only.
+    pub platforms: Vec<Platform>,
     /// Which store to write (`Site` needs write access to `store.site_dir`).
     pub scope: Scope,
     pub client: ClientOptions,
@@ -48,6 +54,7 @@ impl PullOptions {
     pub fn new() -> PullOptions {
         PullOptions {
             platform: Platform::host(),
+            platforms: Vec::new(),
             scope: Scope::User,
             client: ClientOptions::from_env(),
             squash: SquashOptions::default(),
@@ -82,9 +89,14 @@ pub enum PullEvent {
 /// What a pull did.
 #[derive(Debug, Clone)]
 pub struct PullOutcome {
+    /// The image (for an index: the one `platform` would take from it, as
+    /// an index-unaware runtime would; else its first pulled entry).
     pub image: StoredImage,
     /// False when the store already had it (no layer was downloaded).
     pub downloaded: bool,
+    /// For an image index: its digest and every pulled entry (tag entry
+    /// key `#POSITION OS/ARCH[/VARIANT]`, image).
+    pub index: Option<(Digest, Vec<(String, StoredImage)>)>,
 }
 
 /// Why a pull failed; one line that says what to do.
@@ -176,6 +188,7 @@ fn pull_inner(
             return Ok(PullOutcome {
                 image,
                 downloaded: false,
+                index: None,
             });
         }
         if let Some(image) = root.image(d)? {
@@ -184,6 +197,7 @@ fn pull_inner(
             return Ok(PullOutcome {
                 image,
                 downloaded: false,
+                index: None,
             });
         }
     }
@@ -204,7 +218,23 @@ fn pull_inner(
             return Ok(PullOutcome {
                 image,
                 downloaded: false,
+                index: None,
             });
+        }
+    }
+
+    // An index already here under the same digest: nothing moved.
+    if let Some(entry) = known.as_ref().filter(|e| !e.variants.is_empty()) {
+        if let Some(idx) = entry.digest.as_ref() {
+            let current = match r.digest() {
+                Some(d) => Some(d.clone()),
+                None => registry.head_manifest(r.repository(), &wanted)?,
+            };
+            if current.as_ref() == Some(idx) {
+                if let Some(outcome) = stored_index_outcome(root, entry, platform)? {
+                    return Ok(outcome);
+                }
+            }
         }
     }
 
@@ -213,39 +243,133 @@ fn pull_inner(
         reference: reference.clone(),
         problem,
     };
-    let (image_digest, manifest) = match Document::parse(&top.body, top.content_type.as_deref())
-        .map_err(malformed)?
-    {
-        Document::Image(m) => (top.digest.clone(), m),
-        Document::Index(entries) => {
-            let chosen = manifest::select_platform(&entries, platform).map_err(|available| {
-                PullError::NoPlatform {
-                    reference: reference.clone(),
-                    want: platform.clone(),
-                    available,
-                }
-            })?;
-            let m = registry.manifest(r.repository(), &chosen.digest)?;
-            match Document::parse(&m.body, m.content_type.as_deref()).map_err(malformed)? {
-                Document::Image(im) => (m.digest, im),
-                Document::Index(_) => {
-                    return Err(malformed(ManifestError(format!(
-                        "index entry {} is itself an index",
-                        chosen.digest
-                    ))))
-                }
+    match Document::parse(&top.body, top.content_type.as_deref()).map_err(malformed)? {
+        Document::Image(m) => {
+            let (image, downloaded) = fetch_image(root, &registry, r, &top.digest, m, opts, progress)?;
+            root.set_tag(r, Some(&top.digest), platform, &image.digest)?;
+            Ok(PullOutcome { image, downloaded, index: None })
+        }
+        Document::Index(descriptors) => pull_index(root, &registry, r, &top, &descriptors, opts, progress),
+    }
+}
+
+/// The outcome of an index pull the store already holds whole.
+fn stored_index_outcome(
+    root: &StoreRoot,
+    entry: &super::store::TagEntry,
+    platform: &Platform,
+) -> Result<Option<PullOutcome>, PullError> {
+    let Some(idx) = entry.digest.clone() else { return Ok(None) };
+    if root.index_bytes(&idx)?.is_none() {
+        return Ok(None);
+    }
+    let mut variants = Vec::new();
+    for (key, d) in &entry.variants {
+        match root.image(d)? {
+            Some(img) => variants.push((key.clone(), img)),
+            None => return Ok(None),
+        }
+    }
+    let image = match entry.images.get(&platform.to_string()) {
+        Some(d) => root.image(d)?,
+        None => None,
+    }
+    .or_else(|| variants.first().map(|(_, i)| i.clone()));
+    Ok(image.map(|image| PullOutcome { image, downloaded: false, index: Some((idx, variants)) }))
+}
+
+/// An image index: keeps its bytes, pulls every entry one of the wanted
+/// platforms could run, and tags them all.
+fn pull_index(
+    root: &StoreRoot,
+    registry: &Registry,
+    r: &ImageRef,
+    top: &super::registry::FetchedManifest,
+    descriptors: &[manifest::Descriptor],
+    opts: &PullOptions,
+    progress: &(dyn Fn(PullEvent) + Sync),
+) -> Result<PullOutcome, PullError> {
+    let reference = r.to_string();
+    let malformed = |problem| PullError::Manifest {
+        reference: reference.clone(),
+        problem,
+    };
+    let wants: Vec<Platform> =
+        if opts.platforms.is_empty() { vec![opts.platform.clone()] } else { opts.platforms.clone() };
+    let entries = crate::select::index::entries(&top.body)
+        .map_err(|e| malformed(ManifestError(e.to_string())))?;
+    let mut pulled: Vec<(String, StoredImage)> = Vec::new();
+    let mut downloaded = false;
+    for e in &entries {
+        let is_image = (e.media_type == manifest::OCI_MANIFEST || e.media_type == manifest::DOCKER_MANIFEST)
+            && !e.annotations.contains_key("vnd.docker.reference.type");
+        let (Some(os), Some(architecture)) = (e.os.clone(), e.architecture.clone()) else { continue };
+        let p = Platform { os, architecture, variant: e.variant.clone() };
+        // A wanted variant narrows (`--platform linux/arm/v7`); the site's
+        // plain `linux/amd64` takes every amd64 level.
+        if !is_image || p.os == "unknown" || !wants.iter().any(|w| w.accepts(&p)) {
+            continue;
+        }
+        let m = registry.manifest(r.repository(), &e.digest)?;
+        let im = match Document::parse(&m.body, m.content_type.as_deref()).map_err(malformed)? {
+            Document::Image(im) => im,
+            Document::Index(_) => {
+                return Err(malformed(ManifestError(format!("index entry {} is itself an index", e.digest))))
+            }
+        };
+        let (image, fresh) = fetch_image(root, registry, r, &m.digest, im, opts, progress)?;
+        downloaded |= fresh;
+        pulled.push((format!("#{} {p}", e.position), image));
+    }
+    if pulled.is_empty() {
+        let want = wants[0].clone();
+        return Err(PullError::NoPlatform {
+            reference,
+            want,
+            available: descriptors.iter().filter_map(|d| d.platform.clone()).filter(|p| p.os != "unknown").collect(),
+        });
+    }
+    let index = root.put_index(&top.body)?;
+    debug_assert_eq!(index, top.digest);
+    // What an index-unaware lookup per platform takes (`inspect --platform`).
+    let mut per_platform = BTreeMap::new();
+    for w in &wants {
+        if let Ok(chosen) = manifest::select_platform(descriptors, w) {
+            if let Some((_, img)) = pulled.iter().find(|(_, i)| i.digest.as_str() == chosen.digest) {
+                per_platform.insert(w.to_string(), img.digest.clone());
             }
         }
-    };
+    }
+    let variants = pulled.iter().map(|(k, i)| (k.clone(), i.digest.clone())).collect();
+    root.set_index_tag(r, &index, variants, per_platform.clone())?;
+    let image = per_platform
+        .get(&opts.platform.to_string())
+        .and_then(|d| pulled.iter().find(|(_, i)| &i.digest == d))
+        .unwrap_or(&pulled[0])
+        .1
+        .clone();
+    Ok(PullOutcome { image, downloaded, index: Some((index, pulled)) })
+}
 
+/// One image manifest to a published image (or the one already there).
+/// Returns whether anything was downloaded.
+fn fetch_image(
+    root: &StoreRoot,
+    registry: &Registry,
+    r: &ImageRef,
+    image_digest: &Digest,
+    manifest: ImageManifest,
+    opts: &PullOptions,
+    progress: &(dyn Fn(PullEvent) + Sync),
+) -> Result<(StoredImage, bool), PullError> {
+    let reference = r.to_string();
+    let malformed = |problem| PullError::Manifest {
+        reference: reference.clone(),
+        problem,
+    };
     // Another name (or a moved tag) for an image we already have.
-    if let Some(image) = root.image(&image_digest)? {
-        let _lock = root.lock_image(&image_digest)?;
-        root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
-        return Ok(PullOutcome {
-            image,
-            downloaded: false,
-        });
+    if let Some(image) = root.image(image_digest)? {
+        return Ok((image, false));
     }
 
     let bytes = manifest.layers.iter().map(|l| l.size).sum();
@@ -254,22 +378,18 @@ fn pull_inner(
         layers: manifest.layers.len(),
         bytes,
     });
-    let lock = match super::store::Lock::try_acquire(&lock_path(root, &image_digest)) {
+    let lock = match super::store::Lock::try_acquire(&lock_path(root, image_digest)) {
         Ok(Some(l)) => l,
         Ok(None) => {
             progress(PullEvent::Waiting);
-            root.lock_image(&image_digest)?
+            root.lock_image(image_digest)?
         }
         // No lock file yet: nobody is pulling it.
-        Err(_) => root.lock_image(&image_digest)?,
+        Err(_) => root.lock_image(image_digest)?,
     };
     // The process we waited for may have published it.
-    if let Some(image) = root.image(&image_digest)? {
-        root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
-        return Ok(PullOutcome {
-            image,
-            downloaded: false,
-        });
+    if let Some(image) = root.image(image_digest)? {
+        return Ok((image, false));
     }
 
     let work = root.work_dir()?;
@@ -279,7 +399,7 @@ fn pull_inner(
     )?;
     let config_blob = ConfigBlob::parse(&config_blob).map_err(malformed)?;
     let layers = download_layers(
-        &registry,
+        registry,
         r.repository(),
         &manifest,
         work.path(),
@@ -297,18 +417,14 @@ fn pull_inner(
         squashfs_sha256: summary.sha256,
         config: config_blob.config,
         source_ref: r.pinned(image_digest.clone()).to_string(),
-        platform: config_blob.platform.or_else(|| Some(platform.clone())),
+        platform: config_blob.platform.or_else(|| Some(opts.platform.clone())),
         size: summary.size,
         created: config_blob.created,
         stored_at: now(),
     };
     let image = root.publish(&work, &sqfs, &meta, &lock)?;
-    root.set_tag(r, Some(&top.digest), platform, &image_digest)?;
     drop(lock);
-    Ok(PullOutcome {
-        image,
-        downloaded: true,
-    })
+    Ok((image, true))
 }
 
 fn lock_path(root: &StoreRoot, d: &Digest) -> PathBuf {

@@ -13,6 +13,7 @@
 //! ```text
 //! ROOT/images/sha256/HEX/image.sqfs   the image (mode 0444), never changed once published
 //! ROOT/images/sha256/HEX/meta.json    its metadata (ImageMeta)
+//! ROOT/indexes/sha256/HEX             an image index, the registry's bytes as served
 //! ROOT/tags/REGISTRY/REPOSITORY/:TAG          tag index entry (TagEntry, JSON)
 //! ROOT/tags/REGISTRY/REPOSITORY/@sha256:HEX   entry of a digest reference
 //! ROOT/locks/HEX.lock                 per-image lock (flock), held while pulling
@@ -25,6 +26,12 @@
 //! from a directory or squashfs file. Tag entries start with `:` or `@`,
 //! which no repository path component can, so a tag never collides with a
 //! nested repository.
+//!
+//! An image index is kept as the raw bytes the registry served (never
+//! re-serialized: its digest must stay the one pinned, and fields such as
+//! `platform.features` and `os.features` must survive), and every entry
+//! converted from it is an image of its own, listed in the tag entry's
+//! `variants`; which one a node runs is decided by [`crate::select`].
 //!
 //! Reading a user store is done with that user's credentials: code running
 //! as root (slurmstepd) switches to the user (or forks a child as the user)
@@ -114,6 +121,30 @@ pub struct TagEntry {
     pub digest: Option<Digest>,
     /// Image (manifest) digest per requested platform (`linux/amd64`).
     pub images: BTreeMap<String, Digest>,
+    /// When `digest` is an image index kept in this store: every entry
+    /// converted from it, keyed `#POSITION OS/ARCH[/VARIANT]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Digest>,
+}
+
+impl TagEntry {
+    /// Every image the entry names (per platform and index variants).
+    pub fn all_images(&self) -> impl Iterator<Item = &Digest> {
+        self.images.values().chain(self.variants.values())
+    }
+}
+
+/// An image index kept in a store, with the images converted from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredIndex {
+    pub digest: Digest,
+    /// The registry's bytes, checked against `digest`.
+    pub bytes: Vec<u8>,
+    pub path: PathBuf,
+    pub scope: Scope,
+    /// The tag entry's `variants` (empty for an index found by digest only).
+    pub variants: BTreeMap<String, Digest>,
+    pub reference: String,
 }
 
 /// Why a store operation failed; messages name the image and the fix.
@@ -281,6 +312,17 @@ impl Store {
         })
     }
 
+    /// The image index `spec` names, if it names one kept in a store (site
+    /// first): a reference pulled as an index, or `id:`/`@` its digest.
+    pub fn find_index(&self, spec: &ImageSpec) -> Result<Option<(StoredIndex, &StoreRoot)>, StoreError> {
+        for root in self.roots() {
+            if let Some(i) = root.find_index(spec)? {
+                return Ok(Some((i, root)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Every tag entry and image of both stores, for `shoal images`.
     pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
         let mut out = Vec::new();
@@ -312,6 +354,72 @@ impl StoreRoot {
 
     pub fn scope(&self) -> Scope {
         self.scope
+    }
+
+    /// `indexes/sha256/HEX`.
+    pub fn index_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("indexes/sha256").join(digest.hex())
+    }
+
+    /// Keeps `bytes`, an image index, under its sha256 (atomically; the
+    /// same bytes again change nothing).
+    pub fn put_index(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let digest: Digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes)).parse().expect("sha256 digest");
+        let path = self.index_path(&digest);
+        if path.exists() {
+            return Ok(digest);
+        }
+        let parent = path.parent().expect("index path has a parent");
+        ensure_dir(parent)?;
+        let tmp = parent.join(format!(".{}.new", unique_name()));
+        write_synced(&tmp, bytes)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(parent)?;
+        Ok(digest)
+    }
+
+    /// The bytes of index `digest`, checked, if kept here.
+    pub fn index_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.index_path(digest);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if format!("{:x}", sha2::Sha256::digest(&bytes)) != digest.hex() {
+            return Err(StoreError::Damaged {
+                path,
+                reference: format!("id:{digest}"),
+                detail: "the index's bytes do not match its digest".into(),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    fn find_index(&self, spec: &ImageSpec) -> Result<Option<StoredIndex>, StoreError> {
+        let (digest, variants, reference) = match spec {
+            ImageSpec::File(_) => return Ok(None),
+            ImageSpec::Id(d) => (d.clone(), BTreeMap::new(), format!("id:{d}")),
+            ImageSpec::Registry(r) => match self.tag_entry(r)? {
+                Some(TagEntry { digest: Some(d), variants, reference, .. }) if !variants.is_empty() => {
+                    (d, variants, reference)
+                }
+                Some(_) => return Ok(None),
+                None => match r.digest() {
+                    Some(d) => (d.clone(), BTreeMap::new(), r.to_string()),
+                    None => return Ok(None),
+                },
+            },
+        };
+        Ok(self.index_bytes(&digest)?.map(|bytes| StoredIndex {
+            path: self.index_path(&digest),
+            digest,
+            bytes,
+            scope: self.scope,
+            variants,
+            reference,
+        }))
     }
 
     fn image_dir(&self, digest: &Digest) -> PathBuf {
@@ -430,7 +538,7 @@ impl StoreRoot {
         let mut out = Vec::new();
         let mut named = BTreeSet::new();
         for (path, entry) in self.tag_entries()? {
-            for (platform, digest) in &entry.images {
+            for (platform, digest) in entry.images.iter().chain(entry.variants.iter()) {
                 named.insert(digest.clone());
                 if let Some(image) = self.image(digest)? {
                     out.push(Listed {
@@ -594,10 +702,38 @@ impl StoreRoot {
         if entry.digest.as_ref() != top {
             // The reference moved: other platforms' images are stale for it.
             entry.images.clear();
+            entry.variants.clear();
         }
         entry.reference = r.to_string();
         entry.digest = top.cloned();
         entry.images.insert(platform.to_string(), image.clone());
+        self.write_tag(r, &entry)
+    }
+
+    /// Points `r` at the image index `index` whose converted entries are
+    /// `variants`, and (per platform) at the image an index-unaware lookup
+    /// for that platform takes, under the per-reference lock.
+    pub fn set_index_tag(
+        &self,
+        r: &ImageRef,
+        index: &Digest,
+        variants: BTreeMap<String, Digest>,
+        per_platform: BTreeMap<String, Digest>,
+    ) -> Result<(), StoreError> {
+        let _lock = self.lock_tag(r)?;
+        let mut entry = self.tag_entry(r).ok().flatten().unwrap_or_default();
+        if entry.digest.as_ref() != Some(index) {
+            entry.images.clear();
+            entry.variants.clear();
+        }
+        entry.reference = r.to_string();
+        entry.digest = Some(index.clone());
+        entry.images.extend(per_platform);
+        entry.variants.extend(variants);
+        self.write_tag(r, &entry)
+    }
+
+    fn write_tag(&self, r: &ImageRef, entry: &TagEntry) -> Result<(), StoreError> {
         let path = self.tag_path(r);
         let parent = path.parent().expect("tag path has a parent");
         ensure_dir(parent)?;
@@ -618,7 +754,7 @@ impl StoreRoot {
         };
         let path = self.tag_path(r);
         fs::remove_file(&path).map_err(io_err(&path))?;
-        Ok(entry.images.into_values().collect())
+        Ok(entry.all_images().cloned().collect())
     }
 
     /// Removes image `digest` if no tag entry names it and nobody holds its
@@ -637,7 +773,7 @@ impl StoreRoot {
         if self
             .tag_entries()?
             .iter()
-            .any(|(_, e)| e.images.values().any(|d| d == digest))
+            .any(|(_, e)| e.all_images().any(|d| d == digest))
         {
             return Ok(false);
         }
@@ -663,8 +799,7 @@ impl StoreRoot {
         let mut report = GcReport::default();
         for (path, entry) in self.tag_entries()? {
             if entry
-                .images
-                .values()
+                .all_images()
                 .all(|d| !self.image_dir(d).join("meta.json").exists())
             {
                 let r: Result<ImageSpec, _> = entry.reference.parse();
@@ -672,8 +807,7 @@ impl StoreRoot {
                     let _lock = self.lock_tag(&r)?;
                     // Re-check under the lock: a pull may have just set it.
                     if let Some(e) = self.tag_entry(&r)? {
-                        if e.images
-                            .values()
+                        if e.all_images()
                             .all(|d| !self.image_dir(d).join("meta.json").exists())
                         {
                             let _ = fs::remove_file(&path);
@@ -688,6 +822,17 @@ impl StoreRoot {
             if self.remove_if_unreferenced(&d)? {
                 report.images_removed += 1;
                 report.bytes_freed += size;
+            }
+        }
+        // Indexes no tag entry names any more.
+        let named: BTreeSet<Digest> = self.tag_entries()?.into_iter().filter_map(|(_, e)| e.digest).collect();
+        if let Ok(entries) = fs::read_dir(self.dir.join("indexes/sha256")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(d) = format!("sha256:{name}").parse::<Digest>() else { continue };
+                if !named.contains(&d) && fs::remove_file(e.path()).is_ok() {
+                    report.indexes_removed += 1;
+                }
             }
         }
         let tmp = self.tmp_dir();
@@ -737,6 +882,7 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub tags_removed: usize,
     pub temps_removed: usize,
+    pub indexes_removed: usize,
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), StoreError> {

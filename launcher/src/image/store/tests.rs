@@ -209,3 +209,41 @@ fn user_dir_defaults() {
     };
     assert_eq!(default_user_dir(&env), Some(PathBuf::from("/data/shoal")));
 }
+
+#[test]
+fn an_index_is_kept_byte_for_byte_and_its_variants_are_referenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::with_dirs(None, Some(dir.path().to_path_buf()));
+    let root = store.user.as_ref().unwrap();
+    // Odd spacing and key order: kept as served, never re-serialized.
+    let bytes = br#"{ "schemaVersion":2,"manifests":[ ],  "mediaType":"application/vnd.oci.image.index.v1+json"}"#;
+    let idx = root.put_index(bytes).unwrap();
+    assert_eq!(root.put_index(bytes).unwrap(), idx);
+    assert_eq!(root.index_bytes(&idx).unwrap().unwrap(), bytes.to_vec());
+    put(root, &digest(1), "reg/x:other", "linux/amd64");
+    put(root, &digest(2), "reg/x:other2", "linux/amd64");
+    let r = reference("reg/x:hpc");
+    let variants = [("#0 linux/amd64".to_string(), digest(1)), ("#1 linux/amd64/v3".to_string(), digest(2))].into();
+    root.set_index_tag(&r, &idx, variants, BTreeMap::new()).unwrap();
+    let (found, _) = store.find_index(&"reg/x:hpc".parse().unwrap()).unwrap().unwrap();
+    assert_eq!(found.digest, idx);
+    assert_eq!(found.variants.len(), 2);
+    assert!(store.find_index(&format!("id:{idx}").parse().unwrap()).unwrap().is_some());
+    assert!(store.find_index(&"reg/x:other".parse().unwrap()).unwrap().is_none());
+    // The variants keep their images after the other tags go.
+    root.remove_tag(&reference("reg/x:other")).unwrap();
+    root.remove_tag(&reference("reg/x:other2")).unwrap();
+    let report = root.gc().unwrap();
+    assert_eq!((report.images_removed, report.indexes_removed), (0, 0));
+    assert_eq!(store.list().unwrap().len(), 2);
+    // Untagged, the index and its images are collected.
+    assert_eq!(root.remove_tag(&r).unwrap().len(), 2);
+    let report = root.gc().unwrap();
+    assert_eq!((report.images_removed, report.indexes_removed), (2, 1));
+    // Damaged bytes are refused, not used.
+    let idx2 = root.put_index(b"{}").unwrap();
+    let p = root.index_path(&idx2);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&p, b"{ }").unwrap();
+    assert!(root.index_bytes(&idx2).is_err());
+}
