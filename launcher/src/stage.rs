@@ -14,7 +14,8 @@
 //!
 //! `<key>` is the image digest's hex for site images, and `u<uid>-<hex>`
 //! for images from a user's own store: those are copied with that user's
-//! credentials and owned by them (mode 0400), so one user's copy can never
+//! credentials and owned by them (mode 0400 from their first byte: no other
+//! user can open a copy in progress), so one user's copy can never
 //! be served to another user, whatever digest their job claimed.
 //!
 //! A copy is verified against the squashfs checksum recorded when the image
@@ -26,6 +27,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -257,7 +259,23 @@ impl NodeCache {
         ));
         let result = (|| {
             let mut reader = source().map_err(io_err(dest))?;
-            let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
+            // A new file (never one planted there), private from its first
+            // byte: a user image must not be readable by other users while
+            // it is copied (a descriptor opened then would outlive the
+            // chmod). Site images are readable by all once published.
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            if let Owner::User { uid, gid } = expected.owner {
+                // Readable by its user alone (their FUSE server opens it).
+                std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
+                out.set_permissions(fs::Permissions::from_mode(0o400))
+                    .map_err(io_err(&tmp))?;
+            }
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -270,10 +288,8 @@ impl NodeCache {
                 hasher.update(&buf[..n]);
                 out.write_all(&buf[..n]).map_err(|e| self.write_error(e, expected))?;
             }
-            if let Owner::User { uid, gid } = expected.owner {
-                // Readable by its user alone (their FUSE server opens it).
-                std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
-                out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o400))
+            if expected.owner == Owner::Site {
+                out.set_permissions(fs::Permissions::from_mode(0o444))
                     .map_err(io_err(&tmp))?;
             }
             out.sync_all().map_err(|e| self.write_error(e, expected))?;
@@ -402,6 +418,46 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(&p_mine).unwrap();
         assert_eq!((meta.uid(), meta.mode() & 0o777), (me.0, 0o400));
+    }
+
+    /// Reads like a slow copy, and looks at the copy in progress while it
+    /// runs: what another user on the node could open at that moment.
+    struct Watching {
+        data: Cursor<Vec<u8>>,
+        tmp: PathBuf,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, u32)>>>,
+    }
+
+    impl Read for Watching {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            use std::os::unix::fs::MetadataExt;
+            for e in fs::read_dir(&self.tmp)?.flatten() {
+                let m = e.metadata()?;
+                self.seen.lock().unwrap().push((m.uid(), m.mode() & 0o777));
+            }
+            let n = buf.len().min(4);
+            self.data.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn a_user_image_is_private_from_its_first_byte() {
+        // Regression (issue 18): the copy in tmp/ was created 0644 by root
+        // and chmod'ed 0400 only at the end, so another user could open it
+        // during the copy and keep reading the user's image.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (site, data) = image(1, 16);
+        let me = own_ids();
+        let mine = Expected { owner: Owner::User { uid: me.0, gid: me.1 }, ..site };
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watching = Watching { data: Cursor::new(data.clone()), tmp: dir.path().join("n1/tmp"), seen: seen.clone() };
+        cache.stage(&mine, 1, move || Ok(Box::new(watching) as Box<dyn Read>)).unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty(), "the copy was never seen in progress");
+        for (uid, mode) in seen.iter() {
+            assert_eq!((*uid, mode & 0o077), (me.0, 0), "copy in progress was uid {uid} mode {mode:o}");
+        }
     }
 
     /// The test process's own uid and gid (chown to them needs no root).
