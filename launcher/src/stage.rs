@@ -50,6 +50,10 @@ pub enum StageError {
         limit: u64,
         in_use: u64,
     },
+    #[error("invalid Slurm node name {0:?} for the node cache: expected letters, digits, `.`, `_` and `-`")]
+    NodeName(String),
+    #[error("node cache {path} is not safe for root to write in ({why}); make it a root-owned directory that only root can write (`node.cache_dir` in the Shoal config)")]
+    Unsafe { path: PathBuf, why: String },
     #[error("image {digest}: the copy's checksum {actual} differs from the recorded {expected}; the stored image is damaged: remove it (`shoal rm`) and pull it again")]
     Checksum {
         digest: Digest,
@@ -112,11 +116,25 @@ impl Drop for Locked {
 
 impl NodeCache {
     /// Opens (creating as needed) the cache of `node` under `cache_dir`.
+    ///
+    /// Root writes here for users, so the tree must be root's (the
+    /// caller's): the node name must be one path component, and no
+    /// directory on the way may be writable by anyone else (a sticky one
+    /// like /tmp only above `cache_dir`) or be a symlink someone else owns.
+    /// Otherwise a user could plant symlinks that root would write through.
     pub fn open(cache_dir: &Path, node: &str, limit: u64) -> Result<NodeCache, StageError> {
+        if !valid_node_name(node) {
+            return Err(StageError::NodeName(node.to_string()));
+        }
+        check_owned_path(cache_dir)?;
         let root = cache_dir.join(node);
         for sub in ["images", "refs", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        check_owned_path(&root.join("tmp"))?;
+        for sub in ["images", "refs"] {
+            check_owned_path(&root.join(sub))?;
         }
         Ok(NodeCache { root, limit })
     }
@@ -335,6 +353,49 @@ impl NodeCache {
     }
 }
 
+/// A Slurm node name as a cache directory name: one path component of
+/// letters, digits, `.`, `_` and `-`, not `.` or `..`.
+pub fn valid_node_name(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= 255
+        && node != "."
+        && node != ".."
+        && node.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Checks every existing level of `path` (an absolute or relative path):
+/// each must be a directory owned by root or by this process's user,
+/// writable by no one else (above the last level a sticky directory such
+/// as /tmp is fine), and a symlink on the way must be owned by root or
+/// this user too (then no one else can replace it).
+fn check_owned_path(path: &Path) -> Result<(), StageError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_dir = |p: &Path, why: String| StageError::Unsafe { path: p.to_path_buf(), why };
+    let mut levels: Vec<&Path> = path.ancestors().filter(|p| !p.as_os_str().is_empty()).collect();
+    levels.reverse();
+    let last = levels.len().saturating_sub(1);
+    for (i, level) in levels.iter().enumerate() {
+        let link = match fs::symlink_metadata(level) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(level)(e)),
+        };
+        if link.file_type().is_symlink() && link.uid() != 0 && link.uid() != me {
+            return Err(unsafe_dir(level, format!("a symlink owned by uid {}", link.uid())));
+        }
+        let md = fs::metadata(level).map_err(io_err(level))?;
+        if !md.is_dir() {
+            return Err(unsafe_dir(level, "not a directory".into()));
+        }
+        let sticky_ok = i < last && md.mode() & 0o1000 != 0;
+        if (md.uid() != 0 && md.uid() != me) || (md.mode() & 0o022 != 0 && !sticky_ok) {
+            return Err(unsafe_dir(level, format!("owned by uid {} with mode {:o}", md.uid(), md.mode() & 0o7777)));
+        }
+    }
+    Ok(())
+}
+
 /// Marks an image as just used, for least-recently-used eviction.
 fn touch(path: &Path) {
     if let Ok(f) = File::options().write(true).open(path) {
@@ -458,6 +519,71 @@ mod tests {
         for (uid, mode) in seen.iter() {
             assert_eq!((*uid, mode & 0o077), (me.0, 0), "copy in progress was uid {uid} mode {mode:o}");
         }
+    }
+
+    #[test]
+    fn a_node_name_is_one_path_component() {
+        // Regression (issue 18): the node name was joined to the cache
+        // directory unchecked; `../x` made root create and write the cache
+        // outside it.
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        fs::create_dir(&cache_dir).unwrap();
+        for bad in ["../escaped", "a/b", "..", ".", "", "n1\0"] {
+            let err = NodeCache::open(&cache_dir, bad, 100).unwrap_err();
+            assert!(matches!(err, StageError::NodeName(_)), "{bad:?}: {err}");
+        }
+        assert!(!dir.path().join("escaped").exists());
+        assert!(valid_node_name("n1") && valid_node_name("node-01.rack_2"));
+    }
+
+    #[test]
+    fn a_cache_others_can_write_is_refused() {
+        // Regression (issue 18): a cache directory writable by users (a
+        // `node.cache_dir` under /tmp or made 0777) was used as it was, so a
+        // user could plant `refs/KEY/JOB` or `.lock` symlinks that root then
+        // created and truncated files through.
+        let dir = tempfile::tempdir().unwrap();
+        let open = fs::Permissions::from_mode(0o777);
+        let cache_dir = dir.path().join("cache");
+        fs::create_dir(&cache_dir).unwrap();
+        fs::set_permissions(&cache_dir, open.clone()).unwrap();
+        let err = NodeCache::open(&cache_dir, "n1", 100).unwrap_err().to_string();
+        assert!(err.contains("not safe") && err.contains("node.cache_dir"), "{err}");
+        assert!(!cache_dir.join("n1").exists(), "created inside an unsafe directory");
+
+        // A safe cache_dir whose node tree someone made writable.
+        fs::set_permissions(&cache_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        NodeCache::open(&cache_dir, "n1", 100).unwrap();
+        fs::set_permissions(cache_dir.join("n1/refs"), open.clone()).unwrap();
+        let err = NodeCache::open(&cache_dir, "n1", 100).unwrap_err().to_string();
+        assert!(err.contains("n1/refs"), "{err}");
+
+        // A sticky world-writable directory above the cache (/tmp) is fine.
+        let sticky = dir.path().join("sticky");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        NodeCache::open(&sticky.join("cache"), "n1", 100).unwrap();
+        // ... but not as the cache directory itself.
+        let err = NodeCache::open(&sticky, "n2", 100).unwrap_err().to_string();
+        assert!(err.contains("not safe"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_someone_else_owns_is_refused() {
+        let me = own_ids();
+        if me.0 != 0 {
+            return; // chown to another user needs root (CI runs as root)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(4242), Some(4242)).unwrap();
+        let err = NodeCache::open(&link, "n1", 100).unwrap_err().to_string();
+        assert!(err.contains("symlink owned by uid 4242"), "{err}");
+        assert!(!real.join("n1").exists());
     }
 
     /// The test process's own uid and gid (chown to them needs no root).
