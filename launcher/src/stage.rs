@@ -50,6 +50,8 @@ pub enum StageError {
         limit: u64,
         in_use: u64,
     },
+    #[error("image {digest}: the source holds {} bytes, not the recorded {expected}; the stored image is damaged or was replaced: remove it (`shoal rm`) and pull it again", actual.map_or_else(|| format!("more than {expected}"), |n| n.to_string()))]
+    Size { digest: Digest, expected: u64, actual: Option<u64> },
     #[error("invalid Slurm node name {0:?} for the node cache: expected letters, digits, `.`, `_` and `-`")]
     NodeName(String),
     #[error("node cache {path} is not safe for root to write in ({why}); make it a root-owned directory that only root can write (`node.cache_dir` in the Shoal config)")]
@@ -167,20 +169,40 @@ impl NodeCache {
         job: u32,
         source: impl FnOnce() -> io::Result<Box<dyn Read>>,
     ) -> Result<(PathBuf, bool), StageError> {
-        let _lock = self.lock()?;
         let dest = self.image_path(expected);
-        self.add_ref(&expected.key(), job)?;
-        if dest.is_file() {
-            touch(&dest);
-            return Ok((dest, false));
+        {
+            let _lock = self.lock()?;
+            self.add_ref(&expected.key(), job)?;
+            if dest.is_file() {
+                touch(&dest);
+                return Ok((dest, false));
+            }
+            if let Err(e) = self.make_room(expected) {
+                self.remove_ref(&expected.key(), job);
+                return Err(e);
+            }
         }
-        let result = self
-            .make_room(expected)
-            .and_then(|()| self.copy_in(expected, source, &dest));
+        // The copy runs without the cache lock: its source is the user's
+        // (a FIFO, a stalled network file, their own FUSE server), and a
+        // source that never ends must stall only this job, not every
+        // user's staging on the node.
+        let result = self.copy_in(expected, source).and_then(|tmp| {
+            let _lock = self.lock()?;
+            let published = if dest.is_file() {
+                // Another stager of the same image won the race.
+                let _ = fs::remove_file(&tmp.0);
+                Ok(false)
+            } else {
+                fs::rename(&tmp.0, &dest).map(|()| true).map_err(io_err(&dest))
+            };
+            drop(tmp);
+            published
+        });
         if result.is_err() {
+            let _lock = self.lock()?;
             self.remove_ref(&expected.key(), job);
         }
-        result.map(|()| (dest, true))
+        result.map(|copied| (dest, copied))
     }
 
     fn add_ref(&self, key: &str, job: u32) -> Result<(), StageError> {
@@ -261,12 +283,14 @@ impl NodeCache {
         Ok(())
     }
 
+    /// Copies the source into a new private file in `tmp/`, checked
+    /// against the expected size and checksum; returns it (still flocked:
+    /// [`NodeCache::clean_tmp`] leaves copies in progress alone).
     fn copy_in(
         &self,
         expected: &Expected,
         source: impl FnOnce() -> io::Result<Box<dyn Read>>,
-        dest: &Path,
-    ) -> Result<(), StageError> {
+    ) -> Result<(PathBuf, File), StageError> {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{}.{}",
             expected.digest.hex(),
@@ -275,8 +299,9 @@ impl NodeCache {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
+        let mut created = false;
         let result = (|| {
-            let mut reader = source().map_err(io_err(dest))?;
+            let mut reader = source().map_err(io_err(&tmp))?;
             // A new file (never one planted there), private from its first
             // byte: a user image must not be readable by other users while
             // it is copied (a descriptor opened then would outlive the
@@ -288,6 +313,8 @@ impl NodeCache {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)
                 .map_err(io_err(&tmp))?;
+            created = true;
+            out.try_lock().map_err(|e| io_err(&tmp)(io::Error::other(e.to_string())))?;
             if let Owner::User { uid, gid } = expected.owner {
                 // Readable by its user alone (their FUSE server opens it).
                 std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
@@ -296,15 +323,27 @@ impl NodeCache {
             }
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
+            let mut copied: u64 = 0;
             loop {
-                let n = match reader.read(&mut buf) {
+                // Never more than the recorded size (+1 to see a longer
+                // source): a source that does not end (`/dev/zero`, a
+                // growing file) must not fill the node's disk.
+                let room = (expected.size + 1 - copied).min(buf.len() as u64) as usize;
+                let n = match reader.read(&mut buf[..room]) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err(dest)(e)),
+                    Err(e) => return Err(io_err(&tmp)(e)),
                 };
+                copied += n as u64;
+                if copied > expected.size {
+                    return Err(StageError::Size { digest: expected.digest.clone(), expected: expected.size, actual: None });
+                }
                 hasher.update(&buf[..n]);
                 out.write_all(&buf[..n]).map_err(|e| self.write_error(e, expected))?;
+            }
+            if copied != expected.size {
+                return Err(StageError::Size { digest: expected.digest.clone(), expected: expected.size, actual: Some(copied) });
             }
             if expected.owner == Owner::Site {
                 out.set_permissions(fs::Permissions::from_mode(0o444))
@@ -319,12 +358,17 @@ impl NodeCache {
                     actual,
                 });
             }
-            fs::rename(&tmp, dest).map_err(io_err(dest))
+            Ok(out)
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(out) => Ok((tmp, out)),
+            Err(e) => {
+                if created {
+                    let _ = fs::remove_file(&tmp);
+                }
+                Err(e)
+            }
         }
-        result
     }
 
     fn write_error(&self, e: io::Error, expected: &Expected) -> StageError {
@@ -341,13 +385,20 @@ impl NodeCache {
         }
     }
 
-    /// Removes copies left in `tmp/` by stagers that died (none can be in
-    /// progress while the lock is held).
+    /// Removes copies left in `tmp/` by stagers that died: a copy in
+    /// progress holds a lock on its file, which the kernel drops when its
+    /// stager dies.
     pub fn clean_tmp(&self) -> Result<(), StageError> {
-        let _lock = self.lock()?;
         let tmp = self.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
-            let _ = fs::remove_file(entry.path());
+            let path = entry.path();
+            let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else {
+                let _ = fs::remove_file(&path); // not a regular file of ours
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                let _ = fs::remove_file(&path);
+            }
         }
         Ok(())
     }
@@ -584,6 +635,84 @@ mod tests {
         let err = NodeCache::open(&link, "n1", 100).unwrap_err().to_string();
         assert!(err.contains("symlink owned by uid 4242"), "{err}");
         assert!(!real.join("n1").exists());
+    }
+
+    #[test]
+    fn a_source_longer_or_shorter_than_recorded_is_cut_and_refused() {
+        // Regression (issue 18): the copy read its source to the end, so a
+        // pin naming `/dev/zero` (read as the user) filled the node's disk.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1 << 30).unwrap();
+        let (exp, _) = image(1, 100);
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        struct Counting(std::sync::Arc<std::sync::atomic::AtomicU64>);
+        impl Read for Counting {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                // "Endless" up to 4 MiB, so that a copy without the bound
+                // ends (with a checksum error) rather than hangs the test.
+                if self.0.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20 {
+                    return Ok(0);
+                }
+                buf.fill(0);
+                self.0.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(buf.len())
+            }
+        }
+        let endless = Counting(read.clone());
+        let err = cache.stage(&exp, 1, move || Ok(Box::new(endless) as Box<dyn Read>)).unwrap_err();
+        assert!(matches!(err, StageError::Size { actual: None, .. }), "{err}");
+        assert!(read.load(std::sync::atomic::Ordering::Relaxed) <= 101, "read past the recorded size");
+        let (short, data) = image(2, 100);
+        let err = cache.stage(&Expected { size: 200, ..short }, 1, src(&data)).unwrap_err();
+        assert!(err.to_string().contains("holds 100 bytes, not the recorded 200"), "{err}");
+        assert_eq!(fs::read_dir(dir.path().join("n1/tmp")).unwrap().count(), 0);
+        assert!(!cache.in_use(&exp.key()));
+    }
+
+    #[test]
+    fn the_cache_lock_is_free_while_a_source_is_read() {
+        // Regression (issue 18): the cache lock was held across the copy,
+        // so one user's source that never answers (a FIFO, their own FUSE
+        // file) stalled every other user's staging on the node.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (exp, data) = image(1, 16);
+        let lock_path = dir.path().join("n1/.lock");
+        struct Probe {
+            data: Cursor<Vec<u8>>,
+            lock: PathBuf,
+            free: Option<bool>,
+            out: std::sync::Arc<std::sync::Mutex<Option<bool>>>,
+        }
+        impl Read for Probe {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.free.is_none() {
+                    let other = File::options().write(true).open(&self.lock)?;
+                    let free = other.try_lock().is_ok();
+                    self.free = Some(free);
+                    *self.out.lock().unwrap() = Some(free);
+                }
+                self.data.read(buf)
+            }
+        }
+        let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let probe = Probe { data: Cursor::new(data), lock: lock_path, free: None, out: out.clone() };
+        cache.stage(&exp, 1, move || Ok(Box::new(probe) as Box<dyn Read>)).unwrap();
+        assert_eq!(*out.lock().unwrap(), Some(true), "the cache lock was held while reading the source");
+        assert!(cache.image_path(&exp).is_file());
+    }
+
+    #[test]
+    fn clean_tmp_leaves_copies_in_progress_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let tmp = dir.path().join("n1/tmp");
+        fs::write(tmp.join("dead"), b"x").unwrap();
+        let live = File::create(tmp.join("live")).unwrap();
+        live.lock().unwrap();
+        cache.clean_tmp().unwrap();
+        assert!(!tmp.join("dead").exists());
+        assert!(tmp.join("live").exists());
     }
 
     /// The test process's own uid and gid (chown to them needs no root).
