@@ -14,7 +14,8 @@
 //!
 //! `<key>` is the image digest's hex for site images, and `u<uid>-<hex>`
 //! for images from a user's own store: those are copied with that user's
-//! credentials and owned by them (mode 0400), so one user's copy can never
+//! credentials and owned by them (mode 0400 from their first byte: no other
+//! user can open a copy in progress), so one user's copy can never
 //! be served to another user, whatever digest their job claimed.
 //!
 //! A copy is verified against the squashfs checksum recorded when the image
@@ -26,6 +27,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -48,6 +50,12 @@ pub enum StageError {
         limit: u64,
         in_use: u64,
     },
+    #[error("image {digest}: the source holds {} bytes, not the recorded {expected}; the stored image is damaged or was replaced: remove it (`shoal rm`) and pull it again", actual.map_or_else(|| format!("more than {expected}"), |n| n.to_string()))]
+    Size { digest: Digest, expected: u64, actual: Option<u64> },
+    #[error("invalid Slurm node name {0:?} for the node cache: expected letters, digits, `.`, `_` and `-`")]
+    NodeName(String),
+    #[error("node cache {path} is not safe for root to write in ({why}); make it a root-owned directory that only root can write (`node.cache_dir` in the Shoal config)")]
+    Unsafe { path: PathBuf, why: String },
     #[error("image {digest}: the copy's checksum {actual} differs from the recorded {expected}; the stored image is damaged: remove it (`shoal rm`) and pull it again")]
     Checksum {
         digest: Digest,
@@ -110,11 +118,25 @@ impl Drop for Locked {
 
 impl NodeCache {
     /// Opens (creating as needed) the cache of `node` under `cache_dir`.
+    ///
+    /// Root writes here for users, so the tree must be root's (the
+    /// caller's): the node name must be one path component, and no
+    /// directory on the way may be writable by anyone else (a sticky one
+    /// like /tmp only above `cache_dir`) or be a symlink someone else owns.
+    /// Otherwise a user could plant symlinks that root would write through.
     pub fn open(cache_dir: &Path, node: &str, limit: u64) -> Result<NodeCache, StageError> {
+        if !valid_node_name(node) {
+            return Err(StageError::NodeName(node.to_string()));
+        }
+        check_owned_path(cache_dir)?;
         let root = cache_dir.join(node);
         for sub in ["images", "refs", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        check_owned_path(&root.join("tmp"))?;
+        for sub in ["images", "refs"] {
+            check_owned_path(&root.join(sub))?;
         }
         Ok(NodeCache { root, limit })
     }
@@ -147,20 +169,40 @@ impl NodeCache {
         job: u32,
         source: impl FnOnce() -> io::Result<Box<dyn Read>>,
     ) -> Result<(PathBuf, bool), StageError> {
-        let _lock = self.lock()?;
         let dest = self.image_path(expected);
-        self.add_ref(&expected.key(), job)?;
-        if dest.is_file() {
-            touch(&dest);
-            return Ok((dest, false));
+        {
+            let _lock = self.lock()?;
+            self.add_ref(&expected.key(), job)?;
+            if dest.is_file() {
+                touch(&dest);
+                return Ok((dest, false));
+            }
+            if let Err(e) = self.make_room(expected) {
+                self.remove_ref(&expected.key(), job);
+                return Err(e);
+            }
         }
-        let result = self
-            .make_room(expected)
-            .and_then(|()| self.copy_in(expected, source, &dest));
+        // The copy runs without the cache lock: its source is the user's
+        // (a FIFO, a stalled network file, their own FUSE server), and a
+        // source that never ends must stall only this job, not every
+        // user's staging on the node.
+        let result = self.copy_in(expected, source).and_then(|tmp| {
+            let _lock = self.lock()?;
+            let published = if dest.is_file() {
+                // Another stager of the same image won the race.
+                let _ = fs::remove_file(&tmp.0);
+                Ok(false)
+            } else {
+                fs::rename(&tmp.0, &dest).map(|()| true).map_err(io_err(&dest))
+            };
+            drop(tmp);
+            published
+        });
         if result.is_err() {
+            let _lock = self.lock()?;
             self.remove_ref(&expected.key(), job);
         }
-        result.map(|()| (dest, true))
+        result.map(|copied| (dest, copied))
     }
 
     fn add_ref(&self, key: &str, job: u32) -> Result<(), StageError> {
@@ -241,12 +283,14 @@ impl NodeCache {
         Ok(())
     }
 
+    /// Copies the source into a new private file in `tmp/`, checked
+    /// against the expected size and checksum; returns it (still flocked:
+    /// [`NodeCache::clean_tmp`] leaves copies in progress alone).
     fn copy_in(
         &self,
         expected: &Expected,
         source: impl FnOnce() -> io::Result<Box<dyn Read>>,
-        dest: &Path,
-    ) -> Result<(), StageError> {
+    ) -> Result<(PathBuf, File), StageError> {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{}.{}",
             expected.digest.hex(),
@@ -255,25 +299,54 @@ impl NodeCache {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
+        let mut created = false;
         let result = (|| {
-            let mut reader = source().map_err(io_err(dest))?;
-            let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err(dest)(e)),
-                };
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(|e| self.write_error(e, expected))?;
-            }
+            let mut reader = source().map_err(io_err(&tmp))?;
+            // A new file (never one planted there), private from its first
+            // byte: a user image must not be readable by other users while
+            // it is copied (a descriptor opened then would outlive the
+            // chmod). Site images are readable by all once published.
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            created = true;
+            out.try_lock().map_err(|e| io_err(&tmp)(io::Error::other(e.to_string())))?;
             if let Owner::User { uid, gid } = expected.owner {
                 // Readable by its user alone (their FUSE server opens it).
                 std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
-                out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o400))
+                out.set_permissions(fs::Permissions::from_mode(0o400))
+                    .map_err(io_err(&tmp))?;
+            }
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut copied: u64 = 0;
+            loop {
+                // Never more than the recorded size (+1 to see a longer
+                // source): a source that does not end (`/dev/zero`, a
+                // growing file) must not fill the node's disk.
+                let room = (expected.size + 1 - copied).min(buf.len() as u64) as usize;
+                let n = match reader.read(&mut buf[..room]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err(&tmp)(e)),
+                };
+                copied += n as u64;
+                if copied > expected.size {
+                    return Err(StageError::Size { digest: expected.digest.clone(), expected: expected.size, actual: None });
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| self.write_error(e, expected))?;
+            }
+            if copied != expected.size {
+                return Err(StageError::Size { digest: expected.digest.clone(), expected: expected.size, actual: Some(copied) });
+            }
+            if expected.owner == Owner::Site {
+                out.set_permissions(fs::Permissions::from_mode(0o444))
                     .map_err(io_err(&tmp))?;
             }
             out.sync_all().map_err(|e| self.write_error(e, expected))?;
@@ -285,12 +358,17 @@ impl NodeCache {
                     actual,
                 });
             }
-            fs::rename(&tmp, dest).map_err(io_err(dest))
+            Ok(out)
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(out) => Ok((tmp, out)),
+            Err(e) => {
+                if created {
+                    let _ = fs::remove_file(&tmp);
+                }
+                Err(e)
+            }
         }
-        result
     }
 
     fn write_error(&self, e: io::Error, expected: &Expected) -> StageError {
@@ -307,16 +385,66 @@ impl NodeCache {
         }
     }
 
-    /// Removes copies left in `tmp/` by stagers that died (none can be in
-    /// progress while the lock is held).
+    /// Removes copies left in `tmp/` by stagers that died: a copy in
+    /// progress holds a lock on its file, which the kernel drops when its
+    /// stager dies.
     pub fn clean_tmp(&self) -> Result<(), StageError> {
-        let _lock = self.lock()?;
         let tmp = self.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
-            let _ = fs::remove_file(entry.path());
+            let path = entry.path();
+            let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else {
+                let _ = fs::remove_file(&path); // not a regular file of ours
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                let _ = fs::remove_file(&path);
+            }
         }
         Ok(())
     }
+}
+
+/// A Slurm node name as a cache directory name: one path component of
+/// letters, digits, `.`, `_` and `-`, not `.` or `..`.
+pub fn valid_node_name(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= 255
+        && node != "."
+        && node != ".."
+        && node.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Checks every existing level of `path` (an absolute or relative path):
+/// each must be a directory owned by root or by this process's user,
+/// writable by no one else (above the last level a sticky directory such
+/// as /tmp is fine), and a symlink on the way must be owned by root or
+/// this user too (then no one else can replace it).
+fn check_owned_path(path: &Path) -> Result<(), StageError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_dir = |p: &Path, why: String| StageError::Unsafe { path: p.to_path_buf(), why };
+    let mut levels: Vec<&Path> = path.ancestors().filter(|p| !p.as_os_str().is_empty()).collect();
+    levels.reverse();
+    let last = levels.len().saturating_sub(1);
+    for (i, level) in levels.iter().enumerate() {
+        let link = match fs::symlink_metadata(level) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(level)(e)),
+        };
+        if link.file_type().is_symlink() && link.uid() != 0 && link.uid() != me {
+            return Err(unsafe_dir(level, format!("a symlink owned by uid {}", link.uid())));
+        }
+        let md = fs::metadata(level).map_err(io_err(level))?;
+        if !md.is_dir() {
+            return Err(unsafe_dir(level, "not a directory".into()));
+        }
+        let sticky_ok = i < last && md.mode() & 0o1000 != 0;
+        if (md.uid() != 0 && md.uid() != me) || (md.mode() & 0o022 != 0 && !sticky_ok) {
+            return Err(unsafe_dir(level, format!("owned by uid {} with mode {:o}", md.uid(), md.mode() & 0o7777)));
+        }
+    }
+    Ok(())
 }
 
 /// Marks an image as just used, for least-recently-used eviction.
@@ -402,6 +530,189 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(&p_mine).unwrap();
         assert_eq!((meta.uid(), meta.mode() & 0o777), (me.0, 0o400));
+    }
+
+    /// Reads like a slow copy, and looks at the copy in progress while it
+    /// runs: what another user on the node could open at that moment.
+    struct Watching {
+        data: Cursor<Vec<u8>>,
+        tmp: PathBuf,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, u32)>>>,
+    }
+
+    impl Read for Watching {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            use std::os::unix::fs::MetadataExt;
+            for e in fs::read_dir(&self.tmp)?.flatten() {
+                let m = e.metadata()?;
+                self.seen.lock().unwrap().push((m.uid(), m.mode() & 0o777));
+            }
+            let n = buf.len().min(4);
+            self.data.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn a_user_image_is_private_from_its_first_byte() {
+        // Regression (issue 18): the copy in tmp/ was created 0644 by root
+        // and chmod'ed 0400 only at the end, so another user could open it
+        // during the copy and keep reading the user's image.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (site, data) = image(1, 16);
+        let me = own_ids();
+        let mine = Expected { owner: Owner::User { uid: me.0, gid: me.1 }, ..site };
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watching = Watching { data: Cursor::new(data.clone()), tmp: dir.path().join("n1/tmp"), seen: seen.clone() };
+        cache.stage(&mine, 1, move || Ok(Box::new(watching) as Box<dyn Read>)).unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty(), "the copy was never seen in progress");
+        for (uid, mode) in seen.iter() {
+            assert_eq!((*uid, mode & 0o077), (me.0, 0), "copy in progress was uid {uid} mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_node_name_is_one_path_component() {
+        // Regression (issue 18): the node name was joined to the cache
+        // directory unchecked; `../x` made root create and write the cache
+        // outside it.
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        fs::create_dir(&cache_dir).unwrap();
+        for bad in ["../escaped", "a/b", "..", ".", "", "n1\0"] {
+            let err = NodeCache::open(&cache_dir, bad, 100).unwrap_err();
+            assert!(matches!(err, StageError::NodeName(_)), "{bad:?}: {err}");
+        }
+        assert!(!dir.path().join("escaped").exists());
+        assert!(valid_node_name("n1") && valid_node_name("node-01.rack_2"));
+    }
+
+    #[test]
+    fn a_cache_others_can_write_is_refused() {
+        // Regression (issue 18): a cache directory writable by users (a
+        // `node.cache_dir` under /tmp or made 0777) was used as it was, so a
+        // user could plant `refs/KEY/JOB` or `.lock` symlinks that root then
+        // created and truncated files through.
+        let dir = tempfile::tempdir().unwrap();
+        let open = fs::Permissions::from_mode(0o777);
+        let cache_dir = dir.path().join("cache");
+        fs::create_dir(&cache_dir).unwrap();
+        fs::set_permissions(&cache_dir, open.clone()).unwrap();
+        let err = NodeCache::open(&cache_dir, "n1", 100).unwrap_err().to_string();
+        assert!(err.contains("not safe") && err.contains("node.cache_dir"), "{err}");
+        assert!(!cache_dir.join("n1").exists(), "created inside an unsafe directory");
+
+        // A safe cache_dir whose node tree someone made writable.
+        fs::set_permissions(&cache_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        NodeCache::open(&cache_dir, "n1", 100).unwrap();
+        fs::set_permissions(cache_dir.join("n1/refs"), open.clone()).unwrap();
+        let err = NodeCache::open(&cache_dir, "n1", 100).unwrap_err().to_string();
+        assert!(err.contains("n1/refs"), "{err}");
+
+        // A sticky world-writable directory above the cache (/tmp) is fine.
+        let sticky = dir.path().join("sticky");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        NodeCache::open(&sticky.join("cache"), "n1", 100).unwrap();
+        // ... but not as the cache directory itself.
+        let err = NodeCache::open(&sticky, "n2", 100).unwrap_err().to_string();
+        assert!(err.contains("not safe"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_someone_else_owns_is_refused() {
+        let me = own_ids();
+        if me.0 != 0 {
+            return; // chown to another user needs root (CI runs as root)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(4242), Some(4242)).unwrap();
+        let err = NodeCache::open(&link, "n1", 100).unwrap_err().to_string();
+        assert!(err.contains("symlink owned by uid 4242"), "{err}");
+        assert!(!real.join("n1").exists());
+    }
+
+    #[test]
+    fn a_source_longer_or_shorter_than_recorded_is_cut_and_refused() {
+        // Regression (issue 18): the copy read its source to the end, so a
+        // pin naming `/dev/zero` (read as the user) filled the node's disk.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1 << 30).unwrap();
+        let (exp, _) = image(1, 100);
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        struct Counting(std::sync::Arc<std::sync::atomic::AtomicU64>);
+        impl Read for Counting {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                // "Endless" up to 4 MiB, so that a copy without the bound
+                // ends (with a checksum error) rather than hangs the test.
+                if self.0.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20 {
+                    return Ok(0);
+                }
+                buf.fill(0);
+                self.0.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(buf.len())
+            }
+        }
+        let endless = Counting(read.clone());
+        let err = cache.stage(&exp, 1, move || Ok(Box::new(endless) as Box<dyn Read>)).unwrap_err();
+        assert!(matches!(err, StageError::Size { actual: None, .. }), "{err}");
+        assert!(read.load(std::sync::atomic::Ordering::Relaxed) <= 101, "read past the recorded size");
+        let (short, data) = image(2, 100);
+        let err = cache.stage(&Expected { size: 200, ..short }, 1, src(&data)).unwrap_err();
+        assert!(err.to_string().contains("holds 100 bytes, not the recorded 200"), "{err}");
+        assert_eq!(fs::read_dir(dir.path().join("n1/tmp")).unwrap().count(), 0);
+        assert!(!cache.in_use(&exp.key()));
+    }
+
+    #[test]
+    fn the_cache_lock_is_free_while_a_source_is_read() {
+        // Regression (issue 18): the cache lock was held across the copy,
+        // so one user's source that never answers (a FIFO, their own FUSE
+        // file) stalled every other user's staging on the node.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let (exp, data) = image(1, 16);
+        let lock_path = dir.path().join("n1/.lock");
+        struct Probe {
+            data: Cursor<Vec<u8>>,
+            lock: PathBuf,
+            free: Option<bool>,
+            out: std::sync::Arc<std::sync::Mutex<Option<bool>>>,
+        }
+        impl Read for Probe {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.free.is_none() {
+                    let other = File::options().write(true).open(&self.lock)?;
+                    let free = other.try_lock().is_ok();
+                    self.free = Some(free);
+                    *self.out.lock().unwrap() = Some(free);
+                }
+                self.data.read(buf)
+            }
+        }
+        let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let probe = Probe { data: Cursor::new(data), lock: lock_path, free: None, out: out.clone() };
+        cache.stage(&exp, 1, move || Ok(Box::new(probe) as Box<dyn Read>)).unwrap();
+        assert_eq!(*out.lock().unwrap(), Some(true), "the cache lock was held while reading the source");
+        assert!(cache.image_path(&exp).is_file());
+    }
+
+    #[test]
+    fn clean_tmp_leaves_copies_in_progress_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap();
+        let tmp = dir.path().join("n1/tmp");
+        fs::write(tmp.join("dead"), b"x").unwrap();
+        let live = File::create(tmp.join("live")).unwrap();
+        live.lock().unwrap();
+        cache.clean_tmp().unwrap();
+        assert!(!tmp.join("dead").exists());
+        assert!(tmp.join("live").exists());
     }
 
     /// The test process's own uid and gid (chown to them needs no root).

@@ -125,9 +125,22 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
     Ok(())
 }
 
+/// The most of a user's `meta.json` that slurmstepd reads (the store
+/// writes a few KiB). An unbounded read of a user's file (a link to
+/// /dev/zero) would grow slurmstepd until the OOM killer acts, and sites
+/// that shield slurmstepd (`SLURMSTEPD_OOM_ADJ`) would lose other users'
+/// processes instead.
+const META_MAX: u64 = 1 << 20;
+
 /// Run settings of a user-store image, from the `meta.json` beside it.
 fn read_meta(squashfs: &Path, digest: &str) -> Option<container::ImageConfig> {
-    let text = std::fs::read_to_string(squashfs.parent()?.join("meta.json")).ok()?;
+    use std::io::Read;
+    let file = File::open(squashfs.parent()?.join("meta.json")).ok()?;
+    let mut text = String::new();
+    file.take(META_MAX + 1).read_to_string(&mut text).ok()?;
+    if text.len() as u64 > META_MAX {
+        return None;
+    }
     let meta: ImageMeta = serde_json::from_str(&text).ok()?;
     (meta.digest.as_str() == digest).then(|| shoal::resolve::run_config(&meta.config))
 }
@@ -285,4 +298,31 @@ fn apply_env(spank: &Spank, before: &[(String, String)], after: &[(String, Strin
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_meta_json_is_not_read() {
+        // Regression (issue 18): meta.json was read whole, as the user but
+        // inside slurmstepd; a link to /dev/zero exhausted the node's
+        // memory. A meta.json past the bound is ignored (the image's
+        // defaults are used), read no further than the bound.
+        let dir = std::env::temp_dir().join(format!("shoal-meta-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let meta = format!(
+            r#"{{"digest":"{digest}","squashfs_sha256":"","config":{{"Env":["PATH=/x"]}},"source_ref":"x","platform":null,"size":1,"created":null,"stored_at":0}}"#
+        );
+        std::fs::write(dir.join("meta.json"), &meta).unwrap();
+        let sqfs = dir.join("image.sqfs");
+        assert!(read_meta(&sqfs, &digest).is_some(), "a normal meta.json is read");
+        // Valid JSON, but padded past the bound with whitespace.
+        let padded = format!("{}{meta}", " ".repeat(META_MAX as usize));
+        std::fs::write(dir.join("meta.json"), padded).unwrap();
+        assert!(read_meta(&sqfs, &digest).is_none(), "a meta.json over the bound was read");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
