@@ -9,3 +9,6 @@ bash tests/testbed/setup.sh
 cargo build --workspace --locked
 # --no-fail-fast: one failing test binary must not hide the others' results.
 cargo test --workspace --locked --no-fail-fast "$@"
+# The fuzz targets, each for a bounded time on its committed corpus (a
+# crash fails the run; see SECURITY.md, "Fuzzing").
+bash fuzz/run.sh "${SHOAL_FUZZ_SECONDS:-20}"

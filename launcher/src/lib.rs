@@ -19,6 +19,10 @@ pub mod inject;
 pub mod reference;
 pub mod resolve;
 pub mod stage;
+/// Entry points for the fuzz targets in `fuzz/` (see SECURITY.md).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use config::Config;
 pub use reference::{Digest, ImageRef, ImageSpec};
