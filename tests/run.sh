@@ -9,3 +9,9 @@ bash tests/testbed/setup.sh
 cargo build --workspace --locked
 # --no-fail-fast: one failing test binary must not hide the others' results.
 cargo test --workspace --locked --no-fail-fast "$@"
+# The fuzz targets, each for a bounded time on its committed corpus (a
+# crash fails the run; see SECURITY.md, "Fuzzing"). Not when the caller
+# picked tests (`tests/run.sh --test NAME`).
+if [ $# -eq 0 ]; then
+    bash fuzz/run.sh "${SHOAL_FUZZ_SECONDS:-20}"
+fi

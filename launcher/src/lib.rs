@@ -21,6 +21,10 @@ pub mod reference;
 pub mod resolve;
 pub mod select;
 pub mod stage;
+/// Entry points for the fuzz targets in `fuzz/` (see SECURITY.md).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use config::Config;
 pub use reference::{Digest, ImageRef, ImageSpec};

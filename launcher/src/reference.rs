@@ -268,6 +268,11 @@ fn normalize_registry(r: &str) -> String {
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A registry whose host is `id` (`id:5000`) would print as Shifter's
+        // `id:DIGEST` form and read back as another image: spell it out.
+        if self.registry.split(':').next() == Some("id") {
+            f.write_str("docker://")?;
+        }
         write!(f, "{}/{}", self.registry, self.repository)?;
         if let Some(t) = &self.tag {
             write!(f, ":{t}")?;
@@ -326,6 +331,24 @@ mod tests {
         match s.parse::<ImageSpec>().unwrap() {
             ImageSpec::Registry(r) => r,
             other => panic!("{s} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_registry_named_id_prints_as_itself() {
+        // Found by fuzzing (issue 18, fuzz/ target `reference`): `id:6/x`
+        // printed as `id:6/x:latest`, which reads back as a digest reference.
+        for input in ["docker:id:6/gxhaaaaaag", "id:6/app:1"] {
+            let Ok(ImageSpec::Registry(r)) = (if input.starts_with("id:") {
+                format!("docker://{input}").parse::<ImageSpec>()
+            } else {
+                input.parse::<ImageSpec>()
+            }) else {
+                panic!("{input} does not parse as a registry reference")
+            };
+            assert_eq!(r.registry(), "id:6");
+            let again: ImageSpec = r.to_string().parse().unwrap();
+            assert_eq!(again, ImageSpec::Registry(r));
         }
     }
 

@@ -715,6 +715,69 @@ mod tests {
         assert!(tmp.join("live").exists());
     }
 
+    /// The stager [`a_stager_killed_mid_copy_leaves_nothing_visible`]
+    /// SIGKILLs: run as a child process (`--ignored --exact`), it stages a
+    /// 64 MiB image from a source that dribbles.
+    #[test]
+    #[ignore = "helper: run by a_stager_killed_mid_copy_leaves_nothing_visible"]
+    fn kill_point_child() {
+        let Some(dir) = std::env::var_os("SHOAL_TEST_KILL_CACHE") else { return };
+        struct Slow(u64);
+        impl Read for Slow {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                let n = (buf.len() as u64).min(self.0).min(64 << 10) as usize;
+                buf[..n].fill(7);
+                self.0 -= n as u64;
+                Ok(n)
+            }
+        }
+        let (exp, _) = image(7, 0);
+        let exp = Expected { size: 64 << 20, ..exp };
+        let cache = NodeCache::open(Path::new(&dir), "n1", 1 << 30).unwrap();
+        let _ = cache.stage(&exp, 99, || Ok(Box::new(Slow(64 << 20)) as Box<dyn Read>));
+    }
+
+    #[test]
+    fn a_stager_killed_mid_copy_leaves_nothing_visible() {
+        // Kill point (issue 18): a task SIGKILLed while it copies an image
+        // into the node cache leaves no published image, a copy that
+        // `clean_tmp` removes, no lock, and the next stage succeeds.
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "stage::tests::kill_point_child", "--test-threads=1"])
+            .env("SHOAL_TEST_KILL_CACHE", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let tmp = dir.path().join("n1/tmp");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Until the copy has begun (some bytes in tmp/).
+        loop {
+            let started = fs::read_dir(&tmp).map(|r| r.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0))).unwrap_or(false);
+            if started {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the child never started copying");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let cache = NodeCache::open(dir.path(), "n1", 1 << 30).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("n1/images")).unwrap().count(), 0, "a partial image was published");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "the killed copy should be in tmp/");
+        cache.clean_tmp().unwrap();
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "clean_tmp left the dead copy");
+        // The dead job's reference goes with its epilog.
+        cache.release_job(99).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("n1/refs")).unwrap().count(), 0);
+        // No lock is left: the next job stages at once.
+        let (exp, data) = image(8, 1000);
+        let (p, copied) = cache.stage(&exp, 100, src(&data)).unwrap();
+        assert!(copied && p.is_file());
+    }
+
     /// The test process's own uid and gid (chown to them needs no root).
     fn own_ids() -> (u32, u32) {
         use std::os::unix::fs::MetadataExt;

@@ -26,6 +26,8 @@ PACKAGES=(
     hyperfine util-linux procps psmisc time jq
     # ABI tests build synthetic ELF libraries (gcc, objdump)
     gcc binutils
+    # fuzz/ (libfuzzer-sys builds libFuzzer's C++); hostile-image tests (getcap)
+    g++ libcap2-bin
 )
 
 missing=()

@@ -80,7 +80,7 @@ mod env;
 mod etc;
 mod exec;
 mod fuse;
-mod image_server;
+pub(crate) mod image_server;
 mod inject;
 mod plan;
 mod policy;

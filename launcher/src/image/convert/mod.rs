@@ -52,7 +52,7 @@
 //! higher layer replaces. squashfs-tools-ng has no uncompressed mode, so
 //! [`Compression`] offers zstd, gzip and lz4 only.
 
-mod flatten;
+pub(crate) mod flatten;
 mod superblock;
 mod writer;
 
