@@ -55,6 +55,29 @@ pub struct SlurmConfig {
     /// dlopens the host's PMIx library by its host path. Never bound into
     /// the tasks of a step, which keep the image's own MPI and PMIx.
     pub launch_host_paths: Vec<PathBuf>,
+    /// Register pyxis's `--container-*` options on srun, sbatch and salloc
+    /// (with their `PYXIS_CONTAINER_*` defaults), so scripts written for
+    /// pyxis run unchanged. Off by default: a site that still runs pyxis
+    /// beside Shoal during a migration keeps these names for pyxis.
+    pub pyxis_options: bool,
+    /// Where named containers (`--container-name`) live: `job` (default)
+    /// keeps one per job and node, removed by the job epilog; `global`
+    /// keeps them per user and node across jobs, as pyxis's
+    /// `container_scope=global`.
+    pub container_scope: ContainerScope,
+    /// Run the image's entrypoint before each task's command unless the
+    /// user says otherwise (`--[no-]container-entrypoint`), as pyxis's
+    /// `execute_entrypoint`.
+    pub execute_entrypoint: bool,
+}
+
+/// How long a named container lives (`[slurm] container_scope`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerScope {
+    #[default]
+    Job,
+    Global,
 }
 
 impl Default for SlurmConfig {
@@ -75,6 +98,9 @@ impl Default for SlurmConfig {
             host_paths: paths.iter().map(PathBuf::from).collect(),
             // Debian's libpmix-dev, where Debian's mpi_pmix_v4.so looks.
             launch_host_paths: vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/pmix2")],
+            pyxis_options: false,
+            container_scope: ContainerScope::Job,
+            execute_entrypoint: false,
         }
     }
 }
@@ -264,6 +290,11 @@ pub struct NodeConfig {
     /// evicted least-recently-used first to stay under it.
     pub cache_size: Size,
     pub staging: Staging,
+    /// Node-local directory for the writable layers of job containers
+    /// (`--writable`, `--container-writable`, named containers), kept per
+    /// Slurm node name in `<container_dir>/<node name>/`. Must not be on
+    /// overlayfs or NFS (it is an overlay upper layer).
+    pub container_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -272,6 +303,7 @@ impl Default for NodeConfig {
             cache_dir: PathBuf::from("/var/cache/shoal"),
             cache_size: Size(20 << 30),
             staging: Staging::Copy,
+            container_dir: PathBuf::from("/var/lib/shoal/containers"),
         }
     }
 }

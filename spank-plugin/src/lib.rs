@@ -23,6 +23,7 @@ mod job;
 mod options;
 mod pin;
 mod pmix;
+mod pyxis;
 mod spank;
 mod stage;
 mod submit;

@@ -105,7 +105,7 @@ pub use inject::{
     add_injection, assess_image, assess_modules, set_task_gpus, OrderError, SetupStep, TaskCommand,
     GPU_LIST_VARIABLES,
 };
-pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
+pub use policy::{normalize as normalize_path, PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, Joined, Share, ShareError};
 
