@@ -20,6 +20,7 @@
 mod args;
 mod inject;
 mod job;
+mod layers;
 mod options;
 mod pin;
 mod pmix;

@@ -319,6 +319,12 @@ pub fn apply_env_defaults(req: &mut Request, getenv: impl Fn(&str) -> Option<Str
     Ok(())
 }
 
+/// pyxis's `PYXIS_CONTAINER_*` defaults on the process-wide request (in
+/// slurmstepd, from the job's environment).
+pub fn apply_pyxis_env_defaults_now(getenv: impl Fn(&str) -> Option<String>, cwd: &std::path::Path) -> Result<(), String> {
+    crate::pyxis::apply_env_defaults(&mut state().request, getenv, cwd)
+}
+
 /// Applies [`apply_env_defaults`] to the process-wide request.
 pub fn apply_env_defaults_now(getenv: impl Fn(&str) -> Option<String>) -> Result<(), String> {
     let pyxis = pyxis_enabled();
