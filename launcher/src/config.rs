@@ -87,6 +87,29 @@ pub struct SlurmConfig {
     /// dlopens the host's PMIx library by its host path. Never bound into
     /// the tasks of a step, which keep the image's own MPI and PMIx.
     pub launch_host_paths: Vec<PathBuf>,
+    /// Register pyxis's `--container-*` options on srun, sbatch and salloc
+    /// (with their `PYXIS_CONTAINER_*` defaults), so scripts written for
+    /// pyxis run unchanged. Off by default: a site that still runs pyxis
+    /// beside Shoal during a migration keeps these names for pyxis.
+    pub pyxis_options: bool,
+    /// Where named containers (`--container-name`) live: `job` (default)
+    /// keeps one per job and node, removed by the job epilog; `global`
+    /// keeps them per user and node across jobs, as pyxis's
+    /// `container_scope=global`.
+    pub container_scope: ContainerScope,
+    /// Run the image's entrypoint before each task's command unless the
+    /// user says otherwise (`--[no-]container-entrypoint`), as pyxis's
+    /// `execute_entrypoint`.
+    pub execute_entrypoint: bool,
+}
+
+/// How long a named container lives (`[slurm] container_scope`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerScope {
+    #[default]
+    Job,
+    Global,
 }
 
 impl Default for SlurmConfig {
@@ -107,6 +130,9 @@ impl Default for SlurmConfig {
             host_paths: paths.iter().map(PathBuf::from).collect(),
             // Debian's libpmix-dev, where Debian's mpi_pmix_v4.so looks.
             launch_host_paths: vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/pmix2")],
+            pyxis_options: false,
+            container_scope: ContainerScope::Job,
+            execute_entrypoint: false,
         }
     }
 }
@@ -320,6 +346,11 @@ pub struct NodeConfig {
     /// of a job's nodes: a directory every node can read, written by root.
     /// Default: `<store.site_dir>/nodes` when a site store is set.
     pub capabilities_dir: Option<PathBuf>,
+    /// Node-local directory for the writable layers of job containers
+    /// (`--writable`, `--container-writable`, named containers), kept per
+    /// Slurm node name in `<container_dir>/<node name>/`. Must not be on
+    /// overlayfs or NFS (it is an overlay upper layer).
+    pub container_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -329,6 +360,7 @@ impl Default for NodeConfig {
             cache_size: Size(20 << 30),
             staging: Staging::Copy,
             capabilities_dir: None,
+            container_dir: PathBuf::from("/var/lib/shoal/containers"),
         }
     }
 }

@@ -12,11 +12,13 @@
 //! a command-line option wins over its variable.
 
 use std::os::raw::{c_char, c_int};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use shoal::container::UserMount;
 use shoal::{Config, ImageSpec};
 
+use crate::pyxis::PyxisOpt;
 use crate::spank::{self, OptionSpec, Spank};
 
 /// What the user asked for.
@@ -31,6 +33,43 @@ pub struct Request {
     pub no_image: bool,
     /// `--image-select`: how the nodes pick from an image index.
     pub select: Option<shoal::select::SelectMode>,
+    /// `--writable` / `--container-writable` (true), `--container-readonly`
+    /// (false); unset: read-only, except named containers.
+    pub writable: Option<bool>,
+    /// `--container-workdir`: the tasks' working directory inside.
+    pub workdir: Option<PathBuf>,
+    /// `--container-name`.
+    pub name: Option<ContainerName>,
+    /// `--container-save`: squashfs file written at step end.
+    pub save: Option<PathBuf>,
+    /// `--[no-]container-mount-home`; unset: home is bound.
+    pub mount_home: Option<bool>,
+    /// `--[no-]container-remap-root`; unset: the user is themself.
+    pub remap_root: Option<bool>,
+    /// `--[no-]container-entrypoint`; unset: `[slurm] execute_entrypoint`.
+    pub entrypoint: Option<bool>,
+    /// `--container-env`: variables whose job value wins over the image's.
+    pub env_names: Vec<String>,
+}
+
+/// A named container (`--container-name=NAME[:MODE]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerName {
+    pub name: String,
+    pub mode: NameMode,
+}
+
+/// What a step does with a named container on a node (pyxis's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameMode {
+    /// Join it when it runs, else start from its saved state, else create it.
+    Auto,
+    /// Create it; an existing container of that name is an error.
+    Create,
+    /// Join it; it must be running.
+    Exec,
+    /// Start it from its saved state (or create it), never join.
+    NoExec,
 }
 
 struct State {
@@ -46,6 +85,14 @@ static STATE: Mutex<State> = Mutex::new(State {
         modules: None,
         no_image: false,
         select: None,
+        writable: None,
+        workdir: None,
+        name: None,
+        save: None,
+        mount_home: None,
+        remap_root: None,
+        entrypoint: None,
+        env_names: Vec::new(),
     },
 });
 
@@ -77,6 +124,7 @@ enum Opt {
     Module = 4,
     NoImage = 5,
     ImageSelect = 6,
+    Writable = 7,
 }
 
 macro_rules! option {
@@ -105,6 +153,45 @@ option!(MODULE, Opt::Module, c"module", Some(c"NAME[,NAME]"),
 turns off the site's defaults. Default: $SHOAL_MODULE.");
 option!(NO_IMAGE, Opt::NoImage, c"no-image", None,
     c"[shoal] Run this step on the host even though the job has an image.");
+option!(WRITABLE, Opt::Writable, c"writable", None,
+    c"[shoal] Writable container root: changes go to a node-local layer of yours, removed at step end.");
+
+// pyxis's options (`[slurm] pyxis_options = true`), with pyxis's spellings.
+option!(P_IMAGE, PyxisOpt::Image, c"container-image", Some(c"[USER@][REGISTRY#]IMAGE[:TAG]|PATH"),
+    c"[shoal, pyxis] The image for the tasks, as --image; REGISTRY#IMAGE is REGISTRY/IMAGE. Default: $PYXIS_CONTAINER_IMAGE.");
+option!(P_MOUNTS, PyxisOpt::Mounts, c"container-mounts", Some(c"SRC:DST[:FLAGS][,SRC:DST...]"),
+    c"[shoal, pyxis] Bind mounts; flags joined with '+': ro, rw, rbind, private, rprivate, x-create=dir|file|auto. Default: $PYXIS_CONTAINER_MOUNTS.");
+option!(P_WORKDIR, PyxisOpt::Workdir, c"container-workdir", Some(c"PATH"),
+    c"[shoal, pyxis] Working directory inside the container.");
+option!(P_NAME, PyxisOpt::Name, c"container-name", Some(c"NAME[:auto|create|exec|no_exec]"),
+    c"[shoal, pyxis] Keep the container's state on each node under NAME for later steps (writable unless --container-readonly).");
+option!(P_SAVE, PyxisOpt::Save, c"container-save", Some(c"PATH"),
+    c"[shoal, pyxis] At step end, write the container's root (image + changes) as a squashfs file usable with --image=PATH.");
+option!(P_MOUNT_HOME, PyxisOpt::MountHome, c"container-mount-home", None,
+    c"[shoal, pyxis] Bind your home directory (the default).");
+option!(P_NO_MOUNT_HOME, PyxisOpt::NoMountHome, c"no-container-mount-home", None,
+    c"[shoal, pyxis] Do not bind your home directory.");
+option!(P_REMAP_ROOT, PyxisOpt::RemapRoot, c"container-remap-root", None,
+    c"[shoal, pyxis] Be uid 0 inside a user namespace (still yourself outside, no privilege gained).");
+option!(P_NO_REMAP_ROOT, PyxisOpt::NoRemapRoot, c"no-container-remap-root", None,
+    c"[shoal, pyxis] Be yourself inside (the default).");
+option!(P_ENTRYPOINT, PyxisOpt::Entrypoint, c"container-entrypoint", None,
+    c"[shoal, pyxis] Run the image's entrypoint.");
+option!(P_NO_ENTRYPOINT, PyxisOpt::NoEntrypoint, c"no-container-entrypoint", None,
+    c"[shoal, pyxis] Do not run the image's entrypoint.");
+option!(P_ENTRYPOINT_LOG, PyxisOpt::EntrypointLog, c"container-entrypoint-log", None,
+    c"[shoal, pyxis] Not supported by Shoal (refused).");
+option!(P_WRITABLE, PyxisOpt::Writable, c"container-writable", None,
+    c"[shoal, pyxis] Writable container root (as --writable).");
+option!(P_READONLY, PyxisOpt::Readonly, c"container-readonly", None,
+    c"[shoal, pyxis] Read-only container root.");
+option!(P_ENV, PyxisOpt::Env, c"container-env", Some(c"NAME[,NAME...]"),
+    c"[shoal, pyxis] Variables whose job value wins over the image's.");
+
+static PYXIS_OPTIONS: [&OptionSpec; 15] = [
+    &P_IMAGE, &P_MOUNTS, &P_WORKDIR, &P_NAME, &P_SAVE, &P_MOUNT_HOME, &P_NO_MOUNT_HOME, &P_REMAP_ROOT,
+    &P_NO_REMAP_ROOT, &P_ENTRYPOINT, &P_NO_ENTRYPOINT, &P_ENTRYPOINT_LOG, &P_WRITABLE, &P_READONLY, &P_ENV,
+];
 
 option!(IMAGE_SELECT, Opt::ImageSelect, c"image-select", Some(c"node|uniform"),
     c"[shoal] For an image index: `node` (default) runs each node's best entry, \
@@ -112,12 +199,20 @@ option!(IMAGE_SELECT, Opt::ImageSelect, c"image-select", Some(c"node|uniform"),
 Default: the site's image.select, or $SHOAL_IMAGE_SELECT.");
 
 pub fn register(spank: &Spank) -> Result<(), String> {
-    for opt in [&IMAGE, &MOUNT, &VOLUME, &MODULE, &NO_IMAGE, &IMAGE_SELECT] {
+    let pyxis = config().slurm.pyxis_options;
+    let shoal = [&IMAGE, &MOUNT, &VOLUME, &MODULE, &NO_IMAGE, &IMAGE_SELECT, &WRITABLE];
+    let extra: &[&OptionSpec] = if pyxis { &PYXIS_OPTIONS } else { &[] };
+    for opt in shoal.into_iter().chain(extra.iter().copied()) {
         spank.register_option(opt).map_err(|e| {
             format!("cannot register --{}: {e}", opt.name.to_string_lossy())
         })?;
     }
     Ok(())
+}
+
+/// Whether the site turned pyxis's options on.
+pub fn pyxis_enabled() -> bool {
+    state().config.as_ref().is_some_and(|c| c.slurm.pyxis_options)
 }
 
 unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
@@ -137,6 +232,15 @@ unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote:
                 Ok(())
             }
             v if v == Opt::ImageSelect as c_int => set_select(req, value.as_deref().unwrap_or("")),
+}
+
+            v if v == Opt::Writable as c_int => {
+                crate::pyxis::set_flag(&mut req.writable, true, "--writable and --container-readonly")
+            }
+            v if PyxisOpt::from_val(v).is_some() => {
+                let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+                crate::pyxis::apply(req, PyxisOpt::from_val(v).expect("checked"), value.as_deref(), &cwd)
+            }
             other => Err(format!("unknown option value {other}")),
         }
     })
@@ -208,6 +312,17 @@ pub fn set_select(req: &mut Request, value: &str) -> Result<(), String> {
     }
 }
 
+/// Fills what the command line left unset from `SHOAL_*` variables (and,
+/// with `pyxis`, pyxis's `PYXIS_CONTAINER_*` ones after them).
+pub fn apply_env_defaults_with(req: &mut Request, getenv: impl Fn(&str) -> Option<String>, pyxis: bool) -> Result<(), String> {
+    apply_env_defaults(req, &getenv)?;
+    if pyxis {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        crate::pyxis::apply_env_defaults(req, &getenv, &cwd)?;
+    }
+    Ok(())
+}
+
 /// Fills what the command line left unset from `SHOAL_*` variables.
 pub fn apply_env_defaults(req: &mut Request, getenv: impl Fn(&str) -> Option<String>) -> Result<(), String> {
     if req.image.is_none() && !req.no_image {
@@ -233,9 +348,16 @@ pub fn apply_env_defaults(req: &mut Request, getenv: impl Fn(&str) -> Option<Str
     Ok(())
 }
 
+/// pyxis's `PYXIS_CONTAINER_*` defaults on the process-wide request (in
+/// slurmstepd, from the job's environment).
+pub fn apply_pyxis_env_defaults_now(getenv: impl Fn(&str) -> Option<String>, cwd: &std::path::Path) -> Result<(), String> {
+    crate::pyxis::apply_env_defaults(&mut state().request, getenv, cwd)
+}
+
 /// Applies [`apply_env_defaults`] to the process-wide request.
 pub fn apply_env_defaults_now(getenv: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-    apply_env_defaults(&mut state().request, getenv)
+    let pyxis = pyxis_enabled();
+    apply_env_defaults_with(&mut state().request, getenv, pyxis)
 }
 
 #[cfg(test)]

@@ -18,11 +18,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use shoal::container::{self, Mount, MountKind, Origin, RunImage, RunRequest, Share, UserMount};
+use shoal::container::{self, Cwd, JoinRule, Joined, Mount, MountKind, Origin, RunImage, RunRequest, Share, UserMount};
 use shoal::image::store::ImageMeta;
 use shoal::inject::InjectionPlan;
 
-use crate::options;
+use crate::layers::{self, Which};
+use crate::options::{self, NameMode};
 use crate::pin::{self, Pin, Scope};
 use crate::spank::{self, Spank};
 use crate::stage::{self, ReadAt, Staged};
@@ -43,6 +44,8 @@ struct Step {
     cuda_set: Option<String>,
     /// Slurm numbers GPUs locally (ConstrainDevices), as the container does.
     local_gpu_numbers: bool,
+    /// `--container-remap-root`: made in `task_init`, as the user.
+    remap_root: bool,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -58,10 +61,32 @@ fn step() -> MutexGuard<'static, Option<Step>> {
 /// must not run in the image.
 pub(crate) fn wanted(spank: &Spank) -> bool {
     let req = options::request();
-    !req.no_image && (req.image.is_some() || spank.getenv(pin::ENV).is_some())
+    !req.no_image && (req.image.is_some() || req.name.is_some() || spank.getenv(pin::ENV).is_some())
+}
+
+/// The directory of this step's named container on this node, if any.
+fn named_dir(spank: &Spank) -> Result<Option<PathBuf>, String> {
+    let Some(name) = options::request().name else { return Ok(None) };
+    let node = job::node_name()?;
+    let job_id = spank.job_id().map_err(|e| e.to_string())?;
+    let uid = spank.uid().map_err(|e| e.to_string())?;
+    Ok(Some(layers::container_dir(&options::config(), &node, job_id, uid, &Which::Named(name.name))))
 }
 
 pub fn user_init(spank: &Spank) -> Result<(), String> {
+    // `PYXIS_CONTAINER_*` defaults from the job's environment (the options
+    // themselves arrived with the step) decide whether it wants an image.
+    let defaults = if options::pyxis_enabled() {
+        let cwd = working_dir(&spank.job_env().map_err(|e| e.to_string())?);
+        options::apply_pyxis_env_defaults_now(|n| spank.getenv(n), &cwd)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = defaults {
+        // Held, like every user_init error: srun would not show it.
+        *step() = Some(Step { held: Some(e), ..Step::default() });
+        return Ok(());
+    }
     if !wanted(spank) {
         return Ok(());
     }
@@ -74,15 +99,28 @@ pub fn user_init(spank: &Spank) -> Result<(), String> {
 }
 
 fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
-    let value = spank.getenv(pin::ENV).ok_or_else(|| {
-        format!(
-            "the job asked for an image but its environment has no ${}; submit with the default --export=ALL \
-             (or keep ${} in the exported variables)",
-            pin::ENV,
-            pin::ENV
-        )
-    })?;
-    let mut pin = Pin::from_env(&value)?;
+    // An existing named container keeps the image it was made from, as
+    // pyxis's do (the step's image is then not used).
+    let existing = named_dir(spank)?.and_then(|d| layers::read_meta(&d));
+    let mut pin = match (existing, spank.getenv(pin::ENV)) {
+        (Some(meta), _) => meta.pin,
+        (None, Some(value)) => Pin::from_env(&value)?,
+        (None, None) if options::request().name.is_some() => {
+            let name = options::request().name.map(|n| n.name).unwrap_or_default();
+            return Err(format!(
+                "container {name:?} does not exist on node {} yet: give the image to create it from (--container-image or --image)",
+                job::node_name().unwrap_or_default()
+            ));
+        }
+        (None, None) => {
+            return Err(format!(
+                "the job asked for an image but its environment has no ${}; submit with the default --export=ALL \
+                 (or keep ${} in the exported variables)",
+                pin::ENV,
+                pin::ENV
+            ))
+        }
+    };
     // `--module` reaches slurmstepd as an option; `$SHOAL_MODULE` (checked
     // at submission) only through the job's environment.
     let mut req = options::request();
@@ -158,6 +196,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     let job_id = spank.job_id().map_err(|e| e.to_string())?;
     let step_id = spank.step_id().map_err(|e| e.to_string())?;
     let user = job::identity(spank)?;
+    let (uid, gid) = (user.uid, user.gid);
 
     let staged = match pin.scope {
         Scope::Site => stage::stage_site(&config, &node, job_id, &pin)?,
@@ -178,7 +217,16 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
 
     let host_env = spank.job_env().map_err(|e| e.to_string())?;
     let cwd = working_dir(&host_env);
-    let mounts = options::request()
+    let req = options::request();
+    // Named containers are for keeping changes: writable unless asked not.
+    let writable = req.writable.unwrap_or(req.name.is_some());
+    // `--container-env`: the job's value wins over the image's.
+    let env: Vec<(String, String)> = req
+        .env_names
+        .iter()
+        .filter_map(|n| host_env.iter().find(|(k, _)| k == n).cloned())
+        .collect();
+    let mounts = req
         .mounts
         .iter()
         .map(|spec| UserMount::parse(spec, &cwd).map_err(|e| format!("--mount={spec:?}: {e}")))
@@ -196,13 +244,37 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         privileged: true,
         cwd,
         host_env: host_env.clone(),
-        env: Vec::new(),
+        env,
         mounts,
-        writable: false,
+        writable,
         // Privileged: the host devpts is bound, the terminal keeps its name.
         terminal: None,
     };
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
+    if req.mount_home == Some(false) {
+        let home = PathBuf::from(&plan.identity.home);
+        plan.mounts.retain(|m| m.origin != Origin::Home);
+        if plan.cwd.preferred.as_ref().is_some_and(|p| p.starts_with(&home)) {
+            plan.cwd.preferred = None;
+        }
+    }
+    if let Some(w) = &req.workdir {
+        plan.cwd = Cwd { preferred: Some(w.clone()), fallback: w.clone() };
+    }
+    plan.remap_root = req.remap_root == Some(true);
+    let tag = job::share_key(job_id, step_id, &node);
+    let named = req.name.clone().map(|n| {
+        let dir = layers::container_dir(&config, &node, job_id, uid, &Which::Named(n.name.clone()));
+        (n, dir)
+    });
+    let layer_dir = match &named {
+        Some((_, dir)) => Some(dir.clone()),
+        None if writable => Some(layers::container_dir(&config, &node, job_id, uid, &Which::Step(job::step_name(step_id)))),
+        None => None,
+    };
+    if let Some(dir) = &layer_dir {
+        plan.root.upper = Some(layers::prepare(&config, dir, uid, gid)?);
+    }
     add_slurm_binds(&mut plan, spank, step_id, &config)?;
     let uid = plan.identity.uid;
     pmix::add_binds(&mut plan, &host_env, &node, uid, job_id, step_id)
@@ -210,16 +282,45 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     if let Some(injection) = &injection {
         inject::add_to_plan(&mut plan, injection, &host_env).map_err(|e| format!("image {}: {e}", pin.requested))?;
     }
-    let share = Share {
-        key: job::share_key(job_id, step_id, &node),
-        peers: spank.local_task_count().map_err(|e| e.to_string())?,
+    let peers = spank.local_task_count().map_err(|e| e.to_string())?;
+    let entered = match &named {
+        Some((name, dir)) => {
+            let meta = layers::write_meta_once(dir, &layers::Meta { pin: pin.clone(), created_by: tag.clone() })?;
+            if name.mode == NameMode::Create && meta.created_by != tag {
+                return Err(format!(
+                    "--container-name={}:create: a container of that name already exists on {node} (made by step {}); pick another name, or drop :create to use it",
+                    name.name, meta.created_by
+                ));
+            }
+            let rule = match name.mode {
+                NameMode::Auto | NameMode::Create => JoinRule::Any,
+                NameMode::Exec => JoinRule::MustJoin,
+                NameMode::NoExec => JoinRule::SameStep,
+            };
+            container::enter_named(&plan, dir, &tag, rule, peers)
+                .map_err(|e| format!("container {:?} (image {}): {e}", name.name, pin.requested))?
+        }
+        None => {
+            let share = Share { key: tag.clone(), peers };
+            container::enter(&plan, Some(&share)).map_err(|e| format!("image {}: {e}", pin.requested))?
+        }
     };
-    let entered = container::enter(&plan, Some(&share)).map_err(|e| format!("image {}: {e}", pin.requested))?;
+    if let (Some(layer), Some(Joined::Created)) = (&plan.root.upper, entered.joined) {
+        if layer.own_dirs && plan.root.writable {
+            layers::mark_ready(layer);
+        }
+    }
+    if let Some(w) = &req.workdir {
+        if entered.cwd != *w {
+            return Err(format!("--container-workdir={}: no such directory in the container (or not yours to enter)", w.display()));
+        }
+    }
     spank::log_verbose(&format!("{TAG}: task in image {} ({}), cwd {}", pin.requested, pin.digest, entered.cwd.display()));
     apply_env(spank, &host_env, &plan.env)?;
     if let Some(state) = step().as_mut() {
         state.cuda_set = plan.env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.clone());
         state.local_gpu_numbers = inject::local_gpu_numbers(&host_env);
+        state.remap_root = plan.remap_root;
     }
     Ok(())
 }
@@ -229,11 +330,17 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
 /// host numbers; they are renumbered for the container here.
 pub fn task_init(spank: &Spank) -> Result<(), String> {
     let guard = step();
-    let Some(Step { injection: Some(injection), cuda_set, local_gpu_numbers, .. }) = guard.as_ref() else { return Ok(()) };
-    if *local_gpu_numbers {
-        return Ok(()); // already the container's numbering
+    let Some(state) = guard.as_ref() else { return Ok(()) };
+    if let (Some(injection), false) = (&state.injection, state.local_gpu_numbers) {
+        // Not yet the container's numbering.
+        inject::task_gpus_from_slurm(spank, injection, state.cuda_set.as_deref(), options::config().launcher.host_dev)?;
     }
-    inject::task_gpus_from_slurm(spank, injection, cuda_set.as_deref(), options::config().launcher.host_dev)
+    if state.remap_root {
+        // Last: the task is the user now, and stays so outside.
+        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        container::remap_root(uid, gid).map_err(|e| format!("--container-remap-root: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The task's working directory as Slurm will set it (srun's cwd, or the

@@ -8,6 +8,7 @@ use shoal::container::{self, Mode};
 use shoal::stage::NodeCache;
 
 use crate::job;
+use crate::layers::{self, Which};
 use crate::spank::Spank;
 
 /// slurmstepd, at the end of a step (root).
@@ -16,12 +17,14 @@ pub fn step_exit(spank: &Spank) -> Result<(), String> {
         return Ok(());
     }
     let node = job::node_name()?;
-    let key = job::share_key(
-        spank.job_id().map_err(|e| e.to_string())?,
-        spank.step_id().map_err(|e| e.to_string())?,
-        &node,
-    );
-    container::teardown(&key, Mode::Privileged, 0).map_err(|e| e.to_string())
+    let job_id = spank.job_id().map_err(|e| e.to_string())?;
+    let step_id = spank.step_id().map_err(|e| e.to_string())?;
+    let key = job::share_key(job_id, step_id, &node);
+    container::teardown(&key, Mode::Privileged, 0).map_err(|e| e.to_string())?;
+    // An unnamed writable container's layer: its processes are gone.
+    let config = crate::options::config();
+    let uid = spank.uid().map_err(|e| e.to_string())?;
+    layers::remove(&layers::container_dir(&config, &node, job_id, uid, &Which::Step(job::step_name(step_id))))
 }
 
 /// The job epilog (root), on every node of the job.
@@ -38,6 +41,8 @@ pub fn epilog(config: &shoal::Config, job_id: u32) -> Result<(), String> {
             }
         }
     }
+    // Writable layers and job-scoped named containers of the job.
+    layers::remove(&layers::job_dir(config, &node, job_id))?;
     if config.node.cache_dir.join(&node).is_dir() {
         let cache = NodeCache::open(&config.node.cache_dir, &node, config.node.cache_size.0).map_err(|e| e.to_string())?;
         cache.release_job(job_id).map_err(|e| e.to_string())?;

@@ -34,7 +34,17 @@ fn caps_err(e: caps::errors::CapsError) -> io::Error {
 /// Sets no_new_privs and empties the capability bounding set. Leaves the
 /// current credentials alone, so slurmstepd can still switch to the user.
 pub fn harden() -> Result<(), ExecError> {
+    harden_keeping_bounding(false)
+}
+
+/// [`harden`]; with `keep_bounding` the bounding set stays, for a command
+/// that makes its own user namespace (`Plan::remap_root`): its capabilities
+/// there come from it. no_new_privs is set either way.
+pub fn harden_keeping_bounding(keep_bounding: bool) -> Result<(), ExecError> {
     sys::set_no_new_privs().map_err(ExecError::Harden)?;
+    if keep_bounding {
+        return Ok(());
+    }
     for cap in caps::all() {
         // Capabilities this kernel does not know are not in the set.
         match caps::drop(None, CapSet::Bounding, cap) {

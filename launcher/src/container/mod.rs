@@ -99,15 +99,16 @@ pub use exec::ExecError;
 pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process, FuseError};
 pub use plan::{
     plan, Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
-    RootFs, RunImage, RunRequest, DEV_NODES,
+    RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,
 };
 pub use inject::{
     add_injection, assess_image, assess_modules, set_task_gpus, OrderError, SetupStep, TaskCommand,
     GPU_LIST_VARIABLES,
 };
-pub use policy::{PolicyError, UserMount, RESERVED_TARGETS};
+pub use policy::{normalize as normalize_path, PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
-pub use share::{runtime_base, Joined, Share, ShareError};
+pub use share::{runtime_base, JoinRule, Joined, Share, ShareError};
+pub use userns::NsError;
 
 /// Why the process could not become the container.
 #[derive(Debug, thiserror::Error)]
@@ -163,8 +164,40 @@ pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> 
             }
         }
     };
-    exec::harden()?;
+    exec::harden_keeping_bounding(plan.remap_root)?;
     Ok(Entered { joined, cwd })
+}
+
+/// Like [`enter`] for a container that outlives its processes' step (a
+/// named container): a live one recorded in `state_dir` (root's) is joined
+/// when `join` allows, else one is built from the plan (its upper layer
+/// holds the saved state). `tag` names the caller's step.
+pub fn enter_named(plan: &Plan, state_dir: &std::path::Path, tag: &str, join: share::JoinRule, threads: u32) -> Result<Entered, EnterError> {
+    let joined = share::enter_named(state_dir, tag, join, || -> Result<(), EnterError> {
+        let src = rootfs::open_sources(plan)?;
+        rootfs::build(plan, src, threads.max(1))?;
+        inject::run_setup(plan)?;
+        Ok(())
+    })?;
+    let cwd = match &plan.cwd.preferred {
+        Some(p) if nix::unistd::chdir(p).is_ok() => p.clone(),
+        _ => {
+            let fb = &plan.cwd.fallback;
+            if nix::unistd::chdir(fb).is_ok() {
+                fb.clone()
+            } else {
+                let _ = nix::unistd::chdir("/");
+                PathBuf::from("/")
+            }
+        }
+    };
+    exec::harden_keeping_bounding(plan.remap_root)?;
+    Ok(Entered { joined: Some(joined), cwd })
+}
+
+/// `--container-remap-root`: see [`userns::remap_root`].
+pub fn remap_root(uid: u32, gid: u32) -> Result<(), userns::NsError> {
+    userns::remap_root(uid, gid)
 }
 
 /// `shoal run`: [`enter`], drop to the user (privileged mode), clear every

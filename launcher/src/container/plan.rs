@@ -95,6 +95,22 @@ pub struct RootFs {
     /// when the site allows kernel mounts of user images).
     pub verify_trust: bool,
     pub writable: bool,
+    /// A writable root's upper layer on disk (job containers: node-local,
+    /// kept for a named container) instead of a tmpfs lost at exit.
+    pub upper: Option<UpperLayer>,
+}
+
+/// An upper layer on disk, prepared by root (the plugin) in a directory no
+/// user can reach: `upper` is the container's root directory (owned by the
+/// user), `work` overlayfs's own (root's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpperLayer {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// The layer is new: give the user the image's root-owned directories
+    /// (in the layer only), so they can create files anywhere in their
+    /// writable container, as in an enroot container they unpacked.
+    pub own_dirs: bool,
 }
 
 /// Who asked for a mount; extra kinds (ABI injection) use `Other`.
@@ -194,6 +210,11 @@ pub struct Plan {
     /// Steps that need the finished root (host-library injection), run in
     /// order by the process that builds the container; see `inject.rs`.
     pub setup: Vec<SetupStep>,
+    /// The command will make a user namespace where the user is uid 0
+    /// (`--container-remap-root`): the capability bounding set is kept, so
+    /// it has capabilities there, and only there (no host privilege: files
+    /// it makes are the user's, ids outside are unchanged).
+    pub remap_root: bool,
 }
 
 /// Why no plan could be made; each names the input and the fix.
@@ -221,6 +242,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         },
         verify_trust: !cfg.launcher.allow_kernel_mount_of_user_images,
         writable: req.writable,
+        upper: None,
     };
 
     let mut mounts = Vec::new();
@@ -346,6 +368,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         },
         argv,
         setup: Vec::new(),
+        remap_root: false,
     })
 }
 
@@ -487,9 +510,18 @@ impl Plan {
         let _ = writeln!(s, "image    {} via {via}, ro,nosuid,nodev", self.root.squashfs.display());
         let _ = writeln!(
             s,
-            "root     overlay(image, tmpfs) nosuid,nodev, {} after setup",
-            if self.root.writable { "writable (changes lost at exit)" } else { "read-only" }
+            "root     overlay(image, {}) nosuid,nodev, {} after setup",
+            self.root.upper.as_ref().map_or("tmpfs".to_string(), |u| u.upper.display().to_string()),
+            match (&self.root.upper, self.root.writable) {
+                (_, false) => "read-only",
+                (None, true) => "writable (changes lost at exit)",
+                (Some(u), true) if u.own_dirs => "writable (changes kept in the layer; the image's directories made the user's)",
+                (Some(_), true) => "writable (changes kept in the layer)",
+            }
         );
+        if self.remap_root {
+            let _ = writeln!(s, "userns   uid 0 inside = uid {} outside (--container-remap-root)", self.identity.uid);
+        }
         for (i, m) in self.mounts.iter().enumerate() {
             let what = match &m.kind {
                 MountKind::Tmpfs { mode, .. } => format!("tmpfs mode={mode:o}"),

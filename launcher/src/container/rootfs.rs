@@ -360,11 +360,30 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     // 6. The root: skeleton over image, plus a tmpfs upper when writable.
     let mut opts = format!("lowerdir={STAGE}/skel:{lower}");
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if plan.root.writable {
+    if let (true, Some(layer)) = (plan.root.writable, &plan.root.upper) {
+        // Root-made paths in a root-only directory (see `UpperLayer`).
+        let (upper, work) = (layer.upper.display(), layer.work.display());
+        if [&upper.to_string(), &work.to_string()].iter().any(|p| p.contains([',', ':', '\\'])) {
+            return Err(step("mount the overlay root")(io::Error::other(format!("layer path {upper} has `,`, `:` or `\\`"))));
+        }
+        // index=off: a second container on the same layer (a named
+        // container's `no_exec` step) is then allowed, as overlayfs does
+        // by default.
+        opts.push_str(&format!(",upperdir={upper},workdir={work},index=off"));
+    } else if plan.root.writable {
         opts.push_str(&format!(",upperdir={STAGE}/upper,workdir={STAGE}/work"));
         if plan.mode == Mode::Unprivileged {
             opts.push_str(",userxattr");
         }
+    } else if let Some(layer) = &plan.root.upper {
+        // A kept layer seen read-only: a lower layer between the skeleton
+        // and the image (its whiteouts still hide what it deleted).
+        let upper = layer.upper.display().to_string();
+        if upper.contains([',', ':', '\\']) {
+            return Err(step("mount the overlay root")(io::Error::other(format!("layer path {upper} has `,`, `:` or `\\`"))));
+        }
+        opts = format!("lowerdir={STAGE}/skel:{upper}:{lower}");
+        flags |= libc::MS_RDONLY;
     } else {
         flags |= libc::MS_RDONLY;
     }
@@ -372,6 +391,12 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     sys::mount(Some(c"shoal"), &c(&root_path), Some(c"overlay"), flags, Some(&c(&opts)))
         .map_err(step("mount the overlay root"))?;
     let root = sys::openat(None, Path::new(&root_path), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the root"))?;
+    if let Some(layer) = plan.root.upper.as_ref().filter(|l| l.own_dirs && plan.root.writable) {
+        // Before any mount is made on the root, so only the overlay's own
+        // directories are walked.
+        debug_assert!(layer.own_dirs);
+        own_dirs(root.as_fd(), id.uid, id.gid).map_err(step("give the user the directories of the writable root"))?;
+    }
     if user_db.is_some() {
         for name in USER_DB {
             let target = Path::new("/etc").join(name);
@@ -556,6 +581,47 @@ fn merge_into(skel: BorrowedFd<'_>, from: &Path, to: &Path) -> io::Result<()> {
         merge_into(skel, &from.join(&child), &to.join(&child))?;
     }
     nix::unistd::unlinkat(skel, from, nix::unistd::UnlinkatFlags::RemoveDir).map_err(io::Error::from)
+}
+
+/// Makes every root-owned directory of the overlay at `root` the user's
+/// (each is copied up into the layer; the image is untouched). Walks by
+/// descriptor, never following a link, and stays on the overlay; runs
+/// before any user process is in the container, on a layer no user can
+/// reach from outside.
+fn own_dirs(root: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    let top = sys::openat(Some(root), Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let dev = fstat(top.as_fd()).map_err(io::Error::from)?.st_dev;
+    own_tree(top, dev, uid, gid, 0)
+}
+
+/// One directory and, depth first, those below it (one descriptor open
+/// per level).
+fn own_tree(dir: OwnedFd, dev: u64, uid: u32, gid: u32, depth: u32) -> io::Result<()> {
+    if depth > 512 {
+        return Err(io::Error::other("directories nested more than 512 deep"));
+    }
+    let st = fstat(dir.as_fd()).map_err(io::Error::from)?;
+    if st.st_uid == 0 {
+        let group = if st.st_gid == 0 { gid } else { st.st_gid };
+        nix::unistd::fchown(dir.as_fd(), Some(uid.into()), Some(group.into())).map_err(io::Error::from)?;
+    }
+    let mut names = Vec::new();
+    // The directory's own descriptor, through /proc: no path is resolved.
+    for e in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            names.push(e.file_name());
+        }
+    }
+    for name in names {
+        let Ok(child) = sys::openat(Some(dir.as_fd()), Path::new(&name), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) else {
+            continue;
+        };
+        if fstat(child.as_fd()).map_err(io::Error::from)?.st_dev == dev {
+            own_tree(child, dev, uid, gid, depth + 1)?;
+        }
+    }
+    Ok(())
 }
 
 /// The files the user is merged into.

@@ -56,6 +56,88 @@ pub enum ShareError {
     Io { path: PathBuf, err: io::Error },
     #[error("cannot join the shared container of {key}: {err}")]
     Join { key: String, err: io::Error },
+    #[error("the named container is not running on this node; start it in an earlier or concurrent step, or drop `:exec` from --container-name")]
+    NotRunning,
+}
+
+/// Which live processes of a named container a task may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRule {
+    /// Any live one; build when none (pyxis's `auto`, `create`).
+    Any,
+    /// Only those of the caller's own step (pyxis's `no_exec`: never join
+    /// another step's running container).
+    SameStep,
+    /// Any live one, and there must be one (pyxis's `exec`).
+    MustJoin,
+}
+
+/// One recorded process of a named container: `pid mntns tag`.
+fn parse_members(text: &str) -> Vec<(i32, u64, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?, w.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Enters a named container through its state in `dir` (root's, made by
+/// the caller): under an exclusive lock, a recorded live process (its
+/// mount namespace inode checked, so a recycled pid is never joined)
+/// allowed by `rule` is joined; else `build` makes the container. Either
+/// way this process is recorded, and dead ones are dropped. Privileged
+/// (root) only: the state is root's and joins are mount namespaces alone.
+pub fn enter_named<E: From<ShareError>>(
+    dir: &Path,
+    tag: &str,
+    rule: JoinRule,
+    build: impl FnOnce() -> Result<(), E>,
+) -> Result<Joined, E> {
+    if !valid_key(tag) {
+        return Err(ShareError::Key(tag.to_string()).into());
+    }
+    let io_err = |err| ShareError::Io { path: dir.to_path_buf(), err };
+    let dfd = sys::openat(None, dir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(io_err)?;
+    let lock = sys::openat(Some(dfd.as_fd()), Path::new("lock"), libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW, 0o600).map_err(io_err)?;
+    sys::flock_exclusive(lock.as_fd()).map_err(io_err)?;
+    let mut text = String::new();
+    if let Ok(fd) = sys::openat(Some(dfd.as_fd()), Path::new("members"), libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+        let _ = fs::File::from(fd).read_to_string(&mut text);
+    }
+    let live: Vec<(i32, u64, String)> = parse_members(&text)
+        .into_iter()
+        .filter(|(pid, ino, _)| ns_ino(&format!("/proc/{pid}/ns/mnt")).is_ok_and(|(_, i)| i == *ino))
+        .collect();
+    let target = live.iter().rev().find(|(_, _, t)| rule != JoinRule::SameStep || t == tag);
+    let how = match (target, rule) {
+        (Some((pid, ino, _)), _) => {
+            let join_err = |err: io::Error| ShareError::Join { key: dir.display().to_string(), err };
+            let (mnt, got) = ns_ino(&format!("/proc/{pid}/ns/mnt")).map_err(join_err)?;
+            if got != *ino {
+                return Err(join_err(io::Error::other("the process left the container")).into());
+            }
+            setns(mnt, CloneFlags::CLONE_NEWNS).map_err(|e| join_err(e.into()))?;
+            Joined::Joined
+        }
+        (None, JoinRule::MustJoin) => return Err(ShareError::NotRunning.into()),
+        (None, _) => {
+            build()?;
+            Joined::Created
+        }
+    };
+    let (_, mine) = ns_ino("/proc/self/ns/mnt").map_err(io_err)?;
+    let mut out = String::new();
+    for (pid, ino, t) in &live {
+        out.push_str(&format!("{pid} {ino} {t}\n"));
+    }
+    out.push_str(&format!("{} {mine} {tag}\n", std::process::id()));
+    let tmp = format!("members.{}", std::process::id());
+    let fd = sys::openat(Some(dfd.as_fd()), Path::new(&tmp), libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0o600).map_err(io_err)?;
+    fs::File::from(fd).write_all(out.as_bytes()).map_err(io_err)?;
+    nix::fcntl::renameat(dfd.as_fd(), tmp.as_str(), dfd.as_fd(), "members").map_err(|e| io_err(e.into()))?;
+    drop(lock);
+    Ok(how)
 }
 
 /// The runtime directory that holds share state for `mode` and `uid`.
@@ -286,6 +368,12 @@ mod tests {
         let s = State { joined: 2, userns: Some(5), mntns: 7, members: vec![10, 11] };
         assert_eq!(State::parse(&s.render()), s);
         assert_eq!(State::parse(""), State::default());
+    }
+
+    #[test]
+    fn named_members_parse_and_skip_garbage() {
+        let m = parse_members("12 34 5.0.n1\nbad line\n7 8 5.batch.n1\n");
+        assert_eq!(m, [(12, 34, "5.0.n1".to_string()), (7, 8, "5.batch.n1".to_string())]);
     }
 
     #[test]

@@ -1,0 +1,234 @@
+//! pyxis users' scripts on the three-node cluster, unchanged, as the
+//! unprivileged user: `--container-*` options and `PYXIS_CONTAINER_*`
+//! defaults (`[slurm] pyxis_options = true` in the test bed's config),
+//! writable and named containers, remap-root, refusals, and nothing left
+//! behind.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{fails, ok, slurm, Testbed};
+
+const BUSYBOX_PYXIS: &str = "127.0.0.1:5443#shoal/busybox";
+const MPICH: &str = "127.0.0.1:5443/shoal/debian-mpich:12";
+const CONTAINERS: &str = "/var/lib/shoal/containers";
+
+/// Submits `script` (a whole batch script, `#SBATCH` lines included) as the
+/// user in `dir`, waits, and returns (job id, output).
+fn batch(tb: &Testbed, dir: &Path, script: &str) -> (u32, String) {
+    let out = ok(&tb.user(&format!(
+        "cd {dir} && cat > job.sh <<'EOF'\n{script}\nEOF\n\
+         sbatch --parsable --wait -o job.out job.sh; rc=$?; cat job.out; exit $rc",
+        dir = dir.display()
+    )));
+    let id = out.lines().next().and_then(|l| l.trim().parse().ok()).expect("job id");
+    (id, out)
+}
+
+/// After a job: no process of it, no container state, no writable layer
+/// or named container of it on any node.
+fn assert_nothing_left(tb: &Testbed, job: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = ok(&tb.root(&format!("grep -lz '^SLURM_JOB_ID={job}$' /proc/[0-9]*/environ 2>/dev/null || true")));
+        let state = ok(&tb.root(&format!("ls /run/shoal/share 2>/dev/null | grep '^{job}\\.' || true")));
+        let layers = ok(&tb.root(&format!("ls -d {CONTAINERS}/*/job-{job} 2>/dev/null || true")));
+        let queued = ok(&tb.root(&format!("squeue -h -j {job} 2>/dev/null || true")));
+        if [&procs, &state, &layers, &queued].iter().all(|s| s.trim().is_empty()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job} left: processes:\n{procs}\nshare state:\n{state}\nlayers:\n{layers}\nqueue:\n{queued}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_pyxis_batch_script_runs_unchanged() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("pyxis-batch");
+    let d = dir.display();
+    ok(&tb.user(&format!("mkdir -p {d}/data {d}/out && echo input-data > {d}/data/in.txt")));
+    let (job, out) = batch(
+        tb,
+        &dir,
+        &format!(
+            "#!/bin/bash\n\
+             #SBATCH -N3\n\
+             #SBATCH --container-image={MPICH}\n\
+             #SBATCH --container-mounts={d}/data:/data:ro+rprivate,{d}/out:/results:x-create=dir+rbind\n\
+             #SBATCH --container-workdir=/results\n\
+             echo \"batch in $(cat /etc/shoal-test-image) at $(pwd)\"\n\
+             echo \"read $(cat /data/in.txt)\"\n\
+             touch /data/new 2>/dev/null && echo data-writable || echo data-read-only\n\
+             echo from-the-batch-script > /results/o.txt\n\
+             srun -l --container-image={BUSYBOX_PYXIS} --container-mounts={d}/data:/in:ro sh -c 'echo \"step in $(cat /etc/shoal-test-image) on $(hostname): $(cat /in/in.txt)\"'"
+        ),
+    );
+    assert!(out.contains("batch in debian-mpich at /results"), "{out}");
+    assert!(out.contains("read input-data"), "{out}");
+    assert!(out.contains("data-read-only"), "{out}");
+    for node in ["n1", "n2", "n3"] {
+        assert!(out.contains(&format!("step in shoal test image: busybox on {node}: input-data")), "{node}:\n{out}");
+    }
+    assert_eq!(ok(&tb.user(&format!("cat {d}/out/o.txt"))).trim(), "from-the-batch-script");
+    assert_nothing_left(tb, job);
+}
+
+#[test]
+fn writable_and_read_only_containers_and_their_layers_go_at_step_end() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("pyxis-writable");
+    let (job, out) = batch(
+        tb,
+        &dir,
+        &format!(
+            "#!/bin/bash\n#SBATCH -N2\n\
+             srun -l --container-image={BUSYBOX_PYXIS} --container-writable sh -c 'mkdir -p /opt && echo w > /opt/y && cat /opt/y && ls -d {CONTAINERS}/$SLURMD_NODENAME 2>&1 | head -1'\n\
+             srun -N1 --container-image={BUSYBOX_PYXIS} --writable sh -c 'echo again > /etc/z && cat /etc/z'\n\
+             srun -N1 --container-image={BUSYBOX_PYXIS} --container-readonly touch /z 2>&1 || echo readonly-refused\n\
+             srun -N1 --container-image={BUSYBOX_PYXIS} sh -c 'test -e /opt/y && echo leaked || echo fresh'\n\
+             ls {CONTAINERS}/n1/job-$SLURM_JOB_ID/ 2>/dev/null | grep step- || echo no-step-layers"
+        ),
+    );
+    assert_eq!(out.matches(": w").count(), 2, "{out}");
+    assert!(out.contains("again"), "{out}");
+    assert!(out.contains("Read-only file system") && out.contains("readonly-refused"), "{out}");
+    assert!(out.contains("fresh") && !out.contains("leaked"), "{out}");
+    // The host's layer directory is not visible inside; after each step its layer is gone.
+    assert!(out.contains("no-step-layers"), "{out}");
+    assert_nothing_left(tb, job);
+}
+
+#[test]
+fn named_container_keeps_its_state_across_steps_on_every_node() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("pyxis-named");
+    let (job, out) = batch(
+        tb,
+        &dir,
+        &format!(
+            "#!/bin/bash\n#SBATCH -N3\n\
+             srun --container-image={BUSYBOX_PYXIS} --container-name=c1 sh -c 'mkdir -p /opt && hostname > /opt/x'\n\
+             srun -l --container-name=c1 sh -c 'echo \"sees $(cat /opt/x)\"'\n\
+             srun -l --container-image={BUSYBOX_PYXIS} sh -c 'test -e /opt/x && echo unnamed-sees-it || echo unnamed-fresh'\n\
+             srun -N1 -w n1 --container-name=c1:create true 2>&1 || echo create-refused\n\
+             srun -N1 -w n1 --container-name=c1:exec true 2>&1 || echo exec-refused-not-running\n\
+             srun -N1 -w n1 --container-image={BUSYBOX_PYXIS} --container-name=c2:create sh -c 'echo made-c2'\n\
+             srun -N1 -w n1 --overlap --container-name=c1 sh -c 'mkdir -p /run/live && sleep 6' &\n\
+             sleep 3\n\
+             srun -N1 -w n1 --overlap --container-name=c1:exec sh -c 'test -d /run/live && echo exec-joined'\n\
+             srun -N1 -w n1 --overlap --container-name=c1 sh -c 'test -d /run/live && echo auto-joined'\n\
+             srun -N1 -w n1 --overlap --container-name=c1:no_exec sh -c 'test -d /run/live && echo no_exec-joined || echo \"no_exec-separate $(cat /opt/x)\"'\n\
+             wait\n\
+             ls -d {CONTAINERS}/n2/job-$SLURM_JOB_ID/name-c1 && echo layer-kept-during-job"
+        ),
+    );
+    for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
+        assert!(out.contains(&format!("{i}: sees {node}")), "{node}:\n{out}");
+    }
+    assert!(out.contains("unnamed-fresh") && !out.contains("unnamed-sees-it"), "{out}");
+    assert!(out.contains("create-refused") && out.contains("already exists on n1"), "{out}");
+    assert!(out.contains("exec-refused-not-running") && out.contains("not running on this node"), "{out}");
+    assert!(out.contains("made-c2"), "{out}");
+    assert!(out.contains("exec-joined") && out.contains("auto-joined"), "{out}");
+    assert!(out.contains("no_exec-separate n1") && !out.contains("no_exec-joined"), "{out}");
+    assert!(out.contains("layer-kept-during-job"), "{out}");
+    // Job scope: the epilog removes them.
+    assert_nothing_left(tb, job);
+}
+
+#[test]
+fn remap_root_is_uid_0_inside_and_the_user_outside() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("pyxis-remap");
+    let d = dir.display();
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    let out = ok(&tb.user(&format!(
+        "srun -N1 --container-image={BUSYBOX_PYXIS} --container-remap-root --container-mounts={d}:/out \
+         sh -c 'id -u; id -g; touch /out/made-inside; mkdir /out/dir-inside'"
+    )));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["0", "0"], "{out}");
+    let owners = ok(&tb.root(&format!("stat -c %u {d}/made-inside {d}/dir-inside")));
+    assert_eq!(owners.lines().collect::<Vec<_>>(), [uid.as_str(), uid.as_str()], "owned outside by");
+    // No privilege: root inside cannot write a directory of the host's
+    // root that the user cannot.
+    let rootdir = format!("/tmp/i15-rootdir-{}", std::process::id());
+    ok(&tb.root(&format!("rm -rf {rootdir} && mkdir -m 0755 {rootdir}")));
+    let out = tb.user(&format!(
+        "srun -N1 --container-image={BUSYBOX_PYXIS} --container-remap-root --container-mounts={rootdir}:/r sh -c 'id -u; touch /r/x'"
+    ));
+    let err = fails(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!Path::new(&format!("{rootdir}/x")).exists());
+    ok(&tb.root(&format!("rm -rf {rootdir}")));
+    let out = ok(&tb.user(&format!("srun -N1 --container-image={BUSYBOX_PYXIS} --no-container-remap-root id -u")));
+    assert_eq!(out.trim(), uid);
+}
+
+#[test]
+fn pyxis_environment_defaults_apply_and_options_win() {
+    let tb = slurm();
+    let out = ok(&tb.user(&format!(
+        "PYXIS_CONTAINER_IMAGE={BUSYBOX_PYXIS} PYXIS_CONTAINER_WORKDIR=/etc srun -N1 sh -c 'pwd; cat /etc/shoal-test-image'"
+    )));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["/etc", "shoal test image: busybox"], "{out}");
+    let out = ok(&tb.user(&format!(
+        "PYXIS_CONTAINER_IMAGE={BUSYBOX_PYXIS} PYXIS_CONTAINER_WORKDIR=/etc srun -N1 --container-workdir=/tmp pwd"
+    )));
+    assert_eq!(out.trim(), "/tmp");
+    let out = ok(&tb.user(&format!(
+        "PYXIS_CONTAINER_IMAGE={BUSYBOX_PYXIS} PYXIS_CONTAINER_WRITABLE=1 srun -N1 sh -c 'echo ok > /w && cat /w'"
+    )));
+    assert_eq!(out.trim(), "ok");
+    let err = fails(&tb.user(&format!("PYXIS_CONTAINER_IMAGE={BUSYBOX_PYXIS} PYXIS_CONTAINER_WRITABLE=maybe srun -N1 true")));
+    assert!(err.contains("$PYXIS_CONTAINER_WRITABLE=\"maybe\""), "{err}");
+    // --container-env: the job's value wins over the image's PATH.
+    let out = ok(&tb.user(&format!("PATH=/bin:/usr/bin srun -N1 --container-image={BUSYBOX_PYXIS} --container-env=PATH printenv PATH")));
+    assert_eq!(out.trim(), "/bin:/usr/bin");
+    // --no-container-mount-home: the home directory is not there.
+    let out = ok(&tb.user(&format!(
+        "srun -N1 --container-image={BUSYBOX_PYXIS} --no-container-mount-home sh -c 'ls $HOME/tests >/dev/null 2>&1 && echo home-bound || echo no-home'"
+    )));
+    assert_eq!(out.trim(), "no-home");
+}
+
+#[test]
+fn what_shoal_does_not_do_is_refused_at_the_prompt() {
+    let tb = slurm();
+    for (args, says) in [
+        ("--container-mounts=/tmp:/x:rshared", "mount propagation is always private"),
+        ("--container-mounts=tmpfs:/x", "`tmpfs` sources"),
+        ("--container-mounts=/tmp:/x:bogus", "flag \"bogus\" is not supported by Shoal"),
+        ("--container-mounts=/tmp:/etc/x", "refused by site policy"),
+        ("--container-image=bob@127.0.0.1:5443#shoal/busybox", "login user"),
+        ("--container-entrypoint-log", "--container-entrypoint-log is not supported by Shoal"),
+        ("--container-name=x:bogus", "unknown flag \"bogus\""),
+        ("--container-readonly --writable", "were given; give one"),
+    ] {
+        let image = if args.contains("--container-image") { String::new() } else { format!("--container-image={BUSYBOX_PYXIS}") };
+        for cmd in [format!("srun -N1 {image} {args} true"), format!("sbatch {image} {args} --wrap=true")] {
+            let out = tb.user(&cmd);
+            let err = fails(&out);
+            assert!(err.contains(says), "{cmd}: expected {says:?} in:\n{err}");
+            assert!(!String::from_utf8_lossy(&out.stdout).contains("Submitted"), "{cmd} submitted a job");
+        }
+    }
+    // A name with no container yet and no image to make it from.
+    let err = fails(&tb.user("srun -N1 --container-name=never-made true"));
+    assert!(err.contains("does not exist on node n1 yet"), "{err}");
+}
+
+#[test]
+fn help_lists_the_pyxis_options() {
+    let tb = slurm();
+    let help = ok(&tb.user("srun --help"));
+    for opt in ["--container-image=", "--container-mounts=", "--container-name=", "--container-remap-root", "--container-writable"] {
+        assert!(help.contains(opt), "srun --help lacks {opt}");
+    }
+}
