@@ -37,6 +37,20 @@ pub struct Config {
     /// mounts (`[modules.NAME]`), selected with `--module=NAME[,NAME]`.
     pub modules: BTreeMap<String, ModuleConfig>,
     pub slurm: SlurmConfig,
+    /// The site's image policy (`[policy]`): which images may run.
+    pub policy: PolicyConfig,
+}
+
+/// Where the site's image policy lives (`[policy]`), a
+/// containers-policy.json(5) file as podman and skopeo read it
+/// ([`crate::image::trust`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The policy file. Unset: `/etc/containers/policy.json` when it exists,
+    /// else every image is accepted. A file named here must exist. A user's
+    /// `~/.config/containers/policy.json` is never read.
+    pub file: Option<PathBuf>,
 }
 
 /// What tasks inside an image need from the host to stay Slurm tasks.
