@@ -35,6 +35,15 @@ pub struct Pin {
     /// Hex sha256 of the squashfs file, recorded when it was written.
     pub sha256: String,
     pub size: u64,
+    /// The registry reference the site image policy judges the image by
+    /// (none for imports and files). From the user, like all of the pin:
+    /// a signature must bind it to the digest for root to accept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The image's cosign signatures from the store, so every node can
+    /// check them offline (`image::trust`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<shoal::image::trust::SignatureSet>,
 }
 
 impl Pin {
@@ -65,6 +74,8 @@ mod tests {
             squashfs: "/home/alice/.local/share/shoal/x.sqfs".into(),
             sha256: "b".repeat(64),
             size: 42,
+            identity: Some("127.0.0.1:5443/shoal/busybox:latest".into()),
+            signatures: Some(shoal::image::trust::SignatureSet::default()),
         };
         assert_eq!(Pin::from_env(&pin.to_env()).unwrap(), pin);
     }

@@ -65,13 +65,26 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
         }
     }
     match image {
-        ImageSpec::File(path) => pin_file(path, requested),
+        ImageSpec::File(path) => {
+            let pin = pin_file(path, requested)?;
+            // A squashfs file has no registry identity: the policy's default.
+            if let Some(policy) = shoal::image::trust::site_policy(config).map_err(|e| e.to_string())? {
+                let digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
+                shoal::image::trust::check(&policy, shoal::image::trust::Identity::Local, &digest, None)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(pin)
+        }
         spec => {
             let store = Store::open(config);
             let stored = match store.resolve(spec) {
                 Err(StoreError::NotFound { .. }) if config.image.auto_pull => auto_pull(config, &store, spec)?,
                 other => other.map_err(|e| e.to_string())?,
             };
+            // The site image policy, now, on the stored signatures: an
+            // image it refuses fails at the prompt (root checks again on
+            // every node).
+            shoal::image::trust::check_stored(config, &store, spec, &stored)?;
             Ok(Pin {
                 requested,
                 digest: stored.digest.to_string(),
@@ -79,6 +92,8 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                 squashfs: stored.squashfs.clone(),
                 sha256: stored.squashfs_sha256.clone(),
                 size: stored.size,
+                identity: shoal::image::trust::stored_identity(spec, &stored).map(|r| r.to_string()),
+                signatures: shoal::image::trust::stored_signatures(&store, &stored),
             })
         }
     }
@@ -111,5 +126,7 @@ fn pin_file(path: &Path, requested: String) -> Result<Pin, String> {
         squashfs: path,
         sha256: summary.sha256,
         size: summary.size,
+        identity: None,
+        signatures: None,
     })
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use shoal::image::store::Store;
+use shoal::image::trust;
 use shoal::{Config, ImageSpec};
 
 use super::human_size;
@@ -29,9 +30,23 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
         Some(p) => p.parse()?,
         None => shoal::image::platform::Platform::host(),
     };
-    let img = Store::open(&config).resolve_for(&spec, &platform)?;
+    let store = Store::open(&config);
+    let img = store.resolve_for(&spec, &platform)?;
+    let signatures = trust::stored_signatures(&store, &img);
+    let verdict = trust::check_stored(&config, &store, &spec, &img);
+    let status = match &verdict {
+        Ok(None) => "no site image policy (every image is accepted)".to_string(),
+        Ok(Some(accepted)) => format!("allowed: {accepted}"),
+        Err(refusal) => format!("refused: {refusal}"),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&img)?);
+        let mut v = serde_json::to_value(&img)?;
+        v["policy"] = serde_json::json!({
+            "allowed": verdict.is_ok(),
+            "status": status,
+            "signatures": signatures.as_ref().map_or(0, |s| s.signatures.len()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let c = &img.config;
@@ -53,6 +68,11 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
         human_size(img.size),
         img.squashfs_sha256
     );
+    match &signatures {
+        Some(s) => println!("signatures: {} stored (fetched at pull)", s.signatures.len()),
+        None => println!("signatures: none stored"),
+    }
+    println!("policy:     {status}");
     println!("entrypoint: {:?}", c.entrypoint);
     println!("cmd:        {:?}", c.cmd);
     println!("workdir:    {}", c.workdir.as_deref().unwrap_or("/"));

@@ -5,6 +5,10 @@
 //!    request (HEAD) tells whether it moved; unchanged means done. A digest
 //!    reference already in the store needs no request at all.
 //! 2. Fetch the manifest; from an index pick the platform's manifest.
+//!    Then the site image policy ([`super::trust`]) decides, with the
+//!    image's signatures fetched when the policy wants them: a refused
+//!    image stops here, before any layer is fetched. The signatures are
+//!    kept in the store next to the image, for offline nodes.
 //! 3. Take the image's lock (a second puller, on this node or another over a
 //!    shared filesystem, waits here and then finds the image published).
 //! 4. Download the config and the layers in parallel into a work dir, each
@@ -28,6 +32,7 @@ use super::manifest::{self, ConfigBlob, Document, ImageManifest, ManifestError};
 use super::platform::Platform;
 use super::registry::{ClientOptions, Registry, RegistryError};
 use super::store::{ImageMeta, Scope, Store, StoreError, StoreRoot, StoredImage};
+use super::trust::{self, Identity, Policy, PolicyError, Refusal};
 use crate::config::{Config, RegistryConfig};
 use crate::reference::{Digest, ImageRef};
 
@@ -96,6 +101,10 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Policy(#[from] Refusal),
+    #[error(transparent)]
+    PolicyFile(#[from] PolicyError),
     #[error("{reference}: malformed manifest: {problem}; the registry served something Shoal cannot read, check that the image was pushed completely")]
     Manifest {
         reference: String,
@@ -158,6 +167,7 @@ fn pull_inner(
     progress: &(dyn Fn(PullEvent) + Sync),
 ) -> Result<PullOutcome, PullError> {
     let root = store.root(opts.scope)?;
+    let policy = trust::site_policy(config)?;
     let platform = &opts.platform;
     let reference = r.to_string();
     let known = root.tag_entry(r)?;
@@ -171,7 +181,12 @@ fn pull_inner(
 
     // A digest reference names fixed content: no request needed, also when
     // the digest is that of an image already here under another name.
-    if let Some(d) = r.digest() {
+    // With a policy, a stored image counts only when its stored signatures
+    // still satisfy it; otherwise the registry is asked again below.
+    let digest_stored_ok = r.digest().is_some_and(|d| {
+        stored_ok(policy.as_ref(), root, r, known_image.as_ref().map_or(d, |i| &i.digest))
+    });
+    if let Some(d) = r.digest().filter(|_| digest_stored_ok) {
         if let Some(image) = known_image {
             return Ok(PullOutcome {
                 image,
@@ -199,6 +214,7 @@ fn pull_inner(
     };
     if let (Some(image), Some(entry)) = (known_image, &known) {
         if entry.digest.is_some()
+            && stored_ok(policy.as_ref(), root, r, &image.digest)
             && registry.head_manifest(r.repository(), &wanted)? == entry.digest
         {
             return Ok(PullOutcome {
@@ -237,6 +253,10 @@ fn pull_inner(
             }
         }
     };
+
+    if let Some(policy) = &policy {
+        admit(policy, &registry, root, r, &top, &image_digest)?;
+    }
 
     // Another name (or a moved tag) for an image we already have.
     if let Some(image) = root.image(&image_digest)? {
@@ -309,6 +329,40 @@ fn pull_inner(
         image,
         downloaded: true,
     })
+}
+
+/// Whether `image`, stored for `r`, passes the policy on the signatures
+/// stored with it (no policy: always).
+fn stored_ok(policy: Option<&Policy>, root: &StoreRoot, r: &ImageRef, image: &Digest) -> bool {
+    policy.is_none_or(|p| {
+        trust::check(p, Identity::Registry(r), image, trust::load_signatures(root, image).as_ref()).is_ok()
+    })
+}
+
+/// The policy's decision on a resolved image, with its signatures fetched
+/// (and stored) when the scope requires them. `top` is what the registry
+/// served for `r`: the image's manifest, or the index it was chosen from.
+fn admit(
+    policy: &Policy,
+    registry: &Registry,
+    root: &StoreRoot,
+    r: &ImageRef,
+    top: &super::registry::FetchedManifest,
+    image: &Digest,
+) -> Result<(), PullError> {
+    let (_, reqs) = trust::requirements(policy, Identity::Registry(r));
+    let signatures = if trust::needs_signatures(reqs) {
+        let index = (&top.digest != image).then_some((&top.digest, top.body.as_slice()));
+        Some(trust::fetch::fetch(registry, r.repository(), image, index)?)
+    } else {
+        None
+    };
+    trust::check(policy, Identity::Registry(r), image, signatures.as_ref())?;
+    if let Some(set) = &signatures {
+        let path = trust::signatures_path(root, image);
+        trust::save_signatures(root, image, set).map_err(super::store::io_err(&path))?;
+    }
+    Ok(())
 }
 
 fn lock_path(root: &StoreRoot, d: &Digest) -> PathBuf {

@@ -100,8 +100,25 @@ fn note_bundle(registry: &Registry, repository: &str, target: &Digest, set: &mut
         Err(RegistryError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let text = String::from_utf8_lossy(&index.body);
-    if text.contains("application/vnd.dev.sigstore.bundle") {
+    // The index lists artifact manifests; the bundle's media type is in
+    // theirs.
+    let listed: Vec<String> = serde_json::from_slice::<serde_json::Value>(&index.body)
+        .ok()
+        .and_then(|v| v.get("manifests").and_then(|m| m.as_array()).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.get("digest").and_then(|d| d.as_str()).map(str::to_string))
+        .take(8)
+        .collect();
+    let mut bundle = false;
+    for digest in listed {
+        match registry.manifest(repository, &digest) {
+            Ok(m) if String::from_utf8_lossy(&m.body).contains("application/vnd.dev.sigstore.bundle") => bundle = true,
+            Ok(_) | Err(RegistryError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if bundle {
         set.problems.push(format!(
             "{tag} holds a sigstore bundle (cosign 3's default format), which signs the digest without naming a repository, so no signedIdentity rule can accept it; sign with `cosign sign --new-bundle-format=false --use-signing-config=false`"
         ));

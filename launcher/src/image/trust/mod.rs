@@ -39,9 +39,9 @@ use sha2::{Digest as _, Sha256};
 pub use self::policy::{Named, Policy, PolicyError, Requirement, Scope, SignedIdentity};
 pub use self::sigstore::{Payload, PublicKey, Signature, SignatureSet};
 use super::manifest::Document;
-use super::store::StoreRoot;
+use super::store::{Store, StoreRoot, StoredImage};
 use crate::config::Config;
-use crate::reference::{Digest, ImageRef};
+use crate::reference::{Digest, ImageRef, ImageSpec};
 
 /// The policy file used when `policy.file` is unset and this file exists.
 pub const DEFAULT_POLICY: &str = "/etc/containers/policy.json";
@@ -150,7 +150,7 @@ impl fmt::Display for Why {
             Why::Identity { claimed, rule } => {
                 write!(f, "signature is for {claimed:?}, which signedIdentity {rule} does not accept")
             }
-            Why::Malformed(m) => write!(f, "malformed signature ({m})"),
+            Why::Malformed(m) => write!(f, "malformed or unsupported signature ({m})"),
             Why::Local => f.write_str("a signature is required and a local image has none"),
         }
     }
@@ -293,6 +293,38 @@ fn covered_digests(image: &Digest, set: &SignatureSet) -> Vec<Digest> {
         }
     }
     out
+}
+
+/// The registry identity a stored image is judged by: the reference the
+/// user gave, or for `id:DIGEST` the reference it was pulled as. `None`
+/// for imports and files (judged as local images).
+pub fn stored_identity(spec: &ImageSpec, stored: &StoredImage) -> Option<ImageRef> {
+    match spec {
+        ImageSpec::Registry(r) => Some(r.clone()),
+        ImageSpec::Id(_) => match stored.source_ref.parse::<ImageSpec>() {
+            Ok(ImageSpec::Registry(r)) => Some(r),
+            _ => None,
+        },
+        ImageSpec::File(_) => None,
+    }
+}
+
+/// The signatures kept with a stored image, from the store it is in.
+pub fn stored_signatures(store: &Store, stored: &StoredImage) -> Option<SignatureSet> {
+    load_signatures(store.root(stored.scope).ok()?, &stored.digest)
+}
+
+/// The policy's decision on a stored image, offline: `Ok(None)` when the
+/// site has no policy.
+pub fn check_stored(config: &Config, store: &Store, spec: &ImageSpec, stored: &StoredImage) -> Result<Option<Accepted>, String> {
+    let Some(policy) = site_policy(config).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let identity = stored_identity(spec, stored);
+    let id = identity.as_ref().map_or(Identity::Local, Identity::Registry);
+    check(&policy, id, &stored.digest, stored_signatures(store, stored).as_ref())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 // --- signatures in a store --------------------------------------------------
