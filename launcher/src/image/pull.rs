@@ -168,6 +168,12 @@ fn pull_inner(
 ) -> Result<PullOutcome, PullError> {
     let root = store.root(opts.scope)?;
     let policy = trust::site_policy(config)?;
+    // A scope that rejects needs no request to say so.
+    if let Some(p) = &policy {
+        if trust::requirements(p, Identity::Registry(r)).1.contains(&trust::Requirement::Reject) {
+            trust::check(p, Identity::Registry(r), r.digest().unwrap_or(&empty_digest()), None)?;
+        }
+    }
     let platform = &opts.platform;
     let reference = r.to_string();
     let known = root.tag_entry(r)?;
@@ -329,6 +335,11 @@ fn pull_inner(
         image,
         downloaded: true,
     })
+}
+
+/// A placeholder digest for a decision that needs none (a `reject`).
+fn empty_digest() -> Digest {
+    super::registry::sha256_digest(b"")
 }
 
 /// Whether `image`, stored for `r`, passes the policy on the signatures
