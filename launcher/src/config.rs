@@ -615,6 +615,15 @@ mod tests {
     }
 
     #[test]
+    fn policy_file_parses() {
+        let c = Config::parse("[policy]\nfile = \"/etc/site/policy.json\"\n", Path::new("x")).unwrap();
+        assert_eq!(c.policy.file.as_deref(), Some(Path::new("/etc/site/policy.json")));
+        assert_eq!(Config::default().policy.file, None);
+        let e = err("[policy]\npath = \"/x\"\n");
+        assert!(e.contains("path") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
     fn store_paths_parse() {
         let c = Config::parse(
             "[store]\nuser_dir = \"/home/u/.shoal\"\nsite_dir = \"/srv/shoal\"\n",

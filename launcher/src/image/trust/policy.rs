@@ -760,4 +760,21 @@ mod tests {
         let e = parse(&json).unwrap_err().to_string();
         assert!(e.contains(&key.display().to_string()), "{e}");
     }
+
+    #[test]
+    fn documented_admin_policy_allows_one_signed_repository_and_rejects_the_rest() {
+        let doc = include_str!("../../../../packaging/image-policy.md");
+        let json = doc.split("```json\n").nth(1).unwrap().split("```").next().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("site-cosign.pub");
+        std::fs::write(&key, test_key().1).unwrap();
+        let json = json.replace("/etc/containers/keys/site-cosign.pub", &key.display().to_string());
+        let p = parse(&json).unwrap();
+        let (scope, reqs) = p.requirements_for(&reference("registry.example.org/hpc/apps:1"));
+        assert_eq!(scope, Scope::Docker("registry.example.org/hpc/apps".into()));
+        assert!(matches!(&reqs[0], Requirement::SigstoreSigned { identity: SignedIdentity::MatchRepository, .. }));
+        assert_eq!(p.requirements_for(&reference("registry.example.org/hpc/other:1")).1, [Requirement::Reject]);
+        assert_eq!(p.requirements_for(&reference("docker.io/library/debian:12")).1, [Requirement::Reject]);
+        assert_eq!(p.requirements_for_local(), [Requirement::Reject]);
+    }
 }
