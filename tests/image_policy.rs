@@ -308,19 +308,21 @@ fn config_check_validates_the_policy_file() {
     }
 }
 
-/// Submits held, changes the policy, releases: root on the node refuses
-/// what srun accepted. Then a signed image runs on all three nodes.
+/// A signed image on all three nodes; a refused stored image fails at the
+/// prompt; and root on the node refuses what salloc accepted once the
+/// policy changed in between, or a pin forged without signatures.
 #[test]
-fn srun_and_sbatch_check_at_submission_and_root_checks_again_on_the_nodes() {
+fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
     let f = fixture();
     let tb = f.tb;
     f.copy("latest", "signed");
     f.sign("trusted", "signed", &f.a, None);
     f.copy("latest", "unsigned");
-    let guard = PolicyGuard::install(&r#"{"default": [{"type": "insecureAcceptAnything"}]}"#.to_string());
-    // Pulled while the registry's whole namespace was open.
-    ok(&tb.user(&format!("shoal pull -q {REG}/i16/signed:v1 && shoal pull -q {REG}/i16/unsigned:v1")));
+    let guard = PolicyGuard::install(r#"{"default": [{"type": "insecureAcceptAnything"}]}"#);
+    // Pulled while everything was open; then the site locks down.
+    ok(&tb.user(&format!("shoal pull -q {REG}/i16/unsigned:v1")));
     guard.set(&policy("trusted"));
+    ok(&tb.user(&format!("shoal pull -q {REG}/i16/signed:v1")));
 
     // A signed image runs on all three nodes.
     let out = ok(&tb.user(&format!("srun -N3 -l --image={REG}/i16/signed:v1 sh -c 'cat /etc/shoal-test-image; hostname' | sort")));
@@ -328,7 +330,7 @@ fn srun_and_sbatch_check_at_submission_and_root_checks_again_on_the_nodes() {
         assert!(out.contains(n), "{out}");
     }
     assert_eq!(out.matches("shoal test image: busybox").count(), 3, "{out}");
-    // Each node made its own decision once and cached it.
+    // Each node made its own decision and cached it.
     for n in ["n1", "n2", "n3"] {
         let cached = ok(&tb.root(&format!("ls /var/cache/shoal/{n}/trust | wc -l")));
         assert!(cached.trim().parse::<u32>().unwrap() >= 1, "{n}: {cached}");
@@ -338,38 +340,43 @@ fn srun_and_sbatch_check_at_submission_and_root_checks_again_on_the_nodes() {
     let e = fails(&tb.user(&format!("srun -N1 --image={REG}/i16/unsigned:v1 true")));
     assert!(e.contains(&format!(r#"{REG}/i16/unsigned:v1: refused by the site image policy {STATE}/policy.json (scope docker "{REG}/i16/unsigned"): no signature"#)), "{e}");
 
-    // Accepted at submission, refused on the node after the policy changed
-    // to trust another key.
+    // Accepted when salloc pinned it; the policy then trusts another key
+    // only, and the step's staging on the node (root) refuses it.
     let dir = tb.user_tempdir("recheck");
-    let id = ok(&tb.user(&format!(
-        "cd {} && printf '#!/bin/sh\\ncat /etc/shoal-test-image\\n' > job.sh && sbatch --parsable --hold -N1 -o job.out --image={REG}/i16/signed:v1 job.sh",
-        dir.display()
-    )));
-    let id = id.trim();
-    guard.set(&policy("stranger"));
-    ok(&tb.root(&format!("scontrol release {id}")));
+    let d = dir.display().to_string();
+    let script = format!(
+        "cd {d} && salloc -N1 --image={REG}/i16/signed:v1 sh -c 'touch {d}/ready; while [ ! -e {d}/go ]; do sleep 0.2; done; srun -N1 cat /etc/shoal-test-image'"
+    );
+    let child = Command::new("runuser")
+        .args(["-u", &tb.user, "--", "env", "-i"])
+        .arg(format!("HOME={}", tb.home.display()))
+        .args(["PATH=/usr/local/bin:/usr/bin:/bin", "bash", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ok(&tb.root(&format!("squeue -h -j {id} 2>/dev/null || true"))).trim().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "job {id} did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(300));
+    while !dir.join("ready").exists() {
+        assert!(std::time::Instant::now() < deadline, "salloc did not start");
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let output = ok(&tb.user(&format!("cat {}/job.out 2>/dev/null || true", dir.display())));
-    assert!(!output.contains("shoal test image"), "the refused image ran:\n{output}");
-    assert!(output.contains("not signed by a trusted key") && output.contains(&format!("{STATE}/stranger.pub")), "{output}");
-    let state = ok(&tb.root(&format!("sacct -n -X -j {id} -o State 2>/dev/null || scontrol show job {id} | grep -o 'JobState=[A-Z]*'")));
-    assert!(!state.contains("COMPLETED"), "{state}");
+    guard.set(&policy("stranger"));
+    std::fs::write(dir.join("go"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("shoal test image"), "the refused image ran:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("not signed by a trusted key") && stderr.contains(&format!("{STATE}/stranger.pub")),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
 
-    // A forged pin without signatures does not get past root either.
+    // A pin forged without its signatures does not get past root either.
     guard.set(&policy("trusted"));
-    let forged = ok(&tb.user(&format!(
-        "srun -N1 --image={REG}/i16/signed:v1 sh -c 'printf %s \"$SHOAL_IMAGE_PIN\"'"
-    )));
-    let mut pin: serde_json::Value = serde_json::from_str(forged.trim()).expect("pin JSON");
+    let pin = ok(&tb.user(&format!("srun -N1 --image={REG}/i16/signed:v1 sh -c 'printf %s \"$SHOAL_IMAGE_PIN\"'")));
+    let mut pin: serde_json::Value = serde_json::from_str(pin.trim()).expect("pin JSON");
     assert!(pin["signatures"]["signatures"].as_array().is_some_and(|s| !s.is_empty()), "{pin}");
     pin.as_object_mut().unwrap().remove("signatures");
-    let e = fails(&tb.user(&format!(
-        "SHOAL_IMAGE_PIN='{}' srun -N1 --image={REG}/i16/signed:v1 cat /etc/shoal-test-image",
-        pin
-    )));
+    let e = fails(&tb.user(&format!("SHOAL_IMAGE_PIN='{pin}' srun -N1 --image={REG}/i16/signed:v1 cat /etc/shoal-test-image")));
     assert!(e.contains("no signature"), "{e}");
 }
