@@ -352,6 +352,26 @@ pub fn save_signatures(root: &StoreRoot, image: &Digest, set: &SignatureSet) -> 
     fs::rename(&tmp, &path)
 }
 
+/// Removes the stored signatures of images no longer in `root`.
+pub fn gc_signatures(root: &StoreRoot) {
+    let Ok(entries) = fs::read_dir(root.dir().join("signatures")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let gone = match format!("sha256:{hex}").parse::<Digest>() {
+            Ok(d) => matches!(root.image(&d), Ok(None)),
+            Err(_) => false,
+        };
+        if gone {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 // --- decisions cached on a node ---------------------------------------------
 
 /// Accepted decisions, one empty file per (policy, identity, digest), in a

@@ -224,5 +224,8 @@ fn signatures_are_kept_in_the_store() {
     let s = set(vec![test_sign(&pair, &test_payload("reg.io/signed", IMAGE))]);
     save_signatures(&root, &image, &s).unwrap();
     assert_eq!(load_signatures(&root, &image).unwrap(), s);
+    assert!(signatures_path(&root, &image).is_file());
+    gc_signatures(&root);
+    assert!(load_signatures(&root, &image).is_none(), "the image is not stored: its signatures go");
     assert!(signatures_path(&root, &image).ends_with(format!("signatures/{}.json", image.hex())));
 }
