@@ -40,6 +40,20 @@ pub struct Config {
     /// Per-node overrides of detected capabilities (`[nodes."NAME"]`),
     /// for nodes where detection is wrong, and for tests.
     pub nodes: BTreeMap<String, NodeOverride>,
+    /// The site's image policy (`[policy]`): which images may run.
+    pub policy: PolicyConfig,
+}
+
+/// Where the site's image policy lives (`[policy]`), a
+/// containers-policy.json(5) file as podman and skopeo read it
+/// ([`crate::image::trust`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The policy file. Unset: `/etc/containers/policy.json` when it exists,
+    /// else every image is accepted. A file named here must exist. A user's
+    /// `~/.config/containers/policy.json` is never read.
+    pub file: Option<PathBuf>,
 }
 
 /// `[nodes."NAME"]`: facts of one node that replace what Shoal detects
@@ -687,6 +701,15 @@ mod tests {
         assert_eq!(Config::default().image.compression.to_string(), "zstd:3");
         let e = err("[image]\ncompression = \"zstd:99\"\n");
         assert!(e.contains("line 2 (key `image.compression`)") && e.contains("zstd:N"), "{e}");
+    }
+
+    #[test]
+    fn policy_file_parses() {
+        let c = Config::parse("[policy]\nfile = \"/etc/site/policy.json\"\n", Path::new("x")).unwrap();
+        assert_eq!(c.policy.file.as_deref(), Some(Path::new("/etc/site/policy.json")));
+        assert_eq!(Config::default().policy.file, None);
+        let e = err("[policy]\npath = \"/x\"\n");
+        assert!(e.contains("path") && e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub fn choose(
         size: image.size,
         index: false,
         select: pin.select,
+        // Root checks the chosen entry against the site policy with these
+        // (a signature of the index covers every entry it lists).
+        identity: pin.identity.clone(),
+        signatures: pin.signatures.clone(),
     };
     Ok((chosen, how))
 }

@@ -232,8 +232,6 @@ unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote:
                 Ok(())
             }
             v if v == Opt::ImageSelect as c_int => set_select(req, value.as_deref().unwrap_or("")),
-}
-
             v if v == Opt::Writable as c_int => {
                 crate::pyxis::set_flag(&mut req.writable, true, "--writable and --container-readonly")
             }

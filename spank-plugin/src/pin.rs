@@ -42,6 +42,15 @@ pub struct Pin {
     /// How the nodes choose from an index.
     #[serde(default)]
     pub select: shoal::select::SelectMode,
+    /// The registry reference the site image policy judges the image by
+    /// (none for imports and files). From the user, like all of the pin:
+    /// a signature must bind it to the digest for root to accept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The image's cosign signatures from the store, so every node can
+    /// check them offline (`image::trust`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<shoal::image::trust::SignatureSet>,
 }
 
 impl Pin {
@@ -74,6 +83,8 @@ mod tests {
             size: 42,
             index: false,
             select: Default::default(),
+            identity: Some("127.0.0.1:5443/shoal/busybox:latest".into()),
+            signatures: Some(shoal::image::trust::SignatureSet::default()),
         };
         assert_eq!(Pin::from_env(&pin.to_env()).unwrap(), pin);
     }

@@ -83,8 +83,32 @@ fn node_cache(config: &Config, node: &str) -> Result<NodeCache, String> {
     NodeCache::open(&config.node.cache_dir, node, config.node.cache_size.0).map_err(|e| e.to_string())
 }
 
+/// Root's own check of the site image policy before an image is staged:
+/// the site's policy file only (never the user's environment), against the
+/// pinned digest and the signatures the pin carries, which prove
+/// themselves. Accepted decisions are cached in the node cache per
+/// (policy, identity, digest), so the tasks of a large step check once.
+pub fn admit(config: &Config, node: &str, pin: &Pin) -> Result<(), String> {
+    use shoal::image::trust::{self, DecisionCache, Identity};
+    let Some(policy) = trust::site_policy(config).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let digest: Digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
+    let identity = match pin.identity.as_deref().map(str::parse::<shoal::ImageSpec>) {
+        Some(Ok(shoal::ImageSpec::Registry(r))) => Some(r),
+        Some(_) => return Err(format!("image {}: the pin's identity is not a registry reference; resubmit", pin.requested)),
+        None => None,
+    };
+    let id = identity.as_ref().map_or(Identity::Local, Identity::Registry);
+    DecisionCache::new(config.node.cache_dir.join(node).join("trust"))
+        .check(&policy, id, &digest, pin.signatures.as_ref())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Stages a site image (any context running as root).
 pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<Staged, String> {
+    admit(config, node, pin)?;
     let stored = site_image(config, pin)?;
     let run_config = Some(shoal::resolve::run_config(&stored.config));
     if config.node.staging == Staging::Direct {
@@ -114,6 +138,7 @@ pub fn stage_user(
     owner: (u32, u32),
     source: impl FnOnce() -> io::Result<Box<dyn Read>>,
 ) -> Result<PathBuf, String> {
+    admit(config, node, pin)?;
     if config.node.staging == Staging::Direct {
         return Ok(pin.squashfs.clone());
     }

@@ -70,12 +70,22 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
         }
     }
     match image {
-        ImageSpec::File(path) => pin_file(path, requested),
+        ImageSpec::File(path) => {
+            let pin = pin_file(path, requested)?;
+            // A squashfs file has no registry identity: the policy's default.
+            if let Some(policy) = shoal::image::trust::site_policy(config).map_err(|e| e.to_string())? {
+                let digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
+                shoal::image::trust::check(&policy, shoal::image::trust::Identity::Local, &digest, None)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(pin)
+        }
         spec => {
             let store = Store::open(config);
             // An image index: pinned by its digest; each node chooses from
             // the same bytes (choose.rs).
             if let Some((index, root)) = store.find_index(spec).map_err(|e| e.to_string())? {
+                let (identity, signatures) = index_trust(config, &store, root, spec, &index)?;
                 return Ok(Pin {
                     requested,
                     digest: index.digest.to_string(),
@@ -85,12 +95,18 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                     size: index.bytes.len() as u64,
                     index: true,
                     select: mode,
+                    identity,
+                    signatures,
                 });
             }
             let stored = match store.resolve(spec) {
                 Err(StoreError::NotFound { .. }) if config.image.auto_pull => auto_pull(config, &store, spec)?,
                 other => other.map_err(|e| e.to_string())?,
             };
+            // The site image policy, now, on the stored signatures: an
+            // image it refuses fails at the prompt (root checks again on
+            // every node).
+            shoal::image::trust::check_stored(config, &store, spec, &stored)?;
             Ok(Pin {
                 requested,
                 digest: stored.digest.to_string(),
@@ -100,6 +116,8 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                 size: stored.size,
                 index: false,
                 select: mode,
+                identity: shoal::image::trust::stored_identity(spec, &stored).map(|r| r.to_string()),
+                signatures: shoal::image::trust::stored_signatures(&store, &stored),
             })
         }
     }
@@ -120,6 +138,40 @@ fn auto_pull(config: &shoal::Config, store: &Store, spec: &ImageSpec) -> Result<
         .map_err(|e| format!("automatic pull of {r} failed: {e}"))
 }
 
+/// The site image policy on every entry of a stored index (each node
+/// may choose any of them), and what the pin carries for root's re-check
+/// on the node: the identity and the entries' stored signatures together.
+fn index_trust(
+    config: &shoal::Config,
+    store: &Store,
+    root: &shoal::image::store::StoreRoot,
+    spec: &ImageSpec,
+    index: &shoal::image::store::StoredIndex,
+) -> Result<(Option<String>, Option<shoal::image::trust::SignatureSet>), String> {
+    use shoal::image::trust;
+    let mut identity = None;
+    let mut all: Option<trust::SignatureSet> = None;
+    for digest in index.variants.values() {
+        let stored = root.image(digest).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!("image {spec}: entry {digest} of its index is no longer stored; pull it again with `shoal pull {spec}`")
+        })?;
+        trust::check_stored(config, store, spec, &stored)?;
+        identity = identity.or_else(|| trust::stored_identity(spec, &stored).map(|r| r.to_string()));
+        if let Some(set) = trust::stored_signatures(store, &stored) {
+            let acc = all.get_or_insert_with(Default::default);
+            acc.index = acc.index.take().or(set.index);
+            for s in set.signatures {
+                if !acc.signatures.contains(&s) {
+                    acc.signatures.push(s);
+                }
+            }
+            acc.problems.extend(set.problems);
+            acc.fetched_at = acc.fetched_at.max(set.fetched_at);
+        }
+    }
+    Ok((identity, all))
+}
+
 /// A squashfs file the user named: checked and hashed now, so every node
 /// can verify its copy; its digest is the file's own sha256.
 fn pin_file(path: &Path, requested: String) -> Result<Pin, String> {
@@ -134,5 +186,7 @@ fn pin_file(path: &Path, requested: String) -> Result<Pin, String> {
         size: summary.size,
         index: false,
         select: Default::default(),
+        identity: None,
+        signatures: None,
     })
 }

@@ -43,3 +43,5 @@ else
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
+# cosign (Debian sid) for the image signature tests, unpacked and cached.
+bash "$(dirname "$0")/cosign.sh" >/dev/null

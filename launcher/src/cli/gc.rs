@@ -23,6 +23,8 @@ pub fn run(args: GcArgs, config_path: &Path) -> Result<ExitCode> {
     let store = Store::open(&config);
     let root = store.root(if args.site { Scope::Site } else { Scope::User })?;
     let r = root.gc()?;
+    // Signatures of images no longer stored go with them.
+    shoal::image::trust::gc_signatures(root);
     println!(
         "{}: removed {} image(s) ({}), {} stale reference(s), {} leftover work dir(s)",
         root.dir().display(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use shoal::image::store::Store;
+use shoal::image::trust;
 use shoal::{Config, ImageSpec};
 
 use super::human_size;
@@ -39,11 +40,23 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
         }
         _ => (store.resolve_for(&spec, &platform)?, None),
     };
+    let signatures = trust::stored_signatures(&store, &img);
+    let verdict = trust::check_stored(&config, &store, &spec, &img);
+    let status = match &verdict {
+        Ok(None) => "no site image policy (every image is accepted)".to_string(),
+        Ok(Some(accepted)) => format!("allowed: {accepted}"),
+        Err(refusal) => format!("refused: {refusal}"),
+    };
     if args.json {
         let mut v = serde_json::to_value(&img)?;
         if let Some((idx, decision)) = &index {
             v["index"] = serde_json::json!({ "digest": idx.digest, "variants": idx.variants, "decision": decision });
         }
+        v["policy"] = serde_json::json!({
+            "allowed": verdict.is_ok(),
+            "status": status,
+            "signatures": signatures.as_ref().map_or(0, |s| s.signatures.len()),
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -66,6 +79,11 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
         human_size(img.size),
         img.squashfs_sha256
     );
+    match &signatures {
+        Some(s) => println!("signatures: {} stored (fetched at pull)", s.signatures.len()),
+        None => println!("signatures: none stored"),
+    }
+    println!("policy:     {status}");
     println!("entrypoint: {:?}", c.entrypoint);
     println!("cmd:        {:?}", c.cmd);
     println!("workdir:    {}", c.workdir.as_deref().unwrap_or("/"));

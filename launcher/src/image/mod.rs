@@ -7,6 +7,8 @@
 //! - [`store`]: where images live, how they are published atomically, found
 //!   by the launcher and the SPANK plugin, and collected;
 //! - [`pull`]: download -> convert -> publish, as one call;
+//! - [`trust`]: the site image policy (containers-policy.json) and cosign
+//!   signatures, checked at pull, submission and staging;
 //! - [`import`]: the same for local sources (OCI layout, docker-archive,
 //!   a directory, a squashfs file).
 
@@ -17,3 +19,4 @@ pub mod platform;
 pub mod pull;
 pub mod registry;
 pub mod store;
+pub mod trust;

@@ -8,6 +8,11 @@
 //!    and every entry a node of this site could choose (its os/architecture
 //!    is one of `image.platforms`, or `--platform`) is pulled as an image of
 //!    its own: which one runs is decided per node ([`crate::select`]).
+//!    The site image policy ([`super::trust`]) decides on every image
+//!    (each entry of an index), with its signatures fetched when the policy
+//!    wants them: a refused image stops the pull here, before any layer is
+//!    fetched. The signatures are kept in the store next to the image, for
+//!    offline nodes.
 //! 3. Take the image's lock (a second puller, on this node or another over a
 //!    shared filesystem, waits here and then finds the image published).
 //! 4. Download the config and the layers in parallel into a work dir, each
@@ -31,6 +36,7 @@ use super::manifest::{self, ConfigBlob, Document, ImageManifest, ManifestError};
 use super::platform::Platform;
 use super::registry::{ClientOptions, Registry, RegistryError};
 use super::store::{ImageMeta, Scope, Store, StoreError, StoreRoot, StoredImage};
+use super::trust::{self, Identity, Policy, PolicyError, Refusal};
 use crate::config::{Config, RegistryConfig};
 use crate::reference::{Digest, ImageRef};
 
@@ -108,6 +114,10 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Policy(#[from] Refusal),
+    #[error(transparent)]
+    PolicyFile(#[from] PolicyError),
     #[error("{reference}: malformed manifest: {problem}; the registry served something Shoal cannot read, check that the image was pushed completely")]
     Manifest {
         reference: String,
@@ -170,6 +180,13 @@ fn pull_inner(
     progress: &(dyn Fn(PullEvent) + Sync),
 ) -> Result<PullOutcome, PullError> {
     let root = store.root(opts.scope)?;
+    let policy = trust::site_policy(config)?;
+    // A scope that rejects needs no request to say so.
+    if let Some(p) = &policy {
+        if trust::requirements(p, Identity::Registry(r)).1.contains(&trust::Requirement::Reject) {
+            trust::check(p, Identity::Registry(r), r.digest().unwrap_or(&empty_digest()), None)?;
+        }
+    }
     let platform = &opts.platform;
     let reference = r.to_string();
     let known = root.tag_entry(r)?;
@@ -183,7 +200,12 @@ fn pull_inner(
 
     // A digest reference names fixed content: no request needed, also when
     // the digest is that of an image already here under another name.
-    if let Some(d) = r.digest() {
+    // With a policy, a stored image counts only when its stored signatures
+    // still satisfy it; otherwise the registry is asked again below.
+    let digest_stored_ok = r.digest().is_some_and(|d| {
+        stored_ok(policy.as_ref(), root, r, known_image.as_ref().map_or(d, |i| &i.digest))
+    });
+    if let Some(d) = r.digest().filter(|_| digest_stored_ok) {
         if let Some(image) = known_image {
             return Ok(PullOutcome {
                 image,
@@ -213,6 +235,7 @@ fn pull_inner(
     };
     if let (Some(image), Some(entry)) = (known_image, &known) {
         if entry.digest.is_some()
+            && stored_ok(policy.as_ref(), root, r, &image.digest)
             && registry.head_manifest(r.repository(), &wanted)? == entry.digest
         {
             return Ok(PullOutcome {
@@ -230,7 +253,8 @@ fn pull_inner(
                 Some(d) => Some(d.clone()),
                 None => registry.head_manifest(r.repository(), &wanted)?,
             };
-            if current.as_ref() == Some(idx) {
+            let still_allowed = entry.variants.values().all(|d| stored_ok(policy.as_ref(), root, r, d));
+            if current.as_ref() == Some(idx) && still_allowed {
                 if let Some(outcome) = stored_index_outcome(root, entry, platform)? {
                     return Ok(outcome);
                 }
@@ -245,11 +269,16 @@ fn pull_inner(
     };
     match Document::parse(&top.body, top.content_type.as_deref()).map_err(malformed)? {
         Document::Image(m) => {
+            if let Some(policy) = &policy {
+                admit(policy, &registry, root, r, &top, &top.digest)?;
+            }
             let (image, downloaded) = fetch_image(root, &registry, r, &top.digest, m, opts, progress)?;
             root.set_tag(r, Some(&top.digest), platform, &image.digest)?;
             Ok(PullOutcome { image, downloaded, index: None })
         }
-        Document::Index(descriptors) => pull_index(root, &registry, r, &top, &descriptors, opts, progress),
+        Document::Index(descriptors) => {
+            pull_index(root, &registry, policy.as_ref(), r, &top, &descriptors, opts, progress)
+        }
     }
 }
 
@@ -280,9 +309,11 @@ fn stored_index_outcome(
 
 /// An image index: keeps its bytes, pulls every entry one of the wanted
 /// platforms could run, and tags them all.
+#[allow(clippy::too_many_arguments)]
 fn pull_index(
     root: &StoreRoot,
     registry: &Registry,
+    policy: Option<&Policy>,
     r: &ImageRef,
     top: &super::registry::FetchedManifest,
     descriptors: &[manifest::Descriptor],
@@ -298,8 +329,9 @@ fn pull_index(
         if opts.platforms.is_empty() { vec![opts.platform.clone()] } else { opts.platforms.clone() };
     let entries = crate::select::index::entries(&top.body)
         .map_err(|e| malformed(ManifestError(e.to_string())))?;
-    let mut pulled: Vec<(String, StoredImage)> = Vec::new();
-    let mut downloaded = false;
+    // Every wanted entry's manifest, each admitted by the site policy,
+    // before any layer of any of them is fetched.
+    let mut chosen = Vec::new();
     for e in &entries {
         let is_image = (e.media_type == manifest::OCI_MANIFEST || e.media_type == manifest::DOCKER_MANIFEST)
             && !e.annotations.contains_key("vnd.docker.reference.type");
@@ -317,9 +349,17 @@ fn pull_index(
                 return Err(malformed(ManifestError(format!("index entry {} is itself an index", e.digest))))
             }
         };
-        let (image, fresh) = fetch_image(root, registry, r, &m.digest, im, opts, progress)?;
+        if let Some(policy) = policy {
+            admit(policy, registry, root, r, top, &m.digest)?;
+        }
+        chosen.push((format!("#{} {p}", e.position), m.digest, im));
+    }
+    let mut pulled: Vec<(String, StoredImage)> = Vec::new();
+    let mut downloaded = false;
+    for (key, digest, im) in chosen {
+        let (image, fresh) = fetch_image(root, registry, r, &digest, im, opts, progress)?;
         downloaded |= fresh;
-        pulled.push((format!("#{} {p}", e.position), image));
+        pulled.push((key, image));
     }
     if pulled.is_empty() {
         let want = wants[0].clone();
@@ -425,6 +465,45 @@ fn fetch_image(
     let image = root.publish(&work, &sqfs, &meta, &lock)?;
     drop(lock);
     Ok((image, true))
+}
+
+/// A placeholder digest for a decision that needs none (a `reject`).
+fn empty_digest() -> Digest {
+    super::registry::sha256_digest(b"")
+}
+
+/// Whether `image`, stored for `r`, passes the policy on the signatures
+/// stored with it (no policy: always).
+fn stored_ok(policy: Option<&Policy>, root: &StoreRoot, r: &ImageRef, image: &Digest) -> bool {
+    policy.is_none_or(|p| {
+        trust::check(p, Identity::Registry(r), image, trust::load_signatures(root, image).as_ref()).is_ok()
+    })
+}
+
+/// The policy's decision on a resolved image, with its signatures fetched
+/// (and stored) when the scope requires them. `top` is what the registry
+/// served for `r`: the image's manifest, or the index it was chosen from.
+fn admit(
+    policy: &Policy,
+    registry: &Registry,
+    root: &StoreRoot,
+    r: &ImageRef,
+    top: &super::registry::FetchedManifest,
+    image: &Digest,
+) -> Result<(), PullError> {
+    let (_, reqs) = trust::requirements(policy, Identity::Registry(r));
+    let signatures = if trust::needs_signatures(reqs) {
+        let index = (&top.digest != image).then_some((&top.digest, top.body.as_slice()));
+        Some(trust::fetch::fetch(registry, r.repository(), image, index)?)
+    } else {
+        None
+    };
+    trust::check(policy, Identity::Registry(r), image, signatures.as_ref())?;
+    if let Some(set) = &signatures {
+        let path = trust::signatures_path(root, image);
+        trust::save_signatures(root, image, set).map_err(super::store::io_err(&path))?;
+    }
+    Ok(())
 }
 
 fn lock_path(root: &StoreRoot, d: &Digest) -> PathBuf {
