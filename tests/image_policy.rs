@@ -87,18 +87,47 @@ impl Fixture {
         );
     }
 
-    /// Runs `shoal` as the user with a fresh store; returns the output.
-    fn shoal(&self, store: &Path, args: &str) -> std::process::Output {
-        self.tb.user(&format!("XDG_DATA_HOME={} shoal {args}", store.display()))
+    /// Runs `shoal` as the user with the store `store` under the
+    /// config of `policy`; returns the output.
+    fn shoal(&self, policy: &LocalPolicy, store: &Path, args: &str) -> std::process::Output {
+        self.tb.user(&format!("SHOAL_CONFIG={} XDG_DATA_HOME={} shoal {args}", policy.config.display(), store.display()))
     }
 }
 
-/// The cluster's Shoal config with `[policy] file = ...` while held.
-struct PolicyGuard {
-    original: Vec<u8>,
-    _serial: MutexGuard<'static, ()>,
+/// A policy only the commands given its config see: the cluster's config
+/// plus `[policy]`, in a file of its own, so nothing else is affected.
+struct LocalPolicy {
+    config: PathBuf,
+    file: PathBuf,
 }
 
+impl LocalPolicy {
+    fn new(name: &str, policy: &str) -> LocalPolicy {
+        let dir = PathBuf::from(format!("{STATE}/{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = LocalPolicy { config: dir.join("shoal.toml"), file: dir.join("policy.json") };
+        p.set(policy);
+        let status = Command::new("chmod").args(["-R", "a+rX", STATE]).status().unwrap();
+        assert!(status.success());
+        p
+    }
+
+    fn set(&self, policy: &str) {
+        std::fs::write(&self.file, policy).unwrap();
+        let mut config = std::fs::read(CONFIG).expect("read shoal.toml");
+        config.extend_from_slice(format!("\n[policy]\nfile = \"{}\"\n", self.file.display()).as_bytes());
+        std::fs::write(&self.config, config).unwrap();
+    }
+}
+
+/// The cluster's Shoal config with `[policy] file = ...` while held: for
+/// the test that goes through Slurm, whose plugin reads only that file.
+struct PolicyGuard {
+    original: Vec<u8>,
+}
+
+/// The tests of this file run one at a time: they sign and move the same
+/// repositories.
 fn serial() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|e| e.into_inner())
@@ -106,9 +135,8 @@ fn serial() -> MutexGuard<'static, ()> {
 
 impl PolicyGuard {
     fn install(policy: &str) -> PolicyGuard {
-        let serial = serial();
         let original = std::fs::read(CONFIG).expect("read shoal.toml");
-        let guard = PolicyGuard { original, _serial: serial };
+        let guard = PolicyGuard { original };
         guard.set(policy);
         guard
     }
@@ -165,24 +193,26 @@ fn store(tb: &Testbed, name: &str) -> PathBuf {
 
 #[test]
 fn pull_accepts_a_signed_image_and_keeps_its_signature() {
+    let _s = serial();
     let f = fixture();
     f.copy("latest", "signed");
     f.sign("trusted", "signed", &f.a, None);
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("signed", &policy("trusted"));
     let s = store(f.tb, "signed");
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/signed:v1")));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/signed:v1")));
     let hex = f.a.trim_start_matches("sha256:");
     assert!(s.join(format!("shoal/signatures/{hex}.json")).is_file(), "signatures are kept in the store");
-    let out = ok(&f.shoal(&s, &format!("inspect {REG}/i16/signed:v1")));
+    let out = ok(&f.shoal(&p, &s, &format!("inspect {REG}/i16/signed:v1")));
     assert!(out.contains(&format!("policy:     allowed: signed by {STATE}/trusted.pub for {REG}/i16/signed")), "{out}");
-    let json = ok(&f.shoal(&s, &format!("inspect --json {REG}/i16/signed:v1")));
+    let json = ok(&f.shoal(&p, &s, &format!("inspect --json {REG}/i16/signed:v1")));
     assert!(json.contains("\"allowed\": true"), "{json}");
     // Offline: a second pull by digest needs no request and still passes.
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/signed@{}", f.a)));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/signed@{}", f.a)));
 }
 
 #[test]
 fn pull_refuses_before_any_layer_and_names_scope_reason_and_fix() {
+    let _s = serial();
     let f = fixture();
     f.copy("latest", "unsigned");
     f.copy("latest", "otherkey");
@@ -210,7 +240,7 @@ fn pull_refuses_before_any_layer_and_names_scope_reason_and_fix() {
     f.copy("latest", "exact");
     f.sign("trusted", "exact", &f.a, None);
     f.copy("latest", "unlisted");
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("refused", &policy("trusted"));
     let s = store(f.tb, "refused");
     let cases = [
         ("unsigned", format!(r#"(scope docker "{REG}/i16/unsigned"): no signature; sign it"#)),
@@ -221,8 +251,8 @@ fn pull_refuses_before_any_layer_and_names_scope_reason_and_fix() {
         ("unlisted", format!(r#"(scope docker "{REG}/i16"): repository not allowed"#)),
     ];
     for (repo, want) in cases {
-        let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/{repo}:v1")));
-        assert!(e.contains(&format!("{REG}/i16/{repo}:v1: refused by the site image policy {STATE}/policy.json")), "{repo}: {e}");
+        let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/{repo}:v1")));
+        assert!(e.contains(&format!("{REG}/i16/{repo}:v1: refused by the site image policy {}", p.file.display())), "{repo}: {e}");
         assert!(e.contains(&want), "{repo}: want {want:?} in:\n{e}");
         assert_eq!(e.trim().lines().count(), 1, "{repo}: one line: {e}");
     }
@@ -230,14 +260,15 @@ fn pull_refuses_before_any_layer_and_names_scope_reason_and_fix() {
     let images = ok(&f.tb.user(&format!("ls {}/shoal/images/sha256 2>/dev/null | wc -l", s.display())));
     assert_eq!(images.trim(), "0", "a refused pull stores nothing");
     // The default scope: refused without a single request (nothing listens there).
-    let e = fails(&f.shoal(&s, "pull -q 127.0.0.1:5999/x/y:1"));
+    let e = fails(&f.shoal(&p, &s, "pull -q 127.0.0.1:5999/x/y:1"));
     assert!(e.contains("(the default scope): repository not allowed"), "{e}");
     // The registry rule beats the default: the rest of the registry is open.
-    ok(&f.shoal(&s, &format!("pull -q {REG}/shoal/busybox:latest")));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/shoal/busybox:latest")));
 }
 
 #[test]
 fn malformed_signature_payloads_and_manifests_are_refused() {
+    let _s = serial();
     let f = fixture();
     // A payload cosign signs as given: validly signed, not a simple-signing payload.
     f.copy("latest", "badpayload");
@@ -265,36 +296,39 @@ fn malformed_signature_payloads_and_manifests_are_refused() {
          --data-binary @{STATE}/bad-sig-manifest.json https://{REG}/v2/i16/badsig/manifests/sha256-{}.sig",
         f.a.trim_start_matches("sha256:")
     ));
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("malformed", &policy("trusted"));
     let s = store(f.tb, "malformed");
-    let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/badpayload:v1")));
+    let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/badpayload:v1")));
     assert!(e.contains("malformed or unsupported signature (critical has fields"), "{e}");
-    let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/badsig:v1")));
+    let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/badsig:v1")));
     assert!(e.contains("malformed or unsupported signature (signature manifest sha256-") && e.contains("annotation"), "{e}");
 }
 
 #[test]
 fn moving_a_signed_tag_to_unsigned_content_is_refused() {
+    let _s = serial();
     let f = fixture();
     f.copy("latest", "moved");
     f.sign("trusted", "moved", &f.a, None);
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("moved", &policy("trusted"));
     let s = store(f.tb, "moved");
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/moved:v1")));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved:v1")));
     f.copy("v2", "moved");
-    let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/moved:v1")));
+    let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved:v1")));
     assert!(e.contains(&format!(r#"(scope docker "{REG}/i16/moved"): no signature"#)), "{e}");
     // The signed image stays usable by its digest.
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/moved@{}", f.a)));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved@{}", f.a)));
     f.copy("latest", "moved");
 }
 
 #[test]
 fn config_check_validates_the_policy_file() {
+    let _s = serial();
     let f = fixture();
-    let p = PolicyGuard::install(&policy("trusted"));
-    let out = ok(&f.tb.user("shoal config check"));
-    assert!(out.contains(&format!("image policy {STATE}/policy.json: ok")), "{out}");
+    let p = LocalPolicy::new("check", &policy("trusted"));
+    let check = format!("SHOAL_CONFIG={} shoal config check", p.config.display());
+    let out = ok(&f.tb.user(&check));
+    assert!(out.contains(&format!("image policy {}: ok", p.file.display())), "{out}");
     assert!(out.contains(&format!(r#"docker "{REG}/i16/signed": sigstoreSigned by {STATE}/trusted.pub (matchRepository)"#)), "{out}");
     assert!(out.contains("docker-daemon are podman's"), "{out}");
     for (bad, want) in [
@@ -303,8 +337,8 @@ fn config_check_validates_the_policy_file() {
         (r#"{"default": [{"type": "reject"}], "transports": {"docker": {"busybox": [{"type": "reject"}]}}}"#, "fully expanded form"),
     ] {
         p.set(bad);
-        let e = fails(&f.tb.user("shoal config check"));
-        assert!(e.contains(&format!("{STATE}/policy.json: ")) && e.contains(want), "{bad}: {e}");
+        let e = fails(&f.tb.user(&check));
+        assert!(e.contains(&format!("{}: ", p.file.display())) && e.contains(want), "{bad}: {e}");
     }
 }
 
@@ -313,6 +347,7 @@ fn config_check_validates_the_policy_file() {
 /// policy changed in between, or a pin forged without signatures.
 #[test]
 fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
+    let _s = serial();
     let f = fixture();
     let tb = f.tb;
     f.copy("latest", "signed");
