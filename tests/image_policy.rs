@@ -352,7 +352,9 @@ fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
     let tb = f.tb;
     f.copy("latest", "signed");
     f.sign("trusted", "signed", &f.a, None);
-    f.copy("latest", "unsigned");
+    // Other content than the signed image's (whose stored signatures name
+    // i16/signed).
+    f.copy("v2", "unsigned");
     let guard = PolicyGuard::install(r#"{"default": [{"type": "insecureAcceptAnything"}]}"#);
     // Pulled while everything was open; then the site locks down.
     ok(&tb.user(&format!("shoal pull -q {REG}/i16/unsigned:v1")));

@@ -340,8 +340,22 @@ pub fn load_signatures(root: &StoreRoot, image: &Digest) -> Option<SignatureSet>
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Stores `set` with `image`, replacing what was there (by rename).
+/// Stores `set` with `image`, merged with what was there (by rename): the
+/// same image pulled from two repositories keeps both repositories'
+/// signatures, each still checked against the identity it claims.
 pub fn save_signatures(root: &StoreRoot, image: &Digest, set: &SignatureSet) -> std::io::Result<()> {
+    let mut set = set.clone();
+    if let Some(old) = load_signatures(root, image) {
+        for sig in old.signatures {
+            if !set.signatures.contains(&sig) {
+                set.signatures.push(sig);
+            }
+        }
+        if set.index.is_none() {
+            set.index = old.index;
+        }
+    }
+    let set = &set;
     let path = signatures_path(root, image);
     let dir = path.parent().expect("has a parent");
     fs::create_dir_all(dir)?;

@@ -225,6 +225,11 @@ fn signatures_are_kept_in_the_store() {
     save_signatures(&root, &image, &s).unwrap();
     assert_eq!(load_signatures(&root, &image).unwrap(), s);
     assert!(signatures_path(&root, &image).is_file());
+    // Fetched again from another repository: both kept, once each.
+    let more = set(vec![test_sign(&pair, &test_payload("reg.io/other", IMAGE))]);
+    save_signatures(&root, &image, &more).unwrap();
+    save_signatures(&root, &image, &more).unwrap();
+    assert_eq!(load_signatures(&root, &image).unwrap().signatures.len(), 2);
     gc_signatures(&root);
     assert!(load_signatures(&root, &image).is_none(), "the image is not stored: its signatures go");
     assert!(signatures_path(&root, &image).ends_with(format!("signatures/{}.json", image.hex())));
