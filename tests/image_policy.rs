@@ -76,7 +76,9 @@ impl Fixture {
     /// Signs i16/REPO@DIGEST with KEY, as cosign 2 did by default
     /// (simple signing under the `.sig` tag), optionally with a payload.
     fn sign(&self, key: &str, repo: &str, digest: &str, payload: Option<&str>) {
-        let payload = payload.map(|p| format!("--payload {p}")).unwrap_or_default();
+        let payload = payload
+            .map(|p| format!("--payload {p}"))
+            .unwrap_or_default();
         root(
             self.tb,
             &format!(
@@ -90,7 +92,11 @@ impl Fixture {
     /// Runs `shoal` as the user with the store `store` under the
     /// config of `policy`; returns the output.
     fn shoal(&self, policy: &LocalPolicy, store: &Path, args: &str) -> std::process::Output {
-        self.tb.user(&format!("SHOAL_CONFIG={} XDG_DATA_HOME={} shoal {args}", policy.config.display(), store.display()))
+        self.tb.user(&format!(
+            "SHOAL_CONFIG={} XDG_DATA_HOME={} shoal {args}",
+            policy.config.display(),
+            store.display()
+        ))
     }
 }
 
@@ -105,9 +111,15 @@ impl LocalPolicy {
     fn new(name: &str, policy: &str) -> LocalPolicy {
         let dir = PathBuf::from(format!("{STATE}/{name}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = LocalPolicy { config: dir.join("shoal.toml"), file: dir.join("policy.json") };
+        let p = LocalPolicy {
+            config: dir.join("shoal.toml"),
+            file: dir.join("policy.json"),
+        };
         p.set(policy);
-        let status = Command::new("chmod").args(["-R", "a+rX", STATE]).status().unwrap();
+        let status = Command::new("chmod")
+            .args(["-R", "a+rX", STATE])
+            .status()
+            .unwrap();
         assert!(status.success());
         p
     }
@@ -115,7 +127,9 @@ impl LocalPolicy {
     fn set(&self, policy: &str) {
         std::fs::write(&self.file, policy).unwrap();
         let mut config = std::fs::read(CONFIG).expect("read shoal.toml");
-        config.extend_from_slice(format!("\n[policy]\nfile = \"{}\"\n", self.file.display()).as_bytes());
+        config.extend_from_slice(
+            format!("\n[policy]\nfile = \"{}\"\n", self.file.display()).as_bytes(),
+        );
         std::fs::write(&self.config, config).unwrap();
     }
 }
@@ -148,7 +162,10 @@ impl PolicyGuard {
         let mut config = self.original.clone();
         config.extend_from_slice(format!("\n[policy]\nfile = \"{file}\"\n").as_bytes());
         std::fs::write(CONFIG, config).unwrap();
-        let status = Command::new("chmod").args(["644", &file, CONFIG]).status().unwrap();
+        let status = Command::new("chmod")
+            .args(["644", &file, CONFIG])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 }
@@ -160,7 +177,9 @@ impl Drop for PolicyGuard {
 }
 
 fn signed(key: &str, identity: &str) -> String {
-    format!(r#"[{{"type": "sigstoreSigned", "keyPath": "{STATE}/{key}.pub", "signedIdentity": {identity}}}]"#)
+    format!(
+        r#"[{{"type": "sigstoreSigned", "keyPath": "{STATE}/{key}.pub", "signedIdentity": {identity}}}]"#
+    )
 }
 
 /// The test policy: the registry is open, its `i16` namespace rejected,
@@ -168,10 +187,19 @@ fn signed(key: &str, identity: &str) -> String {
 /// falls to the default, reject.
 fn policy(key: &str) -> String {
     let repo = signed(key, r#"{"type": "matchRepository"}"#);
-    let repos: Vec<String> = ["signed", "unsigned", "otherkey", "copied", "moved", "elsewhere", "badsig", "badpayload"]
-        .iter()
-        .map(|r| format!(r#""{REG}/i16/{r}": {repo}"#))
-        .collect();
+    let repos: Vec<String> = [
+        "signed",
+        "unsigned",
+        "otherkey",
+        "copied",
+        "moved",
+        "elsewhere",
+        "badsig",
+        "badpayload",
+    ]
+    .iter()
+    .map(|r| format!(r#""{REG}/i16/{r}": {repo}"#))
+    .collect();
     format!(
         r#"{{"default": [{{"type": "reject"}}],
             "transports": {{
@@ -201,9 +229,17 @@ fn pull_accepts_a_signed_image_and_keeps_its_signature() {
     let s = store(f.tb, "signed");
     ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/signed:v1")));
     let hex = f.a.trim_start_matches("sha256:");
-    assert!(s.join(format!("shoal/signatures/{hex}.json")).is_file(), "signatures are kept in the store");
+    assert!(
+        s.join(format!("shoal/signatures/{hex}.json")).is_file(),
+        "signatures are kept in the store"
+    );
     let out = ok(&f.shoal(&p, &s, &format!("inspect {REG}/i16/signed:v1")));
-    assert!(out.contains(&format!("policy:     allowed: signed by {STATE}/trusted.pub for {REG}/i16/signed")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "policy:     allowed: signed by {STATE}/trusted.pub for {REG}/i16/signed"
+        )),
+        "{out}"
+    );
     let json = ok(&f.shoal(&p, &s, &format!("inspect --json {REG}/i16/signed:v1")));
     assert!(json.contains("\"allowed\": true"), "{json}");
     // Offline: a second pull by digest needs no request and still passes.
@@ -243,25 +279,64 @@ fn pull_refuses_before_any_layer_and_names_scope_reason_and_fix() {
     let p = LocalPolicy::new("refused", &policy("trusted"));
     let s = store(f.tb, "refused");
     let cases = [
-        ("unsigned", format!(r#"(scope docker "{REG}/i16/unsigned"): no signature; sign it"#)),
-        ("otherkey", format!(r#"(scope docker "{REG}/i16/otherkey"): not signed by a trusted key (trusted: {STATE}/trusted.pub)"#)),
-        ("copied", format!(r#"(scope docker "{REG}/i16/copied"): signature is for another digest ({})"#, f.a)),
-        ("elsewhere", format!(r#"(scope docker "{REG}/i16/elsewhere"): signature is for "{REG}/i16/signed", which signedIdentity matchRepository does not accept"#)),
-        ("exact", format!(r#"(scope docker "{REG}/i16/exact"): signature is for "{REG}/i16/exact", which signedIdentity matchRepoDigestOrExact does not accept"#)),
-        ("unlisted", format!(r#"(scope docker "{REG}/i16"): repository not allowed"#)),
+        (
+            "unsigned",
+            format!(r#"(scope docker "{REG}/i16/unsigned"): no signature; sign it"#),
+        ),
+        (
+            "otherkey",
+            format!(
+                r#"(scope docker "{REG}/i16/otherkey"): not signed by a trusted key (trusted: {STATE}/trusted.pub)"#
+            ),
+        ),
+        (
+            "copied",
+            format!(
+                r#"(scope docker "{REG}/i16/copied"): signature is for another digest ({})"#,
+                f.a
+            ),
+        ),
+        (
+            "elsewhere",
+            format!(
+                r#"(scope docker "{REG}/i16/elsewhere"): signature is for "{REG}/i16/signed", which signedIdentity matchRepository does not accept"#
+            ),
+        ),
+        (
+            "exact",
+            format!(
+                r#"(scope docker "{REG}/i16/exact"): signature is for "{REG}/i16/exact", which signedIdentity matchRepoDigestOrExact does not accept"#
+            ),
+        ),
+        (
+            "unlisted",
+            format!(r#"(scope docker "{REG}/i16"): repository not allowed"#),
+        ),
     ];
     for (repo, want) in cases {
         let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/{repo}:v1")));
-        assert!(e.contains(&format!("{REG}/i16/{repo}:v1: refused by the site image policy {}", p.file.display())), "{repo}: {e}");
+        assert!(
+            e.contains(&format!(
+                "{REG}/i16/{repo}:v1: refused by the site image policy {}",
+                p.file.display()
+            )),
+            "{repo}: {e}"
+        );
         assert!(e.contains(&want), "{repo}: want {want:?} in:\n{e}");
         assert_eq!(e.trim().lines().count(), 1, "{repo}: one line: {e}");
     }
     // Nothing was stored, no layer landed.
-    let images = ok(&f.tb.user(&format!("ls {}/shoal/images/sha256 2>/dev/null | wc -l", s.display())));
+    let images = ok(&f.tb.user(&format!(
+        "ls {}/shoal/images/sha256 2>/dev/null | wc -l",
+        s.display()
+    )));
     assert_eq!(images.trim(), "0", "a refused pull stores nothing");
     // The default scope: refused without a single request (nothing listens there).
     let e = fails(&f.shoal(&p, &s, "pull -q 127.0.0.1:5999/x/y:1"));
-    assert!(e.contains("(the default scope): repository not allowed"), "{e}");
+    assert!(
+        e.contains("(the default scope): repository not allowed"),
+        "{e}"
+    );
     // The registry rule beats the default: the rest of the registry is open.
     ok(&f.shoal(&p, &s, &format!("pull -q {REG}/shoal/busybox:latest")));
 }
@@ -276,7 +351,12 @@ fn malformed_signature_payloads_and_manifests_are_refused() {
         "printf '%s' '{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{REG}/i16/badpayload\"}},\"image\":{{\"docker-manifest-digest\":\"{a}\"}},\"type\":\"cosign container image signature\",\"extra\":1}},\"optional\":null}}' > {STATE}/bad-payload.json",
         a = f.a
     ));
-    f.sign("trusted", "badpayload", &f.a, Some(&format!("{STATE}/bad-payload.json")));
+    f.sign(
+        "trusted",
+        "badpayload",
+        &f.a,
+        Some(&format!("{STATE}/bad-payload.json")),
+    );
     // A signature manifest whose payload layer has no signature annotation.
     f.copy("latest", "badsig");
     let manifest = root(f.tb, &format!(
@@ -299,9 +379,16 @@ fn malformed_signature_payloads_and_manifests_are_refused() {
     let p = LocalPolicy::new("malformed", &policy("trusted"));
     let s = store(f.tb, "malformed");
     let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/badpayload:v1")));
-    assert!(e.contains("malformed or unsupported signature (critical has fields"), "{e}");
+    assert!(
+        e.contains("malformed or unsupported signature (critical has fields"),
+        "{e}"
+    );
     let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/badsig:v1")));
-    assert!(e.contains("malformed or unsupported signature (signature manifest sha256-") && e.contains("annotation"), "{e}");
+    assert!(
+        e.contains("malformed or unsupported signature (signature manifest sha256-")
+            && e.contains("annotation"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -315,7 +402,12 @@ fn moving_a_signed_tag_to_unsigned_content_is_refused() {
     ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved:v1")));
     f.copy("v2", "moved");
     let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved:v1")));
-    assert!(e.contains(&format!(r#"(scope docker "{REG}/i16/moved"): no signature"#)), "{e}");
+    assert!(
+        e.contains(&format!(
+            r#"(scope docker "{REG}/i16/moved"): no signature"#
+        )),
+        "{e}"
+    );
     // The signed image stays usable by its digest.
     ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved@{}", f.a)));
     f.copy("latest", "moved");
@@ -328,17 +420,37 @@ fn config_check_validates_the_policy_file() {
     let p = LocalPolicy::new("check", &policy("trusted"));
     let check = format!("SHOAL_CONFIG={} shoal config check", p.config.display());
     let out = ok(&f.tb.user(&check));
-    assert!(out.contains(&format!("image policy {}: ok", p.file.display())), "{out}");
-    assert!(out.contains(&format!(r#"docker "{REG}/i16/signed": sigstoreSigned by {STATE}/trusted.pub (matchRepository)"#)), "{out}");
+    assert!(
+        out.contains(&format!("image policy {}: ok", p.file.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            r#"docker "{REG}/i16/signed": sigstoreSigned by {STATE}/trusted.pub (matchRepository)"#
+        )),
+        "{out}"
+    );
     assert!(out.contains("docker-daemon are podman's"), "{out}");
     for (bad, want) in [
-        (r#"{"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}]}"#, "GPG simple signing (`signedBy`) is not supported"),
-        (r#"{"default": [{"type": "sigstoreSigned", "fulcio": {"caPath": "/c"}, "rekorPublicKeyPath": "/r"}]}"#, "`fulcio`: Fulcio certificates, PKI and Rekor are not supported"),
-        (r#"{"default": [{"type": "reject"}], "transports": {"docker": {"busybox": [{"type": "reject"}]}}}"#, "fully expanded form"),
+        (
+            r#"{"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}]}"#,
+            "GPG simple signing (`signedBy`) is not supported",
+        ),
+        (
+            r#"{"default": [{"type": "sigstoreSigned", "fulcio": {"caPath": "/c"}, "rekorPublicKeyPath": "/r"}]}"#,
+            "`fulcio`: Fulcio certificates, PKI and Rekor are not supported",
+        ),
+        (
+            r#"{"default": [{"type": "reject"}], "transports": {"docker": {"busybox": [{"type": "reject"}]}}}"#,
+            "fully expanded form",
+        ),
     ] {
         p.set(bad);
         let e = fails(&f.tb.user(&check));
-        assert!(e.contains(&format!("{}: ", p.file.display())) && e.contains(want), "{bad}: {e}");
+        assert!(
+            e.contains(&format!("{}: ", p.file.display())) && e.contains(want),
+            "{bad}: {e}"
+        );
     }
 }
 
@@ -402,19 +514,35 @@ fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stdout.contains("shoal test image"), "the refused image ran:\n{stdout}\n{stderr}");
     assert!(
-        stderr.contains("not signed by a trusted key") && stderr.contains(&format!("{STATE}/stranger.pub")),
+        !stdout.contains("shoal test image"),
+        "the refused image ran:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("not signed by a trusted key")
+            && stderr.contains(&format!("{STATE}/stranger.pub")),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
 
     // A pin forged in the user's environment (the signed image's
     // signatures, another digest) does not get past root.
     guard.set(&policy("trusted"));
-    let pin = ok(&tb.user(&format!("srun -N1 --image={REG}/i16/signed:v1 sh -c 'printf %s \"$SHOAL_IMAGE_PIN\"'")));
+    let pin = ok(&tb.user(&format!(
+        "srun -N1 --image={REG}/i16/signed:v1 sh -c 'printf %s \"$SHOAL_IMAGE_PIN\"'"
+    )));
     let mut pin: serde_json::Value = serde_json::from_str(pin.trim()).expect("pin JSON");
-    assert!(pin["signatures"]["signatures"].as_array().is_some_and(|s| !s.is_empty()), "{pin}");
+    assert!(
+        pin["signatures"]["signatures"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{pin}"
+    );
     pin["digest"] = serde_json::Value::String(f.b.clone());
-    let e = fails(&tb.user(&format!("SHOAL_IMAGE_PIN='{pin}' srun -N1 --image={REG}/i16/signed:v1 cat /etc/shoal-test-image")));
-    assert!(e.contains(&format!("signature is for another digest ({})", f.a)), "{e}");
+    let e = fails(&tb.user(&format!(
+        "SHOAL_IMAGE_PIN='{pin}' srun -N1 --image={REG}/i16/signed:v1 cat /etc/shoal-test-image"
+    )));
+    assert!(
+        e.contains(&format!("signature is for another digest ({})", f.a)),
+        "{e}"
+    );
 }
