@@ -76,7 +76,9 @@ impl Fixture {
     /// Signs i16/REPO@DIGEST with KEY, as cosign 2 did by default
     /// (simple signing under the `.sig` tag), optionally with a payload.
     fn sign(&self, key: &str, repo: &str, digest: &str, payload: Option<&str>) {
-        let payload = payload.map(|p| format!("--payload {p}")).unwrap_or_default();
+        let payload = payload
+            .map(|p| format!("--payload {p}"))
+            .unwrap_or_default();
         root(
             self.tb,
             &format!(
@@ -87,18 +89,59 @@ impl Fixture {
         );
     }
 
-    /// Runs `shoal` as the user with a fresh store; returns the output.
-    fn shoal(&self, store: &Path, args: &str) -> std::process::Output {
-        self.tb.user(&format!("XDG_DATA_HOME={} shoal {args}", store.display()))
+    /// Runs `shoal` as the user with the store `store` under the
+    /// config of `policy`; returns the output.
+    fn shoal(&self, policy: &LocalPolicy, store: &Path, args: &str) -> std::process::Output {
+        self.tb.user(&format!(
+            "SHOAL_CONFIG={} XDG_DATA_HOME={} shoal {args}",
+            policy.config.display(),
+            store.display()
+        ))
     }
 }
 
-/// The cluster's Shoal config with `[policy] file = ...` while held.
-struct PolicyGuard {
-    original: Vec<u8>,
-    _serial: MutexGuard<'static, ()>,
+/// A policy only the commands given its config see: the cluster's config
+/// plus `[policy]`, in a file of its own, so nothing else is affected.
+struct LocalPolicy {
+    config: PathBuf,
+    file: PathBuf,
 }
 
+impl LocalPolicy {
+    fn new(name: &str, policy: &str) -> LocalPolicy {
+        let dir = PathBuf::from(format!("{STATE}/{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = LocalPolicy {
+            config: dir.join("shoal.toml"),
+            file: dir.join("policy.json"),
+        };
+        p.set(policy);
+        let status = Command::new("chmod")
+            .args(["-R", "a+rX", STATE])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        p
+    }
+
+    fn set(&self, policy: &str) {
+        std::fs::write(&self.file, policy).unwrap();
+        let mut config = std::fs::read(CONFIG).expect("read shoal.toml");
+        config.extend_from_slice(
+            format!("\n[policy]\nfile = \"{}\"\n", self.file.display()).as_bytes(),
+        );
+        std::fs::write(&self.config, config).unwrap();
+    }
+}
+
+/// The cluster's Shoal config with `[policy] file = ...` while held: for
+/// the test that goes through Slurm, whose plugin reads only that file.
+struct PolicyGuard {
+    original: Vec<u8>,
+}
+
+/// The tests of this file run one at a time: they sign and move the same
+/// repositories.
 fn serial() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|e| e.into_inner())
@@ -106,9 +149,8 @@ fn serial() -> MutexGuard<'static, ()> {
 
 impl PolicyGuard {
     fn install(policy: &str) -> PolicyGuard {
-        let serial = serial();
         let original = std::fs::read(CONFIG).expect("read shoal.toml");
-        let guard = PolicyGuard { original, _serial: serial };
+        let guard = PolicyGuard { original };
         guard.set(policy);
         guard
     }
@@ -120,7 +162,10 @@ impl PolicyGuard {
         let mut config = self.original.clone();
         config.extend_from_slice(format!("\n[policy]\nfile = \"{file}\"\n").as_bytes());
         std::fs::write(CONFIG, config).unwrap();
-        let status = Command::new("chmod").args(["644", &file, CONFIG]).status().unwrap();
+        let status = Command::new("chmod")
+            .args(["644", &file, CONFIG])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 }
@@ -132,7 +177,9 @@ impl Drop for PolicyGuard {
 }
 
 fn signed(key: &str, identity: &str) -> String {
-    format!(r#"[{{"type": "sigstoreSigned", "keyPath": "{STATE}/{key}.pub", "signedIdentity": {identity}}}]"#)
+    format!(
+        r#"[{{"type": "sigstoreSigned", "keyPath": "{STATE}/{key}.pub", "signedIdentity": {identity}}}]"#
+    )
 }
 
 /// The test policy: the registry is open, its `i16` namespace rejected,
@@ -140,10 +187,19 @@ fn signed(key: &str, identity: &str) -> String {
 /// falls to the default, reject.
 fn policy(key: &str) -> String {
     let repo = signed(key, r#"{"type": "matchRepository"}"#);
-    let repos: Vec<String> = ["signed", "unsigned", "otherkey", "copied", "moved", "elsewhere", "badsig", "badpayload"]
-        .iter()
-        .map(|r| format!(r#""{REG}/i16/{r}": {repo}"#))
-        .collect();
+    let repos: Vec<String> = [
+        "signed",
+        "unsigned",
+        "otherkey",
+        "copied",
+        "moved",
+        "elsewhere",
+        "badsig",
+        "badpayload",
+    ]
+    .iter()
+    .map(|r| format!(r#""{REG}/i16/{r}": {repo}"#))
+    .collect();
     format!(
         r#"{{"default": [{{"type": "reject"}}],
             "transports": {{
@@ -165,24 +221,34 @@ fn store(tb: &Testbed, name: &str) -> PathBuf {
 
 #[test]
 fn pull_accepts_a_signed_image_and_keeps_its_signature() {
+    let _s = serial();
     let f = fixture();
     f.copy("latest", "signed");
     f.sign("trusted", "signed", &f.a, None);
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("signed", &policy("trusted"));
     let s = store(f.tb, "signed");
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/signed:v1")));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/signed:v1")));
     let hex = f.a.trim_start_matches("sha256:");
-    assert!(s.join(format!("shoal/signatures/{hex}.json")).is_file(), "signatures are kept in the store");
-    let out = ok(&f.shoal(&s, &format!("inspect {REG}/i16/signed:v1")));
-    assert!(out.contains(&format!("policy:     allowed: signed by {STATE}/trusted.pub for {REG}/i16/signed")), "{out}");
-    let json = ok(&f.shoal(&s, &format!("inspect --json {REG}/i16/signed:v1")));
+    assert!(
+        s.join(format!("shoal/signatures/{hex}.json")).is_file(),
+        "signatures are kept in the store"
+    );
+    let out = ok(&f.shoal(&p, &s, &format!("inspect {REG}/i16/signed:v1")));
+    assert!(
+        out.contains(&format!(
+            "policy:     allowed: signed by {STATE}/trusted.pub for {REG}/i16/signed"
+        )),
+        "{out}"
+    );
+    let json = ok(&f.shoal(&p, &s, &format!("inspect --json {REG}/i16/signed:v1")));
     assert!(json.contains("\"allowed\": true"), "{json}");
     // Offline: a second pull by digest needs no request and still passes.
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/signed@{}", f.a)));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/signed@{}", f.a)));
 }
 
 #[test]
 fn pull_refuses_before_any_layer_and_names_scope_reason_and_fix() {
+    let _s = serial();
     let f = fixture();
     f.copy("latest", "unsigned");
     f.copy("latest", "otherkey");
@@ -210,34 +276,74 @@ fn pull_refuses_before_any_layer_and_names_scope_reason_and_fix() {
     f.copy("latest", "exact");
     f.sign("trusted", "exact", &f.a, None);
     f.copy("latest", "unlisted");
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("refused", &policy("trusted"));
     let s = store(f.tb, "refused");
     let cases = [
-        ("unsigned", format!(r#"(scope docker "{REG}/i16/unsigned"): no signature; sign it"#)),
-        ("otherkey", format!(r#"(scope docker "{REG}/i16/otherkey"): not signed by a trusted key (trusted: {STATE}/trusted.pub)"#)),
-        ("copied", format!(r#"(scope docker "{REG}/i16/copied"): signature is for another digest ({})"#, f.a)),
-        ("elsewhere", format!(r#"(scope docker "{REG}/i16/elsewhere"): signature is for "{REG}/i16/signed", which signedIdentity matchRepository does not accept"#)),
-        ("exact", format!(r#"(scope docker "{REG}/i16/exact"): signature is for "{REG}/i16/exact", which signedIdentity matchRepoDigestOrExact does not accept"#)),
-        ("unlisted", format!(r#"(scope docker "{REG}/i16"): repository not allowed"#)),
+        (
+            "unsigned",
+            format!(r#"(scope docker "{REG}/i16/unsigned"): no signature; sign it"#),
+        ),
+        (
+            "otherkey",
+            format!(
+                r#"(scope docker "{REG}/i16/otherkey"): not signed by a trusted key (trusted: {STATE}/trusted.pub)"#
+            ),
+        ),
+        (
+            "copied",
+            format!(
+                r#"(scope docker "{REG}/i16/copied"): signature is for another digest ({})"#,
+                f.a
+            ),
+        ),
+        (
+            "elsewhere",
+            format!(
+                r#"(scope docker "{REG}/i16/elsewhere"): signature is for "{REG}/i16/signed", which signedIdentity matchRepository does not accept"#
+            ),
+        ),
+        (
+            "exact",
+            format!(
+                r#"(scope docker "{REG}/i16/exact"): signature is for "{REG}/i16/exact", which signedIdentity matchRepoDigestOrExact does not accept"#
+            ),
+        ),
+        (
+            "unlisted",
+            format!(r#"(scope docker "{REG}/i16"): repository not allowed"#),
+        ),
     ];
     for (repo, want) in cases {
-        let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/{repo}:v1")));
-        assert!(e.contains(&format!("{REG}/i16/{repo}:v1: refused by the site image policy {STATE}/policy.json")), "{repo}: {e}");
+        let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/{repo}:v1")));
+        assert!(
+            e.contains(&format!(
+                "{REG}/i16/{repo}:v1: refused by the site image policy {}",
+                p.file.display()
+            )),
+            "{repo}: {e}"
+        );
         assert!(e.contains(&want), "{repo}: want {want:?} in:\n{e}");
         assert_eq!(e.trim().lines().count(), 1, "{repo}: one line: {e}");
     }
     // Nothing was stored, no layer landed.
-    let images = ok(&f.tb.user(&format!("ls {}/shoal/images/sha256 2>/dev/null | wc -l", s.display())));
+    let images = ok(&f.tb.user(&format!(
+        "ls {}/shoal/images/sha256 2>/dev/null | wc -l",
+        s.display()
+    )));
     assert_eq!(images.trim(), "0", "a refused pull stores nothing");
     // The default scope: refused without a single request (nothing listens there).
-    let e = fails(&f.shoal(&s, "pull -q 127.0.0.1:5999/x/y:1"));
-    assert!(e.contains("(the default scope): repository not allowed"), "{e}");
+    let e = fails(&f.shoal(&p, &s, "pull -q 127.0.0.1:5999/x/y:1"));
+    assert!(
+        e.contains("(the default scope): repository not allowed"),
+        "{e}"
+    );
     // The registry rule beats the default: the rest of the registry is open.
-    ok(&f.shoal(&s, &format!("pull -q {REG}/shoal/busybox:latest")));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/shoal/busybox:latest")));
 }
 
 #[test]
 fn malformed_signature_payloads_and_manifests_are_refused() {
+    let _s = serial();
     let f = fixture();
     // A payload cosign signs as given: validly signed, not a simple-signing payload.
     f.copy("latest", "badpayload");
@@ -245,7 +351,12 @@ fn malformed_signature_payloads_and_manifests_are_refused() {
         "printf '%s' '{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{REG}/i16/badpayload\"}},\"image\":{{\"docker-manifest-digest\":\"{a}\"}},\"type\":\"cosign container image signature\",\"extra\":1}},\"optional\":null}}' > {STATE}/bad-payload.json",
         a = f.a
     ));
-    f.sign("trusted", "badpayload", &f.a, Some(&format!("{STATE}/bad-payload.json")));
+    f.sign(
+        "trusted",
+        "badpayload",
+        &f.a,
+        Some(&format!("{STATE}/bad-payload.json")),
+    );
     // A signature manifest whose payload layer has no signature annotation.
     f.copy("latest", "badsig");
     let manifest = root(f.tb, &format!(
@@ -265,46 +376,81 @@ fn malformed_signature_payloads_and_manifests_are_refused() {
          --data-binary @{STATE}/bad-sig-manifest.json https://{REG}/v2/i16/badsig/manifests/sha256-{}.sig",
         f.a.trim_start_matches("sha256:")
     ));
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("malformed", &policy("trusted"));
     let s = store(f.tb, "malformed");
-    let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/badpayload:v1")));
-    assert!(e.contains("malformed or unsupported signature (critical has fields"), "{e}");
-    let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/badsig:v1")));
-    assert!(e.contains("malformed or unsupported signature (signature manifest sha256-") && e.contains("annotation"), "{e}");
+    let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/badpayload:v1")));
+    assert!(
+        e.contains("malformed or unsupported signature (critical has fields"),
+        "{e}"
+    );
+    let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/badsig:v1")));
+    assert!(
+        e.contains("malformed or unsupported signature (signature manifest sha256-")
+            && e.contains("annotation"),
+        "{e}"
+    );
 }
 
 #[test]
 fn moving_a_signed_tag_to_unsigned_content_is_refused() {
+    let _s = serial();
     let f = fixture();
     f.copy("latest", "moved");
     f.sign("trusted", "moved", &f.a, None);
-    let _p = PolicyGuard::install(&policy("trusted"));
+    let p = LocalPolicy::new("moved", &policy("trusted"));
     let s = store(f.tb, "moved");
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/moved:v1")));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved:v1")));
     f.copy("v2", "moved");
-    let e = fails(&f.shoal(&s, &format!("pull -q {REG}/i16/moved:v1")));
-    assert!(e.contains(&format!(r#"(scope docker "{REG}/i16/moved"): no signature"#)), "{e}");
+    let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved:v1")));
+    assert!(
+        e.contains(&format!(
+            r#"(scope docker "{REG}/i16/moved"): no signature"#
+        )),
+        "{e}"
+    );
     // The signed image stays usable by its digest.
-    ok(&f.shoal(&s, &format!("pull -q {REG}/i16/moved@{}", f.a)));
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/i16/moved@{}", f.a)));
     f.copy("latest", "moved");
 }
 
 #[test]
 fn config_check_validates_the_policy_file() {
+    let _s = serial();
     let f = fixture();
-    let p = PolicyGuard::install(&policy("trusted"));
-    let out = ok(&f.tb.user("shoal config check"));
-    assert!(out.contains(&format!("image policy {STATE}/policy.json: ok")), "{out}");
-    assert!(out.contains(&format!(r#"docker "{REG}/i16/signed": sigstoreSigned by {STATE}/trusted.pub (matchRepository)"#)), "{out}");
+    let p = LocalPolicy::new("check", &policy("trusted"));
+    let check = format!("SHOAL_CONFIG={} shoal config check", p.config.display());
+    let out = ok(&f.tb.user(&check));
+    assert!(
+        out.contains(&format!("image policy {}: ok", p.file.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            r#"docker "{REG}/i16/signed": sigstoreSigned by {STATE}/trusted.pub (matchRepository)"#
+        )),
+        "{out}"
+    );
     assert!(out.contains("docker-daemon are podman's"), "{out}");
     for (bad, want) in [
-        (r#"{"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}]}"#, "GPG simple signing (`signedBy`) is not supported"),
-        (r#"{"default": [{"type": "sigstoreSigned", "fulcio": {"caPath": "/c"}, "rekorPublicKeyPath": "/r"}]}"#, "`fulcio`: Fulcio certificates, PKI and Rekor are not supported"),
-        (r#"{"default": [{"type": "reject"}], "transports": {"docker": {"busybox": [{"type": "reject"}]}}}"#, "fully expanded form"),
+        (
+            r#"{"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}]}"#,
+            "GPG simple signing (`signedBy`) is not supported",
+        ),
+        (
+            r#"{"default": [{"type": "sigstoreSigned", "fulcio": {"caPath": "/c"}, "rekorPublicKeyPath": "/r"}]}"#,
+            "`fulcio`: Fulcio certificates, PKI and Rekor are not supported",
+        ),
+        (
+            r#"{"default": [{"type": "reject"}], "transports": {"docker": {"busybox": [{"type": "reject"}]}}}"#,
+            "fully expanded form",
+        ),
     ] {
         p.set(bad);
-        let e = fails(&f.tb.user("shoal config check"));
-        assert!(e.contains(&format!("{STATE}/policy.json: ")) && e.contains(want), "{bad}: {e}");
+        let e = fails(&f.tb.user(&check));
+        assert!(
+            e.contains(&format!("{}: ", p.file.display())) && e.contains(want),
+            "{bad}: {e}"
+        );
     }
 }
 
@@ -313,11 +459,14 @@ fn config_check_validates_the_policy_file() {
 /// policy changed in between, or a pin forged without signatures.
 #[test]
 fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
+    let _s = serial();
     let f = fixture();
     let tb = f.tb;
     f.copy("latest", "signed");
     f.sign("trusted", "signed", &f.a, None);
-    f.copy("latest", "unsigned");
+    // Other content than the signed image's (whose stored signatures name
+    // i16/signed).
+    f.copy("v2", "unsigned");
     let guard = PolicyGuard::install(r#"{"default": [{"type": "insecureAcceptAnything"}]}"#);
     // Pulled while everything was open; then the site locks down.
     ok(&tb.user(&format!("shoal pull -q {REG}/i16/unsigned:v1")));
@@ -365,18 +514,35 @@ fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stdout.contains("shoal test image"), "the refused image ran:\n{stdout}\n{stderr}");
     assert!(
-        stderr.contains("not signed by a trusted key") && stderr.contains(&format!("{STATE}/stranger.pub")),
+        !stdout.contains("shoal test image"),
+        "the refused image ran:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("not signed by a trusted key")
+            && stderr.contains(&format!("{STATE}/stranger.pub")),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
 
-    // A pin forged without its signatures does not get past root either.
+    // A pin forged in the user's environment (the signed image's
+    // signatures, another digest) does not get past root.
     guard.set(&policy("trusted"));
-    let pin = ok(&tb.user(&format!("srun -N1 --image={REG}/i16/signed:v1 sh -c 'printf %s \"$SHOAL_IMAGE_PIN\"'")));
+    let pin = ok(&tb.user(&format!(
+        "srun -N1 --image={REG}/i16/signed:v1 sh -c 'printf %s \"$SHOAL_IMAGE_PIN\"'"
+    )));
     let mut pin: serde_json::Value = serde_json::from_str(pin.trim()).expect("pin JSON");
-    assert!(pin["signatures"]["signatures"].as_array().is_some_and(|s| !s.is_empty()), "{pin}");
-    pin.as_object_mut().unwrap().remove("signatures");
-    let e = fails(&tb.user(&format!("SHOAL_IMAGE_PIN='{pin}' srun -N1 --image={REG}/i16/signed:v1 cat /etc/shoal-test-image")));
-    assert!(e.contains("no signature"), "{e}");
+    assert!(
+        pin["signatures"]["signatures"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{pin}"
+    );
+    pin["digest"] = serde_json::Value::String(f.b.clone());
+    let e = fails(&tb.user(&format!(
+        "SHOAL_IMAGE_PIN='{pin}' srun -N1 --image={REG}/i16/signed:v1 cat /etc/shoal-test-image"
+    )));
+    assert!(
+        e.contains(&format!("signature is for another digest ({})", f.a)),
+        "{e}"
+    );
 }

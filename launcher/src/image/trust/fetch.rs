@@ -14,7 +14,9 @@
 //! bundle is noticed and reported as the reason, never counted as a
 //! signature.
 
-use super::sigstore::{IndexDocument, Signature, SignatureSet, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
+use super::sigstore::{
+    IndexDocument, Signature, SignatureSet, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE,
+};
 use crate::image::registry::{Registry, RegistryError};
 use crate::reference::Digest;
 
@@ -53,7 +55,12 @@ pub fn fetch(
 }
 
 /// Reads `sha256-HEX.sig`; a missing tag is no signature.
-fn fetch_sig_tag(registry: &Registry, repository: &str, target: &Digest, set: &mut SignatureSet) -> Result<(), RegistryError> {
+fn fetch_sig_tag(
+    registry: &Registry,
+    repository: &str,
+    target: &Digest,
+    set: &mut SignatureSet,
+) -> Result<(), RegistryError> {
     let tag = format!("sha256-{}.sig", target.hex());
     let manifest = match registry.manifest(repository, &tag) {
         Ok(m) => m,
@@ -63,19 +70,24 @@ fn fetch_sig_tag(registry: &Registry, repository: &str, target: &Digest, set: &m
     let doc: serde_json::Value = match serde_json::from_slice(&manifest.body) {
         Ok(v) => v,
         Err(e) => {
-            set.problems.push(format!("signature manifest {tag} is not JSON ({e})"));
+            set.problems
+                .push(format!("signature manifest {tag} is not JSON ({e})"));
             return Ok(());
         }
     };
     let Some(layers) = doc.get("layers").and_then(|l| l.as_array()) else {
-        set.problems.push(format!("signature manifest {tag} has no `layers` list"));
+        set.problems
+            .push(format!("signature manifest {tag} has no `layers` list"));
         return Ok(());
     };
     for layer in layers.iter().take(MAX_SIGNATURES) {
         if layer.get("mediaType").and_then(|m| m.as_str()) != Some(SIMPLE_SIGNING_MEDIA_TYPE) {
             continue;
         }
-        let digest = layer.get("digest").and_then(|d| d.as_str()).and_then(|d| d.parse::<Digest>().ok());
+        let digest = layer
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse::<Digest>().ok());
         let signature = layer
             .get("annotations")
             .and_then(|a| a.get(SIGNATURE_ANNOTATION))
@@ -93,7 +105,12 @@ fn fetch_sig_tag(registry: &Registry, repository: &str, target: &Digest, set: &m
 
 /// Notices a cosign 3 sigstore bundle listed under the referrers tag
 /// schema (`sha256-HEX`, an index), to say why it does not count.
-fn note_bundle(registry: &Registry, repository: &str, target: &Digest, set: &mut SignatureSet) -> Result<(), RegistryError> {
+fn note_bundle(
+    registry: &Registry,
+    repository: &str,
+    target: &Digest,
+    set: &mut SignatureSet,
+) -> Result<(), RegistryError> {
     let tag = format!("sha256-{}", target.hex());
     let index = match registry.manifest(repository, &tag) {
         Ok(m) => m,
@@ -113,7 +130,12 @@ fn note_bundle(registry: &Registry, repository: &str, target: &Digest, set: &mut
     let mut bundle = false;
     for digest in listed {
         match registry.manifest(repository, &digest) {
-            Ok(m) if String::from_utf8_lossy(&m.body).contains("application/vnd.dev.sigstore.bundle") => bundle = true,
+            Ok(m)
+                if String::from_utf8_lossy(&m.body)
+                    .contains("application/vnd.dev.sigstore.bundle") =>
+            {
+                bundle = true
+            }
             Ok(_) | Err(RegistryError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }

@@ -51,7 +51,9 @@ pub const DEFAULT_POLICY: &str = "/etc/containers/policy.json";
 pub fn site_policy(config: &Config) -> Result<Option<Policy>, PolicyError> {
     match &config.policy.file {
         Some(p) => Policy::load(p).map(Some),
-        None if Path::new(DEFAULT_POLICY).exists() => Policy::load(Path::new(DEFAULT_POLICY)).map(Some),
+        None if Path::new(DEFAULT_POLICY).exists() => {
+            Policy::load(Path::new(DEFAULT_POLICY)).map(Some)
+        }
         None => Ok(None),
     }
 }
@@ -80,14 +82,25 @@ pub enum Accepted {
     /// By `insecureAcceptAnything` only.
     Unverified { scope: String },
     /// By signatures: the key of each `sigstoreSigned` requirement.
-    Signed { scope: String, keys: Vec<String>, identity: String },
+    Signed {
+        scope: String,
+        keys: Vec<String>,
+        identity: String,
+    },
 }
 
 impl fmt::Display for Accepted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Accepted::Unverified { scope } => write!(f, "accepted without a signature check ({scope}: insecureAcceptAnything)"),
-            Accepted::Signed { scope, keys, identity } => {
+            Accepted::Unverified { scope } => write!(
+                f,
+                "accepted without a signature check ({scope}: insecureAcceptAnything)"
+            ),
+            Accepted::Signed {
+                scope,
+                keys,
+                identity,
+            } => {
                 write!(f, "signed by {} for {identity} ({scope})", keys.join(", "))
             }
         }
@@ -101,11 +114,18 @@ pub enum Why {
     Rejected,
     NoSignature,
     /// Signatures exist, none by a key the requirement trusts.
-    UntrustedKey { keys: Vec<String> },
+    UntrustedKey {
+        keys: Vec<String>,
+    },
     /// A trusted signature, for another image.
-    OtherDigest { signed: Digest },
+    OtherDigest {
+        signed: Digest,
+    },
     /// A trusted signature for this image, claiming another identity.
-    Identity { claimed: String, rule: String },
+    Identity {
+        claimed: String,
+        rule: String,
+    },
     /// A signature or signature manifest that cannot be read.
     Malformed(String),
     /// A signature is required but the image has no registry identity.
@@ -145,10 +165,17 @@ impl fmt::Display for Why {
         match self {
             Why::Rejected => f.write_str("repository not allowed"),
             Why::NoSignature => f.write_str("no signature"),
-            Why::UntrustedKey { keys } => write!(f, "not signed by a trusted key (trusted: {})", keys.join(", ")),
+            Why::UntrustedKey { keys } => write!(
+                f,
+                "not signed by a trusted key (trusted: {})",
+                keys.join(", ")
+            ),
             Why::OtherDigest { signed } => write!(f, "signature is for another digest ({signed})"),
             Why::Identity { claimed, rule } => {
-                write!(f, "signature is for {claimed:?}, which signedIdentity {rule} does not accept")
+                write!(
+                    f,
+                    "signature is for {claimed:?}, which signedIdentity {rule} does not accept"
+                )
             }
             Why::Malformed(m) => write!(f, "malformed or unsupported signature ({m})"),
             Why::Local => f.write_str("a signature is required and a local image has none"),
@@ -169,7 +196,8 @@ pub struct Refusal {
 /// Whether a scope's requirements need signatures (a pull fetches them
 /// only then).
 pub fn needs_signatures(reqs: &[Requirement]) -> bool {
-    reqs.iter().any(|r| matches!(r, Requirement::SigstoreSigned { .. }))
+    reqs.iter()
+        .any(|r| matches!(r, Requirement::SigstoreSigned { .. }))
 }
 
 /// The requirements for `identity` and the scope's name.
@@ -179,7 +207,10 @@ pub fn requirements<'p>(policy: &'p Policy, identity: Identity<'_>) -> (String, 
             let (scope, reqs) = policy.requirements_for(r);
             (scope.to_string(), reqs)
         }
-        Identity::Local => (format!("{} (local image)", Scope::Default), policy.requirements_for_local()),
+        Identity::Local => (
+            format!("{} (local image)", Scope::Default),
+            policy.requirements_for_local(),
+        ),
     }
 }
 
@@ -207,11 +238,15 @@ pub fn check(
         match req {
             Requirement::InsecureAcceptAnything => {}
             Requirement::Reject => return Err(refuse(Why::Rejected)),
-            Requirement::SigstoreSigned { keys, identity: rule } => {
+            Requirement::SigstoreSigned {
+                keys,
+                identity: rule,
+            } => {
                 let Identity::Registry(r) = identity else {
                     return Err(refuse(Why::Local));
                 };
-                let (key, who) = check_signed(keys, rule, &Named::of(r), image, signatures).map_err(refuse)?;
+                let (key, who) =
+                    check_signed(keys, rule, &Named::of(r), image, signatures).map_err(refuse)?;
                 keys_used.push(key);
                 claimed = who;
             }
@@ -220,7 +255,11 @@ pub fn check(
     if keys_used.is_empty() {
         Ok(Accepted::Unverified { scope })
     } else {
-        Ok(Accepted::Signed { scope, keys: keys_used, identity: claimed })
+        Ok(Accepted::Signed {
+            scope,
+            keys: keys_used,
+            identity: claimed,
+        })
     }
 }
 
@@ -253,7 +292,9 @@ fn check_signed(
             continue;
         };
         let Some(key) = keys.iter().find(|k| k.key.verify(&payload, &der)) else {
-            note(Why::UntrustedKey { keys: keys.iter().map(|k| k.source.clone()).collect() });
+            note(Why::UntrustedKey {
+                keys: keys.iter().map(|k| k.source.clone()).collect(),
+            });
             continue;
         };
         let parsed = match Payload::parse(&payload) {
@@ -264,11 +305,16 @@ fn check_signed(
             }
         };
         if !covered.contains(&parsed.digest) {
-            note(Why::OtherDigest { signed: parsed.digest });
+            note(Why::OtherDigest {
+                signed: parsed.digest,
+            });
             continue;
         }
         if !rule.matches(intended, &parsed.docker_reference) {
-            note(Why::Identity { claimed: parsed.docker_reference, rule: rule.to_string() });
+            note(Why::Identity {
+                claimed: parsed.docker_reference,
+                rule: rule.to_string(),
+            });
             continue;
         }
         return Ok((key.source.clone(), parsed.docker_reference));
@@ -316,22 +362,36 @@ pub fn stored_signatures(store: &Store, stored: &StoredImage) -> Option<Signatur
 
 /// The policy's decision on a stored image, offline: `Ok(None)` when the
 /// site has no policy.
-pub fn check_stored(config: &Config, store: &Store, spec: &ImageSpec, stored: &StoredImage) -> Result<Option<Accepted>, String> {
+pub fn check_stored(
+    config: &Config,
+    store: &Store,
+    spec: &ImageSpec,
+    stored: &StoredImage,
+) -> Result<Option<Accepted>, String> {
     let Some(policy) = site_policy(config).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
     let identity = stored_identity(spec, stored);
-    let id = identity.as_ref().map_or(Identity::Local, Identity::Registry);
-    check(&policy, id, &stored.digest, stored_signatures(store, stored).as_ref())
-        .map(Some)
-        .map_err(|e| e.to_string())
+    let id = identity
+        .as_ref()
+        .map_or(Identity::Local, Identity::Registry);
+    check(
+        &policy,
+        id,
+        &stored.digest,
+        stored_signatures(store, stored).as_ref(),
+    )
+    .map(Some)
+    .map_err(|e| e.to_string())
 }
 
 // --- signatures in a store --------------------------------------------------
 
 /// `ROOT/signatures/HEX.json`: the signatures fetched with image HEX.
 pub fn signatures_path(root: &StoreRoot, image: &Digest) -> PathBuf {
-    root.dir().join("signatures").join(format!("{}.json", image.hex()))
+    root.dir()
+        .join("signatures")
+        .join(format!("{}.json", image.hex()))
 }
 
 /// The signatures stored with `image`, if any were fetched.
@@ -340,8 +400,26 @@ pub fn load_signatures(root: &StoreRoot, image: &Digest) -> Option<SignatureSet>
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Stores `set` with `image`, replacing what was there (by rename).
-pub fn save_signatures(root: &StoreRoot, image: &Digest, set: &SignatureSet) -> std::io::Result<()> {
+/// Stores `set` with `image`, merged with what was there (by rename): the
+/// same image pulled from two repositories keeps both repositories'
+/// signatures, each still checked against the identity it claims.
+pub fn save_signatures(
+    root: &StoreRoot,
+    image: &Digest,
+    set: &SignatureSet,
+) -> std::io::Result<()> {
+    let mut set = set.clone();
+    if let Some(old) = load_signatures(root, image) {
+        for sig in old.signatures {
+            if !set.signatures.contains(&sig) {
+                set.signatures.push(sig);
+            }
+        }
+        if set.index.is_none() {
+            set.index = old.index;
+        }
+    }
+    let set = &set;
     let path = signatures_path(root, image);
     let dir = path.parent().expect("has a parent");
     fs::create_dir_all(dir)?;

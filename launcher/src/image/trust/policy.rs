@@ -53,7 +53,10 @@ pub struct Policy {
 pub enum Requirement {
     InsecureAcceptAnything,
     Reject,
-    SigstoreSigned { keys: Vec<TrustedKey>, identity: SignedIdentity },
+    SigstoreSigned {
+        keys: Vec<TrustedKey>,
+        identity: SignedIdentity,
+    },
 }
 
 /// A cosign public key and where the policy named it.
@@ -72,7 +75,10 @@ pub enum SignedIdentity {
     MatchRepository,
     ExactReference(Named),
     ExactRepository(Named),
-    RemapIdentity { prefix: String, signed_prefix: String },
+    RemapIdentity {
+        prefix: String,
+        signed_prefix: String,
+    },
 }
 
 impl fmt::Display for SignedIdentity {
@@ -83,7 +89,10 @@ impl fmt::Display for SignedIdentity {
             SignedIdentity::MatchRepository => f.write_str("matchRepository"),
             SignedIdentity::ExactReference(r) => write!(f, "exactReference {r}"),
             SignedIdentity::ExactRepository(r) => write!(f, "exactRepository {}", r.name),
-            SignedIdentity::RemapIdentity { prefix, signed_prefix } => {
+            SignedIdentity::RemapIdentity {
+                prefix,
+                signed_prefix,
+            } => {
                 write!(f, "remapIdentity {prefix} -> {signed_prefix}")
             }
         }
@@ -134,8 +143,16 @@ impl Named {
         };
         Some(Named {
             name: full_name(&r),
-            tag: if has_tag { r.tag().map(str::to_string) } else { None },
-            digest: if has_digest { r.digest().cloned() } else { None },
+            tag: if has_tag {
+                r.tag().map(str::to_string)
+            } else {
+                None
+            },
+            digest: if has_digest {
+                r.digest().cloned()
+            } else {
+                None
+            },
         })
     }
 
@@ -144,7 +161,11 @@ impl Named {
     pub fn of(r: &ImageRef) -> Named {
         Named {
             name: full_name(r),
-            tag: if r.digest().is_some() { None } else { r.tag().map(str::to_string) },
+            tag: if r.digest().is_some() {
+                None
+            } else {
+                r.tag().map(str::to_string)
+            },
             digest: r.digest().cloned(),
         }
     }
@@ -187,16 +208,25 @@ impl SignedIdentity {
         };
         match self {
             SignedIdentity::MatchExact => {
-                !intended.name_only() && !signed.name_only() && signed.to_string() == intended.to_string()
+                !intended.name_only()
+                    && !signed.name_only()
+                    && signed.to_string() == intended.to_string()
             }
             SignedIdentity::MatchRepoDigestOrExact => repo_digest_or_exact(intended, &signed),
             SignedIdentity::MatchRepository => signed.name == intended.name,
-            SignedIdentity::ExactReference(r) => !signed.name_only() && signed.to_string() == r.to_string(),
+            SignedIdentity::ExactReference(r) => {
+                !signed.name_only() && signed.to_string() == r.to_string()
+            }
             SignedIdentity::ExactRepository(r) => signed.name == r.name,
-            SignedIdentity::RemapIdentity { prefix, signed_prefix } => {
+            SignedIdentity::RemapIdentity {
+                prefix,
+                signed_prefix,
+            } => {
                 let remapped = match intended.name.strip_prefix(prefix.as_str()) {
                     Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                        let s = intended.to_string().replacen(prefix.as_str(), signed_prefix, 1);
+                        let s = intended
+                            .to_string()
+                            .replacen(prefix.as_str(), signed_prefix, 1);
                         match Named::parse(&s) {
                             Some(n) => n,
                             None => return false,
@@ -250,7 +280,9 @@ impl Policy {
         let bytes = std::fs::read(path).map_err(|e| PolicyError {
             path: path.to_path_buf(),
             at: String::new(),
-            message: format!("cannot read the image policy ({e}); fix `policy.file` in the Shoal config"),
+            message: format!(
+                "cannot read the image policy ({e}); fix `policy.file` in the Shoal config"
+            ),
         })?;
         Policy::parse(&bytes, path)
     }
@@ -258,9 +290,13 @@ impl Policy {
     /// Parses policy bytes; `path` names the file in errors and anchors
     /// nothing (key paths must be absolute).
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Policy, PolicyError> {
-        let mut p = Parser { path, fingerprint: Sha256::new() };
+        let mut p = Parser {
+            path,
+            fingerprint: Sha256::new(),
+        };
         p.fingerprint.update(bytes);
-        let top: Value = serde_json::from_slice(bytes).map_err(|e| p.err("", format!("not valid JSON ({e})")))?;
+        let top: Value = serde_json::from_slice(bytes)
+            .map_err(|e| p.err("", format!("not valid JSON ({e})")))?;
         let top = p.object(&top, "")?;
         p.only_fields(top, "", &["default", "transports"])?;
         let default = match top.get("default") {
@@ -354,15 +390,23 @@ fn check_docker_scope(scope: &str) -> Result<(), String> {
     }
     if let Some(domain) = scope.strip_prefix("*.") {
         let ok = !domain.is_empty()
-            && domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
+            && domain.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            });
         return if ok {
             Ok(())
         } else {
-            Err(format!("wildcard scope {scope:?} must be `*.` followed by a domain, like `*.example.com`"))
+            Err(format!(
+                "wildcard scope {scope:?} must be `*.` followed by a domain, like `*.example.com`"
+            ))
         };
     }
     let host = scope.split('/').next().unwrap_or(scope);
-    let parsed = if scope.contains('/') { Named::parse(scope) } else { Named::parse(&format!("{scope}/x")) };
+    let parsed = if scope.contains('/') {
+        Named::parse(scope)
+    } else {
+        Named::parse(&format!("{scope}/x"))
+    };
     match parsed {
         Some(n) if host.contains(['.', ':']) || host == "localhost" => {
             let expanded = if scope.contains('/') { n.to_string() } else { host.to_string() };
@@ -387,16 +431,26 @@ impl Parser<'_> {
     fn err(&self, at: &str, message: String) -> PolicyError {
         PolicyError {
             path: self.path.to_path_buf(),
-            at: if at.is_empty() { String::new() } else { format!("{at}: ") },
+            at: if at.is_empty() {
+                String::new()
+            } else {
+                format!("{at}: ")
+            },
             message,
         }
     }
 
     fn object<'v>(&self, v: &'v Value, at: &str) -> Result<&'v Map<String, Value>, PolicyError> {
-        v.as_object().ok_or_else(|| self.err(at, format!("expected a JSON object, found {}", kind(v))))
+        v.as_object()
+            .ok_or_else(|| self.err(at, format!("expected a JSON object, found {}", kind(v))))
     }
 
-    fn string<'v>(&self, o: &'v Map<String, Value>, key: &str, at: &str) -> Result<&'v str, PolicyError> {
+    fn string<'v>(
+        &self,
+        o: &'v Map<String, Value>,
+        key: &str,
+        at: &str,
+    ) -> Result<&'v str, PolicyError> {
         match o.get(key) {
             Some(Value::String(s)) => Ok(s),
             Some(v) => Err(self.err(at, format!("`{key}` must be a string, found {}", kind(v)))),
@@ -404,17 +458,28 @@ impl Parser<'_> {
         }
     }
 
-    fn only_fields(&self, o: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), PolicyError> {
+    fn only_fields(
+        &self,
+        o: &Map<String, Value>,
+        at: &str,
+        allowed: &[&str],
+    ) -> Result<(), PolicyError> {
         match o.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(k) => Err(self.err(at, format!("unknown field `{k}` (allowed here: {})", allowed.join(", ")))),
+            Some(k) => Err(self.err(
+                at,
+                format!("unknown field `{k}` (allowed here: {})", allowed.join(", ")),
+            )),
             None => Ok(()),
         }
     }
 
     fn requirements(&mut self, v: &Value, at: &str) -> Result<Vec<Requirement>, PolicyError> {
-        let list = v
-            .as_array()
-            .ok_or_else(|| self.err(at, format!("expected a list of requirements, found {}", kind(v))))?;
+        let list = v.as_array().ok_or_else(|| {
+            self.err(
+                at,
+                format!("expected a list of requirements, found {}", kind(v)),
+            )
+        })?;
         if list.is_empty() {
             return Err(self.err(at, "the list of requirements is empty (write `[{\"type\": \"reject\"}]` or `[{\"type\": \"insecureAcceptAnything\"}]`)".into()));
         }
@@ -448,15 +513,31 @@ impl Parser<'_> {
     }
 
     fn sigstore(&mut self, o: &Map<String, Value>, at: &str) -> Result<Requirement, PolicyError> {
-        if let Some(f) = UNSUPPORTED_SIGSTORE_FIELDS.iter().find(|f| o.contains_key(**f)) {
+        if let Some(f) = UNSUPPORTED_SIGSTORE_FIELDS
+            .iter()
+            .find(|f| o.contains_key(**f))
+        {
             return Err(self.err(
                 at,
                 format!("sigstoreSigned with `{f}`: Fulcio certificates, PKI and Rekor are not supported by Shoal (key-based cosign signatures only: `keyPath`, `keyPaths`, `keyData` or `keyDatas`, signed with `--tlog-upload=false`)"),
             ));
         }
-        self.only_fields(o, at, &["type", "keyPath", "keyPaths", "keyData", "keyDatas", "signedIdentity"])?;
-        let given: Vec<&str> =
-            ["keyPath", "keyPaths", "keyData", "keyDatas"].into_iter().filter(|k| o.contains_key(*k)).collect();
+        self.only_fields(
+            o,
+            at,
+            &[
+                "type",
+                "keyPath",
+                "keyPaths",
+                "keyData",
+                "keyDatas",
+                "signedIdentity",
+            ],
+        )?;
+        let given: Vec<&str> = ["keyPath", "keyPaths", "keyData", "keyDatas"]
+            .into_iter()
+            .filter(|k| o.contains_key(*k))
+            .collect();
         if given.len() != 1 {
             return Err(self.err(
                 at,
@@ -468,9 +549,23 @@ impl Parser<'_> {
                 Value::String(s) if k == "keyPath" || k == "keyData" => Ok(vec![s.clone()]),
                 Value::Array(a) if (k == "keyPaths" || k == "keyDatas") && !a.is_empty() => a
                     .iter()
-                    .map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.err(at, format!("`{k}` must list strings"))))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| self.err(at, format!("`{k}` must list strings")))
+                    })
                     .collect(),
-                _ => Err(self.err(at, format!("`{k}` must be {}", if k.ends_with('s') { "a non-empty list of strings" } else { "a string" }))),
+                _ => Err(self.err(
+                    at,
+                    format!(
+                        "`{k}` must be {}",
+                        if k.ends_with('s') {
+                            "a non-empty list of strings"
+                        } else {
+                            "a string"
+                        }
+                    ),
+                )),
             }
         };
         let mut keys = Vec::new();
@@ -480,8 +575,9 @@ impl Parser<'_> {
                 if !entry.starts_with('/') {
                     return Err(self.err(at, format!("{field} {entry:?} is not an absolute path")));
                 }
-                let pem = std::fs::read(&entry)
-                    .map_err(|e| self.err(at, format!("cannot read the public key {entry} ({e})")))?;
+                let pem = std::fs::read(&entry).map_err(|e| {
+                    self.err(at, format!("cannot read the public key {entry} ({e})"))
+                })?;
                 (entry.clone(), pem)
             } else {
                 let pem = base64::engine::general_purpose::STANDARD
@@ -490,7 +586,8 @@ impl Parser<'_> {
                 ("keyData".to_string(), pem)
             };
             self.fingerprint.update(&pem);
-            let key = PublicKey::from_pem(&pem).map_err(|e| self.err(at, format!("{source}: {e}")))?;
+            let key =
+                PublicKey::from_pem(&pem).map_err(|e| self.err(at, format!("{source}: {e}")))?;
             keys.push(TrustedKey { source, key });
         }
         let identity = match o.get("signedIdentity") {
@@ -509,16 +606,24 @@ impl Parser<'_> {
                 Some(n) if need_tag && n.name_only() => {
                     Err(self.err(at, format!("`{key}` {s:?} must name a tag or digest")))
                 }
-                Some(n) if !need_tag && !n.name_only() => {
-                    Err(self.err(at, format!("`{key}` {s:?} must be a repository without tag or digest")))
-                }
+                Some(n) if !need_tag && !n.name_only() => Err(self.err(
+                    at,
+                    format!("`{key}` {s:?} must be a repository without tag or digest"),
+                )),
                 Some(n) => Ok(n),
                 None => Err(self.err(at, format!("`{key}` {s:?} is not a docker reference"))),
             }
         };
         let prefix = |key: &str| -> Result<String, PolicyError> {
             let s = self.string(o, key, at)?;
-            let ok = match Named::parse(if s.contains('/') { s.to_string() } else { format!("{s}/x") }.as_str()) {
+            let ok = match Named::parse(
+                if s.contains('/') {
+                    s.to_string()
+                } else {
+                    format!("{s}/x")
+                }
+                .as_str(),
+            ) {
                 Some(n) if s.contains('/') => n.name_only() && n.name == s,
                 Some(_) => s.contains(['.', ':']) || s == "localhost",
                 None => false,
@@ -549,7 +654,10 @@ impl Parser<'_> {
                 return Err(self.err(at, format!("unknown signedIdentity type {other:?} (matchExact, matchRepoDigestOrExact, matchRepository, exactReference, exactRepository, remapIdentity)")))
             }
         };
-        if matches!(ty, "matchExact" | "matchRepoDigestOrExact" | "matchRepository") {
+        if matches!(
+            ty,
+            "matchExact" | "matchRepoDigestOrExact" | "matchRepository"
+        ) {
             self.only_fields(o, at, &["type"])?;
         }
         Ok(id)
@@ -603,11 +711,25 @@ mod tests {
             ]
         );
         let hub = scope_candidates(&reference("busybox"));
-        assert_eq!(hub[..4], ["docker.io/library/busybox:latest", "docker.io/library/busybox", "docker.io/library", "docker.io"]);
+        assert_eq!(
+            hub[..4],
+            [
+                "docker.io/library/busybox:latest",
+                "docker.io/library/busybox",
+                "docker.io/library",
+                "docker.io"
+            ]
+        );
         assert_eq!(hub[4], "*.io");
         let d = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(scope_candidates(&reference(&format!("localhost/x:1@{d}")))[0], format!("localhost/x@{d}"));
-        assert_eq!(scope_candidates(&reference("127.0.0.1:5443/i16/app:v1"))[4..], ["*.0.0.1", "*.0.1", "*.1", ""]);
+        assert_eq!(
+            scope_candidates(&reference(&format!("localhost/x:1@{d}")))[0],
+            format!("localhost/x@{d}")
+        );
+        assert_eq!(
+            scope_candidates(&reference("127.0.0.1:5443/i16/app:v1"))[4..],
+            ["*.0.0.1", "*.0.1", "*.1", ""]
+        );
     }
 
     #[test]
@@ -623,16 +745,31 @@ mod tests {
                 }}}"#,
         )
         .unwrap();
-        assert_eq!(scope_of(&p, "reg.example.com/team/app:1"), Scope::Docker("reg.example.com/team/app:1".into()));
-        assert_eq!(scope_of(&p, "reg.example.com/team/app:2"), Scope::Docker("reg.example.com/team".into()));
-        assert_eq!(scope_of(&p, "reg.example.com/other:2"), Scope::Docker("reg.example.com".into()));
-        assert_eq!(scope_of(&p, "mirror.example.com/x"), Scope::Docker("*.example.com".into()));
+        assert_eq!(
+            scope_of(&p, "reg.example.com/team/app:1"),
+            Scope::Docker("reg.example.com/team/app:1".into())
+        );
+        assert_eq!(
+            scope_of(&p, "reg.example.com/team/app:2"),
+            Scope::Docker("reg.example.com/team".into())
+        );
+        assert_eq!(
+            scope_of(&p, "reg.example.com/other:2"),
+            Scope::Docker("reg.example.com".into())
+        );
+        assert_eq!(
+            scope_of(&p, "mirror.example.com/x"),
+            Scope::Docker("*.example.com".into())
+        );
         assert_eq!(scope_of(&p, "ghcr.io/x"), Scope::Docker("".into()));
         // No docker section at all: the global default.
         let p = parse(r#"{"default": [{"type": "reject"}], "transports": {"docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}"#).unwrap();
         assert_eq!(scope_of(&p, "ghcr.io/x"), Scope::Default);
         assert_eq!(p.other_transports, ["docker-daemon"]);
-        assert_eq!(p.requirements_for(&reference("ghcr.io/x")).1, [Requirement::Reject]);
+        assert_eq!(
+            p.requirements_for(&reference("ghcr.io/x")).1,
+            [Requirement::Reject]
+        );
     }
 
     #[test]
@@ -642,7 +779,10 @@ mod tests {
                 "transports": {"docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}"#,
         )
         .unwrap();
-        assert_eq!(p.default_requirements(), [Requirement::InsecureAcceptAnything]);
+        assert_eq!(
+            p.default_requirements(),
+            [Requirement::InsecureAcceptAnything]
+        );
     }
 
     #[test]
@@ -650,26 +790,74 @@ mod tests {
         let cases = [
             (r#"{}"#, "no `default`"),
             (r#"{"default": []}"#, "empty"),
-            (r#"{"default": [{"type": "reject"}], "extra": 1}"#, "unknown field `extra`"),
-            (r#"{"default": [{"type": "reject", "x": 1}]}"#, "unknown field `x`"),
-            (r#"{"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}]}"#, "GPG simple signing (`signedBy`)"),
-            (r#"{"default": [{"type": "sigstoreSigned", "fulcio": {}, "rekorPublicKeyPath": "/r"}]}"#, "`fulcio`"),
-            (r#"{"default": [{"type": "sigstoreSigned", "keyPath": "/k", "rekorPublicKeyPath": "/r"}]}"#, "`rekorPublicKeyPath`"),
-            (r#"{"default": [{"type": "sigstoreSigned"}]}"#, "exactly one of"),
-            (r#"{"default": [{"type": "sigstoreSigned", "keyPath": "rel.pub"}]}"#, "not an absolute path"),
-            (r#"{"default": [{"type": "sigstoreSigned", "keyPath": "/nonexistent/k.pub"}]}"#, "cannot read the public key"),
-            (r#"{"default": [{"type": "sigstoreSigned", "keyData": "!!"}]}"#, "not base64"),
-            (r#"{"default": [{"type": "frobnicate"}]}"#, "unknown requirement type \"frobnicate\""),
-            (r#"{"default": [{"type": "reject"}], "transports": {"docker": {"busybox": [{"type": "reject"}]}}}"#, "fully expanded"),
-            (r#"{"default": [{"type": "reject"}], "transports": {"docker": {"docker.io/busybox": [{"type": "reject"}]}}}"#, "docker.io/library/busybox"),
-            (r#"{"default": [{"type": "reject"}], "transports": {"docker": {"*.": [{"type": "reject"}]}}}"#, "wildcard"),
-            (r#"{"default": [{"type": "reject"}], "transports": {"docker": {"example*.*.com": [{"type": "reject"}]}}}"#, "not a registry host"),
-            (r#"{"default": [{"type": "reject"}], "transports": {"dir": {"": [{"type": "signedBy"}]}}}"#, "signedBy"),
+            (
+                r#"{"default": [{"type": "reject"}], "extra": 1}"#,
+                "unknown field `extra`",
+            ),
+            (
+                r#"{"default": [{"type": "reject", "x": 1}]}"#,
+                "unknown field `x`",
+            ),
+            (
+                r#"{"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}]}"#,
+                "GPG simple signing (`signedBy`)",
+            ),
+            (
+                r#"{"default": [{"type": "sigstoreSigned", "fulcio": {}, "rekorPublicKeyPath": "/r"}]}"#,
+                "`fulcio`",
+            ),
+            (
+                r#"{"default": [{"type": "sigstoreSigned", "keyPath": "/k", "rekorPublicKeyPath": "/r"}]}"#,
+                "`rekorPublicKeyPath`",
+            ),
+            (
+                r#"{"default": [{"type": "sigstoreSigned"}]}"#,
+                "exactly one of",
+            ),
+            (
+                r#"{"default": [{"type": "sigstoreSigned", "keyPath": "rel.pub"}]}"#,
+                "not an absolute path",
+            ),
+            (
+                r#"{"default": [{"type": "sigstoreSigned", "keyPath": "/nonexistent/k.pub"}]}"#,
+                "cannot read the public key",
+            ),
+            (
+                r#"{"default": [{"type": "sigstoreSigned", "keyData": "!!"}]}"#,
+                "not base64",
+            ),
+            (
+                r#"{"default": [{"type": "frobnicate"}]}"#,
+                "unknown requirement type \"frobnicate\"",
+            ),
+            (
+                r#"{"default": [{"type": "reject"}], "transports": {"docker": {"busybox": [{"type": "reject"}]}}}"#,
+                "fully expanded",
+            ),
+            (
+                r#"{"default": [{"type": "reject"}], "transports": {"docker": {"docker.io/busybox": [{"type": "reject"}]}}}"#,
+                "docker.io/library/busybox",
+            ),
+            (
+                r#"{"default": [{"type": "reject"}], "transports": {"docker": {"*.": [{"type": "reject"}]}}}"#,
+                "wildcard",
+            ),
+            (
+                r#"{"default": [{"type": "reject"}], "transports": {"docker": {"example*.*.com": [{"type": "reject"}]}}}"#,
+                "not a registry host",
+            ),
+            (
+                r#"{"default": [{"type": "reject"}], "transports": {"dir": {"": [{"type": "signedBy"}]}}}"#,
+                "signedBy",
+            ),
             ("not json", "not valid JSON"),
         ];
         for (json, want) in cases {
             let e = parse(json).unwrap_err().to_string();
-            assert!(e.contains(want) && e.starts_with("/etc/containers/policy.json: "), "{json}: {e}");
+            assert!(
+                e.contains(want) && e.starts_with("/etc/containers/policy.json: "),
+                "{json}: {e}"
+            );
         }
         let e = parse(r#"{"default": [{"type": "reject"}], "transports": {"docker": {"reg.io/x": [{"type": "frob"}]}}}"#)
             .unwrap_err()
@@ -702,7 +890,10 @@ mod tests {
         let repo = ExactRepository(Named::parse("vendor.io/p/app").unwrap());
         assert!(repo.matches(&tagged, "vendor.io/p/app"));
         assert!(!repo.matches(&tagged, "reg.io/team/app"));
-        let remap = RemapIdentity { prefix: "mirror.io/vendor".into(), signed_prefix: "vendor.io".into() };
+        let remap = RemapIdentity {
+            prefix: "mirror.io/vendor".into(),
+            signed_prefix: "vendor.io".into(),
+        };
         let mirrored = Named::of(&reference("mirror.io/vendor/p/app:1"));
         assert!(remap.matches(&mirrored, "vendor.io/p/app:1"));
         assert!(!remap.matches(&mirrored, "vendor.io/p/app"));
@@ -721,16 +912,36 @@ mod tests {
     #[test]
     fn identity_fields_are_checked() {
         for (id, want) in [
-            (r#"{"type": "exactReference", "dockerReference": "reg.io/app"}"#, "must name a tag or digest"),
-            (r#"{"type": "exactRepository", "dockerRepository": "reg.io/app:1"}"#, "without tag or digest"),
-            (r#"{"type": "remapIdentity", "prefix": "reg.io/x:1", "signedPrefix": "a.io"}"#, "fully expanded"),
-            (r#"{"type": "matchRepository", "x": 1}"#, "unknown field `x`"),
-            (r#"{"type": "matchSomething"}"#, "unknown signedIdentity type"),
+            (
+                r#"{"type": "exactReference", "dockerReference": "reg.io/app"}"#,
+                "must name a tag or digest",
+            ),
+            (
+                r#"{"type": "exactRepository", "dockerRepository": "reg.io/app:1"}"#,
+                "without tag or digest",
+            ),
+            (
+                r#"{"type": "remapIdentity", "prefix": "reg.io/x:1", "signedPrefix": "a.io"}"#,
+                "fully expanded",
+            ),
+            (
+                r#"{"type": "matchRepository", "x": 1}"#,
+                "unknown field `x`",
+            ),
+            (
+                r#"{"type": "matchSomething"}"#,
+                "unknown signedIdentity type",
+            ),
         ] {
             let data = base64::engine::general_purpose::STANDARD.encode(test_key().1);
-            let json = format!(r#"{{"default": [{{"type": "sigstoreSigned", "keyData": "{data}", "signedIdentity": {id}}}]}}"#);
+            let json = format!(
+                r#"{{"default": [{{"type": "sigstoreSigned", "keyData": "{data}", "signedIdentity": {id}}}]}}"#
+            );
             let e = parse(&json).unwrap_err().to_string();
-            assert!(e.contains(want) && e.contains("default[0].signedIdentity"), "{id}: {e}");
+            assert!(
+                e.contains(want) && e.contains("default[0].signedIdentity"),
+                "{id}: {e}"
+            );
         }
     }
 
@@ -755,8 +966,16 @@ mod tests {
         }
         let before = p.fingerprint.clone();
         std::fs::write(&key, test_key().1).unwrap();
-        assert_ne!(parse(&json).unwrap().fingerprint, before, "a changed key file is another policy");
-        std::fs::write(&key, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
+        assert_ne!(
+            parse(&json).unwrap().fingerprint,
+            before,
+            "a changed key file is another policy"
+        );
+        std::fs::write(
+            &key,
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
         let e = parse(&json).unwrap_err().to_string();
         assert!(e.contains(&key.display().to_string()), "{e}");
     }
@@ -764,17 +983,40 @@ mod tests {
     #[test]
     fn documented_admin_policy_allows_one_signed_repository_and_rejects_the_rest() {
         let doc = include_str!("../../../../packaging/image-policy.md");
-        let json = doc.split("```json\n").nth(1).unwrap().split("```").next().unwrap();
+        let json = doc
+            .split("```json\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("site-cosign.pub");
         std::fs::write(&key, test_key().1).unwrap();
-        let json = json.replace("/etc/containers/keys/site-cosign.pub", &key.display().to_string());
+        let json = json.replace(
+            "/etc/containers/keys/site-cosign.pub",
+            &key.display().to_string(),
+        );
         let p = parse(&json).unwrap();
         let (scope, reqs) = p.requirements_for(&reference("registry.example.org/hpc/apps:1"));
         assert_eq!(scope, Scope::Docker("registry.example.org/hpc/apps".into()));
-        assert!(matches!(&reqs[0], Requirement::SigstoreSigned { identity: SignedIdentity::MatchRepository, .. }));
-        assert_eq!(p.requirements_for(&reference("registry.example.org/hpc/other:1")).1, [Requirement::Reject]);
-        assert_eq!(p.requirements_for(&reference("docker.io/library/debian:12")).1, [Requirement::Reject]);
+        assert!(matches!(
+            &reqs[0],
+            Requirement::SigstoreSigned {
+                identity: SignedIdentity::MatchRepository,
+                ..
+            }
+        ));
+        assert_eq!(
+            p.requirements_for(&reference("registry.example.org/hpc/other:1"))
+                .1,
+            [Requirement::Reject]
+        );
+        assert_eq!(
+            p.requirements_for(&reference("docker.io/library/debian:12"))
+                .1,
+            [Requirement::Reject]
+        );
         assert_eq!(p.requirements_for_local(), [Requirement::Reject]);
     }
 }

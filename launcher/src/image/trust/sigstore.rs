@@ -48,10 +48,15 @@ impl PublicKey {
     /// Reads a PEM `PUBLIC KEY` (what `cosign generate-key-pair` writes to
     /// `cosign.pub`). Other key types are refused with the reason.
     pub fn from_pem(pem: &[u8]) -> Result<PublicKey, String> {
-        let text = std::str::from_utf8(pem).map_err(|_| "the public key is not PEM text".to_string())?;
+        let text =
+            std::str::from_utf8(pem).map_err(|_| "the public key is not PEM text".to_string())?;
         let spki = spki::SubjectPublicKeyInfoOwned::from_pem(text.trim())
             .map_err(|e| format!("not a PEM `PUBLIC KEY` ({e}); give the cosign.pub that `cosign generate-key-pair` wrote"))?;
-        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
         if spki.algorithm.oid != EC_PUBLIC_KEY || curve != Some(P256) {
             return Err(format!(
                 "the public key's algorithm is {}{}, not ECDSA P-256 (cosign's default, the only kind Shoal verifies)",
@@ -67,16 +72,24 @@ impl PublicKey {
         if point.len() != 65 || point[0] != 4 {
             return Err("the public key is not an uncompressed P-256 point".into());
         }
-        let der = spki.to_der().map_err(|e| format!("cannot re-encode the public key ({e})"))?;
-        Ok(PublicKey { point, fingerprint: format!("{:x}", Sha256::digest(&der)) })
+        let der = spki
+            .to_der()
+            .map_err(|e| format!("cannot re-encode the public key ({e})"))?;
+        Ok(PublicKey {
+            point,
+            fingerprint: format!("{:x}", Sha256::digest(&der)),
+        })
     }
 
     /// Whether `signature` (DER) is this key's ECDSA P-256 SHA-256
     /// signature over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &self.point)
-            .verify(message, signature)
-            .is_ok()
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &self.point,
+        )
+        .verify(message, signature)
+        .is_ok()
     }
 }
 
@@ -92,7 +105,8 @@ pub struct Payload {
 impl Payload {
     /// Parses a simple-signing payload; the error says what is wrong.
     pub fn parse(bytes: &[u8]) -> Result<Payload, String> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("payload is not JSON ({e})"))?;
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("payload is not JSON ({e})"))?;
         let top = exact(&v, "payload", &["critical", "optional"])?;
         match &top["optional"] {
             Value::Null | Value::Object(_) => {}
@@ -100,28 +114,53 @@ impl Payload {
         }
         let critical = exact(&top["critical"], "critical", &["type", "image", "identity"])?;
         if critical["type"].as_str() != Some(PAYLOAD_TYPE) {
-            return Err(format!("payload type is {}, not {PAYLOAD_TYPE:?}", critical["type"]));
+            return Err(format!(
+                "payload type is {}, not {PAYLOAD_TYPE:?}",
+                critical["type"]
+            ));
         }
-        let image = exact(&critical["image"], "critical.image", &["docker-manifest-digest"])?;
+        let image = exact(
+            &critical["image"],
+            "critical.image",
+            &["docker-manifest-digest"],
+        )?;
         let digest = image["docker-manifest-digest"]
             .as_str()
             .and_then(|d| d.parse::<Digest>().ok())
-            .ok_or_else(|| format!("docker-manifest-digest {} is not a sha256 digest", image["docker-manifest-digest"]))?;
-        let identity = exact(&critical["identity"], "critical.identity", &["docker-reference"])?;
+            .ok_or_else(|| {
+                format!(
+                    "docker-manifest-digest {} is not a sha256 digest",
+                    image["docker-manifest-digest"]
+                )
+            })?;
+        let identity = exact(
+            &critical["identity"],
+            "critical.identity",
+            &["docker-reference"],
+        )?;
         let docker_reference = identity["docker-reference"]
             .as_str()
             .ok_or_else(|| "docker-reference is not a string".to_string())?
             .to_string();
-        Ok(Payload { digest, docker_reference })
+        Ok(Payload {
+            digest,
+            docker_reference,
+        })
     }
 }
 
 /// `v` must be an object with exactly the fields `fields`.
 fn exact<'v>(v: &'v Value, what: &str, fields: &[&str]) -> Result<&'v Map<String, Value>, String> {
-    let o = v.as_object().ok_or_else(|| format!("{what} is not an object"))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| format!("{what} is not an object"))?;
     if o.len() != fields.len() || !fields.iter().all(|f| o.contains_key(*f)) {
         let have: Vec<&str> = o.keys().map(String::as_str).collect();
-        return Err(format!("{what} has fields [{}], expected exactly [{}]", have.join(", "), fields.join(", ")));
+        return Err(format!(
+            "{what} has fields [{}], expected exactly [{}]",
+            have.join(", "),
+            fields.join(", ")
+        ));
     }
     Ok(o)
 }
@@ -148,7 +187,10 @@ impl Signature {
     /// base64.
     pub fn decode(&self) -> Option<(Vec<u8>, Vec<u8>)> {
         let b = base64::engine::general_purpose::STANDARD;
-        Some((b.decode(&self.payload).ok()?, b.decode(&self.signature).ok()?))
+        Some((
+            b.decode(&self.payload).ok()?,
+            b.decode(&self.signature).ok()?,
+        ))
     }
 }
 
@@ -186,9 +228,13 @@ pub(crate) fn test_key() -> (ring::signature::EcdsaKeyPair, String) {
     use spki::der::{asn1::BitString, Any, EncodePem};
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
     let spki = spki::SubjectPublicKeyInfoOwned {
-        algorithm: spki::AlgorithmIdentifierOwned { oid: EC_PUBLIC_KEY, parameters: Some(Any::from(P256)) },
+        algorithm: spki::AlgorithmIdentifierOwned {
+            oid: EC_PUBLIC_KEY,
+            parameters: Some(Any::from(P256)),
+        },
         subject_public_key: BitString::from_bytes(pair.public_key().as_ref()).unwrap(),
     };
     (pair, spki.to_pem(spki::der::pem::LineEnding::LF).unwrap())
@@ -205,8 +251,13 @@ pub(crate) fn test_payload(repository: &str, digest: &str) -> Vec<u8> {
 
 #[cfg(test)]
 pub(crate) fn test_sign(pair: &ring::signature::EcdsaKeyPair, payload: &[u8]) -> Signature {
-    let sig = pair.sign(&ring::rand::SystemRandom::new(), payload).unwrap();
-    Signature::new(payload, &base64::engine::general_purpose::STANDARD.encode(sig.as_ref()))
+    let sig = pair
+        .sign(&ring::rand::SystemRandom::new(), payload)
+        .unwrap();
+    Signature::new(
+        payload,
+        &base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
+    )
 }
 
 #[cfg(test)]
@@ -227,7 +278,9 @@ mod tests {
         tampered[10] ^= 1;
         assert!(!key.verify(&tampered, &s));
         let (_, other_pem) = test_key();
-        assert!(!PublicKey::from_pem(other_pem.as_bytes()).unwrap().verify(&p, &s));
+        assert!(!PublicKey::from_pem(other_pem.as_bytes())
+            .unwrap()
+            .verify(&p, &s));
         assert!(!key.verify(&p, b"not DER"));
     }
 
@@ -251,7 +304,10 @@ mod tests {
         // An Ed25519 SubjectPublicKeyInfo.
         let ed = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
         let e = PublicKey::from_pem(ed.as_bytes()).unwrap_err();
-        assert!(e.contains("not ECDSA P-256") && e.contains("1.3.101.112"), "{e}");
+        assert!(
+            e.contains("not ECDSA P-256") && e.contains("1.3.101.112"),
+            "{e}"
+        );
         let e = PublicKey::from_pem(b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n").unwrap_err();
         assert!(e.contains("cosign.pub"), "{e}");
         assert!(PublicKey::from_pem(b"garbage").is_err());
@@ -259,7 +315,12 @@ mod tests {
 
     #[test]
     fn payloads_are_parsed_strictly() {
-        assert_eq!(Payload::parse(&test_payload("r.io/a", D)).unwrap().docker_reference, "r.io/a");
+        assert_eq!(
+            Payload::parse(&test_payload("r.io/a", D))
+                .unwrap()
+                .docker_reference,
+            "r.io/a"
+        );
         let with_optional = format!(
             r#"{{"critical":{{"identity":{{"docker-reference":"r.io/a"}},"image":{{"docker-manifest-digest":"{D}"}},"type":"cosign container image signature"}},"optional":{{"creator":"x","sig":"y"}}}}"#
         );
@@ -305,6 +366,11 @@ mod tests {
         };
         let json = serde_json::to_string(&set).unwrap();
         assert_eq!(serde_json::from_str::<SignatureSet>(&json).unwrap(), set);
-        assert!(Signature { payload: "!".into(), signature: "x".into() }.decode().is_none());
+        assert!(Signature {
+            payload: "!".into(),
+            signature: "x".into()
+        }
+        .decode()
+        .is_none());
     }
 }
