@@ -65,10 +65,6 @@ pub struct SlurmConfig {
     /// keeps them per user and node across jobs, as pyxis's
     /// `container_scope=global`.
     pub container_scope: ContainerScope,
-    /// Run the image's entrypoint before each task's command unless the
-    /// user says otherwise (`--[no-]container-entrypoint`), as pyxis's
-    /// `execute_entrypoint`.
-    pub execute_entrypoint: bool,
 }
 
 /// How long a named container lives (`[slurm] container_scope`).
@@ -100,7 +96,6 @@ impl Default for SlurmConfig {
             launch_host_paths: vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/pmix2")],
             pyxis_options: false,
             container_scope: ContainerScope::Job,
-            execute_entrypoint: false,
         }
     }
 }
