@@ -89,6 +89,8 @@ impl Default for SlurmConfig {
             "/run/munge",
             "/usr/lib/shoal",
             "/usr/local/lib/shoal",
+            // The site config, so the plugin in an srun inside sees it.
+            "/etc/shoal",
         ];
         SlurmConfig {
             host_paths: paths.iter().map(PathBuf::from).collect(),
