@@ -109,6 +109,7 @@ fn writable_and_read_only_containers_and_their_layers_go_at_step_end() {
 fn named_container_keeps_its_state_across_steps_on_every_node() {
     let tb = slurm();
     let dir = tb.user_tempdir("pyxis-named");
+    ok(&tb.user(&format!("mkdir -p {}/sig", dir.display())));
     let (job, out) = batch(
         tb,
         &dir,
@@ -120,12 +121,12 @@ fn named_container_keeps_its_state_across_steps_on_every_node() {
              srun -N1 -w n1 --container-name=c1:create true 2>&1 || echo create-refused\n\
              srun -N1 -w n1 --container-name=c1:exec true 2>&1 || echo exec-refused-not-running\n\
              srun -N1 -w n1 --container-image={BUSYBOX_PYXIS} --container-name=c2:create sh -c 'echo made-c2'\n\
-             srun -N1 -w n1 --overlap --container-name=c1 sh -c 'mkdir -p /tmp/live && sleep 6' &\n\
-             sleep 3\n\
+             srun -N1 -w n1 --overlap --container-name=c1 --container-mounts=$PWD/sig:/sig sh -c 'mkdir -p /tmp/live && touch /sig/started && for i in $(seq 300); do test -e /sig/done && break; sleep 0.1; done' &\n\
+             for i in $(seq 300); do test -e sig/started && break; sleep 0.1; done\n\
              srun -N1 -w n1 --overlap --container-name=c1:exec sh -c 'test -d /tmp/live && echo exec-joined'\n\
              srun -N1 -w n1 --overlap --container-name=c1 sh -c 'test -d /tmp/live && echo auto-joined'\n\
              srun -N1 -w n1 --overlap --container-name=c1:no_exec sh -c 'test -d /tmp/live && echo no_exec-joined || echo \"no_exec-separate $(cat /opt/x)\"'\n\
-             wait\n\
+             touch sig/done; wait\n\
              ls -d {CONTAINERS}/n2/job-$SLURM_JOB_ID/name-c1 && echo layer-kept-during-job"
         ),
     );
