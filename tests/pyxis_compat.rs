@@ -223,7 +223,7 @@ fn what_shoal_does_not_do_is_refused_at_the_prompt() {
     }
     // A name with no container yet and no image to make it from.
     let err = fails(&tb.user("srun -N1 --container-name=never-made true"));
-    assert!(err.contains("does not exist on node n1 yet"), "{err}");
+    assert!(err.contains("does not exist on node n") && err.contains(" yet: give the image"), "{err}");
 }
 
 #[test]
