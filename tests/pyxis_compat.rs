@@ -66,14 +66,15 @@ fn a_pyxis_batch_script_runs_unchanged() {
              echo \"read $(cat /data/in.txt)\"\n\
              touch /data/new 2>/dev/null && echo data-writable || echo data-read-only\n\
              echo from-the-batch-script > /results/o.txt\n\
-             srun -l --container-image={BUSYBOX_PYXIS} --container-mounts={d}/data:/in:ro sh -c 'echo \"step in $(cat /etc/shoal-test-image) on $(hostname): $(cat /in/in.txt)\"'"
+             srun -l sh -c 'echo \"step in $(cat /etc/shoal-test-image) on $(hostname): $(cat /data/in.txt) at $(pwd)\"'"
         ),
     );
     assert!(out.contains("batch in debian-mpich at /results"), "{out}");
     assert!(out.contains("read input-data"), "{out}");
     assert!(out.contains("data-read-only"), "{out}");
     for node in ["n1", "n2", "n3"] {
-        assert!(out.contains(&format!("step in shoal test image: busybox on {node}: input-data")), "{node}:\n{out}");
+        // Steps inherit the batch script's image, mounts and workdir.
+        assert!(out.contains(&format!("step in debian-mpich on {node}: input-data at /results")), "{node}:\n{out}");
     }
     assert_eq!(ok(&tb.user(&format!("cat {d}/out/o.txt"))).trim(), "from-the-batch-script");
     assert_nothing_left(tb, job);
@@ -108,6 +109,7 @@ fn writable_and_read_only_containers_and_their_layers_go_at_step_end() {
 fn named_container_keeps_its_state_across_steps_on_every_node() {
     let tb = slurm();
     let dir = tb.user_tempdir("pyxis-named");
+    ok(&tb.user(&format!("mkdir -p {}/sig", dir.display())));
     let (job, out) = batch(
         tb,
         &dir,
@@ -119,12 +121,12 @@ fn named_container_keeps_its_state_across_steps_on_every_node() {
              srun -N1 -w n1 --container-name=c1:create true 2>&1 || echo create-refused\n\
              srun -N1 -w n1 --container-name=c1:exec true 2>&1 || echo exec-refused-not-running\n\
              srun -N1 -w n1 --container-image={BUSYBOX_PYXIS} --container-name=c2:create sh -c 'echo made-c2'\n\
-             srun -N1 -w n1 --overlap --container-name=c1 sh -c 'mkdir -p /run/live && sleep 6' &\n\
-             sleep 3\n\
-             srun -N1 -w n1 --overlap --container-name=c1:exec sh -c 'test -d /run/live && echo exec-joined'\n\
-             srun -N1 -w n1 --overlap --container-name=c1 sh -c 'test -d /run/live && echo auto-joined'\n\
-             srun -N1 -w n1 --overlap --container-name=c1:no_exec sh -c 'test -d /run/live && echo no_exec-joined || echo \"no_exec-separate $(cat /opt/x)\"'\n\
-             wait\n\
+             srun -N1 -w n1 --overlap --container-name=c1 --container-mounts=$PWD/sig:/sig sh -c 'mkdir -p /tmp/live && touch /sig/started && for i in $(seq 300); do test -e /sig/done && break; sleep 0.1; done' &\n\
+             for i in $(seq 300); do test -e sig/started && break; sleep 0.1; done\n\
+             srun -N1 -w n1 --overlap --container-name=c1:exec sh -c 'test -d /tmp/live && echo exec-joined'\n\
+             srun -N1 -w n1 --overlap --container-name=c1 sh -c 'test -d /tmp/live && echo auto-joined'\n\
+             srun -N1 -w n1 --overlap --container-name=c1:no_exec sh -c 'test -d /tmp/live && echo no_exec-joined || echo \"no_exec-separate $(cat /opt/x)\"'\n\
+             touch sig/done; wait\n\
              ls -d {CONTAINERS}/n2/job-$SLURM_JOB_ID/name-c1 && echo layer-kept-during-job"
         ),
     );
@@ -189,7 +191,7 @@ fn pyxis_environment_defaults_apply_and_options_win() {
     let err = fails(&tb.user(&format!("PYXIS_CONTAINER_IMAGE={BUSYBOX_PYXIS} PYXIS_CONTAINER_WRITABLE=maybe srun -N1 true")));
     assert!(err.contains("$PYXIS_CONTAINER_WRITABLE=\"maybe\""), "{err}");
     // --container-env: the job's value wins over the image's PATH.
-    let out = ok(&tb.user(&format!("PATH=/bin:/usr/bin srun -N1 --container-image={BUSYBOX_PYXIS} --container-env=PATH printenv PATH")));
+    let out = ok(&tb.user(&format!("PATH=/bin:/usr/bin srun -N1 --container-image={BUSYBOX_PYXIS} --container-env=PATH sh -c 'echo $PATH'")));
     assert_eq!(out.trim(), "/bin:/usr/bin");
     // --no-container-mount-home: the home directory is not there.
     let out = ok(&tb.user(&format!(
@@ -221,7 +223,7 @@ fn what_shoal_does_not_do_is_refused_at_the_prompt() {
     }
     // A name with no container yet and no image to make it from.
     let err = fails(&tb.user("srun -N1 --container-name=never-made true"));
-    assert!(err.contains("does not exist on node n1 yet"), "{err}");
+    assert!(err.contains("does not exist on node n") && err.contains(" yet: give the image"), "{err}");
 }
 
 #[test]

@@ -111,10 +111,6 @@ pub struct SlurmConfig {
     /// keeps them per user and node across jobs, as pyxis's
     /// `container_scope=global`.
     pub container_scope: ContainerScope,
-    /// Run the image's entrypoint before each task's command unless the
-    /// user says otherwise (`--[no-]container-entrypoint`), as pyxis's
-    /// `execute_entrypoint`.
-    pub execute_entrypoint: bool,
 }
 
 /// How long a named container lives (`[slurm] container_scope`).
@@ -139,6 +135,8 @@ impl Default for SlurmConfig {
             "/run/munge",
             "/usr/lib/shoal",
             "/usr/local/lib/shoal",
+            // The site config, so the plugin in an srun inside sees it.
+            "/etc/shoal",
         ];
         SlurmConfig {
             host_paths: paths.iter().map(PathBuf::from).collect(),
@@ -146,7 +144,6 @@ impl Default for SlurmConfig {
             launch_host_paths: vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/pmix2")],
             pyxis_options: false,
             container_scope: ContainerScope::Job,
-            execute_entrypoint: false,
         }
     }
 }

@@ -46,7 +46,8 @@ pub struct Request {
     pub mount_home: Option<bool>,
     /// `--[no-]container-remap-root`; unset: the user is themself.
     pub remap_root: Option<bool>,
-    /// `--[no-]container-entrypoint`; unset: `[slurm] execute_entrypoint`.
+    /// `--no-container-entrypoint` (the only form accepted: the entrypoint
+    /// is never run).
     pub entrypoint: Option<bool>,
     /// `--container-env`: variables whose job value wins over the image's.
     pub env_names: Vec<String>,
@@ -166,7 +167,7 @@ option!(P_WORKDIR, PyxisOpt::Workdir, c"container-workdir", Some(c"PATH"),
 option!(P_NAME, PyxisOpt::Name, c"container-name", Some(c"NAME[:auto|create|exec|no_exec]"),
     c"[shoal, pyxis] Keep the container's state on each node under NAME for later steps (writable unless --container-readonly).");
 option!(P_SAVE, PyxisOpt::Save, c"container-save", Some(c"PATH"),
-    c"[shoal, pyxis] At step end, write the container's root (image + changes) as a squashfs file usable with --image=PATH.");
+    c"[shoal, pyxis] Not supported by Shoal yet (refused).");
 option!(P_MOUNT_HOME, PyxisOpt::MountHome, c"container-mount-home", None,
     c"[shoal, pyxis] Bind your home directory (the default).");
 option!(P_NO_MOUNT_HOME, PyxisOpt::NoMountHome, c"no-container-mount-home", None,
@@ -176,9 +177,9 @@ option!(P_REMAP_ROOT, PyxisOpt::RemapRoot, c"container-remap-root", None,
 option!(P_NO_REMAP_ROOT, PyxisOpt::NoRemapRoot, c"no-container-remap-root", None,
     c"[shoal, pyxis] Be yourself inside (the default).");
 option!(P_ENTRYPOINT, PyxisOpt::Entrypoint, c"container-entrypoint", None,
-    c"[shoal, pyxis] Run the image's entrypoint.");
+    c"[shoal, pyxis] Not supported by Shoal yet (refused): the entrypoint is never run.");
 option!(P_NO_ENTRYPOINT, PyxisOpt::NoEntrypoint, c"no-container-entrypoint", None,
-    c"[shoal, pyxis] Do not run the image's entrypoint.");
+    c"[shoal, pyxis] Do not run the image's entrypoint (what Shoal always does).");
 option!(P_ENTRYPOINT_LOG, PyxisOpt::EntrypointLog, c"container-entrypoint-log", None,
     c"[shoal, pyxis] Not supported by Shoal (refused).");
 option!(P_WRITABLE, PyxisOpt::Writable, c"container-writable", None,

@@ -119,7 +119,12 @@ pub fn apply(req: &mut Request, opt: PyxisOpt, value: Option<&str>, cwd: &Path) 
             if v.ends_with('/') {
                 return Err(format!("{flag}={v:?}: names a directory; give the squashfs file to write, e.g. {v}image.sqfs"));
             }
-            set_once(&mut req.save, PathBuf::from(v), flag)
+            // Parsed, but writing the squashfs is not built yet: refused
+            // rather than a step that silently saves nothing.
+            let _ = set_once(&mut req.save, PathBuf::from(v), flag);
+            Err(format!(
+                "{flag} is not supported by Shoal yet; keep the state in a named container (--container-name) for the job, or build the image elsewhere and `shoal import` it"
+            ))
         }
         PyxisOpt::MountHome | PyxisOpt::NoMountHome => {
             set_flag(&mut req.mount_home, opt == PyxisOpt::MountHome, "--container-mount-home and --no-container-mount-home")
@@ -127,9 +132,12 @@ pub fn apply(req: &mut Request, opt: PyxisOpt, value: Option<&str>, cwd: &Path) 
         PyxisOpt::RemapRoot | PyxisOpt::NoRemapRoot => {
             set_flag(&mut req.remap_root, opt == PyxisOpt::RemapRoot, "--container-remap-root and --no-container-remap-root")
         }
-        PyxisOpt::Entrypoint | PyxisOpt::NoEntrypoint => {
-            set_flag(&mut req.entrypoint, opt == PyxisOpt::Entrypoint, "--container-entrypoint and --no-container-entrypoint")
-        }
+        // Shoal runs the task's command itself, never the entrypoint (what
+        // --no-container-entrypoint asks); running it is not built yet.
+        PyxisOpt::Entrypoint => Err(format!(
+            "{flag} is not supported by Shoal yet: tasks run their command without the image's entrypoint; call it in the command (srun ... /entrypoint.sh CMD) instead"
+        )),
+        PyxisOpt::NoEntrypoint => set_flag(&mut req.entrypoint, false, "--container-entrypoint and --no-container-entrypoint"),
         PyxisOpt::EntrypointLog => Err(format!(
             "{flag} is not supported by Shoal: an entrypoint runs as part of each task, so its output is already in the task's output; drop the option"
         )),
@@ -417,6 +425,9 @@ mod tests {
         assert_eq!(r.writable, Some(false));
         assert!(apply(&mut r, PyxisOpt::Writable, None, cwd()).is_err());
         assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/"), cwd()).unwrap_err().contains("directory"));
+        assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/x.sqsh"), cwd()).unwrap_err().contains("not supported by Shoal yet"));
+        assert!(apply(&mut r, PyxisOpt::Entrypoint, None, cwd()).unwrap_err().contains("not supported by Shoal yet"));
+        apply(&mut r, PyxisOpt::NoEntrypoint, None, cwd()).unwrap();
         apply(&mut r, PyxisOpt::Env, Some("A,B_2"), cwd()).unwrap();
         assert_eq!(r.env_names, ["A", "B_2"]);
         assert!(apply(&mut r, PyxisOpt::Env, Some("A,=x"), cwd()).is_err());

@@ -46,6 +46,9 @@ struct Step {
     local_gpu_numbers: bool,
     /// `--container-remap-root`: made in `task_init`, as the user.
     remap_root: bool,
+    /// `--container-workdir`: entered in `task_init`, after Slurm's own
+    /// chdir to the job's directory.
+    workdir: Option<PathBuf>,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -261,6 +264,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     if let Some(w) = &req.workdir {
         plan.cwd = Cwd { preferred: Some(w.clone()), fallback: w.clone() };
     }
+    let workdir = req.workdir.clone();
     plan.remap_root = req.remap_root == Some(true);
     let tag = job::share_key(job_id, step_id, &node);
     let named = req.name.clone().map(|n| {
@@ -310,17 +314,14 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
             layers::mark_ready(layer);
         }
     }
-    if let Some(w) = &req.workdir {
-        if entered.cwd != *w {
-            return Err(format!("--container-workdir={}: no such directory in the container (or not yours to enter)", w.display()));
-        }
-    }
+
     spank::log_verbose(&format!("{TAG}: task in image {} ({}), cwd {}", pin.requested, pin.digest, entered.cwd.display()));
     apply_env(spank, &host_env, &plan.env)?;
     if let Some(state) = step().as_mut() {
         state.cuda_set = plan.env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.clone());
         state.local_gpu_numbers = inject::local_gpu_numbers(&host_env);
         state.remap_root = plan.remap_root;
+        state.workdir = workdir;
     }
     Ok(())
 }
@@ -334,6 +335,11 @@ pub fn task_init(spank: &Spank) -> Result<(), String> {
     if let (Some(injection), false) = (&state.injection, state.local_gpu_numbers) {
         // Not yet the container's numbering.
         inject::task_gpus_from_slurm(spank, injection, state.cuda_set.as_deref(), options::config().launcher.host_dev)?;
+    }
+    if let Some(w) = &state.workdir {
+        nix::unistd::chdir(w.as_path()).map_err(|e| {
+            format!("--container-workdir={}: cannot enter it in the container ({e}); give a directory the image has", w.display())
+        })?;
     }
     if state.remap_root {
         // Last: the task is the user now, and stays so outside.

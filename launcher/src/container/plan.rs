@@ -790,6 +790,20 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_layer_and_remap_root_show_in_the_plan() {
+        let mut r = req();
+        r.writable = true;
+        let mut p = plan(&r, &Config::default()).unwrap();
+        assert!(p.render().contains("root     overlay(image, tmpfs) nosuid,nodev, writable (changes lost at exit)"));
+        p.root.upper = Some(UpperLayer { upper: "/var/lib/shoal/containers/n1/job-7/step-0/layer/upper".into(), work: "/w".into(), own_dirs: true });
+        p.remap_root = true;
+        let text = p.render();
+        assert!(text.contains("overlay(image, /var/lib/shoal/containers/n1/job-7/step-0/layer/upper)"), "{text}");
+        assert!(text.contains("the image's directories made the user's"), "{text}");
+        assert!(text.contains("userns   uid 0 inside = uid 1001 outside"), "{text}");
+    }
+
+    #[test]
     fn render_lists_mounts_in_order_with_flags() {
         let text = plan(&req(), &Config::default()).unwrap().render();
         assert!(text.contains("mount  1 /dev <- tmpfs mode=755 [rw,nosuid,nodev,noexec] (system)"), "{text}");
