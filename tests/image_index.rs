@@ -231,21 +231,17 @@ fn each_node_runs_its_own_variant_and_uniform_runs_one() {
     assert_eq!(got, want.map(|(n, v)| (n.to_string(), v.to_string())), "{out}");
     // The batch script's node chooses for the batch step too.
     let dir = tb.user_tempdir("index-batch");
+    let d = dir.display();
     let out = ok(&tb.user(&format!(
-        "cd {} && sbatch --wait -N1 -w n3 -o b.out --image={} --wrap='cat /etc/variant'; rc=$?; cat b.out; exit $rc",
-        dir.display(),
+        "cd {d} && sbatch --wait -N1 -w n3 -o b.out --image={} --wrap='cat /etc/variant'; rc=$?; cat b.out; exit $rc",
         image()
     )));
     assert!(out.contains("variant zen4"), "{out}");
     // Uniform: the best entry all three accept is the plain v3 build.
     let out = ok(&tb.user(&format!("srun -N3 --image={} --image-select=uniform {cmd}", image())));
     assert_eq!(by_node(&out), ["n1", "n2", "n3"].map(|n| (n.to_string(), "variant v3".to_string())), "{out}");
-    // The same through sbatch, its steps inheriting the choice mode.
-    let out = ok(&tb.user(&format!(
-        "cd {} && sbatch --wait -N3 -o u.out --image={} --image-select=uniform --wrap='srun -N3 {cmd}'; rc=$?; cat u.out; exit $rc",
-        dir.display(),
-        image()
-    )));
+    // The same through salloc, its steps inheriting the pin and the mode.
+    let out = ok(&tb.user(&format!("salloc -N3 --image={} --image-select=uniform srun -N3 {cmd}", image())));
     let lines: Vec<_> = by_node(&out).into_iter().filter(|(n, _)| n.starts_with('n')).collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines.iter().all(|(_, v)| v == "variant v3"), "{out}");
