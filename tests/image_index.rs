@@ -104,13 +104,19 @@ fn expected_here() -> &'static str {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
     let flags: Vec<&str> = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("flags").and_then(|r| r.split_once(':')).map(|(_, f)| f))
+        .find_map(|l| {
+            l.strip_prefix("flags")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, f)| f)
+        })
         .unwrap_or("")
         .split_whitespace()
         .collect();
     let has = |fs: &[&str]| fs.iter().all(|f| flags.contains(f));
     let v4 = has(&["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"]);
-    let v3 = has(&["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"]);
+    let v3 = has(&[
+        "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave",
+    ]);
     if v4 && cpuinfo.contains("AuthenticAMD") {
         "zen4"
     } else if v4 {
@@ -128,7 +134,11 @@ struct NodeOverrides(String);
 impl NodeOverrides {
     fn set(tables: &str) -> NodeOverrides {
         let saved = std::fs::read_to_string(CONF).unwrap();
-        std::fs::write(CONF, format!("{saved}\n# --- i14 test overrides ---\n{tables}\n")).unwrap();
+        std::fs::write(
+            CONF,
+            format!("{saved}\n# --- i14 test overrides ---\n{tables}\n"),
+        )
+        .unwrap();
         NodeOverrides(saved)
     }
 }
@@ -156,7 +166,10 @@ gpus = []
 fn by_node(out: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = out
         .lines()
-        .filter_map(|l| l.split_once(' ').map(|(n, rest)| (n.to_string(), rest.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(n, rest)| (n.to_string(), rest.trim().to_string()))
+        })
         .collect();
     v.sort();
     v
@@ -168,23 +181,48 @@ fn pull_keeps_the_index_and_select_explains_this_node() {
     let tb = slurm();
     let digest = index_digest(tb);
     // Kept byte for byte in the user's store.
-    let kept = ok(&tb.user(&format!("sha256sum ~/.local/share/shoal/indexes/sha256/{}", &digest[7..])));
+    let kept = ok(&tb.user(&format!(
+        "sha256sum ~/.local/share/shoal/indexes/sha256/{}",
+        &digest[7..]
+    )));
     assert!(kept.starts_with(&digest[7..]), "{kept}");
     // Every amd64 entry was converted; arm64 and the attestation not.
     let images = ok(&tb.user("shoal images"));
-    for key in ["#0 linux/amd64", "#1 linux/amd64/v3", "#2 linux/amd64/v4", "#3 linux/amd64/v3", "#4 linux/amd64/v4"] {
+    for key in [
+        "#0 linux/amd64",
+        "#1 linux/amd64/v3",
+        "#2 linux/amd64/v4",
+        "#3 linux/amd64/v3",
+        "#4 linux/amd64/v4",
+    ] {
         assert!(images.contains(key), "{key} in:\n{images}");
     }
     assert!(!images.contains("#5") && !images.contains("#6"), "{images}");
     let want = expected_here();
-    let sel: serde_json::Value = serde_json::from_str(&ok(&tb.user(&format!("shoal select --json {}", image())))).unwrap();
-    let pos = ["generic", "v3", "v4", "gpu", "zen4"].iter().position(|v| *v == want).unwrap();
-    assert_eq!(sel["chosen"], sel["entries"][pos]["entry"]["digest"], "{sel:#}");
+    let sel: serde_json::Value =
+        serde_json::from_str(&ok(&tb.user(&format!("shoal select --json {}", image())))).unwrap();
+    let pos = ["generic", "v3", "v4", "gpu", "zen4"]
+        .iter()
+        .position(|v| *v == want)
+        .unwrap();
+    assert_eq!(
+        sel["chosen"], sel["entries"][pos]["entry"]["digest"],
+        "{sel:#}"
+    );
     assert_eq!(sel["index"].as_str(), Some(digest));
-    assert_eq!(sel["entries"][5]["reason"], "for linux/arm64, the node is linux/amd64");
-    assert_eq!(sel["entries"][6]["reason"], "not an image (attestation or other artifact)");
+    assert_eq!(
+        sel["entries"][5]["reason"],
+        "for linux/arm64, the node is linux/amd64"
+    );
+    assert_eq!(
+        sel["entries"][6]["reason"],
+        "not an image (attestation or other artifact)"
+    );
     let text = ok(&tb.user(&format!("shoal select {}", image())));
-    assert!(text.contains("chosen:") && text.contains("refused: needs a GPU, the node has none"), "{text}");
+    assert!(
+        text.contains("chosen:") && text.contains("refused: needs a GPU, the node has none"),
+        "{text}"
+    );
     // Other nodes, from capabilities files: a Zen 4 and a Neoverse N1.
     let dir = tb.user_tempdir("select-nodes");
     let d = dir.display();
@@ -192,11 +230,19 @@ fn pull_keeps_the_index_and_select_explains_this_node() {
         "cd {d} && shoal select --capabilities > here.json && \
          python3 -c \"import json;c=json.load(open('here.json'));c['cpu']['architecture']='arm64';json.dump(c,open('arm.json','w'))\""
     )));
-    let arm = ok(&tb.user(&format!("cd {d} && shoal select --node far=arm.json {}", image())));
-    assert!(arm.contains("[5]") && arm.contains("chosen:     [5] linux/arm64/v8"), "{arm}");
+    let arm = ok(&tb.user(&format!(
+        "cd {d} && shoal select --node far=arm.json {}",
+        image()
+    )));
+    assert!(
+        arm.contains("[5]") && arm.contains("chosen:     [5] linux/arm64/v8"),
+        "{arm}"
+    );
     // `shoal doctor` shows what selection sees.
     let doctor = tb.user("shoal doctor");
-    assert!(String::from_utf8_lossy(&doctor.stdout).contains("node capabilities (for image indexes)"));
+    assert!(
+        String::from_utf8_lossy(&doctor.stdout).contains("node capabilities (for image indexes)")
+    );
 }
 
 #[test]
@@ -213,9 +259,16 @@ fn srun_on_three_nodes_runs_this_machines_entry_everywhere() {
     let _s = serial();
     let tb = slurm();
     index_digest(tb);
-    let out = ok(&tb.user(&format!("srun -N3 --image={} sh -c 'echo $(hostname) $(cat /etc/variant)'", image())));
+    let out = ok(&tb.user(&format!(
+        "srun -N3 --image={} sh -c 'echo $(hostname) $(cat /etc/variant)'",
+        image()
+    )));
     let want = format!("variant {}", expected_here());
-    assert_eq!(by_node(&out), ["n1", "n2", "n3"].map(|n| (n.to_string(), want.clone())), "{out}");
+    assert_eq!(
+        by_node(&out),
+        ["n1", "n2", "n3"].map(|n| (n.to_string(), want.clone())),
+        "{out}"
+    );
 }
 
 #[test]
@@ -227,8 +280,16 @@ fn each_node_runs_its_own_variant_and_uniform_runs_one() {
     let cmd = "sh -c 'echo $(hostname) $(cat /etc/variant)'";
     let out = ok(&tb.user(&format!("srun -N3 --image={} {cmd}", image())));
     let got = by_node(&out);
-    let want = [("n1", "variant v3"), ("n2", "variant gpu"), ("n3", "variant zen4")];
-    assert_eq!(got, want.map(|(n, v)| (n.to_string(), v.to_string())), "{out}");
+    let want = [
+        ("n1", "variant v3"),
+        ("n2", "variant gpu"),
+        ("n3", "variant zen4"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(n, v)| (n.to_string(), v.to_string())),
+        "{out}"
+    );
     // The batch script's node chooses for the batch step too.
     let dir = tb.user_tempdir("index-batch");
     let d = dir.display();
@@ -238,11 +299,24 @@ fn each_node_runs_its_own_variant_and_uniform_runs_one() {
     )));
     assert!(out.contains("variant zen4"), "{out}");
     // Uniform: the best entry all three accept is the plain v3 build.
-    let out = ok(&tb.user(&format!("srun -N3 --image={} --image-select=uniform {cmd}", image())));
-    assert_eq!(by_node(&out), ["n1", "n2", "n3"].map(|n| (n.to_string(), "variant v3".to_string())), "{out}");
+    let out = ok(&tb.user(&format!(
+        "srun -N3 --image={} --image-select=uniform {cmd}",
+        image()
+    )));
+    assert_eq!(
+        by_node(&out),
+        ["n1", "n2", "n3"].map(|n| (n.to_string(), "variant v3".to_string())),
+        "{out}"
+    );
     // The same through salloc, its steps inheriting the pin and the mode.
-    let out = ok(&tb.user(&format!("salloc -N3 --image={} --image-select=uniform srun -N3 {cmd}", image())));
-    let lines: Vec<_> = by_node(&out).into_iter().filter(|(n, _)| n.starts_with('n')).collect();
+    let out = ok(&tb.user(&format!(
+        "salloc -N3 --image={} --image-select=uniform srun -N3 {cmd}",
+        image()
+    )));
+    let lines: Vec<_> = by_node(&out)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with('n'))
+        .collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines.iter().all(|(_, v)| v == "variant v3"), "{out}");
 }
@@ -254,20 +328,35 @@ fn nothing_fitting_is_refused_with_every_entry_and_why() {
     index_digest(tb);
     // A node whose architecture the site declares as ppc64le.
     let _o = NodeOverrides::set("[nodes.n1]\narchitecture = \"ppc64le\"\n");
-    let r = tb.user(&format!("srun -N1 -w n1 --image={} cat /etc/variant", image()));
+    let r = tb.user(&format!(
+        "srun -N1 -w n1 --image={} cat /etc/variant",
+        image()
+    ));
     let e = format!("{}{}", String::from_utf8_lossy(&r.stdout), fails(&r));
-    assert!(e.contains("no entry of the image index fits node n1"), "{e}");
+    assert!(
+        e.contains("no entry of the image index fits node n1"),
+        "{e}"
+    );
     for (i, why) in [
         (0, "for linux/amd64, the node is linux/ppc64le"),
         (2, "for linux/amd64, the node is linux/ppc64le"),
         (5, "for linux/arm64, the node is linux/ppc64le"),
         (6, "not an image (attestation or other artifact)"),
     ] {
-        assert!(e.contains(&format!("[{i}] ")) && e.contains(why), "[{i}] {why} in:\n{e}");
+        assert!(
+            e.contains(&format!("[{i}] ")) && e.contains(why),
+            "[{i}] {why} in:\n{e}"
+        );
     }
     assert!(!e.contains("variant "), "nothing may run: {e}");
     // Uniform over n1 and n2: the same listing, each reason naming its node.
-    let r = tb.user(&format!("srun -N2 -w n1,n2 --image={} --image-select=uniform cat /etc/variant", image()));
+    let r = tb.user(&format!(
+        "srun -N2 -w n1,n2 --image={} --image-select=uniform cat /etc/variant",
+        image()
+    ));
     let e = format!("{}{}", String::from_utf8_lossy(&r.stdout), fails(&r));
-    assert!(e.contains("fits node n1, n2") && e.contains("n1: for linux/amd64"), "{e}");
+    assert!(
+        e.contains("fits node n1, n2") && e.contains("n1: for linux/amd64"),
+        "{e}"
+    );
 }

@@ -75,9 +75,9 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
             let store = Store::open(config);
             // An image index: pinned by its digest; each node chooses from
             // the same bytes (choose.rs).
-            if let Some((index, root)) = store.find_index(spec).map_err(|e| e.to_string())? {
-                return Ok(Pin {
-                    requested,
+            let index_pin = |store: &Store| -> Result<Option<Pin>, String> {
+                Ok(store.find_index(spec).map_err(|e| e.to_string())?.map(|(index, root)| Pin {
+                    requested: requested.clone(),
                     digest: index.digest.to_string(),
                     scope: root.scope(),
                     squashfs: index.path.clone(),
@@ -85,12 +85,19 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                     size: index.bytes.len() as u64,
                     index: true,
                     select: mode,
-                });
+                }))
+            };
+            if let Some(p) = index_pin(&store)? {
+                return Ok(p);
             }
             let stored = match store.resolve(spec) {
                 Err(StoreError::NotFound { .. }) if config.image.auto_pull => auto_pull(config, &store, spec)?,
                 other => other.map_err(|e| e.to_string())?,
             };
+            // What auto_pull just pulled may be an index.
+            if let Some(p) = index_pin(&store)? {
+                return Ok(p);
+            }
             Ok(Pin {
                 requested,
                 digest: stored.digest.to_string(),
@@ -115,6 +122,10 @@ fn auto_pull(config: &shoal::Config, store: &Store, spec: &ImageSpec) -> Result<
     eprintln!("shoal: {r} is not in your image store; pulling it (image.auto_pull)");
     let mut opts = PullOptions::new();
     opts.squash = config.image.squash_options();
+    // From an index, every entry one of the site's nodes could run.
+    for p in &config.image.platforms {
+        opts.platforms.push(p.parse().map_err(|e| format!("image.platforms in the site config: {e}"))?);
+    }
     pull(config, store, r, &opts, &|_| {})
         .map(|outcome| outcome.image)
         .map_err(|e| format!("automatic pull of {r} failed: {e}"))
