@@ -52,10 +52,21 @@ fn root_of(config: &Config, pin: &Pin, digest: &Digest) -> Result<StoreRoot, Str
         }
         Scope::User => {
             let p: &Path = &pin.squashfs;
-            let root = p.parent().and_then(Path::parent).and_then(Path::parent).filter(|_| {
-                p.file_name().is_some_and(|n| n == digest.hex()) && p.parent().is_some_and(|d| d.ends_with("indexes/sha256"))
-            });
-            let root = root.ok_or_else(|| format!("image {}: {} is not an index in an image store", pin.requested, p.display()))?;
+            let root = p
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::parent)
+                .filter(|_| {
+                    p.file_name().is_some_and(|n| n == digest.hex())
+                        && p.parent().is_some_and(|d| d.ends_with("indexes/sha256"))
+                });
+            let root = root.ok_or_else(|| {
+                format!(
+                    "image {}: {} is not an index in an image store",
+                    pin.requested,
+                    p.display()
+                )
+            })?;
             Ok(StoreRoot::new(root.to_path_buf(), StoreScope::User))
         }
     }
@@ -102,7 +113,8 @@ pub fn choose(
             resolve::all_nodes(config, &names, &this)?
         }
     };
-    let (image, decision) = resolve::choose(&root, &index, &nodes, job).map_err(|e| e.to_string())?;
+    let (image, decision) =
+        resolve::choose(&root, &index, &nodes, job).map_err(|e| e.to_string())?;
     let entry = decision.chosen_entry().expect("chosen");
     let how = format!(
         "node {node} chose entry [{}] {} ({}) of index {}{}",
@@ -110,7 +122,11 @@ pub fn choose(
         entry.label(),
         image.digest,
         pin.digest,
-        if pin.select == SelectMode::Uniform { format!(", uniform over {}", decision.nodes.join(",")) } else { String::new() }
+        if pin.select == SelectMode::Uniform {
+            format!(", uniform over {}", decision.nodes.join(","))
+        } else {
+            String::new()
+        }
     );
     let chosen = Pin {
         requested: pin.requested.clone(),

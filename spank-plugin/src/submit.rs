@@ -84,10 +84,13 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
             let store = Store::open(config);
             // An image index: pinned by its digest; each node chooses from
             // the same bytes (choose.rs).
-            if let Some((index, root)) = store.find_index(spec).map_err(|e| e.to_string())? {
-                let (identity, signatures) = index_trust(config, &store, root, spec, &index)?;
-                return Ok(Pin {
-                    requested,
+            let index_pin = |store: &Store| -> Result<Option<Pin>, String> {
+                let Some((index, root)) = store.find_index(spec).map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                let (identity, signatures) = index_trust(config, store, root, spec, &index)?;
+                Ok(Some(Pin {
+                    requested: requested.clone(),
                     digest: index.digest.to_string(),
                     scope: root.scope(),
                     squashfs: index.path.clone(),
@@ -97,12 +100,19 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                     select: mode,
                     identity,
                     signatures,
-                });
+                }))
+            };
+            if let Some(p) = index_pin(&store)? {
+                return Ok(p);
             }
             let stored = match store.resolve(spec) {
                 Err(StoreError::NotFound { .. }) if config.image.auto_pull => auto_pull(config, &store, spec)?,
                 other => other.map_err(|e| e.to_string())?,
             };
+            // What auto_pull just pulled may be an index.
+            if let Some(p) = index_pin(&store)? {
+                return Ok(p);
+            }
             // The site image policy, now, on the stored signatures: an
             // image it refuses fails at the prompt (root checks again on
             // every node).
@@ -133,6 +143,10 @@ fn auto_pull(config: &shoal::Config, store: &Store, spec: &ImageSpec) -> Result<
     eprintln!("shoal: {r} is not in your image store; pulling it (image.auto_pull)");
     let mut opts = PullOptions::new();
     opts.squash = config.image.squash_options();
+    // From an index, every entry one of the site's nodes could run.
+    for p in &config.image.platforms {
+        opts.platforms.push(p.parse().map_err(|e| format!("image.platforms in the site config: {e}"))?);
+    }
     pull(config, store, r, &opts, &|_| {})
         .map(|outcome| outcome.image)
         .map_err(|e| format!("automatic pull of {r} failed: {e}"))

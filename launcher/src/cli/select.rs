@@ -44,10 +44,16 @@ pub fn run(args: SelectArgs, config_path: &Path) -> Result<ExitCode> {
     }
     let mut nodes: Vec<NodeCapabilities> = Vec::new();
     for n in &args.nodes {
-        let (name, file) = n.split_once('=').ok_or_else(|| anyhow!("--node {n:?}: want NAME=FILE"))?;
-        let mut caps = capabilities::read_capabilities(&PathBuf::from(file)).map_err(anyhow::Error::msg)?;
+        let (name, file) = n
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--node {n:?}: want NAME=FILE"))?;
+        let mut caps =
+            capabilities::read_capabilities(&PathBuf::from(file)).map_err(anyhow::Error::msg)?;
         caps.node = name.to_string();
-        nodes.push(caps.apply(config.nodes.get(name)).map_err(anyhow::Error::msg)?);
+        nodes.push(
+            caps.apply(config.nodes.get(name))
+                .map_err(anyhow::Error::msg)?,
+        );
     }
     if nodes.is_empty() {
         nodes.push(this);
@@ -57,15 +63,24 @@ pub fn run(args: SelectArgs, config_path: &Path) -> Result<ExitCode> {
     let Some((idx, _)) = store.find_index(&spec)? else {
         let img = store.resolve(&spec)?;
         if args.json {
-            println!("{}", serde_json::json!({ "reference": spec.to_string(), "index": null, "chosen": img.digest }));
+            println!(
+                "{}",
+                serde_json::json!({ "reference": spec.to_string(), "index": null, "chosen": img.digest })
+            );
         } else {
-            println!("{spec} is a single image ({}), not an index: every node runs it as it is", img.digest);
+            println!(
+                "{spec} is a single image ({}), not an index: every node runs it as it is",
+                img.digest
+            );
         }
         return Ok(ExitCode::SUCCESS);
     };
     let job = resolve::job_request(&config, &args.modules);
-    let groups: Vec<Vec<NodeCapabilities>> =
-        if args.uniform { vec![nodes.clone()] } else { nodes.iter().map(|n| vec![n.clone()]).collect() };
+    let groups: Vec<Vec<NodeCapabilities>> = if args.uniform {
+        vec![nodes.clone()]
+    } else {
+        nodes.iter().map(|n| vec![n.clone()]).collect()
+    };
     let mut all_ok = true;
     let mut json = Vec::new();
     for group in &groups {
@@ -96,7 +111,11 @@ pub fn run(args: SelectArgs, config_path: &Path) -> Result<ExitCode> {
         println!();
     }
     if args.json {
-        let out = if json.len() == 1 { json.remove(0) } else { serde_json::Value::Array(json) };
+        let out = if json.len() == 1 {
+            json.remove(0)
+        } else {
+            serde_json::Value::Array(json)
+        };
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     if !all_ok {

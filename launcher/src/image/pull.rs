@@ -246,8 +246,12 @@ fn pull_inner(
         }
     }
 
-    // An index already here under the same digest: nothing moved.
-    if let Some(entry) = known.as_ref().filter(|e| !e.variants.is_empty()) {
+    // An index already here under the same digest, pulled for every wanted
+    // platform: nothing moved.
+    let wants: Vec<Platform> =
+        if opts.platforms.is_empty() { vec![opts.platform.clone()] } else { opts.platforms.clone() };
+    let covers = |e: &super::store::TagEntry| wants.iter().all(|w| e.images.contains_key(&w.to_string()));
+    if let Some(entry) = known.as_ref().filter(|e| !e.variants.is_empty() && covers(e)) {
         if let Some(idx) = entry.digest.as_ref() {
             let current = match r.digest() {
                 Some(d) => Some(d.clone()),

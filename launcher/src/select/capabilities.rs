@@ -67,8 +67,8 @@ pub struct JobRequest {
 pub fn abi_family(implementation: &str) -> Option<&'static str> {
     let i = implementation.to_ascii_lowercase().replace(['_', ' '], "-");
     match i.as_str() {
-        "mpich" | "intel-mpi" | "intelmpi" | "impi" | "mvapich" | "mvapich2" | "cray-mpich" | "parastation"
-        | "psmpi" | "mpich-abi" => Some("mpich"),
+        "mpich" | "intel-mpi" | "intelmpi" | "impi" | "mvapich" | "mvapich2" | "cray-mpich"
+        | "parastation" | "psmpi" | "mpich-abi" => Some("mpich"),
         "openmpi" | "open-mpi" | "ompi" => Some("openmpi"),
         _ => None,
     }
@@ -86,7 +86,11 @@ pub fn mpi_from_soname(soname: &str) -> Option<Mpi> {
     } else {
         return None;
     };
-    Some(Mpi { implementation: implementation.into(), version: None, abi: abi.into() })
+    Some(Mpi {
+        implementation: implementation.into(),
+        version: None,
+        abi: abi.into(),
+    })
 }
 
 /// The MPI version a library prints in `MPI_Get_library_version`
@@ -117,13 +121,19 @@ pub fn mpi_version_in(bytes: &[u8], abi: &str) -> Option<String> {
 /// is an MPI's. The module's `mpi_*` keys win over what the file says.
 pub fn job_mpi(config: &Config, modules: &[String]) -> Option<Mpi> {
     for name in modules {
-        let Some(module) = config.modules.get(name) else { continue };
+        let Some(module) = config.modules.get(name) else {
+            continue;
+        };
         let mut found: Option<Mpi> = None;
         for pattern in &module.libraries {
             let paths = glob::glob(pattern).into_iter().flatten().flatten();
             for path in paths {
-                let Some(file) = path.file_name().and_then(|n| n.to_str()) else { continue };
-                let Some(mut mpi) = mpi_from_soname(file) else { continue };
+                let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let Some(mut mpi) = mpi_from_soname(file) else {
+                    continue;
+                };
                 if let Ok(bytes) = std::fs::read(&path) {
                     mpi.version = mpi_version_in(&bytes, &mpi.abi);
                 }
@@ -136,7 +146,11 @@ pub fn job_mpi(config: &Config, modules: &[String]) -> Option<Mpi> {
         }
         if let Some(implementation) = &module.mpi_implementation {
             let abi = abi_family(implementation).unwrap_or("unknown").to_string();
-            let f = found.get_or_insert(Mpi { implementation: implementation.clone(), version: None, abi });
+            let f = found.get_or_insert(Mpi {
+                implementation: implementation.clone(),
+                version: None,
+                abi,
+            });
             f.implementation = implementation.clone();
             f.abi = abi_family(implementation).map_or_else(|| f.abi.clone(), str::to_string);
         }
@@ -157,12 +171,18 @@ pub fn job_mpi(config: &Config, modules: &[String]) -> Option<Mpi> {
 /// text) and its CUDA version from `cuda_of_driver`.
 pub fn gpus_in(pci: &Path, nvidia_version: Option<&str>) -> Vec<Gpu> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(pci) else { return out };
+    let Ok(entries) = std::fs::read_dir(pci) else {
+        return out;
+    };
     let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     dirs.sort();
     let driver = nvidia_version.and_then(nvidia_driver_version);
     for d in dirs {
-        let read = |f: &str| std::fs::read_to_string(d.join(f)).ok().map(|s| s.trim().to_string());
+        let read = |f: &str| {
+            std::fs::read_to_string(d.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
         let Some(class) = read("class") else { continue };
         // 0x030000 VGA, 0x030200 3D controller (compute GPUs).
         if !(class.starts_with("0x0300") || class.starts_with("0x0302")) {
@@ -180,12 +200,22 @@ pub fn gpus_in(pci: &Path, nvidia_version: Option<&str>) -> Vec<Gpu> {
         } else {
             (None, None)
         };
-        let address = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        out.push(Gpu { vendor, address, driver, cuda });
+        let address = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push(Gpu {
+            vendor,
+            address,
+            driver,
+            cuda,
+        });
     }
     // Emulated VGA of a VM (QEMU's 0x1234, Cirrus, VMware, Matrox BMCs,
     // ASPEED) is no GPU for computing.
-    out.retain(|g| !["0x1234", "0x1013", "0x15ad", "0x102b", "0x1a03"].contains(&g.vendor.as_str()));
+    out.retain(|g| {
+        !["0x1234", "0x1013", "0x15ad", "0x102b", "0x1a03"].contains(&g.vendor.as_str())
+    });
     out
 }
 
@@ -193,7 +223,10 @@ pub fn gpus_in(pci: &Path, nvidia_version: Option<&str>) -> Vec<Gpu> {
 pub fn nvidia_driver_version(text: &str) -> Option<String> {
     let line = text.lines().find(|l| l.contains("Kernel Module"))?;
     let after = line.split("Kernel Module").nth(1)?;
-    after.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit())).map(str::to_string)
+    after
+        .split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(str::to_string)
 }
 
 /// The highest CUDA a Linux driver runs: NVIDIA's table of minimum driver
@@ -224,12 +257,19 @@ pub fn cuda_of_driver(driver: &str) -> Option<String> {
     ];
     let mut parts = driver.split('.').map(|p| p.parse::<u32>().ok());
     let v = (parts.next()??, parts.next().flatten().unwrap_or(0));
-    TABLE.iter().find(|(min, _)| v >= *min).map(|(_, cuda)| cuda.to_string())
+    TABLE
+        .iter()
+        .find(|(min, _)| v >= *min)
+        .map(|(_, cuda)| cuda.to_string())
 }
 
 /// Compares dotted versions numerically (`12.10` > `12.2`); missing parts are 0.
 pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let parse = |s: &str| s.split('.').map(|p| p.trim().parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    let parse = |s: &str| {
+        s.split('.')
+            .map(|p| p.trim().parse::<u64>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
     let (mut x, mut y) = (parse(a), parse(b));
     let n = x.len().max(y.len());
     x.resize(n, 0);
@@ -240,7 +280,12 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 impl NodeCapabilities {
     /// Facts from the given texts (pure): what detection does with the
     /// real files, and what the tests do with fixtures.
-    pub fn from_texts(node: &str, oci_arch: &str, cpuinfo: &str, gpus: Vec<Gpu>) -> NodeCapabilities {
+    pub fn from_texts(
+        node: &str,
+        oci_arch: &str,
+        cpuinfo: &str,
+        gpus: Vec<Gpu>,
+    ) -> NodeCapabilities {
         NodeCapabilities {
             node: node.to_string(),
             os: "linux".into(),
@@ -294,7 +339,10 @@ impl NodeCapabilities {
                     vendor: g.vendor.clone(),
                     address: String::new(),
                     driver: g.driver.clone(),
-                    cuda: g.cuda.clone().or_else(|| g.driver.as_deref().and_then(cuda_of_driver)),
+                    cuda: g
+                        .cuda
+                        .clone()
+                        .or_else(|| g.driver.as_deref().and_then(cuda_of_driver)),
                 })
                 .collect();
             self.overridden.push("gpus".into());
@@ -304,7 +352,10 @@ impl NodeCapabilities {
 
     /// The highest CUDA version any of the node's GPUs' drivers runs.
     pub fn cuda(&self) -> Option<&str> {
-        self.gpus.iter().filter_map(|g| g.cuda.as_deref()).max_by(|a, b| version_cmp(a, b))
+        self.gpus
+            .iter()
+            .filter_map(|g| g.cuda.as_deref())
+            .max_by(|a, b| version_cmp(a, b))
     }
 
     /// Lines for `shoal doctor` and `shoal select`.
@@ -328,13 +379,21 @@ impl NodeCapabilities {
             s.push_str(&format!(
                 "gpu:        {} {} driver {} cuda {}\n",
                 g.vendor,
-                if g.address.is_empty() { "(config)" } else { &g.address },
+                if g.address.is_empty() {
+                    "(config)"
+                } else {
+                    &g.address
+                },
                 g.driver.as_deref().unwrap_or("-"),
                 g.cuda.as_deref().unwrap_or("-")
             ));
         }
         if !self.overridden.is_empty() {
-            s.push_str(&format!("overridden: {} (site config [nodes.\"{}\"])\n", self.overridden.join(", "), self.node));
+            s.push_str(&format!(
+                "overridden: {} (site config [nodes.\"{}\"])\n",
+                self.overridden.join(", "),
+                self.node
+            ));
         }
         s
     }
@@ -346,12 +405,18 @@ pub fn this_node_name() -> String {
     std::env::var("SLURMD_NODENAME")
         .ok()
         .filter(|n| !n.is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
         .unwrap_or_else(|| "localhost".into())
 }
 
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -379,12 +444,19 @@ pub fn detect_cached(node: &str, cache: Option<&Path>) -> NodeCapabilities {
     }
     let detected = NodeCapabilities::detect(node);
     if let Some(path) = cache {
-        let file = CacheFile { boot_id: boot, version: CACHE_VERSION, detected: detected.clone() };
+        let file = CacheFile {
+            boot_id: boot,
+            version: CACHE_VERSION,
+            detected: detected.clone(),
+        };
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
             let tmp = dir.join(format!(".{}.new", crate::image::store::unique_name()));
             if std::fs::write(&tmp, serde_json::to_vec_pretty(&file).expect("serializes")).is_ok() {
-                let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+                let _ = std::fs::set_permissions(
+                    &tmp,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                );
                 let _ = std::fs::rename(&tmp, path);
             }
             let _ = std::fs::remove_file(&tmp);
@@ -395,7 +467,11 @@ pub fn detect_cached(node: &str, cache: Option<&Path>) -> NodeCapabilities {
 
 /// The facts of node `node` as the site sees them: detected (cached in
 /// `cache`), then the config's `[nodes."NODE"]` applied.
-pub fn node_capabilities(config: &Config, node: &str, cache: Option<&Path>) -> Result<NodeCapabilities, String> {
+pub fn node_capabilities(
+    config: &Config,
+    node: &str,
+    cache: Option<&Path>,
+) -> Result<NodeCapabilities, String> {
     detect_cached(node, cache).apply(config.nodes.get(node))
 }
 
@@ -406,7 +482,8 @@ pub fn read_capabilities(path: &Path) -> Result<NodeCapabilities, String> {
     if let Ok(c) = serde_json::from_slice::<CacheFile>(&bytes) {
         return Ok(c.detected);
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a Shoal capabilities file ({e})", path.display()))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not a Shoal capabilities file ({e})", path.display()))
 }
 
 #[cfg(test)]
@@ -416,10 +493,19 @@ mod tests {
     #[test]
     fn mpi_sonames_and_versions() {
         assert_eq!(mpi_from_soname("libmpich.so.12.2.0").unwrap().abi, "mpich");
-        assert_eq!(mpi_from_soname("libmpi.so.40.30.4").unwrap().implementation, "openmpi");
+        assert_eq!(
+            mpi_from_soname("libmpi.so.40.30.4").unwrap().implementation,
+            "openmpi"
+        );
         assert!(mpi_from_soname("libmpifort.so.12").is_none());
-        assert_eq!(mpi_version_in(b"xx\0MPICH Version:\t4.0.2\0", "mpich").as_deref(), Some("4.0.2"));
-        assert_eq!(mpi_version_in(b"..Open MPI v4.1.4, package", "openmpi").as_deref(), Some("4.1.4"));
+        assert_eq!(
+            mpi_version_in(b"xx\0MPICH Version:\t4.0.2\0", "mpich").as_deref(),
+            Some("4.0.2")
+        );
+        assert_eq!(
+            mpi_version_in(b"..Open MPI v4.1.4, package", "openmpi").as_deref(),
+            Some("4.1.4")
+        );
         assert_eq!(abi_family("Intel-MPI"), Some("mpich"));
         assert_eq!(abi_family("openmpi"), Some("openmpi"));
         assert_eq!(abi_family("lam"), None);
@@ -460,21 +546,39 @@ mod tests {
 
     #[test]
     fn overrides_replace_detected_facts() {
-        let base = NodeCapabilities::from_texts("n1", "amd64", super::super::cpu::tests::fixture("icelake"), vec![]);
-        let o = NodeOverride { cpu_target: Some("x86_64_v3".into()), ..Default::default() };
+        let base = NodeCapabilities::from_texts(
+            "n1",
+            "amd64",
+            super::super::cpu::tests::fixture("icelake"),
+            vec![],
+        );
+        let o = NodeOverride {
+            cpu_target: Some("x86_64_v3".into()),
+            ..Default::default()
+        };
         let n = base.clone().apply(Some(&o)).unwrap();
         assert_eq!(n.cpu.target, "x86_64_v3");
         assert_eq!(n.cpu.vendor, "generic");
         assert!(!n.cpu.features.contains("avx512f"));
         assert_eq!(n.overridden, ["cpu.target"]);
         let o = NodeOverride {
-            gpus: Some(vec![crate::config::GpuOverride { vendor: "nvidia".into(), driver: Some("535.54.03".into()), cuda: None }]),
+            gpus: Some(vec![crate::config::GpuOverride {
+                vendor: "nvidia".into(),
+                driver: Some("535.54.03".into()),
+                cuda: None,
+            }]),
             ..Default::default()
         };
         let n = base.clone().apply(Some(&o)).unwrap();
         assert_eq!(n.cuda(), Some("12.2"));
-        let bad = NodeOverride { cpu_target: Some("pentium9".into()), ..Default::default() };
-        assert!(base.apply(Some(&bad)).unwrap_err().contains("nodes.n1.cpu_target"));
+        let bad = NodeOverride {
+            cpu_target: Some("pentium9".into()),
+            ..Default::default()
+        };
+        assert!(base
+            .apply(Some(&bad))
+            .unwrap_err()
+            .contains("nodes.n1.cpu_target"));
     }
 
     #[test]
@@ -484,7 +588,8 @@ mod tests {
         let a = detect_cached("n1", Some(&path));
         assert!(path.exists());
         // A changed file is read back as is (same boot): the cache is used.
-        let mut text: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut text: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         text["detected"]["cpu"]["target"] = "x86_64".into();
         std::fs::write(&path, text.to_string()).unwrap();
         assert_eq!(detect_cached("n1", Some(&path)).cpu.target, "x86_64");

@@ -73,11 +73,20 @@ pub fn has_feature(flags: &BTreeSet<String>, family: &str, feature: &str) -> boo
     if flags.contains(feature) {
         return true;
     }
-    let Some(alias) = MicroarchitecturesSchema::schema().feature_aliases.get(feature) else {
+    let Some(alias) = MicroarchitecturesSchema::schema()
+        .feature_aliases
+        .get(feature)
+    else {
         return false;
     };
-    alias.any_of.as_ref().is_some_and(|any| any.iter().any(|f| flags.contains(f)))
-        || alias.families.as_ref().is_some_and(|fams| fams.iter().any(|f| f == family))
+    alias
+        .any_of
+        .as_ref()
+        .is_some_and(|any| any.iter().any(|f| flags.contains(f)))
+        || alias
+            .families
+            .as_ref()
+            .is_some_and(|fams| fams.iter().any(|f| f == family))
 }
 
 /// The first processor's `key: value` lines of a cpuinfo text.
@@ -102,7 +111,11 @@ pub fn detect(oci_arch: &str, cpuinfo: &str) -> Cpu {
     let get = |k: &str| f.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let schema = MicroarchitecturesSchema::schema();
     let (vendor, flags, part) = match oci_arch {
-        "amd64" => (get("vendor_id").unwrap_or("generic").to_string(), get("flags"), None),
+        "amd64" => (
+            get("vendor_id").unwrap_or("generic").to_string(),
+            get("flags"),
+            None,
+        ),
         "arm64" => {
             let vendor = get("CPU implementer")
                 .and_then(|i| schema.conversions.arm_vendors.get(i).cloned())
@@ -111,7 +124,11 @@ pub fn detect(oci_arch: &str, cpuinfo: &str) -> Cpu {
         }
         _ => ("generic".to_string(), None, None),
     };
-    let features: BTreeSet<String> = flags.unwrap_or("").split_ascii_whitespace().map(str::to_string).collect();
+    let features: BTreeSet<String> = flags
+        .unwrap_or("")
+        .split_ascii_whitespace()
+        .map(str::to_string)
+        .collect();
     let family = family_of(oci_arch);
     let best = family.and_then(|fam| best_target(fam, &vendor, &features, part));
     let best = best.or_else(|| family.and_then(target));
@@ -127,7 +144,11 @@ pub fn detect(oci_arch: &str, cpuinfo: &str) -> Cpu {
 /// Depth first, then the number of features; the name breaks ties so the
 /// order never depends on the hash map's.
 fn rank(t: &Microarchitecture) -> (usize, usize, std::cmp::Reverse<String>) {
-    (t.ancestors().len(), t.all_features().len(), std::cmp::Reverse(t.name().to_string()))
+    (
+        t.ancestors().len(),
+        t.all_features().len(),
+        std::cmp::Reverse(t.name().to_string()),
+    )
 }
 
 fn best_target(
@@ -146,20 +167,38 @@ fn best_target(
         // the generic levels come as their ancestors.
         .filter(|t| family != "aarch64" || t.vendor() != "generic" || t.name() == family)
         .filter(|t| t.vendor() == "generic" || t.vendor() == vendor)
-        .filter(|t| t.all_features().iter().all(|feat| has_feature(flags, family, feat)))
+        .filter(|t| {
+            t.all_features()
+                .iter()
+                .all(|feat| has_feature(flags, family, feat))
+        })
         .collect();
-    let best_generic = compatible.iter().filter(|t| t.vendor() == "generic").max_by_key(|t| rank(t))?;
+    let best_generic = compatible
+        .iter()
+        .filter(|t| t.vendor() == "generic")
+        .max_by_key(|t| rank(t))?;
     let mut candidates: Vec<_> = compatible
         .iter()
         .filter(|t| t.name() != best_generic.name() && t.decendent_of(best_generic))
         .collect();
     let part_matches = |t: &&&Arc<Microarchitecture>| {
-        part.is_some() && schema.microarchitectures.get(t.name()).and_then(|m| m.cpupart.as_deref()) == part
+        part.is_some()
+            && schema
+                .microarchitectures
+                .get(t.name())
+                .and_then(|m| m.cpupart.as_deref())
+                == part
     };
     if candidates.iter().any(part_matches) {
         candidates.retain(part_matches);
     }
-    Some(candidates.into_iter().max_by_key(|t| rank(t)).copied().unwrap_or(best_generic))
+    Some(
+        candidates
+            .into_iter()
+            .max_by_key(|t| rank(t))
+            .copied()
+            .unwrap_or(best_generic),
+    )
 }
 
 /// A `platform.variant` as an ordered level: amd64 `v1`..`v4`, arm64
@@ -204,7 +243,8 @@ pub fn node_level(cpu: &Cpu) -> (u32, u32) {
         let level = if let Some(v) = n.strip_prefix("x86_64_v") {
             v.parse().ok().map(|v| (v, 0))
         } else if let Some(v) = n.strip_prefix("armv").and_then(|v| v.strip_suffix('a')) {
-            v.split_once('.').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            v.split_once('.')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
         } else {
             None
         };
@@ -273,21 +313,50 @@ pub(crate) mod tests {
             let cpu = detect(arch, fixture(name));
             assert_eq!(cpu.target, name, "{name}: {cpu:?}");
             assert_eq!(cpu.vendor, vendor, "{name}");
-            assert_eq!(level_name(arch, node_level(&cpu)), level, "{name}: {:?}", cpu.ancestors);
+            assert_eq!(
+                level_name(arch, node_level(&cpu)),
+                level,
+                "{name}: {:?}",
+                cpu.ancestors
+            );
         }
     }
 
     #[test]
     fn ancestors_hold_the_generic_levels() {
         let zen4 = detect("amd64", fixture("zen4"));
-        for a in ["zen3", "zen2", "zen", "x86_64_v4", "x86_64_v3", "x86_64_v2", "x86_64"] {
-            assert!(zen4.ancestors.iter().any(|x| x == a), "{a} in {:?}", zen4.ancestors);
+        for a in [
+            "zen3",
+            "zen2",
+            "zen",
+            "x86_64_v4",
+            "x86_64_v3",
+            "x86_64_v2",
+            "x86_64",
+        ] {
+            assert!(
+                zen4.ancestors.iter().any(|x| x == a),
+                "{a} in {:?}",
+                zen4.ancestors
+            );
         }
         let v1 = detect("arm64", fixture("neoverse_v1"));
-        for a in ["neoverse_n1", "armv8.4a", "armv8.2a", "cortex_a72", "aarch64"] {
-            assert!(v1.ancestors.iter().any(|x| x == a), "{a} in {:?}", v1.ancestors);
+        for a in [
+            "neoverse_n1",
+            "armv8.4a",
+            "armv8.2a",
+            "cortex_a72",
+            "aarch64",
+        ] {
+            assert!(
+                v1.ancestors.iter().any(|x| x == a),
+                "{a} in {:?}",
+                v1.ancestors
+            );
         }
-        assert!(!detect("amd64", fixture("zen2")).ancestors.contains(&"x86_64_v4".to_string()));
+        assert!(!detect("amd64", fixture("zen2"))
+            .ancestors
+            .contains(&"x86_64_v4".to_string()));
     }
 
     #[test]
@@ -295,12 +364,23 @@ pub(crate) mod tests {
         // A VM that hides AVX-512 from a Sapphire Rapids host.
         let text = fixture("sapphirerapids").replace(" avx512f", "");
         let cpu = detect("amd64", &text);
-        assert_eq!(level_name("amd64", node_level(&cpu)), "v3", "{}", cpu.target);
+        assert_eq!(
+            level_name("amd64", node_level(&cpu)),
+            "v3",
+            "{}",
+            cpu.target
+        );
         // Nothing at all: the family's base.
         let bare = detect("amd64", "vendor_id : GenuineIntel\nflags : fpu\n");
-        assert_eq!((bare.target.as_str(), node_level(&bare)), ("x86_64", (1, 0)));
+        assert_eq!(
+            (bare.target.as_str(), node_level(&bare)),
+            ("x86_64", (1, 0))
+        );
         let arm = detect("arm64", "CPU implementer : 0x99\nFeatures : fp\n");
-        assert_eq!((arm.target.as_str(), arm.vendor.as_str()), ("aarch64", "generic"));
+        assert_eq!(
+            (arm.target.as_str(), arm.vendor.as_str()),
+            ("aarch64", "generic")
+        );
     }
 
     #[test]
@@ -310,7 +390,10 @@ pub(crate) mod tests {
         assert_eq!(variant_level("arm64", "v8.2"), Some((8, 2)));
         assert_eq!(variant_level("arm64", "v9"), Some((9, 0)));
         assert_eq!(variant_level("arm64", "8"), None);
-        assert_eq!(variant_target("amd64", (3, 0)).as_deref(), Some("x86_64_v3"));
+        assert_eq!(
+            variant_target("amd64", (3, 0)).as_deref(),
+            Some("x86_64_v3")
+        );
         assert_eq!(variant_target("amd64", (1, 0)).as_deref(), Some("x86_64"));
         assert_eq!(variant_target("arm64", (8, 4)).as_deref(), Some("armv8.4a"));
         assert_eq!(variant_target("arm64", (8, 0)).as_deref(), Some("aarch64"));

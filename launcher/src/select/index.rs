@@ -129,7 +129,9 @@ impl Decision {
 
     /// The chosen digest, or the refusal that lists every entry and why.
     pub fn digest(&self) -> Result<&str, SelectError> {
-        self.chosen_entry().map(|e| e.digest.as_str()).ok_or_else(|| SelectError::NothingFits(self.render_refusals()))
+        self.chosen_entry()
+            .map(|e| e.digest.as_str())
+            .ok_or_else(|| SelectError::NothingFits(self.render_refusals()))
     }
 
     /// One line per entry: `  [2] linux/amd64/v4: chosen (weight 0 ...)`.
@@ -137,17 +139,26 @@ impl Decision {
         let mut s = String::new();
         for (i, ev) in self.entries.iter().enumerate() {
             let what = match &ev.verdict {
-                Verdict::Accepted { score } if Some(i) == self.chosen => format!("chosen ({score})"),
+                Verdict::Accepted { score } if Some(i) == self.chosen => {
+                    format!("chosen ({score})")
+                }
                 Verdict::Accepted { score } => format!("accepted ({score})"),
                 Verdict::Refused { reason } => format!("refused: {reason}"),
             };
-            s.push_str(&format!("  [{i}] {} {}: {what}\n", short(&ev.entry.digest), ev.entry.label()));
+            s.push_str(&format!(
+                "  [{i}] {} {}: {what}\n",
+                short(&ev.entry.digest),
+                ev.entry.label()
+            ));
         }
         s
     }
 
     fn render_refusals(&self) -> String {
-        let mut s = format!("no entry of the image index fits node {}:\n", self.nodes.join(", "));
+        let mut s = format!(
+            "no entry of the image index fits node {}:\n",
+            self.nodes.join(", ")
+        );
         s.push_str(&self.render());
         s
     }
@@ -169,7 +180,8 @@ pub enum SelectError {
 
 /// Reads the entries of an index from its raw bytes.
 pub fn entries(index: &[u8]) -> Result<Vec<Entry>, SelectError> {
-    let doc: Value = serde_json::from_slice(index).map_err(|e| SelectError::NotAnIndex(format!("not JSON ({e})")))?;
+    let doc: Value = serde_json::from_slice(index)
+        .map_err(|e| SelectError::NotAnIndex(format!("not JSON ({e})")))?;
     let list = doc
         .get("manifests")
         .and_then(Value::as_array)
@@ -183,7 +195,11 @@ pub fn entries(index: &[u8]) -> Result<Vec<Entry>, SelectError> {
             let annotations = m
                 .get("annotations")
                 .and_then(Value::as_object)
-                .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
                 .unwrap_or_default();
             Entry {
                 position,
@@ -196,7 +212,11 @@ pub fn entries(index: &[u8]) -> Result<Vec<Entry>, SelectError> {
                 features: p
                     .and_then(|p| p.get("features"))
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|f| f.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 annotations,
             }
@@ -211,7 +231,11 @@ pub fn is_index(bytes: &[u8], content_type: Option<&str>) -> bool {
         Ok(v) => v,
         Err(_) => return false,
     };
-    match doc.get("mediaType").and_then(Value::as_str).or(content_type) {
+    match doc
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .or(content_type)
+    {
         Some(t) if t.starts_with(OCI_INDEX) || t.starts_with(DOCKER_LIST) => true,
         Some(t) if t.starts_with(OCI_MANIFEST) || t.starts_with(DOCKER_MANIFEST) => false,
         _ => doc.get("manifests").is_some(),
@@ -234,7 +258,10 @@ fn judge_inner(e: &Entry, node: &NodeCapabilities, job: &JobRequest) -> Result<S
         return Err("not an image (attestation or other artifact)".into());
     }
     if e.media_type != OCI_MANIFEST && e.media_type != DOCKER_MANIFEST {
-        return Err(format!("not an image manifest (media type {:?})", e.media_type));
+        return Err(format!(
+            "not an image manifest (media type {:?})",
+            e.media_type
+        ));
     }
     if e.digest.parse::<crate::Digest>().is_err() {
         return Err(format!("digest {:?} is not sha256", e.digest));
@@ -244,7 +271,10 @@ fn judge_inner(e: &Entry, node: &NodeCapabilities, job: &JobRequest) -> Result<S
     };
     let c = &node.cpu;
     if os != node.os || arch != c.architecture {
-        return Err(format!("for {os}/{arch}, the node is {}/{}", node.os, c.architecture));
+        return Err(format!(
+            "for {os}/{arch}, the node is {}/{}",
+            node.os, c.architecture
+        ));
     }
     let node_level = cpu::node_level(c);
     let mut depth_target = cpu::variant_target(arch, (if arch == "arm64" { 8 } else { 1 }, 0));
@@ -261,21 +291,36 @@ fn judge_inner(e: &Entry, node: &NodeCapabilities, job: &JobRequest) -> Result<S
         depth_target = cpu::variant_target(arch, level);
     }
     let family = cpu::family_of(arch).unwrap_or(arch);
-    let missing: Vec<&str> =
-        e.features.iter().filter(|f| !cpu::has_feature(&c.features, family, f)).map(String::as_str).collect();
+    let missing: Vec<&str> = e
+        .features
+        .iter()
+        .filter(|f| !cpu::has_feature(&c.features, family, f))
+        .map(String::as_str)
+        .collect();
     if !missing.is_empty() {
-        return Err(format!("needs CPU features the node lacks: {}", missing.join(", ")));
+        return Err(format!(
+            "needs CPU features the node lacks: {}",
+            missing.join(", ")
+        ));
     }
     if let Some(t) = ann(ANN_TARGET) {
         if cpu::target(t).is_none() {
-            return Err(format!("{ANN_TARGET} {t:?} is not an archspec target Shoal knows"));
+            return Err(format!(
+                "{ANN_TARGET} {t:?} is not an archspec target Shoal knows"
+            ));
         }
         if t != c.target && !c.ancestors.iter().any(|a| a == t) {
-            return Err(format!("built for {t}, which the node's {} is not (nor descends from)", c.target));
+            return Err(format!(
+                "built for {t}, which the node's {} is not (nor descends from)",
+                c.target
+            ));
         }
         depth_target = Some(t.to_string());
     }
-    let cpu_depth = depth_target.as_deref().and_then(cpu::target).map_or(0, |t| t.ancestors().len());
+    let cpu_depth = depth_target
+        .as_deref()
+        .and_then(cpu::target)
+        .map_or(0, |t| t.ancestors().len());
 
     let wants_gpu = ann(ANN_GPU).is_some_and(|v| v.eq_ignore_ascii_case("yes"));
     if wants_gpu && node.gpus.is_empty() {
@@ -283,9 +328,15 @@ fn judge_inner(e: &Entry, node: &NodeCapabilities, job: &JobRequest) -> Result<S
     }
     if let Some(need) = ann(ANN_CUDA) {
         match node.cuda() {
-            None => return Err(format!("needs CUDA {need}, the node has no NVIDIA driver that tells its CUDA version")),
+            None => {
+                return Err(format!(
+                    "needs CUDA {need}, the node has no NVIDIA driver that tells its CUDA version"
+                ))
+            }
             Some(have) if version_cmp(need, have).is_gt() => {
-                return Err(format!("needs CUDA {need}, the node's driver runs CUDA up to {have}"))
+                return Err(format!(
+                    "needs CUDA {need}, the node's driver runs CUDA up to {have}"
+                ))
             }
             Some(_) => {}
         }
@@ -295,7 +346,9 @@ fn judge_inner(e: &Entry, node: &NodeCapabilities, job: &JobRequest) -> Result<S
     let mut mpi_fit = 0;
     if let (Some(imp), Some(mpi)) = (ann(ANN_MPI), &job.mpi) {
         let Some(family) = abi_family(imp) else {
-            return Err(format!("{ANN_MPI} {imp:?} is not an MPI Shoal knows the ABI of"));
+            return Err(format!(
+                "{ANN_MPI} {imp:?} is not an MPI Shoal knows the ABI of"
+            ));
         };
         if family != mpi.abi {
             return Err(format!(
@@ -313,13 +366,24 @@ fn judge_inner(e: &Entry, node: &NodeCapabilities, job: &JobRequest) -> Result<S
     }
     let weight = match ann(ANN_WEIGHT) {
         None => 0,
-        Some(w) => w.trim().parse::<i64>().map_err(|_| format!("{ANN_WEIGHT} {w:?} is not an integer"))?,
+        Some(w) => w
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("{ANN_WEIGHT} {w:?} is not an integer"))?,
     };
-    Ok(Score { weight, cpu_depth, gpu_fit, mpi_fit, features: e.features.len() })
+    Ok(Score {
+        weight,
+        cpu_depth,
+        gpu_fit,
+        mpi_fit,
+        features: e.features.len(),
+    })
 }
 
 fn abi_name(imp: &str) -> String {
-    imp.to_ascii_lowercase().replace(['_', ' '], "-").replace("open-mpi", "openmpi")
+    imp.to_ascii_lowercase()
+        .replace(['_', ' '], "-")
+        .replace("open-mpi", "openmpi")
 }
 
 /// The best accepted entry: highest score, first listed on ties.
@@ -336,14 +400,22 @@ fn best(scores: &[Option<Score>]) -> Option<usize> {
 }
 
 /// Chooses an entry of `index` for `node` running `job`.
-pub fn select(index: &[u8], node: &NodeCapabilities, job: &JobRequest) -> Result<Decision, SelectError> {
+pub fn select(
+    index: &[u8],
+    node: &NodeCapabilities,
+    job: &JobRequest,
+) -> Result<Decision, SelectError> {
     select_uniform(index, std::slice::from_ref(node), job)
 }
 
 /// Chooses the best entry every node of `nodes` accepts: an entry refused
 /// by one node is refused (the reason names the node); an accepted entry
 /// scores as it does on the node where it fits least.
-pub fn select_uniform(index: &[u8], nodes: &[NodeCapabilities], job: &JobRequest) -> Result<Decision, SelectError> {
+pub fn select_uniform(
+    index: &[u8],
+    nodes: &[NodeCapabilities],
+    job: &JobRequest,
+) -> Result<Decision, SelectError> {
     let list = entries(index)?;
     let mut verdicts = Vec::with_capacity(list.len());
     for e in list {
@@ -353,7 +425,11 @@ pub fn select_uniform(index: &[u8], nodes: &[NodeCapabilities], job: &JobRequest
             match judge(&e, n, job) {
                 Verdict::Accepted { score } => worst = Some(worst.map_or(score, |w| w.min(score))),
                 Verdict::Refused { reason } => {
-                    refused = Some(if nodes.len() > 1 { format!("{}: {reason}", n.node) } else { reason });
+                    refused = Some(if nodes.len() > 1 {
+                        format!("{}: {reason}", n.node)
+                    } else {
+                        reason
+                    });
                     break;
                 }
             }
@@ -361,7 +437,9 @@ pub fn select_uniform(index: &[u8], nodes: &[NodeCapabilities], job: &JobRequest
         let verdict = match (refused, worst) {
             (Some(reason), _) => Verdict::Refused { reason },
             (None, Some(score)) => Verdict::Accepted { score },
-            (None, None) => Verdict::Refused { reason: "no node to run on".into() },
+            (None, None) => Verdict::Refused {
+                reason: "no node to run on".into(),
+            },
         };
         verdicts.push(EntryVerdict { entry: e, verdict });
     }
@@ -372,7 +450,11 @@ pub fn select_uniform(index: &[u8], nodes: &[NodeCapabilities], job: &JobRequest
             Verdict::Refused { .. } => None,
         })
         .collect();
-    Ok(Decision { nodes: nodes.iter().map(|n| n.node.clone()).collect(), chosen: best(&scores), entries: verdicts })
+    Ok(Decision {
+        nodes: nodes.iter().map(|n| n.node.clone()).collect(),
+        chosen: best(&scores),
+        entries: verdicts,
+    })
 }
 
 #[cfg(test)]
@@ -388,18 +470,31 @@ mod tests {
     /// One index entry: platform `os/arch[/variant]`, features, annotations.
     fn entry(n: u8, platform: &str, features: &[&str], ann: &[(&str, &str)]) -> String {
         let p: Vec<&str> = platform.split('/').collect();
-        let variant = p.get(2).map(|v| format!(r#","variant":"{v}""#)).unwrap_or_default();
+        let variant = p
+            .get(2)
+            .map(|v| format!(r#","variant":"{v}""#))
+            .unwrap_or_default();
         let feats = if features.is_empty() {
             String::new()
         } else {
-            format!(r#","features":[{}]"#, features.iter().map(|f| format!("\"{f}\"")).collect::<Vec<_>>().join(","))
+            format!(
+                r#","features":[{}]"#,
+                features
+                    .iter()
+                    .map(|f| format!("\"{f}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
         };
         let anns = if ann.is_empty() {
             String::new()
         } else {
             format!(
                 r#","annotations":{{{}}}"#,
-                ann.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect::<Vec<_>>().join(",")
+                ann.iter()
+                    .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
             )
         };
         format!(
@@ -411,7 +506,11 @@ mod tests {
     }
 
     fn index(entries: &[String]) -> Vec<u8> {
-        format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#, entries.join(",")).into_bytes()
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        )
+        .into_bytes()
     }
 
     fn node(cpu: &str) -> NodeCapabilities {
@@ -436,7 +535,12 @@ mod tests {
             entry(1, "linux/amd64", &[], &[]),
             entry(2, "linux/amd64/v3", &[], &[]),
             entry(3, "linux/amd64/v4", &[], &[]),
-            entry(4, "linux/amd64/v3", &[], &[(ANN_GPU, "yes"), (ANN_CUDA, "12.2")]),
+            entry(
+                4,
+                "linux/amd64/v3",
+                &[],
+                &[(ANN_GPU, "yes"), (ANN_CUDA, "12.2")],
+            ),
             entry(5, "linux/amd64/v4", &[], &[(ANN_TARGET, "zen4")]),
             entry(6, "linux/arm64", &[], &[]),
             format!(
@@ -447,7 +551,11 @@ mod tests {
     }
 
     fn chosen(idx: &[u8], n: &NodeCapabilities, job: &JobRequest) -> String {
-        select(idx, n, job).unwrap().digest().map(str::to_string).unwrap_or_else(|e| e.to_string())
+        select(idx, n, job)
+            .unwrap()
+            .digest()
+            .map(str::to_string)
+            .unwrap_or_else(|e| e.to_string())
     }
 
     #[test]
@@ -467,7 +575,12 @@ mod tests {
             ("neoverse_v1", 6),
             ("a64fx", 6),
         ] {
-            assert_eq!(chosen(&idx, &node(cpu), &job), d(want), "{cpu}:\n{}", select(&idx, &node(cpu), &job).unwrap().render());
+            assert_eq!(
+                chosen(&idx, &node(cpu), &job),
+                d(want),
+                "{cpu}:\n{}",
+                select(&idx, &node(cpu), &job).unwrap().render()
+            );
         }
     }
 
@@ -478,11 +591,26 @@ mod tests {
             Verdict::Refused { reason } => reason.clone(),
             Verdict::Accepted { score } => format!("accepted {score}"),
         };
-        assert!(reason(0).starts_with("accepted weight 0 cpu-depth 0"), "{}", reason(0));
-        assert!(reason(1).starts_with("accepted weight 0 cpu-depth 2"), "{}", reason(1));
-        assert!(reason(2).starts_with("accepted weight 0 cpu-depth 3"), "{}", reason(2));
+        assert!(
+            reason(0).starts_with("accepted weight 0 cpu-depth 0"),
+            "{}",
+            reason(0)
+        );
+        assert!(
+            reason(1).starts_with("accepted weight 0 cpu-depth 2"),
+            "{}",
+            reason(1)
+        );
+        assert!(
+            reason(2).starts_with("accepted weight 0 cpu-depth 3"),
+            "{}",
+            reason(2)
+        );
         assert_eq!(reason(3), "needs a GPU, the node has none");
-        assert_eq!(reason(4), "built for zen4, which the node's icelake is not (nor descends from)");
+        assert_eq!(
+            reason(4),
+            "built for zen4, which the node's icelake is not (nor descends from)"
+        );
         assert_eq!(reason(5), "for linux/arm64, the node is linux/amd64");
         assert_eq!(reason(6), "not an image (attestation or other artifact)");
         assert_eq!(dec.chosen, Some(2));
@@ -497,12 +625,19 @@ mod tests {
         // An older driver (CUDA 11.4) refuses the CUDA 12.2 build.
         let dec = select(&idx, &gpu_node("haswell", "470.57.02"), &job).unwrap();
         assert_eq!(dec.digest().unwrap(), d(2));
-        assert!(matches!(&dec.entries[3].verdict, Verdict::Refused { reason } if reason.contains("CUDA up to 11.4")));
+        assert!(
+            matches!(&dec.entries[3].verdict, Verdict::Refused { reason } if reason.contains("CUDA up to 11.4"))
+        );
         // Ice Lake + GPU: v4 is deeper than the GPU build's v3; depth first.
         assert_eq!(chosen(&idx, &gpu_node("icelake", "535.104.05"), &job), d(3));
         // A GPU without a known driver cannot vouch for a CUDA version.
         let mut n = node("haswell");
-        n.gpus = vec![Gpu { vendor: "amd".into(), address: String::new(), driver: None, cuda: None }];
+        n.gpus = vec![Gpu {
+            vendor: "amd".into(),
+            address: String::new(),
+            driver: None,
+            cuda: None,
+        }];
         assert_eq!(chosen(&idx, &n, &job), d(2));
     }
 
@@ -518,12 +653,19 @@ mod tests {
         // Haswell has no avx512f: entry 2 refused; entry 3 has more features than 1.
         let dec = select(&idx, &node("haswell"), &job).unwrap();
         assert_eq!(dec.digest().unwrap(), d(3));
-        assert!(matches!(&dec.entries[1].verdict, Verdict::Refused { reason } if reason.contains("avx512f")));
-        assert!(matches!(&dec.entries[3].verdict, Verdict::Refused { reason } if reason.contains("not a amd64 level")));
+        assert!(
+            matches!(&dec.entries[1].verdict, Verdict::Refused { reason } if reason.contains("avx512f"))
+        );
+        assert!(
+            matches!(&dec.entries[3].verdict, Verdict::Refused { reason } if reason.contains("not a amd64 level"))
+        );
         // Skylake-AVX512 has it: entry 2 and 3 tie on depth, 3 has more features.
         assert_eq!(chosen(&idx, &node("skylake_avx512"), &job), d(3));
         // Arm levels: v8.4 refused on A64FX (v8.2), accepted on V1.
-        let arm = index(&[entry(1, "linux/arm64/v8", &[], &[]), entry(2, "linux/arm64/v8.4", &["sve"], &[])]);
+        let arm = index(&[
+            entry(1, "linux/arm64/v8", &[], &[]),
+            entry(2, "linux/arm64/v8.4", &["sve"], &[]),
+        ]);
         assert_eq!(chosen(&arm, &node("a64fx"), &job), d(1));
         assert_eq!(chosen(&arm, &node("neoverse_v1"), &job), d(2));
         assert!(chosen(&arm, &node("neoverse_n1"), &job).starts_with(&d(1)));
@@ -544,9 +686,15 @@ mod tests {
         assert_eq!(chosen(&idx, &node("haswell"), &job), d(2));
         // Zen 4 descends from neither Intel target.
         let err = chosen(&idx, &node("zen4"), &job);
-        assert!(err.contains("no entry of the image index fits node zen4"), "{err}");
+        assert!(
+            err.contains("no entry of the image index fits node zen4"),
+            "{err}"
+        );
         assert!(err.contains("built for skylake_avx512"), "{err}");
-        assert!(err.contains("\"pentium9\" is not an archspec target"), "{err}");
+        assert!(
+            err.contains("\"pentium9\" is not an archspec target"),
+            "{err}"
+        );
         assert_eq!(chosen(&idx, &node("a64fx"), &job), d(4));
         assert_eq!(chosen(&idx, &node("neoverse_n1"), &job), d(5));
     }
@@ -562,30 +710,62 @@ mod tests {
         ]);
         let dec = select(&idx, &node("icelake"), &JobRequest::default()).unwrap();
         assert_eq!(dec.digest().unwrap(), d(3));
-        assert!(matches!(&dec.entries[4].verdict, Verdict::Refused { reason } if reason.contains("not an integer")));
-        let tie = index(&[entry(1, "linux/amd64/v3", &[], &[]), entry(2, "linux/amd64/v3", &[], &[])]);
+        assert!(
+            matches!(&dec.entries[4].verdict, Verdict::Refused { reason } if reason.contains("not an integer"))
+        );
+        let tie = index(&[
+            entry(1, "linux/amd64/v3", &[], &[]),
+            entry(2, "linux/amd64/v3", &[], &[]),
+        ]);
         assert_eq!(chosen(&tie, &node("icelake"), &JobRequest::default()), d(1));
     }
 
     #[test]
     fn mpi_matters_only_when_the_job_has_an_mpi_module() {
         let idx = index(&[
-            entry(1, "linux/amd64/v3", &[], &[(ANN_MPI, "openmpi"), (ANN_MPI_VERSION, "4.1.4")]),
-            entry(2, "linux/amd64/v3", &[], &[(ANN_MPI, "intel-mpi"), (ANN_MPI_VERSION, "2021.10")]),
-            entry(3, "linux/amd64/v3", &[], &[(ANN_MPI, "mpich"), (ANN_MPI_VERSION, "4.1.2")]),
+            entry(
+                1,
+                "linux/amd64/v3",
+                &[],
+                &[(ANN_MPI, "openmpi"), (ANN_MPI_VERSION, "4.1.4")],
+            ),
+            entry(
+                2,
+                "linux/amd64/v3",
+                &[],
+                &[(ANN_MPI, "intel-mpi"), (ANN_MPI_VERSION, "2021.10")],
+            ),
+            entry(
+                3,
+                "linux/amd64/v3",
+                &[],
+                &[(ANN_MPI, "mpich"), (ANN_MPI_VERSION, "4.1.2")],
+            ),
         ]);
         let n = node("icelake");
         // No MPI module: annotations neither help nor hurt: first listed.
         assert_eq!(chosen(&idx, &n, &JobRequest::default()), d(1));
         let mpich = JobRequest {
-            mpi: Some(Mpi { implementation: "mpich".into(), version: Some("4.0.2".into()), abi: "mpich".into() }),
+            mpi: Some(Mpi {
+                implementation: "mpich".into(),
+                version: Some("4.0.2".into()),
+                abi: "mpich".into(),
+            }),
         };
         let dec = select(&idx, &n, &mpich).unwrap();
         assert_eq!(dec.digest().unwrap(), d(3), "{}", dec.render());
-        assert!(matches!(&dec.entries[0].verdict, Verdict::Refused { reason } if reason.contains("openmpi ABI")));
-        assert!(matches!(&dec.entries[1].verdict, Verdict::Accepted { score } if score.mpi_fit == 1));
+        assert!(
+            matches!(&dec.entries[0].verdict, Verdict::Refused { reason } if reason.contains("openmpi ABI"))
+        );
+        assert!(
+            matches!(&dec.entries[1].verdict, Verdict::Accepted { score } if score.mpi_fit == 1)
+        );
         let ompi = JobRequest {
-            mpi: Some(Mpi { implementation: "openmpi".into(), version: Some("4.1.5".into()), abi: "openmpi".into() }),
+            mpi: Some(Mpi {
+                implementation: "openmpi".into(),
+                version: Some("4.1.5".into()),
+                abi: "openmpi".into(),
+            }),
         };
         assert_eq!(chosen(&idx, &n, &ompi), d(1));
     }
@@ -598,15 +778,24 @@ mod tests {
         let dec = select_uniform(&idx, &nodes, &job).unwrap();
         // v4 is refused by Haswell; the zen4 build by Ice Lake: v3 for all.
         assert_eq!(dec.digest().unwrap(), d(2), "{}", dec.render());
-        assert!(matches!(&dec.entries[2].verdict, Verdict::Refused { reason } if reason.starts_with("haswell: variant v4")));
+        assert!(
+            matches!(&dec.entries[2].verdict, Verdict::Refused { reason } if reason.starts_with("haswell: variant v4"))
+        );
         let mixed = [node("icelake"), node("neoverse_n1")];
-        let err = select_uniform(&idx, &mixed, &job).unwrap().digest().unwrap_err().to_string();
+        let err = select_uniform(&idx, &mixed, &job)
+            .unwrap()
+            .digest()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("fits node icelake, neoverse_n1"), "{err}");
     }
 
     #[test]
     fn refusal_lists_every_entry() {
-        let idx = index(&[entry(1, "linux/arm64", &[], &[]), entry(2, "linux/amd64/v4", &[], &[])]);
+        let idx = index(&[
+            entry(1, "linux/arm64", &[], &[]),
+            entry(2, "linux/amd64/v4", &[], &[]),
+        ]);
         let err = chosen(&idx, &node("zen2"), &JobRequest::default());
         assert!(err.contains("[0] sha256:010101010101 linux/arm64: refused: for linux/arm64, the node is linux/amd64"), "{err}");
         assert!(err.contains("[1] sha256:020202020202 linux/amd64/v4: refused: variant v4 is above the node's level v3"), "{err}");
@@ -615,11 +804,20 @@ mod tests {
     #[test]
     fn garbage_is_not_an_index() {
         assert!(matches!(entries(b"nope"), Err(SelectError::NotAnIndex(_))));
-        assert!(matches!(entries(br#"{"schemaVersion":2}"#), Err(SelectError::NotAnIndex(_))));
-        let nested = index(&[format!(r#"{{"mediaType":"{OCI_INDEX}","digest":"{}","size":1}}"#, d(1))]);
+        assert!(matches!(
+            entries(br#"{"schemaVersion":2}"#),
+            Err(SelectError::NotAnIndex(_))
+        ));
+        let nested = index(&[format!(
+            r#"{{"mediaType":"{OCI_INDEX}","digest":"{}","size":1}}"#,
+            d(1)
+        )]);
         let err = chosen(&nested, &node("zen2"), &JobRequest::default());
         assert!(err.contains("not an image manifest"), "{err}");
         assert!(is_index(&hpc_index(), None));
-        assert!(!is_index(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}"}}"#).as_bytes(), None));
+        assert!(!is_index(
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}"}}"#).as_bytes(),
+            None
+        ));
     }
 }

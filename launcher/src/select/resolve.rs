@@ -33,7 +33,12 @@ pub fn capabilities_cache(config: &Config, node: &str) -> Option<PathBuf> {
         .ok()
         .filter(|d| d.starts_with('/'))
         .map(PathBuf::from)
-        .or_else(|| std::env::var("HOME").ok().filter(|h| h.starts_with('/')).map(|h| Path::new(&h).join(".cache")))?;
+        .or_else(|| {
+            std::env::var("HOME")
+                .ok()
+                .filter(|h| h.starts_with('/'))
+                .map(|h| Path::new(&h).join(".cache"))
+        })?;
     Some(base.join("shoal").join(format!("capabilities-{node}.json")))
 }
 
@@ -50,7 +55,9 @@ pub fn job_request(config: &Config, modules: &[String]) -> JobRequest {
         Ok(m) => m.into_iter().map(|(n, _)| n.to_string()).collect(),
         Err(_) => Vec::new(),
     };
-    JobRequest { mpi: capabilities::job_mpi(config, &names) }
+    JobRequest {
+        mpi: capabilities::job_mpi(config, &names),
+    }
 }
 
 /// The image `spec` names for `nodes` (one node, or every node of a
@@ -62,10 +69,16 @@ pub fn resolve(
     job: &JobRequest,
 ) -> Result<Resolved, ResolveError> {
     let Some((index, root)) = store.find_index(spec)? else {
-        return Ok(Resolved { image: store.resolve(spec)?, chosen_from: None });
+        return Ok(Resolved {
+            image: store.resolve(spec)?,
+            chosen_from: None,
+        });
     };
     let (image, decision) = choose(root, &index, nodes, job)?;
-    Ok(Resolved { image, chosen_from: Some((index, decision)) })
+    Ok(Resolved {
+        image,
+        chosen_from: Some((index, decision)),
+    })
 }
 
 /// Selection on a stored index, and the chosen entry's image from the
@@ -76,11 +89,17 @@ pub fn choose(
     nodes: &[NodeCapabilities],
     job: &JobRequest,
 ) -> Result<(StoredImage, Decision), ResolveError> {
-    let select_err = |message: String| ResolveError::Select { reference: index.reference.clone(), message };
-    let decision = index::select_uniform(&index.bytes, nodes, job).map_err(|e| select_err(e.to_string()))?;
+    let select_err = |message: String| ResolveError::Select {
+        reference: index.reference.clone(),
+        message,
+    };
+    let decision =
+        index::select_uniform(&index.bytes, nodes, job).map_err(|e| select_err(e.to_string()))?;
     let digest = decision.digest().map_err(|e| select_err(e.to_string()))?;
     let entry = decision.chosen_entry().expect("a digest means an entry");
-    let d: crate::Digest = digest.parse().map_err(|_| select_err(format!("entry digest {digest:?} is not sha256")))?;
+    let d: crate::Digest = digest
+        .parse()
+        .map_err(|_| select_err(format!("entry digest {digest:?} is not sha256")))?;
     let image = root.image(&d)?.ok_or_else(|| {
         select_err(format!(
             "the entry for node {} is [{}] {} ({digest}), which is not in the {} store: it was not pulled for this site's \
@@ -98,13 +117,18 @@ pub fn choose(
 
 /// Where nodes publish their detected capabilities for uniform choices.
 pub fn capabilities_dir(config: &Config) -> Option<PathBuf> {
-    config.node.capabilities_dir.clone().or_else(|| config.store.site_dir.as_ref().map(|d| d.join("nodes")))
+    config
+        .node
+        .capabilities_dir
+        .clone()
+        .or_else(|| config.store.site_dir.as_ref().map(|d| d.join("nodes")))
 }
 
 /// Publishes this node's detected capabilities (root, best effort): what
 /// the other nodes of a uniform job read.
 pub fn publish(config: &Config, caps: &NodeCapabilities) -> Result<PathBuf, String> {
-    let dir = capabilities_dir(config).ok_or("no `node.capabilities_dir` and no `store.site_dir` to publish to")?;
+    let dir = capabilities_dir(config)
+        .ok_or("no `node.capabilities_dir` and no `store.site_dir` to publish to")?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(format!("{}.json", caps.node));
     let tmp = dir.join(format!(".{}.new", crate::image::store::unique_name()));
@@ -119,7 +143,11 @@ pub fn publish(config: &Config, caps: &NodeCapabilities) -> Result<PathBuf, Stri
 /// The capabilities of every node in `nodes`, as the site sees them: this
 /// node's own (`this`), the others' as they published them, each with the
 /// site's overrides for it.
-pub fn all_nodes(config: &Config, nodes: &[String], this: &NodeCapabilities) -> Result<Vec<NodeCapabilities>, String> {
+pub fn all_nodes(
+    config: &Config,
+    nodes: &[String],
+    this: &NodeCapabilities,
+) -> Result<Vec<NodeCapabilities>, String> {
     let dir = capabilities_dir(config);
     nodes
         .iter()
@@ -163,7 +191,9 @@ pub fn expand_hostlist(list: &str) -> Result<Vec<String>, String> {
             out.push(item);
             continue;
         };
-        let (ranges, suffix) = rest.split_once(']').ok_or_else(|| format!("{list:?}: unbalanced `[` in a host list"))?;
+        let (ranges, suffix) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{list:?}: unbalanced `[` in a host list"))?;
         for r in ranges.split(',') {
             let (a, b) = r.split_once('-').unwrap_or((r, r));
             let width = a.len();
@@ -187,7 +217,10 @@ mod tests {
     fn host_lists() {
         assert_eq!(expand_hostlist("n[1-3]").unwrap(), ["n1", "n2", "n3"]);
         assert_eq!(expand_hostlist("n1").unwrap(), ["n1"]);
-        assert_eq!(expand_hostlist("gpu[01-02,07],login").unwrap(), ["gpu01", "gpu02", "gpu07", "login"]);
+        assert_eq!(
+            expand_hostlist("gpu[01-02,07],login").unwrap(),
+            ["gpu01", "gpu02", "gpu07", "login"]
+        );
         assert!(expand_hostlist("n[1-").is_err());
         assert!(expand_hostlist("n[3-1]").is_err());
     }
