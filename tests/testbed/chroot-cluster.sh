@@ -154,6 +154,16 @@ series_slurm_conf() {  # series_slurm_conf SERIES HOSTNAME
             -e "s/ Port=1700\([1-3]\) / Port=$(((17000 + off) / 10))\1 /" \
             -e "s/^ClusterName=shoal$/ClusterName=shoal${1/./}/")
     fi
+    if [ "$1" = 24.11 ]; then
+        # Slurm 24.05.5-24.11.6 (ticket 22853, fixed in 24.11.7) run the
+        # TaskProlog by exec'ing slurmstepd inside the task's mount
+        # namespace: in an image that fails ("execv(/etc/alternatives/
+        # slurmstepd): No such file or directory", TaskProlog failed
+        # status=127) and the task with it. Checked on trixie's 24.11.5;
+        # README, "Slurm versions". Sites on those releases must leave
+        # TaskProlog unset for image jobs, as this test bed does.
+        conf=$(printf '%s\n' "$conf" | sed -e '/^TaskProlog=/d')
+    fi
     printf '%s\n' "$conf"
 }
 
