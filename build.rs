@@ -65,7 +65,7 @@ fn main() {
         }
     }
     println!(
-        "cargo:rustc-env=SHOAL_SLURM_VERSION={}.{}.{}",
+        "cargo:rustc-env=SHOAL_SLURM_VERSION={}.{:02}.{}",
         (version >> 16) & 0xff,
         (version >> 8) & 0xff,
         version & 0xff
