@@ -48,7 +48,7 @@ fn main() {
     // RELRO (-z now), so one unresolved symbol fails slurmd's dlopen of the
     // whole plugin, RTLD_LAZY or not.
     for (cfg, since, symbol) in NEWER_SYMBOLS {
-        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo:rustc-check-cfg=cfg({cfg})");
         if version >= *since {
             println!("cargo:rustc-cfg={cfg}");
         }
