@@ -12,7 +12,7 @@ use support::{fails, ok, slurm, Testbed};
 const REG: &str = "127.0.0.1:5443";
 
 fn mpich_image() -> String {
-    format!("{REG}/shoal/debian-mpich:12")
+    format!("{REG}/shoal/{}", support::mpich_image_tag())
 }
 
 /// Tests that change the cluster-wide Shoal config take this for writing;

@@ -106,6 +106,17 @@ pub fn slurm_series() -> String {
     std::env::var("SHOAL_TESTBED_SLURM").unwrap_or_else(|_| "22.05".into())
 }
 
+/// The test bed's MPICH image for jobs whose batch script runs `srun`
+/// inside it: that srun is the node's, and 24.11's and 26.05's Debian builds
+/// need glibc 2.38, so those test beds use the Debian 13 one.
+pub fn mpich_image_tag() -> &'static str {
+    if slurm_series() == "22.05" {
+        "debian-mpich:12"
+    } else {
+        "debian-mpich:13"
+    }
+}
+
 /// A `pgrep -f` pattern for the slurmd of NODE in the chosen cluster only
 /// (the host's run as `slurmd -N nX`, a chroot cluster's as `slurmd -D -N nX`).
 pub fn slurmd_pattern(node: &str) -> String {
