@@ -52,6 +52,8 @@ CHROOT_PACKAGES=(
     squashfs-tools squashfs-tools-ng squashfuse fuse3
     # what the Slurm-facing tests run as root or as the user on a node
     skopeo curl ca-certificates procps psmisc util-linux hostname python3
+    # test images are made from the node's /bin/busybox (busybox-static)
+    busybox-static
 )
 
 # A chroot with SERIES's Slurm, made with debootstrap and apt inside (minutes),
