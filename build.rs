@@ -48,7 +48,7 @@ fn main() {
     // RELRO (-z now), so one unresolved symbol fails slurmd's dlopen of the
     // whole plugin, RTLD_LAZY or not.
     for (cfg, since, symbol) in NEWER_SYMBOLS {
-        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo:rustc-check-cfg=cfg({cfg})");
         if version >= *since {
             println!("cargo:rustc-cfg={cfg}");
         }
@@ -65,7 +65,7 @@ fn main() {
         }
     }
     println!(
-        "cargo:rustc-env=SHOAL_SLURM_VERSION={}.{}.{}",
+        "cargo:rustc-env=SHOAL_SLURM_VERSION={}.{:02}.{}",
         (version >> 16) & 0xff,
         (version >> 8) & 0xff,
         version & 0xff

@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
 fn six_ranks_on_three_nodes_load_the_hosts_mpich() {
     let tb = slurm();
     let dir = tb.user_tempdir("inject-slurm");
-    ok(&tb.user(&format!(
+    ok(&tb.host_user(&format!(
         r#"set -e; cd {dir}
         SSL_CERT_FILE={ca} {shoal} pull 127.0.0.1:5443/shoal/debian-mpich:12 >&2
         cat > probe.c <<'EOF'
@@ -184,7 +184,7 @@ fn the_steps_program_gets_the_hosts_mpich_also_through_its_runpath() {
     // An image whose program finds libmpich through its RUNPATH
     // (/opt/mpich/lib, as MPI compiler wrappers and Spack link), with a
     // copy in the multiarch directory too; the program prints its maps.
-    ok(&tb.user(&format!(
+    ok(&tb.host_user(&format!(
         r#"set -e; cd {}; T=$PWD
         {}
         base img

@@ -12,7 +12,7 @@ use support::{fails, ok, slurm, Testbed};
 const REG: &str = "127.0.0.1:5443";
 
 fn mpich_image() -> String {
-    format!("{REG}/shoal/debian-mpich:12")
+    format!("{REG}/shoal/{}", support::mpich_image_tag())
 }
 
 /// Tests that change the cluster-wide Shoal config take this for writing;
@@ -392,8 +392,9 @@ fn scancel_after_a_slurmd_restart_leaves_nothing_behind() {
     ok(&tb.user(&format!("for i in $(seq 600); do [ $(ls {d}/started.* 2>/dev/null | wc -l) = 3 ] && break; sleep 0.1; done")));
     // slurmd of n2 dies and comes back while the step runs (slurmstepd
     // carries on without it), then the job is cancelled.
-    ok(&tb.root("pkill -f '^slurmd -N n2$'; while pgrep -f '^slurmd -N n2$' >/dev/null; do sleep 0.1; done"));
-    ok(&tb.root(&format!("bash {}/tests/testbed/up.sh >/dev/null", support::repo_root().display())));
+    let n2 = support::slurmd_pattern("n2");
+    ok(&tb.root(&format!("pkill -f '{n2}'; while pgrep -f '{n2}' >/dev/null; do sleep 0.1; done")));
+    ok(&tb.host_root(&format!("bash {}/tests/testbed/up.sh >/dev/null", support::repo_root().display())));
     ok(&tb.user(&format!("scancel {job}")));
     assert_nothing_left(tb, job, true);
 }

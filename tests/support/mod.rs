@@ -64,6 +64,15 @@ fn bring_up(install: bool) -> Testbed {
              (tests/run.sh does)",
             target.display()
         );
+        let series = slurm_series();
+        if install && series != "22.05" {
+            let so = target.join(format!("slurm-{series}/libspank_shoal.so"));
+            assert!(
+                so.is_file(),
+                "{}: no plugin for Slurm {series}; run `bash packaging/build-plugin.sh {series}` first (tests/run.sh does)",
+                so.display()
+            );
+        }
         let up = repo_root().join("tests/testbed/up.sh");
         let mut cmd = Command::new("bash");
         cmd.arg(&up);
@@ -88,6 +97,50 @@ fn bring_up(install: bool) -> Testbed {
     }
 }
 
+/// The Slurm series the tests run against (`SHOAL_TESTBED_SLURM`, default
+/// the host's 22.05). 24.11 and 26.05 run from chroot clusters
+/// (`tests/testbed/chroot-cluster.sh`); [`Testbed::user`] and
+/// [`Testbed::root`] then run inside that cluster's namespace, so `srun`,
+/// `sbatch` and what root inspects (mounts, logs, caches) are that node's.
+pub fn slurm_series() -> String {
+    std::env::var("SHOAL_TESTBED_SLURM").unwrap_or_else(|_| "22.05".into())
+}
+
+/// The test bed's MPICH image for jobs whose batch script runs `srun`
+/// inside it: that srun is the node's, and 24.11's and 26.05's Debian builds
+/// need glibc 2.38, so those test beds use the Debian 13 one.
+pub fn mpich_image_tag() -> &'static str {
+    if slurm_series() == "22.05" {
+        "debian-mpich:12"
+    } else {
+        "debian-mpich:13"
+    }
+}
+
+/// A `pgrep -f` pattern for the slurmd of NODE in the chosen cluster only
+/// (the host's run as `slurmd -N nX`, a chroot cluster's as `slurmd -D -N nX`).
+pub fn slurmd_pattern(node: &str) -> String {
+    if slurm_series() == "22.05" {
+        format!("^slurmd -N {node}$")
+    } else {
+        format!("^slurmd -D -N {node}$")
+    }
+}
+
+/// The command prefix that enters the chosen cluster (empty for 22.05).
+fn enter() -> Vec<String> {
+    if slurm_series() == "22.05" {
+        return Vec::new();
+    }
+    vec!["bash".into(), repo_root().join("tests/testbed/enter.sh").display().to_string()]
+}
+
+fn command(argv: &[String]) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
 impl Testbed {
     /// This build's `shoal` binary (readable and executable by the user).
     pub fn shoal(&self) -> PathBuf {
@@ -97,7 +150,9 @@ impl Testbed {
     /// Runs a bash script as the unprivileged user, in their home directory,
     /// with a clean login-like environment.
     pub fn user(&self, script: &str) -> Output {
-        Command::new("runuser")
+        let mut argv = enter();
+        argv.push("runuser".into());
+        command(&argv)
             .args(["-u", &self.user, "--", "env", "-i"])
             .arg(format!("HOME={}", self.home.display()))
             .arg(format!("USER={}", self.user))
@@ -112,10 +167,30 @@ impl Testbed {
 
     /// Runs a bash script as root.
     pub fn root(&self, script: &str) -> Output {
-        Command::new("bash")
-            .args(["-c", script])
+        let mut argv = enter();
+        argv.push("bash".into());
+        command(&argv).args(["-c", script]).output().expect("bash")
+    }
+
+    /// Runs a bash script as the user on the host itself, whatever the
+    /// cluster: for preparing files with the host's compilers (the host's
+    /// MPICH is the site MPI the `mpich` module injects).
+    pub fn host_user(&self, script: &str) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.user, "--", "env", "-i"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin")
+            .arg("LANG=C.UTF-8")
+            .args(["bash", "-c"])
+            .arg(format!("cd ~ && {script}"))
             .output()
-            .expect("bash")
+            .expect("runuser")
+    }
+
+    /// Runs a bash script as root on the host (e.g. `tests/testbed/up.sh`,
+    /// which picks the cluster from SHOAL_TESTBED_SLURM itself).
+    pub fn host_root(&self, script: &str) -> Output {
+        Command::new("bash").args(["-c", script]).output().expect("bash")
     }
 
     /// A fresh directory owned by the user, under their home.

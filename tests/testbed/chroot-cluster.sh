@@ -9,11 +9,14 @@
 # and the tests' commands (chroot_run), so srun and sbatch are that series'
 # clients and the mounts slurmstepd makes are seen where they happen.
 #
-# Shared with the host: the network namespace (registries on 127.0.0.1, the
-# same Slurm ports: one cluster at a time), munged's socket, /proc, /sys,
-# /dev, /tmp, /home, the test-bed state, the node cache, the repository and
-# the host's MPICH (the `mpich` module of shoal.toml injects the site's MPI,
-# which is the host's).
+# Shared with the host: the network namespace (registries on 127.0.0.1),
+# munged's socket, /proc, /sys, /dev, /tmp, /home, the test-bed state, the
+# repository and the host's MPICH (the `mpich` module of shoal.toml injects
+# the site's MPI, which is the host's). Its own: /etc, /run, the node cache
+# /var/cache/shoal, Slurm's spool and logs, and its ports
+# (series_port_offset), so it runs beside the host's 22.05 cluster without
+# touching it. (The host's up.sh looks for its slurmctld in its own mount
+# namespace only: host_pgrep.)
 
 CLUSTER_RUN=$TESTBED_STATE/run
 
@@ -59,14 +62,14 @@ chroot_run() {  # chroot_run SERIES CMD...
 }
 
 # Paths bound from the host into the tree at the same place.
-CHROOT_BINDS=(/tmp /home "$TESTBED_STATE" /var/cache/shoal)
+CHROOT_BINDS=(/tmp /home "$TESTBED_STATE")
 
 # Starts SERIES's namespace holder on TREE (idempotent).
 start_holder() {  # start_holder SERIES TREE REPO
     local series=$1 tree=$2 repo=$3 pidfile
     pidfile=$(holder_pidfile "$series")
     holder_pid "$series" >/dev/null && return 0
-    mkdir -p "$CLUSTER_RUN" /var/cache/shoal /run/munge
+    mkdir -p "$CLUSTER_RUN" /run/munge
     local p binds=("${CHROOT_BINDS[@]}" "$repo")
     for p in "${binds[@]}"; do mkdir -p "$tree$p"; done
     mkdir -p "$tree/.oldroot" "$tree/run"
@@ -134,31 +137,6 @@ stop_chroot_cluster() {  # stop_chroot_cluster SERIES
     rm -f "$(holder_pidfile "$series")"
 }
 
-# Stops the host's own (22.05) cluster: slurmctld and slurmd in the host's
-# mount namespace only.
-stop_host_cluster() {
-    local host_ns p
-    host_ns=$(readlink /proc/self/ns/mnt)
-    local pids=()
-    for p in $(pgrep -x slurmctld) $(pgrep -f '^slurmd -N n[0-9]+$'); do
-        [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" = "$host_ns" ] && pids+=("$p")
-    done
-    [ ${#pids[@]} -gt 0 ] || return 0
-    log "stopping the host's Slurm 22.05 cluster"
-    scancel --user="$TESTBED_USER" 2>/dev/null || true
-    kill "${pids[@]}" 2>/dev/null || true
-    WAIT_TIMEOUT=30 wait_for "the host's slurmctld and slurmd to stop" sh -c "! kill -0 ${pids[*]} 2>/dev/null"
-}
-
-# Every other series' cluster than SERIES is stopped.
-stop_other_clusters() {  # stop_other_clusters SERIES
-    local s
-    for s in "${SLURM_SERIES_ALL[@]}"; do
-        [ "$s" = "$1" ] && continue
-        if [ "$s" = 22.05 ]; then stop_host_cluster; else stop_chroot_cluster "$s"; fi
-    done
-}
-
 # slurm.conf for SERIES, from slurm.conf.in.
 series_slurm_conf() {  # series_slurm_conf SERIES HOSTNAME
     local conf
@@ -167,7 +145,24 @@ series_slurm_conf() {  # series_slurm_conf SERIES HOSTNAME
         # crypto/munge became cred/munge (the default) in 23.11. The prolog
         # runs in the job's extern step (24.05+), as sites that put it in
         # the job's cgroup do: the plugin must leave that step alone.
-        conf=$(printf '%s\n' "$conf" | sed -e '/^CryptoType=/d' -e 's/^PrologFlags=Alloc$/PrologFlags=Alloc,Contain,RunInJob/')
+        # Own ports (series_port_offset), so it can run beside the host's.
+        local off
+        off=$(series_port_offset "$1")
+        conf=$(printf '%s\n' "$conf" | sed -e '/^CryptoType=/d' \
+            -e 's/^PrologFlags=Alloc$/PrologFlags=Alloc,Contain,RunInJob/' \
+            -e "s/^SlurmctldPort=6817$/SlurmctldPort=$((6817 + off))/" \
+            -e "s/ Port=1700\([1-3]\) / Port=$(((17000 + off) / 10))\1 /" \
+            -e "s/^ClusterName=shoal$/ClusterName=shoal${1/./}/")
+    fi
+    if [ "$1" = 24.11 ]; then
+        # Slurm 24.05.5-24.11.6 (ticket 22853, fixed in 24.11.7) run the
+        # TaskProlog by exec'ing slurmstepd inside the task's mount
+        # namespace: in an image that fails ("execv(/etc/alternatives/
+        # slurmstepd): No such file or directory", TaskProlog failed
+        # status=127) and the task with it. Checked on trixie's 24.11.5;
+        # README, "Slurm versions". Sites on those releases must leave
+        # TaskProlog unset for image jobs, as this test bed does.
+        conf=$(printf '%s\n' "$conf" | sed -e '/^TaskProlog=/d')
     fi
     printf '%s\n' "$conf"
 }
@@ -179,7 +174,6 @@ chroot_cluster_up() {  # chroot_cluster_up SERIES INSTALL_FROM HOSTNAME
     local series=$1 install_from=$2 host=$3 tree repo restart=0
     tree=$(slurm_chroot "$series")
     repo=$(cd "$HERE/../.." && pwd)
-    stop_other_clusters "$series"
 
     # The test user, with the host's ids (the home directory is the host's).
     local uid gid
@@ -262,4 +256,15 @@ chroot_cluster_up() {  # chroot_cluster_up SERIES INSTALL_FROM HOSTNAME
         "${in[@]}" scontrol update nodename=n[1-3] state=resume 2>/dev/null || true
     fi
     WAIT_TIMEOUT=90 wait_for "n1..n3 (Slurm $series) to be idle in sinfo" chroot_nodes_idle
+}
+
+# pgrep ARGS..., limited to the host's own mount namespace (the chroot
+# clusters' daemons share the pid namespace and names).
+host_pgrep() {  # host_pgrep PGREP_ARGS...
+    local ns p found=1
+    ns=$(readlink /proc/$$/ns/mnt)
+    for p in $(pgrep "$@"); do
+        if [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" = "$ns" ]; then echo "$p"; found=0; fi
+    done
+    return $found
 }

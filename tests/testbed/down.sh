@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
 # Stops what up.sh started. Leaves packages, users and built images in place
 # (up.sh reuses them); `down.sh --purge` also removes the test bed's state.
+#
+# SHOAL_TESTBED_SLURM=24.11 or 26.05 stops only that series' chroot cluster;
+# the default stops the host's and every chroot cluster.
 source "$(dirname "$0")/common.sh"
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/chroot-cluster.sh"
+if [ "$SLURM_SERIES" != 22.05 ]; then
+    stop_chroot_cluster "$SLURM_SERIES"
+    log "down: Slurm $SLURM_SERIES"
+    exit 0
+fi
+for s in "${SLURM_SERIES_ALL[@]}"; do [ "$s" = 22.05 ] || stop_chroot_cluster "$s"; done
 
 scancel --user="$TESTBED_USER" 2>/dev/null || true
 for n in "${SLURM_NODES[@]}"; do pkill -f "^slurmd -N $n\$" 2>/dev/null || true; done

@@ -26,6 +26,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# The daemons started below must hold no descriptor of the caller's: under
+# `flock /tmp/shoal-cluster.lock tests/testbed/up.sh` the lock's fd would
+# live on in munged and the registries, and the cluster lock would never
+# be released again. The caller's flock keeps its own copy.
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    # (bash reads this script through a high fd of its own: keep those.)
+    [ "$fd" -gt 2 ] 2>/dev/null && [ "$fd" -lt 10 ] && eval "exec $fd>&-"
+done
+
 mkdir -p "$TESTBED_STATE"
 exec 9>"$TESTBED_STATE/lock"
 flock 9
@@ -40,7 +50,6 @@ id "$TESTBED_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TESTBED_USER"
 # --- Shoal itself --------------------------------------------------------------
 restart_slurmd=0
 if [ "$SLURM_SERIES" = 22.05 ]; then
-stop_other_clusters 22.05
 if [ -n "$install_from" ]; then
     [ -f "$install_from/libspank_shoal.so" ] || die "$install_from/libspank_shoal.so missing: run cargo build --workspace first"
     mkdir -p "$PLUGIN_DIR" /etc/shoal
@@ -110,11 +119,14 @@ conf=$(series_slurm_conf 22.05 "$hostname_short")
 if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$conf" ]; then
     printf '%s\n' "$conf" > /etc/slurm/slurm.conf
     restart_slurmd=1
-    pkill -x slurmctld 2>/dev/null && wait_for "slurmctld to stop" sh -c '! pgrep -x slurmctld'
+    if pids=$(host_pgrep -x slurmctld); then
+        kill $pids
+        wait_for "slurmctld to stop" sh -c "! kill -0 $(echo $pids) 2>/dev/null"
+    fi
 fi
 
 # --- slurmctld and the three slurmd -------------------------------------------
-if ! pgrep -x slurmctld >/dev/null; then
+if ! host_pgrep -x slurmctld >/dev/null; then
     log "starting slurmctld"
     slurmctld 9>&-
     wait_for "slurmctld" scontrol ping

@@ -33,6 +33,12 @@ series_package_version() {  # series_package_version SERIES PACKAGE
     apt_candidate "$conf" "$2"
 }
 
+# How far SERIES's cluster ports are from the host's (slurmctld 6817, slurmd
+# 17001-17003): 24.11 uses 6917 and 17101-17103, 26.05 7017 and 17201-17203.
+series_port_offset() {  # series_port_offset SERIES
+    case $1 in 22.05) echo 0 ;; 24.11) echo 100 ;; 26.05) echo 200 ;; esac
+}
+
 # Site images the test bed of SERIES adds to the shared ones (up.sh pulls
 # them into the site store).
 series_images() {  # series_images SERIES
@@ -46,6 +52,8 @@ CHROOT_PACKAGES=(
     squashfs-tools squashfs-tools-ng squashfuse fuse3
     # what the Slurm-facing tests run as root or as the user on a node
     skopeo curl ca-certificates procps psmisc util-linux hostname python3
+    # test images are made from the node's /bin/busybox (busybox-static)
+    busybox-static
 )
 
 # A chroot with SERIES's Slurm, made with debootstrap and apt inside (minutes),

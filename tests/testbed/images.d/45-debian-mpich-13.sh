@@ -1,5 +1,5 @@
 # Sourced by images.sh: shoal/debian-mpich:13, Debian 13 (trixie) with
-# MPICH's runtime, hello_mpi and /etc/shoal-test-image ("debian-mpich-13").
+# MPICH's runtime, hello_mpi and /etc/shoal-test-image ("debian-mpich", as the Debian 12 one).
 #
 # For the Slurm 24.11 and 26.05 test beds (SHOAL_TESTBED_SLURM): a batch
 # script inside an image runs the node's own srun, bound in from the node
@@ -17,7 +17,7 @@ if [ "$SLURM_SERIES" != 22.05 ]; then
         cp -a "$tree/." "$b/rootfs/"
         rm -rf "$b"/rootfs/usr/share/doc/* "$b"/rootfs/var/cache/apt/*
         install -m 0755 "$WORK/hello_mpi" "$b/rootfs/usr/local/bin/hello_mpi"
-        echo debian-mpich-13 > "$b/rootfs/etc/shoal-test-image"
+        echo debian-mpich > "$b/rootfs/etc/shoal-test-image"
         umoci repack --refresh-bundle --image "$WORK/oci:debian-mpich-13" "$b"
         umoci config --image "$WORK/oci:debian-mpich-13" \
             --config.env PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin \
