@@ -26,6 +26,9 @@ base() {
     ln -sfn "../lib/$MA/ld-linux-x86-64.so.2" "$r/usr/lib64/ld-linux-x86-64.so.2"
     cp -L /sbin/ldconfig "$r/usr/sbin/ldconfig"
     cp -L /bin/busybox "$r/usr/bin/busybox"
+    # A shell: the test bed configures a TaskProlog (a /bin/sh script) that
+    # Slurm runs inside the task's image.
+    ln -sfn busybox "$r/usr/bin/sh"
     echo 'include /etc/ld.so.conf.d/*.conf' > "$r/etc/ld.so.conf"
     echo "/usr/lib/$MA" > "$r/etc/ld.so.conf.d/$MA.conf"
 }
