@@ -152,7 +152,15 @@ pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> 
             Ok(())
         })?),
     };
-    let cwd = match &plan.cwd.preferred {
+    let cwd = enter_cwd(plan);
+    exec::harden_keeping_bounding(plan.remap_root)?;
+    Ok(Entered { joined, cwd })
+}
+
+/// Changes into the plan's working directory inside the container: the
+/// preferred one, else the fallback, else `/`. Returns where it went.
+fn enter_cwd(plan: &Plan) -> PathBuf {
+    match &plan.cwd.preferred {
         Some(p) if nix::unistd::chdir(p).is_ok() => p.clone(),
         _ => {
             let fb = &plan.cwd.fallback;
@@ -163,9 +171,7 @@ pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> 
                 PathBuf::from("/")
             }
         }
-    };
-    exec::harden_keeping_bounding(plan.remap_root)?;
-    Ok(Entered { joined, cwd })
+    }
 }
 
 /// Like [`enter`] for a container that outlives its processes' step (a
@@ -179,18 +185,7 @@ pub fn enter_named(plan: &Plan, state_dir: &std::path::Path, tag: &str, join: sh
         inject::run_setup(plan)?;
         Ok(())
     })?;
-    let cwd = match &plan.cwd.preferred {
-        Some(p) if nix::unistd::chdir(p).is_ok() => p.clone(),
-        _ => {
-            let fb = &plan.cwd.fallback;
-            if nix::unistd::chdir(fb).is_ok() {
-                fb.clone()
-            } else {
-                let _ = nix::unistd::chdir("/");
-                PathBuf::from("/")
-            }
-        }
-    };
+    let cwd = enter_cwd(plan);
     exec::harden_keeping_bounding(plan.remap_root)?;
     Ok(Entered { joined: Some(joined), cwd })
 }
