@@ -53,7 +53,9 @@
 //! [`Compression`] offers zstd, gzip and lz4 only.
 
 pub(crate) mod flatten;
+mod decompress;
 mod superblock;
+mod tar_entry;
 mod writer;
 
 use std::fmt;

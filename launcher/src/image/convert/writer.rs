@@ -2,22 +2,23 @@
 //! `tar2sqfs` (or a directory to `gensquashfs`), hash the result.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
+use super::decompress::{open_layer, pump, Pumped};
 use super::flatten::{Decision, FlattenError, Flattener, ImagePath, Kind};
+use super::tar_entry::{read_meta, Meta, Out};
 use super::{
-    superblock, Compression, ConvertError, Layer, LayerCompression, Progress, SquashOptions,
+    superblock, Compression, ConvertError, Layer, Progress, SquashOptions,
     SquashSummary,
 };
 
@@ -254,7 +255,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
+pub(super) fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
     ConvertError::LayerRead {
         digest: l.digest.clone(),
         path: l.path.clone(),
@@ -262,165 +263,6 @@ fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
     }
 }
 
-/// Counts compressed bytes read (shared with the thread that reports
-/// progress).
-struct Counting<R> {
-    inner: R,
-    done: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.done.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// The layer's decompressed tar stream. The magic bytes decide over the
-/// media type: a mislabelled blob is read as what it is.
-fn open_layer(l: &Layer, done: Arc<AtomicU64>) -> Result<Box<dyn Read + Send>, ConvertError> {
-    let file = File::open(&l.path).map_err(|e| layer_err(l, e))?;
-    let mut buf = BufReader::with_capacity(1 << 20, Counting { inner: file, done });
-    let magic = {
-        use std::io::BufRead;
-        let head = buf.fill_buf().map_err(|e| layer_err(l, e))?;
-        head.get(..4).map(|m| [m[0], m[1], m[2], m[3]])
-    };
-    let kind = match magic {
-        Some([0x1f, 0x8b, _, _]) => LayerCompression::Gzip,
-        Some([0x28, 0xb5, 0x2f, 0xfd]) => LayerCompression::Zstd,
-        // Anything else is read as a plain tar (whatever the label says): a
-        // tar has its "ustar" magic and parses, anything else fails reading.
-        _ => LayerCompression::Uncompressed,
-    };
-    Ok(match kind {
-        LayerCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
-        LayerCompression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(buf).map_err(|e| layer_err(l, e))?)
-        }
-        LayerCompression::Uncompressed => Box::new(buf),
-    })
-}
-
-/// Decompresses on its own thread, a few MiB ahead of the tar parser: when
-/// the writer is slow to take input, decompression goes on instead of
-/// waiting on the pipe (gzip is the one step that cannot be split).
-fn pump(mut from: Box<dyn Read + Send>, to: SyncSender<io::Result<Vec<u8>>>) {
-    loop {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0;
-        while n < buf.len() {
-            match from.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = to.send(Err(e));
-                    return;
-                }
-            }
-        }
-        if n == 0 {
-            return;
-        }
-        buf.truncate(n);
-        if to.send(Ok(buf)).is_err() {
-            return; // the reader gave up (bad entry): stop quietly
-        }
-    }
-}
-
-/// The receiving end of [`pump`], reporting progress as data arrives.
-struct Pumped<'a> {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    at: usize,
-    done: Arc<AtomicU64>,
-    reported: u64,
-    total: u64,
-    progress: &'a dyn Fn(Progress),
-}
-
-impl Read for Pumped<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.chunk = chunk?;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0), // end of the layer
-            }
-            let done = self.done.load(Ordering::Relaxed);
-            if done - self.reported >= 4 << 20 {
-                self.reported = done;
-                (self.progress)(Progress::Reading {
-                    done,
-                    total: self.total,
-                });
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// Metadata carried from a layer entry to the output.
-struct Meta {
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: u64,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
-    let h = e.header();
-    let mut m = Meta {
-        mode: h.mode()? & 0o7777,
-        uid: h.uid()?,
-        gid: h.gid()?,
-        mtime: h.mtime().unwrap_or(0),
-        xattrs: Vec::new(),
-    };
-    if let Some(exts) = e.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            let (k, v) = (ext.key_bytes(), ext.value_bytes());
-            let num = || {
-                std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.split('.').next()?.parse().ok())
-            };
-            match k {
-                b"uid" => m.uid = num().unwrap_or(m.uid),
-                b"gid" => m.gid = num().unwrap_or(m.gid),
-                b"mtime" => m.mtime = num().unwrap_or(m.mtime),
-                _ => {
-                    if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                        if keep_xattr(name) {
-                            m.xattrs.push((name.to_vec(), v.to_vec()));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(m)
-}
-
-/// Which extended attributes go into the image. Squashfs stores only the
-/// `user.`, `trusted.` and `security.` namespaces (others, such as POSIX
-/// ACLs in `system.`, are dropped rather than failing the image), and
-/// overlayfs' own `trusted.overlay.*` markers are dropped so that an image
-/// cannot fake whiteouts or redirects in an overlay stacked on it later.
-fn keep_xattr(name: &[u8]) -> bool {
-    (name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security."))
-        && !name.starts_with(b"trusted.overlay.")
-}
 
 /// Reads the layers top first and writes the flattened tar into `stdin`.
 fn feed(
@@ -608,84 +450,6 @@ impl<R: Read> Read for ErrTag<'_, R> {
     }
 }
 
-/// The flattened tar stream going to the writer.
-struct Out<W: Write>(tar::Builder<W>);
-
-impl<W: Write> Out<W> {
-    fn header(&mut self, kind: tar::EntryType, meta: &Meta, size: u64) -> io::Result<tar::Header> {
-        if !meta.xattrs.is_empty() {
-            self.pax_xattrs(&meta.xattrs)?;
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(meta.mode);
-        h.set_uid(meta.uid);
-        h.set_gid(meta.gid);
-        h.set_mtime(meta.mtime);
-        h.set_size(size);
-        Ok(h)
-    }
-
-    fn data<R: Read>(
-        &mut self,
-        kind: tar::EntryType,
-        path: &[u8],
-        meta: &Meta,
-        size: u64,
-        data: R,
-    ) -> io::Result<()> {
-        let mut h = self.header(kind, meta, size)?;
-        self.0
-            .append_data(&mut h, Path::new(OsStr::from_bytes(path)), data.take(size))
-    }
-
-    fn link(
-        &mut self,
-        kind: tar::EntryType,
-        path: &[u8],
-        target: &[u8],
-        meta: &Meta,
-    ) -> io::Result<()> {
-        let mut h = self.header(kind, meta, 0)?;
-        self.0.append_link(
-            &mut h,
-            Path::new(OsStr::from_bytes(path)),
-            Path::new(OsStr::from_bytes(target)),
-        )
-    }
-
-    /// A PAX extended header carrying `SCHILY.xattr.NAME` records, which
-    /// tar2sqfs applies to the next entry.
-    fn pax_xattrs(&mut self, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
-        let mut body = Vec::new();
-        for (name, value) in xattrs {
-            let key = [b"SCHILY.xattr.".as_slice(), name].concat();
-            body.extend(pax_record(&key, value));
-        }
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::XHeader);
-        h.set_path("PaxHeader")?;
-        h.set_mode(0o644);
-        h.set_size(body.len() as u64);
-        h.set_cksum();
-        self.0.append(&h, body.as_slice())
-    }
-}
-
-/// One PAX record: "LEN KEY=VALUE\n", where LEN counts itself.
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = rest + 1;
-    while len != rest + len.to_string().len() {
-        len = rest + len.to_string().len();
-    }
-    let mut r = format!("{len} ").into_bytes();
-    r.extend_from_slice(key);
-    r.push(b'=');
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
 
 /// Checks the superblock, fsyncs and hashes the file.
 fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
@@ -731,86 +495,4 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xattrs_round_trip_and_unstorable_ones_are_dropped() {
-        let mut out = Out(tar::Builder::new(Vec::new()));
-        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = [
-            ("user.a", "1"),
-            ("security.capability", "2"),
-            ("system.posix_acl_access", "3"),
-            ("trusted.overlay.opaque", "y"),
-            ("trusted.x", "4"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
-        let meta = Meta {
-            mode: 0o4755,
-            uid: 7,
-            gid: 8,
-            mtime: 9,
-            xattrs,
-        };
-        out.data(tar::EntryType::Regular, b"f", &meta, 2, &b"hi"[..])
-            .unwrap();
-        let bytes = out.0.into_inner().unwrap();
-        let mut archive = tar::Archive::new(&bytes[..]);
-        let mut e = archive.entries().unwrap().next().unwrap().unwrap();
-        assert_eq!(&*e.path_bytes(), b"f");
-        let m = read_meta(&mut e).unwrap();
-        assert_eq!((m.mode, m.uid, m.gid, m.mtime), (0o4755, 7, 8, 9));
-        let names: Vec<&[u8]> = m.xattrs.iter().map(|(k, _)| k.as_slice()).collect();
-        assert_eq!(
-            names,
-            [&b"user.a"[..], b"security.capability", b"trusted.x"]
-        );
-    }
-
-    #[test]
-    fn truncated_compressed_streams_fail_when_drained() {
-        use std::io::Write as _;
-        let data = vec![0u8; 100_000];
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&data).unwrap();
-        let gz = gz.finish().unwrap();
-        let zs = zstd::encode_all(&data[..], 3).unwrap();
-        for (name, blob) in [("gzip", gz), ("zstd", zs)] {
-            for cut in [blob.len() / 2, blob.len() - 4] {
-                let l = Layer {
-                    path: std::env::temp_dir()
-                        .join(format!("shoal-trunc-{}-{name}-{cut}", std::process::id())),
-                    compression: LayerCompression::Gzip,
-                    digest: name.into(),
-                };
-                std::fs::write(&l.path, &blob[..cut]).unwrap();
-                let mut r = open_layer(&l, Arc::new(AtomicU64::new(0))).unwrap();
-                let res = io::copy(&mut r, &mut io::sink());
-                std::fs::remove_file(&l.path).unwrap();
-                assert!(
-                    res.is_err(),
-                    "{name} cut at {cut} of {}: {res:?}",
-                    blob.len()
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn pax_record_counts_its_own_length() {
-        let r = pax_record(b"SCHILY.xattr.user.a", b"b");
-        assert_eq!(r, b"25 SCHILY.xattr.user.a=b\n");
-        assert_eq!(r.len(), 25);
-        // Crossing a power of ten: 98 bytes plus a 2-digit length would be
-        // 100, which needs 3 digits.
-        assert_eq!(pax_record(b"k", &[b'v'; 93]).len(), 99);
-        let r = pax_record(b"k", &[b'v'; 94]);
-        assert_eq!(r.len(), 101);
-        assert!(r.starts_with(b"101 k="));
-    }
 }
