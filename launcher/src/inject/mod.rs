@@ -75,12 +75,17 @@
 //! runs with the user's credentials. Never mount or write anything here;
 //! never inject the base runtime; never use `LD_LIBRARY_PATH` or `LD_PRELOAD`.
 
+mod decide;
+mod devices;
 pub mod discover;
 pub mod elf;
 pub mod gpu;
 pub mod image;
 pub mod plan;
+mod render;
+mod runtime;
 pub mod select;
+mod steps;
 pub mod version;
 
 pub use gpu::{names_gpus, select_gpus, GpuDevice, GpuSelection};
@@ -116,3 +121,6 @@ pub enum InjectError {
         details: Vec<String>,
     },
 }
+
+#[cfg(test)]
+mod tests;
