@@ -2,14 +2,13 @@
 //! selected modules, and their dependencies, against the image's copies.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::AbiMode;
 
 use super::discover::{FoundLib, LibraryIndex};
 use super::elf::{self, ElfInfo};
-use super::image::ImageFs;
+use super::image::{glob, kind_of, resolve, EntryKind, ImageFs};
 use super::plan::{Action, Assessment, LibraryDecision, ObjectKind, Request, SHOAL_DIR};
 use super::runtime::base_runtime;
 use super::version::{compare_minor, stem, LibVersion, MinorVerdict};
@@ -40,13 +39,17 @@ impl HostObject {
 }
 
 /// Reads a host file named by a module (or found as a dependency).
-pub(super) fn load_host(path: &Path, program: bool) -> Result<(PathBuf, Option<ElfInfo>), InjectError> {
+pub(super) fn load_host(
+    host: &dyn ImageFs,
+    path: &Path,
+    program: bool,
+) -> Result<(PathBuf, Option<ElfInfo>), InjectError> {
     let host_err = |message: String| InjectError::Host {
         path: path.to_path_buf(),
         message,
     };
-    let real = fs::canonicalize(path).map_err(|e| host_err(e.to_string()))?;
-    let bytes = fs::read(&real).map_err(|e| host_err(e.to_string()))?;
+    let real = resolve(host, path).map_err(|e| host_err(e.to_string()))?;
+    let bytes = host.read(&real).map_err(|e| host_err(e.to_string()))?;
     if program && !elf::is_elf(&bytes) {
         return Ok((real, None)); // a script: bound as it is
     }
@@ -55,14 +58,15 @@ pub(super) fn load_host(path: &Path, program: bool) -> Result<(PathBuf, Option<E
 }
 
 /// Host paths matching a module's glob, sorted; none is a config error.
-pub(super) fn expand(module: &str, field: &str, pattern: &str) -> Result<Vec<PathBuf>, InjectError> {
+pub(super) fn expand(
+    host: &dyn ImageFs,
+    module: &str,
+    field: &str,
+    pattern: &str,
+) -> Result<Vec<PathBuf>, InjectError> {
     let bad =
         |why: String| InjectError::Module(format!("[modules.{module}] {field}: {pattern:?} {why}"));
-    let mut out: Vec<PathBuf> = glob::glob(pattern)
-        .map_err(|e| bad(format!("is not a valid glob ({e})")))?
-        .filter_map(Result::ok)
-        .collect();
-    out.sort();
+    let out = glob(host, pattern).map_err(|e| bad(format!("is not a valid glob ({e})")))?;
     if out.is_empty() {
         return Err(bad(
             "matches no file on this node; fix the site config or install it".into(),
@@ -72,6 +76,8 @@ pub(super) fn expand(module: &str, field: &str, pattern: &str) -> Result<Vec<Pat
 }
 
 pub(super) struct Builder<'a> {
+    /// The host's tree ([`Request::host`]): every host read goes through it.
+    pub(super) host_fs: &'a dyn ImageFs,
     pub(super) image: LibraryIndex<'a>,
     pub(super) host: LibraryIndex<'a>,
     pub(super) rows: Vec<LibraryDecision>,
@@ -99,6 +105,7 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
         None => Vec::new(),
     };
     let mut b = Builder {
+        host_fs: req.host,
         image: LibraryIndex::scan_with(image, &extra),
         host: LibraryIndex::scan(req.host),
         rows: Vec::new(),
@@ -112,7 +119,7 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
         let mut listed: Vec<(PathBuf, String)> = Vec::new(); // (path, name it is listed under)
         let mut programs = Vec::new();
         for pattern in &module.libraries {
-            for path in expand(name, "libraries", pattern)? {
+            for path in expand(req.host, name, "libraries", pattern)? {
                 let file = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -124,13 +131,13 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
             listed.push((PathBuf::from(path), alias.clone()));
         }
         for pattern in &module.binaries {
-            programs.extend(expand(name, "binaries", pattern)?);
+            programs.extend(expand(req.host, name, "binaries", pattern)?);
         }
         // One object per real file; the other names it is listed under
         // (symlinks like libmpi.so.12 -> libmpich.so.12.2.2) become aliases.
         let first = b.queue.len();
         for (path, listed_as) in listed {
-            let (real, elf) = load_host(&path, false)?;
+            let (real, elf) = load_host(req.host, &path, false)?;
             let soname = elf
                 .as_ref()
                 .and_then(|e| e.soname.clone())
@@ -153,7 +160,7 @@ pub fn assess(image: &dyn ImageFs, req: &Request) -> Result<Assessment, InjectEr
             });
         }
         for path in programs {
-            let (real, elf) = load_host(&path, true)?;
+            let (real, elf) = load_host(req.host, &path, true)?;
             b.queue.push_back(HostObject {
                 real,
                 elf,
@@ -225,7 +232,7 @@ impl Builder<'_> {
             } else if !self.seen_names.contains(needed) {
                 match self.host_dependency(&obj, needed) {
                     Some(path) => {
-                        let (real, elf) = load_host(&path, false)?;
+                        let (real, elf) = load_host(self.host_fs, &path, false)?;
                         self.queue.push_back(HostObject {
                             real,
                             elf,
@@ -450,7 +457,7 @@ impl Builder<'_> {
         }
         dirs.iter()
             .map(|d| d.join(needed))
-            .find(|p| p.is_file())
+            .find(|p| kind_of(self.host_fs, p) == Some(EntryKind::File))
             .or_else(|| {
                 let info = obj.elf.as_ref()?;
                 self.host

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
 /// What a path is, without following a final symlink.
@@ -19,6 +20,8 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink(PathBuf),
+    /// A character or block device node.
+    Device,
     Other,
 }
 
@@ -86,6 +89,75 @@ pub fn kind_of(fs: &dyn ImageFs, path: &Path) -> Option<EntryKind> {
     fs.entry(&real).ok()
 }
 
+/// `stat`: the real path and what it is, symlinks followed (the final one too).
+pub fn follow(fs: &dyn ImageFs, path: &Path) -> io::Result<(PathBuf, EntryKind)> {
+    let real = resolve(fs, path)?;
+    let kind = fs.entry(&real)?;
+    Ok((real, kind))
+}
+
+/// The paths matching an absolute glob `pattern`, unresolved (symlinks keep
+/// their names), sorted: what `glob::glob` finds on a real tree, read
+/// through `fs` so a test can stand in for the host. A literal component
+/// must exist (a dangling symlink counts); a wildcard one is matched
+/// against the directory's names (`*` matches a leading dot); `**` is any
+/// number of directories. Unreadable directories are skipped.
+pub fn glob(fs: &dyn ImageFs, pattern: &str) -> Result<Vec<PathBuf>, glob::PatternError> {
+    glob::Pattern::new(pattern)?; // the whole pattern's error, as glob::glob gives it
+    let mut current = vec![PathBuf::from("/")];
+    for part in pattern.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        let mut next = Vec::new();
+        if part == "**" {
+            for dir in current {
+                sub_dirs(fs, &dir, &mut next);
+            }
+        } else if !part.contains(['*', '?', '[']) {
+            for dir in current {
+                let path = if part == ".." {
+                    dir.parent().unwrap_or(&dir).to_path_buf()
+                } else {
+                    dir.join(part)
+                };
+                let parent = resolve(fs, &dir);
+                if part == ".." || parent.is_ok_and(|p| fs.entry(&p.join(part)).is_ok()) {
+                    next.push(path);
+                }
+            }
+        } else {
+            let pat = glob::Pattern::new(part)?;
+            for dir in current {
+                let Ok(names) = resolve(fs, &dir).and_then(|real| fs.list(&real)) else {
+                    continue;
+                };
+                next.extend(names.iter().filter(|n| pat.matches(n)).map(|n| dir.join(n)));
+            }
+        }
+        current = next;
+    }
+    current.sort();
+    current.dedup();
+    Ok(current)
+}
+
+/// `dir` and every directory below it, symlinked ones followed (as
+/// `glob::glob` does) but never back into a directory they are inside of.
+fn sub_dirs(fs: &dyn ImageFs, dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut todo: Vec<(PathBuf, Vec<PathBuf>)> = vec![(dir.to_path_buf(), Vec::new())];
+    while let Some((d, mut above)) = todo.pop() {
+        let Ok(real) = resolve(fs, &d) else { continue };
+        if above.contains(&real) {
+            continue; // a symlink loop
+        }
+        out.push(d.clone());
+        above.push(real.clone());
+        for name in fs.list(&real).unwrap_or_default() {
+            if kind_of(fs, &d.join(&name)) == Some(EntryKind::Dir) {
+                todo.push((d.join(name), above.clone()));
+            }
+        }
+    }
+}
+
 /// An image unpacked in a host directory.
 pub struct DirImage {
     root: PathBuf,
@@ -115,6 +187,8 @@ impl ImageFs for DirImage {
             EntryKind::Dir
         } else if ft.is_file() {
             EntryKind::File
+        } else if ft.is_char_device() || ft.is_block_device() {
+            EntryKind::Device
         } else {
             EntryKind::Other
         })
@@ -205,6 +279,7 @@ impl ImageFs for SquashfsImage {
             InnerNode::File(_) => EntryKind::File,
             InnerNode::Dir(_) => EntryKind::Dir,
             InnerNode::Symlink(l) => EntryKind::Symlink(l.link.clone()),
+            InnerNode::CharacterDevice(_) | InnerNode::BlockDevice(_) => EntryKind::Device,
             _ => EntryKind::Other,
         })
     }
@@ -274,5 +349,44 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("too many"));
+    }
+
+    #[test]
+    fn glob_reads_through_the_seam_like_glob_glob_on_a_real_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("usr/lib/x")).unwrap();
+        for f in ["libmpi.so.12.1", "libmpi.so.12", ".hidden.so.1", "libz.so.1"] {
+            fs::write(root.join("usr/lib/x").join(f), b"").unwrap();
+        }
+        symlink("usr/lib", root.join("lib")).unwrap();
+        symlink("missing", root.join("usr/lib/x/libdangling.so")).unwrap();
+        let img = DirImage::new(root);
+        let names = |pattern: &str| -> Vec<String> {
+            let ours: Vec<String> = glob(&img, pattern)
+                .unwrap()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let mut real: Vec<String> = ::glob::glob(&format!("{}{pattern}", root.display()))
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|p| format!("/{}", p.strip_prefix(root).unwrap().display()))
+                .collect();
+            real.sort();
+            assert_eq!(ours, real, "{pattern}");
+            ours
+        };
+        // Through a symlinked directory, names kept as written.
+        assert_eq!(names("/lib/x/libmpi.so.12*"), ["/lib/x/libmpi.so.12", "/lib/x/libmpi.so.12.1"]);
+        assert_eq!(names("/usr/lib/*/libz.so.[0-9]"), ["/usr/lib/x/libz.so.1"]);
+        // `*` matches a leading dot, as glob::glob's default options do.
+        assert_eq!(names("/usr/lib/x/.h*"), ["/usr/lib/x/.hidden.so.1"]);
+        // A literal path: there (a dangling link counts) or not.
+        assert_eq!(names("/usr/lib/x/libdangling.so"), ["/usr/lib/x/libdangling.so"]);
+        assert!(names("/usr/lib/x/libnone.so").is_empty());
+        assert!(names("/usr/lib/x/libz.so.1/*").is_empty());
+        assert_eq!(names("/**/libz.so.1"), ["/lib/x/libz.so.1", "/usr/lib/x/libz.so.1"]);
+        assert!(glob(&img, "/usr/[").is_err());
     }
 }

@@ -81,6 +81,8 @@ pub mod discover;
 pub mod elf;
 pub mod gpu;
 pub mod image;
+#[cfg(test)]
+pub(crate) mod mem_image;
 pub mod plan;
 mod render;
 mod runtime;

@@ -34,8 +34,10 @@ pub struct Request<'a> {
     pub default_abi: AbiMode,
     /// The job's `CUDA_VISIBLE_DEVICES` on the host.
     pub cuda_visible_devices: Option<&'a str>,
-    /// The host's tree, where dependencies of host libraries are looked up
-    /// (`DirImage::new("/")`).
+    /// The host's tree (`DirImage::new("/")`): every host read of the check
+    /// goes through it (the modules' globs, host libraries and their
+    /// dependencies, mount sources, device nodes), so tests can stand in a
+    /// made-up host.
     pub host: &'a dyn ImageFs,
     /// The program the job runs, inside the image, when known: copies of a
     /// library in its RUNPATH (an rpath set by MPI compiler wrappers or

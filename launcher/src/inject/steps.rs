@@ -2,13 +2,14 @@
 //! devices and environment: binds, the Shoal tmpfs, the loader cache.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::decide::{expand, Builder};
-use super::devices::{device_bind, device_spec};
-use super::gpu::{device_index, select_gpus, GpuDevice};
-use super::image::{kind_of, EntryKind, ImageFs};
+use crate::config::ModuleMount;
+
+use super::decide::Builder;
+use super::devices::{device_bind, module_devices, module_gpus};
+use super::gpu::{select_gpus, GpuDevice};
+use super::image::{follow, kind_of, EntryKind, ImageFs};
 use super::plan::{
     Action, BindMount, EnvChange, InjectionPlan, MountKind, ObjectKind, Request, Step, SHOAL_DIR,
 };
@@ -84,57 +85,12 @@ impl Builder<'_> {
         let mut sets: BTreeMap<String, String> = BTreeMap::new();
         for (name, module) in &req.modules {
             for m in &module.mounts {
-                let meta = fs::metadata(&m.source).map_err(|e| InjectError::Host {
-                    path: m.source.clone(),
-                    message: format!("[modules.{name}] mounts: {e}"),
-                })?;
-                let source = fs::canonicalize(&m.source).unwrap_or_else(|_| m.source.clone());
-                steps.push(Step::Bind(BindMount {
-                    source,
-                    target: m.target.clone(),
-                    kind: if meta.is_dir() {
-                        MountKind::Dir
-                    } else {
-                        MountKind::File
-                    },
-                    read_only: !m.writable,
-                    nosuid: true,
-                    nodev: true,
-                    target_in_image: kind_of(image, &m.target).is_some(),
-                    why: format!("mount of module {name}"),
-                }));
+                steps.push(module_mount(name, m, image, req.host)?);
             }
-            for entry in &module.devices {
-                let spec = device_spec(name, "devices", entry)?;
-                for dev in expand(name, "devices", &spec.pattern)? {
-                    let target = spec.target(&dev);
-                    if bound_devices.insert(target.clone()) {
-                        steps.push(device_bind(name, &dev, target, image)?);
-                    }
-                }
+            for step in module_devices(name, module, image, req.host, &mut bound_devices)? {
+                steps.push(step);
             }
-            for entry in &module.gpu_devices {
-                let spec = device_spec(name, "gpu_devices", entry)?;
-                for dev in expand(name, "gpu_devices", &spec.pattern)? {
-                    let index = device_index(&dev).ok_or_else(|| {
-                        InjectError::Module(format!(
-                            "[modules.{name}] gpu_devices: {} does not end with a GPU number; fix the glob in the site config",
-                            dev.display()
-                        ))
-                    })?;
-                    if let Some(other) = gpu_devices.iter().find(|g| g.index == index && g.host != dev) {
-                        return Err(InjectError::Module(format!(
-                            "[modules.{name}] gpu_devices: {} and {} are both GPU {index}; fix the glob in the site config",
-                            other.host.display(),
-                            dev.display()
-                        )));
-                    }
-                    if !gpu_devices.iter().any(|g| g.host == dev) {
-                        let target = spec.target(&dev);
-                        gpu_devices.push(GpuDevice { index, host: dev, target });
-                    }
-                }
-            }
+            module_gpus(name, module, req.host, &mut gpu_devices)?;
             for (k, v) in &module.env {
                 sets.insert(k.clone(), v.clone());
             }
@@ -155,7 +111,7 @@ impl Builder<'_> {
                         .find(|(_, m)| !m.gpu_devices.is_empty())
                         .map(|(n, _)| *n)
                         .unwrap_or("?");
-                    steps.push(device_bind(module, &dev.host, dev.target.clone(), image)?);
+                    steps.push(device_bind(module, &dev.host, dev.target.clone(), image, req.host)?);
                 }
             }
             // `CUDA_VISIBLE_DEVICES` is not set here: the renumbered list
@@ -223,4 +179,32 @@ impl Builder<'_> {
         }
         Ok(InjectionPlan { steps, env, gpus })
     }
+}
+
+/// A module's `mounts` entry: the host path (symlinks followed, through the
+/// host seam) bound at its container path, read-only unless `writable`.
+pub(super) fn module_mount(
+    name: &str,
+    m: &ModuleMount,
+    image: &dyn ImageFs,
+    host: &dyn ImageFs,
+) -> Result<Step, InjectError> {
+    let (source, kind) = follow(host, &m.source).map_err(|e| InjectError::Host {
+        path: m.source.clone(),
+        message: format!("[modules.{name}] mounts: {e}"),
+    })?;
+    Ok(Step::Bind(BindMount {
+        source,
+        target: m.target.clone(),
+        kind: if kind == EntryKind::Dir {
+            MountKind::Dir
+        } else {
+            MountKind::File
+        },
+        read_only: !m.writable,
+        nosuid: true,
+        nodev: true,
+        target_in_image: kind_of(image, &m.target).is_some(),
+        why: format!("mount of module {name}"),
+    }))
 }
