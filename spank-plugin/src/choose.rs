@@ -82,7 +82,7 @@ pub fn choose(
     job_nodes: Option<&str>,
     job: &JobRequest,
 ) -> Result<(Pin, String), String> {
-    let digest: Digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
+    let digest: Digest = pin.digest.clone();
     let root = root_of(config, pin, &digest)?;
     let bytes = root
         .index_bytes(&digest)
@@ -130,7 +130,7 @@ pub fn choose(
     );
     let chosen = Pin {
         requested: pin.requested.clone(),
-        digest: image.digest.to_string(),
+        digest: image.digest.clone(),
         scope: pin.scope,
         squashfs: image.squashfs.clone(),
         sha256: image.squashfs_sha256.clone(),

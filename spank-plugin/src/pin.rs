@@ -27,8 +27,9 @@ pub const JOB_CONTROL_ENV: &str = "SHOAL_IMAGE_PIN";
 pub struct Pin {
     /// `--image` as the user wrote it (matched by nested steps).
     pub requested: String,
-    /// Image digest (`sha256:...`); names the image everywhere.
-    pub digest: String,
+    /// Image digest; names the image everywhere. Checked when the pin is
+    /// read: a pin with a malformed digest is refused as a whole.
+    pub digest: shoal::Digest,
     pub scope: Scope,
     /// The squashfs file as resolved at submission.
     pub squashfs: PathBuf,
@@ -59,12 +60,8 @@ impl Pin {
     }
 
     pub fn from_env(value: &str) -> Result<Pin, String> {
-        let pin: Pin = serde_json::from_str(value)
-            .map_err(|e| format!("${ENV} is not a Shoal image pin ({e}); unset it and resubmit"))?;
-        pin.digest
-            .parse::<shoal::Digest>()
-            .map_err(|e| format!("${ENV}: {e}"))?;
-        Ok(pin)
+        serde_json::from_str(value)
+            .map_err(|e| format!("${ENV} is not a Shoal image pin ({e}); unset it and resubmit"))
     }
 }
 
@@ -76,7 +73,7 @@ mod tests {
     fn round_trip() {
         let pin = Pin {
             requested: "127.0.0.1:5443/shoal/busybox".into(),
-            digest: format!("sha256:{}", "a".repeat(64)),
+            digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
             scope: Scope::User,
             squashfs: "/home/alice/.local/share/shoal/x.sqfs".into(),
             sha256: "b".repeat(64),

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use shoal::config::Staging;
 use shoal::image::store::{Scope as StoreScope, StoreRoot, StoredImage};
 use shoal::stage::{Expected, NodeCache, Owner};
-use shoal::{Config, Digest};
+use shoal::Config;
 
 use crate::pin::{Pin, Scope};
 
@@ -65,9 +65,8 @@ pub fn site_image(config: &Config, pin: &Pin) -> Result<StoredImage, String> {
         .site_dir
         .clone()
         .ok_or_else(|| format!("image {} was found in a site store at submission, but this node's Shoal config has no `store.site_dir`", pin.requested))?;
-    let digest: Digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
     StoreRoot::new(dir.clone(), StoreScope::Site)
-        .image(&digest)
+        .image(&pin.digest)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {
             format!(
@@ -93,7 +92,6 @@ pub fn admit(config: &Config, node: &str, pin: &Pin) -> Result<(), String> {
     let Some(policy) = trust::site_policy(config).map_err(|e| e.to_string())? else {
         return Ok(());
     };
-    let digest: Digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
     let identity = match pin.identity.as_deref().map(str::parse::<shoal::ImageSpec>) {
         Some(Ok(shoal::ImageSpec::Registry(r))) => Some(r),
         Some(_) => return Err(format!("image {}: the pin's identity is not a registry reference; resubmit", pin.requested)),
@@ -101,7 +99,7 @@ pub fn admit(config: &Config, node: &str, pin: &Pin) -> Result<(), String> {
     };
     let id = identity.as_ref().map_or(Identity::Local, Identity::Registry);
     DecisionCache::new(config.node.cache_dir.join(node).join("trust"))
-        .check(&policy, id, &digest, pin.signatures.as_ref())
+        .check(&policy, id, &pin.digest, pin.signatures.as_ref())
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -143,7 +141,7 @@ pub fn stage_user(
         return Ok(pin.squashfs.clone());
     }
     let expected = Expected {
-        digest: pin.digest.parse().map_err(|e| format!("{e}"))?,
+        digest: pin.digest.clone(),
         sha256: pin.sha256.clone(),
         size: pin.size,
         owner: Owner::User { uid: owner.0, gid: owner.1 },

@@ -74,8 +74,7 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
             let pin = pin_file(path, requested)?;
             // A squashfs file has no registry identity: the policy's default.
             if let Some(policy) = shoal::image::trust::site_policy(config).map_err(|e| e.to_string())? {
-                let digest = pin.digest.parse().map_err(|e| format!("{e}"))?;
-                shoal::image::trust::check(&policy, shoal::image::trust::Identity::Local, &digest, None)
+                shoal::image::trust::check(&policy, shoal::image::trust::Identity::Local, &pin.digest, None)
                     .map_err(|e| e.to_string())?;
             }
             Ok(pin)
@@ -91,7 +90,7 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                 let (identity, signatures) = index_trust(config, store, root, spec, &index)?;
                 Ok(Some(Pin {
                     requested: requested.clone(),
-                    digest: index.digest.to_string(),
+                    digest: index.digest.clone(),
                     scope: root.scope(),
                     squashfs: index.path.clone(),
                     sha256: index.digest.hex().to_string(),
@@ -119,7 +118,7 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
             shoal::image::trust::check_stored(config, &store, spec, &stored)?;
             Ok(Pin {
                 requested,
-                digest: stored.digest.to_string(),
+                digest: stored.digest.clone(),
                 scope: stored.scope,
                 squashfs: stored.squashfs.clone(),
                 sha256: stored.squashfs_sha256.clone(),
@@ -193,7 +192,7 @@ fn pin_file(path: &Path, requested: String) -> Result<Pin, String> {
     let summary = shoal::image::convert::check_squashfs(&path).map_err(|e| format!("--image={}: {e}", path.display()))?;
     Ok(Pin {
         requested,
-        digest: format!("sha256:{}", summary.sha256),
+        digest: format!("sha256:{}", summary.sha256).parse().map_err(|e| format!("--image={}: {e}", path.display()))?,
         scope: Scope::User,
         squashfs: path,
         sha256: summary.sha256,

@@ -146,7 +146,7 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
     if pin.scope == Scope::User {
         let file = File::open(&pin.squashfs).map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
         state.user_file = Some(file);
-        state.user_config = read_meta(&pin.squashfs, &pin.digest);
+        state.user_config = read_meta(&pin.squashfs, pin.digest.as_str());
     }
     // With the user's ids, on the pinned file: the copy staged later is
     // checked to hold the same bytes.
