@@ -458,11 +458,47 @@ impl LauncherConfig {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MountsConfig {
-    /// `SRC:DST[:ro]` binds added to every container.
-    pub site: Vec<String>,
+    /// `SRC:DST[:ro]` binds added to every container, parsed when the
+    /// config is read (a bad entry fails `shoal config check`, not a job).
+    pub site: Vec<SiteMount>,
     /// Target prefixes users may mount over although they are reserved
     /// (/etc, /usr, /proc, /sys, /dev, /lib*, /bin, /sbin).
     pub allowed_targets: Vec<PathBuf>,
+}
+
+/// One `[mounts] site` entry: the admin's own bind, trusted and allowed
+/// over any target. Same syntax as a user's `--mount`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SiteMount {
+    /// The entry as written, for messages.
+    pub entry: String,
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for SiteMount {
+    type Err = String;
+
+    fn from_str(entry: &str) -> Result<SiteMount, String> {
+        let m = crate::container::UserMount::parse(entry, Path::new("/"))
+            .map_err(|e| format!("[mounts] site: {e}"))?;
+        Ok(SiteMount {
+            entry: entry.to_string(),
+            source: m.source,
+            target: m.target,
+            read_only: m.read_only,
+        })
+    }
+}
+
+impl TryFrom<String> for SiteMount {
+    type Error = String;
+
+    fn try_from(entry: String) -> Result<SiteMount, String> {
+        entry.parse()
+    }
 }
 
 /// Environment rules.

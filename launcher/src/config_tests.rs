@@ -164,7 +164,11 @@ fn launcher_sections_parse() {
     .unwrap();
     assert!(c.launcher.allow_kernel_mount_of_user_images);
     assert_eq!(c.launcher.squashfuse_path(), PathBuf::from("/opt/sq"));
-    assert_eq!(c.mounts.site, ["/apps:/apps:ro"]);
+    let site = &c.mounts.site[0];
+    assert_eq!(
+        (site.source.as_path(), site.target.as_path(), site.read_only),
+        (Path::new("/apps"), Path::new("/apps"), true)
+    );
     assert_eq!(c.env.deny, ["SECRET_*"]);
 }
 
@@ -232,6 +236,15 @@ fn bad_module_input_names_the_key() {
         e.contains("modules.x.mounts") && e.contains("line 2"),
         "{e}"
     );
+    // `shoal config check` parses `[mounts] site` too: a bad entry fails
+    // there, with its place, not in every job's container setup.
+    let e = err("[mounts]\nsite = [\"/apps:/apps:rx\"]\n");
+    assert!(
+        e.contains("mounts.site") && e.contains("line 2") && e.contains("rx"),
+        "{e}"
+    );
+    let e = err("[mounts]\nsite = [\"/apps:apps\"]\n");
+    assert!(e.contains("[mounts] site") && e.contains("the target"), "{e}");
     let e = err("[modules.gpu]\ngpu_devices = [\"/opt/gpu/nvidia[0-9]*:dev\"]\n");
     assert!(
         e.contains("modules.gpu.gpu_devices")

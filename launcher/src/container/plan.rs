@@ -303,15 +303,11 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         }
     }
 
-    for entry in &cfg.mounts.site {
-        // The admin's own paths: trusted, and allowed anywhere.
-        let m = UserMount::parse(entry, Path::new("/")).map_err(|e| PlanError::SiteMount {
-            entry: entry.clone(),
-            reason: e.to_string(),
-        })?;
+    for m in &cfg.mounts.site {
+        // The admin's own paths (parsed with the config): trusted, and allowed anywhere.
         mounts.push(Mount {
-            target: m.target,
-            kind: MountKind::Bind { source: m.source, recursive: true, as_user: false },
+            target: m.target.clone(),
+            kind: MountKind::Bind { source: m.source.clone(), recursive: true, as_user: false },
             read_only: m.read_only,
             harden: true,
             origin: Origin::Site,
@@ -762,7 +758,7 @@ mod tests {
         let mut r = req();
         r.mounts = vec![UserMount::parse("/scratch:/data:ro", Path::new("/")).unwrap()];
         let mut cfg = Config::default();
-        cfg.mounts.site = vec!["/shared/apps:/apps:ro".into()];
+        cfg.mounts.site = vec!["/shared/apps:/apps:ro".parse().unwrap()];
         let p = plan(&r, &cfg).unwrap();
         let n = p.mounts.len();
         assert_eq!(p.mounts[n - 2].origin, Origin::Site);
