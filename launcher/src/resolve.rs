@@ -4,7 +4,7 @@
 
 use crate::container::{ImageConfig, RunImage};
 use crate::image::manifest;
-use crate::image::store::{Scope, StoredImage};
+use crate::image::store::StoredImage;
 
 /// The launcher's view of an image's run settings.
 pub fn run_config(config: &manifest::ImageConfig) -> ImageConfig {
@@ -22,6 +22,6 @@ pub fn run_image(stored: &StoredImage) -> RunImage {
     RunImage {
         squashfs: stored.squashfs.clone(),
         config: run_config(&stored.config),
-        trusted_for_kernel_mount: stored.scope == Scope::Site,
+        trusted_for_kernel_mount: stored.scope.kernel_mountable(),
     }
 }

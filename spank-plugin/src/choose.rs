@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use shoal::image::store::{Scope as StoreScope, StoreRoot};
+use shoal::image::store::StoreRoot;
 use shoal::select::{capabilities, resolve, JobRequest, NodeCapabilities, SelectMode};
 use shoal::{Config, Digest};
 
@@ -48,7 +48,7 @@ fn root_of(config: &Config, pin: &Pin, digest: &Digest) -> Result<StoreRoot, Str
             let dir = config.store.site_dir.clone().ok_or_else(|| {
                 format!("image {} is a site image index, but this node's Shoal config has no `store.site_dir`", pin.requested)
             })?;
-            Ok(StoreRoot::new(dir, StoreScope::Site))
+            Ok(StoreRoot::new(dir, Scope::Site))
         }
         Scope::User => {
             let p: &Path = &pin.squashfs;
@@ -67,7 +67,7 @@ fn root_of(config: &Config, pin: &Pin, digest: &Digest) -> Result<StoreRoot, Str
                     p.display()
                 )
             })?;
-            Ok(StoreRoot::new(root.to_path_buf(), StoreScope::User))
+            Ok(StoreRoot::new(root.to_path_buf(), Scope::User))
         }
     }
 }

@@ -27,6 +27,7 @@ mod options;
 mod pin;
 mod pmix;
 mod pyxis;
+mod site;
 mod spank;
 mod stage;
 mod submit;
@@ -95,9 +96,8 @@ pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *
     guard("slurm_spank_init", || {
         // SAFETY: Slurm passes argc valid strings.
         let args = unsafe { spank::args(argc, argv) };
-        let args = args::PluginArgs::parse(&args)?;
-        let config = shoal::Config::load(&args.config).map_err(|e| e.to_string())?;
-        options::set_config(config);
+        let (config, config_path) = site::load(&args)?;
+        site::keep(config);
         let spank = Spank::from_raw(sp);
         let context = Context::current();
         spank::log_verbose(&format!(
@@ -105,12 +105,12 @@ pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *
             env!("CARGO_PKG_VERSION"),
             context.map_or("unknown", Context::name),
             env!("SHOAL_SLURM_VERSION"),
-            args.config.display()
+            config_path.display()
         ));
         if context == Some(Context::Slurmd) {
             // Once per node: what uniform image-index jobs read (choose.rs).
             if let Ok(node) = job::node_name().or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).map_err(|e| e.to_string())) {
-                if let Err(e) = choose::refresh(&options::config(), &node) {
+                if let Err(e) = choose::refresh(&site::config(), &node) {
                     spank::log_verbose(&format!("{TAG}: node {node}: capabilities not published: {e}"));
                 }
             }
@@ -247,6 +247,5 @@ fn in_extern_step(spank: &Spank) -> bool {
 fn script_config(argc: c_int, argv: *mut *mut c_char) -> Result<shoal::Config, String> {
     // SAFETY: Slurm passes argc valid strings to every callback.
     let args = unsafe { spank::args(argc, argv) };
-    let args = args::PluginArgs::parse(&args)?;
-    shoal::Config::load(&args.config).map_err(|e| e.to_string())
+    site::load(&args).map(|(config, _)| config)
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use shoal::container::UserMount;
-use shoal::{Config, ImageSpec};
+use shoal::ImageSpec;
 
 use crate::pyxis::PyxisOpt;
 use crate::spank::{self, OptionSpec, Spank};
@@ -74,12 +74,10 @@ pub enum NameMode {
 }
 
 struct State {
-    config: Option<Config>,
     request: Request,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
-    config: None,
     request: Request {
         image: None,
         mounts: Vec::new(),
@@ -103,14 +101,9 @@ fn state() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub fn set_config(config: Config) {
-    state().config = Some(config);
-}
-
-/// The site config read in `slurm_spank_init`.
-pub fn config() -> Config {
-    state().config.clone().unwrap_or_default()
-}
+/// The site config, kept in [`crate::site`]; here for the callers that
+/// read it with the options.
+pub use crate::site::config;
 
 /// The request as parsed so far.
 pub fn request() -> Request {
@@ -213,7 +206,7 @@ pub fn register(spank: &Spank) -> Result<(), String> {
 
 /// Whether the site turned pyxis's options on.
 pub fn pyxis_enabled() -> bool {
-    state().config.as_ref().is_some_and(|c| c.slurm.pyxis_options)
+    crate::site::kept().is_some_and(|c| c.slurm.pyxis_options)
 }
 
 unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {

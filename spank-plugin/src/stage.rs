@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use shoal::config::Staging;
-use shoal::image::store::{Scope as StoreScope, StoreRoot, StoredImage};
+use shoal::image::store::{StoreRoot, StoredImage};
 use shoal::stage::{Expected, NodeCache, Owner};
 use shoal::Config;
 
@@ -65,7 +65,7 @@ pub fn site_image(config: &Config, pin: &Pin) -> Result<StoredImage, String> {
         .site_dir
         .clone()
         .ok_or_else(|| format!("image {} was found in a site store at submission, but this node's Shoal config has no `store.site_dir`", pin.requested))?;
-    StoreRoot::new(dir.clone(), StoreScope::Site)
+    StoreRoot::new(dir.clone(), Scope::Site)
         .image(&pin.digest)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {

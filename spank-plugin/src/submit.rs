@@ -19,7 +19,7 @@ pub fn post_opt(spank: &Spank) -> Result<(), String> {
     // (spank_getenv only reads a job's environment, in slurmstepd).
     options::apply_env_defaults_now(|name| std::env::var(name).ok())?;
     let req = options::request();
-    let config = options::config();
+    let config = crate::site::config();
     check_request(&req, &config)?;
     let Some(image) = req.image.as_ref().filter(|_| !req.no_image) else {
         // A pin inherited from an enclosing image job must not put this

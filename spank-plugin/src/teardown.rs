@@ -22,7 +22,7 @@ pub fn step_exit(spank: &Spank) -> Result<(), String> {
     let key = job::share_key(job_id, step_id, &node);
     container::teardown(&key, Mode::Privileged, 0).map_err(|e| e.to_string())?;
     // An unnamed writable container's layer: its processes are gone.
-    let config = crate::options::config();
+    let config = crate::site::config();
     let uid = spank.uid().map_err(|e| e.to_string())?;
     layers::remove(&layers::container_dir(&config, &node, job_id, uid, &Which::Step(job::step_name(step_id))))
 }

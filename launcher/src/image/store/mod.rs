@@ -62,12 +62,23 @@ use super::platform::Platform;
 use crate::config::Config;
 use crate::reference::{Digest, ImageRef, ImageSpec};
 
-/// Which store an image is in.
+/// Which store an image is in: the one notion of a site image (written by
+/// the admins, root-owned) against a user's image (anything the user could
+/// have written). The pin carries it; the node cache ([`crate::stage::Owner`])
+/// and the launcher ([`crate::container::RunImage`]) derive theirs from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Site,
     User,
+}
+
+impl Scope {
+    /// Whether the kernel's squashfs parser may see the image: only a site
+    /// image, which no user can have written.
+    pub fn kernel_mountable(self) -> bool {
+        self == Scope::Site
+    }
 }
 
 impl std::fmt::Display for Scope {
