@@ -5,6 +5,10 @@
 //! types are errors that name the file, the line and the key. The annotated
 //! example is `packaging/shoal.toml`.
 
+// Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
+// bindings), never in this module.
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;

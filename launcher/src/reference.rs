@@ -14,6 +14,10 @@
 //! first use, which measured 44 ms in every srun and slurmstepd that parses
 //! `--image`, a third of a whole step launch on the test cluster.
 
+// Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
+// bindings), never in this module.
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -2,6 +2,10 @@
 //! whether the kernel may mount it. Shared by `shoal run` and the SPANK
 //! plugin so both treat every image the same way.
 
+// Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
+// bindings), never in this module.
+#![forbid(unsafe_code)]
+
 use crate::container::{ImageConfig, RunImage};
 use crate::image::manifest;
 use crate::image::store::StoredImage;

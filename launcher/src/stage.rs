@@ -25,6 +25,10 @@
 //! credentials open the source: the caller passes an already-open reader
 //! (the plugin opens user-store files as the user).
 
+// Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
+// bindings), never in this module.
+#![forbid(unsafe_code)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

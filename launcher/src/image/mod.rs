@@ -12,6 +12,10 @@
 //! - [`import`]: the same for local sources (OCI layout, docker-archive,
 //!   a directory, a squashfs file).
 
+// Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
+// bindings), never in this module.
+#![forbid(unsafe_code)]
+
 pub mod convert;
 pub mod import;
 pub mod manifest;

@@ -75,6 +75,10 @@
 //! runs with the user's credentials. Never mount or write anything here;
 //! never inject the base runtime; never use `LD_LIBRARY_PATH` or `LD_PRELOAD`.
 
+// Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
+// bindings), never in this module.
+#![forbid(unsafe_code)]
+
 mod decide;
 mod devices;
 pub mod discover;

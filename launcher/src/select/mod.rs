@@ -12,6 +12,10 @@
 //! Nothing here re-serializes an index: its fields are read from the raw
 //! JSON the registry served, kept byte for byte in the store.
 
+// Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
+// bindings), never in this module.
+#![forbid(unsafe_code)]
+
 pub mod capabilities;
 pub mod cpu;
 pub mod index;
