@@ -6,6 +6,8 @@
 //! - [`convert`]: downloaded layer blobs (or a directory) to a squashfs file;
 //! - [`store`]: where images live, how they are published atomically, found
 //!   by the launcher and the SPANK plugin, and collected;
+//! - [`superblock`]: the one parser of a squashfs superblock (converter,
+//!   import, the launcher's image server);
 //! - [`pull`]: download -> convert -> publish, as one call;
 //! - [`trust`]: the site image policy (containers-policy.json) and cosign
 //!   signatures, checked at pull, submission and staging;
@@ -23,4 +25,5 @@ pub mod platform;
 pub mod pull;
 pub mod registry;
 pub mod store;
+pub mod superblock;
 pub mod trust;

@@ -18,7 +18,8 @@ use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-const MAGIC: u32 = 0x7371_7368; // "hsqs"
+use crate::image::superblock::{self, ABSENT};
+
 const METADATA_SIZE: usize = 8192;
 /// Bit 15 of a metadata block header, bit 24 of a data block size: stored
 /// without compression.
@@ -26,7 +27,6 @@ const META_UNCOMPRESSED: u16 = 0x8000;
 const DATA_UNCOMPRESSED: u32 = 1 << 24;
 const NO_FRAGMENT: u32 = 0xffff_ffff;
 const FLAG_NO_XATTRS: u16 = 0x0200;
-const ABSENT: u64 = u64::MAX;
 
 /// Decompressed data and fragment blocks kept (bytes): a program start
 /// touches a few MiB; a Python start with NumPy some tens.
@@ -344,44 +344,42 @@ impl Archive {
     }
 
     fn open_with(file: File, caches: Option<Arc<Caches>>) -> Result<Archive, Error> {
-        let mut sb = [0u8; 96];
-        file.read_exact_at(&mut sb, 0)?;
-        if le32(&sb, 0)? != MAGIC {
+        let mut raw = [0u8; superblock::SIZE];
+        file.read_exact_at(&mut raw, 0)?;
+        let Ok(sb) = superblock::read(&raw) else {
             return corrupt("no squashfs magic");
-        }
-        if (le16(&sb, 28)?, le16(&sb, 30)?) != (4, 0) {
+        };
+        if (sb.major, sb.minor) != (4, 0) {
             return Err(Error::Unsupported("a squashfs version other than 4.0".into()));
         }
-        let block_size = le32(&sb, 12)?;
+        let block_size = sb.block_size;
         if !(4096..=1 << 20).contains(&block_size) || !block_size.is_power_of_two() {
             return corrupt(format!("bad block size {block_size}"));
         }
         let len = file.metadata()?.len();
-        let bytes_used = le64(&sb, 40)?;
+        let bytes_used = sb.bytes_used;
         if bytes_used > len {
             return corrupt("truncated file");
         }
-        let flags = le16(&sb, 24)?;
-        let xattr_ids = le64(&sb, 56)?;
-        if flags & FLAG_NO_XATTRS == 0 && xattr_ids != ABSENT {
+        if sb.flags & FLAG_NO_XATTRS == 0 && sb.xattr_table != ABSENT {
             // The xattr id table starts with (table start, count).
             let mut head = [0u8; 16];
-            file.read_exact_at(&mut head, xattr_ids)?;
+            file.read_exact_at(&mut head, sb.xattr_table)?;
             if le32(&head, 8)? != 0 {
                 return Err(Error::Unsupported("extended attributes".into()));
             }
         }
         let mut a = Archive {
-            codec: Codec::new(le16(&sb, 20)?)?,
+            codec: Codec::new(sb.compressor)?,
             file,
             bytes_used,
             block_size,
-            inode_table: le64(&sb, 64)?,
-            dir_table: le64(&sb, 72)?,
-            fragment_table: le64(&sb, 80)?,
-            fragments: le32(&sb, 16)?,
-            inodes: le32(&sb, 4)?,
-            root: le64(&sb, 32)?,
+            inode_table: sb.inode_table,
+            dir_table: sb.directory_table,
+            fragment_table: sb.fragment_table,
+            fragments: sb.fragments,
+            inodes: sb.inodes,
+            root: sb.root_inode,
             ids: Vec::new(),
             caches: caches.unwrap_or_else(|| {
                 Arc::new(Caches {
@@ -393,9 +391,8 @@ impl Archive {
             dir_entries: 0,
             fragment_entries: HashMap::new(),
         };
-        let id_count = le16(&sb, 26)? as usize;
-        let id_table = le64(&sb, 48)?;
-        a.ids = a.read_table(id_table, id_count, 4)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect();
+        let id_count = sb.id_count as usize;
+        a.ids = a.read_table(sb.id_table, id_count, 4)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect();
         Ok(a)
     }
 

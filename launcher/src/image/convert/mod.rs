@@ -54,7 +54,6 @@
 
 pub(crate) mod flatten;
 mod decompress;
-mod superblock;
 mod tar_entry;
 mod writer;
 

@@ -14,10 +14,11 @@ use std::thread::JoinHandle;
 use sha2::{Digest as _, Sha256};
 
 use super::decompress::{open_layer, pump, Pumped};
+use crate::image::superblock;
 use super::flatten::{Decision, FlattenError, Flattener, ImagePath, Kind};
 use super::tar_entry::{read_meta, Meta, Out};
 use super::{
-    superblock, Compression, ConvertError, Layer, Progress, SquashOptions,
+    Compression, ConvertError, Layer, Progress, SquashOptions,
     SquashSummary,
 };
 
