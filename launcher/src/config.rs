@@ -26,7 +26,7 @@ pub const DEFAULT_PATH: &str = "/etc/shoal/shoal.toml";
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub image: ImageConfig,
+    pub image: ImageSettings,
     pub store: StoreConfig,
     pub node: NodeConfig,
     /// Per-registry settings, keyed by `HOST[:PORT]` as written in image
@@ -291,10 +291,12 @@ pub struct ModuleMount {
     pub writable: bool,
 }
 
-/// How pulled and imported images are written as squashfs files.
+/// `[image]`: how pulled and imported images are written as squashfs files,
+/// pulled at submission and chosen from an index. (Not an image's own
+/// config: that is [`crate::image::manifest::ImageConfig`].)
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ImageConfig {
+pub struct ImageSettings {
     /// `zstd:N` (1-22), `gzip:N` (1-9) or `lz4`. Default `zstd:3`.
     pub compression: crate::image::convert::Compression,
     /// Squashfs block size in bytes, a power of two from 4096 to 1048576.
@@ -313,10 +315,10 @@ pub struct ImageConfig {
     pub select: crate::select::SelectMode,
 }
 
-impl Default for ImageConfig {
+impl Default for ImageSettings {
     fn default() -> Self {
         let o = crate::image::convert::SquashOptions::default();
-        ImageConfig {
+        ImageSettings {
             compression: o.compression,
             block_size: o.block_size,
             auto_pull: false,
@@ -326,7 +328,7 @@ impl Default for ImageConfig {
     }
 }
 
-impl ImageConfig {
+impl ImageSettings {
     /// The writer options these settings stand for.
     pub fn squash_options(&self) -> crate::image::convert::SquashOptions {
         crate::image::convert::SquashOptions { compression: self.compression, block_size: self.block_size }

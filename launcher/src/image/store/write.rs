@@ -59,24 +59,26 @@ impl StoreRoot {
         if let Some(existing) = self.image(&meta.digest)? {
             return Ok(existing);
         }
-        let stage = work.path().join("publish");
-        fs::create_dir(&stage).map_err(io_err(&stage))?;
-        let sqfs = stage.join("image.sqfs");
+        // "Stage" means a node cache's copy (crate::stage); this is the
+        // image directory made whole before its rename into place.
+        let ready = work.path().join("publish");
+        fs::create_dir(&ready).map_err(io_err(&ready))?;
+        let sqfs = ready.join("image.sqfs");
         fs::rename(squashfs, &sqfs).map_err(io_err(&sqfs))?;
         let f = File::open(&sqfs).map_err(io_err(&sqfs))?;
         f.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(io_err(&sqfs))?;
         f.sync_all().map_err(io_err(&sqfs))?;
-        let meta_path = stage.join("meta.json");
+        let meta_path = ready.join("meta.json");
         write_synced(
             &meta_path,
             &serde_json::to_vec_pretty(meta).expect("meta serializes"),
         )?;
-        sync_dir(&stage)?;
+        sync_dir(&ready)?;
         let parent = self.dir.join("images/sha256");
         ensure_dir(&parent)?;
         let dest = self.image_dir(&meta.digest);
-        match fs::rename(&stage, &dest) {
+        match fs::rename(&ready, &dest) {
             Ok(()) => {}
             // Published by a process that did not hold our lock (cannot
             // happen through Shoal; tolerated anyway).
