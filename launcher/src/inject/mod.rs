@@ -94,12 +94,9 @@ pub mod select;
 mod steps;
 pub mod version;
 
-pub use gpu::{names_gpus, select_gpus, GpuDevice, GpuSelection};
+pub use gpu::{names_gpus, select_gpus, GpuDevice};
 pub use image::{DirImage, ImageFs, SquashfsImage};
-pub use plan::{
-    assess, Action, Assessment, BindMount, EnvChange, InjectionPlan, LibraryDecision, MountKind,
-    ObjectKind, Request, Step, SHOAL_DIR,
-};
+pub use plan::{assess, Assessment, BindMount, EnvChange, InjectionPlan, MountKind, Request, Step};
 pub use select::select_modules;
 
 /// Why a module cannot be used; every message names the input and the fix.

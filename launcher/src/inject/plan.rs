@@ -19,7 +19,6 @@ use super::InjectError;
 
 pub use super::decide::assess;
 pub use super::render::render_table;
-pub use super::runtime::base_runtime;
 
 /// The tmpfs the launcher provides inside the container for what the image
 /// lacks: `lib/` (added libraries), `bin/` (module programs), `etc/`

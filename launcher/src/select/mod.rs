@@ -21,8 +21,7 @@ pub mod cpu;
 pub mod index;
 pub mod resolve;
 
-pub use capabilities::{JobRequest, Mpi, NodeCapabilities};
-pub use index::{select, select_uniform, Decision, EntryVerdict, Score, SelectError, Verdict};
+pub use capabilities::{JobRequest, NodeCapabilities};
 
 /// How the nodes of a job choose from an index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
