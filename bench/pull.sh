@@ -88,7 +88,9 @@ script() {  # script TAG IMAGE
 measure() {
     local tag=$1 round=$2 img=$3 out rc=0 run=in_host
     case $tag in ch-sid|apptainer|podman) run=in_rivals ;; esac
-    out=$($run /usr/bin/time -o /dev/stdout -f 'TIME %e %U %S %M' bash -c "cd $W && { $(script "$tag" "$img"); } >/dev/null 2>>$ERRLOG" | grep '^TIME' | tail -n1) || rc=$?
+    # The pull's own output goes to ERRLOG; GNU time's line is all that
+    # is left on stderr.
+    out=$($run /usr/bin/time -f 'TIME %e %U %S %M' bash -c "cd $W && { $(script "$tag" "$img"); } >/dev/null 2>>$ERRLOG" 2>&1 >/dev/null | grep '^TIME' | tail -n1) || rc=$?
     if [ $rc != 0 ] || [ -z "$out" ]; then
         log "$tag (round $round) failed; see $ERRLOG"
         echo "($tag round $round failed)" >> "$ERRLOG"

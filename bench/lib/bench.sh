@@ -173,7 +173,9 @@ stats() {  # stats TAG [SCALE]
     awk -v tag="$1" '$1==tag && $2 != "failed" {print $2}' | sort -g | awk -v s="${2:-1}" '{a[NR]=$1/s} END {
         if (NR == 0) { print "n/a"; exit }
         m = a[int((NR+1)/2)]; q1 = a[int(NR/4)+1]; q3 = a[int((3*NR+3)/4)]
-        printf "%.4g %.4g %.4g %.0f %d\n", m, a[int(NR*0.1)+1], a[int(NR*0.9)>0?int(NR*0.9):1], (m > 0 ? 100*(q3-q1)/m : 0), NR }'
+        i90 = int(NR*0.9); if (i90 < 1) i90 = 1
+        sp = 0; if (m > 0) sp = 100*(q3-q1)/m
+        printf "%.4g %.4g %.4g %.0f %d\n", m, a[int(NR*0.1)+1], a[i90], sp, NR }'
 }
 # Median over rounds of TAG's value / shoal's in the same round (paired:
 # cancels the machine's slow and fast periods, which move whole-run medians
