@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# = 0 ]; then
     files=()
-    for kind in launch pull; do
+    for kind in launch pull srun; do
         f=$(ls -1t bench/results/"$kind"-*.tsv 2>/dev/null | head -n1 || true)
         [ -z "$f" ] || files+=("$f")
     done
