@@ -19,8 +19,9 @@
 # Images (IMAGES="..." picks some): busybox (shoal/busybox:latest),
 # debian-mpich (shoal/debian-mpich:12, Debian 12 + MPICH + NumPy) and
 # pystack (bench/images.sh: Debian 13 + NumPy, SciPy, pandas, SymPy, about
-# 18,000 paths, 11,000 of them Python modules). Figures: `/bin/true` on each, and
-# `python3 -c 'import numpy'` where the image has it.
+# 18,000 paths, 11,000 of them Python modules). Figures: `/bin/true` on each,
+# `python3 -c 'import numpy'` where the image has it, and on pystack
+# `python3 -c 'import sympy, pandas, scipy.linalg'` (many small files).
 #
 # Sid's tools run in the rivals' namespace (bench/rivals.sh; made here if
 # need be); every tool, bare included, is started by the same nsenter from
@@ -135,6 +136,10 @@ for name in $IMAGES; do
     measure "/bin/true, $name" "$img" "$ref" "$N" "$figtools" -- /bin/true
     if [ "$name" != busybox ]; then
         measure "import numpy, $name" "$img" "$ref" "$NUMPY_N" "$tools" -- python3 -c 'import numpy'
+    fi
+    if [ "$name" = pystack ]; then
+        # The many-small-files start: about 1,300 modules of three packages.
+        measure "import sympy, pandas, scipy.linalg, $name" "$img" "$ref" "$NUMPY_N" "$tools" -- python3 -c 'import sympy, pandas, scipy.linalg'
     fi
 done
 [ ! -s "$ERRLOG" ] || log "errors of failed launches: $ERRLOG"
