@@ -139,7 +139,7 @@ for name in $IMAGES; do
     fi
     if [ "$name" = pystack ]; then
         # The many-small-files start: about 1,300 modules of three packages.
-        measure "import sympy, pandas, scipy.linalg, $name" "$img" "$ref" "$NUMPY_N" "$tools" -- python3 -c 'import sympy, pandas, scipy.linalg'
+        measure "import sympy+pandas+scipy.linalg, $name" "$img" "$ref" "$NUMPY_N" "$tools" -- python3 -c 'import sympy, pandas, scipy.linalg'
     fi
 done
 [ ! -s "$ERRLOG" ] || log "errors of failed launches: $ERRLOG"
