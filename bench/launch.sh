@@ -73,11 +73,11 @@ image_ref() {  # image_ref NAME -> REPO:TAG in the test registry
 if [[ " $IMAGES " == *" pystack "* ]] && ! registry_digest "${PYSTACK_REF%:*}" "${PYSTACK_REF##*:}" >/dev/null; then
     bash bench/images.sh
 fi
-# podman runs from its store: pull each image once (not timed here; the
-# cold pull is bench/pull.sh's).
+# podman runs from its store: pull each image first (not timed here; the
+# cold pull is bench/pull.sh's). A store already holding it checks the
+# manifest only.
 podman_ready() {  # podman_ready REF
-    in_rivals podman $(podman_args) image exists "$REGISTRY_ADDR/$1" \
-        || in_rivals podman $(podman_args) pull -q "$REGISTRY_ADDR/$1" >/dev/null
+    in_rivals podman $(podman_args) pull -q "$REGISTRY_ADDR/$1" >/dev/null
 }
 
 # One launch, timed with bash's EPOCHREALTIME from the loop shell: prints
@@ -110,7 +110,7 @@ measure() {
     raw=$(mktemp)
     log "$fig: ${tools[*]}, $n rounds"
     (
-        for v in $(compgen -e); do unset "$v"; done
+        for v in $(compgen -e); do unset "$v" 2>/dev/null || true; done
         for kv in "${BENCH_ENV[@]}"; do export "${kv?}"; done
         local t r i k=${#tools[@]}
         for r in 1 2 3; do for t in "${tools[@]}"; do launch "$t" 0 "$img" "$ref" "$@" >/dev/null; done; done

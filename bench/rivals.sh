@@ -11,6 +11,7 @@
 #                                  busybox image as the test user, unprivileged
 #   bash bench/rivals.sh run CMD   CMD as the test user inside the namespace
 #   bash bench/rivals.sh down      stop the namespace (the tree stays cached)
+#   bash bench/rivals.sh clean     down, and remove the rivals' stores in the user's home
 #
 # What each rival needs to run rootless here (all set up by `up`):
 #   ch-run 0.45   user namespaces, /dev/fuse, squashfuse's library (it mounts
@@ -34,6 +35,9 @@ case ${1:-} in
         rivals_up
         log "rivals' namespace up (holder $(holder_pid "$RIVALS")): $(tool_version ch-sid), Apptainer $(tool_version apptainer), podman $(tool_version podman)" ;;
     down) rivals_down ;;
+    clean) # podman's store holds files of subordinate ids: removed as root.
+        rivals_down
+        rm -rf "$BENCH_HOME" ;;
     run) shift; [ $# -gt 0 ] || die "usage: bench/rivals.sh run CMD [ARGS...]"
         in_rivals "$@" ;;
     check)
@@ -59,5 +63,5 @@ case ${1:-} in
             podman $(podman_args) $PODMAN_RUN_OPTS "$REGISTRY_ADDR/$ref" /bin/sh -c '/bin/true && id -u'
         if in_host ch-run "$img" -- /bin/true; then log "ch-run 0.31 (host): ok"; else log "ch-run 0.31 (host): FAILED"; ok=1; fi
         exit $ok ;;
-    *) die "usage: bench/rivals.sh up|check|run CMD|down" ;;
+    *) die "usage: bench/rivals.sh up|check|run CMD|down|clean" ;;
 esac
