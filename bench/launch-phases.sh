@@ -20,7 +20,7 @@ USER_NAME=${TESTBED_USER:-alice}
 # Default: the launcher tests' busybox fixture (tests/testbed/launcher-fixtures.sh);
 # bench/launch.sh's squashfs files are under $STATE/bench/launcher/.
 IMG=${1:-$STATE/launcher/busybox.sqfs}
-[ -f "$IMG" ] || bash tests/testbed/launcher-fixtures.sh "$STATE/launcher"
+[ $# -gt 0 ] || [ -f "$IMG" ] || bash tests/testbed/launcher-fixtures.sh "$STATE/launcher"
 N=${2:-40}
 command -v perf >/dev/null || { echo "perf (Debian package linux-perf) missing" >&2; exit 1; }
 cargo build --release -p shoal --locked >/dev/null 2>&1 || cargo build --release -p shoal --locked
