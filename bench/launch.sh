@@ -60,16 +60,8 @@ TOOL_VERSIONS[ch-0.31]=$(has_tool ch-0.31 && tool_version ch-0.31 || true)
 TOOL_VERSIONS[ch-sid]=$(has_tool ch-sid && tool_version ch-sid || true)
 TOOL_VERSIONS[apptainer]=$(has_tool apptainer && tool_version apptainer || true)
 TOOL_VERSIONS[podman]=$(has_tool podman && tool_version podman || true)
-TOOL_VERSIONS[shoal]=$(git rev-parse --short HEAD)
+TOOL_VERSIONS[shoal]=${SHOAL_BIN:-$(git rev-parse --short HEAD)}
 
-image_ref() {  # image_ref NAME -> REPO:TAG in the test registry
-    case $1 in
-        busybox) echo shoal/busybox:latest ;;
-        debian-mpich) echo shoal/debian-mpich:12 ;;
-        pystack) echo "$PYSTACK_REF" ;;
-        *) die "unknown image $1 (busybox, debian-mpich, pystack)" ;;
-    esac
-}
 if [[ " $IMAGES " == *" pystack "* ]] && ! registry_digest "${PYSTACK_REF%:*}" "${PYSTACK_REF##*:}" >/dev/null; then
     bash bench/images.sh
 fi

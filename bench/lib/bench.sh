@@ -139,6 +139,16 @@ tool_version() {  # tool_version TOOL
     esac
 }
 
+# The benchmark images by name.
+image_ref() {  # image_ref NAME -> REPO:TAG in the test registry
+    case $1 in
+        busybox) echo shoal/busybox:latest ;;
+        debian-mpich) echo shoal/debian-mpich:12 ;;
+        pystack) echo "$PYSTACK_REF" ;;
+        *) die "unknown image $1 (busybox, debian-mpich, pystack)" ;;
+    esac
+}
+
 # The benchmark images, from the test registry: REPO:TAG -> a zstd:3
 # squashfs of its flattened rootfs (Shoal, both ch-runs and Apptainer run the
 # same file), cached by manifest digest under $BENCH_STATE/launcher.
