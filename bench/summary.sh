@@ -25,7 +25,7 @@ for f in "$@"; do [ -s "$f" ] || { echo "$f: missing or empty" >&2; exit 1; }; d
 
 cat "$@" | awk -F'\t' '
 function label(t, v) {
-    if (t == "shoal") return "Shoal"
+    if (t == "shoal") return "Shoal " (v == "" ? "" : (length(v) <= 12 ? v : "(" v ")"))
     if (t == "bare") return "bare"
     if (t == "repull") return "Shoal re-pull"
     if (t == "ch-0.31") return "Charliecloud " (v != "" ? v : "0.31")
