@@ -28,6 +28,7 @@ function label(t, v) {
     if (t == "shoal") return "Shoal " (v == "" ? "" : (length(v) <= 12 ? v : "(" v ")"))
     if (t == "bare") return "bare"
     if (t == "repull") return "Shoal re-pull"
+    if (t == "baseline") return "baseline Shoal"
     if (t == "ch-0.31") return "Charliecloud " (v != "" ? v : "0.31")
     if (t == "ch-sid") return "Charliecloud " v
     if (t == "apptainer") return "Apptainer " v
@@ -50,9 +51,11 @@ function label(t, v) {
     date[fig] = $11; load[fig] = $12
 }
 END {
-    # Shoal first, the rest in the order met.
-    order[1] = "shoal"; k = 1
-    for (i = 1; i <= nt; i++) if (tools[i] != "shoal") order[++k] = tools[i]
+    # Known tools in a fixed order, then any other in the order met.
+    nk = split("shoal baseline repull ch-0.31 ch-sid apptainer podman bare", known, " ")
+    k = 0
+    for (i = 1; i <= nk; i++) { isknown[known[i]] = 1; if (known[i] in tseen) order[++k] = known[i] }
+    for (i = 1; i <= nt; i++) if (!(tools[i] in isknown)) order[++k] = tools[i]
     printf "| figure |"; for (i = 1; i <= k; i++) printf " %s |", label(order[i], ver[order[i]])
     printf " runs | date | load |\n|---|"; for (i = 1; i <= k; i++) printf "---|"; print "---|---|---|"
     for (j = 1; j <= nf; j++) {
