@@ -90,8 +90,14 @@ launch() {  # launch TAG ROUND IMG REF CMD...
         podman) ns=$RIVALNS cmd=(podman $(podman_args) $PODMAN_RUN_OPTS "$REGISTRY_ADDR/$ref" "$@") ;;
         bare) cmd=("$@") ;;
     esac
+    # podman alone gets its runtime directory (the others would see one
+    # that does not exist on the host).
     s=$EPOCHREALTIME
-    XDG_RUNTIME_DIR=/run/user/$BENCH_UID PODMAN_IGNORE_CGROUPSV1_WARNING=1 nsenter -t "$ns" -m -S "$BENCH_UID" -G "$BENCH_GID" -- "${cmd[@]}" >/dev/null 2>>"$ERRLOG" || rc=$?
+    if [ "$tag" = podman ]; then
+        XDG_RUNTIME_DIR=/run/user/$BENCH_UID PODMAN_IGNORE_CGROUPSV1_WARNING=1 nsenter -t "$ns" -m -S "$BENCH_UID" -G "$BENCH_GID" -- "${cmd[@]}" >/dev/null 2>>"$ERRLOG" || rc=$?
+    else
+        nsenter -t "$ns" -m -S "$BENCH_UID" -G "$BENCH_GID" -- "${cmd[@]}" >/dev/null 2>>"$ERRLOG" || rc=$?
+    fi
     e=$EPOCHREALTIME
     if [ $rc = 0 ]; then echo "$tag $(( ${e/./} - ${s/./} )) $round"; else echo "$tag failed $round"; echo "($tag round $round: exit $rc)" >> "$ERRLOG"; fi
 }
@@ -102,7 +108,7 @@ measure() {
     raw=$(mktemp)
     log "$fig: ${tools[*]}, $n rounds"
     (
-        for v in $(compgen -e); do unset "$v" 2>/dev/null || true; done
+        for v in $(compgen -e); do export -n "$v" 2>/dev/null || true; done   # values kept, not passed on
         for kv in "${BENCH_ENV[@]}"; do export "${kv?}"; done
         local t r i k=${#tools[@]}
         for r in 1 2 3; do for t in "${tools[@]}"; do launch "$t" 0 "$img" "$ref" "$@" >/dev/null; done; done
