@@ -17,7 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE=${TESTBED_STATE:-/var/lib/shoal-testbed}
 USER_NAME=${TESTBED_USER:-alice}
-IMG=${1:-$STATE/bench/launcher/busybox.sqfs}
+# Default: the launcher tests' busybox fixture (tests/testbed/launcher-fixtures.sh);
+# bench/launch.sh's squashfs files are under $STATE/bench/launcher/.
+IMG=${1:-$STATE/launcher/busybox.sqfs}
+[ $# -gt 0 ] || [ -f "$IMG" ] || bash tests/testbed/launcher-fixtures.sh "$STATE/launcher"
 N=${2:-40}
 command -v perf >/dev/null || { echo "perf (Debian package linux-perf) missing" >&2; exit 1; }
 cargo build --release -p shoal --locked >/dev/null 2>&1 || cargo build --release -p shoal --locked

@@ -1,121 +1,145 @@
 #!/usr/bin/env bash
-# Launch latency of `shoal run` against Charliecloud's `ch-run` (same
-# squashfs file, same user, launches alternating so both see the same
-# machine load) and bare /bin/true; then a metadata-heavy start
-# (`python3 -c 'import numpy'`) in the Debian + MPICH + NumPy test image.
+# Launch latency of `shoal run` against every rival, side by side: each
+# round launches the same command once with every tool (the order rotating
+# from round to round), so all see the same machine load.
 #
-#   bash bench/launch.sh [LAUNCHES]      (default 60; run as root)
-#   BASELINE=/path/to/older/shoal bash bench/launch.sh ...
-#       also times an older `shoal` build in the same alternation (a change
-#       measured against what it replaces, under the same load)
+#   bash bench/launch.sh [LAUNCHES]       (root; default 60 a figure, half for numpy)
 #
-# Prints one line per measurement (median, p10, p90 in ms), the ratios of
-# the medians, and the median of the per-iteration ratios (paired: the
-# steadier figure on a machine whose speed drifts);
-# BENCHMARKS.md records a run. Needs the test bed up (tests/testbed/up.sh)
-# for the registry image and the user `alice`.
+# Tools (TOOLS="..." picks some; default all that are there):
+#   shoal      this tree's release build, `shoal run IMG.sqfs -- CMD` (defaults, empty config)
+#   ch-0.31    the host's Charliecloud 0.31, `ch-run IMG.sqfs -- CMD`
+#   ch-sid     Debian sid's Charliecloud (0.45), `ch-run IMG.sqfs -- CMD`
+#   apptainer  sid's Apptainer (1.4), `apptainer exec IMG.sqfs CMD` (unprivileged: squashfuse)
+#   podman     sid's podman (5.8), rootless, `podman run --rm` of the same registry image
+#              from its own store (native overlay; host network, no cgroups, no log)
+#   bare       CMD itself, on the host (busybox /bin/true only)
+#   baseline   BASELINE=/path/to/older/shoal: an older build in the same rounds
+# Shoal, both ch-runs and Apptainer run the very same squashfs file.
+#
+# Images (IMAGES="..." picks some): busybox (shoal/busybox:latest),
+# debian-mpich (shoal/debian-mpich:12, Debian 12 + MPICH + NumPy) and
+# pystack (bench/images.sh: Debian 13 + NumPy, SciPy, pandas, SymPy, about
+# 18,000 paths, 11,000 of them Python modules). Figures: `/bin/true` on each,
+# `python3 -c 'import numpy'` where the image has it, and on pystack
+# `python3 -c 'import sympy, pandas, scipy.linalg'` (many small files).
+#
+# Sid's tools run in the rivals' namespace (bench/rivals.sh; made here if
+# need be); every tool, bare included, is started by the same nsenter from
+# one root shell as the test user (bench/lib/bench.sh). SHOAL_BIN=PATH
+# times that binary instead of building the release one.
+#
+# Output: bench/results/launch-*.tsv, and bench/summary.sh's table of it.
+# Needs the test bed up (tests/testbed/up.sh): registry and user alice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tests/testbed/common.sh
+source bench/lib/bench.sh
 N=${1:-60}
-USER_NAME=${TESTBED_USER:-alice}
-STATE=${TESTBED_STATE:-/var/lib/shoal-testbed}
-BENCH=$STATE/bench/launcher
-REG=127.0.0.1:5443
-mkdir -p "$BENCH"
-# Defaults only: the benchmark must not depend on the node's site config.
-: > "$BENCH/shoal.toml"
+NUMPY_N=${NUMPY_N:-$(( (N + 1) / 2 ))}
+TOOLS=${TOOLS:-shoal ch-0.31 ch-sid apptainer podman bare${BASELINE:+ baseline}}
+IMAGES=${IMAGES:-busybox debian-mpich pystack}
+has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
 
-cargo build --release -p shoal --locked >/dev/null 2>&1 || cargo build --release -p shoal --locked
-SHOAL=$PWD/target/release/shoal
-[ -x "$SHOAL" ] || { echo "no release build" >&2; exit 1; }
-command -v ch-run >/dev/null || { echo "ch-run (Debian package charliecloud) missing" >&2; exit 1; }
-
-# The small image: the launcher tests' busybox fixture.
-bash tests/testbed/launcher-fixtures.sh "$STATE/launcher"
-SMALL=$BENCH/busybox.sqfs
-install -m 0644 "$STATE/launcher/busybox.sqfs" "$SMALL"
-
-# The big image: shoal/debian-mpich:12 from the test registry, unpacked and
-# squashed once (zstd level 3), cached by manifest digest.
-BIG=
-digest=$(curl -sf --cacert "$STATE/tls/cert.pem" -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' -o /dev/null -w '%header{docker-content-digest}' \
-    "https://$REG/v2/shoal/debian-mpich/manifests/12" || true)
-if [ -n "$digest" ]; then
-    BIG=$BENCH/debian-mpich-${digest#sha256:}.sqfs
-    BIG=${BIG:0:${#BENCH}+30}.sqfs
-    if [ ! -f "$BIG" ]; then
-        echo "building $BIG from $REG/shoal/debian-mpich:12 ($digest)" >&2
-        rm -rf "$BENCH/oci" "$BENCH/bundle"
-        skopeo copy -q --src-cert-dir "$STATE/tls/skopeo" "docker://$REG/shoal/debian-mpich:12" "oci:$BENCH/oci:12"
-        umoci unpack --image "$BENCH/oci:12" "$BENCH/bundle" >/dev/null
-        mksquashfs "$BENCH/bundle/rootfs" "$BIG.tmp" -comp zstd -Xcompression-level 3 -no-xattrs -quiet -no-progress >/dev/null
-        chmod 0644 "$BIG.tmp" && mv "$BIG.tmp" "$BIG"
-        rm -rf "$BENCH/oci" "$BENCH/bundle"
-    fi
+if [ -n "${SHOAL_BIN:-}" ]; then
+    SHOAL=$SHOAL_BIN
 else
-    echo "shoal/debian-mpich:12 not in the registry: the numpy start is not measured" >&2
+    nice -n 10 cargo build --release -p shoal --locked >/dev/null 2>&1 || nice -n 10 cargo build --release -p shoal --locked
+    SHOAL=$PWD/target/release/shoal
 fi
+[ -x "$SHOAL" ] || die "no shoal binary at $SHOAL"
+mkdir -p "$BENCH_STATE/launcher"
+CFG=$BENCH_STATE/launcher/empty.toml
+: > "$CFG"    # defaults only: the figures must not depend on the node's site config
+chmod 0644 "$CFG"
+if has_tool ch-0.31 && ! command -v ch-run >/dev/null; then
+    log "no ch-run on the host (Debian package charliecloud): ch-0.31 left out"
+    TOOLS=${TOOLS/ch-0.31/}
+fi
+if has_tool ch-sid || has_tool apptainer || has_tool podman; then rivals_up; fi
+TOOL_VERSIONS[ch-0.31]=$(has_tool ch-0.31 && tool_version ch-0.31 || true)
+TOOL_VERSIONS[ch-sid]=$(has_tool ch-sid && tool_version ch-sid || true)
+TOOL_VERSIONS[apptainer]=$(has_tool apptainer && tool_version apptainer || true)
+TOOL_VERSIONS[podman]=$(has_tool podman && tool_version podman || true)
+TOOL_VERSIONS[shoal]=${SHOAL_BIN:-$(git rev-parse --short HEAD)}
 
-# One alternating loop per image, as the user; each launch timed with
-# bash's EPOCHREALTIME (the fork+exec of bash itself is in every figure,
-# bare /bin/true shows how much).
-measure() {  # measure IMAGE N CMD...   -> lines "shoal MS", "ch-run MS", "bare MS"
-    local img=$1 n=$2; shift 2
-    runuser -u "$USER_NAME" -- env -i HOME=/tmp USER="$USER_NAME" PATH=/usr/bin:/bin bash -c '
-        img=$1; n=$2; shoal=$3; bare=$4; cfg=$5; base=$6; shift 6
-        cd /tmp
-        t() { local s=$EPOCHREALTIME; "$@" >/dev/null 2>&1 || echo "failed: $*" >&2; local e=$EPOCHREALTIME; echo "$(( (${e/./} - ${s/./}) ))"; }
-        for i in $(seq 1 3); do "$shoal" --config "$cfg" run "$img" -- "$@" >/dev/null 2>&1; ch-run "$img" -- "$@" >/dev/null 2>&1; done
-        for i in $(seq 1 "$n"); do
-            echo "shoal $(t "$shoal" --config "$cfg" run "$img" -- "$@")"
-            echo "ch-run $(t ch-run "$img" -- "$@")"
-            if [ -n "$base" ]; then echo "baseline $(t "$base" --config "$cfg" run "$img" -- "$@")"; fi
-            if [ "$bare" = 1 ]; then echo "bare $(t "$@")"; fi
-        done' _ "$img" "$n" "$SHOAL" "${BARE:-0}" "$BENCH/shoal.toml" "${BASELINE:-}" "$@"
-}
-stats() {  # stats TAG < "tag usec" lines -> "median p10 p90" in ms
-    awk -v tag="$1" '$1==tag {print $2}' | sort -n | awk '{a[NR]=$1} END {
-        if (NR == 0) { print "n/a"; exit }
-        printf "%.2f %.2f %.2f %d\n", a[int((NR+1)/2)]/1000, a[int(NR*0.1)+1]/1000, a[int(NR*0.9)]/1000, NR }'
-}
-paired() {  # paired TAG < lines -> median over iterations of ch-run/TAG
-    # Each iteration's two launches run back to back, so their ratio cancels
-    # the machine's slow and fast periods (seconds long on this VM), which
-    # move whole-run medians by 10% or more.
-    awk -v tag="$1" '$1==tag {x[++n]=$2} $1=="ch-run" {c[++m]=$2}
-        END { for (i = 1; i <= n && i <= m; i++) if (x[i] > 0) print c[i] / x[i] }' | sort -g |
-        awk '{a[NR]=$1} END { if (NR == 0) print "n/a"; else printf "%.2f (p25 %.2f, p75 %.2f)\n", a[int((NR+1)/2)], a[int(NR/4)+1], a[int(NR*3/4)] }'
-}
-report() {  # report FILE TITLE
-    local f=$1 s c b o
-    s=$(stats shoal < "$f"); c=$(stats ch-run < "$f"); b=$(stats bare < "$f"); o=$(stats baseline < "$f")
-    echo "## $2"
-    echo "shoal run   median/p10/p90/n: $s"
-    echo "ch-run      median/p10/p90/n: $c"
-    [ "$o" = n/a ] || echo "baseline    median/p10/p90/n: $o"
-    [ "$b" = n/a ] || echo "bare        median/p10/p90/n: $b"
-    awk -v s="${s%% *}" -v c="${c%% *}" -v b="${b%% *}" -v o="${o%% *}" 'BEGIN {
-        printf "ratio ch-run/shoal: %.2f\n", c/s
-        if (o != "n/a" && o > 0) printf "ratio ch-run/baseline: %.2f\n", c/o
-        if (b != "n/a" && b > 0) printf "ratio shoal/bare: %.2f\n", s/b }'
-    echo "paired ch-run/shoal (median of per-iteration ratios): $(paired shoal < "$f")"
-    [ "$o" = n/a ] || echo "paired ch-run/baseline: $(paired baseline < "$f")"
+if [[ " $IMAGES " == *" pystack "* ]] && ! registry_digest "${PYSTACK_REF%:*}" "${PYSTACK_REF##*:}" >/dev/null; then
+    bash bench/images.sh
+fi
+# podman runs from its store: pull each image first (not timed here; the
+# cold pull is bench/pull.sh's). A store already holding it checks the
+# manifest only.
+podman_ready() {  # podman_ready REF
+    in_rivals podman $(podman_args) pull -q "$REGISTRY_ADDR/$1" >/dev/null
 }
 
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-echo "# $(date -u +%FT%TZ) $(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $N launches each, alternating"
-BARE=1 measure "$SMALL" "$N" /bin/true > "$out"
-report "$out" "/bin/true, busybox image ($(stat -c %s "$SMALL") bytes)"
-if [ -n "$BIG" ]; then
-    BARE=0 measure "$BIG" "$N" /bin/true > "$out"
-    report "$out" "/bin/true, debian-mpich image ($(stat -c %s "$BIG") bytes)"
-    BARE=0 measure "$BIG" "$(( (N + 1) / 2 ))" python3 -c 'import numpy' > "$out"
-    report "$out" "python3 -c 'import numpy', debian-mpich image"
-    # OpenBLAS starts one spinning thread per core at import; on a loaded
-    # 2-core node they compete with the FUSE server. One thread isolates
-    # the file-system part of the start.
-    BARE=0 measure "$BIG" "$(( (N + 1) / 2 ))" env OPENBLAS_NUM_THREADS=1 python3 -c 'import numpy' > "$out"
-    report "$out" "OPENBLAS_NUM_THREADS=1 python3 -c 'import numpy', debian-mpich image"
-fi
+# One launch, timed with bash's EPOCHREALTIME from the loop shell: prints
+# "TAG MICROSECONDS ROUND" or "TAG failed ROUND". Runs in a subshell with
+# exactly BENCH_ENV exported.
+HOSTNS=$$
+RIVALNS=$(holder_pid "$RIVALS" 2>/dev/null || true)
+launch() {  # launch TAG ROUND IMG REF CMD...
+    local tag=$1 round=$2 img=$3 ref=$4 s e rc=0 ns=$HOSTNS
+    shift 4
+    local cmd
+    case $tag in
+        shoal) cmd=("$SHOAL" --config "$CFG" run "$img" -- "$@") ;;
+        baseline) cmd=("$BASELINE" --config "$CFG" run "$img" -- "$@") ;;
+        ch-0.31) cmd=(ch-run "$img" -- "$@") ;;
+        ch-sid) ns=$RIVALNS cmd=(ch-run "$img" -- "$@") ;;
+        apptainer) ns=$RIVALNS cmd=(apptainer -s exec "$img" "$@") ;;
+        podman) ns=$RIVALNS cmd=(podman $(podman_args) $PODMAN_RUN_OPTS "$REGISTRY_ADDR/$ref" "$@") ;;
+        bare) cmd=("$@") ;;
+    esac
+    # podman alone gets its runtime directory (the others would see one
+    # that does not exist on the host).
+    s=$EPOCHREALTIME
+    if [ "$tag" = podman ]; then
+        XDG_RUNTIME_DIR=/run/user/$BENCH_UID PODMAN_IGNORE_CGROUPSV1_WARNING=1 nsenter -t "$ns" -m -S "$BENCH_UID" -G "$BENCH_GID" -- "${cmd[@]}" >/dev/null 2>>"$ERRLOG" || rc=$?
+    else
+        nsenter -t "$ns" -m -S "$BENCH_UID" -G "$BENCH_GID" -- "${cmd[@]}" >/dev/null 2>>"$ERRLOG" || rc=$?
+    fi
+    e=$EPOCHREALTIME
+    if [ $rc = 0 ]; then echo "$tag $(( ${e/./} - ${s/./} )) $round"; else echo "$tag failed $round"; echo "($tag round $round: exit $rc)" >> "$ERRLOG"; fi
+}
+# measure FIGURE IMG REF N TOOLS -- CMD...: warm-up, then N rounds.
+measure() {
+    local fig=$1 img=$2 ref=$3 n=$4 tools=($5) raw
+    shift 6
+    raw=$(mktemp)
+    log "$fig: ${tools[*]}, $n rounds"
+    (
+        for v in $(compgen -e); do export -n "$v" 2>/dev/null || true; done   # values kept, not passed on
+        for kv in "${BENCH_ENV[@]}"; do export "${kv?}"; done
+        local t r i k=${#tools[@]}
+        for r in 1 2 3; do for t in "${tools[@]}"; do launch "$t" 0 "$img" "$ref" "$@" >/dev/null; done; done
+        for ((r = 1; r <= n; r++)); do
+            for ((i = 0; i < k; i++)); do launch "${tools[(i + r) % k]}" "$r" "$img" "$ref" "$@"; done
+        done
+    ) > "$raw"
+    results_add "$fig" ms 1000 "$raw" "${tools[@]}"
+    rm -f "$raw"
+}
+
+results_open launch
+ERRLOG=${RESULTS%.tsv}.err
+log "$(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); tools: $TOOLS; images: $IMAGES"
+for name in $IMAGES; do
+    ref=$(image_ref "$name")
+    img=$(image_sqfs "$ref")
+    ! has_tool podman || podman_ready "$ref" || { log "podman could not pull $ref; see above"; exit 1; }
+    tools=""
+    for t in shoal baseline ch-0.31 ch-sid apptainer podman; do has_tool "$t" && tools+="$t "; done
+    figtools=$tools
+    [ "$name" != busybox ] || ! has_tool bare || figtools+="bare"
+    measure "/bin/true, $name" "$img" "$ref" "$N" "$figtools" -- /bin/true
+    if [ "$name" != busybox ]; then
+        measure "import numpy, $name" "$img" "$ref" "$NUMPY_N" "$tools" -- python3 -c 'import numpy'
+    fi
+    if [ "$name" = pystack ]; then
+        # The many-small-files start: about 1,300 modules of three packages.
+        measure "import sympy+pandas+scipy.linalg, $name" "$img" "$ref" "$NUMPY_N" "$tools" -- python3 -c 'import sympy, pandas, scipy.linalg'
+    fi
+done
+[ ! -s "$ERRLOG" ] || log "errors of failed launches: $ERRLOG"
+echo "# bench/launch.sh, $(date -u +%FT%TZ), $(uname -r), $(nproc) cores; results $RESULTS"
+bash bench/summary.sh "$RESULTS"

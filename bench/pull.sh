@@ -1,84 +1,138 @@
 #!/usr/bin/env bash
-# Cold pull of the big test image (shoal/debian-mpich:12, ~180 MB compressed,
-# two layers) from the local TLS registry into one squashfs, Shoal against
-# Charliecloud 0.31 (`ch-image pull` then `ch-convert` to squashfs), side
-# by side in one run, alternating, as the unprivileged test user. Then the
-# re-pull of the unchanged image. Prints a Markdown table (BENCHMARKS.md).
+# Cold pull from the local TLS registry to a runnable image, Shoal against
+# every rival that can pull from it, side by side, alternating (the order
+# rotating each round), as the unprivileged test user; then re-pulls of the
+# unchanged image.
 #
 #   bash bench/pull.sh [ROUNDS]        (root; default 3 rounds)
 #
-# "Cold" means an empty store on both sides (no layer cache; ch-image runs
-# with --no-cache, as it must here). The registry's files are in the page
-# cache for both, equally. Wall, user+sys CPU (the command and every child
-# it waited for) and peak RSS (the largest single process) come from GNU
-# time. Needs the test bed up (tests/testbed/up.sh) and builds
-# `cargo build --release -p shoal`.
+# Tools (TOOLS="..." picks some; default all that are there):
+#   shoal      `shoal pull` into an empty store (layers to one zstd:3 squashfs)
+#   ch-0.31    the host's Charliecloud 0.31: `ch-image --no-cache pull`, then
+#              `ch-convert -i ch-image -o squash` (its squashfs)
+#   ch-sid     the same with sid's Charliecloud 0.45
+#   apptainer  sid's Apptainer: `apptainer pull X.sif docker://...`, empty cache
+#   podman     sid's podman: `podman pull` into an empty store (unpacked layers:
+#              podman has no single-file image; it is what it runs from)
+# Images (IMAGES="..."): debian-mpich (default; shoal/debian-mpich:12, two
+# gzip layers, ~120 MB compressed), busybox, pystack (bench/images.sh).
+#
+# "Cold" means an empty store and cache on every side. The registry's
+# files are in the page cache for all alike. Wall, user+sys CPU (the
+# command and every child it waited for) and peak RSS (the largest single
+# process) come from GNU time, run in the tool's own namespace. Output:
+# bench/results/pull-*.tsv and bench/summary.sh's table of it. Needs the
+# test bed up (tests/testbed/up.sh). SHOAL_BIN=PATH times that binary
+# instead of building the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/testbed/common.sh
+source bench/lib/bench.sh
 ROUNDS=${1:-3}
-IMAGE=$REGISTRY_ADDR/shoal/debian-mpich:12
+REPULLS=${REPULLS:-5}
+TOOLS=${TOOLS:-shoal ch-0.31 ch-sid apptainer podman}
+IMAGES=${IMAGES:-debian-mpich}
+has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
 command -v /usr/bin/time >/dev/null || die "GNU time missing: bash tests/testbed/setup.sh"
-command -v ch-image >/dev/null || die "Charliecloud missing: bash tests/testbed/setup.sh"
+if has_tool ch-0.31 && ! command -v ch-image >/dev/null; then
+    log "no ch-image on the host (Debian package charliecloud): ch-0.31 left out"
+    TOOLS=${TOOLS/ch-0.31/}
+fi
 
-cargo build --release -p shoal --locked >&2
-SHOAL_BIN=$(pwd)/target/release/shoal
-WORK=/home/$TESTBED_USER/bench-pull
-# Shoal's build dir must be reachable by the user.
-[ -x "$SHOAL_BIN" ] && runuser -u "$TESTBED_USER" -- test -x "$SHOAL_BIN" || die "$SHOAL_BIN not executable by $TESTBED_USER"
+if [ -n "${SHOAL_BIN:-}" ]; then
+    SHOAL=$SHOAL_BIN
+else
+    nice -n 10 cargo build --release -p shoal --locked >&2
+    SHOAL=$PWD/target/release/shoal
+fi
+in_host test -x "$SHOAL" || die "$SHOAL is not executable by $TESTBED_USER"
+if has_tool ch-sid || has_tool apptainer || has_tool podman; then rivals_up; fi
+TOOL_VERSIONS[ch-0.31]=$(has_tool ch-0.31 && tool_version ch-0.31 || true)
+TOOL_VERSIONS[ch-sid]=$(has_tool ch-sid && tool_version ch-sid || true)
+TOOL_VERSIONS[apptainer]=$(has_tool apptainer && tool_version apptainer || true)
+TOOL_VERSIONS[podman]=$(has_tool podman && tool_version podman || true)
+TOOL_VERSIONS[shoal]=${SHOAL_BIN:-$(git rev-parse --short HEAD)}
+TOOL_VERSIONS[repull]=${TOOL_VERSIONS[shoal]}
 
-as_user() {  # as_user SCRIPT: a clean login-like environment
-    runuser -u "$TESTBED_USER" -- env -i HOME="/home/$TESTBED_USER" USER="$TESTBED_USER" LOGNAME="$TESTBED_USER" \
-        PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 bash -c "$1"
+W=$BENCH_HOME/pull
+# Empties TAG's store (as root: podman's holds files of subordinate ids).
+clean() {  # clean TAG
+    case $1 in
+        shoal|repull) rm -rf "$W/shoal-store" ;;
+        ch-0.31) rm -rf "$W/ch-store" "$W/ch.sqfs" ;;
+        ch-sid) rm -rf "$W/chsid-store" "$W/chsid.sqfs" ;;
+        apptainer) rm -rf "$W/app-cache" "$W/app.sif" ;;
+        podman) rm -rf "$W/podman" ;;
+    esac
 }
-# measure NAME SCRIPT: one timed run as the user; appends "NAME wall cpu rss_kb"
+# The pull as a shell line for TAG, run as the user in its namespace.
+script() {  # script TAG IMAGE
+    local img=$2
+    case $1 in
+        shoal|repull) echo "XDG_DATA_HOME=$W/shoal-store SSL_CERT_FILE=$CA_CERT SHOAL_CONFIG=/dev/null $SHOAL pull -q $img" ;;
+        ch-0.31) echo "export CH_IMAGE_STORAGE=$W/ch-store REQUESTS_CA_BUNDLE=$CA_CERT; ch-image --no-cache pull $img && ch-convert -i ch-image -o squash $img $W/ch.sqfs" ;;
+        ch-sid) echo "export CH_IMAGE_STORAGE=$W/chsid-store REQUESTS_CA_BUNDLE=$CA_CERT; ch-image --no-cache pull $img && ch-convert -i ch-image -o squash $img $W/chsid.sqfs" ;;
+        apptainer) echo "APPTAINER_CACHEDIR=$W/app-cache apptainer -s pull $W/app.sif docker://$img" ;;
+        podman) echo "podman $(podman_args "$W/podman") pull -q $img" ;;
+    esac
+}
+# measure TAG ROUND IMAGE: one timed pull; appends to the raw files.
 measure() {
-    local out
-    out=$(as_user "cd $WORK && /usr/bin/time -f 'TIME %e %U %S %M' bash -c '$2' 2>&1 >/dev/null | grep '^TIME' | tail -n1") \
-        || die "$1 failed"
-    [ -n "$out" ] || die "$1 failed (no timing; run it by hand to see why)"
-    read -r _ wall user sys rss <<<"$out"
-    local cpu
-    cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
-    echo "$1 $wall $cpu $rss" >> "$RESULTS"
-    log "$1: ${wall}s wall, ${cpu}s CPU, $((rss / 1024)) MB peak RSS"
+    local tag=$1 round=$2 img=$3 out rc=0 run=in_host
+    case $tag in ch-sid|apptainer|podman) run=in_rivals ;; esac
+    # The pull's own output goes to ERRLOG; GNU time's line is all that
+    # is left on stderr.
+    local s e
+    s=$EPOCHREALTIME
+    out=$($run /usr/bin/time -f 'TIME %e %U %S %M' bash -c "cd $W && { $(script "$tag" "$img"); } >/dev/null 2>>$ERRLOG" 2>&1 >/dev/null | grep '^TIME' | tail -n1) || rc=$?
+    if [ $rc != 0 ] || [ -z "$out" ]; then
+        log "$tag (round $round) failed; see $ERRLOG"
+        echo "($tag round $round failed)" >> "$ERRLOG"
+        for f in wall cpu rss; do echo "$tag failed $round" >> "$RAW.$f"; done
+        return 0
+    fi
+    e=$EPOCHREALTIME
+    # Wall from the shell's clock (GNU time's %e has 10 ms steps, too coarse
+    # for a re-pull); it includes the nsenter and the shell, a few ms.
+    read -r _ _ user sys rss <<<"$out"
+    wall=$(awk -v s="${s/./}" -v e="${e/./}" 'BEGIN { printf "%.3f", (e - s) / 1e6 }')
+    echo "$tag $wall $round" >> "$RAW.wall"
+    awk -v t="$tag" -v u="$user" -v s="$sys" -v r="$round" 'BEGIN { printf "%s %.2f %s\n", t, u + s, r }' >> "$RAW.cpu"
+    echo "$tag $rss $round" >> "$RAW.rss"
+    log "$tag round $round: ${wall}s wall, $((rss / 1024)) MB peak RSS"
 }
 
-as_user "rm -rf $WORK && mkdir -p $WORK"
-RESULTS=$(mktemp)
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-SHOAL_ENV="XDG_DATA_HOME=$WORK/shoal-store SSL_CERT_FILE=$CA_CERT SHOAL_CONFIG=/dev/null"
-CH_ENV="CH_IMAGE_STORAGE=$WORK/ch-store REQUESTS_CA_BUNDLE=$CA_CERT"
-shoal_cold() { as_user "rm -rf $WORK/shoal-store"; measure shoal "$SHOAL_ENV $SHOAL_BIN pull -q $IMAGE"; }
-ch_cold() {
-    as_user "rm -rf $WORK/ch-store $WORK/ch.sqfs"
-    measure charliecloud "$CH_ENV ch-image --no-cache pull $IMAGE && $CH_ENV ch-convert -i ch-image -o squash $IMAGE $WORK/ch.sqfs"
-}
-for r in $(seq 1 "$ROUNDS"); do
-    log "round $r of $ROUNDS"
-    if [ $((r % 2)) = 1 ]; then shoal_cold; ch_cold; else ch_cold; shoal_cold; fi
+results_open pull
+ERRLOG=$(pwd)/${RESULTS%.tsv}.err
+: > "$ERRLOG" && chmod 0666 "$ERRLOG"    # the user's pulls append to it
+RAW=$(mktemp)
+trap 'rm -f "$RAW" "$RAW".*' EXIT
+tools=()
+for t in shoal ch-0.31 ch-sid apptainer podman; do has_tool "$t" && tools+=("$t"); done
+log "$(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); tools: ${tools[*]}; images: $IMAGES"
+for name in $IMAGES; do
+    img=$REGISTRY_ADDR/$(image_ref "$name")
+    rm -rf "$W" && install -d -o "$BENCH_UID" -g "$BENCH_GID" "$W"
+    : > "$RAW.wall"; : > "$RAW.cpu"; : > "$RAW.rss"
+    k=${#tools[@]}
+    for ((r = 1; r <= ROUNDS; r++)); do
+        log "$name: round $r of $ROUNDS"
+        for ((i = 0; i < k; i++)); do
+            t=${tools[(i + r) % k]}
+            clean "$t"
+            measure "$t" "$r" "$img"
+        done
+    done
+    results_add "cold pull, wall, $name" s 1 "$RAW.wall" "${tools[@]}"
+    results_add "cold pull, CPU, $name" s 1 "$RAW.cpu" "${tools[@]}"
+    results_add "cold pull, peak RSS, $name" MB 1024 "$RAW.rss" "${tools[@]}"
+    # Re-pull of the unchanged image, from the last cold pull's store.
+    if has_tool shoal; then
+        : > "$RAW.wall"
+        for ((r = 1; r <= REPULLS; r++)); do measure repull "$r" "$img"; done
+        results_add "re-pull unchanged, wall, $name" s 1 "$RAW.wall" repull
+    fi
+    rm -rf "$W"
 done
-# Re-pull of the unchanged image (the store from the last cold pull).
-for r in $(seq 1 5); do measure repull "$SHOAL_ENV $SHOAL_BIN pull -q $IMAGE"; done
-
-sizes=$(as_user "stat -c %s $WORK/shoal-store/shoal/images/sha256/*/image.sqfs $WORK/ch.sqfs" | tr '\n' ' ')
-as_user "rm -rf $WORK"
-
-median() { awk -v n="$1" -v col="$2" '$1 == n { print $col }' "$RESULTS" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-s_wall=$(median shoal 2) c_wall=$(median charliecloud 2)
-echo
-echo "Machine: $(nproc) cores, $(uname -r); image $IMAGE; $ROUNDS rounds, medians; $(date -u +%Y-%m-%d)"
-echo "Load average (1/5/15 min) at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg) (other builds share the machine)"
-echo
-echo "| step | wall s | CPU s | peak RSS MB |"
-echo "|---|---|---|---|"
-for n in shoal charliecloud repull; do
-    printf '| %s | %s | %s | %s |\n' "$n" "$(median $n 2)" "$(median $n 3)" "$(( $(median $n 4) / 1024 ))"
-done
-echo
-echo "Charliecloud / Shoal, cold pull to squashfs (wall): $(awk -v c="$c_wall" -v s="$s_wall" 'BEGIN { printf "%.1f", c / s }')x"
-echo "squashfs sizes (bytes, Shoal then Charliecloud): $sizes"
-echo
-echo "All runs (name wall cpu rss_kb):"
-sed 's/^/    /' "$RESULTS"
-rm -f "$RESULTS"
+echo "# bench/pull.sh, $(date -u +%FT%TZ), $(uname -r), $(nproc) cores; results $RESULTS"
+bash bench/summary.sh "$RESULTS"

@@ -1,44 +1,67 @@
 #!/usr/bin/env bash
 # Step launch overhead on the three-node test cluster, measured side by side
-# in one run, alternating so drift hits every variant alike:
-#   bare:   srun -N3 -n6 /bin/true
-#   shoal:  srun -N3 -n6 --image=IMG /bin/true        (warm: image staged)
-#   ch-run: srun -N3 -n6 ch-run IMG.sqfs -- /bin/true  (Charliecloud 0.31)
-# plus the cold case (first staging: node caches emptied before each run).
-# Run as root after `bash tests/testbed/up.sh --install target/release`;
-# the jobs run as the test user. Prints a Markdown table for BENCHMARKS.md.
+# in one run, the order rotating each round so drift hits every variant alike:
+#   bare:    srun -N3 -n6 /bin/true
+#   shoal:   srun -N3 -n6 --image=IMG /bin/true        (warm: image staged)
+#   ch-0.31: srun -N3 -n6 ch-run IMG.sqfs -- /bin/true  (the host's Charliecloud 0.31)
+# then the cold case (first staging: node caches emptied before each
+# --image run), alternating with bare runs.
+#
+#   ROUNDS=20 COLD_ROUNDS=5 IMAGE=shoal/busybox:latest bash bench/srun.sh
+#
+# Run as root, under the cluster lock, after `bash tests/testbed/up.sh
+# --install target/release`; the jobs run as the test user. IMAGE is a
+# repository of the test registry (default shoal/busybox:latest; also
+# shoal/debian-mpich:12); ch-run runs the squashfs of the same image
+# (bench/lib/bench.sh's image_sqfs, or SQFS=...). Sid's rivals are not
+# here: a task of the host's Slurm runs in the host's root, where they are
+# not installed. Output: bench/results/srun-*.tsv and bench/summary.sh's
+# table (the ratio in each cell is variant / --image).
 set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/testbed/common.sh
+source bench/lib/bench.sh
 ROUNDS=${ROUNDS:-20}
 COLD_ROUNDS=${COLD_ROUNDS:-5}
-USER_NAME=${USER_NAME:-alice}
-IMAGE=${IMAGE:-127.0.0.1:5443/shoal/busybox:latest}
-SQFS=${SQFS:?set SQFS to the squashfs of the same image for ch-run}
+IMAGE=${IMAGE:-shoal/busybox:latest}
+IMAGE=${IMAGE#"$REGISTRY_ADDR"/}
+SQFS=${SQFS:-$(image_sqfs "$IMAGE")}
 CACHE_DIR=${CACHE_DIR:-/var/cache/shoal}
+name=${IMAGE%:*}; name=${name##*/}
 
-as_user() { runuser -u "$USER_NAME" -- env -i HOME="/home/$USER_NAME" USER="$USER_NAME" PATH=/usr/local/bin:/usr/bin:/bin bash -c "cd ~ && $1"; }
-# Wall time of one command in milliseconds.
-ms() { local t0 t1; t0=$(date +%s%N); as_user "$1" >/dev/null; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-
+as_user() { runuser -u "$TESTBED_USER" -- env -i HOME="/home/$TESTBED_USER" USER="$TESTBED_USER" PATH=/usr/local/bin:/usr/bin:/bin bash -c "cd ~ && $1"; }
+# One timed step: "TAG MS ROUND" or "TAG failed ROUND".
+step() {  # step TAG ROUND CMD
+    local t0 t1
+    t0=$(date +%s%N)
+    if as_user "$3" >/dev/null 2>>"$ERRLOG"; then
+        t1=$(date +%s%N); echo "$1 $(( (t1 - t0) / 1000 )) $2"
+    else
+        echo "$1 failed $2"
+    fi
+}
 declare -A runs=([bare]="srun -N3 -n6 /bin/true"
-                 [shoal]="srun -N3 -n6 --image=$IMAGE /bin/true"
-                 [chrun]="srun -N3 -n6 ch-run $SQFS -- /bin/true")
-for v in bare shoal chrun; do as_user "${runs[$v]}" >/dev/null; done   # warm-up, stages the image
-declare -A times=()
-for ((i = 0; i < ROUNDS; i++)); do
-    for v in bare shoal chrun; do times[$v]+="$(ms "${runs[$v]}") "; done
-done
-cold=""
-for ((i = 0; i < COLD_ROUNDS; i++)); do
+                 [shoal]="srun -N3 -n6 --image=$REGISTRY_ADDR/$IMAGE /bin/true"
+                 [ch-0.31]="srun -N3 -n6 ch-run $SQFS -- /bin/true")
+variants=(shoal bare ch-0.31)
+TOOL_VERSIONS[shoal]=$(git rev-parse --short HEAD)
+TOOL_VERSIONS[ch-0.31]=$(tool_version ch-0.31)
+results_open srun
+ERRLOG=${RESULTS%.tsv}.err
+RAW=$(mktemp)
+trap 'rm -f "$RAW"' EXIT
+log "load $(cut -d' ' -f1-3 /proc/loadavg); $ROUNDS warm rounds, $COLD_ROUNDS cold; $IMAGE"
+for v in "${variants[@]}"; do as_user "${runs[$v]}" >/dev/null; done   # warm-up, stages the image
+k=${#variants[@]}
+for ((r = 1; r <= ROUNDS; r++)); do
+    for ((i = 0; i < k; i++)); do v=${variants[(i + r) % k]}; step "$v" "$r" "${runs[$v]}"; done
+done > "$RAW"
+results_add "srun -N3 -n6 /bin/true, warm, $name" ms 1000 "$RAW" "${variants[@]}"
+for ((r = 1; r <= COLD_ROUNDS; r++)); do
+    step bare "$r" "${runs[bare]}"
     rm -rf "${CACHE_DIR:?}"/n[123]/images/*
-    cold+="$(ms "${runs[shoal]}") "
-done
-bare=$(tr ' ' '\n' <<<"${times[bare]}" | grep . | median)
-echo "| variant | median ms | vs bare |"
-echo "|---|---|---|"
-for v in bare shoal chrun; do
-    m=$(tr ' ' '\n' <<<"${times[$v]}" | grep . | median)
-    echo "| ${runs[$v]} (warm, $ROUNDS runs) | $m | $(awk -v a="$m" -v b="$bare" 'BEGIN{printf "%.2fx", a/b}') |"
-done
-m=$(tr ' ' '\n' <<<"$cold" | grep . | median)
-echo "| ${runs[shoal]} (cold: node caches emptied, $COLD_ROUNDS runs) | $m | $(awk -v a="$m" -v b="$bare" 'BEGIN{printf "%.2fx", a/b}') |"
+    step shoal "$r" "${runs[shoal]}"
+done > "$RAW"
+results_add "srun -N3 -n6 /bin/true, cold (node caches emptied), $name" ms 1000 "$RAW" shoal bare
+echo "# bench/srun.sh, $(date -u +%FT%TZ); results $RESULTS"
+bash bench/summary.sh "$RESULTS"
