@@ -27,6 +27,7 @@ mod options;
 mod pin;
 mod pmix;
 mod pyxis;
+mod save;
 mod spank;
 mod stage;
 mod submit;

@@ -119,12 +119,13 @@ pub fn apply(req: &mut Request, opt: PyxisOpt, value: Option<&str>, cwd: &Path) 
             if v.ends_with('/') {
                 return Err(format!("{flag}={v:?}: names a directory; give the squashfs file to write, e.g. {v}image.sqfs"));
             }
-            // Parsed, but writing the squashfs is not built yet: refused
-            // rather than a step that silently saves nothing.
-            let _ = set_once(&mut req.save, PathBuf::from(v), flag);
-            Err(format!(
-                "{flag} is not supported by Shoal yet; keep the state in a named container (--container-name) for the job, or build the image elsewhere and `shoal import` it"
-            ))
+            // Written at step end on the step's first node (`save.rs`);
+            // relative to the step's working directory.
+            let path = PathBuf::from(v);
+            if path.file_name().is_none_or(|n| n == "." || n == "..") {
+                return Err(format!("{flag}={v:?}: give the squashfs file to write, e.g. /scratch/image.sqfs"));
+            }
+            set_once(&mut req.save, path, flag)
         }
         PyxisOpt::MountHome | PyxisOpt::NoMountHome => {
             set_flag(&mut req.mount_home, opt == PyxisOpt::MountHome, "--container-mount-home and --no-container-mount-home")
@@ -425,7 +426,10 @@ mod tests {
         assert_eq!(r.writable, Some(false));
         assert!(apply(&mut r, PyxisOpt::Writable, None, cwd()).is_err());
         assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/"), cwd()).unwrap_err().contains("directory"));
-        assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/x.sqsh"), cwd()).unwrap_err().contains("not supported by Shoal yet"));
+        apply(&mut r, PyxisOpt::Save, Some("/scratch/x.sqsh"), cwd()).unwrap();
+        assert_eq!(r.save.as_deref(), Some(Path::new("/scratch/x.sqsh")));
+        assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/y.sqsh"), cwd()).unwrap_err().contains("twice"));
+        assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/.."), cwd()).is_err());
         assert!(apply(&mut r, PyxisOpt::Entrypoint, None, cwd()).unwrap_err().contains("not supported by Shoal yet"));
         apply(&mut r, PyxisOpt::NoEntrypoint, None, cwd()).unwrap();
         apply(&mut r, PyxisOpt::Env, Some("A,B_2"), cwd()).unwrap();

@@ -67,6 +67,14 @@ pub(crate) fn wanted(spank: &Spank) -> bool {
     !req.no_image && (req.image.is_some() || req.name.is_some() || spank.getenv(pin::ENV).is_some())
 }
 
+/// The step's image as `user_init` pinned it (an index entry chosen), and
+/// the user's image file opened then, for `--container-save` at step end.
+pub(crate) fn step_image() -> Option<(Pin, Option<File>)> {
+    let guard = step();
+    let state = guard.as_ref()?;
+    Some((state.pin.clone()?, state.user_file.as_ref().and_then(|f| f.try_clone().ok())))
+}
+
 /// The directory of this step's named container on this node, if any.
 fn named_dir(spank: &Spank) -> Result<Option<PathBuf>, String> {
     let Some(name) = options::request().name else { return Ok(None) };
@@ -222,7 +230,8 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     let cwd = working_dir(&host_env);
     let req = options::request();
     // Named containers are for keeping changes: writable unless asked not.
-    let writable = req.writable.unwrap_or(req.name.is_some());
+    // So are containers to be saved (`--container-save`).
+    let writable = req.writable.unwrap_or(req.name.is_some() || req.save.is_some());
     // `--container-env`: the job's value wins over the image's.
     let env: Vec<(String, String)> = req
         .env_names

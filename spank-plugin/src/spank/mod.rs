@@ -157,6 +157,11 @@ impl Spank {
         self.item_u32(ffi::spank_item::S_JOB_GID, "spank_get_item(S_JOB_GID)")
     }
 
+    /// This node's index in the step (0: the step's first node).
+    pub fn node_id(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_JOB_NODEID, "spank_get_item(S_JOB_NODEID)")
+    }
+
     /// Number of this step's tasks on this node: exactly the number of
     /// processes that will share the node's container.
     pub fn local_task_count(&self) -> Result<u32, SpankError> {
