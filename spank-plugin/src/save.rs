@@ -1,4 +1,4 @@
-//! `--container-save=PATH`: at the end of a step, on the step's first node
+//! `--container-save=PATH`: when a step's tasks have ended, on its first node
 //! (node 0, as pyxis does), the container's root as it is now (the image
 //! plus the writable layer, whiteouts and opaque directories honoured) is
 //! written as a squashfs file at PATH, which a later job runs with
@@ -31,6 +31,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use shoal::image::convert::{self, Layer, LayerCompression, SquashOptions};
 
@@ -40,8 +41,27 @@ use crate::spank::Spank;
 use crate::stage::{self, ReadAt};
 use crate::{job, options};
 
-/// slurmstepd, at step end (root), before the step's layer is removed.
-pub fn at_step_end(spank: &Spank) -> Result<(), String> {
+/// Tasks of the step on this node that have exited (slurmstepd).
+static EXITED: AtomicU32 = AtomicU32::new(0);
+
+/// slurmstepd, as each task exits (root): after the last one on the step's
+/// first node, the save. Done here, not in slurmstepd's exit, because
+/// Slurm then kills whatever the step still runs (the writer included),
+/// and because srun waits for this: when srun returns, the file is there.
+pub fn task_exit(spank: &Spank) -> Result<(), String> {
+    let req = options::request();
+    if req.save.is_none() || !crate::task::wanted(spank) {
+        return Ok(());
+    }
+    let exited = EXITED.fetch_add(1, Ordering::SeqCst) + 1;
+    if exited != spank.local_task_count().map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    at_step_end(spank)
+}
+
+/// The save (root, slurmstepd), the step's processes gone.
+fn at_step_end(spank: &Spank) -> Result<(), String> {
     let req = options::request();
     let Some(save) = req.save.clone() else { return Ok(()) };
     if spank.node_id().map_err(|e| e.to_string())? != 0 {
@@ -197,7 +217,9 @@ fn write_to(
         let mut producer = None;
         let mut _keep = None;
         if let Some((upper, opaque)) = layer {
-            let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+            // Close-on-exec: a writer that inherited the write end would keep
+            // the layer from ever ending.
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
             layers.push(Layer {
                 path: format!("/proc/self/fd/{}", r.as_raw_fd()).into(),
                 compression: LayerCompression::Uncompressed,

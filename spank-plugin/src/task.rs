@@ -49,6 +49,8 @@ struct Step {
     /// `--container-workdir`: entered in `task_init`, after Slurm's own
     /// chdir to the job's directory.
     workdir: Option<PathBuf>,
+    /// The image's entrypoint, when the step runs it (`entrypoint.rs`).
+    entrypoint: Vec<String>,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -263,6 +265,8 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         terminal: None,
     };
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
+    let entrypoint =
+        if crate::entrypoint::wanted(req.entrypoint, &config) { request.image.config.entrypoint.clone() } else { Vec::new() };
     if req.mount_home == Some(false) {
         let home = PathBuf::from(&plan.identity.home);
         plan.mounts.retain(|m| m.origin != Origin::Home);
@@ -331,6 +335,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         state.local_gpu_numbers = inject::local_gpu_numbers(&host_env);
         state.remap_root = plan.remap_root;
         state.workdir = workdir;
+        state.entrypoint = entrypoint;
     }
     Ok(())
 }
@@ -350,6 +355,7 @@ pub fn task_init(spank: &Spank) -> Result<(), String> {
             format!("--container-workdir={}: cannot enter it in the container ({e}); give a directory the image has", w.display())
         })?;
     }
+    crate::entrypoint::apply(spank, &state.entrypoint)?;
     if state.remap_root {
         // Last: the task is the user now, and stays so outside.
         let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());

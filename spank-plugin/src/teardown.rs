@@ -21,14 +21,10 @@ pub fn step_exit(spank: &Spank) -> Result<(), String> {
     let step_id = spank.step_id().map_err(|e| e.to_string())?;
     let key = job::share_key(job_id, step_id, &node);
     container::teardown(&key, Mode::Privileged, 0).map_err(|e| e.to_string())?;
-    // `--container-save`, before the step's layer goes. A failed save is
-    // reported, and the layer removed all the same.
-    let saved = crate::save::at_step_end(spank);
     // An unnamed writable container's layer: its processes are gone.
     let config = crate::options::config();
     let uid = spank.uid().map_err(|e| e.to_string())?;
-    layers::remove(&layers::container_dir(&config, &node, job_id, uid, &Which::Step(job::step_name(step_id))))?;
-    saved
+    layers::remove(&layers::container_dir(&config, &node, job_id, uid, &Which::Step(job::step_name(step_id))))
 }
 
 /// The job epilog (root), on every node of the job.
