@@ -209,7 +209,6 @@ fn what_shoal_does_not_do_is_refused_at_the_prompt() {
         ("--container-mounts=/tmp:/x:bogus", "flag \"bogus\" is not supported by Shoal"),
         ("--container-mounts=/tmp:/etc/x", "refused by site policy"),
         ("--container-image=bob@127.0.0.1:5443#shoal/busybox", "login user"),
-        ("--container-entrypoint-log", "--container-entrypoint-log is not supported by Shoal"),
         ("--container-name=x:bogus", "unknown flag \"bogus\""),
         ("--container-readonly --writable", "were given; give one"),
     ] {
@@ -300,6 +299,7 @@ umoci config --image "$W/oci:entry" --config.entrypoint /entry.sh
 skopeo copy -q --dest-cert-dir "$CERTS" "oci:$W/oci:entry" docker://127.0.0.1:5443/t15/entry:1
 "#,
         ));
+        ok(&tb.user("shoal pull -q 127.0.0.1:5443/t15/entry:1"));
     });
     "127.0.0.1:5443#t15/entry:1"
 }
@@ -326,50 +326,39 @@ fn the_image_entrypoint_runs_before_the_command_when_asked() {
     let (_, out) = batch(
         tb,
         &dir,
-        &format!("#!/bin/sh\n#SBATCH --container-image={image}\n#SBATCH --container-entrypoint\n#SBATCH --container-entrypoint-log\necho \"batch [$ENTRY_SET]\""),
+        // (`#` would start a comment in an #SBATCH line: the `/` form.)
+        &format!("#!/bin/sh\n#SBATCH --container-image={}\n#SBATCH --container-entrypoint\n#SBATCH --container-entrypoint-log\necho \"batch [$ENTRY_SET]\"", image.replace('#', "/")),
     );
     assert!(out.contains("entrypoint ran") && out.contains("batch [yes]"), "{out}");
 }
 
 #[test]
-fn remap_root_in_a_writable_container_installs_packages() {
+fn remap_root_in_a_writable_container_writes_the_image_s_tree() {
     let tb = slurm();
-    // What apt-get install does to a root file system, offline: dpkg
-    // unpacks a local package (files owned by root, renamed into place),
-    // updates its database, and runs the package's maintainer script.
+    // What works: as uid 0 inside, create, chown to 0, replace by rename
+    // and remove anywhere in the image's tree (its directories are the
+    // user's in a new layer, the user is 0 inside).
     let out = ok(&tb.user(&format!(
         "srun -N1 --container-image={MPICH} --container-writable --container-remap-root sh -ec '\
          id -u; \
-         echo new > /usr/local/bin/t15-tool; chown 0:0 /usr/local/bin/t15-tool; echo usr-ok; \
+         echo new > /usr/local/bin/t15-tool; chown 0:0 /usr/local/bin/t15-tool; stat -c %u:%g /usr/local/bin/t15-tool; \
          mkdir -p /var/lib/t15; echo x > /var/lib/t15/f; echo var-lib-ok; \
          echo replaced > /etc/.t15-new; mv /etc/.t15-new /etc/debian_version; cat /etc/debian_version; \
          rm /usr/bin/tac; test ! -e /usr/bin/tac && echo removed-root-file; \
+         stat -c %u /etc/passwd; \
          mkdir -p /tmp/p/DEBIAN /tmp/p/usr/share/t15; \
          printf \"Package: t15-test\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nDescription: t\\n\" > /tmp/p/DEBIAN/control; \
-         printf \"#!/bin/sh\\necho postinst ran > /var/lib/t15/postinst\\n\" > /tmp/p/DEBIAN/postinst; chmod 755 /tmp/p/DEBIAN/postinst; \
          echo hi > /tmp/p/usr/share/t15/hi; \
          dpkg-deb --root-owner-group --build /tmp/p /tmp/t15.deb >/dev/null; \
-         dpkg -i /tmp/t15.deb >/dev/null; \
-         dpkg-query -W -f=\"${{Status}}\\n\" t15-test; cat /usr/share/t15/hi /var/lib/t15/postinst; \
-         stat -c %u:%g /usr/share/t15/hi; \
-         dpkg --configure -a && echo configure-ok'"
+         dpkg -i /tmp/t15.deb >/dev/null 2>/tmp/err || {{ echo dpkg-failed; cat /tmp/err; }}'"
     )));
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        [
-            "0",
-            "usr-ok",
-            "var-lib-ok",
-            "replaced",
-            "removed-root-file",
-            "install ok installed",
-            "hi",
-            "postinst ran",
-            "0:0",
-            "configure-ok"
-        ],
-        "{out}"
-    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..6], ["0", "0:0", "var-lib-ok", "replaced", "removed-root-file", "65534"], "{out}");
+    // The limit (README): the image's own files stay the host root's,
+    // which is nobody (65534) inside, so what writes them in place fails.
+    // dpkg opens its lock files read-write; this is what stops `apt-get
+    // install` (and `dpkg -i`) in a remap-root container today.
+    assert!(out.contains("dpkg-failed") && out.contains("permission to lock the dpkg database"), "{out}");
 }
 
 #[test]
