@@ -86,7 +86,8 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "[a b][c'd][$e]");
         let mut c = shoal::Config::default();
         assert!(!wanted(None, &c) && wanted(Some(true), &c));
-        c.slurm.execute_entrypoint = true;
+        // The site's key, as an admin writes it.
+        c = shoal::Config::parse("[slurm]\nexecute_entrypoint = true\n", std::path::Path::new("shoal.toml")).unwrap();
         assert!(wanted(None, &c) && !wanted(Some(false), &c));
     }
 }
