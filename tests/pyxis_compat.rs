@@ -385,7 +385,7 @@ fn global_scope_named_containers_outlive_the_job() {
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
     let layer = ok(&tb.root(&format!("ls -d {CONTAINERS}/n2/user-{uid}/name-{name} 2>&1 || true")));
-    ok(&tb.root(&format!("cp -p {saved} {conf} && rm -f {saved} && rm -rf {CONTAINERS}/n2/user-{uid}/name-{name}")));
+    ok(&tb.root(&format!("cp -p {saved} {conf} && rm -f {saved} && rm -rf {CONTAINERS}/n2/user-{uid}/name-{name} && (rmdir {CONTAINERS}/n2/user-{uid} 2>/dev/null || true)")));
     let (_, second, other_node) = result.unwrap();
     // A later job (each srun is a job of its own) sees the first one's file.
     let lines: Vec<&str> = second.lines().collect();
