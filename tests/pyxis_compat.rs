@@ -209,7 +209,6 @@ fn what_shoal_does_not_do_is_refused_at_the_prompt() {
         ("--container-mounts=/tmp:/x:bogus", "flag \"bogus\" is not supported by Shoal"),
         ("--container-mounts=/tmp:/etc/x", "refused by site policy"),
         ("--container-image=bob@127.0.0.1:5443#shoal/busybox", "login user"),
-        ("--container-entrypoint-log", "--container-entrypoint-log is not supported by Shoal"),
         ("--container-name=x:bogus", "unknown flag \"bogus\""),
         ("--container-readonly --writable", "were given; give one"),
     ] {
@@ -233,4 +232,164 @@ fn help_lists_the_pyxis_options() {
     for opt in ["--container-image=", "--container-mounts=", "--container-name=", "--container-remap-root", "--container-writable"] {
         assert!(help.contains(opt), "srun --help lacks {opt}");
     }
+}
+
+/// Waits until `path` exists (a step's save finishes in slurmstepd's exit,
+/// which srun does not wait for).
+fn wait_for_file(tb: &Testbed, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok(&tb.root(&format!("test -f {path} && echo yes || true"))).contains("yes") {
+        assert!(Instant::now() < deadline, "{path} was not written");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn container_save_then_a_new_job_runs_the_saved_image() {
+    let tb = slurm();
+    let dir = tb.user_tempdir("pyxis-save");
+    let d = dir.display();
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    // Two nodes: only the first saves. Changes: a new file, a deleted
+    // file, a directory removed and made again (opaque in the layer).
+    let out = ok(&tb.user(&format!(
+        "srun -N2 --container-image={MPICH} --container-save={d}/saved.sqsh sh -c '\
+         test -d /usr/share/zoneinfo/Africa && echo had-zones; \
+         mkdir -p /opt && echo kept-$SLURM_NODEID > /opt/saved; rm /etc/debian_version; \
+         rm -rf /usr/share/zoneinfo; mkdir /usr/share/zoneinfo; echo only > /usr/share/zoneinfo/only'"
+    )));
+    assert!(out.matches("had-zones").count() == 2, "{out}");
+    wait_for_file(tb, &format!("{d}/saved.sqsh"));
+    let owner = ok(&tb.root(&format!("stat -c %u {d}/saved.sqsh")));
+    assert_eq!(owner.trim(), uid, "the saved file is the user's");
+    // Nothing else was left beside it (the temporary file is renamed).
+    assert_eq!(ok(&tb.user(&format!("ls -A {d}"))).trim(), "saved.sqsh");
+    let out = ok(&tb.user(&format!(
+        "srun -N1 -w n3 --container-image={d}/saved.sqsh sh -c '\
+         cat /opt/saved; test -e /etc/debian_version && echo deleted-is-back || echo deleted-is-gone; \
+         ls /usr/share/zoneinfo; cat /etc/shoal-test-image'"
+    )));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["kept-0", "deleted-is-gone", "only", "debian-mpich"], "{out}");
+
+    // As the user: a directory only root may write gets nothing, and no
+    // temporary file either.
+    let rootdir = format!("/tmp/i15-save-rootdir-{}", std::process::id());
+    ok(&tb.root(&format!("rm -rf {rootdir} && mkdir -m 0755 {rootdir}")));
+    ok(&tb.user(&format!("srun -N1 --container-image={BUSYBOX_PYXIS} --container-save={rootdir}/x.sqsh true")));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ok(&tb.root(&format!("ls -A {rootdir}"))).trim(), "", "root wrote for the user");
+    ok(&tb.root(&format!("rm -rf {rootdir}")));
+}
+
+/// The test bed's busybox with an entrypoint that announces itself, sets a
+/// variable and execs its arguments (pushed once as `t15/entry:1`).
+fn entry_image(tb: &Testbed) -> &'static str {
+    static PUSHED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    PUSHED.get_or_init(|| {
+        ok(&tb.root(
+            r#"set -euo pipefail
+W=$(mktemp -d /tmp/t15-entry.XXXXXX); trap 'rm -rf "$W"' EXIT
+CERTS=/var/lib/shoal-testbed/tls/skopeo
+skopeo copy -q --src-cert-dir "$CERTS" docker://127.0.0.1:5443/shoal/busybox:latest "oci:$W/oci:base"
+umoci unpack --image "$W/oci:base" "$W/b" >/dev/null
+printf '#!/bin/sh\necho "entrypoint ran, $# args"\nexport ENTRY_SET=yes\nexec "$@"\n' > "$W/b/rootfs/entry.sh"
+chmod 755 "$W/b/rootfs/entry.sh"
+umoci repack --image "$W/oci:entry" "$W/b"
+umoci config --image "$W/oci:entry" --config.entrypoint /entry.sh
+skopeo copy -q --dest-cert-dir "$CERTS" "oci:$W/oci:entry" docker://127.0.0.1:5443/t15/entry:1
+"#,
+        ));
+        ok(&tb.user("shoal pull -q 127.0.0.1:5443/t15/entry:1"));
+    });
+    "127.0.0.1:5443#t15/entry:1"
+}
+
+#[test]
+fn the_image_entrypoint_runs_before_the_command_when_asked() {
+    let tb = slurm();
+    let image = entry_image(tb);
+    // The command's words reach it intact through the entrypoint.
+    let cmd = r#"sh -c 'echo "cmd [$ENTRY_SET] [$1]"' zero 'a b'"#;
+    let out = ok(&tb.user(&format!("srun -N2 -l --container-image={image} --container-entrypoint {cmd}")));
+    for rank in ["0", "1"] {
+        assert!(out.contains(&format!("{rank}: entrypoint ran, 5 args")), "{out}");
+        assert!(out.contains(&format!("{rank}: cmd [yes] [a b]")), "{out}");
+    }
+    for flag in ["", "--no-container-entrypoint"] {
+        let out = ok(&tb.user(&format!("srun -N1 --container-image={image} {flag} {cmd}")));
+        assert_eq!(out.trim(), "cmd [] [a b]", "{flag}: {out}");
+    }
+    // The pyxis variable, and a batch script run through it.
+    let out = ok(&tb.user(&format!("PYXIS_CONTAINER_ENTRYPOINT=1 srun -N1 --container-image={image} {cmd}")));
+    assert!(out.contains("entrypoint ran") && out.contains("cmd [yes] [a b]"), "{out}");
+    let dir = tb.user_tempdir("pyxis-entry");
+    let (_, out) = batch(
+        tb,
+        &dir,
+        // (`#` would start a comment in an #SBATCH line: the `/` form.)
+        &format!("#!/bin/sh\n#SBATCH --container-image={}\n#SBATCH --container-entrypoint\n#SBATCH --container-entrypoint-log\necho \"batch [$ENTRY_SET]\"", image.replace('#', "/")),
+    );
+    assert!(out.contains("entrypoint ran") && out.contains("batch [yes]"), "{out}");
+}
+
+#[test]
+fn remap_root_in_a_writable_container_writes_the_image_s_tree() {
+    let tb = slurm();
+    // What works: as uid 0 inside, create, chown to 0, replace by rename
+    // and remove anywhere in the image's tree (its directories are the
+    // user's in a new layer, the user is 0 inside).
+    let out = ok(&tb.user(&format!(
+        "srun -N1 --container-image={MPICH} --container-writable --container-remap-root sh -ec '\
+         id -u; \
+         echo new > /usr/local/bin/t15-tool; chown 0:0 /usr/local/bin/t15-tool; stat -c %u:%g /usr/local/bin/t15-tool; \
+         mkdir -p /var/lib/t15; echo x > /var/lib/t15/f; echo var-lib-ok; \
+         echo replaced > /etc/.t15-new; mv /etc/.t15-new /etc/debian_version; cat /etc/debian_version; \
+         rm /usr/bin/tac; test ! -e /usr/bin/tac && echo removed-root-file; \
+         stat -c %u /etc/passwd; \
+         mkdir -p /tmp/p/DEBIAN /tmp/p/usr/share/t15; \
+         printf \"Package: t15-test\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nDescription: t\\n\" > /tmp/p/DEBIAN/control; \
+         echo hi > /tmp/p/usr/share/t15/hi; \
+         dpkg-deb --root-owner-group --build /tmp/p /tmp/t15.deb >/dev/null; \
+         dpkg -i /tmp/t15.deb >/dev/null 2>/tmp/err || {{ echo dpkg-failed; cat /tmp/err; }}'"
+    )));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..6], ["0", "0:0", "var-lib-ok", "replaced", "removed-root-file", "65534"], "{out}");
+    // The limit (README): the image's own files stay the host root's,
+    // which is nobody (65534) inside, so what writes them in place fails.
+    // dpkg opens its lock files read-write; this is what stops `apt-get
+    // install` (and `dpkg -i`) in a remap-root container today.
+    assert!(out.contains("dpkg-failed") && out.contains("permission to lock the dpkg database"), "{out}");
+}
+
+#[test]
+fn global_scope_named_containers_outlive_the_job() {
+    let tb = slurm();
+    // The site's scope, for this test only: the test bed's config with
+    // `container_scope = "global"`, given to the plugin and the epilog by
+    // the same path (SHOAL_CONFIG is not read by slurmstepd).
+    let conf = "/etc/shoal/shoal.toml";
+    let saved = format!("/tmp/t15-shoal.toml.{}", std::process::id());
+    ok(&tb.root(&format!(
+        "cp -p {conf} {saved} && grep -q '^container_scope' {conf} && sed -i 's/^container_scope.*/container_scope = \"global\"/' {conf} \
+         || sed -i 's/^\\[slurm\\]$/[slurm]\\ncontainer_scope = \"global\"/' {conf}; grep -n container_scope {conf}"
+    )));
+    let name = format!("g{}", std::process::id());
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    let run = || -> (String, String, String) {
+        let first = tb.user(&format!(
+            "srun -N1 -w n2 --container-image={BUSYBOX_PYXIS} --container-name={name} sh -c 'mkdir -p /opt && echo from-job-$SLURM_JOB_ID > /opt/g'"
+        ));
+        let second = tb.user(&format!("srun -N1 -w n2 --container-name={name} sh -c 'cat /opt/g; echo job-$SLURM_JOB_ID'"));
+        let other_node = tb.user(&format!("srun -N1 -w n3 --container-name={name} cat /opt/g"));
+        (ok(&first), ok(&second), String::from_utf8_lossy(&other_node.stderr).into_owned())
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+    let layer = ok(&tb.root(&format!("ls -d {CONTAINERS}/n2/user-{uid}/name-{name} 2>&1 || true")));
+    ok(&tb.root(&format!("cp -p {saved} {conf} && rm -f {saved} && rm -rf {CONTAINERS}/n2/user-{uid}/name-{name} && (rmdir {CONTAINERS}/n2/user-{uid} 2>/dev/null || true)")));
+    let (_, second, other_node) = result.unwrap();
+    // A later job (each srun is a job of its own) sees the first one's file.
+    let lines: Vec<&str> = second.lines().collect();
+    assert!(lines.len() == 2 && lines[0].starts_with("from-job-") && lines[0] != format!("from-{}", lines[1]), "{second}");
+    assert!(other_node.contains("does not exist on node n3"), "{other_node}");
+    assert!(layer.contains(&format!("user-{uid}/name-{name}")) && !layer.contains("No such"), "{layer}");
 }

@@ -115,6 +115,11 @@ pub struct SlurmConfig {
     /// keeps them per user and node across jobs, as pyxis's
     /// `container_scope=global`.
     pub container_scope: ContainerScope,
+    /// Run the image's entrypoint (its `ENTRYPOINT`, with the task's
+    /// command as its arguments) in every image step unless the user says
+    /// `--no-container-entrypoint`, as pyxis's `execute_entrypoint`. Off by
+    /// default: tasks run their command as given.
+    pub execute_entrypoint: bool,
 }
 
 /// How long a named container lives (`[slurm] container_scope`).
@@ -148,6 +153,7 @@ impl Default for SlurmConfig {
             launch_host_paths: vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/pmix2")],
             pyxis_options: false,
             container_scope: ContainerScope::Job,
+            execute_entrypoint: false,
         }
     }
 }

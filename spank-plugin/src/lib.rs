@@ -20,6 +20,7 @@
 
 mod args;
 mod choose;
+mod entrypoint;
 mod inject;
 mod job;
 mod layers;
@@ -27,6 +28,7 @@ mod options;
 mod pin;
 mod pmix;
 mod pyxis;
+mod save;
 mod site;
 mod spank;
 mod stage;
@@ -165,6 +167,18 @@ pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, _argc: c_int, _argv: *
             return Ok(());
         }
         task::task_init(&spank)
+    })
+}
+
+/// slurmstepd, as each task of the step on this node exits (root).
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_exit(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
+    guard("slurm_spank_task_exit", || {
+        let spank = Spank::from_raw(sp);
+        if in_extern_step(&spank) {
+            return Ok(());
+        }
+        save::task_exit(&spank)
     })
 }
 

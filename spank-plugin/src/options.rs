@@ -46,8 +46,8 @@ pub struct Request {
     pub mount_home: Option<bool>,
     /// `--[no-]container-remap-root`; unset: the user is themself.
     pub remap_root: Option<bool>,
-    /// `--no-container-entrypoint` (the only form accepted: the entrypoint
-    /// is never run).
+    /// `--[no-]container-entrypoint`; unset: the site's
+    /// `[slurm] execute_entrypoint`.
     pub entrypoint: Option<bool>,
     /// `--container-env`: variables whose job value wins over the image's.
     pub env_names: Vec<String>,
@@ -160,7 +160,7 @@ option!(P_WORKDIR, PyxisOpt::Workdir, c"container-workdir", Some(c"PATH"),
 option!(P_NAME, PyxisOpt::Name, c"container-name", Some(c"NAME[:auto|create|exec|no_exec]"),
     c"[shoal, pyxis] Keep the container's state on each node under NAME for later steps (writable unless --container-readonly).");
 option!(P_SAVE, PyxisOpt::Save, c"container-save", Some(c"PATH"),
-    c"[shoal, pyxis] Not supported by Shoal yet (refused).");
+    c"[shoal, pyxis] At step end, save the container (image and changes) as a squashfs file at PATH, on the step's first node.");
 option!(P_MOUNT_HOME, PyxisOpt::MountHome, c"container-mount-home", None,
     c"[shoal, pyxis] Bind your home directory (the default).");
 option!(P_NO_MOUNT_HOME, PyxisOpt::NoMountHome, c"no-container-mount-home", None,
@@ -170,11 +170,11 @@ option!(P_REMAP_ROOT, PyxisOpt::RemapRoot, c"container-remap-root", None,
 option!(P_NO_REMAP_ROOT, PyxisOpt::NoRemapRoot, c"no-container-remap-root", None,
     c"[shoal, pyxis] Be yourself inside (the default).");
 option!(P_ENTRYPOINT, PyxisOpt::Entrypoint, c"container-entrypoint", None,
-    c"[shoal, pyxis] Not supported by Shoal yet (refused): the entrypoint is never run.");
+    c"[shoal, pyxis] Run the image's ENTRYPOINT with the command as its arguments.");
 option!(P_NO_ENTRYPOINT, PyxisOpt::NoEntrypoint, c"no-container-entrypoint", None,
-    c"[shoal, pyxis] Do not run the image's entrypoint (what Shoal always does).");
+    c"[shoal, pyxis] Run the command without the image's entrypoint (default unless the site sets execute_entrypoint).");
 option!(P_ENTRYPOINT_LOG, PyxisOpt::EntrypointLog, c"container-entrypoint-log", None,
-    c"[shoal, pyxis] Not supported by Shoal (refused).");
+    c"[shoal, pyxis] Accepted: the entrypoint's output is always the task's output.");
 option!(P_WRITABLE, PyxisOpt::Writable, c"container-writable", None,
     c"[shoal, pyxis] Writable container root (as --writable).");
 option!(P_READONLY, PyxisOpt::Readonly, c"container-readonly", None,

@@ -8,7 +8,7 @@
 //! spellings, `PYXIS_CONTAINER_*` defaults and value syntax are pyxis's
 //! (`args.c`); what pyxis accepts and Shoal does not do (an enroot login
 //! user in the image, `tmpfs`/`umount` mount sources, mount propagation
-//! other than private, `--container-entrypoint-log`) is refused with a
+//! other than private) is refused with a
 //! message that says so, never ignored.
 //!
 //! Pure: parsing and translation only, unit-tested below.
@@ -119,12 +119,13 @@ pub fn apply(req: &mut Request, opt: PyxisOpt, value: Option<&str>, cwd: &Path) 
             if v.ends_with('/') {
                 return Err(format!("{flag}={v:?}: names a directory; give the squashfs file to write, e.g. {v}image.sqfs"));
             }
-            // Parsed, but writing the squashfs is not built yet: refused
-            // rather than a step that silently saves nothing.
-            let _ = set_once(&mut req.save, PathBuf::from(v), flag);
-            Err(format!(
-                "{flag} is not supported by Shoal yet; keep the state in a named container (--container-name) for the job, or build the image elsewhere and `shoal import` it"
-            ))
+            // Written at step end on the step's first node (`save.rs`);
+            // relative to the step's working directory.
+            let path = PathBuf::from(v);
+            if path.file_name().is_none_or(|n| n == "." || n == "..") {
+                return Err(format!("{flag}={v:?}: give the squashfs file to write, e.g. /scratch/image.sqfs"));
+            }
+            set_once(&mut req.save, path, flag)
         }
         PyxisOpt::MountHome | PyxisOpt::NoMountHome => {
             set_flag(&mut req.mount_home, opt == PyxisOpt::MountHome, "--container-mount-home and --no-container-mount-home")
@@ -132,15 +133,14 @@ pub fn apply(req: &mut Request, opt: PyxisOpt, value: Option<&str>, cwd: &Path) 
         PyxisOpt::RemapRoot | PyxisOpt::NoRemapRoot => {
             set_flag(&mut req.remap_root, opt == PyxisOpt::RemapRoot, "--container-remap-root and --no-container-remap-root")
         }
-        // Shoal runs the task's command itself, never the entrypoint (what
-        // --no-container-entrypoint asks); running it is not built yet.
-        PyxisOpt::Entrypoint => Err(format!(
-            "{flag} is not supported by Shoal yet: tasks run their command without the image's entrypoint; call it in the command (srun ... /entrypoint.sh CMD) instead"
-        )),
-        PyxisOpt::NoEntrypoint => set_flag(&mut req.entrypoint, false, "--container-entrypoint and --no-container-entrypoint"),
-        PyxisOpt::EntrypointLog => Err(format!(
-            "{flag} is not supported by Shoal: an entrypoint runs as part of each task, so its output is already in the task's output; drop the option"
-        )),
+        // Each task then runs ENTRYPOINT with its command (`entrypoint.rs`).
+        PyxisOpt::Entrypoint | PyxisOpt::NoEntrypoint => {
+            set_flag(&mut req.entrypoint, opt == PyxisOpt::Entrypoint, "--container-entrypoint and --no-container-entrypoint")
+        }
+        // pyxis runs the entrypoint once, apart, and shows its output only
+        // when asked; here it runs as part of each task, its output in the
+        // task's: always shown, which is what the option asks for.
+        PyxisOpt::EntrypointLog => Ok(()),
         PyxisOpt::Writable | PyxisOpt::Readonly => {
             set_flag(&mut req.writable, opt == PyxisOpt::Writable, "--container-writable and --container-readonly (or --writable)")
         }
@@ -425,14 +425,17 @@ mod tests {
         assert_eq!(r.writable, Some(false));
         assert!(apply(&mut r, PyxisOpt::Writable, None, cwd()).is_err());
         assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/"), cwd()).unwrap_err().contains("directory"));
-        assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/x.sqsh"), cwd()).unwrap_err().contains("not supported by Shoal yet"));
-        assert!(apply(&mut r, PyxisOpt::Entrypoint, None, cwd()).unwrap_err().contains("not supported by Shoal yet"));
+        apply(&mut r, PyxisOpt::Save, Some("/scratch/x.sqsh"), cwd()).unwrap();
+        assert_eq!(r.save.as_deref(), Some(Path::new("/scratch/x.sqsh")));
+        assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/y.sqsh"), cwd()).unwrap_err().contains("twice"));
+        assert!(apply(&mut r, PyxisOpt::Save, Some("/scratch/.."), cwd()).is_err());
         apply(&mut r, PyxisOpt::NoEntrypoint, None, cwd()).unwrap();
+        assert_eq!(r.entrypoint, Some(false));
+        assert!(apply(&mut r, PyxisOpt::Entrypoint, None, cwd()).unwrap_err().contains("were given; give one"));
         apply(&mut r, PyxisOpt::Env, Some("A,B_2"), cwd()).unwrap();
         assert_eq!(r.env_names, ["A", "B_2"]);
         assert!(apply(&mut r, PyxisOpt::Env, Some("A,=x"), cwd()).is_err());
-        let e = apply(&mut r, PyxisOpt::EntrypointLog, None, cwd()).unwrap_err();
-        assert!(e.contains("not supported by Shoal"), "{e}");
+        apply(&mut r, PyxisOpt::EntrypointLog, None, cwd()).unwrap();
         assert!(apply(&mut r, PyxisOpt::Image, Some(""), cwd()).unwrap_err().contains("needs a value"));
     }
 

@@ -49,6 +49,8 @@ struct Step {
     /// `--container-workdir`: entered in `task_init`, after Slurm's own
     /// chdir to the job's directory.
     workdir: Option<PathBuf>,
+    /// The image's entrypoint, when the step runs it (`entrypoint.rs`).
+    entrypoint: Vec<String>,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -65,6 +67,14 @@ fn step() -> MutexGuard<'static, Option<Step>> {
 pub(crate) fn wanted(spank: &Spank) -> bool {
     let req = options::request();
     !req.no_image && (req.image.is_some() || req.name.is_some() || spank.getenv(pin::ENV).is_some())
+}
+
+/// The step's image as `user_init` pinned it (an index entry chosen), and
+/// the user's image file opened then, for `--container-save` at step end.
+pub(crate) fn step_image() -> Option<(Pin, Option<File>)> {
+    let guard = step();
+    let state = guard.as_ref()?;
+    Some((state.pin.clone()?, state.user_file.as_ref().and_then(|f| f.try_clone().ok())))
 }
 
 /// The directory of this step's named container on this node, if any.
@@ -222,7 +232,8 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     let cwd = working_dir(&host_env);
     let req = options::request();
     // Named containers are for keeping changes: writable unless asked not.
-    let writable = req.writable.unwrap_or(req.name.is_some());
+    // So are containers to be saved (`--container-save`).
+    let writable = req.writable.unwrap_or(req.name.is_some() || req.save.is_some());
     // `--container-env`: the job's value wins over the image's.
     let env: Vec<(String, String)> = req
         .env_names
@@ -254,6 +265,8 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         terminal: None,
     };
     let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
+    let entrypoint =
+        if crate::entrypoint::wanted(req.entrypoint, &config) { request.image.config.entrypoint.clone() } else { Vec::new() };
     if req.mount_home == Some(false) {
         let home = PathBuf::from(&plan.identity.home);
         plan.mounts.retain(|m| m.origin != Origin::Home);
@@ -322,6 +335,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         state.local_gpu_numbers = inject::local_gpu_numbers(&host_env);
         state.remap_root = plan.remap_root;
         state.workdir = workdir;
+        state.entrypoint = entrypoint;
     }
     Ok(())
 }
@@ -341,6 +355,7 @@ pub fn task_init(spank: &Spank) -> Result<(), String> {
             format!("--container-workdir={}: cannot enter it in the container ({e}); give a directory the image has", w.display())
         })?;
     }
+    crate::entrypoint::apply(spank, &state.entrypoint)?;
     if state.remap_root {
         // Last: the task is the user now, and stays so outside.
         let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());

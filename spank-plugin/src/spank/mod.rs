@@ -157,6 +157,11 @@ impl Spank {
         self.item_u32(ffi::spank_item::S_JOB_GID, "spank_get_item(S_JOB_GID)")
     }
 
+    /// This node's index in the step (0: the step's first node).
+    pub fn node_id(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_JOB_NODEID, "spank_get_item(S_JOB_NODEID)")
+    }
+
     /// Number of this step's tasks on this node: exactly the number of
     /// processes that will share the node's container.
     pub fn local_task_count(&self) -> Result<u32, SpankError> {
@@ -200,6 +205,34 @@ impl Spank {
         })?;
         // SAFETY: Slurm returned argc valid strings.
         Ok(unsafe { args(argc, argv) })
+    }
+
+    /// Replaces the program the task will exec (`argv[0]`, task context),
+    /// keeping its arguments; returns the one it replaces. Slurm execs
+    /// `argv[0]` right after the task callbacks and never frees it, so the
+    /// new string is leaked on purpose.
+    pub fn replace_argv0(&self, program: CString) -> Result<String, SpankError> {
+        let mut argc: c_int = 0;
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: as in `argv`; in a task the array is the task's own.
+        check("spank_get_item(S_JOB_ARGV)", unsafe {
+            ffi::spank_get_item(
+                self.0,
+                ffi::spank_item::S_JOB_ARGV,
+                &mut argc as *mut c_int,
+                &mut argv as *mut *mut *mut c_char,
+            )
+        })?;
+        if argv.is_null() || argc < 1 {
+            return Err(SpankError { call: "spank_get_item(S_JOB_ARGV)", reason: "the task has no command".into() });
+        }
+        // SAFETY: argc >= 1 valid, NUL-terminated entries. The old string
+        // stays Slurm's (not freed here); the new one lives until exec.
+        unsafe {
+            let old = CStr::from_ptr(*argv).to_string_lossy().into_owned();
+            *argv = program.into_raw();
+            Ok(old)
+        }
     }
 
     /// The environment the task will be started with (remote context).
