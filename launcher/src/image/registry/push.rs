@@ -73,6 +73,25 @@ pub fn manifest_blobs(body: &[u8]) -> Result<Vec<(Digest, u64)>, String> {
     Ok(out)
 }
 
+/// The registry's `Docker-Content-Digest` against the digest of what was
+/// sent; a registry that sends none is taken at its 201.
+fn digest_check(
+    registry: &str,
+    header: Option<&str>,
+    sent: &Digest,
+    what: &str,
+) -> Result<(), RegistryError> {
+    match header.map(str::trim) {
+        Some(got) if got != sent.as_str() => Err(RegistryError::PushedDigest {
+            registry: registry.to_string(),
+            what: what.to_string(),
+            sent: sent.clone(),
+            got: got.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `location` with `key=value` added to its query.
 fn with_query(location: &str, key: &str, value: &str) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
@@ -215,15 +234,7 @@ impl Registry {
         sent: &Digest,
         what: &str,
     ) -> Result<(), RegistryError> {
-        match resp.header("docker-content-digest").map(str::trim) {
-            Some(got) if got != sent.as_str() => Err(RegistryError::PushedDigest {
-                registry: self.name.clone(),
-                what: what.to_string(),
-                sent: sent.clone(),
-                got: got.to_string(),
-            }),
-            _ => Ok(()),
-        }
+        digest_check(&self.name, resp.header("docker-content-digest"), sent, what)
     }
 
     /// A blob as a stream (mirrors first, as for pulls; whoever receives it
@@ -313,6 +324,25 @@ mod tests {
         assert!(manifest_blobs(br#"{"manifests":[]}"#)
             .unwrap_err()
             .contains("config"));
+    }
+
+    #[test]
+    fn a_pushed_digest_other_than_the_bytes_sent_is_an_error() {
+        let body = b"{\"schemaVersion\":2}\n";
+        let sent = crate::image::registry::sha256_digest(body);
+        let resp: ureq::Response = format!(
+            "HTTP/1.1 201 Created\r\nDocker-Content-Digest: {sent}\r\nLocation: /v2/t/a/manifests/{sent}\r\n\r\n"
+        )
+        .parse()
+        .unwrap();
+        assert!(digest_check("reg", resp.header("docker-content-digest"), &sent, "m").is_ok());
+        assert!(digest_check("reg", None, &sent, "m").is_ok());
+        let other = format!("sha256:{}", "0".repeat(64));
+        let e = digest_check("reg", Some(&other), &sent, "manifest t/a:1").unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!("reg: manifest t/a:1 was stored as {other}, but the bytes sent hash to {sent}")),
+            "{e}"
+        );
     }
 
     #[test]
