@@ -101,7 +101,9 @@ pub fn parse_entry(s: &str) -> Result<EntrySpec, String> {
     let mut parts = s.split(',');
     let image = parts.next().unwrap_or("").trim();
     if image.is_empty() {
-        return Err(format!("--entry {s:?}: no image; write `--entry REGISTRY/REPO:TAG[,KEY=VALUE...]`"));
+        return Err(format!(
+            "--entry {s:?}: no image; write `--entry REGISTRY/REPO:TAG[,KEY=VALUE...]`"
+        ));
     }
     let mut e = EntrySpec {
         image: image.to_string(),
@@ -109,7 +111,9 @@ pub fn parse_entry(s: &str) -> Result<EntrySpec, String> {
     };
     for p in parts {
         let Some((k, v)) = p.split_once('=') else {
-            return Err(format!("--entry {s:?}: {p:?} is not KEY=VALUE (keys: {ENTRY_KEYS})"));
+            return Err(format!(
+                "--entry {s:?}: {p:?} is not KEY=VALUE (keys: {ENTRY_KEYS})"
+            ));
         };
         let v = v.trim().to_string();
         match k.trim() {
@@ -138,7 +142,11 @@ pub fn parse_entry(s: &str) -> Result<EntrySpec, String> {
                 })?;
                 e.annotations.insert(ak.to_string(), av.to_string());
             }
-            other => return Err(format!("--entry {s:?}: unknown key {other:?} (keys: {ENTRY_KEYS})")),
+            other => {
+                return Err(format!(
+                    "--entry {s:?}: unknown key {other:?} (keys: {ENTRY_KEYS})"
+                ))
+            }
         }
     }
     Ok(e)
@@ -247,14 +255,20 @@ pub fn resolve(
     let list = |k: &str| -> Vec<String> {
         cfg.get(k)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (mut os, mut arch, mut variant) = (s("os"), s("architecture"), s("variant"));
     if let Some(p) = &spec.platform {
         let f: Vec<&str> = p.split('/').collect();
         if f.len() < 2 || f.len() > 3 || f.iter().any(|x| x.is_empty()) {
-            return Err(bad(format!("platform={p}: want OS/ARCH[/VARIANT], e.g. linux/amd64/v3")));
+            return Err(bad(format!(
+                "platform={p}: want OS/ARCH[/VARIANT], e.g. linux/amd64/v3"
+            )));
         }
         os = Some(f[0].to_string());
         arch = Some(f[1].to_string());
@@ -264,7 +278,9 @@ pub fn resolve(
         variant = Some(v.clone());
     }
     let (Some(os), Some(arch)) = (os, arch) else {
-        return Err(bad("its config names no os and architecture; give platform=OS/ARCH".into()));
+        return Err(bad(
+            "its config names no os and architecture; give platform=OS/ARCH".into(),
+        ));
     };
     let variant = variant.filter(|v| !v.is_empty());
     let mut ann = spec.annotations.clone();
@@ -274,7 +290,11 @@ pub fn resolve(
             Some(cpu::variant_level(&arch, v).ok_or_else(|| {
                 bad(format!(
                     "variant {v:?} is not an {arch} level: want {}",
-                    if arch == "amd64" { "v1..v4" } else { "v8, v8.1..v8.9, v9, v9.N" }
+                    if arch == "amd64" {
+                        "v1..v4"
+                    } else {
+                        "v8, v8.1..v8.9, v9, v9.N"
+                    }
                 ))
             })?)
         }
@@ -287,7 +307,7 @@ pub fn resolve(
         })?;
         if family != Some(m.family().name()) {
             return Err(bad(format!(
-                "target {t} is a {} CPU, the image is {os}/{arch}",
+                "target {t} is for {} CPUs, the image is {os}/{arch}",
                 m.family().name()
             )));
         }
@@ -317,14 +337,20 @@ pub fn resolve(
     }
     for f in &spec.features {
         if f.is_empty() || f.contains(char::is_whitespace) {
-            return Err(bad(format!("feature {f:?}: give CPU flags as /proc/cpuinfo names them (avx512f, sve)")));
+            return Err(bad(format!(
+                "feature {f:?}: give CPU flags as /proc/cpuinfo names them (avx512f, sve)"
+            )));
         }
     }
     if let Some(g) = spec.gpu {
         ann.insert(ANN_GPU.into(), if g { "yes" } else { "no" }.into());
     }
     if let Some(c) = &spec.cuda {
-        if c.is_empty() || !c.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        if c.is_empty()
+            || !c
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err(bad(format!("cuda={c}: want a version like 12.2")));
         }
         ann.insert(ANN_CUDA.into(), c.clone());
@@ -403,13 +429,19 @@ pub fn order(mut entries: Vec<Resolved>) -> (Vec<Resolved>, Vec<String>) {
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut i = 0;
     while i < entries.len() {
-        let key = (entries[i].platform.os.clone(), entries[i].platform.architecture.clone());
+        let key = (
+            entries[i].platform.os.clone(),
+            entries[i].platform.architecture.clone(),
+        );
         if seen.contains(&key) {
             i += 1;
             continue;
         }
         seen.push(key.clone());
-        let same = |e: &Resolved| (e.platform.os.as_str(), e.platform.architecture.as_str()) == (key.0.as_str(), key.1.as_str());
+        let same = |e: &Resolved| {
+            (e.platform.os.as_str(), e.platform.architecture.as_str())
+                == (key.0.as_str(), key.1.as_str())
+        };
         // The least demanding of this platform, first listed on ties.
         let mut best = i;
         for j in i..entries.len() {
@@ -447,7 +479,12 @@ pub fn order(mut entries: Vec<Resolved>) -> (Vec<Resolved>, Vec<String>) {
 /// `linux/amd64/v4 target=zen4 gpu` style label.
 pub fn label(e: &Resolved) -> String {
     let mut s = e.platform.to_string();
-    for (k, name) in [(ANN_TARGET, "target"), (ANN_MPI, "mpi"), (ANN_CUDA, "cuda"), (ANN_WEIGHT, "weight")] {
+    for (k, name) in [
+        (ANN_TARGET, "target"),
+        (ANN_MPI, "mpi"),
+        (ANN_CUDA, "cuda"),
+        (ANN_WEIGHT, "weight"),
+    ] {
         if let Some(v) = e.annotations.get(k) {
             s.push_str(&format!(" {name}={v}"));
         }
@@ -529,7 +566,8 @@ impl Clients {
     fn get(&mut self, name: &str) -> Result<&Registry, RegistryError> {
         if !self.made.contains_key(name) {
             let cfg = self.registries.get(name).cloned().unwrap_or_default();
-            self.made.insert(name.to_string(), Registry::new(name, &cfg, &self.opts)?);
+            self.made
+                .insert(name.to_string(), Registry::new(name, &cfg, &self.opts)?);
         }
         Ok(&self.made[name])
     }
@@ -537,9 +575,14 @@ impl Clients {
 
 /// Parses an image reference that must be in a registry.
 pub fn registry_ref(s: &str, what: &str) -> Result<ImageRef, ComposeError> {
-    match s.parse::<ImageSpec>().map_err(|e| invalid(format!("{what}: {e}")))? {
+    match s
+        .parse::<ImageSpec>()
+        .map_err(|e| invalid(format!("{what}: {e}")))?
+    {
         ImageSpec::Registry(r) => Ok(r),
-        _ => Err(invalid(format!("{what} {s:?}: not a registry image (REGISTRY/REPO:TAG)"))),
+        _ => Err(invalid(format!(
+            "{what} {s:?}: not a registry image (REGISTRY/REPO:TAG)"
+        ))),
     }
 }
 
@@ -613,14 +656,21 @@ pub fn push(mut built: Built) -> Result<Pushed, ComposeError> {
     built.clients.get(target.registry())?;
     let mut copies = Vec::new();
     for e in &built.entries {
-        if e.source.registry() == target.registry() && e.source.repository() == target.repository() {
+        if e.source.registry() == target.registry() && e.source.repository() == target.repository()
+        {
             copies.push(None);
             continue;
         }
         let m = &built.manifests[&e.digest];
         let dst = &built.clients.made[target.registry()];
         let src = &built.clients.made[e.source.registry()];
-        let report = dst.copy_image(target.repository(), src, e.source.repository(), m, &e.media_type)?;
+        let report = dst.copy_image(
+            target.repository(),
+            src,
+            e.source.repository(),
+            m,
+            &e.media_type,
+        )?;
         copies.push(Some(report));
     }
     let dst = &built.clients.made[target.registry()];

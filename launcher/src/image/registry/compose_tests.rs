@@ -8,7 +8,9 @@ use crate::select::cpu::tests::{arch_of, fixture};
 use crate::select::{select, JobRequest, Mpi};
 
 fn d(c: char) -> Digest {
-    format!("sha256:{}", c.to_string().repeat(64)).parse().unwrap()
+    format!("sha256:{}", c.to_string().repeat(64))
+        .parse()
+        .unwrap()
 }
 
 fn manifest(c: char) -> FetchedManifest {
@@ -24,7 +26,8 @@ fn manifest(c: char) -> FetchedManifest {
     }
 }
 
-const AMD64: &[u8] = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+const AMD64: &[u8] =
+    br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
 const ARM64: &[u8] = br#"{"architecture":"arm64","os":"linux","variant":"v8"}"#;
 
 fn entry(spec: &str, config: &[u8], c: char) -> Result<Resolved, ComposeError> {
@@ -53,7 +56,10 @@ fn entry_options_cover_every_field_selection_reads() {
     assert_eq!(e.target.as_deref(), Some("skylake_avx512"));
     assert_eq!((e.gpu, e.cuda.as_deref()), (Some(true), Some("12.2")));
     assert_eq!(e.weight, Some(5));
-    assert_eq!((e.mpi.as_deref(), e.mpi_version.as_deref()), (Some("mpich"), Some("4.1")));
+    assert_eq!(
+        (e.mpi.as_deref(), e.mpi_version.as_deref()),
+        (Some("mpich"), Some("4.1"))
+    );
     assert_eq!(e.features, ["avx512f", "avx512bw"]);
     assert_eq!(e.annotations["org.example.k"], "v=w");
     // The same from a spec file.
@@ -102,17 +108,44 @@ fn platform_comes_from_the_image_config_and_the_author_overrides_it() {
     assert_eq!(e.platform.to_string(), "linux/amd64");
     assert!(e.annotations.is_empty());
     assert_eq!(e.size, manifest('a').body.len() as u64);
-    assert_eq!(ok("r/a:1", ARM64, 'a').platform.to_string(), "linux/arm64/v8");
-    assert_eq!(ok("r/a:1,variant=v3", AMD64, 'a').platform.to_string(), "linux/amd64/v3");
-    assert_eq!(ok("r/a:1,platform=linux/arm64/v8.2", AMD64, 'a').platform.to_string(), "linux/arm64/v8.2");
+    assert_eq!(
+        ok("r/a:1", ARM64, 'a').platform.to_string(),
+        "linux/arm64/v8"
+    );
+    assert_eq!(
+        ok("r/a:1,variant=v3", AMD64, 'a').platform.to_string(),
+        "linux/amd64/v3"
+    );
+    assert_eq!(
+        ok("r/a:1,platform=linux/arm64/v8.2", AMD64, 'a')
+            .platform
+            .to_string(),
+        "linux/arm64/v8.2"
+    );
     // A target brings its generic level as the variant.
     let e = ok("r/a:1,target=skylake_avx512", AMD64, 'a');
     assert_eq!(e.platform.variant.as_deref(), Some("v4"));
     assert_eq!(e.annotations[ANN_TARGET], "skylake_avx512");
-    assert_eq!(ok("r/a:1,target=haswell", AMD64, 'a').platform.variant.as_deref(), Some("v3"));
+    assert_eq!(
+        ok("r/a:1,target=haswell", AMD64, 'a')
+            .platform
+            .variant
+            .as_deref(),
+        Some("v3")
+    );
     // A lower variant with a target is kept (it is what the author built for).
-    assert_eq!(ok("r/a:1,target=zen4,variant=v3", AMD64, 'a').platform.variant.as_deref(), Some("v3"));
-    let e = ok("r/a:1,gpu=yes,cuda=12.2,mpi=openmpi,mpi-version=4.1,weight=-2", AMD64, 'a');
+    assert_eq!(
+        ok("r/a:1,target=zen4,variant=v3", AMD64, 'a')
+            .platform
+            .variant
+            .as_deref(),
+        Some("v3")
+    );
+    let e = ok(
+        "r/a:1,gpu=yes,cuda=12.2,mpi=openmpi,mpi-version=4.1,weight=-2",
+        AMD64,
+        'a',
+    );
     assert_eq!(e.annotations[ANN_GPU], "yes");
     assert_eq!(e.annotations[ANN_CUDA], "12.2");
     assert_eq!(e.annotations[ANN_MPI], "openmpi");
@@ -123,18 +156,37 @@ fn platform_comes_from_the_image_config_and_the_author_overrides_it() {
 #[test]
 fn values_selection_would_refuse_everywhere_are_errors() {
     for (spec, config, want) in [
-        ("r/a:1,variant=v5", AMD64, "variant \"v5\" is not an amd64 level"),
-        ("r/a:1,target=skylake", ARM64, "target skylake is a x86_64 CPU, the image is linux/arm64"),
+        (
+            "r/a:1,variant=v5",
+            AMD64,
+            "variant \"v5\" is not an amd64 level",
+        ),
+        (
+            "r/a:1,target=skylake",
+            ARM64,
+            "target skylake is for x86_64 CPUs, the image is linux/arm64",
+        ),
         ("r/a:1,target=pentium9", AMD64, "not an archspec target"),
-        ("r/a:1,target=haswell,variant=v4", AMD64, "variant v4 is above target haswell, whose level is v3"),
+        (
+            "r/a:1,target=haswell,variant=v4",
+            AMD64,
+            "variant v4 is above target haswell, whose level is v3",
+        ),
         ("r/a:1,mpi=lam", AMD64, "mpi=lam: not an MPI"),
         ("r/a:1,cuda=twelve", AMD64, "want a version like 12.2"),
-        ("r/a:1,annotation=org.supercontainers.compatibility.weight=x", AMD64, "is not an integer"),
+        (
+            "r/a:1,annotation=org.supercontainers.compatibility.weight=x",
+            AMD64,
+            "is not an integer",
+        ),
         ("r/a:1,platform=linux", AMD64, "want OS/ARCH[/VARIANT]"),
         ("r/a:1", br#"{"rootfs":{}}"#, "names no os and architecture"),
     ] {
         let e = err(spec, config);
-        assert!(e.contains(want) && e.starts_with("entry r/a:1"), "{spec}: {e}");
+        assert!(
+            e.contains(want) && e.starts_with("entry r/a:1"),
+            "{spec}: {e}"
+        );
     }
 }
 
@@ -142,11 +194,15 @@ fn values_selection_would_refuse_everywhere_are_errors() {
 fn an_index_or_an_artifact_is_not_an_entry() {
     let idx = FetchedManifest {
         digest: d('c'),
-        body: format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#).into_bytes(),
+        body: format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#)
+            .into_bytes(),
         content_type: None,
     };
     let e = image_config_digest("r/a:1", &idx).unwrap_err().to_string();
-    assert!(e.contains("is an image index") && e.contains("r/a:1@sha256:"), "{e}");
+    assert!(
+        e.contains("is an image index") && e.contains("r/a:1@sha256:"),
+        "{e}"
+    );
     let art = FetchedManifest {
         digest: d('c'),
         body: br#"{"schemaVersion":2,"config":{"digest":"x","size":1}}"#.to_vec(),
@@ -191,7 +247,9 @@ fn the_generic_build_goes_first_with_a_warning() {
     assert_eq!(tags(&v), ["arm64", "generic", "v4", "zen4", "v3", "gpu"]);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
-        w[0].starts_with("moved reg.io/t/p:generic (linux/amd64) before reg.io/t/p:v4 (linux/amd64/v4)"),
+        w[0].starts_with(
+            "moved reg.io/t/p:generic (linux/amd64) before reg.io/t/p:v4 (linux/amd64/v4)"
+        ),
         "{w:?}"
     );
     // No plain build at all: the least demanding goes first, and a warning
@@ -199,7 +257,10 @@ fn the_generic_build_goes_first_with_a_warning() {
     let (v, w) = order(hpc(&["v4", "gpu", "v3"]));
     assert_eq!(tags(&v), ["v3", "v4", "gpu"]);
     assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w[1].contains("no linux/amd64 entry without CPU, GPU or MPI requirements"), "{w:?}");
+    assert!(
+        w[1].contains("no linux/amd64 entry without CPU, GPU or MPI requirements"),
+        "{w:?}"
+    );
 }
 
 fn node(cpu: &str) -> NodeCapabilities {
@@ -210,7 +271,10 @@ fn node(cpu: &str) -> NodeCapabilities {
 fn the_written_index_is_what_selection_reads() {
     let (v, _) = order(hpc(&["generic", "v3", "v4", "gpu", "zen4", "arm64"]));
     let mut ann = BTreeMap::new();
-    ann.insert("org.opencontainers.image.source".to_string(), "x".to_string());
+    ann.insert(
+        "org.opencontainers.image.source".to_string(),
+        "x".to_string(),
+    );
     let bytes = render(&v, &ann);
     assert_eq!(render(&v, &ann), bytes, "deterministic");
     assert!(bytes.ends_with(b"}\n"));
@@ -218,7 +282,10 @@ fn the_written_index_is_what_selection_reads() {
     assert_eq!(doc["mediaType"], OCI_INDEX);
     assert_eq!(doc["schemaVersion"], 2);
     assert_eq!(doc["annotations"]["org.opencontainers.image.source"], "x");
-    assert!(doc["manifests"][0].get("annotations").is_none(), "no empty annotations");
+    assert!(
+        doc["manifests"][0].get("annotations").is_none(),
+        "no empty annotations"
+    );
     let read = crate::select::index::entries(&bytes).unwrap();
     assert_eq!(read.len(), 6);
     for (r, e) in read.iter().zip(&v) {
@@ -240,13 +307,20 @@ fn the_written_index_is_what_selection_reads() {
     assert_eq!(pick("zen2"), "v3");
     assert_eq!(pick("neoverse_v1"), "arm64");
     // Features are written where selection reads them.
-    let f = ok("reg.io/t/p:f,variant=v4,features=avx512f+avx512_fp16", AMD64, '7');
+    let f = ok(
+        "reg.io/t/p:f,variant=v4,features=avx512f+avx512_fp16",
+        AMD64,
+        '7',
+    );
     let bytes = render(&[f], &BTreeMap::new());
     let read = crate::select::index::entries(&bytes).unwrap();
     assert_eq!(read[0].features, ["avx512f", "avx512_fp16"]);
     let dec = select(&bytes, &node("skylake_avx512"), &job).unwrap();
     assert!(dec.chosen.is_none(), "skylake has no avx512_fp16");
-    assert!(select(&bytes, &node("sapphirerapids"), &job).unwrap().chosen.is_some());
+    assert!(select(&bytes, &node("sapphirerapids"), &job)
+        .unwrap()
+        .chosen
+        .is_some());
 }
 
 #[test]
@@ -263,7 +337,11 @@ fn mpi_entries_follow_the_jobs_module() {
         let dec = select(&bytes, &node("haswell"), &job).unwrap();
         v[dec.chosen.unwrap()].source.tag().unwrap().to_string()
     };
-    assert_eq!(pick(JobRequest::default()), "ompi", "no MPI module: the weight decides");
+    assert_eq!(
+        pick(JobRequest::default()),
+        "ompi",
+        "no MPI module: the weight decides"
+    );
     let mpich = Mpi {
         implementation: "mpich".into(),
         version: Some("4.0.2".into()),

@@ -422,13 +422,11 @@ impl Registry {
         f(last)
     }
 
-
     /// `host[:port]` of the registry itself.
     pub fn name(&self) -> &str {
         &self.name
     }
 }
-
 
 fn read_capped(resp: ureq::Response, registry: &str, what: &str) -> Result<Vec<u8>, RegistryError> {
     let mut body = Vec::new();

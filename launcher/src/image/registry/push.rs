@@ -146,7 +146,11 @@ impl Registry {
         from: &str,
     ) -> Result<Mount, RegistryError> {
         let path = with_query(
-            &with_query(&format!("/v2/{repository}/blobs/uploads/"), "mount", digest.as_str()),
+            &with_query(
+                &format!("/v2/{repository}/blobs/uploads/"),
+                "mount",
+                digest.as_str(),
+            ),
             "from",
             from,
         );
@@ -296,7 +300,12 @@ impl Registry {
             self.upload_blob(repository, &digest, size, location, &open)?;
             report.copied += 1;
         }
-        self.put_manifest(repository, manifest.digest.as_str(), &manifest.body, media_type)?;
+        self.put_manifest(
+            repository,
+            manifest.digest.as_str(),
+            &manifest.body,
+            media_type,
+        )?;
         Ok(report)
     }
 }
@@ -340,7 +349,9 @@ mod tests {
         let other = format!("sha256:{}", "0".repeat(64));
         let e = digest_check("reg", Some(&other), &sent, "manifest t/a:1").unwrap_err();
         assert!(
-            e.to_string().starts_with(&format!("reg: manifest t/a:1 was stored as {other}, but the bytes sent hash to {sent}")),
+            e.to_string().starts_with(&format!(
+                "reg: manifest t/a:1 was stored as {other}, but the bytes sent hash to {sent}"
+            )),
             "{e}"
         );
     }

@@ -498,7 +498,10 @@ mod tests {
             token_scopes("repository:t/a:pull,push repository:t/b:pull"),
             "scope=repository%3At%2Fa%3Apull%2Cpush&scope=repository%3At%2Fb%3Apull"
         );
-        assert_eq!(token_scopes("repository:x:pull"), "scope=repository%3Ax%3Apull");
+        assert_eq!(
+            token_scopes("repository:x:pull"),
+            "scope=repository%3Ax%3Apull"
+        );
     }
 
     #[test]
