@@ -55,6 +55,16 @@ skopeo copy -q --src-cert-dir "$CERTS" docker://{REG}/shoal/busybox:latest "oci:
 for v in generic v3 v4 gpu zen4 arm64 ompi mpich; do
     umoci unpack --image "$W/oci:base" "$W/b-$v" >/dev/null
     echo "variant $v" > "$W/b-$v/rootfs/etc/variant"
+    if [ $v = ompi ] || [ $v = mpich ]; then
+        # A glibc and its (static) ldconfig, the node's, for the host
+        # libraries of the `mpich` module.
+        G=/lib/x86_64-linux-gnu
+        mkdir -p "$W/b-$v/rootfs$G" "$W/b-$v/rootfs/lib64" "$W/b-$v/rootfs/sbin"
+        cp $G/libc.so.6 $G/libm.so.6 $G/ld-linux-x86-64.so.2 "$W/b-$v/rootfs$G/"
+        ln -s $G/ld-linux-x86-64.so.2 "$W/b-$v/rootfs/lib64/"
+        cp /sbin/ldconfig "$W/b-$v/rootfs/sbin/"
+        echo $G > "$W/b-$v/rootfs/etc/ld.so.conf"
+    fi
     umoci repack --image "$W/oci:$v" "$W/b-$v"
     [ $v != arm64 ] || umoci config --image "$W/oci:$v" --architecture arm64
     # One plain image per tag, for `shoal index create` (built_index).

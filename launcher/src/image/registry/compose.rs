@@ -249,6 +249,24 @@ pub fn resolve(
         image: spec.image.clone(),
         reason,
     };
+    // Raw annotations Shoal reads are checked as the options are.
+    let mut spec = spec.clone();
+    let raw = &mut spec.annotations;
+    if let Some(t) = raw.remove(ANN_TARGET) {
+        spec.target.get_or_insert(t);
+    }
+    if let Some(m) = raw.remove(ANN_MPI) {
+        spec.mpi.get_or_insert(m);
+    }
+    if let Some(c) = raw.remove(ANN_CUDA) {
+        spec.cuda.get_or_insert(c);
+    }
+    if let Some(g) = raw.get(ANN_GPU) {
+        if g != "yes" && g != "no" {
+            return Err(bad(format!("{ANN_GPU} {g:?}: want yes or no")));
+        }
+    }
+    let spec = &spec;
     let cfg: Value = serde_json::from_slice(config)
         .map_err(|e| bad(format!("its image config is not JSON ({e})")))?;
     let s = |k: &str| cfg.get(k).and_then(Value::as_str).map(str::to_string);

@@ -180,6 +180,16 @@ fn values_selection_would_refuse_everywhere_are_errors() {
             "is not an integer",
         ),
         ("r/a:1,platform=linux", AMD64, "want OS/ARCH[/VARIANT]"),
+        (
+            "r/a:1,annotation=io.archspec.cpu.target=zen9",
+            AMD64,
+            "not an archspec target",
+        ),
+        (
+            "r/a:1,annotation=org.supercontainers.hardware.gpu.available=Y",
+            AMD64,
+            "want yes or no",
+        ),
         ("r/a:1", br#"{"rootfs":{}}"#, "names no os and architecture"),
     ] {
         let e = err(spec, config);
