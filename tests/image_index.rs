@@ -572,3 +572,59 @@ fn a_jobs_mpi_module_picks_the_entry_of_its_abi_family() {
         "{sel}"
     );
 }
+
+/// `shoal index create` into another registry, one with Bearer-token auth
+/// (127.0.0.1:5445, the test login): the entries' blobs are streamed from
+/// the first registry, the index pushed with a token for push, and the
+/// result pulls and runs.
+#[test]
+fn shoal_index_copies_entries_into_another_registry_with_a_token_login() {
+    let _s = serial();
+    let tb = slurm();
+    index_digest(tb);
+    let dir = tb.user_tempdir("index-token");
+    let d = dir.display();
+    let img = "127.0.0.1:5445/t14/copied:1";
+    let create = format!(
+        "SSL_CERT_FILE=/var/lib/shoal-testbed/tls/cert.pem shoal index create {img} \
+         --entry {REG}/t14/hpc-parts:generic --entry {REG}/t14/hpc-parts:v3,variant=v3"
+    );
+    let e = fails(&tb.user(&format!("cd {d} && {create}")));
+    assert!(
+        e.contains("127.0.0.1:5445: authentication failed (no saved login found)"),
+        "{e}"
+    );
+    let out = ok(&tb.user(&format!(
+        "cd {d} && printf '{{\"auths\":{{\"127.0.0.1:5445\":{{\"auth\":\"%s\"}}}}}}' \
+         \"$(printf %s shoaltest:shoal-test-password | base64)\" > auth.json && \
+         export REGISTRY_AUTH_FILE=$PWD/auth.json SSL_CERT_FILE=/var/lib/shoal-testbed/tls/cert.pem && \
+         {create} && shoal pull -q {img} && \
+         shoal select --json {img} > sel.json && shoal run {img} cat /etc/variant"
+    )));
+    let lines: Vec<&str> = out.lines().collect();
+    for l in lines.iter().filter(|l| l.starts_with("  [")) {
+        // Streamed across registries (or there from an earlier run).
+        assert!(
+            l.ends_with("already in the repository") || l.contains("0 blobs mounted"),
+            "{l}"
+        );
+    }
+    let digest = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("pushed image index "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{out}"));
+    let sel: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("sel.json")).unwrap()).unwrap();
+    assert_eq!(sel["index"].as_str(), Some(digest));
+    let want = if expected_here() == "generic" {
+        "generic"
+    } else {
+        "v3"
+    };
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("variant {want}").as_str()),
+        "{out}"
+    );
+}
