@@ -12,6 +12,7 @@ mod config_cmd;
 mod gc;
 mod images;
 mod import;
+mod index;
 mod inspect;
 mod pull;
 mod rm;
@@ -41,6 +42,9 @@ enum Command {
     Pull(pull::PullArgs),
     /// List the images in the site and user stores.
     Images(images::ImagesArgs),
+    /// Build an image index (one entry per CPU level, GPU or MPI build) and push it.
+    #[command(subcommand)]
+    Index(index::IndexCmd),
     /// Show a stored image's metadata and run settings.
     Inspect(inspect::InspectArgs),
     /// Remove image references (and images nothing else names).
@@ -69,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(cmd, &cli.config),
         Command::Pull(args) => pull::run(args, &cli.config),
         Command::Images(args) => images::run(args, &cli.config),
+        Command::Index(cmd) => index::run(cmd, &cli.config),
         Command::Inspect(args) => inspect::run(args, &cli.config),
         Command::Rm(args) => rm::run(args, &cli.config),
         Command::Gc(args) => gc::run(args, &cli.config),

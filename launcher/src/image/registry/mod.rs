@@ -1,7 +1,9 @@
-//! A client of the OCI distribution API, just what pulling needs: manifests
-//! (GET and HEAD), blobs streamed to files while they are hashed, anonymous,
-//! Bearer-token and basic auth, TLS checked by default, mirrors, and retries
-//! with backoff on 5xx, 429 and dropped connections.
+//! A client of the OCI distribution API: for pulls, manifests (GET and
+//! HEAD) and blobs streamed to files while they are hashed; for `shoal
+//! index`, manifest PUT and blob mount or copy ([`push`]); anonymous,
+//! Bearer-token and basic auth, TLS checked by default, mirrors (pulls
+//! only), and retries with backoff on 5xx, 429 and dropped connections
+//! ([`request`]).
 //!
 //! Blocking on purpose: callers run parallel downloads on plain threads, and
 //! the SPANK plugin links this crate without an async runtime.
@@ -11,6 +13,9 @@
 //! other than the one they were saved for (redirects drop them).
 
 pub mod auth;
+pub mod compose;
+mod push;
+mod request;
 mod tls;
 
 use std::collections::HashMap;
@@ -23,7 +28,8 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 use ureq::Agent;
 
-use self::auth::{Challenge, Credentials};
+use self::auth::Credentials;
+use self::request::Method;
 use crate::config::RegistryConfig;
 use crate::reference::Digest;
 
@@ -41,12 +47,27 @@ pub enum RegistryError {
         registry: String,
         credentials: Option<PathBuf>,
     },
-    #[error(
-        "{registry}: access to {repository} denied (HTTP 403); check that your login may pull it"
-    )]
+    #[error("{registry}: access to {repository} denied (HTTP 403); check that your login may {action} it")]
     Denied {
         registry: String,
         repository: String,
+        action: &'static str,
+    },
+    #[error("{registry}: the registry refused {what} (HTTP {status}{}{detail})", if .detail.is_empty() { "" } else { ": " })]
+    Rejected {
+        registry: String,
+        what: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{registry}: the registry sent an upload to another host ({location}); Shoal sends no login or data there: push to that host directly")]
+    ForeignLocation { registry: String, location: String },
+    #[error("{registry}: {what} was stored as {got}, but the bytes sent hash to {sent}; the registry changed them: tell its admin")]
+    PushedDigest {
+        registry: String,
+        what: String,
+        sent: Digest,
+        got: String,
     },
     #[error("{registry}: TLS certificate check failed ({detail}); give the registry's CA with `ca_file` in [registries.\"{registry}\"] of the Shoal config or SSL_CERT_FILE, or use --tls-verify=false for a lab registry")]
     Tls { registry: String, detail: String },
@@ -258,27 +279,34 @@ impl Registry {
         repository: &str,
         reference: &str,
     ) -> Result<FetchedManifest, RegistryError> {
-        self.on_endpoints(|ep| {
-            let path = format!("/v2/{repository}/manifests/{reference}");
-            let what = format!("{repository}:{reference}");
-            let resp = self.send(ep, Method::Get, &path, repository, &what)?;
-            let content_type = resp.header("content-type").map(str::to_string);
-            let body = read_capped(resp, &ep.name, &what)?;
-            let digest = sha256_digest(&body);
-            if let Ok(want) = reference.parse::<Digest>() {
-                if want != digest {
-                    return Err(RegistryError::DigestMismatch {
-                        registry: ep.name.clone(),
-                        digest: want,
-                        actual: digest.to_string(),
-                    });
-                }
+        self.on_endpoints(|ep| self.manifest_on(ep, repository, reference))
+    }
+
+    fn manifest_on(
+        &self,
+        ep: &Endpoint,
+        repository: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let what = format!("{repository}:{reference}");
+        let resp = self.send(ep, Method::Get, &path, repository, &what)?;
+        let content_type = resp.header("content-type").map(str::to_string);
+        let body = read_capped(resp, &ep.name, &what)?;
+        let digest = sha256_digest(&body);
+        if let Ok(want) = reference.parse::<Digest>() {
+            if want != digest {
+                return Err(RegistryError::DigestMismatch {
+                    registry: ep.name.clone(),
+                    digest: want,
+                    actual: digest.to_string(),
+                });
             }
-            Ok(FetchedManifest {
-                digest,
-                body,
-                content_type,
-            })
+        }
+        Ok(FetchedManifest {
+            digest,
+            body,
+            content_type,
         })
     }
 
@@ -394,295 +422,10 @@ impl Registry {
         f(last)
     }
 
-    /// One request with auth and retries. Returns only 2xx responses.
-    fn send(
-        &self,
-        ep: &Endpoint,
-        method: Method,
-        path: &str,
-        repository: &str,
-        what: &str,
-    ) -> Result<ureq::Response, RegistryError> {
-        let url = format!("{}{path}", ep.base);
-        let tries = if ep.mirror { 1 } else { self.tries };
-        let mut tried_auth = false;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // A saved login goes along from the first request (it was saved
-            // for this very host): a basic-auth registry then answers at
-            // once, and a token registry challenges as it would anyway.
-            let auth = ep
-                .tokens
-                .lock()
-                .unwrap()
-                .get(repository)
-                .cloned()
-                .or_else(|| ep.creds.as_ref().map(Credentials::basic_header));
-            let verb = match method {
-                Method::Get => "GET",
-                Method::Head => "HEAD",
-            };
-            if self.trace {
-                eprintln!("shoal: http {verb} {url}");
-            }
-            let mut req = self
-                .agent
-                .request(verb, &url)
-                .set("Accept", super::manifest::ACCEPT_MANIFESTS);
-            if let Some(a) = &auth {
-                req = req.set("Authorization", a);
-            }
-            let (outcome, resp, transport) = match req.call() {
-                Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(code, resp)) => (
-                    Outcome::Status {
-                        code,
-                        retry_after: retry_after(&resp),
-                    },
-                    Some(resp),
-                    None,
-                ),
-                Err(ureq::Error::Transport(t)) => {
-                    let tls = tls_failure(&t);
-                    (
-                        Outcome::Transport { tls: tls.is_some() },
-                        None,
-                        Some((t.to_string(), tls)),
-                    )
-                }
-            };
-            match next_step(&outcome, attempt, tries, tried_auth, self.backoff) {
-                Next::Authenticate => {
-                    tried_auth = true;
-                    attempt -= 1; // the challenge round is not a failure
-                    let challenge = resp
-                        .as_ref()
-                        .and_then(|r| r.header("www-authenticate"))
-                        .and_then(auth::parse_challenge);
-                    let header = self.authorize(ep, challenge, repository)?;
-                    ep.tokens
-                        .lock()
-                        .unwrap()
-                        .insert(repository.to_string(), header);
-                }
-                Next::RetryAfter(wait) => std::thread::sleep(wait),
-                Next::Fail(f) => {
-                    let registry = ep.name.clone();
-                    let (detail, tls) = transport.unwrap_or_default();
-                    return Err(match f {
-                        Failure::Unauthorized => RegistryError::Unauthorized {
-                            registry,
-                            credentials: ep.creds.as_ref().map(|c| c.source.clone()),
-                        },
-                        Failure::Denied => RegistryError::Denied {
-                            registry,
-                            repository: repository.to_string(),
-                        },
-                        Failure::NotFound => RegistryError::NotFound {
-                            reference: format!("{registry}/{what}"),
-                            registry,
-                        },
-                        Failure::Server(status) => RegistryError::Server {
-                            registry,
-                            status,
-                            what: what.to_string(),
-                            tries: attempt,
-                        },
-                        Failure::Tls => RegistryError::Tls {
-                            registry,
-                            detail: tls.unwrap_or(detail),
-                        },
-                        Failure::Unreachable => RegistryError::Unreachable {
-                            registry,
-                            detail,
-                            tries: attempt,
-                        },
-                    });
-                }
-            }
-        }
-    }
-
-    /// Answers a 401 challenge: basic credentials, or a Bearer token from
-    /// the realm (with credentials when saved, anonymous otherwise).
-    fn authorize(
-        &self,
-        ep: &Endpoint,
-        challenge: Option<Challenge>,
-        repository: &str,
-    ) -> Result<String, RegistryError> {
-        let unauthorized = || RegistryError::Unauthorized {
-            registry: ep.name.clone(),
-            credentials: ep.creds.as_ref().map(|c| c.source.clone()),
-        };
-        match challenge {
-            Some(Challenge::Basic) | None => ep
-                .creds
-                .as_ref()
-                .map(Credentials::basic_header)
-                .ok_or_else(unauthorized),
-            Some(Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            }) => {
-                let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
-                let mut url = format!(
-                    "{realm}{}scope={}",
-                    if realm.contains('?') { '&' } else { '?' },
-                    auth::query_escape(&scope)
-                );
-                if let Some(s) = service {
-                    url.push_str(&format!("&service={}", auth::query_escape(&s)));
-                }
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    if self.trace {
-                        eprintln!("shoal: http GET {realm} (token)");
-                    }
-                    let mut req = self.agent.get(&url);
-                    if let Some(c) = &ep.creds {
-                        req = req.set("Authorization", &c.basic_header());
-                    }
-                    match req.call() {
-                        Ok(resp) => {
-                            let body = read_capped(resp, &ep.name, "token")?;
-                            #[derive(serde::Deserialize)]
-                            struct Token {
-                                token: Option<String>,
-                                access_token: Option<String>,
-                            }
-                            let t: Token =
-                                serde_json::from_slice(&body).map_err(|_| unauthorized())?;
-                            let t = t.token.or(t.access_token).ok_or_else(unauthorized)?;
-                            return Ok(format!("Bearer {t}"));
-                        }
-                        Err(ureq::Error::Status(code, _))
-                            if code >= 500 && attempt < self.tries =>
-                        {
-                            std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
-                        }
-                        Err(ureq::Error::Status(..)) => return Err(unauthorized()),
-                        Err(ureq::Error::Transport(t)) => {
-                            if let Some(detail) = tls_failure(&t) {
-                                return Err(RegistryError::Tls {
-                                    registry: ep.name.clone(),
-                                    detail,
-                                });
-                            }
-                            if attempt >= self.tries {
-                                return Err(RegistryError::Unreachable {
-                                    registry: ep.name.clone(),
-                                    detail: format!("token service {realm}: {t}"),
-                                    tries: attempt,
-                                });
-                            }
-                            std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// `host[:port]` of the registry itself.
     pub fn name(&self) -> &str {
         &self.name
     }
-}
-
-/// What came back for one request, as far as the retry loop cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    /// A non-2xx status (2xx never reaches the decision).
-    Status {
-        code: u16,
-        retry_after: Option<Duration>,
-    },
-    /// No response: refused, reset, timed out, or a failed TLS check.
-    Transport { tls: bool },
-}
-
-/// What the request loop does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Next {
-    /// Answer the 401 challenge, then ask again (once).
-    Authenticate,
-    /// Wait, then ask again.
-    RetryAfter(Duration),
-    Fail(Failure),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Failure {
-    Unauthorized,
-    Denied,
-    NotFound,
-    Server(u16),
-    Unreachable,
-    Tls,
-}
-
-/// The retry policy as a pure decision: 5xx, 429 and transport failures
-/// are retried with doubling backoff (or the server's `Retry-After`, capped
-/// at 30 s) until `tries` attempts; a failed certificate check never is.
-fn next_step(
-    outcome: &Outcome,
-    attempt: u32,
-    tries: u32,
-    tried_auth: bool,
-    backoff: Duration,
-) -> Next {
-    let wait = backoff * 2u32.pow(attempt.saturating_sub(1).min(6));
-    match *outcome {
-        Outcome::Transport { tls: true } => Next::Fail(Failure::Tls),
-        Outcome::Transport { tls: false } if attempt < tries => Next::RetryAfter(wait),
-        Outcome::Transport { tls: false } => Next::Fail(Failure::Unreachable),
-        Outcome::Status { code: 401, .. } if !tried_auth => Next::Authenticate,
-        Outcome::Status { code: 401, .. } => Next::Fail(Failure::Unauthorized),
-        Outcome::Status { code: 403, .. } => Next::Fail(Failure::Denied),
-        Outcome::Status { code: 404, .. } => Next::Fail(Failure::NotFound),
-        Outcome::Status {
-            code: 429 | 500..=599,
-            retry_after,
-            ..
-        } if attempt < tries => {
-            Next::RetryAfter(retry_after.unwrap_or(wait).min(Duration::from_secs(30)))
-        }
-        Outcome::Status { code, .. } => Next::Fail(Failure::Server(code)),
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Method {
-    Get,
-    Head,
-}
-
-fn retry_after(resp: &ureq::Response) -> Option<Duration> {
-    let secs: u64 = resp.header("retry-after")?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs))
-}
-
-/// Whether a transport error is a failed certificate check (not retried:
-/// it will not fix itself), and a short description.
-fn tls_failure(t: &ureq::Transport) -> Option<String> {
-    let mut source: Option<&dyn std::error::Error> = Some(t);
-    while let Some(e) = source {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r.to_string());
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(r.to_string());
-            }
-        }
-        source = e.source();
-    }
-    let text = t.to_string();
-    (text.contains("certificate") || text.contains("UnknownIssuer")).then_some(text)
 }
 
 fn read_capped(resp: ureq::Response, registry: &str, what: &str) -> Result<Vec<u8>, RegistryError> {
@@ -741,99 +484,4 @@ fn copy_hashing(
         .parse()
         .expect("sha256 hex is a digest");
     Ok((total, digest))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const B: Duration = Duration::from_millis(250);
-
-    fn status(code: u16) -> Outcome {
-        Outcome::Status {
-            code,
-            retry_after: None,
-        }
-    }
-
-    #[test]
-    fn server_errors_and_throttling_are_retried_with_doubling_backoff() {
-        for code in [500, 502, 503, 429] {
-            assert_eq!(
-                next_step(&status(code), 1, 5, false, B),
-                Next::RetryAfter(B),
-                "{code}"
-            );
-            assert_eq!(
-                next_step(&status(code), 3, 5, false, B),
-                Next::RetryAfter(B * 4),
-                "{code}"
-            );
-            assert_eq!(
-                next_step(&status(code), 5, 5, false, B),
-                Next::Fail(Failure::Server(code)),
-                "{code}"
-            );
-        }
-    }
-
-    #[test]
-    fn retry_after_is_honoured_but_capped() {
-        let o = Outcome::Status {
-            code: 429,
-            retry_after: Some(Duration::from_secs(7)),
-        };
-        assert_eq!(
-            next_step(&o, 1, 5, false, B),
-            Next::RetryAfter(Duration::from_secs(7))
-        );
-        let o = Outcome::Status {
-            code: 503,
-            retry_after: Some(Duration::from_secs(3600)),
-        };
-        assert_eq!(
-            next_step(&o, 1, 5, false, B),
-            Next::RetryAfter(Duration::from_secs(30))
-        );
-    }
-
-    #[test]
-    fn dropped_connections_are_retried_but_certificate_failures_are_not() {
-        let dropped = Outcome::Transport { tls: false };
-        assert_eq!(next_step(&dropped, 1, 5, false, B), Next::RetryAfter(B));
-        assert_eq!(
-            next_step(&dropped, 5, 5, false, B),
-            Next::Fail(Failure::Unreachable)
-        );
-        assert_eq!(
-            next_step(&Outcome::Transport { tls: true }, 1, 5, false, B),
-            Next::Fail(Failure::Tls)
-        );
-        // A mirror gets one try: the next endpoint is its retry.
-        assert_eq!(
-            next_step(&dropped, 1, 1, false, B),
-            Next::Fail(Failure::Unreachable)
-        );
-    }
-
-    #[test]
-    fn a_challenge_is_answered_once_and_client_errors_are_final() {
-        assert_eq!(next_step(&status(401), 1, 5, false, B), Next::Authenticate);
-        assert_eq!(
-            next_step(&status(401), 1, 5, true, B),
-            Next::Fail(Failure::Unauthorized)
-        );
-        assert_eq!(
-            next_step(&status(403), 1, 5, false, B),
-            Next::Fail(Failure::Denied)
-        );
-        assert_eq!(
-            next_step(&status(404), 1, 5, false, B),
-            Next::Fail(Failure::NotFound)
-        );
-        assert_eq!(
-            next_step(&status(400), 1, 5, false, B),
-            Next::Fail(Failure::Server(400))
-        );
-    }
 }
