@@ -150,6 +150,13 @@ mod tests {
             .collect()
     }
 
+    /// The error planning module `m` on `host` (and an empty image) ends in.
+    fn refusal(module: &str, host: &MemImage) -> String {
+        plan(module, host, &MemImage::new(), None)
+            .unwrap_err()
+            .to_string()
+    }
+
     fn host_dev() -> MemImage {
         MemImage::new()
             .device("/dev/infiniband/uverbs0")
@@ -193,22 +200,12 @@ mod tests {
 
     #[test]
     fn a_device_glob_that_matches_a_plain_file_or_nothing_is_refused() {
-        let image = MemImage::new();
-        let e = plan(
-            "devices = [\"/dev/infiniband/*\"]\n",
-            &host_dev(),
-            &image,
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refusal("devices = [\"/dev/infiniband/*\"]\n", &host_dev());
         assert!(
             e.contains("/dev/infiniband/README") && e.contains("not a device node"),
             "{e}"
         );
-        let e = plan("devices = [\"/dev/hfi1_*\"]\n", &host_dev(), &image, None)
-            .unwrap_err()
-            .to_string();
+        let e = refusal("devices = [\"/dev/hfi1_*\"]\n", &host_dev());
         assert!(
             e.contains("[modules.m] devices") && e.contains("matches no file on this node"),
             "{e}"
@@ -236,23 +233,12 @@ mod tests {
 
     #[test]
     fn two_device_files_with_one_gpu_number_are_a_config_error() {
-        let e = plan(
+        let e = refusal(
             "gpu_devices = [\"/dev/nvidia1\", \"/dev/gpu1\"]\n",
             &host_dev(),
-            &MemImage::new(),
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        );
         assert!(e.contains("are both GPU 1"), "{e}");
-        let e = plan(
-            "gpu_devices = [\"/dev/nvidiactl\"]\n",
-            &host_dev(),
-            &MemImage::new(),
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refusal("gpu_devices = [\"/dev/nvidiactl\"]\n", &host_dev());
         assert!(e.contains("does not end with a GPU number"), "{e}");
     }
 
@@ -293,14 +279,10 @@ mod tests {
         assert!(b.iter().all(|b| b.nosuid && b.nodev));
         // Nothing lands under the Shoal directory, so no tmpfs.
         assert!(!plan.steps.iter().any(|s| matches!(s, Step::Tmpfs { .. })));
-        let e = self::plan(
+        let e = refusal(
             "mounts = [{ source = \"/nowhere\", target = \"/x\" }]\n",
             &host,
-            &image,
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        );
         assert!(
             e.contains("/nowhere") && e.contains("[modules.m] mounts"),
             "{e}"

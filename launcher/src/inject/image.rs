@@ -388,5 +388,9 @@ mod tests {
         assert!(names("/usr/lib/x/libz.so.1/*").is_empty());
         assert_eq!(names("/**/libz.so.1"), ["/lib/x/libz.so.1", "/usr/lib/x/libz.so.1"]);
         assert!(glob(&img, "/usr/[").is_err());
+        // A symlink back up the tree is not walked round and round.
+        symlink("..", root.join("usr/lib/x/up")).unwrap();
+        let found = glob(&img, "/usr/**/libz.so.1").unwrap();
+        assert_eq!(found, [Path::new("/usr/lib/x/libz.so.1")]);
     }
 }

@@ -1,10 +1,10 @@
 //! The per-library decision table and the injection plan built from it:
 //! plain data, printed by `shoal abi-check` and carried out by the launcher.
 //!
-//! The data types live here; the work is split by job: [`super::decide`]
-//! (the decision table), [`super::runtime`] (the base-runtime check),
-//! [`super::steps`] (the plan's steps from the table), [`super::devices`]
-//! (device nodes) and [`super::render`] (text for `abi-check` and `--dry-run`).
+//! The data types live here; the work is split by job: `decide.rs` (the
+//! decision table), `runtime.rs` (the base-runtime check), `steps.rs` (the
+//! plan's steps from the table), `devices.rs` (device nodes) and
+//! `render.rs` (text for `abi-check` and `--dry-run`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
