@@ -5,7 +5,9 @@
 use super::*;
 use crate::select::capabilities::NodeCapabilities;
 use crate::select::cpu::tests::{arch_of, fixture};
-use crate::select::{select, JobRequest, Mpi};
+use crate::select::capabilities::Mpi;
+use crate::select::index::select;
+use crate::select::JobRequest;
 
 fn d(c: char) -> Digest {
     format!("sha256:{}", c.to_string().repeat(64))
