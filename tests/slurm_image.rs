@@ -268,7 +268,7 @@ fn scancel_during_staging_leaves_no_partial_image() {
     assert!(tmp.trim().is_empty(), "partial copies left: {tmp}");
     let mut sums = String::new();
     for node in ["n1", "n2", "n3"] {
-        for entry in std::fs::read_dir(format!("/var/cache/shoal/{node}/images")).unwrap().flatten() {
+        for entry in std::fs::read_dir(support::node_path(&format!("/var/cache/shoal/{node}/images"))).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let meta = format!("/var/lib/shoal-testbed/site-store/images/sha256/{}/meta.json", name.trim_end_matches(".sqfs"));
             let Ok(meta) = std::fs::read_to_string(&meta) else { continue };
@@ -297,7 +297,8 @@ fn an_image_larger_than_the_node_cache_fails_the_job_not_the_node() {
     let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
     let tb = slurm();
     let dir = tb.user_tempdir("image-small-cache");
-    let conf = "/etc/shoal/shoal.toml";
+    let conf = support::node_path("/etc/shoal/shoal.toml");
+    let conf = &conf;
     let saved = std::fs::read_to_string(conf).unwrap();
     let small = saved.replace("cache_size = \"4G\"", "cache_size = \"1M\"");
     assert_ne!(small, saved, "test bed config lacks cache_size = \"4G\"");
@@ -346,7 +347,8 @@ fn auto_pull_fetches_a_missing_image_at_submission() {
     let tb = slurm();
     let img = format!("{REG}/shoal/busybox:v2");
     let _ = tb.user(&format!("shoal rm {img}"));
-    let conf = "/etc/shoal/shoal.toml";
+    let conf = support::node_path("/etc/shoal/shoal.toml");
+    let conf = &conf;
     let saved = std::fs::read_to_string(conf).unwrap();
     std::fs::write(conf, format!("{saved}\n[image]\nauto_pull = true\n")).unwrap();
     let out = tb.user(&format!("SSL_CERT_FILE=/var/lib/shoal-testbed/tls/cert.pem srun -N2 -l --image={img} cat /etc/shoal-test-image"));

@@ -127,6 +127,22 @@ pub fn slurmd_pattern(node: &str) -> String {
     }
 }
 
+/// Where root on this machine finds PATH as the chosen cluster's nodes see
+/// it: PATH itself on the host's 22.05; for a chroot cluster, the same path
+/// under its namespace's root (`/proc/HOLDER/root`), because its `/etc`
+/// (slurm.conf, shoal.toml), `/var/log/slurm` and node cache
+/// `/var/cache/shoal` are the tree's own, not the host's.
+pub fn node_path(path: &str) -> PathBuf {
+    let series = slurm_series();
+    if series == "22.05" {
+        return PathBuf::from(path);
+    }
+    let pidfile = format!("/var/lib/shoal-testbed/run/slurm-{series}.holder");
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("{pidfile}: {e}: is the Slurm {series} cluster up (tests/testbed/up.sh)?"));
+    PathBuf::from(format!("/proc/{}/root{path}", pid.trim()))
+}
+
 /// The command prefix that enters the chosen cluster (empty for 22.05).
 fn enter() -> Vec<String> {
     if slurm_series() == "22.05" {

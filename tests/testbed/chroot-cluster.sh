@@ -219,6 +219,13 @@ chroot_cluster_up() {  # chroot_cluster_up SERIES INSTALL_FROM HOSTNAME
         printf '%s\n' "$gres" > "$tree/etc/slurm/gres.conf"
         restart=2
     fi
+    # The node names resolve, as on a real cluster: from 23.11 slurmctld
+    # looks up the host an srun runs on (a batch script's srun runs on
+    # "n1") by name, and times the user's scancel out after 10 tries.
+    # (22.05 found them in its node table.)
+    local hosts
+    hosts=$(printf '127.0.0.1\tlocalhost %s\n127.0.0.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$host" "${SLURM_NODES[*]}")
+    [ "$(cat "$tree/etc/hosts" 2>/dev/null)" = "$hosts" ] || printf '%s\n' "$hosts" > "$tree/etc/hosts"
     install -D -m 0755 "$HERE/task-prolog.sh" "$tree/etc/slurm/task-prolog.sh"
     mkdir -p "$tree/var/spool/slurmctld" "$tree/var/log/slurm"
 
