@@ -292,6 +292,12 @@ fn missing_image_fails_at_the_prompt_with_the_pull_command() {
     }
 }
 
+/// The failure mode of a job prolog that cannot stage (README, "Slurm
+/// versions"): the node is never drained. On Slurm 25.05+ the plugin sets
+/// `slurm_spank_init_failure_mode = ESPANK_JOB_FAILURE` and its prolog
+/// fails, so the job fails there; before, a failing prolog would drain the
+/// node, so the prolog only logs and the job fails at its task, which
+/// says why.
 #[test]
 fn an_image_larger_than_the_node_cache_fails_the_job_not_the_node() {
     let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
@@ -306,16 +312,44 @@ fn an_image_larger_than_the_node_cache_fails_the_job_not_the_node() {
     // Evict it so it must be copied.
     ok(&tb.root("for f in /var/cache/shoal/n1/images/*.sqfs; do [ $(stat -c %s \"$f\") -gt 50000000 ] && rm -f \"$f\"; done; true"));
     let result = tb.user(&format!(
-        "cd {} && sbatch --wait -N1 -w n1 -o small.out --image={} --wrap='srun true'; rc=$?; cat small.out; exit $rc",
+        "cd {} && sbatch --parsable --wait -N1 -w n1 -o small.out --image={} --wrap='srun true'; rc=$?; cat small.out 2>/dev/null; exit $rc",
         dir.display(),
         mpich_image()
     ));
     std::fs::write(conf, &saved).unwrap();
     let out = String::from_utf8_lossy(&result.stdout).into_owned();
     assert!(!result.status.success(), "job succeeded:\n{out}");
-    assert!(out.contains("does not fit in the node cache limit") && out.contains("node.cache_size"), "{out}");
-    let state = ok(&tb.root("sinfo -h -n n1 -o %T"));
-    assert_eq!(state.trim(), "idle", "n1 was not left idle");
+    let job: u32 = out.lines().next().and_then(|l| l.trim().parse().ok()).expect("job id");
+    let prolog = ok(&tb.root(&format!("grep -h 'job {job}: staging in the prolog failed' /var/log/slurm/slurmd-n1.log || true")));
+    assert!(prolog.contains("does not fit in the node cache limit") && prolog.contains("node.cache_size"), "job {job}: no prolog error in slurmd-n1.log:\n{prolog}");
+    if support::prolog_fails_the_job() {
+        assert!(prolog.contains("(the job fails; the node stays up)"), "the prolog did not fail the job:\n{prolog}");
+        // The job ended in the prolog: no task of it ran to stage again.
+        let tasks = ok(&tb.root(&format!("grep -h '\\[{job}\\.batch\\] .*shoal: ' /var/log/slurm/slurmd-n1.log || true")));
+        assert!(tasks.trim().is_empty(), "the batch step of job {job} ran:\n{tasks}");
+    } else {
+        assert!(prolog.contains("(the job will report it)"), "{prolog}");
+        assert!(out.contains("does not fit in the node cache limit") && out.contains("node.cache_size"), "the task did not say why:\n{out}");
+    }
+    // Not drained, whatever the series (a failing prolog drains by default).
+    let state = ok(&tb.root("for i in $(seq 100); do s=$(sinfo -h -n n1 -o %T); [ \"$s\" = idle ] && break; sleep 0.2; done; sinfo -h -n n1 -o '%T %E'"));
+    assert_eq!(state.trim(), "idle none", "n1 was not left idle");
+}
+
+/// Teardown needs no process started from `slurm_spank_exit` (Slurm 25.05+
+/// runs it later in slurmstepd's exit and may SIGKILL such children): when
+/// a step ends normally, its containers, FUSE servers, mounts and state are
+/// gone on every node, on every series.
+#[test]
+fn a_step_that_ends_leaves_nothing_on_its_nodes() {
+    let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
+    let tb = slurm();
+    let dir = tb.user_tempdir("image-end");
+    let (job, out) = batch(tb, &dir, &format!("-N3 --image={}", mpich_image()), "srun -l cat /etc/shoal-test-image");
+    assert_eq!(out.matches("debian-mpich").count(), 3, "{out}");
+    assert_nothing_left(tb, job, true);
+    let errors = ok(&tb.root(&format!("grep -h '\\[{job}\\.[a-z0-9]*\\] .*shoal: ' /var/log/slurm/slurmd-n*.log | grep -v -e 'task in image' -e ': staged ' || true")));
+    assert!(errors.trim().is_empty(), "job {job}: the plugin reported:\n{errors}");
 }
 
 #[test]

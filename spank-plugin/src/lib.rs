@@ -127,7 +127,11 @@ pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *
 #[no_mangle]
 pub extern "C" fn slurm_spank_init_post_opt(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
     guard("slurm_spank_init_post_opt", || match Context::current() {
-        Some(Context::Local | Context::Allocator) => submit::post_opt(&Spank::from_raw(sp)),
+        Some(Context::Local | Context::Allocator) => {
+            submit::post_opt(&Spank::from_raw(sp))?;
+            options::export_mounts();
+            Ok(())
+        }
         _ => Ok(()),
     })
 }
@@ -140,6 +144,8 @@ pub extern "C" fn slurm_spank_user_init(sp: ffi::spank_t, _argc: c_int, _argv: *
         if in_extern_step(&spank) {
             return Ok(());
         }
+        // Every `--mount`, not only the last (options::export_mounts).
+        options::import_mounts(|n| spank.getenv(n))?;
         task::user_init(&spank)
     })
 }
@@ -206,8 +212,17 @@ pub extern "C" fn slurm_spank_job_prolog(sp: ffi::spank_t, argc: c_int, argv: *m
     guard("slurm_spank_job_prolog", || {
         let (job, uid, gid) = match (spank.job_id(), spank.uid(), spank.gid()) {
             (Ok(j), Ok(u), Ok(g)) => (j, u, g),
-            _ => return Ok(()),
+            (j, u, g) => {
+                spank::log_error(&format!(
+                    "{TAG}: job prolog: no job id, uid or gid from Slurm ({:?} {:?} {:?}); nothing staged",
+                    j.err(),
+                    u.err(),
+                    g.err()
+                ));
+                return Ok(());
+            }
         };
+        spank::log_verbose(&format!("{TAG}: job {job}: job prolog ({} context)", Context::current().map_or("unknown", Context::name)));
         // slurm_spank_init is not called for the prolog: read our own args.
         let staged = script_config(argc, argv)
             .map_err(|e| format!("job {job}: prolog: {e}"))

@@ -106,6 +106,12 @@ pub fn slurm_series() -> String {
     std::env::var("SHOAL_TESTBED_SLURM").unwrap_or_else(|_| "22.05".into())
 }
 
+/// Whether the chosen series' Slurm lets a failing job prolog fail only the
+/// job (`slurm_spank_init_failure_mode`, 25.05+), as the plugin asks there.
+pub fn prolog_fails_the_job() -> bool {
+    slurm_series().as_str() >= "25.05"
+}
+
 /// The test bed's MPICH image for jobs whose batch script runs `srun`
 /// inside it: that srun is the node's, and 24.11's and 26.05's Debian builds
 /// need glibc 2.38, so those test beds use the Debian 13 one.
