@@ -242,7 +242,7 @@ fn a_task_prolog_runs_in_image_tasks() {
     let probe = "echo \"$(hostname) $(cat /etc/shoal-test-image) prolog=$SHOAL_TESTBED_TASK_PROLOG\"";
     let dir = tb.user_tempdir("task-prolog");
     let d = dir.display();
-    ok(&tb.user(&format!("cd {d} && cat > probe.sh <<'EOF'\n{probe}\nEOF")));
+    ok(&tb.user(&format!("cd {d} && cat > probe.sh <<'EOF'\n#!/bin/sh\n{probe}\nEOF")));
     let mpich = format!("{REG}/shoal/{}", support::mpich_image_tag());
     for (img, marker) in [(mpich.clone(), "debian-mpich"), (format!("{REG}/shoal/busybox:latest"), "shoal test image: busybox")] {
         let out = ok(&tb.user(&format!("cd {d} && srun -N3 --image={img} sh probe.sh")));

@@ -106,10 +106,12 @@ pub fn slurm_series() -> String {
     std::env::var("SHOAL_TESTBED_SLURM").unwrap_or_else(|_| "22.05".into())
 }
 
-/// Whether the chosen series' Slurm lets a failing job prolog fail only the
-/// job (`slurm_spank_init_failure_mode`, 25.05+), as the plugin asks there.
-pub fn prolog_fails_the_job() -> bool {
-    slurm_series().as_str() >= "25.05"
+/// Whether the chosen test bed's Slurm calls the plugin's job prolog: not
+/// with `PrologFlags=RunInJob` (the 24.11 bed), where Slurm 24.11.5 runs
+/// no SPANK prolog in the extern step.
+pub fn spank_prolog_runs() -> bool {
+    let conf = std::fs::read_to_string(node_path("/etc/slurm/slurm.conf")).expect("slurm.conf");
+    !conf.lines().any(|l| l.starts_with("PrologFlags=") && l.contains("RunInJob"))
 }
 
 /// The test bed's MPICH image for jobs whose batch script runs `srun`

@@ -143,7 +143,8 @@ stop_chroot_cluster() {  # stop_chroot_cluster SERIES
 # prolog in the job's cgroup do: there Slurm 24.11.5 calls no SPANK job
 # prolog at all (seen here: the plugin's prolog logs nothing and stages
 # nothing; the first step on each node stages), so 26.05 keeps the prolog
-# in slurmd, where its failure mode (ESPANK_JOB_FAILURE) can show.
+# in slurmd, where the plugin's prolog stages (and must never fail: that
+# drains the node there too).
 series_prolog_flags() {  # series_prolog_flags SERIES
     case $1 in 22.05) echo Alloc ;; 24.11) echo Alloc,Contain,RunInJob ;; *) echo Alloc,Contain ;; esac
 }
