@@ -4,11 +4,16 @@
 # bring the local test bed up themselves (tests/testbed/up.sh) and share it.
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh --test slurm_plugin`).
 #
-# Then the whole Slurm-facing suite again on Slurm 24.11 and 26.05 (chroot
+# Then the Slurm-facing suites again on Slurm 24.11 and 26.05 (chroot
 # clusters, tests/testbed/versions.sh, with the plugin built for each by
-# packaging/build-plugin.sh): slurm_versions, slurm_plugin, slurm_image,
-# inject_slurm, slurm_pmix where that Slurm has PMIx (not sid's 26.05), and
+# packaging/build-plugin.sh): slurm_versions, slurm_plugin, slurm_image, and
 # the README's main job (demo.sh: 6 MPI ranks on n1..n3 inside the image).
+# Not there yet (issue 13): inject_slurm and slurm_pmix, whose images and
+# `mpich` module are Debian 12's while those nodes are Debian 13/sid (their
+# srun and libmunge need glibc 2.38; the host's libmpich needs UCX the
+# chroots lack), and inject_slurm's GPU test, whose second job crashes
+# 24.11.5's extern slurmstepd (segfault in libslurmfull, also without
+# an image).
 # Each series' cluster comes up once and is stopped after its suites.
 # SHOAL_MATRIX=0 skips the matrix, and extra arguments skip it too. Each
 # phase's and each suite's time is printed.
@@ -36,8 +41,7 @@ if [ $# -eq 0 ] && [ "${SHOAL_MATRIX:-1}" != 0 ]; then
         start=$SECONDS
         SHOAL_TESTBED_SLURM=$series bash tests/testbed/up.sh --install target/debug
         echo "run.sh: Slurm $series bring-up (chroot made if missing): $((SECONDS - start)) s" >&2
-        suites=(slurm_versions slurm_plugin slurm_image inject_slurm)
-        [ "$series" = 26.05 ] || suites+=(slurm_pmix)
+        suites=(slurm_versions slurm_plugin slurm_image)
         for suite in "${suites[@]}"; do
             start=$SECONDS
             SHOAL_TESTBED_SLURM=$series cargo test --locked --no-fail-fast --test "$suite" -- --test-threads=1 || status=$?
