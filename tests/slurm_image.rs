@@ -268,7 +268,7 @@ fn scancel_during_staging_leaves_no_partial_image() {
     assert!(tmp.trim().is_empty(), "partial copies left: {tmp}");
     let mut sums = String::new();
     for node in ["n1", "n2", "n3"] {
-        for entry in std::fs::read_dir(format!("/var/cache/shoal/{node}/images")).unwrap().flatten() {
+        for entry in std::fs::read_dir(support::node_path(&format!("/var/cache/shoal/{node}/images"))).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let meta = format!("/var/lib/shoal-testbed/site-store/images/sha256/{}/meta.json", name.trim_end_matches(".sqfs"));
             let Ok(meta) = std::fs::read_to_string(&meta) else { continue };
@@ -292,12 +292,19 @@ fn missing_image_fails_at_the_prompt_with_the_pull_command() {
     }
 }
 
+/// A job prolog that cannot stage never drains the node, on any series: a
+/// failing SPANK prolog drains it and requeues the job on 22.05, 24.11 and
+/// 26.05 alike (`slurm_spank_init_failure_mode` covers `slurm_spank_init`
+/// only), so the prolog logs and succeeds and the job fails at its task,
+/// which says why. Where Slurm runs no SPANK prolog (`RunInJob` on
+/// 24.11.5) the task alone does.
 #[test]
 fn an_image_larger_than_the_node_cache_fails_the_job_not_the_node() {
     let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
     let tb = slurm();
     let dir = tb.user_tempdir("image-small-cache");
-    let conf = "/etc/shoal/shoal.toml";
+    let conf = support::node_path("/etc/shoal/shoal.toml");
+    let conf = &conf;
     let saved = std::fs::read_to_string(conf).unwrap();
     let small = saved.replace("cache_size = \"4G\"", "cache_size = \"1M\"");
     assert_ne!(small, saved, "test bed config lacks cache_size = \"4G\"");
@@ -305,16 +312,42 @@ fn an_image_larger_than_the_node_cache_fails_the_job_not_the_node() {
     // Evict it so it must be copied.
     ok(&tb.root("for f in /var/cache/shoal/n1/images/*.sqfs; do [ $(stat -c %s \"$f\") -gt 50000000 ] && rm -f \"$f\"; done; true"));
     let result = tb.user(&format!(
-        "cd {} && sbatch --wait -N1 -w n1 -o small.out --image={} --wrap='srun true'; rc=$?; cat small.out; exit $rc",
+        "cd {} && sbatch --parsable --wait -N1 -w n1 -o small.out --image={} --wrap='srun true'; rc=$?; cat small.out 2>/dev/null; exit $rc",
         dir.display(),
         mpich_image()
     ));
     std::fs::write(conf, &saved).unwrap();
     let out = String::from_utf8_lossy(&result.stdout).into_owned();
     assert!(!result.status.success(), "job succeeded:\n{out}");
-    assert!(out.contains("does not fit in the node cache limit") && out.contains("node.cache_size"), "{out}");
-    let state = ok(&tb.root("sinfo -h -n n1 -o %T"));
-    assert_eq!(state.trim(), "idle", "n1 was not left idle");
+    let job: u32 = out.lines().next().and_then(|l| l.trim().parse().ok()).expect("job id");
+    let prolog = ok(&tb.root(&format!("grep -h 'job {job}: staging in the prolog failed' /var/log/slurm/slurmd-n1.log || true")));
+    assert!(
+        !support::spank_prolog_runs() || (prolog.contains("does not fit in the node cache limit") && prolog.contains("node.cache_size")),
+        "job {job}: no prolog error in slurmd-n1.log:\n{prolog}"
+    );
+    assert!(out.contains("does not fit in the node cache limit") && out.contains("node.cache_size"), "the task did not say why:\n{out}");
+    if support::spank_prolog_runs() {
+        assert!(prolog.contains("(the job will report it)"), "{prolog}");
+    }
+    // Not drained, whatever the series (a failing prolog drains by default).
+    let state = ok(&tb.root("for i in $(seq 100); do s=$(sinfo -h -n n1 -o %T); [ \"$s\" = idle ] && break; sleep 0.2; done; sinfo -h -n n1 -o '%T %E'"));
+    assert_eq!(state.trim(), "idle none", "n1 was not left idle");
+}
+
+/// Teardown needs no process started from `slurm_spank_exit` (Slurm 25.05+
+/// runs it later in slurmstepd's exit and may SIGKILL such children): when
+/// a step ends normally, its containers, FUSE servers, mounts and state are
+/// gone on every node, on every series.
+#[test]
+fn a_step_that_ends_leaves_nothing_on_its_nodes() {
+    let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
+    let tb = slurm();
+    let dir = tb.user_tempdir("image-end");
+    let (job, out) = batch(tb, &dir, &format!("-N3 --image={}", mpich_image()), "srun -l cat /etc/shoal-test-image");
+    assert_eq!(out.matches("debian-mpich").count(), 3, "{out}");
+    assert_nothing_left(tb, job, true);
+    let errors = ok(&tb.root(&format!("grep -h '\\[{job}\\.[a-z0-9]*\\] .*shoal: ' /var/log/slurm/slurmd-n*.log | grep -v -e 'task in image' -e ': staged ' || true")));
+    assert!(errors.trim().is_empty(), "job {job}: the plugin reported:\n{errors}");
 }
 
 #[test]
@@ -346,7 +379,8 @@ fn auto_pull_fetches_a_missing_image_at_submission() {
     let tb = slurm();
     let img = format!("{REG}/shoal/busybox:v2");
     let _ = tb.user(&format!("shoal rm {img}"));
-    let conf = "/etc/shoal/shoal.toml";
+    let conf = support::node_path("/etc/shoal/shoal.toml");
+    let conf = &conf;
     let saved = std::fs::read_to_string(conf).unwrap();
     std::fs::write(conf, format!("{saved}\n[image]\nauto_pull = true\n")).unwrap();
     let out = tb.user(&format!("SSL_CERT_FILE=/var/lib/shoal-testbed/tls/cert.pem srun -N2 -l --image={img} cat /etc/shoal-test-image"));

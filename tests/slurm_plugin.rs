@@ -17,7 +17,7 @@ fn batch_job_runs_on_all_three_nodes_with_the_plugin_loaded() {
     for node in ["n1", "n2", "n3"] {
         assert!(out.lines().any(|l| l.ends_with(&format!(": {node}"))), "{node} missing in:\n{out}");
         // slurmstepd of step 0 on that node loaded the plugin and logged it.
-        let log = std::fs::read_to_string(format!("/var/log/slurm/slurmd-{node}.log")).unwrap();
+        let log = std::fs::read_to_string(support::node_path(&format!("/var/log/slurm/slurmd-{node}.log"))).unwrap();
         let line = format!("[{job_id}.0] shoal ");
         assert!(
             log.lines().any(|l| l.contains(&line) && l.contains("loaded in remote (slurmstepd) context")),
@@ -64,7 +64,7 @@ fn malformed_image_is_refused_at_the_prompt() {
 /// plugin with `args`, leaving the shared cluster's own config untouched.
 fn client_conf_with_plugin_args(dir: &std::path::Path, args: &str) -> String {
     let tb = testbed();
-    let conf = std::fs::read_to_string("/etc/slurm/slurm.conf").unwrap();
+    let conf = std::fs::read_to_string(support::node_path("/etc/slurm/slurm.conf")).unwrap();
     let conf = conf.replace(
         "PlugStackConfig=/etc/slurm/plugstack.conf",
         &format!("PlugStackConfig={}/plugstack.conf", dir.display()),

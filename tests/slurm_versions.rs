@@ -66,3 +66,190 @@ fn the_test_beds_slurm_loads_the_plugin_built_for_it() {
     let version = ok(&tb.user("srun --version"));
     assert!(version.contains(&format!("slurm-wlm {series}.")) || version.contains(&format!("slurm {series}.")), "{version}");
 }
+
+const REG: &str = "127.0.0.1:5443";
+
+/// Tests that change the cluster's slurm.conf take this for writing.
+static CLUSTER_CONF: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    CLUSTER_CONF.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A user image of its own (staged nowhere yet), from the node's busybox;
+/// returns its name and digest.
+fn user_image(tb: &support::Testbed, dir: &std::path::Path, what: &str) -> (String, String) {
+    let name = format!("localhost/{what}:{}", std::process::id());
+    ok(&tb.user(&format!(
+        "cd {} && mkdir -p root/etc root/bin && cp /bin/busybox root/bin/ && for a in sh cat sleep grep; do ln -sf busybox root/bin/$a; done \
+         && echo {what}-{} > root/etc/shoal-test-image && shoal import -q root --name {name}",
+        dir.display(),
+        std::process::id()
+    )));
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&tb.user(&format!("shoal inspect --json {name}")))).unwrap();
+    (name, inspect["digest"].as_str().expect("digest in inspect --json").to_string())
+}
+
+/// The extern step (`PrologFlags=Contain`, on the 24.11 and 26.05 test
+/// beds) loads the plugin in remote context like a step but has no tasks:
+/// the plugin leaves it alone (no image opened, no container). The image is
+/// still staged on every node: by the job prolog before any step where
+/// Slurm runs it, and by the first step where it does not, which is
+/// `PrologFlags=RunInJob` (24.05+; the 24.11 bed): there Slurm 24.11.5
+/// calls no SPANK job prolog (README, "Slurm versions").
+#[test]
+fn the_extern_step_is_left_alone_and_the_image_is_staged_on_every_node() {
+    let _g = shared();
+    let tb = slurm();
+    let series = slurm_series();
+    let conf = std::fs::read_to_string(support::node_path("/etc/slurm/slurm.conf")).unwrap();
+    let flags = conf.lines().find_map(|l| l.strip_prefix("PrologFlags=")).unwrap_or("").to_string();
+    let contain = flags.contains("Contain");
+    let run_in_job = flags.contains("RunInJob");
+    assert_eq!((contain, run_in_job), (series != "22.05", series == "24.11"), "PrologFlags={flags} on Slurm {series}");
+    let dir = tb.user_tempdir("extern");
+    let d = dir.display();
+    let (img, digest) = user_image(tb, &dir, "extern");
+    let job_name = format!("extern-{}", std::process::id());
+    // salloc holds the allocation with no step until `go` appears.
+    ok(&tb.user(&format!(
+        "exec > /dev/null 2>&1 < /dev/null; cd {d} && \
+         setsid salloc -N3 -J {job_name} --image={img} sh -c 'while [ ! -e {d}/go ]; do sleep 0.1; done; srun -l cat /etc/shoal-test-image' \
+         > alloc.out 2>alloc.err &"
+    )));
+    let job: u32 = ok(&tb.user(&format!(
+        "for i in $(seq 300); do j=$(squeue -h -n {job_name} -t R -o %i); [ -n \"$j\" ] && echo $j && exit 0; sleep 0.1; done; exit 1"
+    )))
+    .trim()
+    .parse()
+    .unwrap();
+    let _cancel = scopeguard(tb, job);
+    let staged = |wait: u32| {
+        ok(&tb.root(&format!(
+            "for i in $(seq {wait}); do n=$(cat /var/log/slurm/slurmd-n*.log | grep -c 'job {job}: staged .*({digest}) into'); [ $n -ge 3 ] && break; sleep 0.1; done; \
+             cat /var/log/slurm/slurmd-n*.log | grep 'job {job}: staged .*({digest}) into' || true"
+        )))
+    };
+    if run_in_job {
+        // No SPANK prolog: nothing staged while the allocation has no step
+        // (its extern steps are up on every node by now).
+        ok(&tb.root(&format!("for i in $(seq 300); do [ $(pgrep -fc '^slurmstepd: \\[{job}\\.extern\\]$') = 3 ] && exit 0; sleep 0.1; done; exit 1")));
+        let early = staged(20);
+        assert!(early.trim().is_empty(), "Slurm {series} ran the SPANK prolog with RunInJob: update the README:\n{early}");
+    } else {
+        // Staged by the prolog on n1..n3: no step has run yet.
+        let early = staged(300);
+        for node in ["n1", "n2", "n3"] {
+            assert!(early.contains(&format!("into {node}'s cache")), "job {job}: the prolog did not stage on {node}:\n{early}");
+        }
+    }
+    let steps = ok(&tb.root(&format!("grep -h '\\[{job}\\.[0-9]*\\] ' /var/log/slurm/slurmd-n*.log || true")));
+    assert!(steps.trim().is_empty(), "a step of job {job} ran before go:\n{steps}");
+    if contain {
+        // One extern slurmstepd per node: it holds no file of the image and
+        // has no container state.
+        let stepds = ok(&tb.root(&format!("pgrep -f '^slurmstepd: \\[{job}\\.extern\\]$' || true")));
+        let stepds: Vec<&str> = stepds.split_whitespace().collect();
+        assert_eq!(stepds.len(), 3, "job {job}: extern steps: {stepds:?}");
+        for pid in &stepds {
+            let fds = ok(&tb.root(&format!("ls -l /proc/{pid}/fd | grep -e '{digest_hex}' -e '\\.sqfs' || true", digest_hex = &digest[7..])));
+            assert!(fds.trim().is_empty(), "extern stepd {pid} of job {job} holds the image:\n{fds}");
+        }
+        let state = ok(&tb.root(&format!("ls /run/shoal/share 2>/dev/null | grep '^{job}\\.' || true")));
+        assert!(state.trim().is_empty(), "container state for job {job} before any step:\n{state}");
+        let said = ok(&tb.root(&format!("grep -h '\\[{job}\\.extern\\] .*shoal: ' /var/log/slurm/slurmd-n*.log || true")));
+        assert!(said.lines().all(|l| l.contains(": staged ")), "the extern step of job {job} did more than stage:\n{said}");
+    }
+    ok(&tb.user(&format!("touch {d}/go; for i in $(seq 600); do squeue -h -j {job} | grep -q . || break; sleep 0.1; done")));
+    let out = ok(&tb.user(&format!("cat {d}/alloc.out {d}/alloc.err")));
+    assert_eq!(out.matches(&format!("extern-{}", std::process::id())).count(), 3, "{out}");
+    let all = staged(300);
+    for node in ["n1", "n2", "n3"] {
+        assert!(all.contains(&format!("into {node}'s cache")), "job {job}: not staged on {node}:\n{all}");
+    }
+}
+
+/// Cancels a job when dropped, so a failed assertion leaves none running.
+struct Cancel<'a>(&'a support::Testbed, u32);
+
+impl Drop for Cancel<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.root(&format!("scancel {}", self.1));
+    }
+}
+
+fn scopeguard(tb: &support::Testbed, job: u32) -> Cancel<'_> {
+    Cancel(tb, job)
+}
+
+/// Option callbacks run twice in slurmstepd up to 23.11 (launch message,
+/// then environment), once from 24.05; `#SBATCH` lines and the command line
+/// may give one option again. Repeated and multi-valued `--image` and
+/// `--mount` give the same container on every series: each mount once, and
+/// every `--mount` given (Slurm hands slurmstepd only an option's last
+/// value; the plugin carries the list itself, options::export_mounts).
+#[test]
+fn repeated_and_multi_valued_options_give_one_mount_each() {
+    let _g = shared();
+    let tb = slurm();
+    let dir = tb.user_tempdir("options-twice");
+    let d = dir.display();
+    // An image with a C library: the batch script's srun is the node's.
+    let img = format!("{REG}/shoal/{}", support::mpich_image_tag());
+    ok(&tb.user(&format!("cd {d} && mkdir a b && echo in-a > a/f && echo in-b > b/f")));
+    let probe = "echo \"$(hostname) a=$(grep -c \" /mnt/a \" /proc/self/mountinfo) b=$(grep -c \" /mnt/b \" /proc/self/mountinfo) $(cat /mnt/a/f) $(cat /mnt/b/f) $(cat /etc/shoal-test-image)\"";
+    ok(&tb.user(&format!("cd {d} && cat > probe.sh <<'EOF'\n{probe}\nEOF")));
+    let opts = format!("--image={img} --image={img} --mount={d}/a:/mnt/a --mount='{d}/b:/mnt/b;{d}/a:/mnt/a' --mount={d}/b:/mnt/b");
+    let want = |out: &str, nodes: &[&str]| {
+        for node in nodes {
+            assert!(
+                out.contains(&format!("{node} a=1 b=1 in-a in-b debian-mpich")),
+                "{node}: each mount once, in the image:\n{out}"
+            );
+        }
+    };
+    let out = ok(&tb.user(&format!("cd {d} && srun -N3 {opts} sh probe.sh")));
+    want(&out, &["n1", "n2", "n3"]);
+    // The batch script and its step: the options from #SBATCH lines and
+    // the command line both.
+    let out = ok(&tb.user(&format!(
+        "cd {d} && printf '#!/bin/sh\\n#SBATCH --image={img}\\n#SBATCH --mount={d}/a:/mnt/a\\nsh probe.sh\\nsrun -N2 sh probe.sh\\n' > job.sh && \
+         sbatch --wait -N2 -o job.out {opts} job.sh >/dev/null; rc=$?; cat job.out; exit $rc"
+    )));
+    assert_eq!(out.lines().filter(|l| l.contains(" a=1 b=1 ")).count(), 3, "batch script and two tasks:\n{out}");
+    want(&out, &["n1", "n2"]);
+}
+
+/// A TaskProlog (task-prolog.sh exports SHOAL_TESTBED_TASK_PROLOG=ran) runs
+/// for every task of an image step and for an image batch script, inside
+/// the image (a shell script: the image needs /bin/sh). The test beds
+/// configure one, except 24.11's: 24.05.5-24.11.6 have Slurm ticket 22853
+/// (trixie's 24.11.5), under which an image task's TaskProlog can fail
+/// (README, "Slurm versions"), and sites there leave it unset.
+#[test]
+fn a_task_prolog_runs_in_image_tasks() {
+    let _g = shared();
+    let tb = slurm();
+    let series = slurm_series();
+    let line = "TaskProlog=/etc/slurm/task-prolog.sh";
+    let conf = std::fs::read_to_string(support::node_path("/etc/slurm/slurm.conf")).unwrap();
+    let configured = conf.lines().any(|l| l.starts_with("TaskProlog="));
+    if series == "24.11" {
+        assert!(!configured, "the 24.11 test bed sets a TaskProlog (Slurm ticket 22853)");
+        return;
+    }
+    assert!(conf.lines().any(|l| l == line), "the Slurm {series} test bed has no {line}");
+    let probe = "echo \"$(hostname) $(cat /etc/shoal-test-image) prolog=$SHOAL_TESTBED_TASK_PROLOG\"";
+    let dir = tb.user_tempdir("task-prolog");
+    let d = dir.display();
+    ok(&tb.user(&format!("cd {d} && cat > probe.sh <<'EOF'\n#!/bin/sh\n{probe}\nEOF")));
+    let mpich = format!("{REG}/shoal/{}", support::mpich_image_tag());
+    for (img, marker) in [(mpich.clone(), "debian-mpich"), (format!("{REG}/shoal/busybox:latest"), "shoal test image: busybox")] {
+        let out = ok(&tb.user(&format!("cd {d} && srun -N3 --image={img} sh probe.sh")));
+        for node in ["n1", "n2", "n3"] {
+            assert!(out.contains(&format!("{node} {marker} prolog=ran")), "Slurm {series}, {img}, {node}:\n{out}");
+        }
+    }
+    let out = ok(&tb.user(&format!("cd {d} && sbatch --wait -N1 -o batch.out --image={mpich} probe.sh >/dev/null; rc=$?; cat batch.out; exit $rc")));
+    assert!(out.contains("n1 debian-mpich prolog=ran"), "Slurm {series}, batch script:\n{out}");
+}

@@ -129,7 +129,11 @@ pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, argc: c_int, argv: *
 #[no_mangle]
 pub extern "C" fn slurm_spank_init_post_opt(sp: ffi::spank_t, _argc: c_int, _argv: *mut *mut c_char) -> c_int {
     guard("slurm_spank_init_post_opt", || match Context::current() {
-        Some(Context::Local | Context::Allocator) => submit::post_opt(&Spank::from_raw(sp)),
+        Some(Context::Local | Context::Allocator) => {
+            submit::post_opt(&Spank::from_raw(sp))?;
+            options::export_mounts();
+            Ok(())
+        }
         _ => Ok(()),
     })
 }
@@ -142,6 +146,8 @@ pub extern "C" fn slurm_spank_user_init(sp: ffi::spank_t, _argc: c_int, _argv: *
         if in_extern_step(&spank) {
             return Ok(());
         }
+        // Every `--mount`, not only the last (options::export_mounts).
+        options::import_mounts(|n| spank.getenv(n))?;
         task::user_init(&spank)
     })
 }
@@ -197,22 +203,20 @@ pub extern "C" fn slurm_spank_exit(sp: ffi::spank_t, _argc: c_int, _argv: *mut *
     })
 }
 
-/// Slurm 25.05+ reads this to decide what a failing `slurm_spank_job_prolog`
+/// Slurm 25.05+ reads this to decide what a failing `slurm_spank_init`
 /// does: `ESPANK_JOB_FAILURE` fails the job without draining the node (the
-/// default, `ESPANK_NODE_FAILURE`, drains it and requeues the job). Older
-/// Slurm has no such choice, so the prolog there never fails.
+/// default, `ESPANK_NODE_FAILURE`, drains it). It covers `slurm_spank_init`
+/// only: a failing job prolog still drains the node on 26.05.5 (seen on the
+/// test bed), so the prolog never fails on any series (below).
 #[cfg(slurm_init_failure_mode)]
 #[no_mangle]
 #[used]
 pub static slurm_spank_init_failure_mode: c_int = ffi::slurm_err_t::ESPANK_JOB_FAILURE as c_int;
 
-/// Whether a failing prolog fails only the job (see above).
-const PROLOG_FAILS_THE_JOB: bool = cfg!(slurm_init_failure_mode);
-
 /// The job prolog on every allocated node (root): stage the image early.
-/// A bad image is the job's problem, not the node's: on Slurm 25.05+ the
-/// prolog fails and so fails the job (`slurm_spank_init_failure_mode`);
-/// before, a failing prolog would drain the node, so it logs and succeeds,
+/// A bad image is the job's problem, not the node's, and a failing prolog
+/// drains the node and requeues the job on every series (22.05 to 26.05,
+/// whatever `slurm_spank_init_failure_mode` says): so it logs and succeeds,
 /// and the job's tasks report the error when they stage again.
 #[no_mangle]
 pub extern "C" fn slurm_spank_job_prolog(sp: ffi::spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
@@ -220,8 +224,17 @@ pub extern "C" fn slurm_spank_job_prolog(sp: ffi::spank_t, argc: c_int, argv: *m
     guard("slurm_spank_job_prolog", || {
         let (job, uid, gid) = match (spank.job_id(), spank.uid(), spank.gid()) {
             (Ok(j), Ok(u), Ok(g)) => (j, u, g),
-            _ => return Ok(()),
+            (j, u, g) => {
+                spank::log_error(&format!(
+                    "{TAG}: job prolog: no job id, uid or gid from Slurm ({:?} {:?} {:?}); nothing staged",
+                    j.err(),
+                    u.err(),
+                    g.err()
+                ));
+                return Ok(());
+            }
         };
+        spank::log_verbose(&format!("{TAG}: job {job}: job prolog ({} context)", Context::current().map_or("unknown", Context::name)));
         // slurm_spank_init is not called for the prolog: read our own args.
         let staged = script_config(argc, argv)
             .map_err(|e| format!("job {job}: prolog: {e}"))
@@ -229,7 +242,6 @@ pub extern "C" fn slurm_spank_job_prolog(sp: ffi::spank_t, argc: c_int, argv: *m
                 stage::prolog(&config, job, uid, gid).map_err(|e| format!("job {job}: staging in the prolog failed: {e}"))
             });
         match staged {
-            Err(e) if PROLOG_FAILS_THE_JOB => Err(format!("{e} (the job fails; the node stays up)")),
             Err(e) => {
                 spank::log_error(&format!("{TAG}: {e} (the job will report it)"));
                 Ok(())

@@ -268,6 +268,42 @@ pub fn add_mounts(req: &mut Request, value: &str, option: &str) -> Result<(), St
     Ok(())
 }
 
+/// The job's environment variable that carries every `--mount` to
+/// slurmstepd (see [`export_mounts`]).
+pub const MOUNTS_ENV: &str = "SHOAL_MOUNTS_GIVEN";
+
+/// In srun, sbatch and salloc once the options are parsed: Slurm hands
+/// slurmstepd only the last value of a repeated option (one
+/// `_SLURM_SPANK_OPTION_shoal_mount`, on every series), so the whole list
+/// travels in the job's environment, like the image pin. A nested srun's
+/// replayed options are the job's: it adds its own to the list it inherited.
+pub fn export_mounts() {
+    let own = request().mounts;
+    let mut all = Request::default();
+    if let Ok(v) = std::env::var(MOUNTS_ENV) {
+        let _ = add_mounts(&mut all, &v, MOUNTS_ENV);
+    }
+    for m in own {
+        if !all.mounts.contains(&m) {
+            all.mounts.push(m);
+        }
+    }
+    if all.mounts.is_empty() {
+        std::env::remove_var(MOUNTS_ENV);
+    } else {
+        std::env::set_var(MOUNTS_ENV, all.mounts.join(";"));
+    }
+}
+
+/// In slurmstepd: adds the list [`export_mounts`] made to what the option
+/// callbacks gave (each spec kept once).
+pub fn import_mounts(getenv: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    match getenv(MOUNTS_ENV) {
+        Some(v) => add_mounts(&mut state().request, &v, "--mount"),
+        None => Ok(()),
+    }
+}
+
 /// Records `--module`, refusing a conflicting repeat.
 pub fn set_modules(req: &mut Request, value: &str) -> Result<(), String> {
     let names: Vec<String> = value

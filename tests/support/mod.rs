@@ -106,6 +106,14 @@ pub fn slurm_series() -> String {
     std::env::var("SHOAL_TESTBED_SLURM").unwrap_or_else(|_| "22.05".into())
 }
 
+/// Whether the chosen test bed's Slurm calls the plugin's job prolog: not
+/// with `PrologFlags=RunInJob` (the 24.11 bed), where Slurm 24.11.5 runs
+/// no SPANK prolog in the extern step.
+pub fn spank_prolog_runs() -> bool {
+    let conf = std::fs::read_to_string(node_path("/etc/slurm/slurm.conf")).expect("slurm.conf");
+    !conf.lines().any(|l| l.starts_with("PrologFlags=") && l.contains("RunInJob"))
+}
+
 /// The test bed's MPICH image for jobs whose batch script runs `srun`
 /// inside it: that srun is the node's, and 24.11's and 26.05's Debian builds
 /// need glibc 2.38, so those test beds use the Debian 13 one.
@@ -125,6 +133,22 @@ pub fn slurmd_pattern(node: &str) -> String {
     } else {
         format!("^slurmd -D -N {node}$")
     }
+}
+
+/// Where root on this machine finds PATH as the chosen cluster's nodes see
+/// it: PATH itself on the host's 22.05; for a chroot cluster, the same path
+/// under its namespace's root (`/proc/HOLDER/root`), because its `/etc`
+/// (slurm.conf, shoal.toml), `/var/log/slurm` and node cache
+/// `/var/cache/shoal` are the tree's own, not the host's.
+pub fn node_path(path: &str) -> PathBuf {
+    let series = slurm_series();
+    if series == "22.05" {
+        return PathBuf::from(path);
+    }
+    let pidfile = format!("/var/lib/shoal-testbed/run/slurm-{series}.holder");
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("{pidfile}: {e}: is the Slurm {series} cluster up (tests/testbed/up.sh)?"));
+    PathBuf::from(format!("/proc/{}/root{path}", pid.trim()))
 }
 
 /// The command prefix that enters the chosen cluster (empty for 22.05).

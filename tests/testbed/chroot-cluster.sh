@@ -137,19 +137,30 @@ stop_chroot_cluster() {  # stop_chroot_cluster SERIES
     rm -f "$(holder_pidfile "$series")"
 }
 
+# PrologFlags of SERIES's test bed. Both newer beds hold the allocation in
+# an extern step (Contain), which loads the plugin in remote context. 24.11
+# also runs the prolog inside it (RunInJob, 24.05+), as sites that put the
+# prolog in the job's cgroup do: there Slurm 24.11.5 calls no SPANK job
+# prolog at all (seen here: the plugin's prolog logs nothing and stages
+# nothing; the first step on each node stages), so 26.05 keeps the prolog
+# in slurmd, where the plugin's prolog stages (and must never fail: that
+# drains the node there too).
+series_prolog_flags() {  # series_prolog_flags SERIES
+    case $1 in 22.05) echo Alloc ;; 24.11) echo Alloc,Contain,RunInJob ;; *) echo Alloc,Contain ;; esac
+}
+
 # slurm.conf for SERIES, from slurm.conf.in.
 series_slurm_conf() {  # series_slurm_conf SERIES HOSTNAME
     local conf
     conf=$(sed -e "s/@HOST@/$2/g" "$HERE/slurm.conf.in")
     if [ "$1" != 22.05 ]; then
-        # crypto/munge became cred/munge (the default) in 23.11. The prolog
-        # runs in the job's extern step (24.05+), as sites that put it in
-        # the job's cgroup do: the plugin must leave that step alone.
+        # crypto/munge became cred/munge (the default) in 23.11. The
+        # plugin must leave the extern step alone (series_prolog_flags).
         # Own ports (series_port_offset), so it can run beside the host's.
         local off
         off=$(series_port_offset "$1")
         conf=$(printf '%s\n' "$conf" | sed -e '/^CryptoType=/d' \
-            -e 's/^PrologFlags=Alloc$/PrologFlags=Alloc,Contain,RunInJob/' \
+            -e "s/^PrologFlags=Alloc\$/PrologFlags=$(series_prolog_flags "$1")/" \
             -e "s/^SlurmctldPort=6817$/SlurmctldPort=$((6817 + off))/" \
             -e "s/ Port=1700\([1-3]\) / Port=$(((17000 + off) / 10))\1 /" \
             -e "s/^ClusterName=shoal$/ClusterName=shoal${1/./}/")
@@ -159,9 +170,9 @@ series_slurm_conf() {  # series_slurm_conf SERIES HOSTNAME
         # TaskProlog by exec'ing slurmstepd inside the task's mount
         # namespace: in an image that fails ("execv(/etc/alternatives/
         # slurmstepd): No such file or directory", TaskProlog failed
-        # status=127) and the task with it. Checked on trixie's 24.11.5;
-        # README, "Slurm versions". Sites on those releases must leave
-        # TaskProlog unset for image jobs, as this test bed does.
+        # status=127) and the task with it. Seen on trixie's 24.11.5, not
+        # every time; README, "Slurm versions". Sites on those releases
+        # must leave TaskProlog unset for image jobs, as this test bed does.
         conf=$(printf '%s\n' "$conf" | sed -e '/^TaskProlog=/d')
     fi
     printf '%s\n' "$conf"
@@ -219,6 +230,13 @@ chroot_cluster_up() {  # chroot_cluster_up SERIES INSTALL_FROM HOSTNAME
         printf '%s\n' "$gres" > "$tree/etc/slurm/gres.conf"
         restart=2
     fi
+    # The node names resolve, as on a real cluster: from 23.11 slurmctld
+    # looks up the host an srun runs on (a batch script's srun runs on
+    # "n1") by name, and times the user's scancel out after 10 tries.
+    # (22.05 found them in its node table.)
+    local hosts
+    hosts=$(printf '127.0.0.1\tlocalhost %s\n127.0.0.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$host" "${SLURM_NODES[*]}")
+    [ "$(cat "$tree/etc/hosts" 2>/dev/null)" = "$hosts" ] || printf '%s\n' "$hosts" > "$tree/etc/hosts"
     install -D -m 0755 "$HERE/task-prolog.sh" "$tree/etc/slurm/task-prolog.sh"
     mkdir -p "$tree/var/spool/slurmctld" "$tree/var/log/slurm"
 

@@ -11,12 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 series=${SHOAL_TESTBED_SLURM:-22.05}
-bash tests/testbed/setup.sh
-cargo build --workspace --locked
 image=127.0.0.1:5443/shoal/debian-mpich:12
-if [ "$series" != 22.05 ]; then
-    bash packaging/build-plugin.sh "$series"
-    image=127.0.0.1:5443/shoal/debian-mpich:13
+[ "$series" = 22.05 ] || image=127.0.0.1:5443/shoal/debian-mpich:13
+# SHOAL_DEMO_BUILT=1: the caller (tests/run.sh) built everything already.
+if [ "${SHOAL_DEMO_BUILT:-0}" != 1 ]; then
+    bash tests/testbed/setup.sh
+    cargo build --workspace --locked
+    [ "$series" = 22.05 ] || bash packaging/build-plugin.sh "$series"
 fi
 bash tests/testbed/up.sh --install target/debug
 user=alice

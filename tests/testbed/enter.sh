@@ -9,4 +9,8 @@ source "$(dirname "$0")/chroot-cluster.sh"
 [ $# -gt 0 ] || die "usage: enter.sh CMD [ARGS...]"
 [ "$SLURM_SERIES" = 22.05 ] && exec "$@"
 pid=$(holder_pid "$SLURM_SERIES") || die "the Slurm $SLURM_SERIES cluster is not up: SHOAL_TESTBED_SLURM=$SLURM_SERIES tests/testbed/up.sh"
-exec nsenter -t "$pid" -m --wd="$PWD" -- "$@"
+# The caller's directory if the cluster sees it too (the repository bound
+# in is the one whose up.sh started the cluster), else the tree's root.
+wd=$PWD
+[ -d "/proc/$pid/root$wd" ] || wd=/
+exec nsenter -t "$pid" -m --wd="$wd" -- "$@"
