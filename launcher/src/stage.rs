@@ -181,6 +181,9 @@ impl NodeCache {
                 self.remove_ref(&expected.key(), job);
                 return Err(e);
             }
+            // Dead stagers' copies take room too (a job killed mid-copy on
+            // a node whose epilog has not run yet).
+            let _ = self.clean_tmp();
         }
         // The copy runs without the cache lock: its source is the user's
         // (a FIFO, a stalled network file, their own FUSE server), and a
@@ -220,7 +223,9 @@ impl NodeCache {
     }
 
     /// Drops every reference `job` holds (the job epilog), leaving the
-    /// images for later jobs until eviction needs the space.
+    /// images for later jobs until eviction needs the space, and removes
+    /// copies that stagers killed with their job (`scancel`) left in
+    /// `tmp/`.
     pub fn release_job(&self, job: u32) -> Result<(), StageError> {
         let _lock = self.lock()?;
         let refs = self.root.join("refs");
@@ -228,7 +233,7 @@ impl NodeCache {
             let _ = fs::remove_file(entry.path().join(job.to_string()));
             let _ = fs::remove_dir(entry.path());
         }
-        Ok(())
+        self.clean_tmp()
     }
 
     fn in_use(&self, key: &str) -> bool {
@@ -767,11 +772,12 @@ mod tests {
         let cache = NodeCache::open(dir.path(), "n1", 1 << 30).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("n1/images")).unwrap().count(), 0, "a partial image was published");
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "the killed copy should be in tmp/");
-        cache.clean_tmp().unwrap();
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "clean_tmp left the dead copy");
-        // The dead job's reference goes with its epilog.
+        // The dead job's epilog drops its reference and the dead copy
+        // (regression, issue 18: nothing called `clean_tmp`, so every copy
+        // `scancel` cut short stayed in tmp/ for good).
         cache.release_job(99).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("n1/refs")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "the epilog left the dead copy");
         // No lock is left: the next job stages at once.
         let (exp, data) = image(8, 1000);
         let (p, copied) = cache.stage(&exp, 100, src(&data)).unwrap();
