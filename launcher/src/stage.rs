@@ -138,6 +138,13 @@ impl NodeCache {
         for sub in ["images", "refs"] {
             check_owned_path(&root.join(sub))?;
         }
+        // Searchable, not listable: a user's task opens its own entry by
+        // name, but the names tell which images (digests) and jobs other
+        // users run on the node.
+        for sub in ["images", "refs", "tmp"] {
+            let dir = root.join(sub);
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o711));
+        }
         Ok(NodeCache { root, limit })
     }
 
