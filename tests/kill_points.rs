@@ -44,6 +44,14 @@ fn image(tag: &str) -> String {
     format!("{REG}/t18/kill:{tag}")
 }
 
+/// One test at a time: they trace n1's slurmd (one tracer per process),
+/// kill what a traced process does, and share node 1's cache entries.
+/// (tests/run.sh runs a binary's tests on several threads.)
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn pushed() -> &'static Testbed {
     static PUSHED: OnceLock<()> = OnceLock::new();
     let tb = slurm();
@@ -253,6 +261,7 @@ fn assert_locks_free(tb: &Testbed, dirs: &[PathBuf], what: &str) {
 
 #[test]
 fn a_pull_killed_while_downloading_leaves_nothing_visible() {
+    let _serial = serial();
     let tb = pushed();
     for attempt in 0..3 {
         let u = User::new(tb, "kill-download");
@@ -267,6 +276,7 @@ fn a_pull_killed_while_downloading_leaves_nothing_visible() {
 
 #[test]
 fn a_pull_killed_while_converting_leaves_nothing_visible() {
+    let _serial = serial();
     let tb = pushed();
     for attempt in 0..3 {
         let u = User::new(tb, "kill-convert");
@@ -294,6 +304,7 @@ fn main_thread_renames(log: &str) -> Vec<String> {
 
 #[test]
 fn a_pull_killed_while_publishing_leaves_nothing_partial() {
+    let _serial = serial();
     let tb = pushed();
     let img = image("small");
     let strace = "strace -f -qq -e trace=rename,renameat,renameat2";
@@ -363,10 +374,23 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        // SIGTERM: strace detaches from every tracee and exits.
-        signal(self.child.id(), "TERM");
-        let _ = self.child.wait();
+        detach(&mut self.child);
     }
+}
+
+/// Stops a strace: SIGTERM makes it detach from every tracee and exit; if
+/// it has not within 5 s, SIGKILL (the kernel then detaches its tracees).
+fn detach(strace: &mut Child) {
+    signal(strace.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while strace.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = strace.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = strace.wait();
 }
 
 /// The syscalls of container setup a task makes, in order (from a traced
@@ -435,6 +459,7 @@ fn srun(tb: &Testbed, args: &str) -> (std::process::Output, String) {
 
 #[test]
 fn a_task_killed_at_each_setup_step_leaves_nothing_and_the_next_job_runs() {
+    let _serial = serial();
     let tb = pushed();
     let img = image("small");
     ok(&tb.user(&format!("'{}' pull -q {img}", tb.shoal().display())));
@@ -484,6 +509,7 @@ fn a_task_killed_at_each_setup_step_leaves_nothing_and_the_next_job_runs() {
 
 #[test]
 fn slurmstepd_killed_under_a_running_step_leaves_nothing() {
+    let _serial = serial();
     let tb = pushed();
     let img = image("small");
     ok(&tb.user(&format!("'{}' pull -q {img}", tb.shoal().display())));
@@ -541,6 +567,7 @@ fn slurmstepd_killed_under_a_running_step_leaves_nothing() {
 
 #[test]
 fn scancel_while_a_task_stages_leaves_no_partial_cache_entry() {
+    let _serial = serial();
     let tb = pushed();
     let img = image("big");
     let shoal = tb.shoal().display().to_string();

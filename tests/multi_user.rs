@@ -26,6 +26,14 @@ fn image(tag: &str) -> String {
     format!("{REG}/t18/mu:{tag}")
 }
 
+/// One test at a time: they trace n1's slurmd (one tracer per process),
+/// kill what a traced process does, and share node 1's cache entries.
+/// (tests/run.sh runs a binary's tests on several threads.)
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn pushed() -> &'static Testbed {
     static PUSHED: OnceLock<()> = OnceLock::new();
     let tb = slurm();
@@ -97,6 +105,7 @@ fn sha256(path: &Path) -> String {
 
 #[test]
 fn bob_cannot_read_alices_store_or_cache_entries_by_their_paths() {
+    let _serial = serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("small");
@@ -140,6 +149,7 @@ fn bobs_image() -> (PathBuf, String, u64) {
 
 #[test]
 fn a_pin_bob_forges_with_alices_digest_poisons_nothing_of_hers() {
+    let _serial = serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("small");
@@ -205,13 +215,22 @@ impl Slowed {
 
 impl Drop for Slowed {
     fn drop(&mut self) {
+        // SIGTERM detaches; SIGKILL if that has not worked within 5 s.
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        for _ in 0..100 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
 #[test]
 fn bob_racing_alices_stage_opens_nothing() {
+    let _serial = serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("big");
@@ -250,6 +269,7 @@ fn bob_racing_alices_stage_opens_nothing() {
 
 #[test]
 fn bob_cannot_see_or_join_alices_named_container() {
+    let _serial = serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("small");
