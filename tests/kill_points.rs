@@ -575,9 +575,9 @@ fn scancel_while_a_task_stages_leaves_no_partial_cache_entry() {
     // Not staged on n1 yet (an earlier run may have).
     ok(&tb.root(&format!("rm -f {CACHE}/{NODE}/images/u*.sqfs")));
     let dir = tempfile::tempdir().unwrap();
-    // The copy reads the user's file with pread, 1 MiB at a time: 0.3 s
-    // each makes staging the big image last about half a minute.
-    let t = Tracer::attach(tb, "-e trace=pread64 -e inject=pread64:delay_enter=300000", &dir.path().join("delay.log"));
+    // The copy reads the user's file with pread, 1 MiB at a time: 0.1 s
+    // each makes staging the big image last about ten seconds.
+    let t = Tracer::attach(tb, "-e trace=pread64 -e inject=pread64:delay_enter=100000", &dir.path().join("delay.log"));
     // A batch job whose step names the image: the prolog ran with no
     // image, so the step's task copies it.
     let job = ok(&tb.user(&format!("sbatch --parsable -N1 -w {NODE} -o /dev/null --wrap 'srun --image={img} /bin/true'")));
