@@ -15,7 +15,7 @@ secs=${1:-20}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(reference options config manifest layers squashfs elf slurm_env)
+    targets=(reference options config manifest layers squashfs abi_squashfs elf slurm_env)
 fi
 triple=$(rustc -vV | sed -n 's/^host: //p')
 # What cargo-fuzz passes, minus the -Z flags (stable rustc): inline 8-bit

@@ -90,3 +90,34 @@ pub fn layers(layers: &[&[u8]]) {
     }
     let _ = flat.finish();
 }
+
+/// Reads a squashfs image as the ABI check does in slurmstepd (`backhand`
+/// through [`crate::inject::image::open`]): opens it, lists directories
+/// from the root (at most 256 entries) and reads every file found.
+pub fn abi_squashfs(bytes: &[u8]) {
+    use crate::inject::image::EntryKind;
+    let Ok(mut file) = tempfile::NamedTempFile::new() else { return };
+    if file.write_all(bytes).is_err() {
+        return;
+    }
+    let Ok(image) = crate::inject::image::open(file.path()) else { return };
+    let mut budget = 256usize;
+    let mut dirs = vec![std::path::PathBuf::from("/")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(names) = image.list(&dir) else { continue };
+        for n in names {
+            if budget == 0 {
+                return;
+            }
+            budget -= 1;
+            let p = dir.join(n);
+            match image.entry(&p) {
+                Ok(EntryKind::Dir) => dirs.push(p),
+                Ok(_) => {
+                    let _ = image.read(&p);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

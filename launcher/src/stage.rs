@@ -142,6 +142,13 @@ impl NodeCache {
         for sub in ["images", "refs"] {
             check_owned_path(&root.join(sub))?;
         }
+        // Searchable, not listable: a user's task opens its own entry by
+        // name, but the names tell which images (digests) and jobs other
+        // users run on the node.
+        for sub in ["images", "refs", "tmp"] {
+            let dir = root.join(sub);
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o711));
+        }
         Ok(NodeCache { root, limit })
     }
 
@@ -185,6 +192,9 @@ impl NodeCache {
                 self.remove_ref(&expected.key(), job);
                 return Err(e);
             }
+            // Dead stagers' copies take room too (a job killed mid-copy on
+            // a node whose epilog has not run yet).
+            let _ = self.clean_tmp();
         }
         // The copy runs without the cache lock: its source is the user's
         // (a FIFO, a stalled network file, their own FUSE server), and a
@@ -224,7 +234,9 @@ impl NodeCache {
     }
 
     /// Drops every reference `job` holds (the job epilog), leaving the
-    /// images for later jobs until eviction needs the space.
+    /// images for later jobs until eviction needs the space, and removes
+    /// copies that stagers killed with their job (`scancel`) left in
+    /// `tmp/`.
     pub fn release_job(&self, job: u32) -> Result<(), StageError> {
         let _lock = self.lock()?;
         let refs = self.root.join("refs");
@@ -232,7 +244,7 @@ impl NodeCache {
             let _ = fs::remove_file(entry.path().join(job.to_string()));
             let _ = fs::remove_dir(entry.path());
         }
-        Ok(())
+        self.clean_tmp()
     }
 
     fn in_use(&self, key: &str) -> bool {

@@ -397,15 +397,12 @@ fn a_stager_killed_mid_copy_leaves_nothing_visible() {
         1,
         "the killed copy should be in tmp/"
     );
-    cache.clean_tmp().unwrap();
-    assert_eq!(
-        fs::read_dir(&tmp).unwrap().count(),
-        0,
-        "clean_tmp left the dead copy"
-    );
-    // The dead job's reference goes with its epilog.
+    // The dead job's epilog drops its reference and the dead copy
+    // (regression, issue 18: nothing called `clean_tmp`, so every copy
+    // `scancel` cut short stayed in tmp/ for good).
     cache.release_job(99).unwrap();
     assert_eq!(fs::read_dir(dir.path().join("n1/refs")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "the epilog left the dead copy");
     // No lock is left: the next job stages at once.
     let (exp, data) = image(8, 1000);
     let (p, copied) = cache.stage(&exp, 100, src(&data)).unwrap();

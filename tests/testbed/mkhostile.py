@@ -2,6 +2,7 @@
 """Hostile OCI images for tests/hostile_images.rs, written as an OCI layout.
 
     mkhostile.py OUTDIR [BOMB_MIB]
+    mkhostile.py --big OUTDIR MIB      (tests/kill_points.rs, tests/multi_user.rs)
 
 Every image is a busybox base layer (the host's busybox-static, so the images
 run) plus the hostile part, crafted entry by entry with tarfile (see
@@ -137,7 +138,23 @@ class HostileLayout(Layout):
         self.manifests.append(mdesc)
 
 
+def big(outdir, mib):
+    """Tag `big`: the busybox base plus MIB MiB of random bytes in an
+    uncompressed layer (`/big/random`, and `/big/mark` holding its sha256),
+    so that each phase of a pull (download, conversion) lasts long enough
+    for a test to stop the puller inside it. Tag `small`: the base alone."""
+    out = HostileLayout(outdir)
+    b, _ = base()
+    data = os.urandom(mib << 20)
+    mark = hashlib.sha256(data).hexdigest().encode() + b"\n"
+    out.image("big", [b, [d("big"), f("big/random", data), f("big/mark", mark)]], ["gzip", "tar"])
+    out.image("small", [b, [f("etc/i18-small", b"small\n")]], ["gzip"])
+    out.close()
+
+
 def main():
+    if sys.argv[1] == "--big":
+        return big(sys.argv[2], int(sys.argv[3]))
     out = HostileLayout(sys.argv[1])
     bomb_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
     b, bb = base()

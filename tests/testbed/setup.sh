@@ -28,6 +28,8 @@ PACKAGES=(
     gcc binutils
     # fuzz/ (libfuzzer-sys builds libFuzzer's C++); hostile-image tests (getcap)
     g++ libcap2-bin
+    # kill-point tests: SIGKILL and delays at chosen syscalls (tests/kill_points.rs)
+    strace
 )
 
 missing=()

@@ -44,6 +44,8 @@ hostname_short=$(hostname)
 
 # --- the unprivileged user ---------------------------------------------------
 id "$TESTBED_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TESTBED_USER"
+# A second one on the same nodes, for tests/multi_user.rs.
+id bob >/dev/null 2>&1 || useradd -m -s /bin/bash bob
 # Sites ship /dev/fuse 0666; squashfuse as a user needs it.
 [ -e /dev/fuse ] && chmod 666 /dev/fuse
 

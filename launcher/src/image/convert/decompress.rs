@@ -92,7 +92,14 @@ pub(super) struct Pumped<'a> {
     pub(super) reported: u64,
     pub(super) total: u64,
     pub(super) progress: &'a dyn Fn(Progress),
+    /// Tar bytes of every layer so far, against [`super::writer::expansion_limit`].
+    pub(super) unpacked: &'a AtomicU64,
+    pub(super) limit: u64,
 }
+
+/// What [`Pumped`] fails with past the limit (told apart from a corrupt
+/// layer by the count, not the text).
+pub(super) const BOMB: &str = "the layers unpack to more than the limit";
 
 impl Read for Pumped<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -101,6 +108,11 @@ impl Read for Pumped<'_> {
                 Ok(chunk) => {
                     self.chunk = chunk?;
                     self.at = 0;
+                    let unpacked = self.unpacked.fetch_add(self.chunk.len() as u64, Ordering::Relaxed)
+                        + self.chunk.len() as u64;
+                    if unpacked > self.limit {
+                        return Err(io::Error::other(BOMB));
+                    }
                 }
                 Err(_) => return Ok(0), // end of the layer
             }

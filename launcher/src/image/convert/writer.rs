@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::AtomicU64;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,7 +42,7 @@ pub fn layers_to_squashfs(
     cmd.arg(out);
     let mut tool = Tool::spawn(cmd, "tar2sqfs", out)?;
     let stdin = tool.child.stdin.take().expect("piped stdin");
-    match feed(layers, stdin, out, total, progress) {
+    match feed(layers, stdin, out, total, expansion_limit(total), progress) {
         Ok(()) => {
             progress(Progress::Finishing);
             tool.wait(Some(total))?;
@@ -246,6 +246,17 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
+/// The most tar bytes an image's layers may unpack to: 512 MiB plus 100
+/// times their compressed size. Real layers unpack to 2-10 times their
+/// size; a decompression bomb (a gzip of zeros unpacks to 1000 times its
+/// size, zstd and tar's sparse entries far more) would otherwise cost time
+/// in proportion to what it unpacks to, not to what was downloaded
+/// (memory and disk are bounded anyway: layers stream and zero blocks are
+/// stored sparse).
+pub(crate) fn expansion_limit(compressed: u64) -> u64 {
+    (512u64 << 20).saturating_add(compressed.saturating_mul(100))
+}
+
 pub(super) fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
     ConvertError::LayerRead {
         digest: l.digest.clone(),
@@ -256,11 +267,12 @@ pub(super) fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
 
 
 /// Reads the layers top first and writes the flattened tar into `stdin`.
-fn feed(
+fn feed<W: Write>(
     layers: &[Layer],
-    stdin: ChildStdin,
+    stdin: W,
     out_path: &Path,
     total: u64,
+    limit: u64,
     progress: &dyn Fn(Progress),
 ) -> Result<(), ConvertError> {
     let pipe_err = |e: io::Error| ConvertError::Writer {
@@ -272,9 +284,24 @@ fn feed(
     let mut flat = Flattener::new();
     let mut dirs: BTreeMap<ImagePath, Meta> = BTreeMap::new();
     let done = Arc::new(AtomicU64::new(0));
+    let unpacked = AtomicU64::new(0);
     for (index, layer) in layers.iter().enumerate().rev() {
         flat.begin_layer(index);
         let decoder = open_layer(layer, done.clone())?;
+        let over = |e: ConvertError| {
+            if unpacked.load(Ordering::Relaxed) > limit {
+                ConvertError::BadEntry {
+                    digest: layer.digest.clone(),
+                    entry: "(its data)".into(),
+                    reason: format!(
+                        "the layers unpack to more than {limit} bytes from {total} compressed bytes \
+                         (Shoal converts at most 512 MiB plus 100 times the compressed size): a decompression bomb"
+                    ),
+                }
+            } else {
+                e
+            }
+        };
         std::thread::scope(|s| -> Result<(), ConvertError> {
             let (tx, rx) = sync_channel(8);
             s.spawn(move || pump(decoder, tx));
@@ -286,6 +313,8 @@ fn feed(
                 reported: 0,
                 total,
                 progress,
+                unpacked: &unpacked,
+                limit,
             };
             let mut archive = tar::Archive::new(reader);
             let entries = archive.entries().map_err(|e| layer_err(layer, e))?;
@@ -369,7 +398,8 @@ fn feed(
             let mut rest = archive.into_inner();
             io::copy(&mut rest, &mut io::sink()).map_err(|e| layer_err(layer, e))?;
             Ok(())
-        })?;
+        })
+        .map_err(over)?;
         flat.end_layer();
     }
     let (dir_list, links) = flat
@@ -486,4 +516,41 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::convert::LayerCompression;
+
+    #[test]
+    fn a_decompression_bomb_is_refused_once_past_the_limit() {
+        // Regression (issue 18): conversion took time in proportion to what
+        // a layer unpacks to, without bound (a gzip of zeros is 1/1000 of
+        // it). Here a limit of 4 MiB on an 8 MiB file of zeros.
+        use std::io::Write as _;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(8 << 20);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, "zeros", io::repeat(0).take(8 << 20)).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar.into_inner().unwrap()).unwrap();
+        let blob = gz.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layer { path: dir.path().join("layer"), compression: LayerCompression::Gzip, digest: "sha256:bomb".into() };
+        std::fs::write(&l.path, &blob).unwrap();
+        let total = blob.len() as u64;
+        let out = dir.path().join("out");
+        let e = feed(&[l.clone()], io::sink(), &out, total, 4 << 20, &|_| {}).unwrap_err().to_string();
+        assert!(e.contains("layer sha256:bomb") && e.contains("decompression bomb") && e.contains("cannot be converted safely"), "{e}");
+        // Under the limit it converts; the real limit lets small layers
+        // unpack to 512 MiB at least.
+        feed(&[l], io::sink(), &out, total, 16 << 20, &|_| {}).unwrap();
+        assert!(expansion_limit(total) > 512 << 20);
+        assert_eq!(expansion_limit(u64::MAX), u64::MAX);
+    }
 }

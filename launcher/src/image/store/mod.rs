@@ -272,10 +272,25 @@ impl Store {
     }
 
     /// The root for `scope`, or an error that says how to configure it.
+    ///
+    /// A user store that does not exist yet is made private (0700): its
+    /// images may come from registries only this user can log in to, and
+    /// its tags tell what they run, so other users of a login node must not
+    /// read it (home directories are often world-readable). An existing
+    /// one keeps the mode its user gave it.
     pub fn root(&self, scope: Scope) -> Result<&StoreRoot, StoreError> {
         match scope {
             Scope::Site => self.site.as_ref().ok_or(StoreError::NoSiteStore),
-            Scope::User => self.user.as_ref().ok_or(StoreError::NoUserStore),
+            Scope::User => {
+                let root = self.user.as_ref().ok_or(StoreError::NoUserStore)?;
+                if !root.dir.exists() {
+                    use std::os::unix::fs::DirBuilderExt;
+                    // Best effort: a read-only home fails later, where a
+                    // write is tried, with its own message.
+                    let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(&root.dir);
+                }
+                Ok(root)
+            }
         }
     }
 

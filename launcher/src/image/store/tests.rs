@@ -247,3 +247,22 @@ fn an_index_is_kept_byte_for_byte_and_its_variants_are_referenced() {
     fs::write(&p, b"{ }").unwrap();
     assert!(root.index_bytes(&idx2).is_err());
 }
+
+#[test]
+fn a_new_user_store_is_private_and_a_site_store_is_not_touched() {
+    // Regression (issue 18): the user store was made 0755 under a 0755
+    // home, so every user of a login node could read another's images
+    // (pulled with their registry login) and tags.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("home/.local/share/shoal");
+    let store = Store::with_dirs(Some(dir.path().join("site")), Some(user.clone()));
+    store.root(Scope::User).unwrap();
+    assert_eq!(fs::metadata(&user).unwrap().permissions().mode() & 0o777, 0o700);
+    store.root(Scope::Site).unwrap();
+    assert!(!dir.path().join("site").exists());
+    // An existing store keeps its user's mode.
+    fs::set_permissions(&user, fs::Permissions::from_mode(0o750)).unwrap();
+    store.root(Scope::User).unwrap();
+    assert_eq!(fs::metadata(&user).unwrap().permissions().mode() & 0o777, 0o750);
+}
