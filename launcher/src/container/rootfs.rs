@@ -29,8 +29,8 @@ use nix::sys::stat::{fstat, SFlag};
 use super::etc;
 use super::fuse::{self, FuseError};
 use super::image_server::readahead::Hints;
-use super::inject;
-use super::plan::{ImageMount, Mode, Mount, MountKind, Origin, Plan};
+use super::cred;
+use super::model::{ImageMount, Mode, Mount, MountKind, Origin, Plan};
 use super::sys;
 use super::userns::{self, NsError};
 
@@ -66,21 +66,6 @@ fn step(what: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
 /// checked before anything else happens.
 pub(crate) struct Sources {
     image: OwnedFd,
-}
-
-/// Runs `f` with this thread's effective ids switched to the user's when
-/// root builds for a user, so the kernel checks the user's permissions.
-fn as_user<T>(plan: &Plan, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    let root_acting = plan.mode == Mode::Privileged && plan.identity.uid != 0;
-    if !root_acting {
-        return f();
-    }
-    let saved = nix::unistd::getgroups().map_err(io::Error::from)?;
-    let saved: Vec<u32> = saved.iter().map(|g| g.as_raw()).collect();
-    sys::thread_set_effective(plan.identity.uid, plan.identity.gid, &plan.groups)?;
-    let r = f();
-    sys::thread_restore_root(&saved).expect("restoring root's ids after opening as the user");
-    r
 }
 
 /// The squashfs superblock: magic `hsqs`, version 4, and a size that fits.
@@ -125,7 +110,7 @@ fn check_trusted(fd: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
 
 pub(crate) fn open_sources(plan: &Plan) -> Result<Sources, BuildError> {
     let path = &plan.root.squashfs;
-    let image = as_user(plan, || sys::openat(None, path, libc::O_RDONLY, 0))
+    let image = cred::as_user(plan, || sys::openat(None, path, libc::O_RDONLY, 0))
         .map_err(|source| BuildError::ImageNotFound { path: path.clone(), source })?;
     check_squashfs(image.as_fd())
         .map_err(|why| BuildError::ImageCorrupt { path: path.clone(), why })?;
@@ -150,7 +135,7 @@ fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
             continue;
         };
         let open = || sys::openat(None, source, libc::O_PATH, 0);
-        let r = if *user_path { as_user(plan, open) } else { open() };
+        let r = if *user_path { cred::as_user(plan, open) } else { open() };
         match r {
             Ok(fd) => binds.push(Some(fd)),
             // Optional host pieces (no /etc/localtime, no home on this node).
@@ -316,7 +301,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         };
         skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
     }
-    for t in inject::skeleton_files(plan) {
+    for t in plan.setup_bind_targets() {
         skeleton_path(skel.as_fd(), t, false).map_err(step(format!("create mount target {}", t.display())))?;
     }
     skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;

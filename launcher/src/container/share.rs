@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::stat::fstat;
 
-use super::plan::Mode;
+use super::model::Mode;
 use super::sys;
 
 /// Which container to share and by how many processes.
