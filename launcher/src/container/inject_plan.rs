@@ -11,25 +11,26 @@
 //!
 //! Reading the image for the engine is `assess` (as the user, always).
 
-use std::path::PathBuf;
-
-use super::model::{DevLayout, Mount, MountKind, Origin, Plan, SetupStep};
-use crate::inject::{self, EnvChange, InjectError, InjectionPlan, Step};
-
-/// The engine handed over a plan the launcher cannot carry out as given
-/// (a bug in the injection engine, never the user's input).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OrderError {
-    #[error("injection plan step {index} ({what}) comes after a step that needs the finished root; mounts must come first")]
-    MountAfterSetup { index: usize, what: String },
-    #[error("injection plan step {index} writes {path}, which is not on a tmpfs of the injection; generated files go only there")]
-    WriteOutsideTmpfs { index: usize, path: PathBuf },
-}
+use super::model::{DevLayout, Mount, MountKind, OrderError, Origin, Plan, SetupStep};
+use crate::inject::{self, EnvChange, InjectionPlan, Step, TaskGpus};
 
 /// Appends an injection to a container plan (pure). Mounts keep the
 /// engine's order after the plan's own; setup steps keep theirs.
+/// The job's GPU variables keep the step's numbering (see
+/// [`inject::visible_inside`]); `plan()` does this with the task's own GPUs
+/// for a request that carries an injection.
 pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), OrderError> {
-    let origin = |why: &str| Origin::Other(format!("inject: {why}"));
+    extend(plan, injection)?;
+    // The step's numbers were made by `select_gpus`: renumbering cannot fail.
+    let inside = inject::visible_inside(injection.gpus.as_ref(), plan.dev == DevLayout::Minimal, &TaskGpus::Step).unwrap_or(None);
+    set_gpu_list(&mut plan.env, inside.as_deref());
+    Ok(())
+}
+
+/// The injection's mounts, setup steps and environment changes, appended
+/// to the plan; the GPU variables are left to the caller.
+pub(crate) fn extend(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), OrderError> {
+    let origin = |why: &str| Origin::Inject(why.to_string());
     let mut setup_started = false;
     for (i, step) in injection.steps.iter().enumerate() {
         let mount = match step {
@@ -41,6 +42,7 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
                     read_only: false,
                     harden: true,
                     origin: origin("Shoal directory"),
+                    required: true,
                 })
             }
             Step::Bind(b) => Some(Mount {
@@ -53,6 +55,7 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
                 // lone device node, so it goes with it (Mount has one switch).
                 harden: b.nosuid && b.nodev,
                 origin: origin(&b.why),
+                required: true,
             }),
             Step::WriteFile { path, contents } => {
                 let on_tmpfs = injection.steps[..i]
@@ -88,9 +91,6 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
     for change in &injection.env {
         apply_env(&mut plan.env, change);
     }
-    if let Some(visible) = injection.gpus.as_ref().and_then(|g| g.cuda_visible_devices.as_deref()) {
-        set_cuda_visible_devices(plan, visible);
-    }
     Ok(())
 }
 
@@ -99,34 +99,15 @@ pub fn add_injection(plan: &mut Plan, injection: &InjectionPlan) -> Result<(), O
 /// when present.
 pub const GPU_LIST_VARIABLES: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"];
 
-/// `CUDA_VISIBLE_DEVICES` inside, already renumbered for the bound GPUs:
-/// set only where /dev holds them alone, and only to a list (Slurm's empty
-/// value or `NoDevFiles` stays as the job has it).
-fn set_cuda_visible_devices(plan: &mut Plan, inside: &str) {
-    if plan.dev != DevLayout::Minimal || !inject::names_gpus(inside) {
-        return;
-    }
-    apply_env(&mut plan.env, &EnvChange::Set { name: "CUDA_VISIBLE_DEVICES".into(), value: inside.into() });
-    if let Some(slot) = plan.env.iter_mut().find(|(k, _)| k == GPU_LIST_VARIABLES[1]) {
+/// Sets the job's GPU list variables to `inside` (see
+/// [`inject::visible_inside`]; `None` leaves them): `CUDA_VISIBLE_DEVICES`
+/// always, `GPU_DEVICE_ORDINAL` where the job has it.
+pub(crate) fn set_gpu_list(env: &mut Vec<(String, String)>, inside: Option<&str>) {
+    let Some(inside) = inside else { return };
+    apply_env(env, &EnvChange::Set { name: GPU_LIST_VARIABLES[0].into(), value: inside.into() });
+    if let Some(slot) = env.iter_mut().find(|(k, _)| k == GPU_LIST_VARIABLES[1]) {
         slot.1 = inside.into();
     }
-}
-
-/// One task's GPUs: Slurm may give each task its own host numbers
-/// (`--gpus-per-task`) within the step's, whose container the step's tasks
-/// share. `task_visible` (the task's `CUDA_VISIBLE_DEVICES`, host numbers)
-/// is renumbered against the GPUs the injection bound. No GPU module or no
-/// value: nothing changes.
-pub fn set_task_gpus(plan: &mut Plan, injection: &InjectionPlan, task_visible: Option<&str>) -> Result<(), InjectError> {
-    let (Some(gpus), Some(visible)) = (&injection.gpus, task_visible) else {
-        return Ok(());
-    };
-    if plan.dev != DevLayout::Minimal || !inject::names_gpus(visible) {
-        return Ok(());
-    }
-    let inside = gpus.renumber(visible)?;
-    set_cuda_visible_devices(plan, &inside);
-    Ok(())
 }
 
 fn apply_env(env: &mut Vec<(String, String)>, change: &EnvChange) {
@@ -158,7 +139,11 @@ mod tests {
     use crate::inject::{BindMount, MountKind as InjectKind};
 
     fn base() -> Plan {
-        let req = RunRequest {
+        make_plan(&base_req(), &Config::default()).unwrap()
+    }
+
+    fn base_req() -> RunRequest {
+        RunRequest {
             image: RunImage {
                 squashfs: "/home/alice/img.sqfs".into(),
                 config: ImageConfig { env: vec!["PATH=/usr/bin:/bin".into()], ..Default::default() },
@@ -181,8 +166,12 @@ mod tests {
             mounts: vec![],
             writable: false,
             terminal: None,
-        };
-        make_plan(&req, &Config::default()).unwrap()
+            mount_home: true,
+            slurm: vec![],
+            pmix: vec![],
+            injection: None,
+            upper: None,
+        }
     }
 
     fn bind(source: &str, target: &str, kind: InjectKind, in_image: bool) -> Step {
@@ -279,10 +268,20 @@ mod tests {
         add_injection(&mut plan, &inj).unwrap();
         assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("1,0"));
         assert_eq!(get(&plan, "GPU_DEVICE_ORDINAL").as_deref(), Some("1,0"));
-        // A task of the step with its own host GPU 3.
-        set_task_gpus(&mut plan, &inj, Some("3")).unwrap();
+        // A task of the step with its own host GPU 3, its injection in the request.
+        let mut req = base_req();
+        req.host_env.push(("GPU_DEVICE_ORDINAL".into(), "3".into()));
+        let task = |own: &str| Some(crate::container::Injection { plan: inj.clone(), task_gpus: TaskGpus::Host(own.into()) });
+        req.injection = task("3");
+        let plan = make_plan(&req, &Config::default()).unwrap();
         assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("1"));
-        assert!(set_task_gpus(&mut plan, &inj, Some("2")).unwrap_err().to_string().contains("GPU 2 is not among"));
+        assert_eq!(get(&plan, "GPU_DEVICE_ORDINAL").as_deref(), Some("1"));
+        req.injection = task("2");
+        assert!(make_plan(&req, &Config::default()).unwrap_err().to_string().contains("GPU 2 is not among"));
+        // Slurm's local numbers: the job's values stay.
+        req.injection = Some(crate::container::Injection { plan: inj.clone(), task_gpus: TaskGpus::Local });
+        let plan = make_plan(&req, &Config::default()).unwrap();
+        assert_eq!(get(&plan, "CUDA_VISIBLE_DEVICES").as_deref(), Some("3,1"));
         // The host's whole /dev: CUDA numbers the GPUs as on the host.
         let mut plan = base();
         plan.dev = DevLayout::Host;

@@ -27,6 +27,7 @@ pub(crate) mod image_server;
 mod assess;
 mod cred;
 mod inject_plan;
+mod lower;
 mod model;
 mod plan;
 mod render;
@@ -45,14 +46,15 @@ pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
 pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process, FuseError};
+pub use lower::{lower, Facts, MountOp, SourceFact};
 pub use plan::plan;
 pub use model::{
     Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
     RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,
 };
 pub use assess::{assess_image, assess_modules, TaskCommand};
-pub use inject_plan::{add_injection, set_task_gpus, OrderError, GPU_LIST_VARIABLES};
-pub use model::SetupStep;
+pub use inject_plan::{add_injection, GPU_LIST_VARIABLES};
+pub use model::{Injection, OrderError, PmixDir, SetupStep, SlurmPath};
 pub use policy::{normalize as normalize_path, PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, JoinRule, Joined, Share, ShareError};

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::etc::Identity;
 use super::policy::{PolicyError, UserMount};
+use crate::inject::{InjectionPlan, TaskGpus};
 
 /// The image to run, as the store (or a squashfs path) hands it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,28 @@ pub struct RunRequest {
     /// the container has its own devpts, so the terminal is bound at
     /// /dev/console, where ttyname() finds it.
     pub terminal: Option<PathBuf>,
+    /// Bind the user's home (`--no-container-mount-home` clears it; a cwd
+    /// under the home is then not bound either).
+    pub mount_home: bool,
+    /// Host paths a Slurm task inside needs (the SPANK plugin), bound
+    /// read-only at the same path; the caller checked they exist.
+    pub slurm: Vec<(PathBuf, SlurmPath)>,
+    /// The step's PMIx directories (the SPANK plugin), bound read-write
+    /// and opened as the user.
+    pub pmix: Vec<(PathBuf, PmixDir)>,
+    /// Host-library injection, already checked against the image.
+    pub injection: Option<Injection>,
+    /// A writable root's upper layer on disk (see [`UpperLayer`]), which
+    /// root (the plugin) prepared.
+    pub upper: Option<UpperLayer>,
+}
+
+/// Host-library injection for one task: the engine's plan for the step
+/// and whose numbers the task's GPUs follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injection {
+    pub plan: InjectionPlan,
+    pub task_gpus: TaskGpus,
 }
 
 /// How the container is made.
@@ -107,16 +130,74 @@ pub struct UpperLayer {
     pub own_dirs: bool,
 }
 
-/// Who asked for a mount; extra kinds (ABI injection) use `Other`.
+/// Who asked for a mount (printed by `--dry-run`). Closed: every source of
+/// mounts is a field of the [`RunRequest`] and has its variant here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
+    /// The container's own (/dev, /proc, /sys, scratch tmpfs).
     System,
+    /// A host piece a node may lack (/etc/localtime, /dev/mqueue, the terminal).
     Host,
     Home,
     Cwd,
+    /// `[mounts] site` in the config.
     Site,
+    /// `--mount` / `--volume`.
     User,
-    Other(String),
+    /// What a Slurm task inside needs from the host ([`RunRequest::slurm`]).
+    Slurm(SlurmPath),
+    /// A step's PMIx directory ([`RunRequest::pmix`]).
+    Pmix(PmixDir),
+    /// Host-library injection, with the engine's reason.
+    Inject(String),
+}
+
+/// Why a Slurm path is bound in (see [`Origin::Slurm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlurmPath {
+    /// The batch script's directory (in slurmd's spool).
+    BatchScript,
+    /// `slurm.host_paths`: the client, its config, the munge socket.
+    Client,
+    /// `slurm.launch_host_paths`: what srun's MPI plugins load.
+    SrunMpiPlugin,
+}
+
+/// Which of a step's PMIx directories (see [`Origin::Pmix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PmixDir {
+    /// The PMIx server's tmpdir in slurmd's spool.
+    ServerTmpdir,
+    /// The client directory in TmpFS.
+    ClientDir,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::System => f.write_str("system"),
+            Origin::Host => f.write_str("host"),
+            Origin::Home => f.write_str("home"),
+            Origin::Cwd => f.write_str("cwd"),
+            Origin::Site => f.write_str("site"),
+            Origin::User => f.write_str("user"),
+            Origin::Slurm(SlurmPath::BatchScript) => f.write_str("batch script"),
+            Origin::Slurm(SlurmPath::Client) => f.write_str("Slurm client"),
+            Origin::Slurm(SlurmPath::SrunMpiPlugin) => f.write_str("srun's MPI plugin"),
+            Origin::Pmix(d) => f.write_str(d.what()),
+            Origin::Inject(why) => write!(f, "inject: {why}"),
+        }
+    }
+}
+
+impl PmixDir {
+    /// Its name in messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            PmixDir::ServerTmpdir => "PMIx server tmpdir",
+            PmixDir::ClientDir => "PMIx client dir",
+        }
+    }
 }
 
 /// What the container's /dev is.
@@ -173,6 +254,9 @@ pub struct Mount {
     /// nosuid,nodev (every mount but the kernel interfaces /dev, /proc, /sys).
     pub harden: bool,
     pub origin: Origin,
+    /// A bind source that cannot be opened fails the build; when false
+    /// (host pieces, home or cwd a node may lack), the mount is skipped.
+    pub required: bool,
 }
 
 /// The working directory inside.
@@ -218,6 +302,10 @@ pub enum PlanError {
     Policy(#[from] PolicyError),
     #[error("site mount {entry:?} in the config is invalid: {reason}; fix [mounts] site in the Shoal config")]
     SiteMount { entry: String, reason: String },
+    #[error(transparent)]
+    Injection(#[from] OrderError),
+    #[error("{0}")]
+    Gpu(String),
     #[error("no command to run: image {image} has no Cmd; give one after the image, e.g. `shoal run IMAGE -- /bin/sh`")]
     NoCommand { image: String },
 }
@@ -258,4 +346,14 @@ impl fmt::Display for Mode {
             Mode::Privileged => "privileged (mount namespace, root acting for the user)",
         })
     }
+}
+
+/// The engine handed over a plan the launcher cannot carry out as given
+/// (a bug in the injection engine, never the user's input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error("injection plan step {index} ({what}) comes after a step that needs the finished root; mounts must come first")]
+    MountAfterSetup { index: usize, what: String },
+    #[error("injection plan step {index} writes {path}, which is not on a tmpfs of the injection; generated files go only there")]
+    WriteOutsideTmpfs { index: usize, path: PathBuf },
 }

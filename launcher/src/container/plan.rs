@@ -10,9 +10,11 @@
 use std::path::{Path, PathBuf};
 
 use super::env;
+use super::inject_plan;
 use super::model::*;
 use super::policy::{self, UserMount};
 use crate::config::Config;
+use crate::inject;
 
 /// Makes the plan: pure, decides everything.
 pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
@@ -38,6 +40,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         read_only: false,
         harden,
         origin: Origin::System,
+        required: true,
     };
     let host_bind = |p: &str| MountKind::Bind { source: p.into(), recursive: true, as_user: false };
     let dev = if cfg.launcher.host_dev { DevLayout::Host } else { DevLayout::Minimal };
@@ -58,18 +61,20 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
             read_only: true,
             harden: true,
             origin: Origin::Host,
+            required: false,
         });
     }
 
     let home = PathBuf::from(&req.user.home);
     let home_bound = policy::same_path_bind_allowed(&home) && home.is_absolute();
-    if home_bound {
+    if home_bound && req.mount_home {
         mounts.push(Mount {
             target: home.clone(),
             kind: MountKind::Bind { source: home.clone(), recursive: false, as_user: true },
             read_only: false,
             harden: true,
             origin: Origin::Home,
+            required: false,
         });
     }
     let cwd_norm = policy::normalize(&req.cwd);
@@ -84,6 +89,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
                 read_only: false,
                 harden: true,
                 origin: Origin::Cwd,
+                required: false,
             });
             cwd_visible = true;
         }
@@ -101,6 +107,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
             read_only: m.read_only,
             harden: true,
             origin: Origin::Site,
+            required: true,
         });
     }
     for m in &req.mounts {
@@ -111,6 +118,29 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
             read_only: m.read_only,
             harden: true,
             origin: Origin::User,
+            required: true,
+        });
+    }
+
+    for (path, what) in &req.slurm {
+        mounts.push(Mount {
+            target: path.clone(),
+            kind: MountKind::Bind { source: path.clone(), recursive: false, as_user: false },
+            read_only: true,
+            harden: true,
+            origin: Origin::Slurm(*what),
+            required: true,
+        });
+    }
+    for (path, what) in &req.pmix {
+        // Read-write: clients take locks in the store and write session files.
+        mounts.push(Mount {
+            target: path.clone(),
+            kind: MountKind::Bind { source: path.clone(), recursive: false, as_user: true },
+            read_only: false,
+            harden: true,
+            origin: Origin::Pmix(*what),
+            required: true,
         });
     }
 
@@ -135,9 +165,9 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     ];
     let env = env::compose(&req.host_env, &ic.env, &req.env, &cfg.env.deny, &identity_env);
 
-    Ok(Plan {
+    let mut plan = Plan {
         mode,
-        root,
+        root: RootFs { upper: req.upper.clone(), ..root },
         dev,
         mounts,
         identity: req.user.clone(),
@@ -145,7 +175,8 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         drop_privileges: mode == Mode::Privileged,
         env,
         cwd: Cwd {
-            preferred: if cwd_visible { cwd_norm } else { None },
+            // Without the home (`mount_home` off), a cwd under it is not there.
+            preferred: cwd_norm.filter(|c| cwd_visible && (req.mount_home || !c.starts_with(&home))),
             fallback: ic
                 .workdir
                 .as_deref()
@@ -155,7 +186,16 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         argv,
         setup: Vec::new(),
         remap_root: false,
-    })
+    };
+    if let Some(inj) = &req.injection {
+        // After every other mount, in the engine's order.
+        inject_plan::extend(&mut plan, &inj.plan)?;
+        let minimal = plan.dev == DevLayout::Minimal;
+        let inside = inject::visible_inside(inj.plan.gpus.as_ref(), minimal, &inj.task_gpus)
+            .map_err(|e| PlanError::Gpu(e.to_string()))?;
+        inject_plan::set_gpu_list(&mut plan.env, inside.as_deref());
+    }
+    Ok(plan)
 }
 
 /// The minimal /dev, in mount order. Device nodes come from the host's
@@ -185,6 +225,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
             harden: false,
             // Host pieces a node may lack are skipped (see `rootfs`).
             origin: if optional { Origin::Host } else { Origin::System },
+            required: !optional,
         }
     };
     let mut v = vec![Mount {
@@ -193,12 +234,13 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
         read_only: false,
         harden: true,
         origin: Origin::System,
+        required: true,
     }];
     v.extend(DEV_NODES.iter().map(|n| node(n, false)));
     if root_made_nodes {
         v.push(node("pts", false));
     } else {
-        v.push(Mount { target: "/dev/pts".into(), kind: MountKind::Devpts, read_only: false, harden: false, origin: Origin::System });
+        v.push(Mount { target: "/dev/pts".into(), kind: MountKind::Devpts, read_only: false, harden: false, origin: Origin::System, required: true });
         if let Some(tty) = terminal {
             v.push(Mount {
                 target: "/dev/console".into(),
@@ -206,6 +248,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
                 read_only: false,
                 harden: false,
                 origin: Origin::Host,
+                required: false,
             });
         }
     }
@@ -215,6 +258,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
         read_only: false,
         harden: true,
         origin: Origin::System,
+        required: true,
     });
     // POSIX message queues, where the host has them mounted (no device
     // nodes there: nosuid,nodev).
@@ -225,6 +269,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
         read_only: false,
         harden: false,
         origin: Origin::System,
+        required: true,
     };
     v.push(if root_made_nodes {
         system("/dev/ptmx", MountKind::CharDevice { major: 5, minor: 2, mode: 0o666 })
@@ -243,13 +288,14 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
             read_only: false,
             harden: false,
             origin: Origin::System,
+            required: true,
         });
     }
     v
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::container::Identity;
 
@@ -286,7 +332,22 @@ mod tests {
             mounts: vec![],
             writable: false,
             terminal: None,
+            mount_home: true,
+            slurm: vec![],
+            pmix: vec![],
+            injection: None,
+            upper: None,
         }
+    }
+
+    /// A `shoal run` plan for alice, unprivileged.
+    pub(crate) fn plain_plan() -> Plan {
+        plan(&req(), &Config::default()).unwrap()
+    }
+
+    /// The flags plan mount `i` gets from the lowering, as `--dry-run` prints them.
+    fn flags(p: &Plan, i: usize) -> String {
+        crate::container::lower::flags_text(&crate::container::lower(p, &crate::container::Facts::as_planned(p)), i).unwrap()
     }
 
     fn targets(p: &Plan) -> Vec<String> {
@@ -339,7 +400,7 @@ mod tests {
             let dev = &p.mounts[0];
             assert_eq!(dev.kind, MountKind::Tmpfs { mode: 0o755, noexec: true, devices: privileged });
             // Root's own ptmx node needs device access on /dev; unprivileged, a link.
-            assert_eq!(dev.flags(), if privileged { "rw,nosuid,noexec" } else { "rw,nosuid,nodev,noexec" });
+            assert_eq!(flags(&p, 0), if privileged { "rw,nosuid,noexec" } else { "rw,nosuid,nodev,noexec" });
             let ptmx = p.mounts.iter().find(|m| m.target == Path::new("/dev/ptmx")).unwrap();
             let pts = p.mounts.iter().find(|m| m.target == Path::new("/dev/pts")).unwrap();
             if privileged {
@@ -348,7 +409,7 @@ mod tests {
             } else {
                 assert_eq!(ptmx.kind, MountKind::Symlink { to: "pts/ptmx".into() });
                 assert_eq!(pts.kind, MountKind::Devpts);
-                assert_eq!(pts.flags(), "rw,nosuid,noexec");
+                assert_eq!(flags(&p, p.mounts.iter().position(|m| m.target == Path::new("/dev/pts")).unwrap()), "rw,nosuid,noexec");
             }
             // Only single host nodes: no recursive bind brings the rest of /dev.
             for m in p.mounts.iter().filter(|m| m.target.starts_with("/dev")) {
@@ -425,6 +486,39 @@ mod tests {
         r.mounts = vec![UserMount::parse("/x:/etc/passwd", Path::new("/")).unwrap()];
         let e = plan(&r, &cfg).unwrap_err().to_string();
         assert!(e.contains("refused by site policy"), "{e}");
+    }
+
+    #[test]
+    fn the_plugins_binds_and_layer_are_request_fields_decided_here() {
+        let mut r = req();
+        r.privileged = true;
+        r.mount_home = false;
+        r.slurm = vec![("/etc/slurm".into(), SlurmPath::Client), ("/var/spool/slurmd/job7".into(), SlurmPath::BatchScript)];
+        r.pmix = vec![("/var/spool/slurmd/pmix.7.0".into(), PmixDir::ServerTmpdir)];
+        let layer = UpperLayer { upper: "/l/upper".into(), work: "/l/work".into(), own_dirs: false };
+        r.upper = Some(layer.clone());
+        let p = plan(&r, &Config::default()).unwrap();
+        // No home, and the cwd under it is not there either.
+        assert!(!p.mounts.iter().any(|m| m.origin == Origin::Home || m.origin == Origin::Cwd));
+        assert_eq!(p.cwd.preferred, None);
+        assert_eq!(p.root.upper, Some(layer));
+        let n = p.mounts.len();
+        let tail: Vec<_> = p.mounts[n - 3..].iter().map(|m| (m.target.to_str().unwrap(), m.read_only, m.required, &m.kind)).collect();
+        let bind = |s: &str, as_user| MountKind::Bind { source: s.into(), recursive: false, as_user };
+        assert_eq!(
+            tail,
+            [
+                ("/etc/slurm", true, true, &bind("/etc/slurm", false)),
+                ("/var/spool/slurmd/job7", true, true, &bind("/var/spool/slurmd/job7", false)),
+                ("/var/spool/slurmd/pmix.7.0", false, true, &bind("/var/spool/slurmd/pmix.7.0", true)),
+            ]
+        );
+        let text = p.render();
+        assert!(text.contains("/etc/slurm <- bind /etc/slurm [ro,nosuid,nodev] (Slurm client)"), "{text}");
+        assert!(text.contains("(batch script)") && text.contains("(opened as the user) [rw,nosuid,nodev] (PMIx server tmpdir)"), "{text}");
+        // Only host pieces, home and cwd may be missing on a node.
+        let optional: Vec<_> = plan(&req(), &Config::default()).unwrap().mounts.into_iter().filter(|m| !m.required).map(|m| m.origin).collect();
+        assert!(optional.iter().all(|o| matches!(o, Origin::Host | Origin::Home | Origin::Cwd)), "{optional:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::lower::{flags_text, lower, Facts};
 use super::model::*;
 
 impl Plan {
@@ -32,6 +33,8 @@ impl Plan {
         if self.remap_root {
             let _ = writeln!(s, "userns   uid 0 inside = uid {} outside (--container-remap-root)", self.identity.uid);
         }
+        // The flags the executor's syscalls give, with the facts as planned.
+        let ops = lower(self, &Facts::as_planned(self));
         for (i, m) in self.mounts.iter().enumerate() {
             let what = match &m.kind {
                 MountKind::Tmpfs { mode, .. } => format!("tmpfs mode={mode:o}"),
@@ -54,21 +57,13 @@ impl Plan {
                     if *as_user { " (opened as the user)" } else { "" }
                 ),
             };
-            let origin = match &m.origin {
-                Origin::System => "system".to_string(),
-                Origin::Host => "host".into(),
-                Origin::Home => "home".into(),
-                Origin::Cwd => "cwd".into(),
-                Origin::Site => "site".into(),
-                Origin::User => "user".into(),
-                Origin::Other(o) => o.clone(),
-            };
+            let origin = &m.origin;
             let _ = writeln!(
                 s,
                 "mount {:>2} {} <- {what} [{}] ({origin})",
                 i + 1,
                 m.target.display(),
-                m.flags()
+                flags_text(&ops, i).unwrap_or_default()
             );
         }
         s.push_str(&render_setup(self));
@@ -142,26 +137,3 @@ fn render_setup(plan: &Plan) -> String {
     s
 }
 
-impl Mount {
-    /// The mount's flags as `--dry-run` prints them.
-    pub(crate) fn flags(&self) -> String {
-        let mut f = vec![if self.read_only { "ro" } else { "rw" }];
-        if self.harden {
-            f.push("nosuid");
-            if !matches!(self.kind, MountKind::Tmpfs { devices: true, .. }) {
-                f.push("nodev");
-            }
-        }
-        if let MountKind::Tmpfs { noexec: true, .. } = self.kind {
-            f.push("noexec");
-        }
-        if self.kind == MountKind::Devpts {
-            // Its ptys are device nodes: nodev would stop them.
-            f.extend(["nosuid", "noexec"]);
-        }
-        if let MountKind::Bind { recursive: true, .. } = self.kind {
-            f.push("rec");
-        }
-        f.join(",")
-    }
-}

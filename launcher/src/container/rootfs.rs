@@ -30,7 +30,8 @@ use super::etc;
 use super::fuse::{self, FuseError};
 use super::image_server::readahead::Hints;
 use super::cred;
-use super::model::{ImageMount, Mode, Mount, MountKind, Origin, Plan};
+use super::lower::{lower, Facts, MountOp, SourceFact, STAGE_FLAGS};
+use super::model::{ImageMount, Mode, Mount, MountKind, Plan};
 use super::sys;
 use super::userns::{self, NsError};
 
@@ -139,7 +140,7 @@ fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
         match r {
             Ok(fd) => binds.push(Some(fd)),
             // Optional host pieces (no /etc/localtime, no home on this node).
-            Err(_) if matches!(m.origin, Origin::Host | Origin::Home | Origin::Cwd) => binds.push(None),
+            Err(_) if !m.required => binds.push(None),
             Err(err) => {
                 return Err(BuildError::Source {
                     source_path: source.clone(),
@@ -154,8 +155,6 @@ fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
 }
 
 const STAGE: &str = "/tmp";
-/// The staging tmpfs's flags, which directories bound from it keep.
-const STAGE_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
 
 fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let st = fstat(fd).map_err(io::Error::from)?;
@@ -209,11 +208,18 @@ fn write_file(dir: BorrowedFd<'_>, name: &Path, bytes: &[u8]) -> io::Result<()> 
     std::fs::File::from(fd).write_all(bytes)
 }
 
+/// Binds `source` (opened) at `target` (opened inside the root) with
+/// `flags` (`MS_BIND`, `MS_REC`): [`MountOp::Bind`].
+fn bind(source: BorrowedFd<'_>, target: BorrowedFd<'_>, flags: libc::c_ulong) -> io::Result<()> {
+    sys::mount(Some(&sys::fd_path(source)), &sys::fd_path(target), None, flags, None)
+}
+
 /// Remounts the bind just made at `target` (reopened inside the root: the
-/// descriptor opened before it is under it) with `flags`.
-fn remount_bind(root: BorrowedFd<'_>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
+/// descriptor opened before it is under it) with `flags` (`MS_REMOUNT |
+/// MS_BIND | ...`): [`MountOp::Remount`].
+pub(crate) fn remount_bind(root: BorrowedFd<'_>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
     let top = sys::open_in_root(root, target, libc::O_PATH, 0)?;
-    sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | flags, None)
+    sys::mount(None, &sys::fd_path(top.as_fd()), None, flags, None)
 }
 
 fn c(s: &str) -> CString {
@@ -261,15 +267,15 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     }
 
     // 4. The image, read-only, nosuid, nodev.
-    let lower = format!("{STAGE}/lower");
+    let lower_dir = format!("{STAGE}/lower");
     match server.as_mut() {
-        Some(s) => s.attach(Path::new(&lower))?,
+        Some(s) => s.attach(Path::new(&lower_dir))?,
         None => {
             let (dev, name) = sys::loop_attach(src.image.as_fd())
                 .map_err(|err| BuildError::Loop { path: plan.root.squashfs.clone(), err })?;
             sys::mount(
                 Some(&c(&name)),
-                &c(&lower),
+                &c(&lower_dir),
                 Some(c"squashfs"),
                 libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
                 None,
@@ -308,7 +314,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
 
     // The first access waits for the server; a server that died reports here.
-    let lower_fd = sys::openat(None, Path::new(&lower), libc::O_PATH | libc::O_DIRECTORY, 0)
+    let lower_fd = sys::openat(None, Path::new(&lower_dir), libc::O_PATH | libc::O_DIRECTORY, 0)
         .and_then(|fd| fstat(fd.as_fd()).map(|_| fd).map_err(io::Error::from))
         .map_err(|e| BuildError::FuseServerFailed {
             path: plan.root.squashfs.clone(),
@@ -321,7 +327,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             },
         })?;
 
-    follow_image_links(skel.as_fd(), lower_fd.as_fd(), Path::new(&lower)).map_err(step("place the mount targets behind the image's links"))?;
+    follow_image_links(skel.as_fd(), lower_fd.as_fd(), Path::new(&lower_dir)).map_err(step("place the mount targets behind the image's links"))?;
 
     // /etc/passwd and /etc/group: the image's with the user merged in. A
     // writable root holds them in the skeleton, where tools inside can
@@ -343,7 +349,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     drop(etc_dir);
 
     // 6. The root: skeleton over image, plus a tmpfs upper when writable.
-    let mut opts = format!("lowerdir={STAGE}/skel:{lower}");
+    let mut opts = format!("lowerdir={STAGE}/skel:{lower_dir}");
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if let (true, Some(layer)) = (plan.root.writable, &plan.root.upper) {
         // Root-made paths in a root-only directory (see `UpperLayer`).
@@ -367,7 +373,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         if upper.contains([',', ':', '\\']) {
             return Err(step("mount the overlay root")(io::Error::other(format!("layer path {upper} has `,`, `:` or `\\`"))));
         }
-        opts = format!("lowerdir={STAGE}/skel:{upper}:{lower}");
+        opts = format!("lowerdir={STAGE}/skel:{upper}:{lower_dir}");
         flags |= libc::MS_RDONLY;
     } else {
         flags |= libc::MS_RDONLY;
@@ -388,112 +394,25 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             let what = || format!("bind /etc/{name}");
             let source = sys::openat(Some(stage_fd.as_fd()), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
             let top = sys::open_in_root(root.as_fd(), &target, libc::O_PATH, 0).map_err(step(what()))?;
-            sys::mount(Some(&sys::fd_path(source.as_fd())), &sys::fd_path(top.as_fd()), None, libc::MS_BIND, None).map_err(step(what()))?;
-            remount_bind(root.as_fd(), &target, STAGE_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
+            bind(source.as_fd(), top.as_fd(), libc::MS_BIND).map_err(step(what()))?;
+            remount_bind(root.as_fd(), &target, libc::MS_REMOUNT | libc::MS_BIND | STAGE_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
         }
     }
 
-    // 7. Mounts, in plan order, onto targets resolved inside the root.
-    for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
-        let what = || format!("mount {}", m.target.display());
-        if let (MountKind::Bind { .. }, None) = (&m.kind, s) {
-            continue; // an optional source this node lacks
-        }
-        match &m.kind {
-            MountKind::Copy { .. } => continue, // in the skeleton already
-            MountKind::Symlink { to } => {
-                let what = format!("link {} to {}", m.target.display(), to.display());
-                make_in_tmpfs(root.as_fd(), plan, i, |dir, name| nix::unistd::symlinkat(to, dir, name).map_err(io::Error::from))
-                    .map_err(step(what))?;
-                continue;
-            }
-            MountKind::CharDevice { major, minor, mode } => {
-                let what = format!("make device node {}", m.target.display());
-                make_in_tmpfs(root.as_fd(), plan, i, |dir, name| {
-                    let perm = nix::sys::stat::Mode::from_bits_truncate(*mode);
-                    let dev = libc::makedev(*major, *minor);
-                    nix::sys::stat::mknodat(dir, name, SFlag::S_IFCHR, perm, dev).map_err(io::Error::from)?;
-                    // The umask narrowed the mode.
-                    nix::sys::stat::fchmodat(dir, name, perm, nix::sys::stat::FchmodatFlags::NoFollowSymlink).map_err(io::Error::from)
-                })
-                .map_err(step(what))?;
-                continue;
-            }
-            _ => {}
-        }
-        let inside_tmpfs = enclosing_tmpfs(&plan.mounts[..i], &m.target).is_some();
-        let first = if inside_tmpfs { Err(io::Error::from_raw_os_error(libc::ENOENT)) } else { sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0) };
-        let target = match first {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // The skeleton made this target, but a tmpfs the plan
-                // mounted earlier (/run for /run/munge) now hides it: make
-                // it again inside that tmpfs, which is ours, not the image's.
-                let Some(tmpfs) = enclosing_tmpfs(&plan.mounts[..i], &m.target) else {
-                    return Err(step(what())(e));
-                };
-                let dir = match s {
-                    Some(fd) => is_dir(fd.as_fd()).map_err(step(what()))?,
-                    None => true,
-                };
-                let base = sys::open_in_root(root.as_fd(), &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step(what()))?;
-                let rel = m.target.strip_prefix(&tmpfs.target).unwrap_or(&m.target);
-                skeleton_path(base.as_fd(), rel, dir).map_err(step(what()))?;
-                sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?
-            }
-            other => other.map_err(step(what()))?,
-        };
-        let mut extra = if m.harden { libc::MS_NOSUID | libc::MS_NODEV } else { 0 };
-        if m.read_only {
-            extra |= libc::MS_RDONLY;
-        }
-        match (&m.kind, s) {
-            (MountKind::Tmpfs { mode, noexec, devices }, _) => {
-                // A directory of the staging tmpfs, bound here: one tmpfs
-                // for all of the container's scratch directories (a bind
-                // costs about half a new tmpfs). It is nosuid,nodev.
-                let want = if *noexec { extra | libc::MS_NOEXEC } else { extra };
-                let want = if *devices { want & !libc::MS_NODEV } else { want };
-                let name = PathBuf::from(format!("scratch/{i}"));
-                sys::mkdirat(stage_fd.as_fd(), &name, 0o700).map_err(step(what()))?;
-                nix::sys::stat::fchmodat(
-                    stage_fd.as_fd(),
-                    &name,
-                    nix::sys::stat::Mode::from_bits_truncate(*mode),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
-                )
-                .map_err(|e| step(what())(e.into()))?;
-                let dir = sys::openat(Some(stage_fd.as_fd()), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
-                sys::mount(Some(&sys::fd_path(dir.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND, None).map_err(step(what()))?;
-                if want != STAGE_FLAGS {
-                    remount_bind(root.as_fd(), &m.target, want).map_err(step(what()))?;
-                }
-            }
-            (MountKind::Devpts, _) => {
-                // nodev would stop the ptys themselves; gid= is left out
-                // (the tty group is not mapped in a user namespace).
-                sys::mount(
-                    Some(c"devpts"),
-                    &sys::fd_path(target.as_fd()),
-                    Some(c"devpts"),
-                    libc::MS_NOSUID | libc::MS_NOEXEC,
-                    Some(c"newinstance,ptmxmode=0666,mode=0620"),
-                )
-                .map_err(step(what()))?;
-            }
-            (MountKind::Symlink { .. } | MountKind::CharDevice { .. } | MountKind::Copy { .. }, _) => unreachable!("made above"),
-            (MountKind::Bind { recursive, .. }, Some(fd)) => {
-                let rec = if *recursive { libc::MS_REC } else { 0 };
-                sys::mount(Some(&sys::fd_path(fd.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND | rec, None)
-                    .map_err(step(what()))?;
-                let keep = sys::locked_flags(fd.as_fd()).map_err(step(what()))?;
-                // A source mounted nosuid,nodev (,ro) already needs no remount.
-                if extra & !keep != 0 {
-                    remount_bind(root.as_fd(), &m.target, keep | extra)
-                        .map_err(step(format!("remount {} with nosuid,nodev{}", m.target.display(), if m.read_only { ",ro" } else { "" })))?;
-                }
-            }
-            (MountKind::Bind { .. }, None) => {}
-        }
+    // 7. Mounts, in plan order, onto targets resolved inside the root: the
+    //    plan lowered with what the sources say (see `lower`).
+    let mut sources = Vec::with_capacity(binds.len());
+    for (m, fd) in plan.mounts.iter().zip(&binds) {
+        sources.push(match fd {
+            Some(fd) => Some(SourceFact {
+                locked: sys::locked_flags(fd.as_fd()).map_err(step(format!("mount {}", m.target.display())))?,
+            }),
+            None => None,
+        });
+    }
+    let ops = lower(plan, &Facts { sources });
+    for op in &ops {
+        apply(op, plan, &binds, root.as_fd(), stage_fd.as_fd())?;
     }
     drop(binds);
     if let Some(lower_fd) = user_db {
@@ -509,6 +428,84 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         s.reap();
     }
     Ok(())
+}
+
+/// Carries out one lowered op on the root being built (`root`); `binds`:
+/// the plan's bind sources, opened; `stage`: the staging tmpfs.
+fn apply(op: &MountOp, plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, stage: BorrowedFd<'_>) -> Result<(), BuildError> {
+    let i = op.mount();
+    let m = &plan.mounts[i];
+    let what = || format!("mount {}", m.target.display());
+    match op {
+        MountOp::Skip { .. } => {}
+        MountOp::Symlink { target, to, .. } => {
+            make_in_tmpfs(root, plan, i, |dir, name| nix::unistd::symlinkat(to, dir, name).map_err(io::Error::from))
+                .map_err(step(format!("link {} to {}", target.display(), to.display())))?;
+        }
+        MountOp::CharDevice { target, major, minor, mode, .. } => {
+            make_in_tmpfs(root, plan, i, |dir, name| {
+                let perm = nix::sys::stat::Mode::from_bits_truncate(*mode);
+                let dev = libc::makedev(*major, *minor);
+                nix::sys::stat::mknodat(dir, name, SFlag::S_IFCHR, perm, dev).map_err(io::Error::from)?;
+                // The umask narrowed the mode.
+                nix::sys::stat::fchmodat(dir, name, perm, nix::sys::stat::FchmodatFlags::NoFollowSymlink).map_err(io::Error::from)
+            })
+            .map_err(step(format!("make device node {}", target.display())))?;
+        }
+        MountOp::Scratch { mode, flags, .. } => {
+            let target = mount_target(plan, i, binds, root)?;
+            let name = PathBuf::from(format!("scratch/{i}"));
+            sys::mkdirat(stage, &name, 0o700).map_err(step(what()))?;
+            nix::sys::stat::fchmodat(
+                stage,
+                &name,
+                nix::sys::stat::Mode::from_bits_truncate(*mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| step(what())(e.into()))?;
+            let dir = sys::openat(Some(stage), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+            bind(dir.as_fd(), target.as_fd(), *flags).map_err(step(what()))?;
+        }
+        MountOp::Devpts { flags, data, .. } => {
+            let target = mount_target(plan, i, binds, root)?;
+            sys::mount(Some(c"devpts"), &sys::fd_path(target.as_fd()), Some(c"devpts"), *flags, Some(&c(data))).map_err(step(what()))?;
+        }
+        MountOp::Bind { flags, .. } => {
+            let target = mount_target(plan, i, binds, root)?;
+            let Some(source) = &binds[i] else { unreachable!("a bind without its source is lowered to Skip") };
+            bind(source.as_fd(), target.as_fd(), *flags).map_err(step(what()))?;
+        }
+        MountOp::Remount { target, flags, .. } => {
+            let why = match m.kind {
+                MountKind::Bind { .. } => {
+                    format!("remount {} with nosuid,nodev{}", target.display(), if m.read_only { ",ro" } else { "" })
+                }
+                _ => what(),
+            };
+            remount_bind(root, target, *flags).map_err(step(why))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the target of `plan.mounts[i]` inside the root. The skeleton made
+/// it, but a tmpfs the plan mounted earlier (/run for /run/munge) may hide
+/// it now: then it is made again inside that tmpfs, which is ours, not the
+/// image's.
+fn mount_target(plan: &Plan, i: usize, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>) -> Result<OwnedFd, BuildError> {
+    let m = &plan.mounts[i];
+    let what = || format!("mount {}", m.target.display());
+    let Some(tmpfs) = enclosing_tmpfs(&plan.mounts[..i], &m.target) else {
+        return sys::open_in_root(root, &m.target, libc::O_PATH, 0).map_err(step(what()));
+    };
+    let dir = match &binds[i] {
+        Some(fd) => is_dir(fd.as_fd()).map_err(step(what()))?,
+        None => true,
+    };
+    let base = sys::open_in_root(root, &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step(what()))?;
+    let rel = m.target.strip_prefix(&tmpfs.target).unwrap_or(&m.target);
+    skeleton_path(base.as_fd(), rel, dir).map_err(step(what()))?;
+    sys::open_in_root(root, &m.target, libc::O_PATH, 0).map_err(step(what()))
 }
 
 /// Moves each top-level directory of the skeleton that the image has as a

@@ -83,7 +83,7 @@ pub mod plan;
 pub mod select;
 pub mod version;
 
-pub use gpu::{names_gpus, select_gpus, GpuDevice, GpuSelection};
+pub use gpu::{names_gpus, select_gpus, visible_inside, GpuDevice, GpuSelection, TaskGpus};
 pub use image::{DirImage, ImageFs, SquashfsImage};
 pub use plan::{
     assess, Action, Assessment, BindMount, EnvChange, InjectionPlan, LibraryDecision, MountKind,
