@@ -34,6 +34,7 @@ mod render;
 mod policy;
 mod rootfs;
 mod setup;
+mod skeleton;
 mod share;
 mod sys;
 mod userns;

@@ -17,7 +17,8 @@ use nix::sys::stat::{fstat, SFlag};
 use super::cred;
 use super::exec;
 use super::model::{Plan, SetupStep};
-use super::rootfs::{skeleton_path, BuildError};
+use super::rootfs::BuildError;
+use super::skeleton::skeleton_path;
 use super::sys;
 
 fn step_err(what: String) -> impl FnOnce(io::Error) -> BuildError {
