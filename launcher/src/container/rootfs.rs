@@ -1,7 +1,8 @@
 //! Doing: builds the container in the current process, in the order a reader
-//! expects: open every source (as the user where the user named it), start
-//! the image server, new namespaces, image mount, skeleton, overlay root,
-//! mounts, pivot_root.
+//! expects, one named step each ([`build`]): open every source (as the user
+//! where the user named it), start the image server, new namespaces, image
+//! mount, skeleton, overlay root, mounts (the plan lowered to syscalls by
+//! `lower`, carried out op by op), pivot_root.
 //!
 //! The root is an overlay of two read-only layers: a small tmpfs "skeleton"
 //! holding every mount target, on top of the image. Targets missing in the
@@ -195,13 +196,35 @@ fn c(s: &str) -> CString {
 /// Builds the container and leaves the current process inside it (root
 /// pivoted, cwd `/`). Credentials, capabilities and cwd are the caller's job.
 /// `processes`: how many processes will use it (the FUSE server's threads).
+/// The steps, in the order the container is made:
 pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), BuildError> {
-    let id = &plan.identity;
+    let mut server = start_image_server(plan, &src, processes)?;
+    enter_namespaces(plan, server.as_ref())?;
+    let binds = open_binds(plan)?;
+    let stage = make_stage()?;
+    mount_image(plan, src, server.as_mut())?;
+    let skel = make_skeleton(plan, &binds, stage.as_fd())?;
+    let user_db = place_user_db(plan, skel, stage.as_fd(), server.as_ref())?;
+    let root = mount_root(plan, stage.as_fd(), user_db.is_some())?;
+    mount_all(plan, &binds, root.as_fd(), stage.as_fd())?;
+    drop(binds);
+    if let Some(lower_fd) = user_db {
+        write_user_db(lower_fd.as_fd(), stage.as_fd(), &plan.identity)?;
+    }
+    pivot(root, server)
+}
 
-    // 1. The image server first: the superblock is made (unprivileged: in a
-    //    new user namespace) and the server forked before the container's
-    //    mount namespace exists, so it never holds the container alive.
-    let mut server = match &plan.root.via {
+/// Where the image is mounted in the staging tmpfs.
+fn lower_dir() -> String {
+    format!("{STAGE}/lower")
+}
+
+/// 1. The image server first: the superblock is made (unprivileged: in a
+///    new user namespace) and the server forked before the container's
+///    mount namespace exists, so it never holds the container alive.
+fn start_image_server(plan: &Plan, src: &Sources, processes: u32) -> Result<Option<fuse::FuseServer>, BuildError> {
+    let id = &plan.identity;
+    Ok(match &plan.root.via {
         ImageMount::Fuse { squashfuse } => {
             let who = match plan.mode {
                 Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
@@ -210,20 +233,23 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1, &readahead_hints(plan))?)
         }
         ImageMount::KernelLoop => None,
-    };
+    })
+}
 
-    // 2. Namespaces: the container's own mount namespace (inside the user
-    //    namespace the server start made, when unprivileged; that start's
-    //    mount namespace serves when the server is not in it).
-    match (plan.mode, &server) {
+/// 2. Namespaces: the container's own mount namespace (inside the user
+///    namespace the server start made, when unprivileged; that start's
+///    mount namespace serves when the server is not in it).
+fn enter_namespaces(plan: &Plan, server: Option<&fuse::FuseServer>) -> Result<(), BuildError> {
+    match (plan.mode, server) {
         (Mode::Unprivileged, Some(s)) if !s.in_launcher_namespace => userns::make_private()?,
         (Mode::Unprivileged, _) => userns::new_mount()?,
         (Mode::Privileged, _) => userns::enter_mount()?,
     }
+    Ok(())
+}
 
-    let binds = open_binds(plan)?;
-
-    // 3. A private staging tmpfs (only this namespace sees it).
+/// 3. A private staging tmpfs (only this namespace sees it).
+fn make_stage() -> Result<OwnedFd, BuildError> {
     let stage = c(STAGE);
     sys::mount(Some(c"shoal"), &stage, Some(c"tmpfs"), STAGE_FLAGS, Some(c"mode=0700"))
         .map_err(step("mount the staging tmpfs"))?;
@@ -231,10 +257,13 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     for d in ["lower", "skel", "root", "upper", "work", "scratch"] {
         sys::mkdirat(stage_fd.as_fd(), Path::new(d), 0o755).map_err(step(format!("create {STAGE}/{d}")))?;
     }
+    Ok(stage_fd)
+}
 
-    // 4. The image, read-only, nosuid, nodev.
-    let lower_dir = format!("{STAGE}/lower");
-    match server.as_mut() {
+/// 4. The image, read-only, nosuid, nodev.
+fn mount_image(plan: &Plan, src: Sources, server: Option<&mut fuse::FuseServer>) -> Result<(), BuildError> {
+    let lower_dir = lower_dir();
+    match server {
         Some(s) => s.attach(Path::new(&lower_dir))?,
         None => {
             let (dev, name) = sys::loop_attach(src.image.as_fd())
@@ -251,11 +280,14 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         }
     }
     drop(src.image);
+    Ok(())
+}
 
-    // 5. The skeleton: every mount target (made while the server starts),
-    //    and /etc/passwd and /etc/group (see `user_db` below).
-    let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
-    for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
+/// 5. The skeleton: every mount target (made while the server starts),
+///    and /etc (see [`place_user_db`]).
+fn make_skeleton(plan: &Plan, binds: &[Option<OwnedFd>], stage: BorrowedFd<'_>) -> Result<OwnedFd, BuildError> {
+    let skel = sys::openat(Some(stage), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
+    for (i, (m, s)) in plan.mounts.iter().zip(binds).enumerate() {
         // Targets in a tmpfs of the plan are made there when it is mounted.
         if enclosing_tmpfs(&plan.mounts[..i], &m.target).is_some() {
             continue;
@@ -277,6 +309,20 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         skeleton_path(skel.as_fd(), t, false).map_err(step(format!("create mount target {}", t.display())))?;
     }
     skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
+    Ok(skel)
+}
+
+/// 5b. /etc/passwd and /etc/group: the image's with the user merged in. A
+/// writable root holds them in the skeleton, where tools inside can
+/// replace them (useradd renames onto /etc/passwd, which a mount point
+/// refuses). A read-only root gets them bound from the staging tmpfs and
+/// filled in last (returns the image's root for that): reading the
+/// image's costs the server a decompression or two, which its read-ahead
+/// then does while the mounts are made (the launcher waited about a
+/// millisecond here before). The mount targets behind the image's
+/// top-level links are moved there first.
+fn place_user_db(plan: &Plan, skel: OwnedFd, stage: BorrowedFd<'_>, server: Option<&fuse::FuseServer>) -> Result<Option<OwnedFd>, BuildError> {
+    let lower_dir = lower_dir();
     let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
 
     // The first access waits for the server; a server that died reports here.
@@ -284,7 +330,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         .and_then(|fd| fstat(fd.as_fd()).map(|_| fd).map_err(io::Error::from))
         .map_err(|e| BuildError::FuseServerFailed {
             path: plan.root.squashfs.clone(),
-            detail: match &server {
+            detail: match server {
                 Some(s) => {
                     let d = s.diagnostics();
                     if d.is_empty() { e.to_string() } else { d }
@@ -295,26 +341,24 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
 
     follow_image_links(skel.as_fd(), lower_fd.as_fd(), Path::new(&lower_dir)).map_err(step("place the mount targets behind the image's links"))?;
 
-    // /etc/passwd and /etc/group: the image's with the user merged in. A
-    // writable root holds them in the skeleton, where tools inside can
-    // replace them (useradd renames onto /etc/passwd, which a mount point
-    // refuses). A read-only root gets them bound from the staging tmpfs and
-    // filled in last: reading the image's costs the server a decompression
-    // or two, which its read-ahead then does while the mounts are made
-    // (the launcher waited about a millisecond here before).
     let user_db = if plan.root.writable {
-        write_user_db(lower_fd.as_fd(), etc_dir.as_fd(), id)?;
+        write_user_db(lower_fd.as_fd(), etc_dir.as_fd(), &plan.identity)?;
         None
     } else {
         for name in USER_DB {
             write_file(etc_dir.as_fd(), Path::new(name), b"").map_err(step(format!("create /etc/{name}")))?;
-            write_file(stage_fd.as_fd(), Path::new(name), b"").map_err(step(format!("create {STAGE}/{name}")))?;
+            write_file(stage, Path::new(name), b"").map_err(step(format!("create {STAGE}/{name}")))?;
         }
         Some(lower_fd)
     };
-    drop(etc_dir);
+    Ok(user_db)
+}
 
-    // 6. The root: skeleton over image, plus a tmpfs upper when writable.
+/// 6. The root: skeleton over image, plus a tmpfs upper when writable;
+///    the user database bound in when `bind_user_db`.
+fn mount_root(plan: &Plan, stage: BorrowedFd<'_>, bind_user_db: bool) -> Result<OwnedFd, BuildError> {
+    let id = &plan.identity;
+    let lower_dir = lower_dir();
     let mut opts = format!("lowerdir={STAGE}/skel:{lower_dir}");
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if let (true, Some(layer)) = (plan.root.writable, &plan.root.upper) {
@@ -354,21 +398,25 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         debug_assert!(layer.own_dirs);
         own_dirs(root.as_fd(), id.uid, id.gid).map_err(step("give the user the directories of the writable root"))?;
     }
-    if user_db.is_some() {
+    if bind_user_db {
         for name in USER_DB {
             let target = Path::new("/etc").join(name);
             let what = || format!("bind /etc/{name}");
-            let source = sys::openat(Some(stage_fd.as_fd()), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+            let source = sys::openat(Some(stage), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
             let top = sys::open_in_root(root.as_fd(), &target, libc::O_PATH, 0).map_err(step(what()))?;
             bind(source.as_fd(), top.as_fd(), libc::MS_BIND).map_err(step(what()))?;
             remount_bind(root.as_fd(), &target, libc::MS_REMOUNT | libc::MS_BIND | STAGE_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
         }
     }
 
-    // 7. Mounts, in plan order, onto targets resolved inside the root: the
-    //    plan lowered with what the sources say (see `lower`).
+    Ok(root)
+}
+
+/// 7. Mounts, in plan order, onto targets resolved inside the root: the
+///    plan lowered with what the sources say (see `lower`), op by op.
+fn mount_all(plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, stage: BorrowedFd<'_>) -> Result<(), BuildError> {
     let mut sources = Vec::with_capacity(binds.len());
-    for (m, fd) in plan.mounts.iter().zip(&binds) {
+    for (m, fd) in plan.mounts.iter().zip(binds) {
         sources.push(match fd {
             Some(fd) => Some(SourceFact {
                 locked: sys::locked_flags(fd.as_fd()).map_err(step(format!("mount {}", m.target.display())))?,
@@ -378,14 +426,13 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     }
     let ops = lower(plan, &Facts { sources });
     for op in &ops {
-        apply(op, plan, &binds, root.as_fd(), stage_fd.as_fd())?;
+        apply(op, plan, binds, root, stage)?;
     }
-    drop(binds);
-    if let Some(lower_fd) = user_db {
-        write_user_db(lower_fd.as_fd(), stage_fd.as_fd(), id)?;
-    }
+    Ok(())
+}
 
-    // 8. pivot_root, and the host's tree detached.
+/// 8. pivot_root, and the host's tree detached.
+fn pivot(root: OwnedFd, mut server: Option<fuse::FuseServer>) -> Result<(), BuildError> {
     nix::unistd::fchdir(root.as_fd()).map_err(|e| step("enter the root")(e.into()))?;
     sys::pivot_root_here().map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| step("detach the host root")(e.into()))?;
