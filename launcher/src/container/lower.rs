@@ -277,6 +277,30 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_style_plan_lowers_with_every_hardened_mount_remounted() {
+        use crate::container::model::{PmixDir, SlurmPath};
+        let mut r = crate::container::plan::tests::alice_request();
+        r.privileged = true;
+        r.slurm = vec![("/etc/slurm".into(), SlurmPath::Client)];
+        r.pmix = vec![("/var/spool/slurmd/pmix.7.0".into(), PmixDir::ServerTmpdir)];
+        let p = crate::container::plan(&r, &crate::config::Config::default()).unwrap();
+        let ops = lower(&p, &Facts::as_planned(&p));
+        let text = p.render();
+        for (i, m) in p.mounts.iter().enumerate() {
+            let Some(flags) = flags_text(&ops, i) else { continue };
+            // The dry run prints the lowered flags, nothing of its own.
+            assert!(text.contains(&format!("{} <- ", m.target.display())) && text.contains(&format!("[{flags}]")), "{m:?}");
+            if m.harden && matches!(m.kind, MountKind::Bind { .. }) {
+                let last = ops.iter().rev().find(|op| op.mount() == i).unwrap();
+                let MountOp::Remount { flags, .. } = last else { panic!("{m:?} not remounted: {last:?}") };
+                assert_eq!(flags & NOSUID_NODEV, NOSUID_NODEV, "{m:?}");
+                assert_eq!(flags & libc::MS_RDONLY != 0, m.read_only, "{m:?}");
+            }
+        }
+        assert!(text.contains("/etc/slurm <- bind /etc/slurm [ro,nosuid,nodev] (Slurm client)"), "{text}");
+    }
+
+    #[test]
     fn devpts_links_and_nodes() {
         let p = plan_with(vec![
             mount("/dev", MountKind::Tmpfs { mode: 0o755, noexec: true, devices: true }, false, true),

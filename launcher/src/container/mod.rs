@@ -11,7 +11,9 @@
 //! - `userns`: namespaces; `fuse`: the image through FUSE, served by
 //!   `image_server` (Shoal's own squashfs server, for the `shoal` binary) or
 //!   squashfuse_ll;
-//!   `rootfs`: image, skeleton, overlay root, mounts, pivot_root;
+//!   `lower`: the plan's mounts as the exact syscalls (pure; `--dry-run`
+//!   prints their flags); `rootfs` (with `skeleton`): image, skeleton,
+//!   overlay root, the lowered mounts, pivot_root;
 //! - `assess`: the image checked for injection, as the user; `cred`: the
 //!   one guard for acting as the user; `setup`: the injection's steps run
 //!   after pivot_root by the builder;

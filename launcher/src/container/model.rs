@@ -275,7 +275,8 @@ pub struct Plan {
     pub root: RootFs,
     /// Which /dev the container has (its mounts are in `mounts`).
     pub dev: DevLayout,
-    /// Extend freely (ABI injection appends binds); applied in order.
+    /// Every mount, decided by `plan()` from the request (the injection's
+    /// come last, in the engine's order); applied in order (see `lower`).
     pub mounts: Vec<Mount>,
     pub identity: Identity,
     /// Supplementary gids for the final credentials.

@@ -310,6 +310,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// The request behind [`plain_plan`].
+    pub(crate) fn alice_request() -> RunRequest {
+        req()
+    }
+
     fn req() -> RunRequest {
         RunRequest {
             image: RunImage {
