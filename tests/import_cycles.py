@@ -4,9 +4,13 @@
 Each .rs file is a module (foo.rs and foo/mod.rs are `foo`). An edge A -> B
 is any path in A's code (comments and #[cfg(test)] modules left out) that
 names B: `crate::x::y`, `super::y`, `self::y` (resolved to the longest
-module that exists). A module's edge to its own ancestors or descendants
-counts too. Prints each strongly connected component of more than one
-module and exits 1 if there is any.
+module that exists), so `use super::plan::X` in container/rootfs.rs is
+rootfs -> container::plan. A parent's bare use of its own child modules
+(`rootfs::build` in container/mod.rs) is not read as an edge: a module
+declares its children. Prints each strongly connected component of more
+than one module and exits 1 if there is any.
+
+Run: python3 tests/import_cycles.py [launcher/src]
 """
 import os, re, sys
 
