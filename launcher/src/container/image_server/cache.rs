@@ -5,8 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::squashfs::Error;
-
 /// Decompressed blocks by position, shared by the server's answering thread
 /// and its read-ahead thread (see [`super::readahead`]), each with an
 /// [`Archive`] of its own: one for data and fragment blocks, one for
@@ -55,7 +53,7 @@ impl<V> Cache<V> {
 
     /// The block at `pos`: cached, or waited for while the other thread
     /// decompresses it, or made with `load` (outside the lock).
-    pub(super) fn get_or_load(&self, pos: u64, load: impl FnOnce() -> Result<V, Error>) -> Result<Arc<V>, Error> {
+    pub(super) fn get_or_load<E>(&self, pos: u64, load: impl FnOnce() -> Result<V, E>) -> Result<Arc<V>, E> {
         let mut s = self.lock();
         loop {
             s.clock += 1;
