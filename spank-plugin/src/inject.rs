@@ -6,10 +6,10 @@
 //!   image (the user's own store file, or the site store's; the copy staged
 //!   later is verified to be the same bytes). The forked tasks inherit the
 //!   answer.
-//! - [`add_to_plan`], in each task (root, before the container is entered):
-//!   the injection joins the container plan; only the task that builds the
-//!   shared container carries its mounts and setup out, every task gets its
-//!   environment.
+//! - In each task (root, before the container is entered) the injection
+//!   joins the container's request, with [`task_gpus`]; only the task that
+//!   builds the shared container carries its mounts and setup out, every
+//!   task gets its environment.
 //!
 //! GPUs: the container of (job, step, node) is shared by the step's tasks,
 //! so the GPU module binds the step's GPUs (`SLURM_STEP_GPUS`, else
@@ -17,7 +17,7 @@
 //! them: no GPU is bound, as a step without GPUs has none), and only those
 //! are in the container's minimal /dev. Each task's `CUDA_VISIBLE_DEVICES`
 //! (host numbers, its own under `--gpus-per-task`) is renumbered against
-//! the step's bound GPUs ([`add_to_plan`], and [`task_gpus_from_slurm`] for
+//! the step's bound GPUs ([`task_gpus`] in the plan, and [`task_gpus_from_slurm`] for
 //! the per-task value Slurm sets later). Under `ConstrainDevices` Slurm
 //! numbers GPUs locally (positions among the step's GPUs, which is the
 //! container's numbering already): seen as a step `CUDA_VISIBLE_DEVICES`
@@ -29,9 +29,9 @@
 
 use std::path::Path;
 
-use shoal::container::{self, Plan};
+use shoal::container;
 use crate::spank::Spank;
-use shoal::inject::InjectionPlan;
+use shoal::inject::{InjectionPlan, TaskGpus};
 use shoal::Config;
 
 fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -70,22 +70,18 @@ pub fn assess(
     assessment.into_plan().map(Some).map_err(|e| e.to_string())
 }
 
-/// Adds the step's injection to a task's container plan, with the task's
-/// own GPUs (`env`: the task's environment) renumbered for inside.
-pub fn add_to_plan(plan: &mut Plan, injection: &InjectionPlan, env: &[(String, String)]) -> Result<(), String> {
-    container::add_injection(plan, injection).map_err(|e| e.to_string())?;
+/// Whose numbers a task's GPUs follow inside (the container plan decides
+/// the value, see `shoal::inject::visible_inside`): Slurm's local numbers
+/// stay, else the task's own host numbers (`env`: the task's environment)
+/// are renumbered against the step's.
+pub fn task_gpus(env: &[(String, String)]) -> TaskGpus {
     if local_gpu_numbers(env) {
-        // Slurm's local numbers are positions among the step's GPUs, the
-        // container's numbering: the task keeps Slurm's value.
-        if let (Some(slot), Some(v)) =
-            (plan.env.iter_mut().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES"), get(env, "CUDA_VISIBLE_DEVICES"))
-        {
-            slot.1 = v.to_string();
-        }
-        return Ok(());
+        return TaskGpus::Local;
     }
-    // The task's own GPUs renumbered against the step's.
-    container::set_task_gpus(plan, injection, get(env, "CUDA_VISIBLE_DEVICES")).map_err(|e| e.to_string())
+    match get(env, "CUDA_VISIBLE_DEVICES") {
+        Some(own) => TaskGpus::Host(own.to_string()),
+        None => TaskGpus::Step,
+    }
 }
 
 /// Whether Slurm gave the step local GPU numbers (`ConstrainDevices`):
@@ -126,13 +122,13 @@ fn renumbered_for_task(
     now: Option<&str>,
     host_dev: bool,
 ) -> Result<Option<String>, String> {
-    let (Some(gpus), Some(now)) = (&injection.gpus, now.map(str::trim)) else {
+    let Some(now) = now.map(str::trim) else {
         return Ok(None);
     };
-    if host_dev || Some(now) == set_before || !shoal::inject::names_gpus(now) {
+    if Some(now) == set_before || !shoal::inject::names_gpus(now) {
         return Ok(None);
     }
-    gpus.renumber(now).map(Some).map_err(|e| e.to_string())
+    shoal::inject::visible_inside(injection.gpus.as_ref(), !host_dev, &TaskGpus::Host(now.to_string())).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

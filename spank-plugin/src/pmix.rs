@@ -29,7 +29,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use shoal::container::{Mount, MountKind, Origin, Plan};
+use shoal::container::PmixDir as Kind;
 
 /// slurm.conf as Debian's Slurm (and upstream's default build) reads it.
 const DEFAULT_SLURM_CONF: &str = "/etc/slurm/slurm.conf";
@@ -152,7 +152,7 @@ fn expand(path: &str, node: &str, host: &str) -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PmixDir {
     pub path: PathBuf,
-    pub what: &'static str,
+    pub kind: Kind,
 }
 
 /// The step's two PMIx directories on this node, from trusted facts only.
@@ -160,11 +160,11 @@ pub fn step_dirs(dirs: &SlurmdDirs, node: &str, host: &str, uid: u32, job: u32, 
     [
         PmixDir {
             path: expand(&dirs.spool_dir, node, host).join(format!("pmix.{job}.{step}")),
-            what: "PMIx server tmpdir",
+            kind: Kind::ServerTmpdir,
         },
         PmixDir {
             path: expand(&dirs.tmp_fs, node, host).join(format!("spmix_appdir_{uid}_{job}.{step}")),
-            what: "PMIx client dir",
+            kind: Kind::ClientDir,
         },
     ]
 }
@@ -217,7 +217,7 @@ pub fn check(meta: &fs::Metadata, uid: u32, stepd_gid: u32) -> Result<(), String
 fn inspect(dir: &PmixDir, uid: u32, stepd_gid: u32) -> Result<Found, String> {
     match fs::symlink_metadata(&dir.path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Absent),
-        Err(e) => Err(format!("{} {}: {e}", dir.what, dir.path.display())),
+        Err(e) => Err(format!("{} {}: {e}", dir.kind.what(), dir.path.display())),
         Ok(meta) => Ok(check(&meta, uid, stepd_gid).map_or_else(Found::Foreign, |()| Found::Slurms)),
     }
 }
@@ -242,7 +242,7 @@ fn decide(found: [(PmixDir, Found); 2], job_env: &[(String, String)], srun_said_
             Found::Foreign(why) if pmix_step => {
                 return Err(format!(
                     "{} {} is not Slurm's: {why}; it is not bound into the image. Ask the admins to check it",
-                    dir.what,
+                    dir.kind.what(),
                     dir.path.display()
                 ))
             }
@@ -251,7 +251,7 @@ fn decide(found: [(PmixDir, Found); 2], job_env: &[(String, String)], srun_said_
                 return Err(format!(
                     "${moved_by} is set: it moves Slurm's {} where an image step cannot follow it (only the \
                      directories slurm.conf names are bound into the image); unset it for --mpi=pmix in an image",
-                    dir.what
+                    dir.kind.what()
                 ))
             }
             Found::Absent => {}
@@ -260,22 +260,21 @@ fn decide(found: [(PmixDir, Found); 2], job_env: &[(String, String)], srun_said_
     Ok(bind)
 }
 
-/// Adds the step's PMIx directories to the plan (read-write: clients take
-/// locks in the store and write session files), when the step has them.
-pub fn add_binds(
-    plan: &mut Plan,
+/// The step's PMIx directories the container binds (read-write: clients
+/// take locks in the store and write session files), when the step has them.
+pub fn step_dirs_to_bind(
     job_env: &[(String, String)],
     node: &str,
     uid: u32,
     job: u32,
     step: u32,
-) -> Result<(), String> {
+) -> Result<Vec<(PathBuf, Kind)>, String> {
     let srun_said_pmix = env_get(job_env, "SLURM_MPI_TYPE").is_some_and(|t| t.starts_with("pmix"));
     let dirs = match SlurmdDirs::load() {
         Ok(d) => d,
         // Only a PMIx step needs slurm.conf here; others must not fail on it.
         Err(e) if srun_said_pmix => return Err(format!("{e}; it names where Slurm keeps the step's PMIx directories")),
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(Vec::new()),
     };
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host = host.trim().split('.').next().filter(|h| !h.is_empty()).unwrap_or(node);
@@ -284,17 +283,12 @@ pub fn add_binds(
     let server_found = inspect(&server, uid, stepd_gid)?;
     let client_found = inspect(&client, uid, stepd_gid)?;
     let found = decide([(server, server_found), (client, client_found)], job_env, srun_said_pmix)?;
+    let mut binds = Vec::new();
     for dir in found {
-        crate::spank::log_verbose(&format!("{}: job {job}.{step}: binding the {} {}", crate::TAG, dir.what, dir.path.display()));
-        plan.mounts.push(Mount {
-            target: dir.path.clone(),
-            kind: MountKind::Bind { source: dir.path, recursive: false, as_user: true },
-            read_only: false,
-            harden: true,
-            origin: Origin::Other(dir.what.into()),
-        });
+        crate::spank::log_verbose(&format!("{}: job {job}.{step}: binding the {} {}", crate::TAG, dir.kind.what(), dir.path.display()));
+        binds.push((dir.path, dir.kind));
     }
-    Ok(())
+    Ok(binds)
 }
 
 #[cfg(test)]
@@ -372,7 +366,7 @@ mod tests {
         let dir = base.join("pmix.1.0");
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        let pd = |p: &Path| PmixDir { path: p.to_path_buf(), what: "test dir" };
+        let pd = |p: &Path| PmixDir { path: p.to_path_buf(), kind: Kind::ClientDir };
         assert_eq!(inspect(&pd(&dir), me, my_gid), Ok(Found::Slurms));
         assert_eq!(inspect(&pd(&base.join("missing")), me, my_gid), Ok(Found::Absent));
         // Wrong owner, wrong group, others may write, a symlink, a file.

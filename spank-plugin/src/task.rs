@@ -18,7 +18,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use shoal::container::{self, Cwd, JoinRule, Joined, Mount, MountKind, Origin, RunImage, RunRequest, Share, UserMount};
+use shoal::container::{self, Cwd, Injection, JoinRule, Joined, RunImage, RunRequest, Share, SlurmPath, UserMount};
 use shoal::image::store::ImageMeta;
 use shoal::inject::InjectionPlan;
 
@@ -245,6 +245,24 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         .iter()
         .map(|spec| UserMount::parse(spec, &cwd).map_err(|e| format!("--mount={spec:?}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let tag = job::share_key(job_id, step_id, &node);
+    let named = req.name.clone().map(|n| {
+        let dir = layers::container_dir(&config, &node, job_id, uid, &Which::Named(n.name.clone()));
+        (n, dir)
+    });
+    let layer_dir = match &named {
+        Some((_, dir)) => Some(dir.clone()),
+        None if writable => Some(layers::container_dir(&config, &node, job_id, uid, &Which::Step(job::step_name(step_id)))),
+        None => None,
+    };
+    let upper = match &layer_dir {
+        Some(dir) => Some(layers::prepare(&config, dir, uid, gid)?),
+        None => None,
+    };
+    let slurm = slurm_binds(spank, step_id, &config)?;
+    let pmix = pmix::step_dirs_to_bind(&host_env, &node, uid, job_id, step_id)
+        .map_err(|e| format!("image {}: --mpi=pmix: {e}", pin.requested))?;
+    let injection = injection.map(|plan| Injection { task_gpus: inject::task_gpus(&host_env), plan });
     let request = RunRequest {
         image: RunImage {
             squashfs: staged.squashfs,
@@ -263,42 +281,23 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         writable,
         // Privileged: the host devpts is bound, the terminal keeps its name.
         terminal: None,
+        mount_home: req.mount_home != Some(false),
+        slurm,
+        pmix,
+        injection,
+        upper,
     };
-    let mut plan = container::plan(&request, &config).map_err(|e| e.to_string())?;
+    let mut plan = container::plan(&request, &config).map_err(|e| match e {
+        container::PlanError::Injection(_) | container::PlanError::Gpu(_) => format!("image {}: {e}", pin.requested),
+        e => e.to_string(),
+    })?;
     let entrypoint =
         if crate::entrypoint::wanted(req.entrypoint, &config) { request.image.config.entrypoint.clone() } else { Vec::new() };
-    if req.mount_home == Some(false) {
-        let home = PathBuf::from(&plan.identity.home);
-        plan.mounts.retain(|m| m.origin != Origin::Home);
-        if plan.cwd.preferred.as_ref().is_some_and(|p| p.starts_with(&home)) {
-            plan.cwd.preferred = None;
-        }
-    }
     if let Some(w) = &req.workdir {
         plan.cwd = Cwd { preferred: Some(w.clone()), fallback: w.clone() };
     }
     let workdir = req.workdir.clone();
     plan.remap_root = req.remap_root == Some(true);
-    let tag = job::share_key(job_id, step_id, &node);
-    let named = req.name.clone().map(|n| {
-        let dir = layers::container_dir(&config, &node, job_id, uid, &Which::Named(n.name.clone()));
-        (n, dir)
-    });
-    let layer_dir = match &named {
-        Some((_, dir)) => Some(dir.clone()),
-        None if writable => Some(layers::container_dir(&config, &node, job_id, uid, &Which::Step(job::step_name(step_id)))),
-        None => None,
-    };
-    if let Some(dir) = &layer_dir {
-        plan.root.upper = Some(layers::prepare(&config, dir, uid, gid)?);
-    }
-    add_slurm_binds(&mut plan, spank, step_id, &config)?;
-    let uid = plan.identity.uid;
-    pmix::add_binds(&mut plan, &host_env, &node, uid, job_id, step_id)
-        .map_err(|e| format!("image {}: --mpi=pmix: {e}", pin.requested))?;
-    if let Some(injection) = &injection {
-        inject::add_to_plan(&mut plan, injection, &host_env).map_err(|e| format!("image {}: {e}", pin.requested))?;
-    }
     let peers = spank.local_task_count().map_err(|e| e.to_string())?;
     let entered = match &named {
         Some((name, dir)) => {
@@ -380,36 +379,27 @@ fn working_dir(env: &[(String, String)]) -> PathBuf {
 /// batch script itself (it lives in slurmd's spool), and the Slurm client,
 /// config and munge socket so `srun` works inside (`slurm.host_paths`), and
 /// where srun runs, what its MPI plugins load (`slurm.launch_host_paths`).
-fn add_slurm_binds(plan: &mut container::Plan, spank: &Spank, step: u32, config: &shoal::Config) -> Result<(), String> {
-    let mut binds: Vec<(PathBuf, &str)> = Vec::new();
+fn slurm_binds(spank: &Spank, step: u32, config: &shoal::Config) -> Result<Vec<(PathBuf, SlurmPath)>, String> {
+    let mut binds = Vec::new();
     if job::is_batch(step) {
         let argv = spank.argv().map_err(|e| e.to_string())?;
         if let Some(dir) = argv.first().and_then(|s| Path::new(s).parent()) {
-            binds.push((dir.to_path_buf(), "batch script"));
+            binds.push((dir.to_path_buf(), SlurmPath::BatchScript));
         }
     }
     for p in &config.slurm.host_paths {
         if p.exists() {
-            binds.push((p.clone(), "Slurm client"));
+            binds.push((p.clone(), SlurmPath::Client));
         }
     }
     if job::starts_steps(step) {
         for p in &config.slurm.launch_host_paths {
             if p.exists() {
-                binds.push((p.clone(), "srun's MPI plugin"));
+                binds.push((p.clone(), SlurmPath::SrunMpiPlugin));
             }
         }
     }
-    for (path, why) in binds {
-        plan.mounts.push(Mount {
-            target: path.clone(),
-            kind: MountKind::Bind { source: path, recursive: false, as_user: false },
-            read_only: true,
-            harden: true,
-            origin: Origin::Other(why.into()),
-        });
-    }
-    Ok(())
+    Ok(binds)
 }
 
 /// Makes the task's environment the plan's: variables the plan dropped

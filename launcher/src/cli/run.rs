@@ -17,6 +17,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use shoal::image::store::Store;
 use shoal::container::{self, EnterError, ExecError, Identity, ImageConfig, RunImage, RunRequest, Share, UserMount};
 use shoal::inject::plan::render_table;
+use shoal::inject::TaskGpus;
 use shoal::{Config, ImageSpec};
 
 #[derive(Debug, Args)]
@@ -218,14 +219,22 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         mounts,
         writable: args.writable,
         terminal: terminal(),
+        mount_home: true,
+        slurm: Vec::new(),
+        pmix: Vec::new(),
+        injection: None,
+        upper: None,
     };
     let mut plan = container::plan(&req, &cfg)?;
     let cuda = req.host_env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.as_str());
+    // The modules are checked against the plan's image and command, then
+    // become part of the plan (every mount is decided in `plan`).
     if let Some(assessment) = container::assess_modules(&plan, &cfg, &args.modules, cuda)? {
         if args.dry_run {
             println!("{}", render_table(&assessment.decisions));
         }
-        container::add_injection(&mut plan, &assessment.into_plan()?)?;
+        let injection = container::Injection { plan: assessment.into_plan()?, task_gpus: TaskGpus::Step };
+        plan = container::plan(&RunRequest { injection: Some(injection), ..req }, &cfg)?;
     }
     if args.dry_run {
         print!("{}", plan.render());

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use caps::CapSet;
 use nix::unistd::{Gid, Uid};
 
-use super::plan::Plan;
+use super::model::Plan;
 use super::sys;
 
 /// Why the command could not be started.

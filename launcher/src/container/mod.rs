@@ -4,87 +4,39 @@
 //! container, [`run`] is `enter` + drop to the user + exec.
 //!
 //! Modules, in the order a container is made:
-//! - `policy`, `env`, `etc`, `plan`: deciding (pure, unit-tested as data);
+//! - `model`: the plan's data types; `policy`, `env`, `etc`, `plan`,
+//!   `inject_plan` (host-library injection made part of the plan):
+//!   deciding (pure, unit-tested as data); `render`: the `--dry-run` text;
 //! - `sys`: the only `unsafe` kernel calls;
 //! - `userns`: namespaces; `fuse`: the image through FUSE, served by
 //!   `image_server` (Shoal's own squashfs server, for the `shoal` binary) or
 //!   squashfuse_ll;
-//!   `rootfs`: image, skeleton, overlay root, mounts, pivot_root;
-//! - `inject`: host-library injection made part of the plan (mounts, and
-//!   setup steps run after pivot_root by the builder);
+//!   `lower`: the plan's mounts as the exact syscalls (pure; `--dry-run`
+//!   prints their flags); `rootfs` (with `skeleton`): image, skeleton,
+//!   overlay root, the lowered mounts, pivot_root;
+//! - `assess`: the image checked for injection, as the user; `cred`: the
+//!   one guard for acting as the user; `setup`: the injection's steps run
+//!   after pivot_root by the builder;
 //! - `share`: one container for the tasks of a node; `exec`: credentials,
 //!   capabilities, no_new_privs, execve;
 //! - `doctor`: checks a node and says how to fix what fails.
-//!
-//! # Contract for the SPANK plugin (issue 5)
-//!
-//! In `slurm_spank_task_init_privileged` (root, in the task process that
-//! slurmstepd forked: single-threaded, before slurmstepd drops to the user):
-//!
-//! ```ignore
-//! use shoal::container::{self, Identity, ImageConfig, RunImage, RunRequest, Share, UserMount};
-//! let req = RunRequest {
-//!     // From the store once it is wired: trusted only for Scope::Site.
-//!     image: RunImage { squashfs, config: ImageConfig { env, entrypoint, cmd, workdir }, trusted_for_kernel_mount },
-//!     // The task's argv (S_JOB_ARGV). Slurm execs it itself; the plan only
-//!     // needs it non-empty (an empty argv falls back to the image's Cmd).
-//!     argv: task_argv,
-//!     entrypoint: false,
-//!     // S_JOB_UID / S_JOB_GID, getpwuid_r for name/home/shell, and the
-//!     // supplementary groups (getgrouplist) with their names.
-//!     user: Identity { name, uid, gid, home, shell, groups },
-//!     privileged: true,
-//!     cwd: job_cwd,                 // the task's working directory
-//!     host_env: job_env,            // the job environment as the task has it
-//!     env: user_settings,           // --container-env style K=V, in order
-//!     mounts: user_mounts,          // UserMount::parse / parse_volumes of --volume
-//!     writable: false,
-//!     terminal: None,
-//! };
-//! let mut plan = shoal::container::plan(&req, &cfg)?;               // pure; refusals are PlanError
-//! // Host-library modules: checked with the user's ids (assess_image in
-//! // user_init, or assess_modules here), then part of the plan; the task
-//! // that builds the shared container carries them out after pivot_root.
-//! shoal::container::add_injection(&mut plan, &assessment.into_plan()?)?;
-//! // GPU modules: the container's minimal /dev holds the step's GPUs only;
-//! // a task's own CUDA_VISIBLE_DEVICES (host numbers) is renumbered against
-//! // them with set_task_gpus (and again in task_init, where Slurm's
-//! // per-task binding has replaced it).
-//! let share = Share { key: format!("{job}.{step}.{slurm_node_name}"), peers: local_task_count };
-//! let entered = container::enter(&plan, Some(&share))?; // now inside, still root
-//! // Replace the task's environment with `plan.env` (spank_setenv for each
-//! // pair, spank_unsetenv for the job's other names), then return 0: slurmstepd
-//! // drops to the user (setgid/initgroups/setuid) and execs the task inside
-//! // the container. no_new_privs is set and the capability bounding set is
-//! // empty, so nothing the task execs can gain privileges. `entered.cwd` is
-//! // the directory the task starts in (the job's cwd is bound in when it is
-//! // not under a reserved path).
-//! ```
-//!
-//! `peers` must be Slurm's exact local task count (S_JOB_LOCAL_TASK_COUNT);
-//! the key must contain the Slurm node name (test nodes share one kernel,
-//! /run and /tmp). The first task builds the container, the others `setns`
-//! into it; a task SIGKILLed at any point blocks nobody (see `share`).
-//!
-//! At step exit (`slurm_spank_exit` in slurmstepd, remote context) call
-//! `shoal::container::teardown(&key, Mode::Privileged, 0)`: it removes the
-//! share state a killed task may have left; it is idempotent. Containers have
-//! no other state to undo: they end with their last task, and with them their
-//! mounts, auto-clearing loop devices and FUSE server.
-//!
-//! Errors are one line each (`Display`), naming the input and the fix; the
-//! plugin should hold an error from `user_init` and report it from
-//! `task_init`, where srun shows it.
 
 mod env;
 mod etc;
 mod exec;
 mod fuse;
 pub(crate) mod image_server;
-mod inject;
+mod assess;
+mod cred;
+mod inject_plan;
+mod lower;
+mod model;
 mod plan;
+mod render;
 mod policy;
 mod rootfs;
+mod setup;
+mod skeleton;
 mod share;
 mod sys;
 mod userns;
@@ -97,14 +49,15 @@ pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
 pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process, FuseError};
-pub use plan::{
-    plan, Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
+pub use lower::{lower, Facts, MountOp, SourceFact};
+pub use plan::plan;
+pub use model::{
+    Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
     RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,
 };
-pub use inject::{
-    add_injection, assess_image, assess_modules, set_task_gpus, OrderError, SetupStep, TaskCommand,
-    GPU_LIST_VARIABLES,
-};
+pub use assess::{assess_image, assess_modules, TaskCommand};
+pub use inject_plan::{add_injection, GPU_LIST_VARIABLES};
+pub use model::{Injection, OrderError, PmixDir, SetupStep, SlurmPath};
 pub use policy::{normalize as normalize_path, PolicyError, UserMount, RESERVED_TARGETS};
 pub use rootfs::{check_squashfs, BuildError};
 pub use share::{runtime_base, JoinRule, Joined, Share, ShareError};
@@ -141,14 +94,14 @@ pub fn enter(plan: &Plan, share: Option<&Share>) -> Result<Entered, EnterError> 
         None => {
             let src = rootfs::open_sources(plan)?;
             rootfs::build(plan, src, 1)?;
-            inject::run_setup(plan)?;
+            setup::run_setup(plan)?;
             None
         }
         Some(s) => Some(share::enter_shared(s, plan.mode, plan.identity.uid, || -> Result<(), EnterError> {
             let src = rootfs::open_sources(plan)?;
             rootfs::build(plan, src, s.peers)?;
             // Only the builder: peers join a container already set up.
-            inject::run_setup(plan)?;
+            setup::run_setup(plan)?;
             Ok(())
         })?),
     };
@@ -182,7 +135,7 @@ pub fn enter_named(plan: &Plan, state_dir: &std::path::Path, tag: &str, join: sh
     let joined = share::enter_named(state_dir, tag, join, || -> Result<(), EnterError> {
         let src = rootfs::open_sources(plan)?;
         rootfs::build(plan, src, threads.max(1))?;
-        inject::run_setup(plan)?;
+        setup::run_setup(plan)?;
         Ok(())
     })?;
     let cwd = enter_cwd(plan);

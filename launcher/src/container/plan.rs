@@ -1,232 +1,20 @@
 //! Deciding: a [`RunRequest`] and the site [`Config`] become a [`Plan`], a
 //! plain value that says everything the container will be (which image file
 //! and how it is mounted, every mount in order with its flags, /etc entries,
-//! environment, credentials, cwd, argv). `--dry-run` prints it.
+//! environment, credentials, cwd, argv). `--dry-run` prints it (`render`).
 //!
 //! Pure: no syscalls, no filesystem access, so every decision is unit-tested
-//! as data. Carrying a plan out is `rootfs.rs` / `mod.rs`.
+//! as data. Carrying a plan out is `lower` (the syscalls), `rootfs.rs` and
+//! `mod.rs`.
 
-use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use super::env;
-use super::etc::Identity;
-use super::inject::{self, SetupStep};
-use super::policy::{self, PolicyError, UserMount};
+use super::inject_plan;
+use super::model::*;
+use super::policy;
 use crate::config::Config;
-
-/// The image to run, as the store (or a squashfs path) hands it over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunImage {
-    pub squashfs: PathBuf,
-    pub config: ImageConfig,
-    /// True only for files no user can have written (the site store: owned
-    /// by root, not user-writable); only those may meet the kernel's
-    /// squashfs parser. Re-checked on the opened file before a kernel mount.
-    pub trusted_for_kernel_mount: bool,
-}
-
-/// The parts of an OCI image config the launcher uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageConfig {
-    /// `NAME=VALUE` entries.
-    pub env: Vec<String>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub workdir: Option<String>,
-}
-
-/// Everything the caller decides; [`plan`] adds the site's rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunRequest {
-    pub image: RunImage,
-    /// CMD [ARGS...]; empty means the image's Cmd.
-    pub argv: Vec<String>,
-    /// Prepend the image's Entrypoint (`--entrypoint`).
-    pub entrypoint: bool,
-    /// Whom the container runs as.
-    pub user: Identity,
-    /// True when the caller is root acting for `user` (slurmstepd, or root
-    /// running `shoal run`): privileged mode, no user namespace.
-    pub privileged: bool,
-    /// The caller's working directory.
-    pub cwd: PathBuf,
-    /// The caller's environment.
-    pub host_env: Vec<(String, String)>,
-    /// `--env` and `--env-file` settings, in order.
-    pub env: Vec<(String, String)>,
-    pub mounts: Vec<UserMount>,
-    /// Writable root (`--writable`): a tmpfs over the image, lost at exit.
-    pub writable: bool,
-    /// The caller's terminal (a pty on fd 0, 1 or 2), if any. Unprivileged,
-    /// the container has its own devpts, so the terminal is bound at
-    /// /dev/console, where ttyname() finds it.
-    pub terminal: Option<PathBuf>,
-}
-
-/// How the container is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Any user: new user namespace (uid and gid mapped to themselves) and
-    /// mount namespace; image through squashfuse_ll.
-    Unprivileged,
-    /// Root acting for a user: new mount namespace only.
-    Privileged,
-}
-
-/// How the squashfs image becomes a directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageMount {
-    /// `squashfuse_ll` as the user, served over a /dev/fuse descriptor
-    /// (the kernel never parses the image).
-    Fuse { squashfuse: PathBuf },
-    /// Kernel squashfs on a read-only, auto-clearing loop device.
-    KernelLoop,
-}
-
-/// The container's root: the image read-only under an overlay whose upper
-/// layer is a tmpfs, so mount targets missing in the image are created in
-/// the tmpfs; remounted read-only at the end unless `writable`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootFs {
-    pub squashfs: PathBuf,
-    pub via: ImageMount,
-    /// Kernel mount of a file that must be checked trusted first (false only
-    /// when the site allows kernel mounts of user images).
-    pub verify_trust: bool,
-    pub writable: bool,
-    /// A writable root's upper layer on disk (job containers: node-local,
-    /// kept for a named container) instead of a tmpfs lost at exit.
-    pub upper: Option<UpperLayer>,
-}
-
-/// An upper layer on disk, prepared by root (the plugin) in a directory no
-/// user can reach: `upper` is the container's root directory (owned by the
-/// user), `work` overlayfs's own (root's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpperLayer {
-    pub upper: PathBuf,
-    pub work: PathBuf,
-    /// The layer is new: give the user the image's root-owned directories
-    /// (in the layer only), so they can create files anywhere in their
-    /// writable container, as in an enroot container they unpacked.
-    pub own_dirs: bool,
-}
-
-/// Who asked for a mount; extra kinds (ABI injection) use `Other`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    System,
-    Host,
-    Home,
-    Cwd,
-    Site,
-    User,
-    Other(String),
-}
-
-/// What the container's /dev is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DevLayout {
-    /// A tmpfs holding only the basic nodes ([`DEV_NODES`]), the terminal
-    /// pieces, a private /dev/shm and the devices of the selected modules:
-    /// a GPU (or any other device) the job was not given is not there.
-    Minimal,
-    /// The host's whole /dev (`[launcher] host_dev = true`): every device
-    /// node is visible, and `CUDA_VISIBLE_DEVICES` keeps the host numbering.
-    Host,
-}
-
-/// Host device nodes bound into every minimal /dev (binds, not mknod: no
-/// privilege needed, and the host's permissions on the node stay in force).
-pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-
-/// What is mounted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MountKind {
-    /// A fresh tmpfs with this mode; `noexec` on top of the mount's flags;
-    /// `devices`: nodev left off even when hardened (a /dev that holds a
-    /// node made by root; no one else can make one there).
-    Tmpfs { mode: u32, noexec: bool, devices: bool },
-    /// A new devpts instance (`newinstance,ptmxmode=0666`): ptys made
-    /// inside live there, and /dev/ptmx points at its `ptmx`.
-    Devpts,
-    /// Not a mount: a symbolic link made in a tmpfs the plan mounted
-    /// earlier (`/dev/fd -> /proc/self/fd`).
-    Symlink { to: PathBuf },
-    /// Not a mount: a character device node made by root (privileged mode
-    /// only) in a tmpfs the plan mounted earlier with `devices`.
-    CharDevice { major: u32, minor: u32, mode: u32 },
-    /// A host file or directory. `as_user`: the source path is resolved
-    /// with the user's credentials (user-given paths: root never follows
-    /// them as root). `recursive`: submounts come along (/dev, /proc, /sys).
-    Bind { source: PathBuf, recursive: bool, as_user: bool },
-    /// Not a mount: a small host file's contents written into the root's
-    /// own layer when the container is built (/etc/hosts: read-only like
-    /// the rest of the root, and cheaper than a bind and its remount).
-    Copy { source: PathBuf },
-}
-
-/// One mount, applied in order after the root exists and before pivot_root.
-/// Targets are container paths; they are resolved inside the root (symlinks
-/// in the image cannot lead out) and created on the root's tmpfs layer when
-/// missing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub target: PathBuf,
-    pub kind: MountKind,
-    pub read_only: bool,
-    /// nosuid,nodev (every mount but the kernel interfaces /dev, /proc, /sys).
-    pub harden: bool,
-    pub origin: Origin,
-}
-
-/// The working directory inside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cwd {
-    /// Tried first: the caller's cwd, when it is bound in.
-    pub preferred: Option<PathBuf>,
-    /// The image's workdir (or `/`).
-    pub fallback: PathBuf,
-}
-
-/// Everything the container will be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub mode: Mode,
-    pub root: RootFs,
-    /// Which /dev the container has (its mounts are in `mounts`).
-    pub dev: DevLayout,
-    /// Extend freely (ABI injection appends binds); applied in order.
-    pub mounts: Vec<Mount>,
-    pub identity: Identity,
-    /// Supplementary gids for the final credentials.
-    pub groups: Vec<u32>,
-    /// Drop to the user's uid/gid/groups before exec (privileged mode).
-    pub drop_privileges: bool,
-    pub env: Vec<(String, String)>,
-    pub cwd: Cwd,
-    pub argv: Vec<String>,
-    /// Steps that need the finished root (host-library injection), run in
-    /// order by the process that builds the container; see `inject.rs`.
-    pub setup: Vec<SetupStep>,
-    /// The command will make a user namespace where the user is uid 0
-    /// (`--container-remap-root`): the capability bounding set is kept, so
-    /// it has capabilities there, and only there (no host privilege: files
-    /// it makes are the user's, ids outside are unchanged).
-    pub remap_root: bool,
-}
-
-/// Why no plan could be made; each names the input and the fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error("site mount {entry:?} in the config is invalid: {reason}; fix [mounts] site in the Shoal config")]
-    SiteMount { entry: String, reason: String },
-    #[error("no command to run: image {image} has no Cmd; give one after the image, e.g. `shoal run IMAGE -- /bin/sh`")]
-    NoCommand { image: String },
-}
+use crate::inject;
 
 /// Makes the plan: pure, decides everything.
 pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
@@ -252,6 +40,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         read_only: false,
         harden,
         origin: Origin::System,
+        required: true,
     };
     let host_bind = |p: &str| MountKind::Bind { source: p.into(), recursive: true, as_user: false };
     let dev = if cfg.launcher.host_dev { DevLayout::Host } else { DevLayout::Minimal };
@@ -272,18 +61,20 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
             read_only: true,
             harden: true,
             origin: Origin::Host,
+            required: false,
         });
     }
 
     let home = PathBuf::from(&req.user.home);
     let home_bound = policy::same_path_bind_allowed(&home) && home.is_absolute();
-    if home_bound {
+    if home_bound && req.mount_home {
         mounts.push(Mount {
             target: home.clone(),
             kind: MountKind::Bind { source: home.clone(), recursive: false, as_user: true },
             read_only: false,
             harden: true,
             origin: Origin::Home,
+            required: false,
         });
     }
     let cwd_norm = policy::normalize(&req.cwd);
@@ -298,6 +89,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
                 read_only: false,
                 harden: true,
                 origin: Origin::Cwd,
+                required: false,
             });
             cwd_visible = true;
         }
@@ -311,6 +103,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
             read_only: m.read_only,
             harden: true,
             origin: Origin::Site,
+            required: true,
         });
     }
     for m in &req.mounts {
@@ -321,6 +114,29 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
             read_only: m.read_only,
             harden: true,
             origin: Origin::User,
+            required: true,
+        });
+    }
+
+    for (path, what) in &req.slurm {
+        mounts.push(Mount {
+            target: path.clone(),
+            kind: MountKind::Bind { source: path.clone(), recursive: false, as_user: false },
+            read_only: true,
+            harden: true,
+            origin: Origin::Slurm(*what),
+            required: true,
+        });
+    }
+    for (path, what) in &req.pmix {
+        // Read-write: clients take locks in the store and write session files.
+        mounts.push(Mount {
+            target: path.clone(),
+            kind: MountKind::Bind { source: path.clone(), recursive: false, as_user: true },
+            read_only: false,
+            harden: true,
+            origin: Origin::Pmix(*what),
+            required: true,
         });
     }
 
@@ -345,9 +161,9 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     ];
     let env = env::compose(&req.host_env, &ic.env, &req.env, &cfg.env.deny, &identity_env);
 
-    Ok(Plan {
+    let mut plan = Plan {
         mode,
-        root,
+        root: RootFs { upper: req.upper.clone(), ..root },
         dev,
         mounts,
         identity: req.user.clone(),
@@ -355,7 +171,8 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         drop_privileges: mode == Mode::Privileged,
         env,
         cwd: Cwd {
-            preferred: if cwd_visible { cwd_norm } else { None },
+            // Without the home (`mount_home` off), a cwd under it is not there.
+            preferred: cwd_norm.filter(|c| cwd_visible && (req.mount_home || !c.starts_with(&home))),
             fallback: ic
                 .workdir
                 .as_deref()
@@ -365,7 +182,16 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         argv,
         setup: Vec::new(),
         remap_root: false,
-    })
+    };
+    if let Some(inj) = &req.injection {
+        // After every other mount, in the engine's order.
+        inject_plan::extend(&mut plan, &inj.plan)?;
+        let minimal = plan.dev == DevLayout::Minimal;
+        let inside = inject::visible_inside(inj.plan.gpus.as_ref(), minimal, &inj.task_gpus)
+            .map_err(|e| PlanError::Gpu(e.to_string()))?;
+        inject_plan::set_gpu_list(&mut plan.env, inside.as_deref());
+    }
+    Ok(plan)
 }
 
 /// The minimal /dev, in mount order. Device nodes come from the host's
@@ -395,6 +221,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
             harden: false,
             // Host pieces a node may lack are skipped (see `rootfs`).
             origin: if optional { Origin::Host } else { Origin::System },
+            required: !optional,
         }
     };
     let mut v = vec![Mount {
@@ -403,12 +230,13 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
         read_only: false,
         harden: true,
         origin: Origin::System,
+        required: true,
     }];
     v.extend(DEV_NODES.iter().map(|n| node(n, false)));
     if root_made_nodes {
         v.push(node("pts", false));
     } else {
-        v.push(Mount { target: "/dev/pts".into(), kind: MountKind::Devpts, read_only: false, harden: false, origin: Origin::System });
+        v.push(Mount { target: "/dev/pts".into(), kind: MountKind::Devpts, read_only: false, harden: false, origin: Origin::System, required: true });
         if let Some(tty) = terminal {
             v.push(Mount {
                 target: "/dev/console".into(),
@@ -416,6 +244,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
                 read_only: false,
                 harden: false,
                 origin: Origin::Host,
+                required: false,
             });
         }
     }
@@ -425,6 +254,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
         read_only: false,
         harden: true,
         origin: Origin::System,
+        required: true,
     });
     // POSIX message queues, where the host has them mounted (no device
     // nodes there: nosuid,nodev).
@@ -435,6 +265,7 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
         read_only: false,
         harden: false,
         origin: Origin::System,
+        required: true,
     };
     v.push(if root_made_nodes {
         system("/dev/ptmx", MountKind::CharDevice { major: 5, minor: 2, mode: 0o666 })
@@ -453,150 +284,17 @@ fn minimal_dev(mode: Mode, terminal: Option<&Path>) -> Vec<Mount> {
             read_only: false,
             harden: false,
             origin: Origin::System,
+            required: true,
         });
     }
     v
 }
 
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Unprivileged => "unprivileged (user + mount namespace)",
-            Mode::Privileged => "privileged (mount namespace, root acting for the user)",
-        })
-    }
-}
-
-impl Mount {
-    fn flags(&self) -> String {
-        let mut f = vec![if self.read_only { "ro" } else { "rw" }];
-        if self.harden {
-            f.push("nosuid");
-            if !matches!(self.kind, MountKind::Tmpfs { devices: true, .. }) {
-                f.push("nodev");
-            }
-        }
-        if let MountKind::Tmpfs { noexec: true, .. } = self.kind {
-            f.push("noexec");
-        }
-        if self.kind == MountKind::Devpts {
-            // Its ptys are device nodes: nodev would stop them.
-            f.extend(["nosuid", "noexec"]);
-        }
-        if let MountKind::Bind { recursive: true, .. } = self.kind {
-            f.push("rec");
-        }
-        f.join(",")
-    }
-}
-
-impl Plan {
-    /// The `--dry-run` text: one fact per line, mounts in order.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "mode     {}", self.mode);
-        let via = match &self.root.via {
-            ImageMount::Fuse { squashfuse } => format!(
-                "FUSE as uid {} (Shoal's image server; squashfuse_ll {} for shared containers and xz/lzo/xattr images)",
-                self.identity.uid,
-                squashfuse.display()
-            ),
-            ImageMount::KernelLoop => "kernel squashfs on a read-only loop device".into(),
-        };
-        let _ = writeln!(s, "image    {} via {via}, ro,nosuid,nodev", self.root.squashfs.display());
-        let _ = writeln!(
-            s,
-            "root     overlay(image, {}) nosuid,nodev, {} after setup",
-            self.root.upper.as_ref().map_or("tmpfs".to_string(), |u| u.upper.display().to_string()),
-            match (&self.root.upper, self.root.writable) {
-                (_, false) => "read-only",
-                (None, true) => "writable (changes lost at exit)",
-                (Some(u), true) if u.own_dirs => "writable (changes kept in the layer; the image's directories made the user's)",
-                (Some(_), true) => "writable (changes kept in the layer)",
-            }
-        );
-        if self.remap_root {
-            let _ = writeln!(s, "userns   uid 0 inside = uid {} outside (--container-remap-root)", self.identity.uid);
-        }
-        for (i, m) in self.mounts.iter().enumerate() {
-            let what = match &m.kind {
-                MountKind::Tmpfs { mode, .. } => format!("tmpfs mode={mode:o}"),
-                MountKind::Devpts => "devpts newinstance,ptmxmode=0666".into(),
-                MountKind::Symlink { to } => {
-                    let _ = writeln!(s, "link  {:>2} {} -> {}", i + 1, m.target.display(), to.display());
-                    continue;
-                }
-                MountKind::Copy { source } => {
-                    let _ = writeln!(s, "copy  {:>2} {} <- {} (its contents, read-only) (host)", i + 1, m.target.display(), source.display());
-                    continue;
-                }
-                MountKind::CharDevice { major, minor, mode } => {
-                    let _ = writeln!(s, "node  {:>2} {} char {major}:{minor} mode {mode:o} (made by root)", i + 1, m.target.display());
-                    continue;
-                }
-                MountKind::Bind { source, as_user, .. } => format!(
-                    "bind {}{}",
-                    source.display(),
-                    if *as_user { " (opened as the user)" } else { "" }
-                ),
-            };
-            let origin = match &m.origin {
-                Origin::System => "system".to_string(),
-                Origin::Host => "host".into(),
-                Origin::Home => "home".into(),
-                Origin::Cwd => "cwd".into(),
-                Origin::Site => "site".into(),
-                Origin::User => "user".into(),
-                Origin::Other(o) => o.clone(),
-            };
-            let _ = writeln!(
-                s,
-                "mount {:>2} {} <- {what} [{}] ({origin})",
-                i + 1,
-                m.target.display(),
-                m.flags()
-            );
-        }
-        s.push_str(&inject::render(self));
-        let _ = writeln!(s, "etc      /etc/passwd += {}", self.identity.passwd_line());
-        let _ = writeln!(
-            s,
-            "etc      /etc/group += {}",
-            self.identity
-                .groups
-                .iter()
-                .map(|(n, g)| format!("{n}:{g}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        let _ = writeln!(
-            s,
-            "ids      uid={} gid={} groups={}{}",
-            self.identity.uid,
-            self.identity.gid,
-            self.groups.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
-            if self.drop_privileges { " (dropped from root before exec)" } else { " (as outside)" }
-        );
-        let _ = writeln!(s, "security no_new_privs, all capabilities cleared (bounding set too)");
-        match &self.cwd.preferred {
-            Some(p) => {
-                let _ = writeln!(s, "cwd      {} (else {})", p.display(), self.cwd.fallback.display());
-            }
-            None => {
-                let _ = writeln!(s, "cwd      {}", self.cwd.fallback.display());
-            }
-        }
-        for (k, v) in &self.env {
-            let _ = writeln!(s, "env      {k}={v}");
-        }
-        let _ = writeln!(s, "argv     {:?}", self.argv);
-        s
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::container::Identity;
+    use crate::container::policy::UserMount;
 
     fn alice() -> Identity {
         Identity {
@@ -607,6 +305,11 @@ mod tests {
             shell: "/bin/bash".into(),
             groups: vec![("alice".into(), 1001)],
         }
+    }
+
+    /// The request behind [`plain_plan`].
+    pub(crate) fn alice_request() -> RunRequest {
+        req()
     }
 
     fn req() -> RunRequest {
@@ -631,7 +334,22 @@ mod tests {
             mounts: vec![],
             writable: false,
             terminal: None,
+            mount_home: true,
+            slurm: vec![],
+            pmix: vec![],
+            injection: None,
+            upper: None,
         }
+    }
+
+    /// A `shoal run` plan for alice, unprivileged.
+    pub(crate) fn plain_plan() -> Plan {
+        plan(&req(), &Config::default()).unwrap()
+    }
+
+    /// The flags plan mount `i` gets from the lowering, as `--dry-run` prints them.
+    fn flags(p: &Plan, i: usize) -> String {
+        crate::container::lower::flags_text(&crate::container::lower(p, &crate::container::Facts::as_planned(p)), i).unwrap()
     }
 
     fn targets(p: &Plan) -> Vec<String> {
@@ -684,7 +402,7 @@ mod tests {
             let dev = &p.mounts[0];
             assert_eq!(dev.kind, MountKind::Tmpfs { mode: 0o755, noexec: true, devices: privileged });
             // Root's own ptmx node needs device access on /dev; unprivileged, a link.
-            assert_eq!(dev.flags(), if privileged { "rw,nosuid,noexec" } else { "rw,nosuid,nodev,noexec" });
+            assert_eq!(flags(&p, 0), if privileged { "rw,nosuid,noexec" } else { "rw,nosuid,nodev,noexec" });
             let ptmx = p.mounts.iter().find(|m| m.target == Path::new("/dev/ptmx")).unwrap();
             let pts = p.mounts.iter().find(|m| m.target == Path::new("/dev/pts")).unwrap();
             if privileged {
@@ -693,7 +411,7 @@ mod tests {
             } else {
                 assert_eq!(ptmx.kind, MountKind::Symlink { to: "pts/ptmx".into() });
                 assert_eq!(pts.kind, MountKind::Devpts);
-                assert_eq!(pts.flags(), "rw,nosuid,noexec");
+                assert_eq!(flags(&p, p.mounts.iter().position(|m| m.target == Path::new("/dev/pts")).unwrap()), "rw,nosuid,noexec");
             }
             // Only single host nodes: no recursive bind brings the rest of /dev.
             for m in p.mounts.iter().filter(|m| m.target.starts_with("/dev")) {
@@ -770,6 +488,39 @@ mod tests {
         r.mounts = vec![UserMount::parse("/x:/etc/passwd", Path::new("/")).unwrap()];
         let e = plan(&r, &cfg).unwrap_err().to_string();
         assert!(e.contains("refused by site policy"), "{e}");
+    }
+
+    #[test]
+    fn the_plugins_binds_and_layer_are_request_fields_decided_here() {
+        let mut r = req();
+        r.privileged = true;
+        r.mount_home = false;
+        r.slurm = vec![("/etc/slurm".into(), SlurmPath::Client), ("/var/spool/slurmd/job7".into(), SlurmPath::BatchScript)];
+        r.pmix = vec![("/var/spool/slurmd/pmix.7.0".into(), PmixDir::ServerTmpdir)];
+        let layer = UpperLayer { upper: "/l/upper".into(), work: "/l/work".into(), own_dirs: false };
+        r.upper = Some(layer.clone());
+        let p = plan(&r, &Config::default()).unwrap();
+        // No home, and the cwd under it is not there either.
+        assert!(!p.mounts.iter().any(|m| m.origin == Origin::Home || m.origin == Origin::Cwd));
+        assert_eq!(p.cwd.preferred, None);
+        assert_eq!(p.root.upper, Some(layer));
+        let n = p.mounts.len();
+        let tail: Vec<_> = p.mounts[n - 3..].iter().map(|m| (m.target.to_str().unwrap(), m.read_only, m.required, &m.kind)).collect();
+        let bind = |s: &str, as_user| MountKind::Bind { source: s.into(), recursive: false, as_user };
+        assert_eq!(
+            tail,
+            [
+                ("/etc/slurm", true, true, &bind("/etc/slurm", false)),
+                ("/var/spool/slurmd/job7", true, true, &bind("/var/spool/slurmd/job7", false)),
+                ("/var/spool/slurmd/pmix.7.0", false, true, &bind("/var/spool/slurmd/pmix.7.0", true)),
+            ]
+        );
+        let text = p.render();
+        assert!(text.contains("/etc/slurm <- bind /etc/slurm [ro,nosuid,nodev] (Slurm client)"), "{text}");
+        assert!(text.contains("(batch script)") && text.contains("(opened as the user) [rw,nosuid,nodev] (PMIx server tmpdir)"), "{text}");
+        // Only host pieces, home and cwd may be missing on a node.
+        let optional: Vec<_> = plan(&req(), &Config::default()).unwrap().mounts.into_iter().filter(|m| !m.required).map(|m| m.origin).collect();
+        assert!(optional.iter().all(|o| matches!(o, Origin::Host | Origin::Home | Origin::Cwd)), "{optional:?}");
     }
 
     #[test]

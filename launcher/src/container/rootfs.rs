@@ -1,7 +1,8 @@
 //! Doing: builds the container in the current process, in the order a reader
-//! expects: open every source (as the user where the user named it), start
-//! the image server, new namespaces, image mount, skeleton, overlay root,
-//! mounts, pivot_root.
+//! expects, one named step each ([`build`]): open every source (as the user
+//! where the user named it), start the image server, new namespaces, image
+//! mount, skeleton, overlay root, mounts (the plan lowered to syscalls by
+//! `lower`, carried out op by op), pivot_root.
 //!
 //! The root is an overlay of two read-only layers: a small tmpfs "skeleton"
 //! holding every mount target, on top of the image. Targets missing in the
@@ -29,8 +30,10 @@ use nix::sys::stat::{fstat, SFlag};
 use super::etc;
 use super::fuse::{self, FuseError};
 use super::image_server::readahead::Hints;
-use super::inject;
-use super::plan::{ImageMount, Mode, Mount, MountKind, Origin, Plan};
+use super::cred;
+use super::lower::{lower, Facts, MountOp, SourceFact, STAGE_FLAGS};
+use super::model::{ImageMount, Mode, Mount, MountKind, Plan};
+use super::skeleton::{copy_host_file, follow_image_links, skeleton_path, write_file, STAGE};
 use super::sys;
 use super::userns::{self, NsError};
 
@@ -66,21 +69,6 @@ fn step(what: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
 /// checked before anything else happens.
 pub(crate) struct Sources {
     image: OwnedFd,
-}
-
-/// Runs `f` with this thread's effective ids switched to the user's when
-/// root builds for a user, so the kernel checks the user's permissions.
-fn as_user<T>(plan: &Plan, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    let root_acting = plan.mode == Mode::Privileged && plan.identity.uid != 0;
-    if !root_acting {
-        return f();
-    }
-    let saved = nix::unistd::getgroups().map_err(io::Error::from)?;
-    let saved: Vec<u32> = saved.iter().map(|g| g.as_raw()).collect();
-    sys::thread_set_effective(plan.identity.uid, plan.identity.gid, &plan.groups)?;
-    let r = f();
-    sys::thread_restore_root(&saved).expect("restoring root's ids after opening as the user");
-    r
 }
 
 /// The squashfs superblock: magic `hsqs`, version 4, and a size that fits.
@@ -125,7 +113,7 @@ fn check_trusted(fd: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
 
 pub(crate) fn open_sources(plan: &Plan) -> Result<Sources, BuildError> {
     let path = &plan.root.squashfs;
-    let image = as_user(plan, || sys::openat(None, path, libc::O_RDONLY, 0))
+    let image = cred::as_user(plan, || sys::openat(None, path, libc::O_RDONLY, 0))
         .map_err(|source| BuildError::ImageNotFound { path: path.clone(), source })?;
     check_squashfs(image.as_fd())
         .map_err(|why| BuildError::ImageCorrupt { path: path.clone(), why })?;
@@ -150,11 +138,11 @@ fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
             continue;
         };
         let open = || sys::openat(None, source, libc::O_PATH, 0);
-        let r = if *user_path { as_user(plan, open) } else { open() };
+        let r = if *user_path { cred::as_user(plan, open) } else { open() };
         match r {
             Ok(fd) => binds.push(Some(fd)),
             // Optional host pieces (no /etc/localtime, no home on this node).
-            Err(_) if matches!(m.origin, Origin::Host | Origin::Home | Origin::Cwd) => binds.push(None),
+            Err(_) if !m.required => binds.push(None),
             Err(err) => {
                 return Err(BuildError::Source {
                     source_path: source.clone(),
@@ -168,40 +156,9 @@ fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
     Ok(binds)
 }
 
-const STAGE: &str = "/tmp";
-/// The staging tmpfs's flags, which directories bound from it keep.
-const STAGE_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
-
 fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let st = fstat(fd).map_err(io::Error::from)?;
     Ok(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
-}
-
-/// `mkdir -p` (and a final empty file when `!dir`) inside `base`, which is
-/// our own tmpfs: nothing here comes from the image.
-pub(crate) fn skeleton_path(base: BorrowedFd<'_>, path: &Path, dir: bool) -> io::Result<()> {
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    let mut cur = sys::openat(Some(base), Path::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    let comps: Vec<_> = rel.components().collect();
-    for (i, c) in comps.iter().enumerate() {
-        let name = Path::new(c.as_os_str());
-        let last = i + 1 == comps.len();
-        if last && !dir {
-            match sys::openat(Some(cur.as_fd()), name, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW, 0o644) {
-                Ok(_) => return Ok(()),
-                // Already a directory there (another mount's parent): fine.
-                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        match sys::mkdirat(cur.as_fd(), name, 0o755) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(e),
-        }
-        cur = sys::openat(Some(cur.as_fd()), name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
-    }
-    Ok(())
 }
 
 /// Reads a small regular file of the image, resolved inside it; empty when
@@ -218,17 +175,18 @@ fn read_image_file(lower: BorrowedFd<'_>, path: &str) -> String {
     s
 }
 
-fn write_file(dir: BorrowedFd<'_>, name: &Path, bytes: &[u8]) -> io::Result<()> {
-    let fd = sys::openat(Some(dir), name, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
-    use std::io::Write;
-    std::fs::File::from(fd).write_all(bytes)
+/// Binds `source` (opened) at `target` (opened inside the root) with
+/// `flags` (`MS_BIND`, `MS_REC`): [`MountOp::Bind`].
+fn bind(source: BorrowedFd<'_>, target: BorrowedFd<'_>, flags: libc::c_ulong) -> io::Result<()> {
+    sys::mount(Some(&sys::fd_path(source)), &sys::fd_path(target), None, flags, None)
 }
 
 /// Remounts the bind just made at `target` (reopened inside the root: the
-/// descriptor opened before it is under it) with `flags`.
-fn remount_bind(root: BorrowedFd<'_>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
+/// descriptor opened before it is under it) with `flags` (`MS_REMOUNT |
+/// MS_BIND | ...`): [`MountOp::Remount`].
+pub(crate) fn remount_bind(root: BorrowedFd<'_>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
     let top = sys::open_in_root(root, target, libc::O_PATH, 0)?;
-    sys::mount(None, &sys::fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_BIND | flags, None)
+    sys::mount(None, &sys::fd_path(top.as_fd()), None, flags, None)
 }
 
 fn c(s: &str) -> CString {
@@ -238,13 +196,35 @@ fn c(s: &str) -> CString {
 /// Builds the container and leaves the current process inside it (root
 /// pivoted, cwd `/`). Credentials, capabilities and cwd are the caller's job.
 /// `processes`: how many processes will use it (the FUSE server's threads).
+/// The steps, in the order the container is made:
 pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), BuildError> {
-    let id = &plan.identity;
+    let mut server = start_image_server(plan, &src, processes)?;
+    enter_namespaces(plan, server.as_ref())?;
+    let binds = open_binds(plan)?;
+    let stage = make_stage()?;
+    mount_image(plan, src, server.as_mut())?;
+    let skel = make_skeleton(plan, &binds, stage.as_fd())?;
+    let user_db = place_user_db(plan, skel, stage.as_fd(), server.as_ref())?;
+    let root = mount_root(plan, stage.as_fd(), user_db.is_some())?;
+    mount_all(plan, &binds, root.as_fd(), stage.as_fd())?;
+    drop(binds);
+    if let Some(lower_fd) = user_db {
+        write_user_db(lower_fd.as_fd(), stage.as_fd(), &plan.identity)?;
+    }
+    pivot(root, server)
+}
 
-    // 1. The image server first: the superblock is made (unprivileged: in a
-    //    new user namespace) and the server forked before the container's
-    //    mount namespace exists, so it never holds the container alive.
-    let mut server = match &plan.root.via {
+/// Where the image is mounted in the staging tmpfs.
+fn lower_dir() -> String {
+    format!("{STAGE}/lower")
+}
+
+/// 1. The image server first: the superblock is made (unprivileged: in a
+///    new user namespace) and the server forked before the container's
+///    mount namespace exists, so it never holds the container alive.
+fn start_image_server(plan: &Plan, src: &Sources, processes: u32) -> Result<Option<fuse::FuseServer>, BuildError> {
+    let id = &plan.identity;
+    Ok(match &plan.root.via {
         ImageMount::Fuse { squashfuse } => {
             let who = match plan.mode {
                 Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
@@ -253,20 +233,23 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1, &readahead_hints(plan))?)
         }
         ImageMount::KernelLoop => None,
-    };
+    })
+}
 
-    // 2. Namespaces: the container's own mount namespace (inside the user
-    //    namespace the server start made, when unprivileged; that start's
-    //    mount namespace serves when the server is not in it).
-    match (plan.mode, &server) {
+/// 2. Namespaces: the container's own mount namespace (inside the user
+///    namespace the server start made, when unprivileged; that start's
+///    mount namespace serves when the server is not in it).
+fn enter_namespaces(plan: &Plan, server: Option<&fuse::FuseServer>) -> Result<(), BuildError> {
+    match (plan.mode, server) {
         (Mode::Unprivileged, Some(s)) if !s.in_launcher_namespace => userns::make_private()?,
         (Mode::Unprivileged, _) => userns::new_mount()?,
         (Mode::Privileged, _) => userns::enter_mount()?,
     }
+    Ok(())
+}
 
-    let binds = open_binds(plan)?;
-
-    // 3. A private staging tmpfs (only this namespace sees it).
+/// 3. A private staging tmpfs (only this namespace sees it).
+fn make_stage() -> Result<OwnedFd, BuildError> {
     let stage = c(STAGE);
     sys::mount(Some(c"shoal"), &stage, Some(c"tmpfs"), STAGE_FLAGS, Some(c"mode=0700"))
         .map_err(step("mount the staging tmpfs"))?;
@@ -274,17 +257,20 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     for d in ["lower", "skel", "root", "upper", "work", "scratch"] {
         sys::mkdirat(stage_fd.as_fd(), Path::new(d), 0o755).map_err(step(format!("create {STAGE}/{d}")))?;
     }
+    Ok(stage_fd)
+}
 
-    // 4. The image, read-only, nosuid, nodev.
-    let lower = format!("{STAGE}/lower");
-    match server.as_mut() {
-        Some(s) => s.attach(Path::new(&lower))?,
+/// 4. The image, read-only, nosuid, nodev.
+fn mount_image(plan: &Plan, src: Sources, server: Option<&mut fuse::FuseServer>) -> Result<(), BuildError> {
+    let lower_dir = lower_dir();
+    match server {
+        Some(s) => s.attach(Path::new(&lower_dir))?,
         None => {
             let (dev, name) = sys::loop_attach(src.image.as_fd())
                 .map_err(|err| BuildError::Loop { path: plan.root.squashfs.clone(), err })?;
             sys::mount(
                 Some(&c(&name)),
-                &c(&lower),
+                &c(&lower_dir),
                 Some(c"squashfs"),
                 libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
                 None,
@@ -294,11 +280,14 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         }
     }
     drop(src.image);
+    Ok(())
+}
 
-    // 5. The skeleton: every mount target (made while the server starts),
-    //    and /etc/passwd and /etc/group (see `user_db` below).
-    let skel = sys::openat(Some(stage_fd.as_fd()), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
-    for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
+/// 5. The skeleton: every mount target (made while the server starts),
+///    and /etc (see [`place_user_db`]).
+fn make_skeleton(plan: &Plan, binds: &[Option<OwnedFd>], stage: BorrowedFd<'_>) -> Result<OwnedFd, BuildError> {
+    let skel = sys::openat(Some(stage), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
+    for (i, (m, s)) in plan.mounts.iter().zip(binds).enumerate() {
         // Targets in a tmpfs of the plan are made there when it is mounted.
         if enclosing_tmpfs(&plan.mounts[..i], &m.target).is_some() {
             continue;
@@ -316,18 +305,32 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         };
         skeleton_path(skel.as_fd(), &m.target, dir).map_err(step(format!("create mount target {}", m.target.display())))?;
     }
-    for t in inject::skeleton_files(plan) {
+    for t in plan.setup_bind_targets() {
         skeleton_path(skel.as_fd(), t, false).map_err(step(format!("create mount target {}", t.display())))?;
     }
     skeleton_path(skel.as_fd(), Path::new("/etc"), true).map_err(step("create /etc"))?;
+    Ok(skel)
+}
+
+/// 5b. /etc/passwd and /etc/group: the image's with the user merged in. A
+/// writable root holds them in the skeleton, where tools inside can
+/// replace them (useradd renames onto /etc/passwd, which a mount point
+/// refuses). A read-only root gets them bound from the staging tmpfs and
+/// filled in last (returns the image's root for that): reading the
+/// image's costs the server a decompression or two, which its read-ahead
+/// then does while the mounts are made (the launcher waited about a
+/// millisecond here before). The mount targets behind the image's
+/// top-level links are moved there first.
+fn place_user_db(plan: &Plan, skel: OwnedFd, stage: BorrowedFd<'_>, server: Option<&fuse::FuseServer>) -> Result<Option<OwnedFd>, BuildError> {
+    let lower_dir = lower_dir();
     let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
 
     // The first access waits for the server; a server that died reports here.
-    let lower_fd = sys::openat(None, Path::new(&lower), libc::O_PATH | libc::O_DIRECTORY, 0)
+    let lower_fd = sys::openat(None, Path::new(&lower_dir), libc::O_PATH | libc::O_DIRECTORY, 0)
         .and_then(|fd| fstat(fd.as_fd()).map(|_| fd).map_err(io::Error::from))
         .map_err(|e| BuildError::FuseServerFailed {
             path: plan.root.squashfs.clone(),
-            detail: match &server {
+            detail: match server {
                 Some(s) => {
                     let d = s.diagnostics();
                     if d.is_empty() { e.to_string() } else { d }
@@ -336,29 +339,27 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
             },
         })?;
 
-    follow_image_links(skel.as_fd(), lower_fd.as_fd(), Path::new(&lower)).map_err(step("place the mount targets behind the image's links"))?;
+    follow_image_links(skel.as_fd(), lower_fd.as_fd(), Path::new(&lower_dir)).map_err(step("place the mount targets behind the image's links"))?;
 
-    // /etc/passwd and /etc/group: the image's with the user merged in. A
-    // writable root holds them in the skeleton, where tools inside can
-    // replace them (useradd renames onto /etc/passwd, which a mount point
-    // refuses). A read-only root gets them bound from the staging tmpfs and
-    // filled in last: reading the image's costs the server a decompression
-    // or two, which its read-ahead then does while the mounts are made
-    // (the launcher waited about a millisecond here before).
     let user_db = if plan.root.writable {
-        write_user_db(lower_fd.as_fd(), etc_dir.as_fd(), id)?;
+        write_user_db(lower_fd.as_fd(), etc_dir.as_fd(), &plan.identity)?;
         None
     } else {
         for name in USER_DB {
             write_file(etc_dir.as_fd(), Path::new(name), b"").map_err(step(format!("create /etc/{name}")))?;
-            write_file(stage_fd.as_fd(), Path::new(name), b"").map_err(step(format!("create {STAGE}/{name}")))?;
+            write_file(stage, Path::new(name), b"").map_err(step(format!("create {STAGE}/{name}")))?;
         }
         Some(lower_fd)
     };
-    drop(etc_dir);
+    Ok(user_db)
+}
 
-    // 6. The root: skeleton over image, plus a tmpfs upper when writable.
-    let mut opts = format!("lowerdir={STAGE}/skel:{lower}");
+/// 6. The root: skeleton over image, plus a tmpfs upper when writable;
+///    the user database bound in when `bind_user_db`.
+fn mount_root(plan: &Plan, stage: BorrowedFd<'_>, bind_user_db: bool) -> Result<OwnedFd, BuildError> {
+    let id = &plan.identity;
+    let lower_dir = lower_dir();
+    let mut opts = format!("lowerdir={STAGE}/skel:{lower_dir}");
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if let (true, Some(layer)) = (plan.root.writable, &plan.root.upper) {
         // Root-made paths in a root-only directory (see `UpperLayer`).
@@ -382,7 +383,7 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         if upper.contains([',', ':', '\\']) {
             return Err(step("mount the overlay root")(io::Error::other(format!("layer path {upper} has `,`, `:` or `\\`"))));
         }
-        opts = format!("lowerdir={STAGE}/skel:{upper}:{lower}");
+        opts = format!("lowerdir={STAGE}/skel:{upper}:{lower_dir}");
         flags |= libc::MS_RDONLY;
     } else {
         flags |= libc::MS_RDONLY;
@@ -397,125 +398,41 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
         debug_assert!(layer.own_dirs);
         own_dirs(root.as_fd(), id.uid, id.gid).map_err(step("give the user the directories of the writable root"))?;
     }
-    if user_db.is_some() {
+    if bind_user_db {
         for name in USER_DB {
             let target = Path::new("/etc").join(name);
             let what = || format!("bind /etc/{name}");
-            let source = sys::openat(Some(stage_fd.as_fd()), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+            let source = sys::openat(Some(stage), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
             let top = sys::open_in_root(root.as_fd(), &target, libc::O_PATH, 0).map_err(step(what()))?;
-            sys::mount(Some(&sys::fd_path(source.as_fd())), &sys::fd_path(top.as_fd()), None, libc::MS_BIND, None).map_err(step(what()))?;
-            remount_bind(root.as_fd(), &target, STAGE_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
+            bind(source.as_fd(), top.as_fd(), libc::MS_BIND).map_err(step(what()))?;
+            remount_bind(root.as_fd(), &target, libc::MS_REMOUNT | libc::MS_BIND | STAGE_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
         }
     }
 
-    // 7. Mounts, in plan order, onto targets resolved inside the root.
-    for (i, (m, s)) in plan.mounts.iter().zip(&binds).enumerate() {
-        let what = || format!("mount {}", m.target.display());
-        if let (MountKind::Bind { .. }, None) = (&m.kind, s) {
-            continue; // an optional source this node lacks
-        }
-        match &m.kind {
-            MountKind::Copy { .. } => continue, // in the skeleton already
-            MountKind::Symlink { to } => {
-                let what = format!("link {} to {}", m.target.display(), to.display());
-                make_in_tmpfs(root.as_fd(), plan, i, |dir, name| nix::unistd::symlinkat(to, dir, name).map_err(io::Error::from))
-                    .map_err(step(what))?;
-                continue;
-            }
-            MountKind::CharDevice { major, minor, mode } => {
-                let what = format!("make device node {}", m.target.display());
-                make_in_tmpfs(root.as_fd(), plan, i, |dir, name| {
-                    let perm = nix::sys::stat::Mode::from_bits_truncate(*mode);
-                    let dev = libc::makedev(*major, *minor);
-                    nix::sys::stat::mknodat(dir, name, SFlag::S_IFCHR, perm, dev).map_err(io::Error::from)?;
-                    // The umask narrowed the mode.
-                    nix::sys::stat::fchmodat(dir, name, perm, nix::sys::stat::FchmodatFlags::NoFollowSymlink).map_err(io::Error::from)
-                })
-                .map_err(step(what))?;
-                continue;
-            }
-            _ => {}
-        }
-        let inside_tmpfs = enclosing_tmpfs(&plan.mounts[..i], &m.target).is_some();
-        let first = if inside_tmpfs { Err(io::Error::from_raw_os_error(libc::ENOENT)) } else { sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0) };
-        let target = match first {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // The skeleton made this target, but a tmpfs the plan
-                // mounted earlier (/run for /run/munge) now hides it: make
-                // it again inside that tmpfs, which is ours, not the image's.
-                let Some(tmpfs) = enclosing_tmpfs(&plan.mounts[..i], &m.target) else {
-                    return Err(step(what())(e));
-                };
-                let dir = match s {
-                    Some(fd) => is_dir(fd.as_fd()).map_err(step(what()))?,
-                    None => true,
-                };
-                let base = sys::open_in_root(root.as_fd(), &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step(what()))?;
-                let rel = m.target.strip_prefix(&tmpfs.target).unwrap_or(&m.target);
-                skeleton_path(base.as_fd(), rel, dir).map_err(step(what()))?;
-                sys::open_in_root(root.as_fd(), &m.target, libc::O_PATH, 0).map_err(step(what()))?
-            }
-            other => other.map_err(step(what()))?,
-        };
-        let mut extra = if m.harden { libc::MS_NOSUID | libc::MS_NODEV } else { 0 };
-        if m.read_only {
-            extra |= libc::MS_RDONLY;
-        }
-        match (&m.kind, s) {
-            (MountKind::Tmpfs { mode, noexec, devices }, _) => {
-                // A directory of the staging tmpfs, bound here: one tmpfs
-                // for all of the container's scratch directories (a bind
-                // costs about half a new tmpfs). It is nosuid,nodev.
-                let want = if *noexec { extra | libc::MS_NOEXEC } else { extra };
-                let want = if *devices { want & !libc::MS_NODEV } else { want };
-                let name = PathBuf::from(format!("scratch/{i}"));
-                sys::mkdirat(stage_fd.as_fd(), &name, 0o700).map_err(step(what()))?;
-                nix::sys::stat::fchmodat(
-                    stage_fd.as_fd(),
-                    &name,
-                    nix::sys::stat::Mode::from_bits_truncate(*mode),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
-                )
-                .map_err(|e| step(what())(e.into()))?;
-                let dir = sys::openat(Some(stage_fd.as_fd()), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
-                sys::mount(Some(&sys::fd_path(dir.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND, None).map_err(step(what()))?;
-                if want != STAGE_FLAGS {
-                    remount_bind(root.as_fd(), &m.target, want).map_err(step(what()))?;
-                }
-            }
-            (MountKind::Devpts, _) => {
-                // nodev would stop the ptys themselves; gid= is left out
-                // (the tty group is not mapped in a user namespace).
-                sys::mount(
-                    Some(c"devpts"),
-                    &sys::fd_path(target.as_fd()),
-                    Some(c"devpts"),
-                    libc::MS_NOSUID | libc::MS_NOEXEC,
-                    Some(c"newinstance,ptmxmode=0666,mode=0620"),
-                )
-                .map_err(step(what()))?;
-            }
-            (MountKind::Symlink { .. } | MountKind::CharDevice { .. } | MountKind::Copy { .. }, _) => unreachable!("made above"),
-            (MountKind::Bind { recursive, .. }, Some(fd)) => {
-                let rec = if *recursive { libc::MS_REC } else { 0 };
-                sys::mount(Some(&sys::fd_path(fd.as_fd())), &sys::fd_path(target.as_fd()), None, libc::MS_BIND | rec, None)
-                    .map_err(step(what()))?;
-                let keep = sys::locked_flags(fd.as_fd()).map_err(step(what()))?;
-                // A source mounted nosuid,nodev (,ro) already needs no remount.
-                if extra & !keep != 0 {
-                    remount_bind(root.as_fd(), &m.target, keep | extra)
-                        .map_err(step(format!("remount {} with nosuid,nodev{}", m.target.display(), if m.read_only { ",ro" } else { "" })))?;
-                }
-            }
-            (MountKind::Bind { .. }, None) => {}
-        }
-    }
-    drop(binds);
-    if let Some(lower_fd) = user_db {
-        write_user_db(lower_fd.as_fd(), stage_fd.as_fd(), id)?;
-    }
+    Ok(root)
+}
 
-    // 8. pivot_root, and the host's tree detached.
+/// 7. Mounts, in plan order, onto targets resolved inside the root: the
+///    plan lowered with what the sources say (see `lower`), op by op.
+fn mount_all(plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, stage: BorrowedFd<'_>) -> Result<(), BuildError> {
+    let mut sources = Vec::with_capacity(binds.len());
+    for (m, fd) in plan.mounts.iter().zip(binds) {
+        sources.push(match fd {
+            Some(fd) => Some(SourceFact {
+                locked: sys::locked_flags(fd.as_fd()).map_err(step(format!("mount {}", m.target.display())))?,
+            }),
+            None => None,
+        });
+    }
+    let ops = lower(plan, &Facts { sources });
+    for op in &ops {
+        apply(op, plan, binds, root, stage)?;
+    }
+    Ok(())
+}
+
+/// 8. pivot_root, and the host's tree detached.
+fn pivot(root: OwnedFd, mut server: Option<fuse::FuseServer>) -> Result<(), BuildError> {
     nix::unistd::fchdir(root.as_fd()).map_err(|e| step("enter the root")(e.into()))?;
     sys::pivot_root_here().map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| step("detach the host root")(e.into()))?;
@@ -526,61 +443,82 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     Ok(())
 }
 
-/// Moves each top-level directory of the skeleton that the image has as a
-/// symlink to where the link leads in the image. A skeleton directory /etc
-/// would hide the image's `/etc -> usr/etc` and every file behind it (the
-/// overlay shows the upper layer's directory, not the link); at `usr/etc` it
-/// merges with the image's directory instead, and targets under /etc are
-/// reached through the image's link. The link is resolved inside the image
-/// (`lower`, mounted at `lower_path`) and the move is within the skeleton,
-/// our own tmpfs: no host path is followed. A link that leads nowhere, to
-/// the root, or into itself leaves the skeleton's directory in its place.
-fn follow_image_links(skel: BorrowedFd<'_>, lower: BorrowedFd<'_>, lower_path: &Path) -> io::Result<()> {
-    let names: Vec<std::ffi::OsString> = std::fs::read_dir(Path::new(STAGE).join("skel"))?
-        .filter_map(|e| e.ok().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.file_name()))
-        .collect();
-    for name in names {
-        let linked = nix::sys::stat::fstatat(lower, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-            .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK);
-        if !linked {
-            continue;
+/// Carries out one lowered op on the root being built (`root`); `binds`:
+/// the plan's bind sources, opened; `stage`: the staging tmpfs.
+fn apply(op: &MountOp, plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, stage: BorrowedFd<'_>) -> Result<(), BuildError> {
+    let i = op.mount();
+    let m = &plan.mounts[i];
+    let what = || format!("mount {}", m.target.display());
+    match op {
+        MountOp::Skip { .. } => {}
+        MountOp::Symlink { target, to, .. } => {
+            make_in_tmpfs(root, plan, i, |dir, name| nix::unistd::symlinkat(to, dir, name).map_err(io::Error::from))
+                .map_err(step(format!("link {} to {}", target.display(), to.display())))?;
         }
-        let Ok(dir) = sys::open_in_root(lower, &Path::new("/").join(&name), libc::O_PATH | libc::O_DIRECTORY, 0) else {
-            continue;
-        };
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
-        let Ok(to) = real.strip_prefix(lower_path) else { continue };
-        let from = Path::new(&name);
-        if to.as_os_str().is_empty() || to.starts_with(from) {
-            continue;
+        MountOp::CharDevice { target, major, minor, mode, .. } => {
+            make_in_tmpfs(root, plan, i, |dir, name| {
+                let perm = nix::sys::stat::Mode::from_bits_truncate(*mode);
+                let dev = libc::makedev(*major, *minor);
+                nix::sys::stat::mknodat(dir, name, SFlag::S_IFCHR, perm, dev).map_err(io::Error::from)?;
+                // The umask narrowed the mode.
+                nix::sys::stat::fchmodat(dir, name, perm, nix::sys::stat::FchmodatFlags::NoFollowSymlink).map_err(io::Error::from)
+            })
+            .map_err(step(format!("make device node {}", target.display())))?;
         }
-        merge_into(skel, from, to)?;
+        MountOp::Scratch { mode, flags, .. } => {
+            let target = mount_target(plan, i, binds, root)?;
+            let name = PathBuf::from(format!("scratch/{i}"));
+            sys::mkdirat(stage, &name, 0o700).map_err(step(what()))?;
+            nix::sys::stat::fchmodat(
+                stage,
+                &name,
+                nix::sys::stat::Mode::from_bits_truncate(*mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| step(what())(e.into()))?;
+            let dir = sys::openat(Some(stage), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+            bind(dir.as_fd(), target.as_fd(), *flags).map_err(step(what()))?;
+        }
+        MountOp::Devpts { flags, data, .. } => {
+            let target = mount_target(plan, i, binds, root)?;
+            sys::mount(Some(c"devpts"), &sys::fd_path(target.as_fd()), Some(c"devpts"), *flags, Some(&c(data))).map_err(step(what()))?;
+        }
+        MountOp::Bind { flags, .. } => {
+            let target = mount_target(plan, i, binds, root)?;
+            let Some(source) = &binds[i] else { unreachable!("a bind without its source is lowered to Skip") };
+            bind(source.as_fd(), target.as_fd(), *flags).map_err(step(what()))?;
+        }
+        MountOp::Remount { target, flags, .. } => {
+            let why = match m.kind {
+                MountKind::Bind { .. } => {
+                    format!("remount {} with nosuid,nodev{}", target.display(), if m.read_only { ",ro" } else { "" })
+                }
+                _ => what(),
+            };
+            remount_bind(root, target, *flags).map_err(step(why))?;
+        }
     }
     Ok(())
 }
 
-/// Moves the skeleton's `from` to `to` (both relative to `skel`), merging
-/// into what is there already.
-fn merge_into(skel: BorrowedFd<'_>, from: &Path, to: &Path) -> io::Result<()> {
-    if let Some(parent) = to.parent() {
-        skeleton_path(skel, parent, true)?;
-    }
-    match nix::fcntl::renameat(skel, from, skel, to) {
-        Ok(()) => return Ok(()),
-        Err(nix::Error::EEXIST | nix::Error::ENOTEMPTY) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let (Ok(src), Ok(dst)) = (sys::openat(Some(skel), from, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0), sys::openat(Some(skel), to, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)) else {
-        // A file already where a directory would go: two targets at one
-        // place; the first stays.
-        return Ok(());
+/// Opens the target of `plan.mounts[i]` inside the root. The skeleton made
+/// it, but a tmpfs the plan mounted earlier (/run for /run/munge) may hide
+/// it now: then it is made again inside that tmpfs, which is ours, not the
+/// image's.
+fn mount_target(plan: &Plan, i: usize, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>) -> Result<OwnedFd, BuildError> {
+    let m = &plan.mounts[i];
+    let what = || format!("mount {}", m.target.display());
+    let Some(tmpfs) = enclosing_tmpfs(&plan.mounts[..i], &m.target) else {
+        return sys::open_in_root(root, &m.target, libc::O_PATH, 0).map_err(step(what()));
     };
-    drop((src, dst));
-    for child in std::fs::read_dir(Path::new(STAGE).join("skel").join(from))? {
-        let child = child?.file_name();
-        merge_into(skel, &from.join(&child), &to.join(&child))?;
-    }
-    nix::unistd::unlinkat(skel, from, nix::unistd::UnlinkatFlags::RemoveDir).map_err(io::Error::from)
+    let dir = match &binds[i] {
+        Some(fd) => is_dir(fd.as_fd()).map_err(step(what()))?,
+        None => true,
+    };
+    let base = sys::open_in_root(root, &tmpfs.target, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step(what()))?;
+    let rel = m.target.strip_prefix(&tmpfs.target).unwrap_or(&m.target);
+    skeleton_path(base.as_fd(), rel, dir).map_err(step(what()))?;
+    sys::open_in_root(root, &m.target, libc::O_PATH, 0).map_err(step(what()))
 }
 
 /// Makes every root-owned directory of the overlay at `root` the user's
@@ -645,24 +583,6 @@ fn readahead_hints(plan: &Plan) -> Hints {
         path: env("PATH").unwrap_or(super::env::DEFAULT_PATH).as_bytes().to_vec(),
         library_path: env("LD_LIBRARY_PATH").unwrap_or_default().as_bytes().to_vec(),
     }
-}
-
-/// Writes a small host file's contents (at most 1 MiB) at `target` in the
-/// skeleton; a host without the file (no /etc/localtime) gets none.
-fn copy_host_file(skel: BorrowedFd<'_>, source: &Path, target: &Path) -> io::Result<()> {
-    let mut text = Vec::new();
-    match std::fs::File::open(source) {
-        Ok(f) => f.take(1 << 20).read_to_end(&mut text)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-        return Err(io::ErrorKind::InvalidInput.into());
-    };
-    skeleton_path(skel, parent, true)?;
-    let rel = parent.strip_prefix("/").unwrap_or(parent);
-    let dir = sys::openat(Some(skel), &Path::new(".").join(rel), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
-    write_file(dir.as_fd(), Path::new(name), &text)
 }
 
 /// The innermost tmpfs among `earlier` (mounts made before) that `path`

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::stat::fstat;
 
-use super::plan::Mode;
+use super::model::Mode;
 use super::sys;
 
 /// Which container to share and by how many processes.
@@ -314,12 +314,7 @@ pub fn enter_shared<E: From<ShareError>>(
         }
         None => {
             build()?;
-            if let Some(hook) = std::env::var_os("SHOAL_TEST_HOLD_SETUP") {
-                // Test hook: lets a test SIGKILL a peer that holds the lock
-                // with a half-made container. Only delays; changes nothing.
-                let _ = sys::openat(None, Path::new(&hook), libc::O_CREAT | libc::O_WRONLY, 0o600);
-                std::thread::sleep(std::time::Duration::from_secs(30));
-            }
+            test_hold_setup();
             let (_, mnt) = ns_ino("/proc/self/ns/mnt").map_err(io_err(&path))?;
             state.mntns = mnt;
             state.userns = match mode {
@@ -358,6 +353,22 @@ pub fn teardown(key: &str, mode: Mode, uid: u32) -> Result<(), ShareError> {
         Err(err) => Err(ShareError::Io { path, err }),
     }
 }
+
+/// Test seam (debug builds only: a release build, what is packaged,
+/// does not have it): `SHOAL_TEST_HOLD_SETUP=FILE` makes the builder
+/// create FILE and wait 30 s holding the lock with a half-made container,
+/// so an integration test (tests/launcher.rs) can SIGKILL it there. Only
+/// delays; changes nothing.
+#[cfg(debug_assertions)]
+fn test_hold_setup() {
+    if let Some(hook) = std::env::var_os("SHOAL_TEST_HOLD_SETUP") {
+        let _ = sys::openat(None, Path::new(&hook), libc::O_CREAT | libc::O_WRONLY, 0o600);
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn test_hold_setup() {}
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,10 @@
 //! `CUDA_VISIBLE_DEVICES` would have in a /dev holding them alone.
 //!
 //! The launcher's minimal /dev holds the bound GPUs alone, so the
-//! renumbered list applies there (`container::add_injection`); with the
-//! site's `host_dev` (the host's whole /dev) the job's own numbering stays.
+//! renumbered list applies there; with the site's `host_dev` (the host's
+//! whole /dev) the job's own numbering stays. [`visible_inside`] is the one
+//! place that decides the value inside (the container plan and the SPANK
+//! plugin's per-task renumbering both call it).
 //! The rule, for a /dev with the bound GPUs alone:
 //!
 //! Slurm gives the job's GPUs as host indices in `CUDA_VISIBLE_DEVICES`
@@ -134,6 +136,38 @@ impl GpuSelection {
     }
 }
 
+/// Whose GPU numbers a task's `CUDA_VISIBLE_DEVICES` inside follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskGpus {
+    /// The step's (or `shoal run`'s) GPUs, as [`select_gpus`] numbered them.
+    Step,
+    /// The task's own host numbers (Slurm's `--gpus-per-task`), within the
+    /// step's: renumbered against the step's bound devices. A value that
+    /// names no GPU (empty, `NoDevFiles`) means the step's.
+    Host(String),
+    /// Slurm numbered the GPUs locally already (`ConstrainDevices`:
+    /// positions among the step's GPUs, the container's numbering): the
+    /// job's values stay.
+    Local,
+}
+
+/// The value `CUDA_VISIBLE_DEVICES` (and `GPU_DEVICE_ORDINAL`, where the
+/// job has it) takes inside, or `None` to leave the job's values as they
+/// are: no GPU module, a /dev that is not the minimal one (the host's
+/// numbering holds there), Slurm's local numbers, or a value that names no
+/// GPU. Pure; the one rule for GPU numbers.
+pub fn visible_inside(gpus: Option<&GpuSelection>, minimal_dev: bool, task: &TaskGpus) -> Result<Option<String>, InjectError> {
+    let Some(gpus) = gpus.filter(|_| minimal_dev) else {
+        return Ok(None);
+    };
+    let inside = match task {
+        TaskGpus::Local => return Ok(None),
+        TaskGpus::Host(own) if names_gpus(own) => Some(gpus.renumber(own)?),
+        TaskGpus::Host(_) | TaskGpus::Step => gpus.cuda_visible_devices.clone(),
+    };
+    Ok(inside.filter(|v| names_gpus(v)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +226,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("GPU-abc"));
+    }
+
+    #[test]
+    fn the_value_inside_follows_the_task_within_the_step() {
+        let step = select_gpus(&gpus(8), Some("6,2,4,5")).unwrap();
+        let inside = |dev, task: TaskGpus| visible_inside(Some(&step), dev, &task);
+        assert_eq!(inside(true, TaskGpus::Step).unwrap().as_deref(), Some("3,0,1,2"));
+        assert_eq!(inside(true, TaskGpus::Host("5".into())).unwrap().as_deref(), Some("2"));
+        // A task value naming no GPU: the step's.
+        assert_eq!(inside(true, TaskGpus::Host("".into())).unwrap().as_deref(), Some("3,0,1,2"));
+        assert!(inside(true, TaskGpus::Host("7".into())).unwrap_err().to_string().contains("GPU 7 is not among"));
+        // Slurm's local numbers, or the host's /dev: the job's values stay.
+        assert_eq!(inside(true, TaskGpus::Local).unwrap(), None);
+        assert_eq!(inside(false, TaskGpus::Host("5".into())).unwrap(), None);
+        // No GPU module; a step with NoDevFiles.
+        assert_eq!(visible_inside(None, true, &TaskGpus::Step).unwrap(), None);
+        let none = select_gpus(&gpus(2), Some("NoDevFiles")).unwrap();
+        assert_eq!(visible_inside(Some(&none), true, &TaskGpus::Step).unwrap(), None);
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub mod select;
 mod steps;
 pub mod version;
 
-pub use gpu::{names_gpus, select_gpus, GpuDevice};
+pub use gpu::{names_gpus, select_gpus, visible_inside, GpuDevice, GpuSelection, TaskGpus};
 pub use image::{DirImage, ImageFs, SquashfsImage};
 pub use plan::{assess, Assessment, BindMount, EnvChange, InjectionPlan, MountKind, Request, Step};
 pub use select::select_modules;

@@ -28,6 +28,7 @@
 //! EIO, never a panic), or write anything (the mount is read-only).
 
 mod abi;
+mod cache;
 pub mod readahead;
 pub mod squashfs;
 
