@@ -24,6 +24,9 @@ cargo build --workspace --locked
 # The plugin for every supported Slurm series (slurm_versions checks each).
 bash packaging/build-plugin.sh 22.05 24.11 26.05
 status=0
+# The module graph has no cycle (issue 12), and no source file is long.
+python3 tests/import_cycles.py launcher/src || status=$?
+bash tests/source_lengths.sh || status=$?
 start=$SECONDS
 # --no-fail-fast: one failing test binary must not hide the others' results.
 cargo test --workspace --locked --no-fail-fast "$@" || status=$?

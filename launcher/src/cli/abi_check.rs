@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shoal::inject::{self, plan::render_table, DirImage, Request};
+use shoal::inject::{self, render_table, DirImage, Request};
 use shoal::Config;
 
 #[derive(Debug, Args)]

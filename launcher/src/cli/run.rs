@@ -16,7 +16,7 @@ use clap::Args;
 use nix::unistd::{Gid, Group, Uid, User};
 use shoal::image::store::Store;
 use shoal::container::{self, EnterError, ExecError, Identity, ImageConfig, RunImage, RunRequest, Share, UserMount};
-use shoal::inject::plan::render_table;
+use shoal::inject::render_table;
 use shoal::inject::TaskGpus;
 use shoal::{Config, ImageSpec};
 

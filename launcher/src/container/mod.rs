@@ -7,7 +7,12 @@
 //! - `model`: the plan's data types; `policy`, `env`, `etc`, `plan`,
 //!   `inject_plan` (host-library injection made part of the plan):
 //!   deciding (pure, unit-tested as data); `render`: the `--dry-run` text;
-//! - `sys`: the only `unsafe` kernel calls;
+//! - `sys`: the kernel calls nix does not wrap (the `unsafe` here is
+//!   mostly there; the rest is `fork`/`_exit`/exec in `fuse`, `doctor` and
+//!   `setup`, the FUSE device's non-blocking reads in `image_server`, and
+//!   `readahead`'s page-cache hint; outside `container/` the launcher
+//!   forbids `unsafe` in `image/`, `inject/`, `select/`, `config/`, `stage`,
+//!   `reference` and `resolve`);
 //! - `userns`: namespaces; `fuse`: the image through FUSE, served by
 //!   `image_server` (Shoal's own squashfs server, for the `shoal` binary) or
 //!   squashfuse_ll;

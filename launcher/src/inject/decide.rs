@@ -10,7 +10,7 @@ use super::discover::{FoundLib, LibraryIndex};
 use super::elf::{self, ElfInfo};
 use super::image::{glob, kind_of, resolve, EntryKind, ImageFs};
 use super::plan::{Action, Assessment, LibraryDecision, ObjectKind, Request, SHOAL_DIR};
-use super::runtime::base_runtime;
+use super::runtime::{base_runtime, runtime_version_prefix};
 use super::version::{compare_minor, stem, LibVersion, MinorVerdict};
 use super::InjectError;
 
@@ -464,5 +464,70 @@ impl Builder<'_> {
                     .find(needed, info.machine, info.is_64)
                     .map(|f| f.real)
             })
+    }
+}
+
+impl Builder<'_> {
+    /// Checks that the image's copy of base-runtime library `needed`
+    /// defines every symbol version `obj` needs from it; adds its row once.
+    pub(super) fn check_runtime(&mut self, obj: &HostObject, name: &str, needed: &str) -> Result<(), String> {
+        let info = obj.elf.as_ref().expect("checked objects are ELF");
+        let family = base_runtime(needed).unwrap_or("glibc");
+        let found: Vec<FoundLib> = self
+            .image
+            .by_soname(needed)
+            .into_iter()
+            .filter(|f| {
+                f.elf
+                    .as_ref()
+                    .is_ok_and(|e| e.machine == info.machine && e.is_64 == info.is_64)
+            })
+            .collect();
+        let Some(first) = found.first() else {
+            return Err(format!(
+                "host {} ({name}) needs {needed}, which the image does not have (no {family} of this architecture in its library directories)",
+                obj.real.display()
+            ));
+        };
+        let defs: BTreeSet<String> = found
+            .iter()
+            .flat_map(|f| {
+                f.elf
+                    .as_ref()
+                    .map(|e| e.version_defs.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let prefix = runtime_version_prefix(family);
+        let newest = elf::newest(&defs, prefix)
+            .unwrap_or("no versions")
+            .to_string();
+        if self.runtime_checked.insert(needed.to_string()) {
+            self.rows.push(LibraryDecision {
+                module: obj.module.clone(),
+                kind: ObjectKind::Runtime,
+                name: needed.to_string(),
+                needed_by: Some(name.to_string()),
+                host: None,
+                host_version: None,
+                image: Some(first.real.clone()),
+                image_version: Some(newest.clone()),
+                action: Action::UseImage,
+                warning: false,
+                reason: format!("base runtime ({family}): never injected; the image's copy defines up to {newest}"),
+            });
+        }
+        let wanted = info.version_needs.get(needed).cloned().unwrap_or_default();
+        let missing: Vec<&String> = wanted.difference(&defs).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        Err(format!(
+            "host {} ({name}) needs {} from {needed}, but the image's {} defines only up to {newest}: the image's {family} is older than the host library needs",
+            obj.real.display(),
+            missing.join(", "),
+            first.real.display()
+        ))
     }
 }

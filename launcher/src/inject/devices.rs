@@ -119,7 +119,8 @@ mod tests {
 
     use crate::config::{AbiMode, Config};
     use crate::inject::mem_image::MemImage;
-    use crate::inject::plan::{assess, BindMount, InjectionPlan, MountKind, Request, Step};
+    use crate::inject::assess;
+    use crate::inject::plan::{BindMount, InjectionPlan, MountKind, Request, Step};
     use crate::inject::InjectError;
 
     /// The plan for one module `m` (TOML body) on a made-up host and image.

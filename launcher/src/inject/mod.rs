@@ -96,7 +96,9 @@ pub mod version;
 
 pub use gpu::{names_gpus, select_gpus, visible_inside, GpuDevice, GpuSelection, TaskGpus};
 pub use image::{DirImage, ImageFs, SquashfsImage};
-pub use plan::{assess, Assessment, BindMount, EnvChange, InjectionPlan, MountKind, Request, Step};
+pub use decide::assess;
+pub use plan::{Assessment, BindMount, EnvChange, InjectionPlan, MountKind, Request, Step};
+pub use render::render_table;
 pub use select::select_modules;
 
 /// Why a module cannot be used; every message names the input and the fix.

@@ -17,9 +17,6 @@ use super::gpu::GpuSelection;
 use super::image::ImageFs;
 use super::InjectError;
 
-pub use super::decide::assess;
-pub use super::render::render_table;
-
 /// The tmpfs the launcher provides inside the container for what the image
 /// lacks: `lib/` (added libraries), `bin/` (module programs), `etc/`
 /// (the generated loader config and cache).

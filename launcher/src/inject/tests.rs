@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::plan::*;
 use crate::config::{AbiMode, Config};
-use crate::inject::DirImage;
+use crate::inject::{assess, render_table, DirImage};
 
 
     /// The host's own zlib against an image tree holding the host's libc:

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
-use super::writer::layer_err;
 use super::{ConvertError, Layer, LayerCompression, Progress};
 
 /// Counts compressed bytes read (shared with the thread that reports
@@ -92,7 +91,7 @@ pub(super) struct Pumped<'a> {
     pub(super) reported: u64,
     pub(super) total: u64,
     pub(super) progress: &'a dyn Fn(Progress),
-    /// Tar bytes of every layer so far, against [`super::writer::expansion_limit`].
+    /// Tar bytes of every layer so far, against the writer's `expansion_limit`.
     pub(super) unpacked: &'a AtomicU64,
     pub(super) limit: u64,
 }
@@ -129,6 +128,15 @@ impl Read for Pumped<'_> {
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+/// A layer file that could not be read, named with its digest and path.
+pub(super) fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
+    ConvertError::LayerRead {
+        digest: l.digest.clone(),
+        path: l.path.clone(),
+        source,
     }
 }
 

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use super::decompress::{open_layer, pump, Pumped};
+use super::decompress::{layer_err, open_layer, pump, Pumped};
 use crate::image::superblock;
 use super::flatten::{Decision, FlattenError, Flattener, ImagePath, Kind};
 use super::tar_entry::{read_meta, Meta, Out};
@@ -257,13 +257,6 @@ pub(crate) fn expansion_limit(compressed: u64) -> u64 {
     (512u64 << 20).saturating_add(compressed.saturating_mul(100))
 }
 
-pub(super) fn layer_err(l: &Layer, source: io::Error) -> ConvertError {
-    ConvertError::LayerRead {
-        digest: l.digest.clone(),
-        path: l.path.clone(),
-        source,
-    }
-}
 
 
 /// Reads the layers top first and writes the flattened tar into `stdin`.

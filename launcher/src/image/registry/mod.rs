@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 use ureq::Agent;
 
 use self::auth::Credentials;
-use self::request::Method;
+use request::Method;
 use crate::config::RegistryConfig;
 use crate::reference::Digest;
 

@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 pub use self::lock::{unique_name, Lock, WorkDir};
-pub use self::write::GcReport;
+pub use write::GcReport;
 use super::manifest::ImageConfig;
 use super::platform::Platform;
 use crate::config::Config;

@@ -86,7 +86,7 @@ fn node_section_sizes_and_staging() {
 
 #[test]
 fn documented_registry_example_parses_when_uncommented() {
-    let example = include_str!("../../packaging/shoal.toml");
+    let example = include_str!("../../../packaging/shoal.toml");
     let block: String = example
         .lines()
         .skip_while(|l| !l.starts_with("# [registries."))
