@@ -6,13 +6,13 @@
 // bindings), never in this module.
 #![forbid(unsafe_code)]
 
-use crate::container::{ImageConfig, RunImage};
+use crate::container::{RunConfig, RunImage};
 use crate::image::manifest;
 use crate::image::store::StoredImage;
 
 /// The launcher's view of an image's run settings.
-pub fn run_config(config: &manifest::ImageConfig) -> ImageConfig {
-    ImageConfig {
+pub fn run_config(config: &manifest::ImageConfig) -> RunConfig {
+    RunConfig {
         env: config.env.clone(),
         entrypoint: config.entrypoint.clone(),
         cmd: config.cmd.clone(),
@@ -26,6 +26,6 @@ pub fn run_image(stored: &StoredImage) -> RunImage {
     RunImage {
         squashfs: stored.squashfs.clone(),
         config: run_config(&stored.config),
-        trusted_for_kernel_mount: stored.scope.kernel_mountable(),
+        scope: stored.scope,
     }
 }

@@ -29,11 +29,11 @@ use crate::pin::{Pin, Scope};
 /// The image as this node will mount it.
 pub struct Staged {
     pub squashfs: PathBuf,
-    /// From the site store (root-owned): may be kernel-mounted.
-    pub site: bool,
+    /// The site store's (root-owned: may be kernel-mounted) or the user's.
+    pub scope: Scope,
     /// The image's run settings, when known (site image, or user store
     /// metadata read as the user).
-    pub config: Option<shoal::container::ImageConfig>,
+    pub config: Option<shoal::container::RunConfig>,
 }
 
 /// Reads a whole file through `pread`, so every task of a step can copy
@@ -110,7 +110,7 @@ pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<St
     let stored = site_image(config, pin)?;
     let run_config = Some(shoal::resolve::run_config(&stored.config));
     if config.node.staging == Staging::Direct {
-        return Ok(Staged { squashfs: stored.squashfs, site: true, config: run_config });
+        return Ok(Staged { squashfs: stored.squashfs, scope: Scope::Site, config: run_config });
     }
     let expected = Expected {
         digest: stored.digest.clone(),
@@ -123,7 +123,7 @@ pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<St
         .stage(&expected, job, move || Ok(Box::new(File::open(&source)?) as Box<dyn Read>))
         .map_err(|e| e.to_string())?;
     log_copy(copied, job, node, pin, &path);
-    Ok(Staged { squashfs: path, site: true, config: run_config })
+    Ok(Staged { squashfs: path, scope: Scope::Site, config: run_config })
 }
 
 /// Stages a user image from `source`, which reads the user's file with the

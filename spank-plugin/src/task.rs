@@ -34,7 +34,7 @@ struct Step {
     pin: Option<Pin>,
     /// The user's image file, opened as the user.
     user_file: Option<File>,
-    user_config: Option<container::ImageConfig>,
+    user_config: Option<container::RunConfig>,
     /// The modules checked against the image, once per step and node.
     injection: Option<InjectionPlan>,
     /// An error from `user_init`, reported by the tasks.
@@ -184,7 +184,7 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
 const META_MAX: u64 = 1 << 20;
 
 /// Run settings of a user-store image, from the `meta.json` beside it.
-fn read_meta(squashfs: &Path, digest: &str) -> Option<container::ImageConfig> {
+fn read_meta(squashfs: &Path, digest: &str) -> Option<container::RunConfig> {
     use std::io::Read;
     let file = File::open(squashfs.parent()?.join("meta.json")).ok()?;
     let mut text = String::new();
@@ -223,7 +223,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
             let path = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
                 Ok(Box::new(ReadAt::new(file)) as Box<dyn std::io::Read>)
             })?;
-            Staged { squashfs: path, site: false, config: state.user_config.clone() }
+            Staged { squashfs: path, scope: crate::pin::Scope::User, config: state.user_config.clone() }
         }
     };
     drop(guard);
@@ -267,7 +267,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         image: RunImage {
             squashfs: staged.squashfs,
             config: staged.config.unwrap_or_default(),
-            trusted_for_kernel_mount: staged.site,
+            scope: staged.scope,
         },
         // Slurm execs the task's own argv; the plan's is not used.
         argv: vec!["/bin/true".into()],

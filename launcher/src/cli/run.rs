@@ -14,8 +14,8 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use nix::unistd::{Gid, Group, Uid, User};
-use shoal::image::store::Store;
-use shoal::container::{self, EnterError, ExecError, Identity, ImageConfig, RunImage, RunRequest, Share, UserMount};
+use shoal::image::store::{Scope, Store};
+use shoal::container::{self, EnterError, ExecError, Identity, RunConfig, RunImage, RunRequest, Share, UserMount};
 use shoal::inject::render_table;
 use shoal::inject::TaskGpus;
 use shoal::{Config, ImageSpec};
@@ -124,12 +124,15 @@ fn image(arg: &str, cwd: &Path, cfg: &Config, modules: &[String]) -> Result<RunI
     };
     // `./x` and `a/./b` read better without the dots in messages and plans.
     let squashfs: PathBuf = cwd.join(path).components().filter(|c| *c != std::path::Component::CurDir).collect();
+    // A path into the site store is a site image (the kernel-mount path
+    // re-checks the opened file's owner and directories anyway).
     let in_site_store = cfg
         .store
         .site_dir
         .as_ref()
         .is_some_and(|d| squashfs.starts_with(d) && !squashfs.components().any(|c| c.as_os_str() == ".."));
-    Ok(RunImage { squashfs, config: ImageConfig::default(), trusted_for_kernel_mount: in_site_store })
+    let scope = if in_site_store { Scope::Site } else { Scope::User };
+    Ok(RunImage { squashfs, config: RunConfig::default(), scope })
 }
 
 /// Whether `shoal` should fork its image server before it even parses its

@@ -135,7 +135,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use std::path::Path;
-    use crate::container::{plan as make_plan, Identity, ImageConfig, RunImage, RunRequest};
+    use crate::container::{plan as make_plan, Identity, RunConfig, RunImage, RunRequest};
     use crate::inject::{BindMount, MountKind as InjectKind};
 
     fn base() -> Plan {
@@ -146,8 +146,8 @@ mod tests {
         RunRequest {
             image: RunImage {
                 squashfs: "/home/alice/img.sqfs".into(),
-                config: ImageConfig { env: vec!["PATH=/usr/bin:/bin".into()], ..Default::default() },
-                trusted_for_kernel_mount: false,
+                config: RunConfig { env: vec!["PATH=/usr/bin:/bin".into()], ..Default::default() },
+                scope: crate::image::store::Scope::User,
             },
             argv: vec!["mpi_app".into()],
             entrypoint: false,

@@ -5,7 +5,7 @@
 //! `--dry-run` prints the flags they give, so the two cannot drift.
 //!
 //! The rules:
-//! - a tmpfs is a directory of the container's one staging tmpfs
+//! - a tmpfs is a directory of the container's one assembly tmpfs
 //!   (`nosuid,nodev`), bound at the target, then remounted when the
 //!   mount wants other flags (`noexec`, `ro`, device nodes allowed);
 //! - a bind keeps the flags the kernel locks on its source (a mount from a
@@ -24,8 +24,8 @@ use libc::c_ulong;
 
 use super::model::{MountKind, Plan};
 
-/// The staging tmpfs's flags, which directories bound from it keep.
-pub(crate) const STAGE_FLAGS: c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+/// The assembly tmpfs's flags, which directories bound from it keep.
+pub(crate) const ASSEMBLY_FLAGS: c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
 
 /// What the node says about one bind source, opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub enum MountOp {
     /// `fchmodat(mode)` (the umask narrowed it).
     CharDevice { mount: usize, target: PathBuf, major: u32, minor: u32, mode: u32 },
     /// `mkdirat(stage, scratch/N)`, `fchmodat(mode)`, then
-    /// `mount(scratch/N, target, NULL, flags)`: a directory of the staging
+    /// `mount(scratch/N, target, NULL, flags)`: a directory of the assembly
     /// tmpfs bound at the target (one tmpfs for all of the container's
     /// scratch directories: a bind costs about half a new tmpfs).
     Scratch { mount: usize, target: PathBuf, mode: u32, flags: c_ulong },
@@ -125,7 +125,7 @@ pub fn lower(plan: &Plan, facts: &Facts) -> Vec<MountOp> {
                     want &= !libc::MS_NODEV;
                 }
                 ops.push(MountOp::Scratch { mount: i, target: target.clone(), mode: *mode, flags: libc::MS_BIND });
-                if want != STAGE_FLAGS {
+                if want != ASSEMBLY_FLAGS {
                     ops.push(MountOp::Remount { mount: i, target, flags: libc::MS_REMOUNT | libc::MS_BIND | want });
                 }
             }
@@ -166,7 +166,7 @@ pub(crate) fn flags_text(ops: &[MountOp], mount: usize) -> Option<String> {
     let mut rec = false;
     for op in ops.iter().filter(|op| op.mount() == mount) {
         match op {
-            MountOp::Scratch { .. } => flags = Some(STAGE_FLAGS),
+            MountOp::Scratch { .. } => flags = Some(ASSEMBLY_FLAGS),
             MountOp::Devpts { flags: f, .. } => flags = Some(*f),
             MountOp::Bind { flags: f, keeps, .. } => {
                 rec = f & libc::MS_REC != 0;
@@ -252,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn tmpfs_mounts_are_staging_directories_remounted_only_for_other_flags() {
+    fn tmpfs_mounts_are_assembly_directories_remounted_only_for_other_flags() {
         let tmpfs = |noexec, devices| MountKind::Tmpfs { mode: 0o755, noexec, devices };
         let p = plan_with(vec![
             mount("/tmp", tmpfs(false, false), false, true),

@@ -57,7 +57,7 @@ pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in
 pub use lower::{lower, Facts, MountOp, SourceFact};
 pub use plan::plan;
 pub use model::{
-    Cwd, DevLayout, ImageConfig, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError,
+    Cwd, DevLayout, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RunConfig,
     RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,
 };
 pub use assess::{assess_image, assess_modules, TaskCommand};

@@ -8,22 +8,25 @@ use std::path::PathBuf;
 
 use super::etc::Identity;
 use super::policy::{PolicyError, UserMount};
+use crate::image::store::Scope;
 use crate::inject::{InjectionPlan, TaskGpus};
 
 /// The image to run, as the store (or a squashfs path) hands it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunImage {
     pub squashfs: PathBuf,
-    pub config: ImageConfig,
-    /// True only for files no user can have written (the site store: owned
-    /// by root, not user-writable); only those may meet the kernel's
-    /// squashfs parser. Re-checked on the opened file before a kernel mount.
-    pub trusted_for_kernel_mount: bool,
+    pub config: RunConfig,
+    /// Whose image it is: only a site image (root-owned, no user can have
+    /// written it) may meet the kernel's squashfs parser
+    /// ([`Scope::kernel_mountable`]); re-checked on the opened file before a
+    /// kernel mount.
+    pub scope: Scope,
 }
 
-/// The parts of an OCI image config the launcher uses.
+/// How an image runs: the parts of its OCI config (`image::manifest::ImageConfig`)
+/// the launcher uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageConfig {
+pub struct RunConfig {
     /// `NAME=VALUE` entries.
     pub env: Vec<String>,
     pub entrypoint: Vec<String>,
@@ -301,8 +304,6 @@ pub struct Plan {
 pub enum PlanError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("site mount {entry:?} in the config is invalid: {reason}; fix [mounts] site in the Shoal config")]
-    SiteMount { entry: String, reason: String },
     #[error(transparent)]
     Injection(#[from] OrderError),
     #[error("{0}")]

@@ -20,7 +20,7 @@ use crate::inject;
 pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     let mode = if req.privileged { Mode::Privileged } else { Mode::Unprivileged };
     let kernel = mode == Mode::Privileged
-        && (req.image.trusted_for_kernel_mount || cfg.launcher.allow_kernel_mount_of_user_images);
+        && (req.image.scope.kernel_mountable() || cfg.launcher.allow_kernel_mount_of_user_images);
     let root = RootFs {
         squashfs: req.image.squashfs.clone(),
         via: if kernel {
@@ -316,13 +316,13 @@ pub(crate) mod tests {
         RunRequest {
             image: RunImage {
                 squashfs: "/home/alice/img.sqfs".into(),
-                config: ImageConfig {
+                config: RunConfig {
                     env: vec!["PATH=/usr/bin:/bin".into()],
                     entrypoint: vec!["/entry".into()],
                     cmd: vec!["/bin/sh".into()],
                     workdir: Some("/work".into()),
                 },
-                trusted_for_kernel_mount: false,
+                scope: crate::image::store::Scope::User,
             },
             argv: vec!["id".into()],
             entrypoint: false,
@@ -443,7 +443,7 @@ pub(crate) mod tests {
         r.privileged = true;
         let cfg = Config::default();
         assert!(matches!(plan(&r, &cfg).unwrap().root.via, ImageMount::Fuse { .. }));
-        r.image.trusted_for_kernel_mount = true;
+        r.image.scope = crate::image::store::Scope::Site;
         let p = plan(&r, &cfg).unwrap();
         assert_eq!(p.root.via, ImageMount::KernelLoop);
         assert!(p.drop_privileges);
@@ -454,7 +454,7 @@ pub(crate) mod tests {
         let mut cfg = Config::default();
         cfg.launcher.allow_kernel_mount_of_user_images = true;
         r.privileged = true;
-        r.image.trusted_for_kernel_mount = false;
+        r.image.scope = crate::image::store::Scope::User;
         assert_eq!(plan(&r, &cfg).unwrap().root.via, ImageMount::KernelLoop);
     }
 

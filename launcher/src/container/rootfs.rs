@@ -31,10 +31,11 @@ use super::etc;
 use super::fuse::{self, FuseError};
 use super::image_server::readahead::Hints;
 use super::cred;
-use super::lower::{lower, Facts, MountOp, SourceFact, STAGE_FLAGS};
+use super::lower::{lower, Facts, MountOp, SourceFact, ASSEMBLY_FLAGS};
 use super::model::{ImageMount, Mode, Mount, MountKind, Plan};
-use super::skeleton::{copy_host_file, follow_image_links, skeleton_path, write_file, STAGE};
+use super::skeleton::{copy_host_file, follow_image_links, skeleton_path, write_file, ASSEMBLY};
 use super::sys;
+use crate::image::superblock;
 use super::userns::{self, NsError};
 
 /// Why the container could not be built; each names what and the fix.
@@ -77,16 +78,14 @@ pub fn check_squashfs(fd: BorrowedFd<'_>) -> Result<(), String> {
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Err("not a regular file".into());
     }
-    let mut sb = [0u8; 96];
-    let n = nix::sys::uio::pread(fd, &mut sb, 0).map_err(|e| e.to_string())?;
-    if n < 96 || &sb[0..4] != b"hsqs" {
-        return Err("no squashfs superblock".into());
-    }
-    let major = u16::from_le_bytes([sb[28], sb[29]]);
+    let mut buf = [0u8; superblock::SIZE];
+    let n = nix::sys::uio::pread(fd, &mut buf, 0).map_err(|e| e.to_string())?;
+    let sb = superblock::read(&buf[..n]).map_err(|_| "no squashfs superblock".to_string())?;
+    let major = sb.major;
     if major != 4 {
         return Err(format!("squashfs version {major}, expected 4"));
     }
-    let used = u64::from_le_bytes(sb[40..48].try_into().unwrap());
+    let used = sb.bytes_used;
     if used > st.st_size as u64 {
         return Err(format!("truncated: superblock says {used} bytes, file has {}", st.st_size));
     }
@@ -128,7 +127,7 @@ pub(crate) fn open_sources(plan: &Plan) -> Result<Sources, BuildError> {
 }
 
 /// Opens every bind source. Called in the new mount namespace (a bind
-/// source must be a mount of the caller's namespace) and before the staging
+/// source must be a mount of the caller's namespace) and before the assembly
 /// tmpfs covers anything.
 fn open_binds(plan: &Plan) -> Result<Vec<Option<OwnedFd>>, BuildError> {
     let mut binds = Vec::with_capacity(plan.mounts.len());
@@ -201,22 +200,22 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     let mut server = start_image_server(plan, &src, processes)?;
     enter_namespaces(plan, server.as_ref())?;
     let binds = open_binds(plan)?;
-    let stage = make_stage()?;
+    let assembly = make_assembly()?;
     mount_image(plan, src, server.as_mut())?;
-    let skel = make_skeleton(plan, &binds, stage.as_fd())?;
-    let user_db = place_user_db(plan, skel, stage.as_fd(), server.as_ref())?;
-    let root = mount_root(plan, stage.as_fd(), user_db.is_some())?;
-    mount_all(plan, &binds, root.as_fd(), stage.as_fd())?;
+    let skel = make_skeleton(plan, &binds, assembly.as_fd())?;
+    let user_db = place_user_db(plan, skel, assembly.as_fd(), server.as_ref())?;
+    let root = mount_root(plan, assembly.as_fd(), user_db.is_some())?;
+    mount_all(plan, &binds, root.as_fd(), assembly.as_fd())?;
     drop(binds);
     if let Some(lower_fd) = user_db {
-        write_user_db(lower_fd.as_fd(), stage.as_fd(), &plan.identity)?;
+        write_user_db(lower_fd.as_fd(), assembly.as_fd(), &plan.identity)?;
     }
     pivot(root, server)
 }
 
-/// Where the image is mounted in the staging tmpfs.
+/// Where the image is mounted in the assembly tmpfs.
 fn lower_dir() -> String {
-    format!("{STAGE}/lower")
+    format!("{ASSEMBLY}/lower")
 }
 
 /// 1. The image server first: the superblock is made (unprivileged: in a
@@ -248,16 +247,16 @@ fn enter_namespaces(plan: &Plan, server: Option<&fuse::FuseServer>) -> Result<()
     Ok(())
 }
 
-/// 3. A private staging tmpfs (only this namespace sees it).
-fn make_stage() -> Result<OwnedFd, BuildError> {
-    let stage = c(STAGE);
-    sys::mount(Some(c"shoal"), &stage, Some(c"tmpfs"), STAGE_FLAGS, Some(c"mode=0700"))
-        .map_err(step("mount the staging tmpfs"))?;
-    let stage_fd = sys::openat(None, Path::new(STAGE), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the staging tmpfs"))?;
+/// 3. A private assembly tmpfs (only this namespace sees it).
+fn make_assembly() -> Result<OwnedFd, BuildError> {
+    let dir = c(ASSEMBLY);
+    sys::mount(Some(c"shoal"), &dir, Some(c"tmpfs"), ASSEMBLY_FLAGS, Some(c"mode=0700"))
+        .map_err(step("mount the assembly tmpfs"))?;
+    let assembly_fd = sys::openat(None, Path::new(ASSEMBLY), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the assembly tmpfs"))?;
     for d in ["lower", "skel", "root", "upper", "work", "scratch"] {
-        sys::mkdirat(stage_fd.as_fd(), Path::new(d), 0o755).map_err(step(format!("create {STAGE}/{d}")))?;
+        sys::mkdirat(assembly_fd.as_fd(), Path::new(d), 0o755).map_err(step(format!("create {ASSEMBLY}/{d}")))?;
     }
-    Ok(stage_fd)
+    Ok(assembly_fd)
 }
 
 /// 4. The image, read-only, nosuid, nodev.
@@ -285,8 +284,8 @@ fn mount_image(plan: &Plan, src: Sources, server: Option<&mut fuse::FuseServer>)
 
 /// 5. The skeleton: every mount target (made while the server starts),
 ///    and /etc (see [`place_user_db`]).
-fn make_skeleton(plan: &Plan, binds: &[Option<OwnedFd>], stage: BorrowedFd<'_>) -> Result<OwnedFd, BuildError> {
-    let skel = sys::openat(Some(stage), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
+fn make_skeleton(plan: &Plan, binds: &[Option<OwnedFd>], assembly: BorrowedFd<'_>) -> Result<OwnedFd, BuildError> {
+    let skel = sys::openat(Some(assembly), Path::new("skel"), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the skeleton"))?;
     for (i, (m, s)) in plan.mounts.iter().zip(binds).enumerate() {
         // Targets in a tmpfs of the plan are made there when it is mounted.
         if enclosing_tmpfs(&plan.mounts[..i], &m.target).is_some() {
@@ -315,13 +314,13 @@ fn make_skeleton(plan: &Plan, binds: &[Option<OwnedFd>], stage: BorrowedFd<'_>) 
 /// 5b. /etc/passwd and /etc/group: the image's with the user merged in. A
 /// writable root holds them in the skeleton, where tools inside can
 /// replace them (useradd renames onto /etc/passwd, which a mount point
-/// refuses). A read-only root gets them bound from the staging tmpfs and
+/// refuses). A read-only root gets them bound from the assembly tmpfs and
 /// filled in last (returns the image's root for that): reading the
 /// image's costs the server a decompression or two, which its read-ahead
 /// then does while the mounts are made (the launcher waited about a
 /// millisecond here before). The mount targets behind the image's
 /// top-level links are moved there first.
-fn place_user_db(plan: &Plan, skel: OwnedFd, stage: BorrowedFd<'_>, server: Option<&fuse::FuseServer>) -> Result<Option<OwnedFd>, BuildError> {
+fn place_user_db(plan: &Plan, skel: OwnedFd, assembly: BorrowedFd<'_>, server: Option<&fuse::FuseServer>) -> Result<Option<OwnedFd>, BuildError> {
     let lower_dir = lower_dir();
     let etc_dir = sys::openat(Some(skel.as_fd()), Path::new("etc"), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(step("open /etc"))?;
 
@@ -347,7 +346,7 @@ fn place_user_db(plan: &Plan, skel: OwnedFd, stage: BorrowedFd<'_>, server: Opti
     } else {
         for name in USER_DB {
             write_file(etc_dir.as_fd(), Path::new(name), b"").map_err(step(format!("create /etc/{name}")))?;
-            write_file(stage, Path::new(name), b"").map_err(step(format!("create {STAGE}/{name}")))?;
+            write_file(assembly, Path::new(name), b"").map_err(step(format!("create {ASSEMBLY}/{name}")))?;
         }
         Some(lower_fd)
     };
@@ -356,10 +355,10 @@ fn place_user_db(plan: &Plan, skel: OwnedFd, stage: BorrowedFd<'_>, server: Opti
 
 /// 6. The root: skeleton over image, plus a tmpfs upper when writable;
 ///    the user database bound in when `bind_user_db`.
-fn mount_root(plan: &Plan, stage: BorrowedFd<'_>, bind_user_db: bool) -> Result<OwnedFd, BuildError> {
+fn mount_root(plan: &Plan, assembly: BorrowedFd<'_>, bind_user_db: bool) -> Result<OwnedFd, BuildError> {
     let id = &plan.identity;
     let lower_dir = lower_dir();
-    let mut opts = format!("lowerdir={STAGE}/skel:{lower_dir}");
+    let mut opts = format!("lowerdir={ASSEMBLY}/skel:{lower_dir}");
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if let (true, Some(layer)) = (plan.root.writable, &plan.root.upper) {
         // Root-made paths in a root-only directory (see `UpperLayer`).
@@ -372,7 +371,7 @@ fn mount_root(plan: &Plan, stage: BorrowedFd<'_>, bind_user_db: bool) -> Result<
         // by default.
         opts.push_str(&format!(",upperdir={upper},workdir={work},index=off"));
     } else if plan.root.writable {
-        opts.push_str(&format!(",upperdir={STAGE}/upper,workdir={STAGE}/work"));
+        opts.push_str(&format!(",upperdir={ASSEMBLY}/upper,workdir={ASSEMBLY}/work"));
         if plan.mode == Mode::Unprivileged {
             opts.push_str(",userxattr");
         }
@@ -383,12 +382,12 @@ fn mount_root(plan: &Plan, stage: BorrowedFd<'_>, bind_user_db: bool) -> Result<
         if upper.contains([',', ':', '\\']) {
             return Err(step("mount the overlay root")(io::Error::other(format!("layer path {upper} has `,`, `:` or `\\`"))));
         }
-        opts = format!("lowerdir={STAGE}/skel:{upper}:{lower_dir}");
+        opts = format!("lowerdir={ASSEMBLY}/skel:{upper}:{lower_dir}");
         flags |= libc::MS_RDONLY;
     } else {
         flags |= libc::MS_RDONLY;
     }
-    let root_path = format!("{STAGE}/root");
+    let root_path = format!("{ASSEMBLY}/root");
     sys::mount(Some(c"shoal"), &c(&root_path), Some(c"overlay"), flags, Some(&c(&opts)))
         .map_err(step("mount the overlay root"))?;
     let root = sys::openat(None, Path::new(&root_path), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(step("open the root"))?;
@@ -402,10 +401,10 @@ fn mount_root(plan: &Plan, stage: BorrowedFd<'_>, bind_user_db: bool) -> Result<
         for name in USER_DB {
             let target = Path::new("/etc").join(name);
             let what = || format!("bind /etc/{name}");
-            let source = sys::openat(Some(stage), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+            let source = sys::openat(Some(assembly), Path::new(name), libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
             let top = sys::open_in_root(root.as_fd(), &target, libc::O_PATH, 0).map_err(step(what()))?;
             bind(source.as_fd(), top.as_fd(), libc::MS_BIND).map_err(step(what()))?;
-            remount_bind(root.as_fd(), &target, libc::MS_REMOUNT | libc::MS_BIND | STAGE_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
+            remount_bind(root.as_fd(), &target, libc::MS_REMOUNT | libc::MS_BIND | ASSEMBLY_FLAGS | libc::MS_RDONLY).map_err(step(what()))?;
         }
     }
 
@@ -414,7 +413,7 @@ fn mount_root(plan: &Plan, stage: BorrowedFd<'_>, bind_user_db: bool) -> Result<
 
 /// 7. Mounts, in plan order, onto targets resolved inside the root: the
 ///    plan lowered with what the sources say (see `lower`), op by op.
-fn mount_all(plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, stage: BorrowedFd<'_>) -> Result<(), BuildError> {
+fn mount_all(plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, assembly: BorrowedFd<'_>) -> Result<(), BuildError> {
     let mut sources = Vec::with_capacity(binds.len());
     for (m, fd) in plan.mounts.iter().zip(binds) {
         sources.push(match fd {
@@ -426,7 +425,7 @@ fn mount_all(plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, stage
     }
     let ops = lower(plan, &Facts { sources });
     for op in &ops {
-        apply(op, plan, binds, root, stage)?;
+        apply(op, plan, binds, root, assembly)?;
     }
     Ok(())
 }
@@ -444,8 +443,8 @@ fn pivot(root: OwnedFd, mut server: Option<fuse::FuseServer>) -> Result<(), Buil
 }
 
 /// Carries out one lowered op on the root being built (`root`); `binds`:
-/// the plan's bind sources, opened; `stage`: the staging tmpfs.
-fn apply(op: &MountOp, plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, stage: BorrowedFd<'_>) -> Result<(), BuildError> {
+/// the plan's bind sources, opened; `assembly`: the assembly tmpfs.
+fn apply(op: &MountOp, plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<'_>, assembly: BorrowedFd<'_>) -> Result<(), BuildError> {
     let i = op.mount();
     let m = &plan.mounts[i];
     let what = || format!("mount {}", m.target.display());
@@ -468,15 +467,15 @@ fn apply(op: &MountOp, plan: &Plan, binds: &[Option<OwnedFd>], root: BorrowedFd<
         MountOp::Scratch { mode, flags, .. } => {
             let target = mount_target(plan, i, binds, root)?;
             let name = PathBuf::from(format!("scratch/{i}"));
-            sys::mkdirat(stage, &name, 0o700).map_err(step(what()))?;
+            sys::mkdirat(assembly, &name, 0o700).map_err(step(what()))?;
             nix::sys::stat::fchmodat(
-                stage,
+                assembly,
                 &name,
                 nix::sys::stat::Mode::from_bits_truncate(*mode),
                 nix::sys::stat::FchmodatFlags::FollowSymlink,
             )
             .map_err(|e| step(what())(e.into()))?;
-            let dir = sys::openat(Some(stage), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
+            let dir = sys::openat(Some(assembly), &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(step(what()))?;
             bind(dir.as_fd(), target.as_fd(), *flags).map_err(step(what()))?;
         }
         MountOp::Devpts { flags, data, .. } => {

@@ -15,9 +15,9 @@ use nix::sys::stat::SFlag;
 
 use super::sys;
 
-/// The staging tmpfs (private to the container's mount namespace): the
+/// The assembly tmpfs (private to the container's mount namespace): the
 /// image, the skeleton, the root and the scratch directories are made in it.
-pub(crate) const STAGE: &str = "/tmp";
+pub(crate) const ASSEMBLY: &str = "/tmp";
 
 /// `mkdir -p` (and a final empty file when `!dir`) inside `base`, which is
 /// our own tmpfs: nothing here comes from the image.
@@ -62,7 +62,7 @@ pub(crate) fn write_file(dir: BorrowedFd<'_>, name: &Path, bytes: &[u8]) -> io::
 /// our own tmpfs: no host path is followed. A link that leads nowhere, to
 /// the root, or into itself leaves the skeleton's directory in its place.
 pub(crate) fn follow_image_links(skel: BorrowedFd<'_>, lower: BorrowedFd<'_>, lower_path: &Path) -> io::Result<()> {
-    let names: Vec<std::ffi::OsString> = std::fs::read_dir(Path::new(STAGE).join("skel"))?
+    let names: Vec<std::ffi::OsString> = std::fs::read_dir(Path::new(ASSEMBLY).join("skel"))?
         .filter_map(|e| e.ok().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.file_name()))
         .collect();
     for name in names {
@@ -102,7 +102,7 @@ fn merge_into(skel: BorrowedFd<'_>, from: &Path, to: &Path) -> io::Result<()> {
         return Ok(());
     };
     drop((src, dst));
-    for child in std::fs::read_dir(Path::new(STAGE).join("skel").join(from))? {
+    for child in std::fs::read_dir(Path::new(ASSEMBLY).join("skel").join(from))? {
         let child = child?.file_name();
         merge_into(skel, &from.join(&child), &to.join(&child))?;
     }
