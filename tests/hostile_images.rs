@@ -36,15 +36,12 @@ fn pushed() -> &'static Testbed {
         ok(&tb.root(&format!("python3 {} {} {BOMB_MIB}", gen.display(), dir.display())));
         let index: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-        for m in index["manifests"].as_array().unwrap() {
-            let tag = m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap();
-            ok(&tb.root(&format!(
-                "skopeo copy -q --dest-cert-dir /var/lib/shoal-testbed/tls/skopeo oci:{}:{tag} docker://{}",
-                dir.display(),
-                image(tag)
-            )));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+        let tags = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap());
+        support::push_oci_tags(tb, &dir, tags, image);
     });
     tb
 }

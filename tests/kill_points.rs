@@ -44,14 +44,6 @@ fn image(tag: &str) -> String {
     format!("{REG}/t18/kill:{tag}")
 }
 
-/// One test at a time: they trace n1's slurmd (one tracer per process),
-/// kill what a traced process does, and share node 1's cache entries.
-/// (tests/run.sh runs a binary's tests on several threads.)
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn pushed() -> &'static Testbed {
     static PUSHED: OnceLock<()> = OnceLock::new();
     let tb = slurm();
@@ -59,14 +51,7 @@ fn pushed() -> &'static Testbed {
         let dir = std::env::temp_dir().join(format!("t18-kill-oci-{}", std::process::id()));
         let gen = support::repo_root().join("tests/testbed/mkhostile.py");
         ok(&tb.root(&format!("python3 {} --big {} {BIG_MIB}", gen.display(), dir.display())));
-        for tag in ["big", "small"] {
-            ok(&tb.root(&format!(
-                "skopeo copy -q --dest-cert-dir /var/lib/shoal-testbed/tls/skopeo oci:{}:{tag} docker://{}",
-                dir.display(),
-                image(tag)
-            )));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+        support::push_oci_tags(tb, &dir, ["big", "small"], image);
     });
     tb
 }
@@ -261,7 +246,7 @@ fn assert_locks_free(tb: &Testbed, dirs: &[PathBuf], what: &str) {
 
 #[test]
 fn a_pull_killed_while_downloading_leaves_nothing_visible() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     for attempt in 0..3 {
         let u = User::new(tb, "kill-download");
@@ -276,7 +261,7 @@ fn a_pull_killed_while_downloading_leaves_nothing_visible() {
 
 #[test]
 fn a_pull_killed_while_converting_leaves_nothing_visible() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     for attempt in 0..3 {
         let u = User::new(tb, "kill-convert");
@@ -304,7 +289,7 @@ fn main_thread_renames(log: &str) -> Vec<String> {
 
 #[test]
 fn a_pull_killed_while_publishing_leaves_nothing_partial() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let img = image("small");
     let strace = "strace -f -qq -e trace=rename,renameat,renameat2";
@@ -464,7 +449,7 @@ fn srun(tb: &Testbed, args: &str) -> (std::process::Output, String) {
 
 #[test]
 fn a_task_killed_at_each_setup_step_leaves_nothing_and_the_next_job_runs() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let img = image("small");
     ok(&tb.user(&format!("'{}' pull -q {img}", tb.shoal().display())));
@@ -528,7 +513,7 @@ fn a_task_killed_at_each_setup_step_leaves_nothing_and_the_next_job_runs() {
 
 #[test]
 fn slurmstepd_killed_under_a_running_step_leaves_nothing() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let img = image("small");
     ok(&tb.user(&format!("'{}' pull -q {img}", tb.shoal().display())));
@@ -586,7 +571,7 @@ fn slurmstepd_killed_under_a_running_step_leaves_nothing() {
 
 #[test]
 fn scancel_while_a_task_stages_leaves_no_partial_cache_entry() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let img = image("big");
     let shoal = tb.shoal().display().to_string();

@@ -26,14 +26,6 @@ fn image(tag: &str) -> String {
     format!("{REG}/t18/mu:{tag}")
 }
 
-/// One test at a time: they trace n1's slurmd (one tracer per process),
-/// kill what a traced process does, and share node 1's cache entries.
-/// (tests/run.sh runs a binary's tests on several threads.)
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn pushed() -> &'static Testbed {
     static PUSHED: OnceLock<()> = OnceLock::new();
     let tb = slurm();
@@ -41,14 +33,7 @@ fn pushed() -> &'static Testbed {
         let dir = std::env::temp_dir().join(format!("t18-mu-oci-{}", std::process::id()));
         let gen = support::repo_root().join("tests/testbed/mkhostile.py");
         ok(&tb.root(&format!("python3 {} --big {} 32", gen.display(), dir.display())));
-        for tag in ["big", "small"] {
-            ok(&tb.root(&format!(
-                "skopeo copy -q --dest-cert-dir /var/lib/shoal-testbed/tls/skopeo oci:{}:{tag} docker://{}",
-                dir.display(),
-                image(tag)
-            )));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+        support::push_oci_tags(tb, &dir, ["big", "small"], image);
     });
     tb
 }
@@ -105,7 +90,7 @@ fn sha256(path: &Path) -> String {
 
 #[test]
 fn bob_cannot_read_alices_store_or_cache_entries_by_their_paths() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("small");
@@ -149,7 +134,7 @@ fn bobs_image() -> (PathBuf, String, u64) {
 
 #[test]
 fn a_pin_bob_forges_with_alices_digest_poisons_nothing_of_hers() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("small");
@@ -230,7 +215,7 @@ impl Drop for Slowed {
 
 #[test]
 fn bob_racing_alices_stage_opens_nothing() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("big");
@@ -269,7 +254,7 @@ fn bob_racing_alices_stage_opens_nothing() {
 
 #[test]
 fn bob_cannot_see_or_join_alices_named_container() {
-    let _serial = serial();
+    let _serial = support::serial();
     let tb = pushed();
     let a = Alice::new(tb);
     let img = image("small");

@@ -255,3 +255,24 @@ pub fn fails(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Copies each of `tags` of the OCI layout at `dir` to `dest(tag)` in the
+/// test registry (as root, with the test bed's CA), then removes `dir`.
+pub fn push_oci_tags<'a>(tb: &Testbed, dir: &Path, tags: impl IntoIterator<Item = &'a str>, dest: impl Fn(&str) -> String) {
+    for tag in tags {
+        ok(&tb.root(&format!(
+            "skopeo copy -q --dest-cert-dir /var/lib/shoal-testbed/tls/skopeo oci:{}:{tag} docker://{}",
+            dir.display(),
+            dest(tag)
+        )));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One test of this binary at a time, for tests that share one node's
+/// slurmd, cache entries or tracer (`cargo test` runs a binary's tests on
+/// several threads). A test that panicked does not poison it for the rest.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
