@@ -135,43 +135,24 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use std::path::Path;
-    use crate::container::{plan as make_plan, Identity, RunConfig, RunImage, RunRequest};
+    use crate::container::{plan as make_plan, RunConfig, RunRequest};
     use crate::inject::{BindMount, MountKind as InjectKind};
 
     fn base() -> Plan {
         make_plan(&base_req(), &Config::default()).unwrap()
     }
 
+    /// plan.rs's request for alice, as a privileged (plugin) task of an MPI
+    /// program with GPUs 3 and 1 given to the job.
     fn base_req() -> RunRequest {
-        RunRequest {
-            image: RunImage {
-                squashfs: "/home/alice/img.sqfs".into(),
-                config: RunConfig { env: vec!["PATH=/usr/bin:/bin".into()], ..Default::default() },
-                scope: crate::image::store::Scope::User,
-            },
-            argv: vec!["mpi_app".into()],
-            entrypoint: false,
-            user: Identity {
-                name: "alice".into(),
-                uid: 1001,
-                gid: 1001,
-                home: "/home/alice".into(),
-                shell: "/bin/sh".into(),
-                groups: vec![("alice".into(), 1001)],
-            },
-            privileged: true,
-            cwd: "/home/alice".into(),
-            host_env: vec![("CUDA_VISIBLE_DEVICES".into(), "3,1".into())],
-            env: vec![],
-            mounts: vec![],
-            writable: false,
-            terminal: None,
-            mount_home: true,
-            slurm: vec![],
-            pmix: vec![],
-            injection: None,
-            upper: None,
-        }
+        let mut r = crate::container::plan::tests::alice_request();
+        r.image.config = RunConfig { env: vec!["PATH=/usr/bin:/bin".into()], ..Default::default() };
+        r.argv = vec!["mpi_app".into()];
+        r.user.shell = "/bin/sh".into();
+        r.privileged = true;
+        r.cwd = "/home/alice".into();
+        r.host_env = vec![("CUDA_VISIBLE_DEVICES".into(), "3,1".into())];
+        r
     }
 
     fn bind(source: &str, target: &str, kind: InjectKind, in_image: bool) -> Step {
