@@ -14,6 +14,11 @@
 #   apptainer  sid's Apptainer: `apptainer pull X.sif docker://...`, empty cache
 #   podman     sid's podman: `podman pull` into an empty store (unpacked layers:
 #              podman has no single-file image; it is what it runs from)
+#   floor      not a puller: the machine's floor for any gzip-layer pull to a
+#              zstd:3 image, GNU `gzip -dc` of every layer blob (fetched
+#              beforehand, in the page cache) into `zstd -3 -T0` (both cores);
+#              no download, tar parsing or squashfs tables. Its ratio in the
+#              table is floor / Shoal: 0.77x or more is "within 1.3x of it".
 # Images (IMAGES="..."): debian-mpich (default; shoal/debian-mpich:12, two
 # gzip layers, ~120 MB compressed), busybox, pystack (bench/images.sh).
 #
@@ -30,7 +35,7 @@ source tests/testbed/common.sh
 source bench/lib/bench.sh
 ROUNDS=${1:-3}
 REPULLS=${REPULLS:-5}
-TOOLS=${TOOLS:-shoal ch-0.31 ch-sid apptainer podman}
+TOOLS=${TOOLS:-shoal ch-0.31 ch-sid apptainer podman floor}
 IMAGES=${IMAGES:-debian-mpich}
 has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
 command -v /usr/bin/time >/dev/null || die "GNU time missing: bash tests/testbed/setup.sh"
@@ -63,7 +68,24 @@ clean() {  # clean TAG
         ch-sid) rm -rf "$W/chsid-store" "$W/chsid.sqfs" ;;
         apptainer) rm -rf "$W/app-cache" "$W/app.sif" ;;
         podman) rm -rf "$W/podman" ;;
+        floor) ;;   # nothing stored: the blobs are its input
     esac
+}
+# The floor's input: every layer blob of IMAGE (REGISTRY/REPO:TAG), fetched
+# once before the rounds into $W/blobs, readable by the user.
+fetch_blobs() {  # fetch_blobs IMAGE
+    local ref=${1#*/} repo tag d
+    repo=${ref%:*} tag=${ref##*:}
+    install -d -o "$BENCH_UID" -g "$BENCH_GID" "$W/blobs"
+    for d in $(curl -fsS --cacert "$CA_CERT" \
+            -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+            "https://$REGISTRY_ADDR/v2/$repo/manifests/$tag" |
+            python3 -c 'import json, sys; print("\n".join(l["digest"] for l in json.load(sys.stdin)["layers"]))'); do
+        curl -fsS --cacert "$CA_CERT" -o "$W/blobs/${d#sha256:}" "https://$REGISTRY_ADDR/v2/$repo/blobs/$d" ||
+            die "fetching layer $d of $1 for the floor failed"
+    done
+    chmod -R a+rX "$W/blobs"
+    cat "$W/blobs"/* > /dev/null    # in the page cache, as the registry's files are
 }
 # The pull as a shell line for TAG, run as the user in its namespace.
 script() {  # script TAG IMAGE
@@ -74,6 +96,7 @@ script() {  # script TAG IMAGE
         ch-sid) echo "export CH_IMAGE_STORAGE=$W/chsid-store REQUESTS_CA_BUNDLE=$CA_CERT; ch-image --no-cache pull $img && ch-convert -i ch-image -o squash $img $W/chsid.sqfs" ;;
         apptainer) echo "APPTAINER_CACHEDIR=$W/app-cache apptainer -s pull $W/app.sif docker://$img" ;;
         podman) echo "podman $(podman_args "$W/podman") pull -q $img" ;;
+        floor) echo "for b in $W/blobs/*; do gzip -dc \"\$b\"; done | zstd -q -3 -T0 > /dev/null" ;;
     esac
 }
 # measure TAG ROUND IMAGE: one timed pull; appends to the raw files.
@@ -108,12 +131,13 @@ ERRLOG=$(pwd)/${RESULTS%.tsv}.err
 RAW=$(mktemp)
 trap 'rm -f "$RAW" "$RAW".*' EXIT
 tools=()
-for t in shoal ch-0.31 ch-sid apptainer podman; do has_tool "$t" && tools+=("$t"); done
+for t in shoal ch-0.31 ch-sid apptainer podman floor; do has_tool "$t" && tools+=("$t"); done
 log "$(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); tools: ${tools[*]}; images: $IMAGES"
 for name in $IMAGES; do
     img=$REGISTRY_ADDR/$(image_ref "$name")
     rm -rf "$W" && install -d -o "$BENCH_UID" -g "$BENCH_GID" "$W"
     : > "$RAW.wall"; : > "$RAW.cpu"; : > "$RAW.rss"
+    if has_tool floor; then fetch_blobs "$img"; fi
     k=${#tools[@]}
     for ((r = 1; r <= ROUNDS; r++)); do
         log "$name: round $r of $ROUNDS"

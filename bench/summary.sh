@@ -33,6 +33,7 @@ function label(t, v) {
     if (t == "ch-sid") return "Charliecloud " v
     if (t == "apptainer") return "Apptainer " v
     if (t == "podman") return "podman " v
+    if (t == "floor") return "floor (gunzip + zstd)"
     return t " " v
 }
 {
@@ -52,7 +53,7 @@ function label(t, v) {
 }
 END {
     # Known tools in a fixed order, then any other in the order met.
-    nk = split("shoal baseline repull ch-0.31 ch-sid apptainer podman bare", known, " ")
+    nk = split("shoal baseline repull ch-0.31 ch-sid apptainer podman floor bare", known, " ")
     k = 0
     for (i = 1; i <= nk; i++) { isknown[known[i]] = 1; if (known[i] in tseen) order[++k] = known[i] }
     for (i = 1; i <= nt; i++) if (!(tools[i] in isknown)) order[++k] = tools[i]
