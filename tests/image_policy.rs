@@ -467,6 +467,16 @@ fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
     // Other content than the signed image's (whose stored signatures name
     // i16/signed).
     f.copy("v2", "unsigned");
+    // The user's default store outlives test runs on one machine and keeps
+    // (merges) the signatures of every repository an image was pulled
+    // from: another suite's signed index listing B would make the forged
+    // pin below fail for that signature's identity instead. Start from
+    // the signatures this test fetches.
+    ok(&tb.user(&format!(
+        "rm -f ~/.local/share/shoal/signatures/{}.json ~/.local/share/shoal/signatures/{}.json",
+        f.a.trim_start_matches("sha256:"),
+        f.b.trim_start_matches("sha256:")
+    )));
     let guard = PolicyGuard::install(r#"{"default": [{"type": "insecureAcceptAnything"}]}"#);
     // Pulled while everything was open; then the site locks down.
     ok(&tb.user(&format!("shoal pull -q {REG}/i16/unsigned:v1")));
