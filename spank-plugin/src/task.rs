@@ -154,7 +154,10 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         pin = chosen;
     }
     if pin.scope == Scope::User {
-        let file = File::open(&pin.squashfs).map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
+        // Never waiting on a FIFO or reading a device in slurmstepd; the
+        // pin's path was resolved at submission (a symlink now is new).
+        let file = shoal::image::file::open_image_file(&pin.squashfs, shoal::image::file::Links::Refuse)
+            .map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
         state.user_file = Some(file);
         state.user_config = read_meta(&pin.squashfs, pin.digest.as_str());
     }
@@ -221,7 +224,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
                 .try_clone()
                 .map_err(|e| e.to_string())?;
             let path = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
-                Ok(Box::new(ReadAt::new(file)) as Box<dyn std::io::Read>)
+                Ok(Box::new(ReadAt::new(file)) as shoal::stage::Source)
             })?;
             Staged { squashfs: path, scope: crate::pin::Scope::User, config: state.user_config.clone() }
         }

@@ -61,6 +61,7 @@ pub use model::{
     RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,
 };
 pub use assess::{assess_image, assess_modules, TaskCommand};
+pub use cred::open_image_as;
 pub use inject_plan::{add_injection, GPU_LIST_VARIABLES};
 pub use model::{Injection, OrderError, PmixDir, SetupStep, SlurmPath};
 pub use policy::{normalize as normalize_path, PolicyError, UserMount, RESERVED_TARGETS};
