@@ -173,8 +173,19 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         .and_then(|c| c.env.iter().find_map(|e| e.strip_prefix("PATH=")))
         .unwrap_or(container::DEFAULT_PATH);
     let command = argv.first().map(|argv0| container::TaskCommand { argv0, path });
-    state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env, command)
-        .map_err(|e| format!("image {}: {e}", pin.requested))?;
+    // The check parses the image in a process of the user's own (their
+    // uid, gid and groups; real, effective and saved), from the file opened
+    // above (a site image: opened now, with the user's effective ids).
+    let user = job::identity(spank)?;
+    let groups: Vec<u32> = user.groups.iter().map(|(_, g)| *g).collect();
+    let user_file = state.user_file.as_ref().map(File::try_clone);
+    let open = || match user_file {
+        Some(f) => f,
+        None => shoal::image::file::open_image_file(&pin.squashfs, shoal::image::file::Links::Follow),
+    };
+    state.injection =
+        inject::assess(&options::config(), modules.as_deref(), open, &pin.squashfs, &env, command, (user.uid, user.gid, &groups))
+            .map_err(|e| format!("image {}: {e}", pin.requested))?;
     state.pin = Some(pin);
     Ok(())
 }
