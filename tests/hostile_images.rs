@@ -292,6 +292,37 @@ fn file_capabilities_and_setuid_bits_reach_the_image_but_not_the_process() {
 }
 
 #[test]
+fn overlay_markers_and_security_labels_from_a_layer_never_reach_the_image() {
+    // Issue 18: an untrusted layer's `trusted.overlay.*` / `user.overlay.*`
+    // (whiteouts, opaque directories, redirects in an overlay stacked on
+    // the image), SELinux labels and other `trusted.*` are dropped, pulled
+    // as the user and with --site as root; the image's own `user.*` stays.
+    let tb = pushed();
+    let u = User::new(tb, "hostile-xattrs");
+    let site = Site::new(tb);
+    ok(&u.sh(&format!("shoal pull -q {}", image("xattrs"))));
+    ok(&site.sh(&format!("shoal pull -q --site {}", image("xattrs"))));
+    let site_sqfs = ok(&tb.root(&format!("find {} -name image.sqfs", site.store().display())));
+    for sqfs in [u.squashfs(&image("xattrs")).display().to_string(), site_sqfs.trim().to_string()] {
+        let file = ok(&tb.root(&format!("rdsquashfs -x /etc/i18-xattrs '{sqfs}'")));
+        let dir = ok(&tb.root(&format!("rdsquashfs -x /etc/i18-opaque '{sqfs}'")));
+        assert!(file.contains("user.i18"), "{sqfs}: the image's own user.* xattr was lost: {file:?}");
+        for (what, xattrs) in [("file", &file), ("dir", &dir)] {
+            for bad in ["overlay", "selinux", "trusted."] {
+                assert!(!xattrs.contains(bad), "{sqfs}: {what} kept {bad}: {xattrs:?}");
+            }
+        }
+    }
+    // Writable (an overlay with `userxattr` as the user): the directory the
+    // layer marked opaque is an ordinary one.
+    let out = ok(&u.sh(&format!(
+        "shoal run --writable {} -- /bin/sh -c 'cat /etc/i18-xattrs; touch /etc/i18-opaque/x; ls /etc/i18-opaque; ls /etc | grep -c i18-xattrs'",
+        image("xattrs")
+    )));
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["xattrs", "x", "1"], "{out}");
+}
+
+#[test]
 fn accepted_images_are_harmless_pulled_with_site_and_run_by_root_for_the_user() {
     let tb = pushed();
     let site = Site::new(tb);
@@ -437,4 +468,36 @@ fn crafted_squashfs_files_fail_cleanly_as_a_path() {
             assert_no_server_left(tb, uid, &format!("{name} ({how})"));
         }
     }
+}
+
+#[test]
+fn a_fifo_or_device_as_the_image_path_is_refused_without_a_stall() {
+    // Regression (issue 18): a FIFO given as the image path stalled its
+    // reader for ever: `srun` (checking the file at submission), `shoal
+    // run`, and, through a pin naming it, root's prolog and slurmstepd.
+    let tb = pushed();
+    let dir = tb.user_tempdir("hostile-fifo");
+    let fifo = dir.join("img.sqfs");
+    ok(&tb.user(&format!("rm -f '{f}' && mkfifo '{f}'", f = fifo.display())));
+    let tmo = |cmd: String| format!("cd '{}' && timeout 60 {cmd}", dir.display());
+    let refused = |out: std::process::Output, what: &str, says: &str| {
+        assert_ne!(out.status.code(), Some(124), "{what}: hung");
+        let e = fails(&out);
+        assert!(e.contains(says) && e.contains("not an image file"), "{what}: {e}");
+    };
+    for (path, says) in [(fifo.display().to_string(), "a FIFO"), ("/dev/zero".to_string(), "a device")] {
+        refused(tb.user(&tmo(format!("'{}' run '{path}' -- /bin/true", tb.shoal().display()))), "shoal run", says);
+        refused(tb.user(&tmo(format!("srun -N1 --image='{path}' /bin/true"))), "srun --image", says);
+    }
+    // A pin the job forges naming the FIFO (srun reuses a pin whose
+    // `requested` matches --image): the prolog and slurmstepd refuse it.
+    let pin = serde_json::json!({
+        "requested": "forged", "digest": format!("sha256:{}", "ab".repeat(32)), "scope": "user",
+        "squashfs": fifo, "sha256": "ab".repeat(32), "size": 4096,
+    });
+    let out = tb.user(&tmo(format!("SHOAL_IMAGE_PIN='{pin}' srun -N1 -w n1 --image=forged /bin/true")));
+    refused(out, "a forged pin", "a FIFO");
+    // Nothing of it in the node cache.
+    let left = ok(&tb.root("ls /var/cache/shoal/n1/tmp /var/cache/shoal/n1/images | grep abab || true"));
+    assert!(left.trim().is_empty(), "{left}");
 }

@@ -215,6 +215,10 @@ fn assert_killed_pull_cleans_up(tb: &Testbed, u: &User, what: &str) {
     assert!(gc.contains("1 leftover work dir"), "{what}: gc: {gc}");
     let left = entries(&store.join("tmp"));
     assert!(left.is_empty(), "{what}: gc left {left:?}");
+    // Nor any lock file of the killed pull (issue 18: none was ever held
+    // again, and gc left them for good).
+    let locks = entries(&store.join("locks"));
+    assert!(locks.is_empty(), "{what}: gc left lock files {locks:?}");
     // The next pull succeeds and its image runs.
     ok(&u.sh(&format!("shoal pull -q {img} && shoal run {img} -- /bin/cat /big/mark >/dev/null", img = image("big"))));
 }
@@ -626,4 +630,68 @@ fn scancel_while_a_task_stages_leaves_no_partial_cache_entry() {
     assert_eq!(ok(&out).trim().len(), 64);
     assert_node_clean(tb, &job, "the next job");
     ok(&tb.user(&format!("'{shoal}' rm {img} >/dev/null && '{shoal}' gc >/dev/null")));
+}
+
+/// The cluster's config with `[node] stall_timeout` set, restored when
+/// dropped (up.sh restores it too should a run be killed).
+struct StallTimeout(Vec<u8>);
+
+impl StallTimeout {
+    fn set(secs: u64) -> StallTimeout {
+        const CONF: &str = "/etc/shoal/shoal.toml";
+        let original = std::fs::read(CONF).unwrap();
+        let text = String::from_utf8_lossy(&original).replacen("[node]\n", &format!("[node]\nstall_timeout = {secs}\n"), 1);
+        assert!(text.contains("stall_timeout"), "no [node] table in {CONF}");
+        std::fs::write(CONF, text).unwrap();
+        StallTimeout(original)
+    }
+}
+
+impl Drop for StallTimeout {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/etc/shoal/shoal.toml", &self.0);
+    }
+}
+
+#[test]
+fn a_stage_whose_source_stalls_fails_the_job_after_the_stall_timeout() {
+    // Regression (issue 18): Slurm 22.05 cannot signal a task still in its
+    // privileged setup, so a copy whose source stopped answering stalled
+    // the step until UnkillableStepTimeout. Every read of the source
+    // stalls here for 120 s (strace holds the syscall); with
+    // `stall_timeout = 3` the task gives up and reports it.
+    let _serial = support::serial();
+    let tb = pushed();
+    let img = image("big");
+    let shoal = tb.shoal().display().to_string();
+    ok(&tb.user(&format!("'{shoal}' pull -q {img}")));
+    ok(&tb.root(&format!("rm -f {CACHE}/{NODE}/images/u*.sqfs")));
+    let _timeout = StallTimeout::set(3);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = tb.user_tempdir("kill-stall");
+    let log = out_dir.join("job.out");
+    let started = Instant::now();
+    let job = {
+        let _t = Tracer::attach(tb, "-e trace=pread64 -e inject=pread64:delay_enter=120000000", &dir.path().join("stall.log"));
+        // A batch job whose step names the image: the prolog ran with no
+        // image, so the step's task copies it (with pread).
+        let job = ok(&tb.user(&format!("sbatch --parsable -N1 -w {NODE} -o '{}' --wrap 'srun --image={img} /bin/true'", log.display())));
+        let job = job.trim().to_string();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !ok(&tb.root(&format!("squeue -h -j {job} 2>/dev/null || true"))).trim().is_empty() {
+            assert!(Instant::now() < deadline, "job {job} still runs after {:?}", started.elapsed());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        job
+    };
+    let took = started.elapsed();
+    let e = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(e.contains("gave no data for 3 s") && e.contains("node.stall_timeout"), "job {job} ({took:?}): {e}");
+    // No partial entry, no copy left, no lock held, and the next job runs.
+    let staged = ok(&tb.root(&format!("ls {CACHE}/{NODE}/images/ | grep '^u' || true")));
+    assert!(staged.trim().is_empty(), "a stalled copy was published: {staged}");
+    assert_node_clean(tb, &job, "a stalled stage");
+    let (out, job) = srun(tb, &format!("--image={img} /bin/cat /big/mark"));
+    assert_eq!(ok(&out).trim().len(), 64);
+    assert_node_clean(tb, &job, "the next job");
 }

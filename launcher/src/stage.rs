@@ -24,6 +24,14 @@
 //! evicted least-recently-used first. Nothing here decides *whose*
 //! credentials open the source: the caller passes an already-open reader
 //! (the plugin opens user-store files as the user).
+//!
+//! A source that stops giving bytes (a hung NFS server, the user's own
+//! stopped FUSE server) fails the copy after [`NodeCache::with_stall_timeout`]
+//! without a byte: Slurm 22.05 cannot signal a task still in its privileged
+//! setup, so a copy that waited for ever could be cancelled by nothing. The
+//! source is read on a thread of its own; on a stall the partial copy is
+//! removed and the error returned while that thread may still be blocked
+//! (it ends with its process, or when its read returns).
 
 // Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
 // bindings), never in this module.
@@ -33,7 +41,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 
@@ -56,6 +65,8 @@ pub enum StageError {
     },
     #[error("image {digest}: the source holds {} bytes, not the recorded {expected}; the stored image is damaged or was replaced: remove it (`shoal rm`) and pull it again", actual.map_or_else(|| format!("more than {expected}"), |n| n.to_string()))]
     Size { digest: Digest, expected: u64, actual: Option<u64> },
+    #[error("image {digest}: its source gave no data for {secs} s ({copied} of {expected} bytes copied), so the copy into the node cache was stopped and removed; the file is on a filesystem that stopped answering (a hung network filesystem, a stopped FUSE server): check it and resubmit (admins: `node.stall_timeout` in the Shoal config)")]
+    Stalled { digest: Digest, secs: u64, copied: u64, expected: u64 },
     #[error("invalid Slurm node name {0:?} for the node cache: expected letters, digits, `.`, `_` and `-`")]
     NodeName(String),
     #[error("node cache {path} is not safe for root to write in ({why}); make it a root-owned directory that only root can write (`node.cache_dir` in the Shoal config)")]
@@ -104,11 +115,20 @@ impl Expected {
     }
 }
 
+/// What a copy reads: it is read on a thread of its own (see the module
+/// doc), so it must be `Send`.
+pub type Source = Box<dyn Read + Send>;
+
+/// How long a copy waits for its source's next byte by default
+/// (`node.stall_timeout`).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The node-local image cache of one Slurm node.
 #[derive(Debug, Clone)]
 pub struct NodeCache {
     root: PathBuf,
     limit: u64,
+    stall: Duration,
 }
 
 /// A held cache lock; released when dropped or when the process dies.
@@ -149,7 +169,14 @@ impl NodeCache {
             let dir = root.join(sub);
             let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o711));
         }
-        Ok(NodeCache { root, limit })
+        Ok(NodeCache { root, limit, stall: DEFAULT_STALL_TIMEOUT })
+    }
+
+    /// A copy whose source gives no byte for `stall` fails with
+    /// [`StageError::Stalled`] (default [`DEFAULT_STALL_TIMEOUT`]).
+    pub fn with_stall_timeout(mut self, stall: Duration) -> NodeCache {
+        self.stall = stall.max(Duration::from_millis(1));
+        self
     }
 
     fn lock(&self) -> Result<Locked, StageError> {
@@ -178,7 +205,7 @@ impl NodeCache {
         &self,
         expected: &Expected,
         job: u32,
-        source: impl FnOnce() -> io::Result<Box<dyn Read>>,
+        source: impl FnOnce() -> io::Result<Source>,
     ) -> Result<(PathBuf, bool), StageError> {
         let dest = self.image_path(expected);
         {
@@ -305,7 +332,7 @@ impl NodeCache {
     fn copy_in(
         &self,
         expected: &Expected,
-        source: impl FnOnce() -> io::Result<Box<dyn Read>>,
+        source: impl FnOnce() -> io::Result<Source>,
     ) -> Result<(PathBuf, File), StageError> {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{}.{}",
@@ -317,7 +344,7 @@ impl NodeCache {
         ));
         let mut created = false;
         let result = (|| {
-            let mut reader = source().map_err(io_err(&tmp))?;
+            let reader = source().map_err(io_err(&tmp))?;
             // A new file (never one planted there), private from its first
             // byte: a user image must not be readable by other users while
             // it is copied (a descriptor opened then would outlive the
@@ -338,25 +365,31 @@ impl NodeCache {
                     .map_err(io_err(&tmp))?;
             }
             let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
             let mut copied: u64 = 0;
+            let chunks = read_ahead(reader, expected.size + 1);
             loop {
-                // Never more than the recorded size (+1 to see a longer
-                // source): a source that does not end (`/dev/zero`, a
-                // growing file) must not fill the node's disk.
-                let room = (expected.size + 1 - copied).min(buf.len() as u64) as usize;
-                let n = match reader.read(&mut buf[..room]) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err(&tmp)(e)),
+                let chunk = match chunks.recv_timeout(self.stall) {
+                    Ok(Ok(chunk)) if chunk.is_empty() => break,
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) => return Err(io_err(&tmp)(e)),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        return Err(StageError::Stalled {
+                            digest: expected.digest.clone(),
+                            secs: self.stall.as_secs_f64().ceil() as u64,
+                            copied,
+                            expected: expected.size,
+                        })
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(io_err(&tmp)(io::Error::other("the source's reader ended without an answer")))
+                    }
                 };
-                copied += n as u64;
+                copied += chunk.len() as u64;
                 if copied > expected.size {
                     return Err(StageError::Size { digest: expected.digest.clone(), expected: expected.size, actual: None });
                 }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(|e| self.write_error(e, expected))?;
+                hasher.update(&chunk);
+                out.write_all(&chunk).map_err(|e| self.write_error(e, expected))?;
             }
             if copied != expected.size {
                 return Err(StageError::Size { digest: expected.digest.clone(), expected: expected.size, actual: Some(copied) });
@@ -418,6 +451,42 @@ impl NodeCache {
         }
         Ok(())
     }
+}
+
+/// Reads `reader` on a thread of its own, at most `limit` bytes, in chunks
+/// of up to 1 MiB; an empty chunk is the end. The thread stops when the
+/// receiver is dropped (at its next chunk) or the limit is reached.
+///
+/// Never more than the limit (the recorded size + 1, to see a longer
+/// source): a source that does not end (`/dev/zero`, a growing file) must
+/// not fill the node's disk.
+fn read_ahead(mut reader: Source, limit: u64) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::sync_channel(2);
+    let spawned = std::thread::Builder::new().name("shoal-stage-read".into()).spawn(move || {
+        let mut left = limit;
+        while left > 0 {
+            let mut buf = vec![0u8; left.min(1 << 20) as usize];
+            let chunk = match reader.read(&mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let last = !matches!(&chunk, Ok(b) if !b.is_empty());
+            left -= chunk.as_ref().map_or(0, |b| b.len() as u64);
+            if tx.send(chunk).is_err() || last {
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = tx.send(Err(e));
+        return rx;
+    }
+    rx
 }
 
 /// A Slurm node name as a cache directory name: one path component of

@@ -18,8 +18,8 @@ fn image(byte: u8, len: usize) -> (Expected, Vec<u8>) {
     )
 }
 
-fn src(data: &[u8]) -> impl FnOnce() -> io::Result<Box<dyn Read>> + '_ {
-    move || Ok(Box::new(Cursor::new(data.to_vec())) as Box<dyn Read>)
+fn src(data: &[u8]) -> impl FnOnce() -> io::Result<Source> + '_ {
+    move || Ok(Box::new(Cursor::new(data.to_vec())) as Source)
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn a_user_image_is_private_from_its_first_byte() {
         seen: seen.clone(),
     };
     cache
-        .stage(&mine, 1, move || Ok(Box::new(watching) as Box<dyn Read>))
+        .stage(&mine, 1, move || Ok(Box::new(watching) as Source))
         .unwrap();
     let seen = seen.lock().unwrap();
     assert!(!seen.is_empty(), "the copy was never seen in progress");
@@ -242,7 +242,7 @@ fn a_source_longer_or_shorter_than_recorded_is_cut_and_refused() {
     }
     let endless = Counting(read.clone());
     let err = cache
-        .stage(&exp, 1, move || Ok(Box::new(endless) as Box<dyn Read>))
+        .stage(&exp, 1, move || Ok(Box::new(endless) as Source))
         .unwrap_err();
     assert!(
         matches!(err, StageError::Size { actual: None, .. }),
@@ -299,7 +299,7 @@ fn the_cache_lock_is_free_while_a_source_is_read() {
         out: out.clone(),
     };
     cache
-        .stage(&exp, 1, move || Ok(Box::new(probe) as Box<dyn Read>))
+        .stage(&exp, 1, move || Ok(Box::new(probe) as Source))
         .unwrap();
     assert_eq!(
         *out.lock().unwrap(),
@@ -347,7 +347,7 @@ fn kill_point_child() {
         ..exp
     };
     let cache = NodeCache::open(Path::new(&dir), "n1", 1 << 30).unwrap();
-    let _ = cache.stage(&exp, 99, || Ok(Box::new(Slow(64 << 20)) as Box<dyn Read>));
+    let _ = cache.stage(&exp, 99, || Ok(Box::new(Slow(64 << 20)) as Source));
 }
 
 #[test]
@@ -474,4 +474,40 @@ fn image_larger_than_the_cache_is_refused_naming_the_setting() {
     let (a, da) = image(1, 100);
     let err = cache.stage(&a, 1, src(&da)).unwrap_err().to_string();
     assert!(err.contains("node.cache_size"), "{err}");
+}
+
+#[test]
+fn a_source_that_stalls_is_given_up_after_the_stall_timeout_leaving_nothing() {
+    // Regression (issue 18): a copy whose source stopped answering (a hung
+    // network filesystem, the user's stopped FUSE server) waited for ever,
+    // and Slurm 22.05 cannot signal a task in its privileged setup. The
+    // source here is a real pipe from a live process that sends 100 bytes
+    // and then nothing, holding its end open.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = NodeCache::open(dir.path(), "n1", 1000).unwrap().with_stall_timeout(Duration::from_secs(1));
+    let (exp, _) = image(3, 500);
+    let mut writer = std::process::Command::new("sh")
+        .args(["-c", "head -c 100 /dev/zero; exec sleep 120"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = writer.stdout.take().unwrap();
+    let started = std::time::Instant::now();
+    let err = cache.stage(&exp, 5, move || Ok(Box::new(pipe) as Source)).unwrap_err();
+    let took = started.elapsed();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert!(matches!(err, StageError::Stalled { copied: 100, expected: 500, .. }), "{err}");
+    assert!(err.to_string().contains("gave no data for 1 s") && err.to_string().contains("node.stall_timeout"), "{err}");
+    assert!(took < Duration::from_secs(10), "gave up only after {took:?}");
+    // Nothing partial left, no reference, the cache lock free, and the
+    // next stage of the same image works.
+    assert_eq!(fs::read_dir(dir.path().join("n1/tmp")).unwrap().count(), 0);
+    assert!(!cache.in_use(&exp.key()));
+    assert!(!cache.image_path(&exp).exists());
+    let lock = File::options().write(true).open(dir.path().join("n1/.lock")).unwrap();
+    assert!(lock.try_lock().is_ok(), "the cache lock is still held");
+    drop(lock);
+    let (exp, data) = image(3, 500);
+    assert!(cache.stage(&exp, 6, src(&data)).unwrap().1);
 }

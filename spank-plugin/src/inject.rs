@@ -46,9 +46,11 @@ pub fn step_gpus(env: &[(String, String)]) -> Option<&str> {
         .or_else(|| get(env, "CUDA_VISIBLE_DEVICES"))
 }
 
-/// Checks the modules against the image with the caller's credentials
-/// (call with the user's). `requested`: the `--module` names, `None` for
-/// the site's defaults. `None` when no module applies; errors (a refusal
+/// Checks the modules against the image for `user` (uid, gid, groups):
+/// the squashfs is parsed in a child process with the user's full
+/// credentials (`shoal::container::assess_image_as_user`); `open` opens the
+/// image with the user's (called only when a module applies). `requested`:
+/// the `--module` names, `None` for the site's defaults. `None` when no module applies; errors (a refusal
 /// naming the conflicting files) are one line for the user.
 ///
 /// `command`: the step's argv[0] and the container's PATH, so the copies of
@@ -56,13 +58,15 @@ pub fn step_gpus(env: &[(String, String)]) -> Option<&str> {
 pub fn assess(
     config: &Config,
     requested: Option<&[String]>,
+    open: impl FnOnce() -> std::io::Result<std::fs::File>,
     squashfs: &Path,
     env: &[(String, String)],
     command: Option<container::TaskCommand<'_>>,
+    user: (u32, u32, &[u32]),
 ) -> Result<Option<InjectionPlan>, String> {
     // A step without GPUs gets none bound (not every GPU of the node).
     let gpus = Some(step_gpus(env).unwrap_or(""));
-    let Some(assessment) = container::assess_image(squashfs, config, requested.unwrap_or(&[]), gpus, command)
+    let Some(assessment) = container::assess_image_as_user(open, squashfs, config, requested.unwrap_or(&[]), gpus, command, user)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);

@@ -79,7 +79,7 @@ fn at_step_end(spank: &Spank) -> Result<(), String> {
         Scope::User => {
             let file = user_file.ok_or_else(|| fail("the image file was not opened".into()))?;
             stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
-                Ok(Box::new(ReadAt::new(file)) as Box<dyn io::Read>)
+                Ok(Box::new(ReadAt::new(file)) as shoal::stage::Source)
             })
             .map_err(fail)?
         }

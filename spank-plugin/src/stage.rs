@@ -10,18 +10,24 @@
 //!
 //! Root never follows a path from a user's store as root: site images come
 //! from the configured site store, looked up by digest; user images are read
-//! through a descriptor the user opened, or by a `cat` running as the user.
+//! through a descriptor opened with the user's ids (a FIFO or device
+//! refused before a byte is read), in the prolog by a `cat` running as the
+//! user (a read that hangs in the kernel hangs `cat`, which can be killed,
+//! not the prolog). A copy whose source stalls fails after
+//! `node.stall_timeout` (see `shoal::stage`).
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use shoal::config::Staging;
 use shoal::image::store::{StoreRoot, StoredImage};
-use shoal::stage::{Expected, NodeCache, Owner};
+use shoal::stage::{Expected, NodeCache, Owner, Source};
 use shoal::Config;
 
 use crate::pin::{Pin, Scope};
@@ -79,7 +85,9 @@ pub fn site_image(config: &Config, pin: &Pin) -> Result<StoredImage, String> {
 }
 
 fn node_cache(config: &Config, node: &str) -> Result<NodeCache, String> {
-    NodeCache::open(&config.node.cache_dir, node, config.node.cache_size.0).map_err(|e| e.to_string())
+    NodeCache::open(&config.node.cache_dir, node, config.node.cache_size.0)
+        .map(|c| c.with_stall_timeout(Duration::from_secs(config.node.stall_timeout)))
+        .map_err(|e| e.to_string())
 }
 
 /// Root's own check of the site image policy before an image is staged:
@@ -120,7 +128,7 @@ pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<St
     };
     let source = stored.squashfs.clone();
     let (path, copied) = node_cache(config, node)?
-        .stage(&expected, job, move || Ok(Box::new(File::open(&source)?) as Box<dyn Read>))
+        .stage(&expected, job, move || Ok(Box::new(File::open(&source)?) as Source))
         .map_err(|e| e.to_string())?;
     log_copy(copied, job, node, pin, &path);
     Ok(Staged { squashfs: path, scope: Scope::Site, config: run_config })
@@ -134,7 +142,7 @@ pub fn stage_user(
     job: u32,
     pin: &Pin,
     owner: (u32, u32),
-    source: impl FnOnce() -> io::Result<Box<dyn Read>>,
+    source: impl FnOnce() -> io::Result<Source>,
 ) -> Result<PathBuf, String> {
     admit(config, node, pin)?;
     if config.node.staging == Staging::Direct {
@@ -184,39 +192,59 @@ pub fn prolog(config: &Config, job: u32, uid: u32, gid: u32) -> Result<(), Strin
         Scope::Site => stage_site(config, &node, job, &pin).map(|_| ()),
         Scope::User => {
             let path = pin.squashfs.clone();
-            stage_user(config, &node, job, &pin, (uid, gid), move || cat_as_user(&path, uid, gid)).map(|_| ())
+            let cat: CatSlot = Arc::default();
+            let slot = cat.clone();
+            let staged = stage_user(config, &node, job, &pin, (uid, gid), move || cat_as_user(&path, uid, gid, slot));
+            // A copy given up (stalled) leaves its reader blocked: end it.
+            if let Some(child) = cat.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                let _ = child.kill();
+            }
+            staged.map(|_| ())
         }
     }
 }
 
-/// Streams a file through `cat` running as the user: the path is resolved
-/// with the user's credentials, never root's.
-fn cat_as_user(path: &std::path::Path, uid: u32, gid: u32) -> io::Result<Box<dyn Read>> {
+/// The prolog's `cat`, shared with its reader so the prolog can end it.
+type CatSlot = Arc<Mutex<Option<Child>>>;
+
+/// Streams a user's file through `cat` running as the user. The file is
+/// opened with the user's ids (the path is the user's, never resolved with
+/// root's), refused unless it is a regular file (a FIFO's open would wait
+/// for ever, a device's read never end), and given to `cat` as its stdin.
+fn cat_as_user(path: &std::path::Path, uid: u32, gid: u32, slot: CatSlot) -> io::Result<Source> {
+    // The pin's path was resolved at submission: a symlink there now is new.
+    let file = shoal::container::open_image_as(path, shoal::image::file::Links::Refuse, uid, gid, &[])
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     // std drops supplementary groups (setgroups(0)) when it changes the uid
     // as root, so the reader has exactly the user's uid and primary gid.
-    let child = Command::new("/bin/cat")
-        .arg("--")
-        .arg(path)
+    let mut child = Command::new("/bin/cat")
         .uid(uid)
         .gid(gid)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(file))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env_clear()
         .spawn()?;
-    Ok(Box::new(ChildReader(child)))
+    let out = child.stdout.take().expect("piped");
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+    Ok(Box::new(ChildReader { out, child: slot }))
 }
 
 /// A child's stdout that reports the child's failure at the end of input.
-struct ChildReader(std::process::Child);
+struct ChildReader {
+    out: ChildStdout,
+    child: CatSlot,
+}
 
 impl Read for ChildReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.0.stdout.as_mut().expect("piped").read(buf)?;
+        let n = self.out.read(buf)?;
         if n == 0 {
-            let status = self.0.wait()?;
-            if !status.success() {
-                return Err(io::Error::other(format!("reading the image as the user failed ({status})")));
+            if let Some(child) = self.child.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                let status = child.wait()?;
+                if !status.success() {
+                    return Err(io::Error::other(format!("reading the image as the user failed ({status})")));
+                }
             }
         }
         Ok(n)
@@ -225,7 +253,9 @@ impl Read for ChildReader {
 
 impl Drop for ChildReader {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(child) = self.child.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -154,7 +154,10 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         pin = chosen;
     }
     if pin.scope == Scope::User {
-        let file = File::open(&pin.squashfs).map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
+        // Never waiting on a FIFO or reading a device in slurmstepd; the
+        // pin's path was resolved at submission (a symlink now is new).
+        let file = shoal::image::file::open_image_file(&pin.squashfs, shoal::image::file::Links::Refuse)
+            .map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
         state.user_file = Some(file);
         state.user_config = read_meta(&pin.squashfs, pin.digest.as_str());
     }
@@ -170,8 +173,19 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         .and_then(|c| c.env.iter().find_map(|e| e.strip_prefix("PATH=")))
         .unwrap_or(container::DEFAULT_PATH);
     let command = argv.first().map(|argv0| container::TaskCommand { argv0, path });
-    state.injection = inject::assess(&options::config(), modules.as_deref(), &pin.squashfs, &env, command)
-        .map_err(|e| format!("image {}: {e}", pin.requested))?;
+    // The check parses the image in a process of the user's own (their
+    // uid, gid and groups; real, effective and saved), from the file opened
+    // above (a site image: opened now, with the user's effective ids).
+    let user = job::identity(spank)?;
+    let groups: Vec<u32> = user.groups.iter().map(|(_, g)| *g).collect();
+    let user_file = state.user_file.as_ref().map(File::try_clone);
+    let open = || match user_file {
+        Some(f) => f,
+        None => shoal::image::file::open_image_file(&pin.squashfs, shoal::image::file::Links::Follow),
+    };
+    state.injection =
+        inject::assess(&options::config(), modules.as_deref(), open, &pin.squashfs, &env, command, (user.uid, user.gid, &groups))
+            .map_err(|e| format!("image {}: {e}", pin.requested))?;
     state.pin = Some(pin);
     Ok(())
 }
@@ -221,7 +235,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
                 .try_clone()
                 .map_err(|e| e.to_string())?;
             let path = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
-                Ok(Box::new(ReadAt::new(file)) as Box<dyn std::io::Read>)
+                Ok(Box::new(ReadAt::new(file)) as shoal::stage::Source)
             })?;
             Staged { squashfs: path, scope: crate::pin::Scope::User, config: state.user_config.clone() }
         }

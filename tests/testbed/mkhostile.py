@@ -29,6 +29,10 @@ Accepted, and harmless in the container:
                    and `/etc/group -> /proc/1/environ`: resolved inside the
                    image, never on the host (root reads /etc/passwd and
                    /etc/group of the image when it builds the container)
+- xattrs:          `/etc/i18-xattrs` and `/etc/i18-opaque/` carrying overlayfs
+                   markers (`trusted.overlay.opaque`, `.redirect`, `.metacopy`,
+                   `user.overlay.*`), an SELinux label and other `trusted.*`:
+                   all dropped by the converter; `user.i18` kept
 - deep:            a file 1000 directories deep
 - wide:            5000 files in one directory
 - nonutf8:         names that are not UTF-8
@@ -175,6 +179,16 @@ def main():
         "host-links": [[entry("etc/i18-shadow", "symlink", link="/etc/shadow"),
                         entry("etc/passwd", "symlink", link="/etc/shadow"),
                         entry("etc/group", "symlink", link="/proc/1/environ")]],
+        "xattrs": [[f("etc/i18-xattrs", b"xattrs\n", pax={
+                        "SCHILY.xattr.trusted.overlay.redirect": "/etc",
+                        "SCHILY.xattr.trusted.overlay.metacopy": "",
+                        "SCHILY.xattr.user.overlay.redirect": "/etc",
+                        "SCHILY.xattr.security.selinux": "system_u:object_r:shadow_t:s0",
+                        "SCHILY.xattr.trusted.i18": "root-only",
+                        "SCHILY.xattr.user.i18": "kept"}),
+                    d("etc/i18-opaque", pax={
+                        "SCHILY.xattr.trusted.overlay.opaque": "y",
+                        "SCHILY.xattr.user.overlay.opaque": "y"})]],
         "deep": [[f("deep/" + "d/" * 1000 + "bottom", b"bottom\n")]],
         "wide": [[d("wide")] + [f("wide/f%05d" % i) for i in range(5000)]],
         "nonutf8": [[d("nonutf8"), f(nonutf8(b"nonutf8/caf\xe9"), b"latin-1\n"),

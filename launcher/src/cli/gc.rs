@@ -26,12 +26,13 @@ pub fn run(args: GcArgs, config_path: &Path) -> Result<ExitCode> {
     // Signatures of images no longer stored go with them.
     shoal::image::trust::gc_signatures(root);
     println!(
-        "{}: removed {} image(s) ({}), {} stale reference(s), {} leftover work dir(s)",
+        "{}: removed {} image(s) ({}), {} stale reference(s), {} leftover work dir(s), {} unheld lock file(s)",
         root.dir().display(),
         r.images_removed,
         human_size(r.bytes_freed),
         r.tags_removed,
-        r.temps_removed
+        r.temps_removed,
+        r.locks_removed
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -258,6 +258,10 @@ pub struct NodeConfig {
     /// Slurm node name in `<container_dir>/<node name>/`. Must not be on
     /// overlayfs or NFS (it is an overlay upper layer).
     pub container_dir: PathBuf,
+    /// Seconds a copy into the node cache waits for its source's next
+    /// byte before it fails the job (a hung filesystem, a stopped FUSE
+    /// server): Slurm 22.05 cannot cancel a task while it stages.
+    pub stall_timeout: u64,
 }
 
 impl Default for NodeConfig {
@@ -268,6 +272,7 @@ impl Default for NodeConfig {
             staging: Staging::Copy,
             capabilities_dir: None,
             container_dir: PathBuf::from("/var/lib/shoal/containers"),
+            stall_timeout: crate::stage::DEFAULT_STALL_TIMEOUT.as_secs(),
         }
     }
 }
@@ -467,6 +472,14 @@ impl Config {
             at: Location { line: find_key_line(text, &key), key: Some(key) },
             message,
         })?;
+        if config.node.stall_timeout == 0 {
+            let key = "node.stall_timeout".to_string();
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                at: Location { line: find_key_line(text, &key), key: Some(key) },
+                message: "must be at least 1 (seconds without a byte before a copy fails)".into(),
+            });
+        }
         Ok(config)
     }
 

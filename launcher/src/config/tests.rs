@@ -283,3 +283,12 @@ fn device_entries_say_where_nodes_appear_inside() {
     let c = Config::parse("[launcher]\nhost_dev = true\n", Path::new("x")).unwrap();
     assert!(c.launcher.host_dev && !Config::default().launcher.host_dev);
 }
+
+#[test]
+fn the_stage_stall_timeout_defaults_to_a_minute_and_is_never_zero() {
+    assert_eq!(Config::default().node.stall_timeout, 60);
+    let c = Config::parse("[node]\nstall_timeout = 5\n", Path::new("x")).unwrap();
+    assert_eq!(c.node.stall_timeout, 5);
+    let e = err("[node]\nstall_timeout = 0\n");
+    assert!(e.contains("node.stall_timeout") && e.contains("at least 1"), "{e}");
+}

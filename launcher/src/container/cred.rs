@@ -3,7 +3,9 @@
 //! with the user's effective ids on this thread, so the kernel checks the
 //! user's permissions. One guard for every such place.
 
+use std::fs::File;
 use std::io;
+use std::path::Path;
 
 use super::model::{Mode, Plan};
 use super::sys;
@@ -39,4 +41,19 @@ impl Drop for AsUser {
 pub(crate) fn as_user<T>(plan: &Plan, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let _guard = AsUser::enter(plan)?;
     f()
+}
+
+/// Opens an image file a user named ([`crate::image::file`]: no FIFO, no
+/// device) with that user's `uid`, `gid` and `groups` on this thread when
+/// the caller is root (the job prolog acting for the job's user); root's
+/// ids are back when it returns.
+pub fn open_image_as(path: &Path, links: crate::image::file::Links, uid: u32, gid: u32, groups: &[u32]) -> io::Result<File> {
+    let open = || crate::image::file::open_image_file(path, links);
+    if !nix::unistd::geteuid().is_root() || uid == 0 {
+        return open();
+    }
+    let saved_groups: Vec<u32> = nix::unistd::getgroups()?.iter().map(|g| g.as_raw()).collect();
+    sys::thread_set_effective(uid, gid, groups)?;
+    let _back = AsUser { saved_groups };
+    open()
 }

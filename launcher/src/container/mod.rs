@@ -9,7 +9,7 @@
 //!   deciding (pure, unit-tested as data); `render`: the `--dry-run` text;
 //! - `sys`: the kernel calls nix does not wrap (the `unsafe` here is
 //!   mostly there; the rest is `fork`/`_exit`/exec in `fuse`, `doctor` and
-//!   `setup`, the FUSE device's non-blocking reads in `image_server`, and
+//!   `setup`, the credential drop of `isolate`'s child, the FUSE device's non-blocking reads in `image_server`, and
 //!   `readahead`'s page-cache hint; outside `container/` the launcher
 //!   forbids `unsafe` in `image/`, `inject/`, `select/`, `config/`, `stage`,
 //!   `reference` and `resolve`);
@@ -34,6 +34,7 @@ pub(crate) mod image_server;
 mod assess;
 mod cred;
 mod inject_plan;
+mod isolate;
 mod lower;
 mod model;
 mod plan;
@@ -60,7 +61,8 @@ pub use model::{
     Cwd, DevLayout, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RunConfig,
     RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,
 };
-pub use assess::{assess_image, assess_modules, TaskCommand};
+pub use assess::{assess_image, assess_image_as_user, assess_modules, TaskCommand};
+pub use cred::open_image_as;
 pub use inject_plan::{add_injection, GPU_LIST_VARIABLES};
 pub use model::{Injection, OrderError, PmixDir, SetupStep, SlurmPath};
 pub use policy::{normalize as normalize_path, PolicyError, UserMount, RESERVED_TARGETS};

@@ -41,7 +41,7 @@ use super::userns::{self, NsError};
 /// Why the container could not be built; each names what and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("image {path} not found: {source}; check the path, or pull the image first")]
+    #[error("image {path} cannot be opened: {source}; check the path, or pull the image first")]
     ImageNotFound { path: PathBuf, source: io::Error },
     #[error("image {path} is not a usable squashfs file ({why}); it is corrupt or incomplete: pull or build it again")]
     ImageCorrupt { path: PathBuf, why: String },
@@ -112,8 +112,9 @@ fn check_trusted(fd: BorrowedFd<'_>, path: &Path) -> Result<(), String> {
 
 pub(crate) fn open_sources(plan: &Plan) -> Result<Sources, BuildError> {
     let path = &plan.root.squashfs;
-    let image = cred::as_user(plan, || sys::openat(None, path, libc::O_RDONLY, 0))
-        .map_err(|source| BuildError::ImageNotFound { path: path.clone(), source })?;
+    // As the user, and never waiting on a FIFO or reading a device.
+    let open = || crate::image::file::open_image_file(path, crate::image::file::Links::Follow).map(OwnedFd::from);
+    let image = cred::as_user(plan, open).map_err(|source| BuildError::ImageNotFound { path: path.clone(), source })?;
     check_squashfs(image.as_fd())
         .map_err(|why| BuildError::ImageCorrupt { path: path.clone(), why })?;
     if plan.root.via == ImageMount::KernelLoop {

@@ -12,13 +12,16 @@
 //! - [`trust`]: the site image policy (containers-policy.json) and cosign
 //!   signatures, checked at pull, submission and staging;
 //! - [`import`]: the same for local sources (OCI layout, docker-archive,
-//!   a directory, a squashfs file).
+//!   a directory, a squashfs file);
+//! - [`file`]: opening an image file a user named, refusing FIFOs and
+//!   devices before a byte is read.
 
 // Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
 // bindings), never in this module.
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod file;
 pub mod import;
 pub mod manifest;
 pub mod platform;

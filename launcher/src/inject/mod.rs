@@ -88,6 +88,7 @@ pub mod image;
 #[cfg(test)]
 pub(crate) mod mem_image;
 pub mod plan;
+pub mod recorded;
 mod render;
 mod runtime;
 pub mod select;

@@ -31,7 +31,7 @@
 //! links, fifos, with owners (numeric uid/gid from the tar headers), modes
 //! including setuid/setgid/sticky (image mounts are nosuid) and `SCHILY.xattr`
 //! extended attributes in the namespaces squashfs stores (`user.`,
-//! `trusted.`, `security.`; never `trusted.overlay.*`). Device nodes are
+//! `security.capability`; never overlayfs markers, see `tar_entry::keep_xattr`). Device nodes are
 //! dropped (mounts are nodev). The root directory is always 0755 root:root,
 //! and directories no layer lists get the same. The output is deterministic:
 //! the same layers give the same bytes whatever their compression.

@@ -51,14 +51,25 @@ pub(super) fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>) -> io::Result<Meta> 
     Ok(m)
 }
 
-/// Which extended attributes go into the image. Squashfs stores only the
-/// `user.`, `trusted.` and `security.` namespaces (others, such as POSIX
-/// ACLs in `system.`, are dropped rather than failing the image), and
-/// overlayfs' own `trusted.overlay.*` markers are dropped so that an image
-/// cannot fake whiteouts or redirects in an overlay stacked on it later.
+/// Which extended attributes go into the image (issue 18's review of what
+/// an untrusted layer may carry):
+/// - `user.*`: the image's own data, kept; but not `user.overlay.*`, which
+///   an overlay mounted with `userxattr` (an unprivileged writable
+///   `shoal run`) reads as whiteouts, opaque markers and redirects;
+/// - `security.capability`: kept, and inert (every image mount is
+///   `nosuid`, where the kernel ignores file capabilities, and tasks run
+///   with `no_new_privs`; `tests/hostile_images.rs` runs such a binary);
+/// - other `security.*` (SELinux, SMACK, AppArmor attachment, IMA/EVM
+///   labels): the host's security policy labels files, not an image from a
+///   registry: dropped;
+/// - `trusted.*`: root's namespace (needs `CAP_SYS_ADMIN` to set);
+///   overlayfs reads `trusted.overlay.*` in a privileged overlay (named
+///   and writable containers under Slurm) and nothing else of Shoal's
+///   needs the rest: dropped;
+/// - others (POSIX ACLs in `system.`): squashfs cannot store them; dropped
+///   rather than failing the image.
 pub(super) fn keep_xattr(name: &[u8]) -> bool {
-    (name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security."))
-        && !name.starts_with(b"trusted.overlay.")
+    (name.starts_with(b"user.") && !name.starts_with(b"user.overlay.")) || name == b"security.capability"
 }
 
 /// The flattened tar stream going to the writer.
@@ -158,6 +169,8 @@ mod tests {
             ("system.posix_acl_access", "3"),
             ("trusted.overlay.opaque", "y"),
             ("trusted.x", "4"),
+            ("user.overlay.redirect", "/etc"),
+            ("security.selinux", "system_u:object_r:shadow_t:s0"),
         ]
         .iter()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -180,7 +193,7 @@ mod tests {
         let names: Vec<&[u8]> = m.xattrs.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!(
             names,
-            [&b"user.a"[..], b"security.capability", b"trusted.x"]
+            [&b"user.a"[..], b"security.capability"]
         );
     }
 

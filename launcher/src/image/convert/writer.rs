@@ -468,7 +468,9 @@ impl<R: Read> Read for ErrTag<'_, R> {
 /// Checks the superblock, fsyncs and hashes the file.
 fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
     let io_err = |e| ConvertError::io(path, e);
-    let mut file = File::open(path).map_err(io_err)?;
+    // A user's path (`--image=PATH` at submission, `shoal import`): never
+    // wait on a FIFO or read a device.
+    let mut file = crate::image::file::open_image_file(path, crate::image::file::Links::Follow).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     let mut head = [0u8; superblock::SIZE];
     let n = read_full(&mut file, &mut head).map_err(io_err)?;

@@ -17,34 +17,55 @@ pub struct Lock {
 
 impl Lock {
     /// Waits for the lock on `path` (created if missing).
+    ///
+    /// `gc` removes lock files nobody holds, holding the lock while it
+    /// unlinks: a waiter that opened the file before then gets a lock on a
+    /// file no longer at `path`, so the lock only counts when `path` still
+    /// names the locked file; otherwise it is taken again on the new one.
     pub fn acquire(path: &Path) -> io::Result<Lock> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
-        file.lock()?;
-        Ok(Lock {
-            _file: file,
-            path: path.to_path_buf(),
-        })
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)?;
+            file.lock()?;
+            if still_at(&file, path)? {
+                return Ok(Lock {
+                    _file: file,
+                    path: path.to_path_buf(),
+                });
+            }
+        }
     }
 
-    /// Takes the lock on an existing `path` if nobody holds it.
+    /// Takes the lock on an existing `path` if nobody holds it (none if
+    /// the file was removed or replaced meanwhile).
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
         let file = OpenOptions::new().write(true).open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Lock {
+            Ok(()) if still_at(&file, path)? => Ok(Some(Lock {
                 _file: file,
                 path: path.to_path_buf(),
             })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Ok(()) | Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn still_at(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -140,5 +161,32 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_waiter_whose_lock_file_was_removed_under_it_locks_the_new_one() {
+        // Issue 18: gc removes lock files nobody holds, while holding them;
+        // a waiter that opened the old file must not count its lock, or it
+        // and a newcomer on a new file would both hold "the" lock.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let gc = Lock::acquire(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = Lock::acquire(&p).unwrap();
+            tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(lock);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        fs::remove_file(&path).unwrap();
+        drop(gc);
+        rx.recv().unwrap();
+        // The waiter holds the lock on the file now at `path`.
+        assert!(path.exists(), "the waiter did not take the lock on a new file");
+        assert!(Lock::try_acquire(&path).unwrap().is_none(), "two holders of one lock");
+        waiter.join().unwrap();
+        assert!(Lock::try_acquire(&path).unwrap().is_some());
     }
 }

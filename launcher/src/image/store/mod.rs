@@ -277,7 +277,10 @@ impl Store {
     /// images may come from registries only this user can log in to, and
     /// its tags tell what they run, so other users of a login node must not
     /// read it (home directories are often world-readable). An existing
-    /// one keeps the mode its user gave it.
+    /// one that others may enter (made 0755 before issue 18's F7, or by a
+    /// umask) is tightened to 0700 when its owner opens it, with a note on
+    /// stderr; group bits alone are left (a user sharing with a project
+    /// group chose them: Shoal never makes a store so).
     pub fn root(&self, scope: Scope) -> Result<&StoreRoot, StoreError> {
         match scope {
             Scope::Site => self.site.as_ref().ok_or(StoreError::NoSiteStore),
@@ -288,6 +291,8 @@ impl Store {
                     // Best effort: a read-only home fails later, where a
                     // write is tried, with its own message.
                     let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(&root.dir);
+                } else {
+                    tighten_legacy_store(&root.dir);
                 }
                 Ok(root)
             }
@@ -669,3 +674,22 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// A user store others may enter becomes 0700 when its owner opens it (see
+/// [`Store::root`]). Only a directory this process's user owns (through a
+/// symlink too: its target's owner is checked); another user's store is
+/// left alone.
+fn tighten_legacy_store(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(md) = fs::metadata(dir) else { return };
+    if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() || md.mode() & 0o007 == 0 {
+        return;
+    }
+    if fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).is_ok() {
+        eprintln!(
+            "shoal: made your image store {} private (mode {:o} -> 700): other users could read its images and tags",
+            dir.display(),
+            md.mode() & 0o7777
+        );
+    }
+}

@@ -183,6 +183,24 @@ fn gc_removes_dead_work_dirs_but_not_live_ones_nor_locked_images() {
 }
 
 #[test]
+fn gc_removes_lock_files_nobody_holds_and_keeps_held_ones() {
+    // Regression (issue 18): a killed `shoal pull` left locks/HEX.lock for
+    // good (its flock died with it, its file did not).
+    let dir = tempfile::tempdir().unwrap();
+    let root = StoreRoot::new(dir.path().into(), Scope::User);
+    drop(root.lock_image(&digest(1)).unwrap()); // a dead holder's file
+    let held = root.lock_image(&digest(2)).unwrap();
+    let report = root.gc().unwrap();
+    assert_eq!(report.locks_removed, 1, "{report:?}");
+    let left: Vec<_> = fs::read_dir(dir.path().join("locks")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from(format!("{}.lock", digest(2).hex()))]);
+    drop(held);
+    assert_eq!(root.gc().unwrap().locks_removed, 1);
+    // The lock still works after its file went.
+    drop(root.lock_image(&digest(2)).unwrap());
+}
+
+#[test]
 fn tampered_image_is_reported_as_damaged() {
     let dir = tempfile::tempdir().unwrap();
     let root = StoreRoot::new(dir.path().into(), Scope::User);
@@ -261,8 +279,36 @@ fn a_new_user_store_is_private_and_a_site_store_is_not_touched() {
     assert_eq!(fs::metadata(&user).unwrap().permissions().mode() & 0o777, 0o700);
     store.root(Scope::Site).unwrap();
     assert!(!dir.path().join("site").exists());
-    // An existing store keeps its user's mode.
+    // An existing store shared with a group keeps its user's mode.
     fs::set_permissions(&user, fs::Permissions::from_mode(0o750)).unwrap();
     store.root(Scope::User).unwrap();
     assert_eq!(fs::metadata(&user).unwrap().permissions().mode() & 0o777, 0o750);
+}
+
+#[test]
+fn a_store_made_before_f7_is_tightened_when_its_owner_opens_it() {
+    // Regression (issue 18): a store made 0755 before F7 stayed readable
+    // by every user of the login node.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("shoal");
+    for legacy in [0o755, 0o775, 0o701] {
+        fs::create_dir_all(&user).unwrap();
+        fs::set_permissions(&user, fs::Permissions::from_mode(legacy)).unwrap();
+        Store::with_dirs(None, Some(user.clone())).root(Scope::User).unwrap();
+        assert_eq!(fs::metadata(&user).unwrap().permissions().mode() & 0o777, 0o700, "from {legacy:o}");
+    }
+    // Through a symlink to it too; a store someone else owns is not
+    // touched (the tests run as root: one owned by nobody).
+    fs::set_permissions(&user, fs::Permissions::from_mode(0o755)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&user, &link).unwrap();
+    Store::with_dirs(None, Some(link)).root(Scope::User).unwrap();
+    assert_eq!(fs::metadata(&user).unwrap().permissions().mode() & 0o777, 0o700);
+    if nix::unistd::geteuid().is_root() {
+        fs::set_permissions(&user, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&user, Some(65534), None).unwrap();
+        Store::with_dirs(None, Some(user.clone())).root(Scope::User).unwrap();
+        assert_eq!(fs::metadata(&user).unwrap().permissions().mode() & 0o777, 0o755);
+    }
 }

@@ -284,6 +284,24 @@ impl StoreRoot {
                 }
             }
         }
+        // Image and tag lock files a killed pull left (a flock dies with
+        // its holder, its file stays). Each is removed only while held
+        // here, and `Lock::acquire` retries when its file was removed
+        // under it, so a live holder or waiter is never raced.
+        if let Ok(entries) = fs::read_dir(self.dir.join("locks")) {
+            for e in entries.flatten() {
+                let path = e.path();
+                if !e.file_name().to_string_lossy().ends_with(".lock") {
+                    continue;
+                }
+                if let Ok(Some(held)) = Lock::try_acquire(&path) {
+                    if fs::remove_file(&path).is_ok() {
+                        report.locks_removed += 1;
+                    }
+                    drop(held);
+                }
+            }
+        }
         Ok(report)
     }
 }
@@ -296,4 +314,6 @@ pub struct GcReport {
     pub tags_removed: usize,
     pub temps_removed: usize,
     pub indexes_removed: usize,
+    /// Lock files nobody held.
+    pub locks_removed: usize,
 }
