@@ -314,7 +314,7 @@ fn policy_refusals_and_bad_input_get_one_line_with_the_fix() {
         ("--mount /tmp:/data:perNodeCache ./busybox.sqfs -- true", "only `ro` and `rw`"),
         ("--mount /nonexistent:/data ./busybox.sqfs -- true", "mount source /nonexistent for /data is not accessible to alice"),
         ("--env 1A=b ./busybox.sqfs -- true", "invalid environment setting"),
-        ("./missing.sqfs -- true", "missing.sqfs not found"),
+        ("./missing.sqfs -- true", "missing.sqfs cannot be opened: No such file"),
         ("debian:12 -- true", "pull it first with `shoal pull docker.io/library/debian:12`"),
         ("/etc/passwd -- true", "not a usable squashfs file"),
         (&format!("{FIXTURES}/corrupt.sqfs -- true"), "corrupt"),
@@ -521,7 +521,7 @@ fn a_failed_launch_leaves_no_image_server() {
     let missing = dir.join("missing.sqfs");
     let out = tb.user(&format!("{} run {} -- true", shoal(tb), missing.display()));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.sqfs not found"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.sqfs cannot be opened: No such file"), "{out:?}");
     // The early server inherited the launcher's command line: find it by
     // the image named there (a path unique to this test).
     let early = || -> Vec<u32> {
