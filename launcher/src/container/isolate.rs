@@ -39,26 +39,53 @@ pub(crate) fn run_as_user(ids: Ids<'_>, keep: RawFd, max: usize, work: impl FnOn
         nix::unistd::ForkResult::Child => {
             drop(r);
             let w_fd = w.as_raw_fd();
+            // Which step failed, if one did, with its errno: sent to the
+            // parent instead of an answer (exit code 126).
             // SAFETY (whole block): raw syscalls on integers and the groups
             // vector prepared before the fork.
-            let dropped = unsafe {
+            let failed: Option<(&str, i32)> = unsafe {
+                let errno = || *libc::__errno_location();
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 close_all_but(&[keep, w_fd]);
-                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
-                    && libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) == 0
-                    && libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) == 0
-                    && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-            };
-            let code = if dropped && all_ids_are(ids.uid, ids.gid) {
-                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_default();
-                let mut pipe = File::from(w);
-                if pipe.write_all(&out).is_ok() {
-                    0
+                // slurmstepd may call with only its effective ids dropped
+                // (a task's setup runs with the user's euid and saved uid
+                // 0): take uid 0 back in this child first, so that
+                // setgroups (CAP_SETGID) works, then drop everything.
+                // Fails harmlessly where the saved uid is not 0.
+                libc::syscall(libc::SYS_setresuid, -1i32, 0, -1i32);
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+                    Some(("setgroups", errno()))
+                } else if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0 {
+                    Some(("setresgid", errno()))
+                } else if libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0 {
+                    Some(("setresuid", errno()))
+                } else if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    Some(("no_new_privs", errno()))
+                } else if !all_ids_are(ids.uid, ids.gid) {
+                    Some(("the ids check", 0))
                 } else {
-                    125
+                    None
                 }
-            } else {
-                126
+            };
+            let mut pipe = File::from(w);
+            let code = match failed {
+                None => {
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_default();
+                    if pipe.write_all(&out).is_ok() {
+                        0
+                    } else {
+                        125
+                    }
+                }
+                Some((step, errno)) => {
+                    let why = if errno == 0 {
+                        "an id is not the user's".to_string()
+                    } else {
+                        io::Error::from_raw_os_error(errno).to_string()
+                    };
+                    let _ = pipe.write_all(format!("{step}: {why}").as_bytes());
+                    126
+                }
             };
             // SAFETY: ends the child without running the parent's exit
             // handlers or destructors.
@@ -74,9 +101,11 @@ pub(crate) fn run_as_user(ids: Ids<'_>, keep: RawFd, max: usize, work: impl FnOn
             let out = out?;
             match status {
                 nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(out),
-                nix::sys::wait::WaitStatus::Exited(_, 126) => {
-                    Err(io::Error::other(format!("could not take uid {}'s credentials", ids.uid)))
-                }
+                nix::sys::wait::WaitStatus::Exited(_, 126) => Err(io::Error::other(format!(
+                    "could not take uid {}'s credentials ({})",
+                    ids.uid,
+                    String::from_utf8_lossy(&out)
+                ))),
                 other => Err(io::Error::other(format!("the process ended badly ({other:?})"))),
             }
         }
