@@ -383,7 +383,7 @@ impl std::str::FromStr for SiteMount {
     type Err = String;
 
     fn from_str(entry: &str) -> Result<SiteMount, String> {
-        let m = crate::container::UserMount::parse(entry, Path::new("/"))
+        let m = crate::mount_spec::UserMount::parse(entry, Path::new("/"))
             .map_err(|e| format!("[mounts] site: {e}"))?;
         Ok(SiteMount {
             entry: entry.to_string(),
