@@ -118,7 +118,7 @@ pub type Source = Box<dyn Read + Send>;
 
 /// How long a copy waits for its source's next byte by default
 /// (`node.stall_timeout`).
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(crate::config::DEFAULT_STALL_SECS);
 
 /// The node-local image cache of one Slurm node.
 #[derive(Debug, Clone)]
