@@ -2,7 +2,8 @@
 //!
 //! The modules follow an image's life on a cluster:
 //! - [`reference`]: what the user typed (`--image=...`), parsed once into types;
-//! - [`config`]: the site's TOML settings, read by the command and the plugin alike;
+//! - [`config`]: the site's TOML settings, read by the command and the plugin alike
+//!   (with [`mount_spec`], the `SRC:DST[:ro]` bind syntax it shares with the launcher);
 //! - [`image`]: pull or import an image into a content-addressed squashfs store;
 //! - [`resolve`]: from a name or path to the image the launcher runs;
 //! - [`select`]: which entry of an image index a node runs (CPU, GPU, MPI);
@@ -17,6 +18,7 @@ pub mod config;
 pub mod container;
 pub mod image;
 pub mod inject;
+pub mod mount_spec;
 pub mod reference;
 pub mod resolve;
 pub mod select;

@@ -46,6 +46,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::image::store::Scope;
 use crate::reference::Digest;
 
 /// Why staging failed. Each message names what failed and what to do; none
@@ -94,23 +95,19 @@ pub struct Expected {
     /// Hex sha256 of the squashfs file.
     pub sha256: String,
     pub size: u64,
-    pub owner: Owner,
-}
-
-/// Whose store an image comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    /// The site store: one copy serves every user.
-    Site,
-    /// A user's own store (uid, gid): a copy for that user only.
-    User { uid: u32, gid: u32 },
+    /// Which store it comes from: a site image's copy serves every user, a
+    /// user image's copy is for [`Expected::owner`] alone.
+    pub scope: Scope,
+    /// Whose copy it is (uid, gid): the job's user for a [`Scope::User`]
+    /// image (it names and owns the copy); root for a site image.
+    pub owner: (u32, u32),
 }
 
 impl Expected {
     fn key(&self) -> String {
-        match self.owner {
-            Owner::Site => self.digest.hex().to_string(),
-            Owner::User { uid, .. } => format!("u{uid}-{}", self.digest.hex()),
+        match self.scope {
+            Scope::Site => self.digest.hex().to_string(),
+            Scope::User => format!("u{}-{}", self.owner.0, self.digest.hex()),
         }
     }
 }
@@ -121,7 +118,7 @@ pub type Source = Box<dyn Read + Send>;
 
 /// How long a copy waits for its source's next byte by default
 /// (`node.stall_timeout`).
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(crate::config::DEFAULT_STALL_SECS);
 
 /// The node-local image cache of one Slurm node.
 #[derive(Debug, Clone)]
@@ -358,7 +355,7 @@ impl NodeCache {
                 .map_err(io_err(&tmp))?;
             created = true;
             out.try_lock().map_err(|e| io_err(&tmp)(io::Error::other(e.to_string())))?;
-            if let Owner::User { uid, gid } = expected.owner {
+            if let (Scope::User, (uid, gid)) = (expected.scope, expected.owner) {
                 // Readable by its user alone (their FUSE server opens it).
                 std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
                 out.set_permissions(fs::Permissions::from_mode(0o400))
@@ -394,7 +391,7 @@ impl NodeCache {
             if copied != expected.size {
                 return Err(StageError::Size { digest: expected.digest.clone(), expected: expected.size, actual: Some(copied) });
             }
-            if expected.owner == Owner::Site {
+            if expected.scope == Scope::Site {
                 out.set_permissions(fs::Permissions::from_mode(0o444))
                     .map_err(io_err(&tmp))?;
             }

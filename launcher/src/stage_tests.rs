@@ -12,7 +12,8 @@ fn image(byte: u8, len: usize) -> (Expected, Vec<u8>) {
             digest,
             sha256,
             size: len as u64,
-            owner: Owner::Site,
+            scope: Scope::Site,
+            owner: (0, 0),
         },
         data,
     )
@@ -65,17 +66,13 @@ fn user_images_are_kept_apart_per_user_and_owned_by_them() {
     let (site, data) = image(1, 10);
     let me = own_ids();
     let mine = Expected {
-        owner: Owner::User {
-            uid: me.0,
-            gid: me.1,
-        },
+        scope: Scope::User,
+        owner: (me.0, me.1),
         ..site.clone()
     };
     let theirs = Expected {
-        owner: Owner::User {
-            uid: me.0 + 1,
-            gid: me.1,
-        },
+        scope: Scope::User,
+        owner: (me.0 + 1, me.1),
         ..site.clone()
     };
     let p_site = cache.stage(&site, 1, src(&data)).unwrap().0;
@@ -117,10 +114,8 @@ fn a_user_image_is_private_from_its_first_byte() {
     let (site, data) = image(1, 16);
     let me = own_ids();
     let mine = Expected {
-        owner: Owner::User {
-            uid: me.0,
-            gid: me.1,
-        },
+        scope: Scope::User,
+        owner: (me.0, me.1),
         ..site
     };
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use shoal::config::Staging;
 use shoal::image::store::{StoreRoot, StoredImage};
-use shoal::stage::{Expected, NodeCache, Owner, Source};
+use shoal::stage::{Expected, NodeCache, Source};
 use shoal::Config;
 
 use crate::pin::{Pin, Scope};
@@ -124,7 +124,9 @@ pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<St
         digest: stored.digest.clone(),
         sha256: stored.squashfs_sha256.clone(),
         size: stored.size,
-        owner: Owner::Site,
+        scope: Scope::Site,
+        // Site copies are made by root (the prolog) and serve every user.
+        owner: (0, 0),
     };
     let source = stored.squashfs.clone();
     let (path, copied) = node_cache(config, node)?
@@ -152,7 +154,8 @@ pub fn stage_user(
         digest: pin.digest.clone(),
         sha256: pin.sha256.clone(),
         size: pin.size,
-        owner: Owner::User { uid: owner.0, gid: owner.1 },
+        scope: Scope::User,
+        owner,
     };
     let (path, copied) = node_cache(config, node)?.stage(&expected, job, source).map_err(|e| e.to_string())?;
     log_copy(copied, job, node, pin, &path);

@@ -264,6 +264,11 @@ pub struct NodeConfig {
     pub stall_timeout: u64,
 }
 
+/// `node.stall_timeout`'s default, in seconds (also the node cache's own,
+/// `stage::DEFAULT_STALL_TIMEOUT`). Here, not in `stage`: `stage` reads the
+/// store, which reads the config, so the config must not import `stage`.
+pub const DEFAULT_STALL_SECS: u64 = 60;
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -272,7 +277,7 @@ impl Default for NodeConfig {
             staging: Staging::Copy,
             capabilities_dir: None,
             container_dir: PathBuf::from("/var/lib/shoal/containers"),
-            stall_timeout: crate::stage::DEFAULT_STALL_TIMEOUT.as_secs(),
+            stall_timeout: DEFAULT_STALL_SECS,
         }
     }
 }
@@ -383,7 +388,7 @@ impl std::str::FromStr for SiteMount {
     type Err = String;
 
     fn from_str(entry: &str) -> Result<SiteMount, String> {
-        let m = crate::container::UserMount::parse(entry, Path::new("/"))
+        let m = crate::mount_spec::UserMount::parse(entry, Path::new("/"))
             .map_err(|e| format!("[mounts] site: {e}"))?;
         Ok(SiteMount {
             entry: entry.to_string(),

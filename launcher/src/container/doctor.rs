@@ -8,10 +8,7 @@ use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use nix::sched::{unshare, CloneFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult};
-
+use super::sys;
 use crate::config::Config;
 
 /// One line of the table.
@@ -28,17 +25,10 @@ fn check(name: &'static str, ok: bool, detail: impl Into<String>, fix: &str) -> 
 }
 
 fn probe_userns() -> Result<(), String> {
-    // SAFETY: single-threaded caller; the child only unshares and exits.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            let ok = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).is_ok();
-            // SAFETY: immediate exit of the forked child.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            _ => Err("unshare(CLONE_NEWUSER) refused".into()),
-        },
+    // In a child, so this process is left as it was.
+    match sys::child_can_unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("unshare(CLONE_NEWUSER) refused".into()),
         Err(e) => Err(format!("fork: {e}")),
     }
 }

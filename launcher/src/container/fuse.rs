@@ -39,22 +39,32 @@
 //! would then hang the container instead of failing it).
 
 use std::ffi::CString;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+#[cfg(feature = "image-server")]
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(feature = "image-server")]
 use std::sync::Mutex;
 
+#[cfg(feature = "image-server")]
 use nix::sys::socket;
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, ForkResult};
 
+use super::hints::Hints;
+#[cfg(feature = "image-server")]
 use super::image_server;
-use super::image_server::readahead::Hints;
 use super::sys;
 use super::userns;
 
-static IN_PROCESS: AtomicBool = AtomicBool::new(false);
+// The built-in server and the early fork are the `image-server` feature's
+// (the `shoal` binary's); without it (the plugin) the server is always
+// squashfuse_ll, exec'd. `start` reaches the built-in server only through
+// this pointer, which `serve_in_process` sets: a program that never calls
+// that (the plugin, also when a workspace build turns the feature on for
+// it) does not link the server at all (tests/plugin_symbols.rs).
+#[cfg(feature = "image-server")]
+static IN_PROCESS: std::sync::OnceLock<fn(&std::ffi::CStr, bool, Option<Hints>) -> !> = std::sync::OnceLock::new();
 
 /// Lets the image server run in the forked launcher process itself rather
 /// than exec `squashfuse_ll`. Only for a program that is single-threaded
@@ -63,8 +73,9 @@ static IN_PROCESS: AtomicBool = AtomicBool::new(false);
 /// (slurmstepd, whose task process loads the SPANK plugin) can deadlock on
 /// a lock another thread held, so the plugin never calls this and keeps
 /// the exec.
+#[cfg(feature = "image-server")]
 pub fn serve_in_process() {
-    IN_PROCESS.store(true, Ordering::Relaxed);
+    let _ = IN_PROCESS.set(serve_or_exec);
 }
 
 /// Why the FUSE server could not be started or the image not mounted.
@@ -118,17 +129,6 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// debian-mpich `/bin/true` launch 1.6 ms.
 const MALLOC_TUNING: &std::ffi::CStr = c"GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=16777216";
 
-/// squashfuse_ll's whole environment: glibc's malloc tuned ([`MALLOC_TUNING`]).
-struct ServerEnv([*const libc::c_char; 2]);
-// SAFETY: pointers to a 'static C string and NULL, never written.
-unsafe impl Sync for ServerEnv {}
-impl ServerEnv {
-    fn as_ptr(&self) -> *const *const libc::c_char {
-        self.0.as_ptr()
-    }
-}
-static SERVER_ENV: ServerEnv = ServerEnv([MALLOC_TUNING.as_ptr(), std::ptr::null()]);
-
 /// The descriptor numbers the server gets /dev/fuse and the image at.
 const SERVER_DEV_FD: i32 = 3;
 const SERVER_IMAGE_FD: i32 = 4;
@@ -137,39 +137,23 @@ const SERVER_IMAGE_PATH: &std::ffi::CStr = c"/dev/fd/4";
 
 /// Ignored dispositions survive exec, and libfuse only installs its exit
 /// handlers over SIG_DFL: a scancel's SIGTERM, a terminal's SIGINT/SIGHUP
-/// never end the server early.
-///
-/// # Safety
-/// Only changes signal dispositions (async-signal-safe after fork).
-unsafe fn ignore_stray_signals() {
-    for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        libc::signal(sig, libc::SIG_IGN);
-    }
+/// never end the server early. Async-signal-safe (the forked server).
+fn ignore_stray_signals() {
+    sys::ignore_signals(&[libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]);
 }
 
-/// squashfuse_ll's command line on the server's descriptors. One thread
-/// (`-s`) unless shared: one process reading one file after another is
-/// served faster without hand-offs between workers on a loaded node.
-fn squashfuse_argv(threaded: bool) -> Vec<*const libc::c_char> {
+/// squashfuse_ll's command line on the server's descriptors, with the
+/// tuned environment ([`MALLOC_TUNING`]) as its whole environment; its
+/// `run` execs it (exits 127 when that fails). One thread (`-s`) unless
+/// shared: one process reading one file after another is served faster
+/// without hand-offs between workers on a loaded node.
+fn squashfuse_exec(prog: &std::ffi::CStr, threaded: bool) -> sys::Exec {
     let mut args: Vec<&'static std::ffi::CStr> = vec![c"squashfuse_ll", c"-f"];
     if !threaded {
         args.push(c"-s");
     }
     args.extend([SERVER_IMAGE_PATH, SERVER_DEV_PATH]);
-    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    ptrs
-}
-
-/// Execs squashfuse_ll with the tuned environment ([`SERVER_ENV`]); exits
-/// 127 when that fails.
-///
-/// # Safety
-/// `argv` is from [`squashfuse_argv`] (NULL-terminated, 'static strings);
-/// the caller is the forked server, ready for exec.
-unsafe fn exec_squashfuse(prog: &std::ffi::CStr, argv: &[*const libc::c_char]) -> ! {
-    libc::execve(prog.as_ptr(), argv.as_ptr(), SERVER_ENV.as_ptr());
-    libc::_exit(127)
+    sys::Exec::new(prog.to_owned(), &args, &[MALLOC_TUNING])
 }
 
 fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
@@ -204,18 +188,22 @@ fn make_superblock(uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), FuseError> 
 /// [`prefork`]), loading its libraries while the launcher reads its config,
 /// resolves the user and makes the namespaces; it waits on `sock` for the
 /// superblock's /dev/fuse descriptor and the image.
+#[cfg(feature = "image-server")]
 struct Early {
     sock: OwnedFd,
     errors: OwnedFd,
     middle: nix::unistd::Pid,
 }
 
+#[cfg(feature = "image-server")]
 static EARLY: Mutex<Option<Early>> = Mutex::new(None);
 
 /// The socket's descriptor number in the early server.
+#[cfg(feature = "image-server")]
 const EARLY_SOCK_FD: i32 = 5;
 /// The largest hand-over message: a flag, squashfuse_ll's path and the
 /// read-ahead hints (which are left out when they do not fit).
+#[cfg(feature = "image-server")]
 const EARLY_MESSAGE: usize = 64 << 10;
 
 /// Forks the image server now, before the launcher knows its image, so
@@ -225,6 +213,7 @@ const EARLY_MESSAGE: usize = 64 << 10;
 /// the user; root's server must drop to the user first and is forked by
 /// [`start`]). A server that is never handed a superblock (the launch
 /// failed, the launcher died) reads end-of-file and exits.
+#[cfg(feature = "image-server")]
 pub fn prefork() -> Result<(), FuseError> {
     serve_in_process();
     let (sock, child_sock) = socket::socketpair(
@@ -238,58 +227,52 @@ pub fn prefork() -> Result<(), FuseError> {
     let null = sys::openat(None, Path::new("/dev/null"), libc::O_RDWR, 0).map_err(FuseError::Spawn)?;
     // SAFETY: the process is single-threaded and was not forked from a
     // threaded one (the caller's contract, see `serve_in_process`).
-    match unsafe { fork() }.map_err(|e| FuseError::Spawn(e.into()))? {
-        ForkResult::Parent { child } => {
+    match unsafe { sys::double_fork() }.map_err(FuseError::Spawn)? {
+        sys::Forked::Parent { middle } => {
             drop(child_sock);
-            *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(Early { sock, errors: err_r, middle: child });
+            *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(Early { sock, errors: err_r, middle });
             Ok(())
         }
-        ForkResult::Child => {
-            // SAFETY: raw syscalls in the forked child, on descriptors it owns.
-            unsafe {
-                if libc::fork() != 0 {
-                    libc::_exit(0);
-                }
-                // A process group of its own, so no terminal signal (sent to
-                // the foreground group) reaches it; but the caller's session,
-                // not a new one: with autogroup scheduling a new session is
-                // a new scheduling group, and every FUSE request then pays a
-                // cross-group wakeup (measured: the first answer 0.7 ms later).
-                libc::setpgid(0, 0);
-                // Pins no directory of the caller's (an automounted home).
-                libc::chdir(c"/".as_ptr());
-                ignore_stray_signals();
-                // Only stdio and the socket: no caller descriptor is held.
-                let s = libc::fcntl(child_sock.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-                if s < 0
-                    || libc::dup2(null.as_raw_fd(), 0) < 0
-                    || libc::dup2(null.as_raw_fd(), 1) < 0
-                    || libc::dup2(err_w.as_raw_fd(), 2) < 0
-                    || libc::dup3(s, EARLY_SOCK_FD, libc::O_CLOEXEC) < 0
-                    // Placeholders: the descriptors received later land
-                    // above them and are then moved onto these numbers.
-                    || libc::dup2(null.as_raw_fd(), SERVER_DEV_FD) < 0
-                    || libc::dup2(null.as_raw_fd(), SERVER_IMAGE_FD) < 0
-                {
-                    libc::_exit(126);
-                }
-                libc::syscall(libc::SYS_close_range, EARLY_SOCK_FD + 1, u32::MAX, 0);
-                libc::prctl(libc::PR_SET_NAME, c"shoal-fuse".as_ptr());
+        sys::Forked::Grandchild => {
+            // A process group of its own, so no terminal signal (sent to
+            // the foreground group) reaches it; but the caller's session,
+            // not a new one: with autogroup scheduling a new session is
+            // a new scheduling group, and every FUSE request then pays a
+            // cross-group wakeup (measured: the first answer 0.7 ms later).
+            sys::own_process_group();
+            // Pins no directory of the caller's (an automounted home).
+            sys::chdir_root();
+            ignore_stray_signals();
+            // Only stdio and the socket: no caller descriptor is held.
+            let placed = sys::dup_above(child_sock.as_raw_fd(), 10).and_then(|s| {
+                sys::dup_onto(null.as_raw_fd(), 0, false)?;
+                sys::dup_onto(null.as_raw_fd(), 1, false)?;
+                sys::dup_onto(err_w.as_raw_fd(), 2, false)?;
+                sys::dup_onto(s.as_raw_fd(), EARLY_SOCK_FD, true)?;
+                // Placeholders: the descriptors received later land
+                // above them and are then moved onto these numbers.
+                sys::dup_onto(null.as_raw_fd(), SERVER_DEV_FD, false)?;
+                sys::dup_onto(null.as_raw_fd(), SERVER_IMAGE_FD, false)
+            });
+            if placed.is_err() {
+                sys::exit_now(126);
             }
+            sys::close_from(EARLY_SOCK_FD + 1);
+            sys::set_name(c"shoal-fuse");
             early_server()
         }
     }
 }
 
 /// The early server's life: wait for the superblock, serve, exit.
+#[cfg(feature = "image-server")]
 fn early_server() -> ! {
-    // SAFETY: EARLY_SOCK_FD was set up by `prefork` and nothing else owns it.
-    let sock = unsafe { OwnedFd::from_raw_fd(EARLY_SOCK_FD) };
+    let sock = EARLY_SOCK_FD;
     let mut buf = vec![0u8; EARLY_MESSAGE];
     let mut space = nix::cmsg_space!([RawFd; 2]);
     let (n, fds) = {
         let mut iov = [io::IoSliceMut::new(&mut buf)];
-        match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), socket::MsgFlags::MSG_CMSG_CLOEXEC) {
+        match socket::recvmsg::<()>(sock, &mut iov, Some(&mut space), socket::MsgFlags::MSG_CMSG_CLOEXEC) {
             Ok(msg) => {
                 let mut fds = Vec::new();
                 for c in msg.cmsgs().into_iter().flatten() {
@@ -302,27 +285,24 @@ fn early_server() -> ! {
             Err(_) => (0, Vec::new()),
         }
     };
-    drop(sock);
+    sys::close_number(sock);
     // End of file: the launch did not get as far as the image.
     if n == 0 || fds.len() != 2 {
-        // SAFETY: ends this process only.
-        unsafe { libc::_exit(0) };
+        sys::exit_now(0);
     }
-    // SAFETY: the two descriptors just received, placed at the numbers the
-    // server (or squashfuse_ll) expects, without close-on-exec.
-    unsafe {
-        if libc::dup2(fds[0], SERVER_DEV_FD) < 0 || libc::dup2(fds[1], SERVER_IMAGE_FD) < 0 {
-            libc::_exit(126);
-        }
-        libc::close(fds[0]);
-        libc::close(fds[1]);
+    // The two descriptors just received, placed at the numbers the server
+    // (or squashfuse_ll) expects, without close-on-exec.
+    if sys::dup_onto(fds[0], SERVER_DEV_FD, false).is_err() || sys::dup_onto(fds[1], SERVER_IMAGE_FD, false).is_err() {
+        sys::exit_now(126);
     }
+    sys::close_number(fds[0]);
+    sys::close_number(fds[1]);
     // [threaded] squashfuse_ll's path [NUL hints]
     let mut rest = buf[1..n].splitn(2, |b| *b == 0);
     let prog = CString::new(rest.next().unwrap_or_default()).unwrap_or_default();
     let hints = rest.next().map(Hints::decode);
-    // SAFETY: the descriptors are in place; ends this process.
-    unsafe { serve_or_exec(&prog, buf[0] == 1, hints) }
+    // The descriptors are in place; ends this process.
+    serve_or_exec(&prog, buf[0] == 1, hints)
 }
 
 /// The server's work once /dev/fuse and the image are at their numbers:
@@ -331,36 +311,44 @@ fn early_server() -> ! {
 /// built-in server refuses (xz, lzo, xattrs). Exits with the server.
 /// `hints`: what the built-in server reads ahead.
 ///
-/// # Safety
 /// Called in the forked server only (it execs or exits), with
 /// SERVER_DEV_FD and SERVER_IMAGE_FD open.
-unsafe fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, hints: Option<Hints>) -> ! {
+#[cfg(feature = "image-server")]
+fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, hints: Option<Hints>) -> ! {
+    use std::io::Write;
     if !threaded {
         // A second descriptor for the reader: SERVER_IMAGE_FD stays for
         // squashfuse_ll.
-        let image = libc::fcntl(SERVER_IMAGE_FD, libc::F_DUPFD_CLOEXEC, 10);
-        if image >= 0 {
-            match image_server::squashfs::Archive::open(std::fs::File::from_raw_fd(image)) {
+        if let Ok(image) = sys::dup_above(SERVER_IMAGE_FD, 10) {
+            match image_server::squashfs::Archive::open(std::fs::File::from(image)) {
                 Ok(archive) => {
-                    let dev = libc::fcntl(SERVER_DEV_FD, libc::F_DUPFD_CLOEXEC, 10);
-                    libc::close(SERVER_DEV_FD);
-                    libc::close(SERVER_IMAGE_FD);
-                    libc::_exit(image_server::serve(OwnedFd::from_raw_fd(dev), archive, hints))
+                    let dev = sys::dup_above(SERVER_DEV_FD, 10);
+                    sys::close_number(SERVER_DEV_FD);
+                    sys::close_number(SERVER_IMAGE_FD);
+                    match dev {
+                        Ok(dev) => sys::exit_now(image_server::serve(dev, archive, hints)),
+                        // As a server on a bad descriptor would: it exits at once.
+                        Err(e) => {
+                            let _ = writeln!(io::stderr(), "image server: {e}");
+                            sys::exit_now(1)
+                        }
+                    }
                 }
                 Err(image_server::squashfs::Error::Unsupported(_)) => {}
                 Err(e) => {
                     let _ = writeln!(io::stderr(), "{e}");
-                    libc::_exit(1)
+                    sys::exit_now(1)
                 }
             }
         }
     }
-    exec_squashfuse(prog, &squashfuse_argv(threaded))
+    squashfuse_exec(prog, threaded).run()
 }
 
 /// Hands the early server its superblock: the /dev/fuse descriptor, the
 /// image, whether to serve with threads, squashfuse_ll's path (for images
 /// the built-in server does not serve) and the read-ahead hints.
+#[cfg(feature = "image-server")]
 fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded: bool, squashfuse: &Path, hints: &Hints) -> io::Result<()> {
     let mut msg = vec![u8::from(threaded)];
     msg.extend_from_slice(squashfuse.as_os_str().as_encoded_bytes());
@@ -409,25 +397,28 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
     // After the user namespace: the kernel wants /dev/fuse opened in the
     // superblock's namespace.
     let (dev, mount) = make_superblock(uid, gid)?;
-    let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let (Some(early), ServerAs::RootFor { .. }) = (&early, &who) {
-        // Not forked as this user: let it read end-of-file and exit.
-        let _ = waitpid(early.middle, None);
-    }
-    if let (Some(early), ServerAs::User { .. }) = (early, &who) {
-        hand_over(&early, dev.as_fd(), image, threaded, squashfuse, hints).map_err(FuseError::Spawn)?;
-        // The server holds the only /dev/fuse descriptor from now on.
-        drop(dev);
-        // Forked before any namespace: the launcher's mount namespace is
-        // the container's own already.
-        return Ok(FuseServer { mount: Some(mount), errors: early.errors, middle: Some(early.middle), in_launcher_namespace: false });
+    #[cfg(feature = "image-server")]
+    {
+        let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(early), ServerAs::RootFor { .. }) = (&early, &who) {
+            // Not forked as this user: let it read end-of-file and exit.
+            let _ = waitpid(early.middle, None);
+        }
+        if let (Some(early), ServerAs::User { .. }) = (early, &who) {
+            hand_over(&early, dev.as_fd(), image, threaded, squashfuse, hints).map_err(FuseError::Spawn)?;
+            // The server holds the only /dev/fuse descriptor from now on.
+            drop(dev);
+            // Forked before any namespace: the launcher's mount namespace is
+            // the container's own already.
+            return Ok(FuseServer { mount: Some(mount), errors: early.errors, middle: Some(early.middle), in_launcher_namespace: false });
+        }
     }
     let (err_r, err_w) = pipe().map_err(FuseError::Spawn)?;
     let null = sys::openat(None, Path::new("/dev/null"), libc::O_RDWR, 0).map_err(FuseError::Spawn)?;
 
     // Everything the child needs, prepared before fork.
     let prog = sys::cstr(squashfuse).map_err(FuseError::Spawn)?;
-    let argv = squashfuse_argv(threaded);
+    let exec = squashfuse_exec(&prog, threaded);
     let groups: Vec<libc::gid_t> = match &who {
         ServerAs::RootFor { groups, .. } => groups.clone(),
         ServerAs::User { .. } => Vec::new(),
@@ -435,66 +426,62 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
 
     // Shared containers (several processes reading at once) are served by
     // squashfuse_ll's pool of threads; the built-in server has one.
-    let in_process = IN_PROCESS.load(Ordering::Relaxed) && !threaded;
+    #[cfg(feature = "image-server")]
+    let server = IN_PROCESS.get().copied().filter(|_| !threaded);
+    #[cfg(not(feature = "image-server"))]
+    let server: Option<fn(&std::ffi::CStr, bool, Option<Hints>) -> !> = None;
+    let in_process = server.is_some();
     let hints = in_process.then(|| hints.clone());
 
     // SAFETY: the process is single-threaded (launcher contract), and the
     // child makes only raw syscalls on values prepared above before exec/_exit,
     // or, when the binary opted in (see `serve_in_process`: not forked from
     // a threaded process), runs the in-process server.
-    match unsafe { fork() }.map_err(|e| FuseError::Spawn(e.into()))? {
-        ForkResult::Parent { child } => {
+    match unsafe { sys::double_fork() }.map_err(FuseError::Spawn)? {
+        sys::Forked::Parent { middle } => {
             drop(err_w);
             // The server holds the only /dev/fuse descriptor from now on.
             drop(dev);
             let in_launcher_namespace = matches!(who, ServerAs::User { .. });
-            Ok(FuseServer { mount: Some(mount), errors: err_r, middle: Some(child), in_launcher_namespace })
+            Ok(FuseServer { mount: Some(mount), errors: err_r, middle: Some(middle), in_launcher_namespace })
         }
-        ForkResult::Child => unsafe {
-            // SAFETY (whole block): raw syscalls in the forked child.
-            if libc::fork() != 0 {
-                libc::_exit(0);
-            }
+        sys::Forked::Grandchild => {
             // In-process: as in `prefork`. The exec'd squashfuse_ll (the
             // plugin's) keeps the session of its own it always had.
             if in_process {
-                libc::setpgid(0, 0);
+                sys::own_process_group();
             } else {
-                libc::setsid();
+                sys::own_session();
             }
-            libc::chdir(c"/".as_ptr());
+            sys::chdir_root();
             ignore_stray_signals();
             // Keep only stdio, /dev/fuse and the image, at their numbers:
             // the server must not hold the caller's other descriptors
             // (pipes, sockets) for the container's whole life.
-            let d = libc::fcntl(dev.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-            let i = libc::fcntl(image.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-            if d < 0
-                || i < 0
-                || libc::dup2(null.as_raw_fd(), 0) < 0
-                || libc::dup2(null.as_raw_fd(), 1) < 0
-                || libc::dup2(err_w.as_raw_fd(), 2) < 0
-                || libc::dup2(d, SERVER_DEV_FD) < 0
-                || libc::dup2(i, SERVER_IMAGE_FD) < 0
-            {
-                libc::_exit(126);
+            let placed = sys::dup_above(dev.as_raw_fd(), 10).and_then(|d| {
+                let i = sys::dup_above(image.as_raw_fd(), 10)?;
+                sys::dup_onto(null.as_raw_fd(), 0, false)?;
+                sys::dup_onto(null.as_raw_fd(), 1, false)?;
+                sys::dup_onto(err_w.as_raw_fd(), 2, false)?;
+                sys::dup_onto(d.as_raw_fd(), SERVER_DEV_FD, false)?;
+                sys::dup_onto(i.as_raw_fd(), SERVER_IMAGE_FD, false)
+            });
+            if placed.is_err() {
+                sys::exit_now(126);
             }
-            libc::syscall(libc::SYS_close_range, SERVER_IMAGE_FD + 1, u32::MAX, 0);
+            sys::close_from(SERVER_IMAGE_FD + 1);
             if let ServerAs::RootFor { uid, gid, .. } = &who {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setresgid(*gid, *gid, *gid) != 0
-                    || libc::setresuid(*uid, *uid, *uid) != 0
-                {
-                    libc::_exit(126);
+                if sys::drop_to(*uid, *gid, &groups).is_err() {
+                    sys::exit_now(126);
                 }
             }
-            if in_process {
+            if let Some(serve) = server {
                 // The name `ps` and the tests see; exec renames squashfuse_ll.
-                libc::prctl(libc::PR_SET_NAME, c"shoal-fuse".as_ptr());
-                serve_or_exec(&prog, threaded, hints)
+                sys::set_name(c"shoal-fuse");
+                serve(&prog, threaded, hints)
             }
-            exec_squashfuse(&prog, &argv)
-        },
+            exec.run()
+        }
     }
 }
 
@@ -514,14 +501,12 @@ impl FuseServer {
 
     /// What the server printed, for an error message (waits briefly).
     pub fn diagnostics(&self) -> String {
-        let mut pfd = libc::pollfd { fd: self.errors.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 500) };
+        let _ = sys::poll_readable(self.errors.as_raw_fd(), 500);
         let dup = self.errors.try_clone().ok();
         let mut out = String::new();
         if let Some(fd) = dup {
-            // SAFETY: an owned duplicate, set non-blocking before reading.
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+            // Non-blocking before reading: nothing may be there.
+            let _ = sys::set_nonblocking(fd.as_raw_fd());
             let mut f = std::fs::File::from(fd);
             let mut buf = vec![0u8; 4096];
             if let Ok(n) = f.read(&mut buf) {

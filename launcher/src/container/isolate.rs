@@ -16,6 +16,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use super::sys;
+
 /// The user a child runs as.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ids<'a> {
@@ -39,33 +41,14 @@ pub(crate) fn run_as_user(ids: Ids<'_>, keep: RawFd, max: usize, work: impl FnOn
         nix::unistd::ForkResult::Child => {
             drop(r);
             let w_fd = w.as_raw_fd();
+            sys::die_with_parent();
+            sys::close_all_but(&[keep, w_fd]);
             // Which step failed, if one did, with its errno: sent to the
             // parent instead of an answer (exit code 126).
-            // SAFETY (whole block): raw syscalls on integers and the groups
-            // vector prepared before the fork.
-            let failed: Option<(&str, i32)> = unsafe {
-                let errno = || *libc::__errno_location();
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                close_all_but(&[keep, w_fd]);
-                // slurmstepd may call with only its effective ids dropped
-                // (a task's setup runs with the user's euid and saved uid
-                // 0): take uid 0 back in this child first, so that
-                // setgroups (CAP_SETGID) works, then drop everything.
-                // Fails harmlessly where the saved uid is not 0.
-                libc::syscall(libc::SYS_setresuid, -1i32, 0, -1i32);
-                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
-                    Some(("setgroups", errno()))
-                } else if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0 {
-                    Some(("setresgid", errno()))
-                } else if libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0 {
-                    Some(("setresuid", errno()))
-                } else if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    Some(("no_new_privs", errno()))
-                } else if !all_ids_are(ids.uid, ids.gid) {
-                    Some(("the ids check", 0))
-                } else {
-                    None
-                }
+            let failed = match sys::become_user_raw(ids.uid, ids.gid, &groups) {
+                Err(e) => Some(e),
+                Ok(()) if !all_ids_are(ids.uid, ids.gid) => Some(("the ids check", 0)),
+                Ok(()) => None,
             };
             let mut pipe = File::from(w);
             let code = match failed {
@@ -87,9 +70,9 @@ pub(crate) fn run_as_user(ids: Ids<'_>, keep: RawFd, max: usize, work: impl FnOn
                     126
                 }
             };
-            // SAFETY: ends the child without running the parent's exit
-            // handlers or destructors.
-            unsafe { libc::_exit(code) }
+            // Ends the child without running the parent's exit handlers or
+            // destructors.
+            sys::exit_now(code)
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(w);
@@ -119,25 +102,6 @@ fn all_ids_are(uid: u32, gid: u32) -> bool {
         && [g.real, g.effective, g.saved].iter().all(|x| x.as_raw() == gid)
 }
 
-/// Closes every descriptor above stdio except `keep`.
-///
-/// # Safety
-/// Only in a child about to run code that owns none of the closed ones.
-unsafe fn close_all_but(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
-    keep.sort_unstable();
-    let mut from = 3u32;
-    for fd in keep {
-        if fd > from {
-            // SAFETY: integer arguments only.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
-        }
-        from = fd + 1;
-    }
-    // SAFETY: integer arguments only.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
-}
-
 /// Reads `r` to its end, at most `max` bytes, failing past `deadline`.
 fn read_until(r: OwnedFd, max: usize, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut file = File::from(r);
@@ -148,18 +112,11 @@ fn read_until(r: OwnedFd, max: usize, deadline: Instant) -> io::Result<Vec<u8>> 
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {} s", LIMIT.as_secs())));
         }
-        let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        match unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(60_000) as i32) } {
-            0 => continue,
-            n if n < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            _ => {}
+        match sys::poll_readable(file.as_raw_fd(), left.as_millis().min(60_000) as i32) {
+            Ok(false) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(true) => {}
         }
         let n = match file.read(&mut buf) {
             Ok(n) => n,

@@ -7,15 +7,21 @@
 //! - `model`: the plan's data types; `policy`, `env`, `etc`, `plan`,
 //!   `inject_plan` (host-library injection made part of the plan):
 //!   deciding (pure, unit-tested as data); `render`: the `--dry-run` text;
-//! - `sys`: the kernel calls nix does not wrap (the `unsafe` here is
-//!   mostly there; the rest is `fork`/`_exit`/exec in `fuse`, `doctor` and
-//!   `setup`, the credential drop of `isolate`'s child, the FUSE device's non-blocking reads in `image_server`, and
-//!   `readahead`'s page-cache hint; outside `container/` the launcher
-//!   forbids `unsafe` in `image/`, `inject/`, `select/`, `config/`, `stage`,
-//!   `reference` and `resolve`);
+//! - `sys`: the kernel calls nix does not wrap, each raw call behind a
+//!   safe function with its `// SAFETY:` reason: every `unsafe` block of
+//!   the launcher's code is there, but the forks only their caller can
+//!   justify (what a child may do depends on the caller's threads):
+//!   `sys::double_fork` (an `unsafe fn`; `fuse` calls it twice), `fork` in
+//!   `isolate` (its child runs Rust code as the user) and
+//!   `Command::pre_exec` in `setup` (std's, unsafe for the same reason).
+//!   Unit tests may call libc directly (`image_server/tests` probes
+//!   xattrs, `isolate`'s tests try to take root back). Outside
+//!   `container/` the launcher forbids `unsafe` in `image/`, `inject/`,
+//!   `select/`, `config/`, `stage`, `reference` and `resolve`;
 //! - `userns`: namespaces; `fuse`: the image through FUSE, served by
-//!   `image_server` (Shoal's own squashfs server, for the `shoal` binary) or
-//!   squashfuse_ll;
+//!   `image_server` (Shoal's own squashfs server, with the `image-server`
+//!   feature: the `shoal` binary, not the plugin) or squashfuse_ll;
+//!   `hints`: what the server reads ahead;
 //!   `lower`: the plan's mounts as the exact syscalls (pure; `--dry-run`
 //!   prints their flags); `rootfs` (with `skeleton`): image, skeleton,
 //!   overlay root, the lowered mounts, pivot_root;
@@ -30,6 +36,8 @@ mod env;
 mod etc;
 mod exec;
 mod fuse;
+mod hints;
+#[cfg(feature = "image-server")]
 pub(crate) mod image_server;
 mod assess;
 mod cred;
@@ -54,7 +62,9 @@ use std::path::PathBuf;
 pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
-pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process, FuseError};
+pub use fuse::FuseError;
+#[cfg(feature = "image-server")]
+pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process};
 pub use lower::{lower, Facts, MountOp, SourceFact};
 pub use plan::plan;
 pub use model::{

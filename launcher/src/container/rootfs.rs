@@ -29,7 +29,7 @@ use nix::sys::stat::{fstat, SFlag};
 
 use super::etc;
 use super::fuse::{self, FuseError};
-use super::image_server::readahead::Hints;
+use super::hints::Hints;
 use super::cred;
 use super::lower::{lower, Facts, MountOp, SourceFact, ASSEMBLY_FLAGS};
 use super::model::{ImageMount, Mode, Mount, MountKind, Plan};

@@ -359,6 +359,17 @@ pub fn teardown(key: &str, mode: Mode, uid: u32) -> Result<(), ShareError> {
 /// create FILE and wait 30 s holding the lock with a half-made container,
 /// so an integration test (tests/launcher.rs) can SIGKILL it there. Only
 /// delays; changes nothing.
+///
+/// Why it stays, and why it gives no one anything (SECURITY.md, "Test
+/// hooks"): the moment it marks (built, not yet registered) has no
+/// syscall of its own (a tracer would have to count calls, which change
+/// whenever the setup does), so the test needs it.
+/// It is read from the process environment, which is the caller's own
+/// (an unprivileged `shoal run`: the user delays their own container,
+/// holding a lock only their own runs take, and creates a file as
+/// themselves), root's (`shoal run --user`), or slurmd's (slurmstepd's
+/// environment is not the job's): never a user's in a process with more
+/// rights than they have.
 #[cfg(debug_assertions)]
 fn test_hold_setup() {
     if let Some(hook) = std::env::var_os("SHOAL_TEST_HOLD_SETUP") {

@@ -275,3 +275,292 @@ pub fn move_mount_to(mnt: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
     })
     .map(drop)
 }
+
+// Processes: the forks of the FUSE server and the doctor's probe, and the
+// calls a forked child makes before it execs or exits. Each is a single
+// async-signal-safe syscall with no allocation, so it may run in the child
+// of a multi-threaded process (slurmstepd's).
+
+/// What a [`double_fork`] returns in each process that goes on.
+pub enum Forked {
+    /// The caller, with the short-lived middle process to reap.
+    Parent { middle: nix::unistd::Pid },
+    /// The grandchild: reparented away from the caller (to init or the
+    /// nearest subreaper) as soon as the middle process exits.
+    Grandchild,
+}
+
+/// Forks twice: the middle process forks again and exits at once (`_exit`,
+/// also when its fork fails), so the grandchild is nobody's child.
+///
+/// # Safety
+/// As `fork(2)`: in a multi-threaded caller, the grandchild may only make
+/// async-signal-safe calls (the functions below) until it execs or exits;
+/// anything more (allocating, taking a lock) needs a caller that is
+/// single-threaded and was not forked from a multi-threaded process.
+pub unsafe fn double_fork() -> io::Result<Forked> {
+    // SAFETY: the caller's obligations above cover the child; the child
+    // only forks and exits here.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent { middle: child }),
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: fork and _exit are async-signal-safe; the middle
+            // process ends here whatever fork returned.
+            unsafe {
+                if libc::fork() != 0 {
+                    libc::_exit(0);
+                }
+            }
+            Ok(Forked::Grandchild)
+        }
+    }
+}
+
+/// Whether a child process may `unshare(flags)`: forks one that tries and
+/// exits with the answer (the caller is left as it was).
+pub fn child_can_unshare(flags: libc::c_int) -> io::Result<bool> {
+    // SAFETY: the child makes two async-signal-safe syscalls (unshare,
+    // _exit) and touches no memory, whatever threads the caller has.
+    let pid = cvt(unsafe { libc::fork() } as libc::c_long)?;
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe { libc::_exit(if libc::unshare(flags) == 0 { 0 } else { 1 }) }
+    }
+    let pid = nix::unistd::Pid::from_raw(pid as libc::pid_t);
+    Ok(matches!(nix::sys::wait::waitpid(pid, None), Ok(nix::sys::wait::WaitStatus::Exited(_, 0))))
+}
+
+/// Ends this process at once: no atexit handlers, no stdio flush (a
+/// forked child's buffers are its parent's).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(code) }
+}
+
+/// Sets these signals to be ignored (an ignored disposition survives exec).
+pub fn ignore_signals(signals: &[libc::c_int]) {
+    for &sig in signals {
+        // SAFETY: SIG_IGN installs no handler; integer arguments only.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
+/// `setpgid(0, 0)`: a process group of its own.
+pub fn own_process_group() {
+    // SAFETY: integer arguments only.
+    unsafe { libc::setpgid(0, 0) };
+}
+
+/// `setsid()`: a session (and process group) of its own.
+pub fn own_session() {
+    // SAFETY: no arguments.
+    unsafe { libc::setsid() };
+}
+
+/// `chdir("/")`: pins no directory of the caller's.
+pub fn chdir_root() {
+    // SAFETY: a static C string.
+    unsafe { libc::chdir(c"/".as_ptr()) };
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments; the kernel returns a new descriptor that
+    // nothing else owns.
+    let new = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) } as libc::c_long)?;
+    Ok(owned(new))
+}
+
+/// Places a duplicate of `old` at number `new` (closing what was there):
+/// inherited across exec, unless `cloexec`.
+pub fn dup_onto(old: RawFd, new: RawFd, cloexec: bool) -> io::Result<()> {
+    // SAFETY: integer arguments only; which numbers to use is the caller's
+    // decision (a forked child arranging its descriptors).
+    let r = unsafe {
+        if cloexec {
+            libc::dup3(old, new, libc::O_CLOEXEC)
+        } else {
+            libc::dup2(old, new)
+        }
+    };
+    cvt(r as libc::c_long).map(drop)
+}
+
+/// Closes descriptor number `fd` (one this process holds by number, not
+/// through an `OwnedFd`).
+#[cfg(feature = "image-server")]
+pub fn close_number(fd: RawFd) {
+    // SAFETY: integer argument only.
+    unsafe { libc::close(fd) };
+}
+
+/// Closes every descriptor numbered `first` and above.
+pub fn close_from(first: RawFd) {
+    // SAFETY: integer arguments only.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+/// The name `ps` shows for this thread (15 bytes at most).
+pub fn set_name(name: &CStr) {
+    // SAFETY: a valid C string; the kernel copies at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Becomes the user for good (real, effective and saved ids, groups).
+pub fn drop_to(uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: the slice lives across the call; integer arguments otherwise.
+    unsafe {
+        cvt(libc::setgroups(groups.len(), groups.as_ptr()) as libc::c_long)?;
+        cvt(libc::setresgid(gid, gid, gid) as libc::c_long)?;
+        cvt(libc::setresuid(uid, uid, uid) as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// A program, its arguments and its whole environment, ready for
+/// `execve` before a fork (so the child allocates nothing).
+pub struct Exec {
+    prog: CString,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    pub fn new(prog: CString, args: &[&'static CStr], env: &[&'static CStr]) -> Exec {
+        let ptrs = |v: &[&'static CStr]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        Exec { prog, argv: ptrs(args), envp: ptrs(env) }
+    }
+
+    /// Execs the program; exits 127 when that fails.
+    pub fn run(&self) -> ! {
+        // SAFETY: `prog` is a C string, and `argv` and `envp` are
+        // NULL-terminated arrays of 'static C strings, all owned by `self`.
+        unsafe {
+            libc::execve(self.prog.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+            libc::_exit(127)
+        }
+    }
+}
+
+/// Waits up to `timeout_ms` for `fd` to be readable (-1: no limit):
+/// whether it is (false: the time ran out).
+pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = cvt(unsafe { libc::poll(&mut p, 1, timeout_ms) } as libc::c_long)?;
+    Ok(n > 0)
+}
+
+// The calls of `isolate`'s child, which takes the user's credentials.
+
+/// SIGKILL this process when its parent dies.
+pub fn die_with_parent() {
+    // SAFETY: integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
+/// Closes every descriptor above stdio except those in `keep`; only in a
+/// child about to run code that owns none of the closed ones.
+pub fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: integer arguments only.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: integer arguments only.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
+/// Takes the user's groups, gid and uid (real, effective and saved) and
+/// `no_new_privs`, with raw syscalls: for the calling thread alone, which
+/// in a forked child is the whole process (glibc's wrappers would signal
+/// threads that are not there). On failure, which call failed and its
+/// errno.
+///
+/// slurmstepd may call with only its effective ids dropped (a task's setup
+/// runs with the user's euid and saved uid 0), where setgroups needs
+/// CAP_SETGID: uid 0 is taken back first (harmless where the saved uid is
+/// not 0), then everything is dropped.
+pub fn become_user_raw(uid: u32, gid: u32, groups: &[u32]) -> Result<(), (&'static str, i32)> {
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: integer arguments, and the groups slice, which lives across
+    // the calls and which the kernel only reads.
+    unsafe {
+        libc::syscall(libc::SYS_setresuid, -1i32, 0, -1i32);
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+            return Err(("setgroups", errno()));
+        }
+        if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
+            return Err(("setresgid", errno()));
+        }
+        if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+            return Err(("setresuid", errno()));
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(("no_new_privs", errno()));
+        }
+    }
+    Ok(())
+}
+
+/// Sets O_NONBLOCK on `fd`'s open file.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments.
+    let fl = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long)?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, fl as libc::c_int | libc::O_NONBLOCK) } as libc::c_long).map(drop)
+}
+
+// The built-in image server's calls (`image_server`).
+
+/// read(2) into `buf`.
+#[cfg(feature = "image-server")]
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } as libc::c_long).map(|n| n as usize)
+}
+
+/// writev(2) of `head` then `body`, in one write; a failure is ignored
+/// (the caller has nothing to do about it).
+#[cfg(feature = "image-server")]
+pub fn write_two(fd: RawFd, head: &[u8], body: &[u8]) {
+    let iov = [
+        libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
+        libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() },
+    ];
+    // SAFETY: two iovecs over live buffers, which the kernel only reads.
+    unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+#[cfg(feature = "image-server")]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// glibc's malloc thresholds: allocations below `mmap` bytes come from
+/// the heap, which is trimmed past `trim` bytes free.
+#[cfg(all(feature = "image-server", target_env = "gnu"))]
+pub fn malloc_thresholds(mmap: i32, trim: i32) {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
+    }
+}
+
+/// Lowers the calling thread to SCHED_IDLE (failing leaves it as it was).
+#[cfg(feature = "image-server")]
+pub fn thread_idle_priority() {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid sched_param; pid 0 is the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) };
+}

@@ -77,9 +77,7 @@ pub fn abi_family(implementation: &str) -> Option<&'static str> {
 /// The MPI an MPI library's SONAME stands for: `libmpich.so.12` and
 /// `libmpi.so.12` are the MPICH ABI, `libmpi.so.40` Open MPI's.
 pub fn mpi_from_soname(soname: &str) -> Option<Mpi> {
-    let (implementation, abi) = if soname.starts_with("libmpich.so.12") {
-        ("mpich", "mpich")
-    } else if soname.starts_with("libmpi.so.12") {
+    let (implementation, abi) = if soname.starts_with("libmpich.so.12") || soname.starts_with("libmpi.so.12") {
         ("mpich", "mpich")
     } else if soname.starts_with("libmpi.so.40") {
         ("openmpi", "openmpi")

@@ -33,10 +33,10 @@ pub mod readahead;
 pub mod squashfs;
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
+use super::sys;
 use abi::*;
 use squashfs::{Archive, FileLayout, Inode, Kind};
 
@@ -70,13 +70,8 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
     tune_malloc();
     let readahead = hints.and_then(|hints| start_readahead(&fs, hints));
     let fd = dev.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this process owns.
-    let nonblocking = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
-    };
-    if !nonblocking {
-        eprintln!("image server: cannot make /dev/fuse non-blocking: {}", io::Error::last_os_error());
+    if let Err(e) = sys::set_nonblocking(fd) {
+        eprintln!("image server: cannot make /dev/fuse non-blocking: {e}");
         return 1;
     }
     let mut server = Server { fs, layouts: HashMap::new() };
@@ -84,10 +79,9 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
     let mut reply = Vec::with_capacity(1 << 20);
     let mut idle_since = now_ns();
     loop {
-        // SAFETY: reads into a buffer this function owns.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            match io::Error::last_os_error().raw_os_error() {
+        let n = match sys::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN) => {
                     let spinning = now_ns().saturating_sub(idle_since) < SPIN_NS;
                     if spinning && readahead.as_ref().is_some_and(|t| !t.is_finished()) {
@@ -99,13 +93,11 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
                         continue;
                     }
                     if spinning {
-                        // Lets a requester woken on this CPU run first.
-                        // SAFETY: no arguments.
-                        unsafe { libc::sched_yield() };
+                        // Lets a requester woken on this CPU run first
+                        // (sched_yield).
+                        std::thread::yield_now();
                     } else {
-                        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                        // SAFETY: one valid pollfd.
-                        unsafe { libc::poll(&mut p, 1, -1) };
+                        let _ = sys::poll_readable(fd, -1);
                         idle_since = now_ns();
                     }
                     continue;
@@ -115,12 +107,12 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
                 // The connection ended: the container is gone.
                 Some(libc::ENODEV) => return 0,
                 _ => {
-                    eprintln!("image server: reading /dev/fuse: {}", io::Error::last_os_error());
+                    eprintln!("image server: reading /dev/fuse: {e}");
                     return 1;
                 }
-            }
-        }
-        let Some(req) = Request::parse(&buf[..n as usize]) else {
+            },
+        };
+        let Some(req) = Request::parse(&buf[..n]) else {
             eprintln!("image server: malformed request from the kernel");
             return 1;
         };
@@ -138,11 +130,7 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
 /// evicted. From the heap, evicted blocks' memory is reused.
 fn tune_malloc() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
-    }
+    sys::malloc_thresholds(4 << 20, 128 << 20);
 }
 
 /// Starts the read-ahead thread on a second view of the image sharing its
@@ -158,23 +146,15 @@ fn start_readahead(fs: &Archive, hints: readahead::Hints) -> Option<std::thread:
 }
 
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    sys::monotonic_ns()
 }
 
 /// Writes one answer: the header, then `body` when `status` is 0.
 fn send(fd: i32, unique: u64, status: i32, body: &[u8]) {
     let body = if status == 0 { body } else { &[] };
     let head = out_header(unique, status, body.len());
-    let iov = [
-        libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
-        libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() },
-    ];
-    // SAFETY: two iovecs over live buffers. A failed write (the request was
-    // interrupted, ENOENT) needs nothing done.
-    unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+    // A failed write (the request was interrupted, ENOENT) needs nothing done.
+    sys::write_two(fd, &head, body);
 }
 
 /// A node id for an inode reference: the root is 1 (FUSE's), others are

@@ -52,44 +52,19 @@ const MAX_FILES: usize = 64;
 /// Symlinks followed in one path, as the kernel's limit.
 const MAX_LINKS: usize = 40;
 
-/// What the launcher knows of the command it will exec.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Hints {
-    /// `argv[0]`: a path, or a name looked up in `path`.
-    pub program: Vec<u8>,
-    /// The container's `PATH`.
-    pub path: Vec<u8>,
-    /// The container's `LD_LIBRARY_PATH`.
-    pub library_path: Vec<u8>,
-}
-
-impl Hints {
-    /// The hints as bytes for the early server's socket: the three fields,
-    /// NUL-separated (none can hold a NUL: they are C strings).
-    pub fn encode(&self) -> Vec<u8> {
-        [&self.program[..], &self.path, &self.library_path].join(&0u8)
-    }
-
-    pub fn decode(bytes: &[u8]) -> Hints {
-        let mut f = bytes.split(|b| *b == 0).map(<[u8]>::to_vec);
-        Hints { program: f.next().unwrap_or_default(), path: f.next().unwrap_or_default(), library_path: f.next().unwrap_or_default() }
-    }
-}
+pub use crate::container::hints::Hints;
 
 /// Lowers the calling thread to SCHED_IDLE: it runs only on a CPU nothing
 /// else wants, and any other thread waking there takes the CPU at once.
 fn idle_priority() {
-    let p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a valid sched_param; pid 0 is the calling thread. Failing
-    // leaves the thread at normal priority, which is only slower for others.
-    // The change alone does not reschedule: a thread started at normal
-    // priority (this one) would keep the CPU for its whole slice, and the
-    // launcher, woken on this CPU by the server's first answer, waited
-    // milliseconds (seen in scheduler traces). The yield hands it over.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &p);
-        libc::sched_yield();
-    }
+    // Failing leaves the thread at normal priority, which is only slower
+    // for others. The change alone does not reschedule: a thread started
+    // at normal priority (this one) would keep the CPU for its whole
+    // slice, and the launcher, woken on this CPU by the server's first
+    // answer, waited milliseconds (seen in scheduler traces). The yield
+    // hands it over.
+    crate::container::sys::thread_idle_priority();
+    std::thread::yield_now();
 }
 
 /// Reads ahead for `hints` (see the module documentation); returns when

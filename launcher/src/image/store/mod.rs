@@ -64,8 +64,8 @@ use crate::reference::{Digest, ImageRef, ImageSpec};
 
 /// Which store an image is in: the one notion of a site image (written by
 /// the admins, root-owned) against a user's image (anything the user could
-/// have written). The pin carries it; the node cache ([`crate::stage::Owner`])
-/// and the launcher ([`crate::container::RunImage`]) derive theirs from it.
+/// have written). The pin carries it, and so do the node cache
+/// ([`crate::stage::Expected`]) and the launcher ([`crate::container::RunImage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {

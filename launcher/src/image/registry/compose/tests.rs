@@ -3,10 +3,17 @@
 //! through the selection itself).
 
 use super::*;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::image::manifest::{OCI_INDEX, OCI_MANIFEST};
+use crate::image::registry::FetchedManifest;
+use crate::reference::Digest;
 use crate::select::capabilities::NodeCapabilities;
 use crate::select::cpu::tests::{arch_of, fixture};
 use crate::select::capabilities::Mpi;
-use crate::select::index::select;
+use crate::select::index::{select, ANN_CUDA, ANN_GPU, ANN_MPI, ANN_MPI_VERSION, ANN_TARGET, ANN_WEIGHT};
 use crate::select::JobRequest;
 
 fn d(c: char) -> Digest {
