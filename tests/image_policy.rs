@@ -833,12 +833,9 @@ fn a_signed_index_runs_on_three_nodes_and_its_chosen_entry_must_be_covered() {
 
     let guard = PolicyGuard::install(&t16_policy("trusted"));
     ok(&tb.user(&format!("shoal pull -q {REG}/t16/idx-signed:1")));
-    let out = ok(&tb.user(&format!(
-        "srun -N3 -l --image={REG}/t16/idx-signed:1 sh -c 'echo $(hostname) $(cat /etc/shoal-test-image)'"
-    )));
-    for n in ["n1", "n2", "n3"] {
-        assert!(out.contains(&format!("{n} shoal test image: busybox\n")), "{n}: {out}");
-    }
+    // Root's accepted decisions are cached per (policy, identity, digest);
+    // emptied here so that each node below decides anew.
+    let clear = || root(tb, "rm -f /var/cache/shoal/n1/trust/* /var/cache/shoal/n2/trust/* /var/cache/shoal/n3/trust/*");
     // The pin carries the index bytes that connect its signature to the
     // entry; without them root finds a signature for another digest.
     let pin = ok(&tb.user(&format!(
@@ -847,9 +844,21 @@ fn a_signed_index_runs_on_three_nodes_and_its_chosen_entry_must_be_covered() {
     let mut pin: serde_json::Value = serde_json::from_str(pin.trim()).expect("pin JSON");
     assert_eq!(pin["signatures"]["index"]["digest"].as_str(), Some(signed_index.as_str()), "{pin}");
     pin["signatures"].as_object_mut().unwrap().remove("index");
+    clear();
     let e = fails(&tb.user(&format!(
         "SHOAL_IMAGE_PIN='{pin}' srun -N1 --image={REG}/t16/idx-signed:1 cat /etc/shoal-test-image"
     )));
     assert!(e.contains(&format!("signature is for another digest ({signed_index})")), "{e}");
+    // Each node chooses the amd64 entry and root accepts it through the
+    // index's signature.
+    clear();
+    let out = ok(&tb.user(&format!(
+        "srun -N3 -l --image={REG}/t16/idx-signed:1 sh -c 'echo $(hostname) $(cat /etc/shoal-test-image)'"
+    )));
+    for n in ["n1", "n2", "n3"] {
+        assert!(out.contains(&format!("{n} shoal test image: busybox\n")), "{n}: {out}");
+        let cached = ok(&tb.root(&format!("ls /var/cache/shoal/{n}/trust | wc -l")));
+        assert_eq!(cached.trim(), "1", "{n}: root decided once: {cached}");
+    }
     drop(guard);
 }
