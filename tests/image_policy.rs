@@ -563,13 +563,38 @@ const CERT: &str = "/var/lib/shoal-testbed/tls/cert.pem";
 const SKOPEO_CERTS: &str = "/var/lib/shoal-testbed/tls/skopeo";
 
 impl Fixture {
-    /// Puts shoal/busybox:FROM at t16/REPO:TAG (same digest).
+    /// Puts shoal/busybox:FROM at t16/REPO:TAG (same digest), with no
+    /// signature for it in REPO.
     fn copy_t16(&self, from: &str, repo: &str, tag: &str) {
         root(
             self.tb,
             &format!(
                 "skopeo copy -q --src-cert-dir {SKOPEO_CERTS} --dest-cert-dir {SKOPEO_CERTS} \
                  --preserve-digests docker://{REG}/shoal/busybox:{from} docker://{REG}/t16/{repo}:{tag}"
+            ),
+        );
+        let digest = match from {
+            "latest" => &self.a,
+            "v2" => &self.b,
+            other => panic!("no digest known for shoal/busybox:{other}"),
+        };
+        self.unsign_t16(repo, digest);
+    }
+
+    /// Deletes what earlier runs signed for t16/REPO@DIGEST on this
+    /// registry (it outlives runs, and cosign 3 adds a bundle to the
+    /// `sha256-HEX` index at each signing): the `sha256-HEX` and
+    /// `sha256-HEX.sig` tags' manifests.
+    fn unsign_t16(&self, repo: &str, digest: &str) {
+        let hex = digest.trim_start_matches("sha256:");
+        root(
+            self.tb,
+            &format!(
+                "for t in sha256-{hex} sha256-{hex}.sig; do\n\
+                   d=$(curl -sI --cacert {CERT} -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+                       https://{REG}/v2/t16/{repo}/manifests/$t | tr -d '\\r' | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p')\n\
+                   [ -z \"$d\" ] || curl -sf --cacert {CERT} -X DELETE https://{REG}/v2/t16/{repo}/manifests/$d >/dev/null\n\
+                 done"
             ),
         );
     }
@@ -749,6 +774,34 @@ fn cosign_3_bundles_are_found_through_the_referrers_tag_and_checked() {
     assert!(out.contains("signatures: 1 stored, 1 sigstore bundles (fetched at pull)"), "{out}");
 }
 
+/// While held, and when dropped: the user's default store keeps no
+/// signatures for the digests A and B.
+struct DefaultSignatures(&'static Fixture);
+
+impl DefaultSignatures {
+    fn clear(f: &'static Fixture) -> DefaultSignatures {
+        let d = DefaultSignatures(f);
+        ok(&d.remove());
+        d
+    }
+
+    fn remove(&self) -> std::process::Output {
+        let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+        self.0.tb.user(&format!(
+            "rm -f ~/.local/share/shoal/signatures/{}.json ~/.local/share/shoal/signatures/{}.json",
+            hex(&self.0.a),
+            hex(&self.0.b)
+        ))
+    }
+}
+
+impl Drop for DefaultSignatures {
+    fn drop(&mut self) {
+        // Not checked: a panic here would abort a test already failing.
+        let _ = self.remove();
+    }
+}
+
 /// sha256 of `bytes`, hex (sha256sum: the tests link no hash crate).
 fn sha256_hex(bytes: &[u8]) -> String {
     use std::io::Write;
@@ -793,7 +846,9 @@ fn push_index(f: &Fixture, repo: &str) -> String {
     })
     .to_string();
     f.put_manifest(repo, "1", &body, true);
-    format!("sha256:{}", sha256_hex(body.as_bytes()))
+    let digest = format!("sha256:{}", sha256_hex(body.as_bytes()));
+    f.unsign_t16(repo, &digest);
+    digest
 }
 
 /// A signed multi-entry index on the cluster: the index's signature covers
@@ -831,6 +886,11 @@ fn a_signed_index_runs_on_three_nodes_and_its_chosen_entry_must_be_covered() {
         assert_eq!(e.trim().lines().count(), 1, "{repo}: one line: {e}");
     }
 
+    // The srun half goes through the user's default store, which outlives
+    // runs and merges the signatures of every repository an image came
+    // from: start from none for A and B, and leave none behind (the i16
+    // forged-pin test reads B's and A's too).
+    let _clean = DefaultSignatures::clear(f);
     let guard = PolicyGuard::install(&t16_policy("trusted"));
     ok(&tb.user(&format!("shoal pull -q {REG}/t16/idx-signed:1")));
     // Root's accepted decisions are cached per (policy, identity, digest);
