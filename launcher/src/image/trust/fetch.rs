@@ -144,8 +144,17 @@ fn fetch_bundles(
                 continue;
             }
         };
-        // blob_bytes checks the bundle against its digest.
-        let body = registry.blob_bytes(repository, &layer)?;
+        // blob_bytes checks the bundle against its digest. Anyone who can
+        // push may list a referrer: one whose bundle is missing or too
+        // large is a problem noted, not a failed pull.
+        let body = match registry.blob_bytes(repository, &layer) {
+            Ok(b) => b,
+            Err(e @ (RegistryError::NotFound { .. } | RegistryError::TooLarge { .. })) => {
+                set.problems.push(format!("referrer {digest} of {target} ({source}): {e}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         set.bundles.push(base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
             &body,
