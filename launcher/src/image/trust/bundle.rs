@@ -72,12 +72,10 @@ impl Bundle {
             .ok_or_else(|| "bundle is not a JSON object".to_string())?;
         match top.get("mediaType").and_then(Value::as_str) {
             Some(BUNDLE_MEDIA_TYPE | BUNDLE_MEDIA_TYPE_ALT) => {}
-            other => {
-                return Err(format!(
-                    "bundle media type is {}, not {BUNDLE_MEDIA_TYPE} (the version cosign 3 writes)",
-                    other.map_or("missing".to_string(), |m| format!("{m:?}"))
-                ))
-            }
+            other => return Err(format!(
+                "bundle media type is {}, not {BUNDLE_MEDIA_TYPE} (the version cosign 3 writes)",
+                other.map_or("missing".to_string(), |m| format!("{m:?}"))
+            )),
         }
         let material = top
             .get("verificationMaterial")
@@ -90,7 +88,10 @@ impl Bundle {
             return Err("bundle's verificationMaterial names no public key".into());
         }
         if top.contains_key("messageSignature") {
-            return Err("bundle holds a message signature (`cosign sign-blob`), not an image signature".into());
+            return Err(
+                "bundle holds a message signature (`cosign sign-blob`), not an image signature"
+                    .into(),
+            );
         }
         let env = top
             .get("dsseEnvelope")
@@ -126,7 +127,8 @@ impl Bundle {
     /// DSSE's pre-authentication encoding of the payload: the bytes the
     /// signature is over.
     fn pae(&self) -> Vec<u8> {
-        let mut m = format!("DSSEv1 {} {IN_TOTO} {} ", IN_TOTO.len(), self.payload.len()).into_bytes();
+        let mut m =
+            format!("DSSEv1 {} {IN_TOTO} {} ", IN_TOTO.len(), self.payload.len()).into_bytes();
         m.extend_from_slice(&self.payload);
         m
     }
@@ -194,7 +196,10 @@ pub fn referrer_candidates(index: &[u8]) -> Result<Vec<Digest>, String> {
     let mut out = Vec::new();
     for m in list {
         let kind = m.get("artifactType").and_then(Value::as_str);
-        if !matches!(kind, None | Some(BUNDLE_MEDIA_TYPE | BUNDLE_MEDIA_TYPE_ALT | EMPTY_MEDIA_TYPE)) {
+        if !matches!(
+            kind,
+            None | Some(BUNDLE_MEDIA_TYPE | BUNDLE_MEDIA_TYPE_ALT | EMPTY_MEDIA_TYPE)
+        ) {
             continue;
         }
         let digest = m
@@ -240,7 +245,9 @@ pub fn bundle_layer(manifest: &[u8]) -> Result<Option<(Digest, u64)>, String> {
         .ok_or_else(|| "bundle layer has no sha256 digest".to_string())?;
     let size = layer.get("size").and_then(Value::as_u64).unwrap_or(0);
     if size > MAX_BUNDLE {
-        return Err(format!("bundle layer is {size} bytes, more than {MAX_BUNDLE}"));
+        return Err(format!(
+            "bundle layer is {size} bytes, more than {MAX_BUNDLE}"
+        ));
     }
     Ok(Some((digest, size)))
 }
@@ -278,10 +285,16 @@ pub(crate) mod tests {
         );
         let b = Bundle::parse(BUNDLE.as_bytes()).unwrap();
         assert!(b.signed_by(&key()));
-        assert_eq!(b.subjects().unwrap(), vec![DIGEST.parse::<Digest>().unwrap()]);
+        assert_eq!(
+            b.subjects().unwrap(),
+            vec![DIGEST.parse::<Digest>().unwrap()]
+        );
         // No repository anywhere in what is signed.
         let statement = String::from_utf8(b.payload.clone()).unwrap();
-        assert!(!statement.contains("name") && !statement.contains("127.0.0.1"), "{statement}");
+        assert!(
+            !statement.contains("name") && !statement.contains("127.0.0.1"),
+            "{statement}"
+        );
     }
 
     #[test]
@@ -307,12 +320,19 @@ pub(crate) mod tests {
             r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"digest":{{"sha256":"{}"}}}}],"predicateType":"{SIGN_PREDICATE}","predicate":{{}}}}"#,
             &DIGEST[7..]
         );
-        let mut b = Bundle { payload: statement.into_bytes(), signatures: vec![] };
-        let sig = pair.sign(&ring::rand::SystemRandom::new(), &b.pae()).unwrap();
+        let mut b = Bundle {
+            payload: statement.into_bytes(),
+            signatures: vec![],
+        };
+        let sig = pair
+            .sign(&ring::rand::SystemRandom::new(), &b.pae())
+            .unwrap();
         b.signatures.push(sig.as_ref().to_vec());
         let k = PublicKey::from_pem(pem.as_bytes()).unwrap();
         assert!(b.signed_by(&k));
-        assert!(b.pae().starts_with(b"DSSEv1 28 application/vnd.in-toto+json "));
+        assert!(b
+            .pae()
+            .starts_with(b"DSSEv1 28 application/vnd.in-toto+json "));
     }
 
     #[test]
@@ -340,21 +360,30 @@ pub(crate) mod tests {
 
     #[test]
     fn statements_other_than_an_image_signature_are_refused() {
-        let b = |s: &str| Bundle { payload: s.as_bytes().to_vec(), signatures: vec![] };
+        let b = |s: &str| Bundle {
+            payload: s.as_bytes().to_vec(),
+            signatures: vec![],
+        };
         let h = &DIGEST[7..];
         for (s, want) in [
             ("nope".to_string(), "not JSON"),
             (r#"{"_type":"x"}"#.to_string(), "not an in-toto statement"),
             (
-                format!(r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"digest":{{"sha256":"{h}"}}}}],"predicateType":"https://slsa.dev/provenance/v1"}}"#),
+                format!(
+                    r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"digest":{{"sha256":"{h}"}}}}],"predicateType":"https://slsa.dev/provenance/v1"}}"#
+                ),
                 "an attestation",
             ),
             (
-                format!(r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"{SIGN_PREDICATE}"}}"#),
+                format!(
+                    r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"{SIGN_PREDICATE}"}}"#
+                ),
                 "no subject",
             ),
             (
-                format!(r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"digest":{{"sha512":"{h}"}}}}],"predicateType":"{SIGN_PREDICATE}"}}"#),
+                format!(
+                    r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"digest":{{"sha512":"{h}"}}}}],"predicateType":"{SIGN_PREDICATE}"}}"#
+                ),
                 "no sha256 digest",
             ),
         ] {
@@ -367,26 +396,51 @@ pub(crate) mod tests {
     fn referrers_lead_to_the_bundle_layer() {
         assert_eq!(
             referrer_candidates(TAG_INDEX.as_bytes()).unwrap(),
-            vec!["sha256:3be305698834ac2e233e8a41b03166512dc2aeeca8fafe84a19ebb949b002c4b"
-                .parse::<Digest>()
-                .unwrap()]
+            vec![
+                "sha256:3be305698834ac2e233e8a41b03166512dc2aeeca8fafe84a19ebb949b002c4b"
+                    .parse::<Digest>()
+                    .unwrap()
+            ]
         );
         // The referrers API's answer filtered by the registry, or not.
         let api = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json"},
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","artifactType":"application/spdx+json"}]}"#;
         assert_eq!(referrer_candidates(api.as_bytes()).unwrap().len(), 1);
-        assert!(referrer_candidates(b"{}").unwrap_err().contains("no `manifests`"));
+        assert!(referrer_candidates(b"{}")
+            .unwrap_err()
+            .contains("no `manifests`"));
         assert!(referrer_candidates(b"x").unwrap_err().contains("not JSON"));
         assert_eq!(
             bundle_layer(REFERRER.as_bytes()).unwrap(),
-            Some(("sha256:93020a8b92d0d2cd76da6bcfa51d8a815391678b4a07c6c8ba97327fe4d8c053".parse().unwrap(), 659))
+            Some((
+                "sha256:93020a8b92d0d2cd76da6bcfa51d8a815391678b4a07c6c8ba97327fe4d8c053"
+                    .parse()
+                    .unwrap(),
+                659
+            ))
         );
         // Another artifact (an SBOM) is not a bundle.
-        assert_eq!(bundle_layer(REFERRER.replace(BUNDLE_MEDIA_TYPE, "application/spdx+json").as_bytes()).unwrap(), None);
-        let no_layer = REFERRER.replacen(r#""mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json""#, r#""mediaType":"x""#, 1);
-        assert!(bundle_layer(no_layer.as_bytes()).unwrap_err().contains("no bundle layer"));
+        assert_eq!(
+            bundle_layer(
+                REFERRER
+                    .replace(BUNDLE_MEDIA_TYPE, "application/spdx+json")
+                    .as_bytes()
+            )
+            .unwrap(),
+            None
+        );
+        let no_layer = REFERRER.replacen(
+            r#""mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json""#,
+            r#""mediaType":"x""#,
+            1,
+        );
+        assert!(bundle_layer(no_layer.as_bytes())
+            .unwrap_err()
+            .contains("no bundle layer"));
         let huge = REFERRER.replace(r#""size":659"#, r#""size":99999999"#);
-        assert!(bundle_layer(huge.as_bytes()).unwrap_err().contains("more than"));
+        assert!(bundle_layer(huge.as_bytes())
+            .unwrap_err()
+            .contains("more than"));
     }
 }

@@ -112,18 +112,20 @@ fn fetch_bundles(
     set: &mut SignatureSet,
 ) -> Result<(), RegistryError> {
     let tag = format!("sha256-{}", target.hex());
-    let (listing, source) = match registry.referrers(repository, target, bundle::BUNDLE_MEDIA_TYPE)? {
-        Some(m) => (m, "the referrers API".to_string()),
-        None => match registry.manifest(repository, &tag) {
-            Ok(m) => (m, format!("tag {tag}")),
-            Err(RegistryError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        },
-    };
+    let (listing, source) =
+        match registry.referrers(repository, target, bundle::BUNDLE_MEDIA_TYPE)? {
+            Some(m) => (m, "the referrers API".to_string()),
+            None => match registry.manifest(repository, &tag) {
+                Ok(m) => (m, format!("tag {tag}")),
+                Err(RegistryError::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
     let candidates = match bundle::referrer_candidates(&listing.body) {
         Ok(c) => c,
         Err(e) => {
-            set.problems.push(format!("referrers of {target} ({source}): {e}"));
+            set.problems
+                .push(format!("referrers of {target} ({source}): {e}"));
             return Ok(());
         }
     };
@@ -131,7 +133,9 @@ fn fetch_bundles(
         let manifest = match registry.manifest(repository, digest.as_str()) {
             Ok(m) => m,
             Err(RegistryError::NotFound { .. }) => {
-                set.problems.push(format!("referrer {digest} of {target} ({source}) is missing"));
+                set.problems.push(format!(
+                    "referrer {digest} of {target} ({source}) is missing"
+                ));
                 continue;
             }
             Err(e) => return Err(e),
@@ -140,7 +144,8 @@ fn fetch_bundles(
             Ok(Some((layer, _))) => layer,
             Ok(None) => continue,
             Err(e) => {
-                set.problems.push(format!("referrer {digest} of {target} ({source}): {e}"));
+                set.problems
+                    .push(format!("referrer {digest} of {target} ({source}): {e}"));
                 continue;
             }
         };
@@ -150,7 +155,8 @@ fn fetch_bundles(
         let body = match registry.blob_bytes(repository, &layer) {
             Ok(b) => b,
             Err(e @ (RegistryError::NotFound { .. } | RegistryError::TooLarge { .. })) => {
-                set.problems.push(format!("referrer {digest} of {target} ({source}): {e}"));
+                set.problems
+                    .push(format!("referrer {digest} of {target} ({source}): {e}"));
                 continue;
             }
             Err(e) => return Err(e),
