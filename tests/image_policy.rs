@@ -556,3 +556,369 @@ fn srun_and_salloc_check_at_submission_and_root_checks_again_on_the_nodes() {
         "{e}"
     );
 }
+
+// --- cosign 3's sigstore bundles and signed indexes (repositories t16/...) ---
+
+const CERT: &str = "/var/lib/shoal-testbed/tls/cert.pem";
+const SKOPEO_CERTS: &str = "/var/lib/shoal-testbed/tls/skopeo";
+
+impl Fixture {
+    /// Puts shoal/busybox:FROM at t16/REPO:TAG (same digest), with no
+    /// signature for it in REPO.
+    fn copy_t16(&self, from: &str, repo: &str, tag: &str) {
+        root(
+            self.tb,
+            &format!(
+                "skopeo copy -q --src-cert-dir {SKOPEO_CERTS} --dest-cert-dir {SKOPEO_CERTS} \
+                 --preserve-digests docker://{REG}/shoal/busybox:{from} docker://{REG}/t16/{repo}:{tag}"
+            ),
+        );
+        let digest = match from {
+            "latest" => &self.a,
+            "v2" => &self.b,
+            other => panic!("no digest known for shoal/busybox:{other}"),
+        };
+        self.unsign_t16(repo, digest);
+    }
+
+    /// Deletes what earlier runs signed for t16/REPO@DIGEST on this
+    /// registry (it outlives runs, and cosign 3 adds a bundle to the
+    /// `sha256-HEX` index at each signing): the `sha256-HEX` and
+    /// `sha256-HEX.sig` tags' manifests.
+    fn unsign_t16(&self, repo: &str, digest: &str) {
+        let hex = digest.trim_start_matches("sha256:");
+        root(
+            self.tb,
+            &format!(
+                "for t in sha256-{hex} sha256-{hex}.sig; do\n\
+                   d=$(curl -sI --cacert {CERT} -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+                       https://{REG}/v2/t16/{repo}/manifests/$t | tr -d '\\r' | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p')\n\
+                   [ -z \"$d\" ] || curl -sf --cacert {CERT} -X DELETE https://{REG}/v2/t16/{repo}/manifests/$d >/dev/null\n\
+                 done"
+            ),
+        );
+    }
+
+    /// Signs t16/REPO@DIGEST with KEY in cosign 3's default format (a
+    /// sigstore bundle attached as a referrer), or with `classic` in the
+    /// simple-signing format.
+    fn sign_t16(&self, key: &str, repo: &str, digest: &str, classic: bool) {
+        let format = if classic { "--new-bundle-format=false" } else { "" };
+        root(
+            self.tb,
+            &format!(
+                "cd {STATE} && COSIGN_PASSWORD=test {cosign} sign --key {key}.key --tlog-upload=false --use-signing-config=false \
+                 {format} --registry-cacert {CERT} -y {REG}/t16/{repo}@{digest} 2>&1",
+                cosign = self.cosign.display()
+            ),
+        );
+    }
+
+    /// PUTs `body` as t16/REPO's manifest TAG (an index when `index`).
+    fn put_manifest(&self, repo: &str, tag: &str, body: &str, index: bool) {
+        let file = format!("{STATE}/t16-put.json");
+        std::fs::write(&file, body).unwrap();
+        let ty = if index {
+            "application/vnd.oci.image.index.v1+json"
+        } else {
+            "application/vnd.oci.image.manifest.v1+json"
+        };
+        root(
+            self.tb,
+            &format!(
+                "curl -sf --cacert {CERT} -X PUT -H 'Content-Type: {ty}' --data-binary @{file} \
+                 https://{REG}/v2/t16/{repo}/manifests/{tag}"
+            ),
+        );
+    }
+
+    /// Uploads `body` as a blob of t16/REPO; returns its digest.
+    fn put_blob(&self, repo: &str, body: &str) -> String {
+        let file = format!("{STATE}/t16-blob");
+        std::fs::write(&file, body).unwrap();
+        root(
+            self.tb,
+            &format!(
+                "d=sha256:$(sha256sum {file} | cut -d' ' -f1)\n\
+                 loc=$(curl -sf --cacert {CERT} -X POST -D - -o /dev/null https://{REG}/v2/t16/{repo}/blobs/uploads/ | tr -d '\\r' | sed -n 's/^[Ll]ocation: //p')\n\
+                 case $loc in http*) ;; *) loc=https://{REG}$loc ;; esac\n\
+                 case $loc in *\\?*) sep='&' ;; *) sep='?' ;; esac\n\
+                 curl -sf --cacert {CERT} -X PUT -H 'Content-Type: application/octet-stream' --data-binary @{file} \"$loc${{sep}}digest=$d\"\n\
+                 echo $d"
+            ),
+        )
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string()
+    }
+}
+
+/// The t16 policy: each repository below needs the trusted key
+/// (matchRepository); the rest of t16 is rejected.
+fn t16_policy(key: &str) -> String {
+    let repo = signed(key, r#"{"type": "matchRepository"}"#);
+    let repos: Vec<String> = [
+        "bundle", "bundle-otherkey", "bundle-copied", "bundle-both", "bundle-bad",
+        "idx-signed", "idx-unsigned", "idx-otherkey",
+    ]
+    .iter()
+    .map(|r| format!(r#""{REG}/t16/{r}": {repo}"#))
+    .collect();
+    format!(
+        r#"{{"default": [{{"type": "reject"}}],
+            "transports": {{"docker": {{
+                "{REG}": [{{"type": "insecureAcceptAnything"}}],
+                "{REG}/t16": [{{"type": "reject"}}],
+                {}
+            }}}}}}"#,
+        repos.join(",\n")
+    )
+}
+
+/// cosign 3.1.1's default signature, a sigstore bundle, on a registry
+/// without a referrers API: Shoal asks the API (404), finds the bundle
+/// under the `sha256-HEX` tag, checks the key and the digest, and refuses
+/// it for the identity it lacks; another key, another image's bundle and
+/// an unreadable bundle are each refused as such; next to a classic
+/// signature the bundle is kept in the store.
+#[test]
+fn cosign_3_bundles_are_found_through_the_referrers_tag_and_checked() {
+    let _s = serial();
+    let f = fixture();
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    // Debian's registry 2.8 has no referrers API.
+    f.copy_t16("latest", "bundle", "v1");
+    f.sign_t16("trusted", "bundle", &f.a, false);
+    let code = root(f.tb, &format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --cacert {CERT} https://{REG}/v2/t16/bundle/referrers/{}", f.a
+    ));
+    assert_eq!(code.trim(), "404");
+
+    f.copy_t16("latest", "bundle-otherkey", "v1");
+    f.sign_t16("stranger", "bundle-otherkey", &f.a, false);
+    // The bundle of A, listed as a referrer of B.
+    f.copy_t16("latest", "bundle-copied", "v1");
+    f.sign_t16("trusted", "bundle-copied", &f.a, false);
+    f.copy_t16("v2", "bundle-copied", "v2");
+    let listed = root(f.tb, &format!(
+        "curl -sf --cacert {CERT} -H 'Accept: application/vnd.oci.image.index.v1+json' https://{REG}/v2/t16/bundle-copied/manifests/sha256-{}",
+        hex(&f.a)
+    ));
+    f.put_manifest("bundle-copied", &format!("sha256-{}", hex(&f.b)), listed.trim(), true);
+    // A referrer whose bundle is not JSON.
+    f.copy_t16("latest", "bundle-bad", "v1");
+    let empty = f.put_blob("bundle-bad", "{}");
+    let bad_body = r#"{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "#;
+    let bad = f.put_blob("bundle-bad", bad_body);
+    let bundle_type = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let referrer = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": bundle_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": bundle_type, "digest": bad, "size": bad_body.len()}],
+    })
+    .to_string();
+    f.put_manifest("bundle-bad", "bad-referrer", &referrer, false);
+    let referrer_digest = format!("sha256:{}", sha256_hex(referrer.as_bytes()));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": referrer_digest,
+                       "size": referrer.len(), "artifactType": bundle_type}],
+    })
+    .to_string();
+    f.put_manifest("bundle-bad", &format!("sha256-{}", hex(&f.a)), &index, true);
+
+    let p = LocalPolicy::new("t16-bundles", &t16_policy("trusted"));
+    let s = store(f.tb, "t16-bundles");
+    for (repo, want) in [
+        (
+            "bundle",
+            format!(r#"(scope docker "{REG}/t16/bundle"): the only trusted signature is a sigstore bundle (cosign 3's default format), which names no repository, so signedIdentity matchRepository cannot accept it; sign it in cosign's classic format"#),
+        ),
+        (
+            "bundle-otherkey",
+            format!(r#"(scope docker "{REG}/t16/bundle-otherkey"): not signed by a trusted key (trusted: {STATE}/trusted.pub)"#),
+        ),
+        (
+            "bundle-bad",
+            format!(r#"(scope docker "{REG}/t16/bundle-bad"): malformed or unsupported signature (sigstore bundle: bundle is not JSON"#),
+        ),
+    ] {
+        let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/t16/{repo}:v1")));
+        assert!(e.contains(&format!("{REG}/t16/{repo}:v1: refused by the site image policy")), "{repo}: {e}");
+        assert!(e.contains(&want), "{repo}: want {want:?} in:\n{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{repo}: one line: {e}");
+    }
+    let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/t16/bundle-copied:v2")));
+    assert!(
+        e.contains(&format!(r#"(scope docker "{REG}/t16/bundle-copied"): signature is for another digest ({})"#, f.a)),
+        "{e}"
+    );
+    let images = ok(&f.tb.user(&format!("ls {}/shoal/images/sha256 2>/dev/null | wc -l", s.display())));
+    assert_eq!(images.trim(), "0", "a refused pull stores nothing");
+
+    // Both formats: the classic signature accepts it, and the bundle is
+    // kept with it for offline nodes.
+    f.copy_t16("latest", "bundle-both", "v1");
+    f.sign_t16("trusted", "bundle-both", &f.a, false);
+    f.sign_t16("trusted", "bundle-both", &f.a, true);
+    ok(&f.shoal(&p, &s, &format!("pull -q {REG}/t16/bundle-both:v1")));
+    let stored = std::fs::read_to_string(s.join(format!("shoal/signatures/{}.json", hex(&f.a)))).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["bundles"].as_array().map(Vec::len), Some(1), "{stored}");
+    let out = ok(&f.shoal(&p, &s, &format!("inspect {REG}/t16/bundle-both:v1")));
+    assert!(out.contains("signatures: 1 stored, 1 sigstore bundles (fetched at pull)"), "{out}");
+}
+
+/// While held, and when dropped: the user's default store keeps no
+/// signatures for the digests A and B.
+struct DefaultSignatures(&'static Fixture);
+
+impl DefaultSignatures {
+    fn clear(f: &'static Fixture) -> DefaultSignatures {
+        let d = DefaultSignatures(f);
+        ok(&d.remove());
+        d
+    }
+
+    fn remove(&self) -> std::process::Output {
+        let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+        self.0.tb.user(&format!(
+            "rm -f ~/.local/share/shoal/signatures/{}.json ~/.local/share/shoal/signatures/{}.json",
+            hex(&self.0.a),
+            hex(&self.0.b)
+        ))
+    }
+}
+
+impl Drop for DefaultSignatures {
+    fn drop(&mut self) {
+        // Not checked: a panic here would abort a test already failing.
+        let _ = self.remove();
+    }
+}
+
+/// sha256 of `bytes`, hex (sha256sum: the tests link no hash crate).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+/// The content digest and size of t16/REPO:TAG's manifest.
+fn manifest_of(tb: &Testbed, repo: &str, tag: &str) -> (String, usize) {
+    let body = root(
+        tb,
+        &format!(
+            "curl -sf --cacert {CERT} -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+             https://{REG}/v2/t16/{repo}/manifests/{tag}"
+        ),
+    );
+    (format!("sha256:{}", sha256_hex(body.as_bytes())), body.len())
+}
+
+/// A two-entry index (shoal/busybox:latest as linux/amd64, :v2 as
+/// linux/arm64) pushed byte for byte as t16/REPO:1; returns its digest.
+fn push_index(f: &Fixture, repo: &str) -> String {
+    f.copy_t16("latest", repo, "amd64");
+    f.copy_t16("v2", repo, "arm64");
+    let (a, a_size) = manifest_of(f.tb, repo, "amd64");
+    let (b, b_size) = manifest_of(f.tb, repo, "arm64");
+    assert_eq!((a.as_str(), b.as_str()), (f.a.as_str(), f.b.as_str()));
+    let m = "application/vnd.oci.image.manifest.v1+json";
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": m, "digest": a, "size": a_size, "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": m, "digest": b, "size": b_size, "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+        ],
+    })
+    .to_string();
+    f.put_manifest(repo, "1", &body, true);
+    let digest = format!("sha256:{}", sha256_hex(body.as_bytes()));
+    f.unsign_t16(repo, &digest);
+    digest
+}
+
+/// A signed multi-entry index on the cluster: the index's signature covers
+/// the entry each node chooses (through the index bytes the pin carries),
+/// so it runs on three nodes, and root refuses a pin stripped of the
+/// index; an index whose chosen entry is unsigned, or signed by another
+/// key (another entry's trusted signature does not help), is refused at
+/// pull with one line.
+#[test]
+fn a_signed_index_runs_on_three_nodes_and_its_chosen_entry_must_be_covered() {
+    let _s = serial();
+    let f = fixture();
+    let tb = f.tb;
+    let signed_index = push_index(f, "idx-signed");
+    f.sign_t16("trusted", "idx-signed", &signed_index, true);
+    push_index(f, "idx-unsigned");
+    push_index(f, "idx-otherkey");
+    f.sign_t16("stranger", "idx-otherkey", &f.a, true);
+    f.sign_t16("trusted", "idx-otherkey", &f.b, true);
+
+    let p = LocalPolicy::new("t16-index", &t16_policy("trusted"));
+    let s = store(tb, "t16-index");
+    for (repo, want) in [
+        ("idx-unsigned", "no signature; sign it".to_string()),
+        ("idx-otherkey", format!("not signed by a trusted key (trusted: {STATE}/trusted.pub)")),
+    ] {
+        let e = fails(&f.shoal(&p, &s, &format!("pull -q {REG}/t16/{repo}:1")));
+        assert!(
+            e.contains(&format!(
+                r#"{REG}/t16/{repo}:1: refused by the site image policy {} (scope docker "{REG}/t16/{repo}"): {want}"#,
+                p.file.display()
+            )),
+            "{repo}: {e}"
+        );
+        assert_eq!(e.trim().lines().count(), 1, "{repo}: one line: {e}");
+    }
+
+    // The srun half goes through the user's default store, which outlives
+    // runs and merges the signatures of every repository an image came
+    // from: start from none for A and B, and leave none behind (the i16
+    // forged-pin test reads B's and A's too).
+    let _clean = DefaultSignatures::clear(f);
+    let guard = PolicyGuard::install(&t16_policy("trusted"));
+    ok(&tb.user(&format!("shoal pull -q {REG}/t16/idx-signed:1")));
+    // Root's accepted decisions are cached per (policy, identity, digest);
+    // emptied here so that each node below decides anew.
+    let clear = || root(tb, "rm -f /var/cache/shoal/n1/trust/* /var/cache/shoal/n2/trust/* /var/cache/shoal/n3/trust/*");
+    // The pin carries the index bytes that connect its signature to the
+    // entry; without them root finds a signature for another digest.
+    let pin = ok(&tb.user(&format!(
+        "srun -N1 --image={REG}/t16/idx-signed:1 sh -c 'printf %s \"$SHOAL_IMAGE_PIN\"'"
+    )));
+    let mut pin: serde_json::Value = serde_json::from_str(pin.trim()).expect("pin JSON");
+    assert_eq!(pin["signatures"]["index"]["digest"].as_str(), Some(signed_index.as_str()), "{pin}");
+    pin["signatures"].as_object_mut().unwrap().remove("index");
+    clear();
+    let e = fails(&tb.user(&format!(
+        "SHOAL_IMAGE_PIN='{pin}' srun -N1 --image={REG}/t16/idx-signed:1 cat /etc/shoal-test-image"
+    )));
+    assert!(e.contains(&format!("signature is for another digest ({signed_index})")), "{e}");
+    // Each node chooses the amd64 entry and root accepts it through the
+    // index's signature.
+    clear();
+    let out = ok(&tb.user(&format!(
+        "srun -N3 -l --image={REG}/t16/idx-signed:1 sh -c 'echo $(hostname) $(cat /etc/shoal-test-image)'"
+    )));
+    for n in ["n1", "n2", "n3"] {
+        assert!(out.contains(&format!("{n} shoal test image: busybox\n")), "{n}: {out}");
+        let cached = ok(&tb.root(&format!("ls /var/cache/shoal/{n}/trust | wc -l")));
+        assert_eq!(cached.trim(), "1", "{n}: root decided once: {cached}");
+    }
+    drop(guard);
+}

@@ -1,5 +1,7 @@
-//! Registry documents: manifests, indexes (with platform selection) and
-//! image configs, as served by a registry anyone can push to.
+//! Registry documents: manifests, indexes (with platform selection),
+//! image configs, and signature documents (cosign simple-signing payloads,
+//! sigstore bundles and the referrer indexes and manifests that lead to
+//! them), as served by a registry anyone can push to.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use shoal::image::manifest::{ConfigBlob, Document};
@@ -20,4 +22,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = shoal::image::manifest::select_platform(&list, &want);
     }
     let _ = ConfigBlob::parse(body);
+    let _ = shoal::image::trust::Payload::parse(body);
+    let _ = shoal::image::trust::bundle::referrer_candidates(body);
+    let _ = shoal::image::trust::bundle::bundle_layer(body);
+    if let Ok(b) = shoal::image::trust::bundle::Bundle::parse(body) {
+        // The statement is read only after a key check in Shoal; here it
+        // is read anyway, as an attacker's payload would be.
+        let _ = b.subjects();
+    }
 });

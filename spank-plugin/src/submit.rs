@@ -171,15 +171,7 @@ fn index_trust(
         trust::check_stored(config, store, spec, &stored)?;
         identity = identity.or_else(|| trust::stored_identity(spec, &stored).map(|r| r.to_string()));
         if let Some(set) = trust::stored_signatures(store, &stored) {
-            let acc = all.get_or_insert_with(Default::default);
-            acc.index = acc.index.take().or(set.index);
-            for s in set.signatures {
-                if !acc.signatures.contains(&s) {
-                    acc.signatures.push(s);
-                }
-            }
-            acc.problems.extend(set.problems);
-            acc.fetched_at = acc.fetched_at.max(set.fetched_at);
+            all.get_or_insert_with(Default::default).merge(set);
         }
     }
     Ok((identity, all))

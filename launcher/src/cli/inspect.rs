@@ -56,6 +56,7 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
             "allowed": verdict.is_ok(),
             "status": status,
             "signatures": signatures.as_ref().map_or(0, |s| s.signatures.len()),
+            "bundles": signatures.as_ref().map_or(0, |s| s.bundles.len()),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -80,7 +81,11 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
         img.squashfs_sha256
     );
     match &signatures {
-        Some(s) => println!("signatures: {} stored (fetched at pull)", s.signatures.len()),
+        Some(s) => println!(
+            "signatures: {} stored, {} sigstore bundles (fetched at pull)",
+            s.signatures.len(),
+            s.bundles.len()
+        ),
         None => println!("signatures: none stored"),
     }
     println!("policy:     {status}");

@@ -282,6 +282,39 @@ impl Registry {
         self.on_endpoints(|ep| self.manifest_on(ep, repository, reference))
     }
 
+    /// The OCI 1.1 referrers of `digest` of artifact type `artifact_type`
+    /// (`GET /v2/NAME/referrers/DIGEST?artifactType=...`), an image index;
+    /// `None` when the registry has no referrers API (it answers 404, as
+    /// the distribution spec has registries without one do). A registry
+    /// may ignore the filter: callers check each entry's type.
+    pub fn referrers(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        artifact_type: &str,
+    ) -> Result<Option<FetchedManifest>, RegistryError> {
+        let path = format!(
+            "/v2/{repository}/referrers/{digest}?artifactType={}",
+            auth::query_escape(artifact_type)
+        );
+        let what = format!("referrers of {repository}@{digest}");
+        let got = self.on_endpoints(|ep| {
+            let resp = self.send(ep, Method::Get, &path, repository, &what)?;
+            let content_type = resp.header("content-type").map(str::to_string);
+            let body = read_capped(resp, &ep.name, &what)?;
+            Ok(FetchedManifest {
+                digest: sha256_digest(&body),
+                body,
+                content_type,
+            })
+        });
+        match got {
+            Ok(m) => Ok(Some(m)),
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn manifest_on(
         &self,
         ep: &Endpoint,

@@ -8,12 +8,11 @@
 //! writes with `--new-bundle-format=false` (cosign 2's default).
 //!
 //! cosign 3's default, a sigstore bundle (a DSSE envelope over an in-toto
-//! statement) attached as a referrer (or, without a referrers API, listed
-//! in an index under the tag `sha256-HEX`), signs the digest alone and
-//! names no repository, so no `signedIdentity` rule can accept it. Such a
-//! bundle is noticed and reported as the reason, never counted as a
-//! signature.
+//! statement), is attached as an OCI 1.1 referrer: found through the
+//! referrers API, or without one, in the index under the tag `sha256-HEX`
+//! (the referrers tag schema), and judged by [`super::bundle`].
 
+use super::bundle;
 use super::sigstore::{
     IndexDocument, Signature, SignatureSet, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE,
 };
@@ -47,9 +46,7 @@ pub fn fetch(
     }
     for target in &targets {
         fetch_sig_tag(registry, repository, target, &mut set)?;
-        if set.signatures.is_empty() {
-            note_bundle(registry, repository, target, &mut set)?;
-        }
+        fetch_bundles(registry, repository, target, &mut set)?;
     }
     Ok(set)
 }
@@ -103,46 +100,70 @@ fn fetch_sig_tag(
     Ok(())
 }
 
-/// Notices a cosign 3 sigstore bundle listed under the referrers tag
-/// schema (`sha256-HEX`, an index), to say why it does not count.
-fn note_bundle(
+/// Reads the sigstore bundles attached to `target`: the referrers API
+/// first, and where the registry has none (404), the referrers tag schema
+/// (`sha256-HEX`, an index of referrers), which is where cosign 3 puts
+/// them on such a registry. Each bundle is stored as served; unreadable
+/// referrers are noted as problems.
+fn fetch_bundles(
     registry: &Registry,
     repository: &str,
     target: &Digest,
     set: &mut SignatureSet,
 ) -> Result<(), RegistryError> {
     let tag = format!("sha256-{}", target.hex());
-    let index = match registry.manifest(repository, &tag) {
-        Ok(m) => m,
-        Err(RegistryError::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    // The index lists artifact manifests; the bundle's media type is in
-    // theirs.
-    let listed: Vec<String> = serde_json::from_slice::<serde_json::Value>(&index.body)
-        .ok()
-        .and_then(|v| v.get("manifests").and_then(|m| m.as_array()).cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|m| m.get("digest").and_then(|d| d.as_str()).map(str::to_string))
-        .take(8)
-        .collect();
-    let mut bundle = false;
-    for digest in listed {
-        match registry.manifest(repository, &digest) {
-            Ok(m)
-                if String::from_utf8_lossy(&m.body)
-                    .contains("application/vnd.dev.sigstore.bundle") =>
-            {
-                bundle = true
-            }
-            Ok(_) | Err(RegistryError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
+    let (listing, source) =
+        match registry.referrers(repository, target, bundle::BUNDLE_MEDIA_TYPE)? {
+            Some(m) => (m, "the referrers API".to_string()),
+            None => match registry.manifest(repository, &tag) {
+                Ok(m) => (m, format!("tag {tag}")),
+                Err(RegistryError::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
+    let candidates = match bundle::referrer_candidates(&listing.body) {
+        Ok(c) => c,
+        Err(e) => {
+            set.problems
+                .push(format!("referrers of {target} ({source}): {e}"));
+            return Ok(());
         }
-    }
-    if bundle {
-        set.problems.push(format!(
-            "{tag} holds a sigstore bundle (cosign 3's default format), which signs the digest without naming a repository, so no signedIdentity rule can accept it; sign with `cosign sign --new-bundle-format=false --use-signing-config=false`"
+    };
+    for digest in candidates {
+        let manifest = match registry.manifest(repository, digest.as_str()) {
+            Ok(m) => m,
+            Err(RegistryError::NotFound { .. }) => {
+                set.problems.push(format!(
+                    "referrer {digest} of {target} ({source}) is missing"
+                ));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let layer = match bundle::bundle_layer(&manifest.body) {
+            Ok(Some((layer, _))) => layer,
+            Ok(None) => continue,
+            Err(e) => {
+                set.problems
+                    .push(format!("referrer {digest} of {target} ({source}): {e}"));
+                continue;
+            }
+        };
+        // blob_bytes checks the bundle against its digest. Anyone who can
+        // push may list a referrer: one whose bundle is missing or too
+        // large is a problem noted, not a failed pull.
+        let body = match registry.blob_bytes(repository, &layer) {
+            Ok(b) => b,
+            Err(e @ (RegistryError::NotFound { .. } | RegistryError::TooLarge { .. })) => {
+                set.problems
+                    .push(format!("referrer {digest} of {target} ({source}): {e}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        set.bundles.push(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            &body,
         ));
     }
     Ok(())

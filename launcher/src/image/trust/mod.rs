@@ -7,7 +7,9 @@
 //!
 //! - [`policy`]: the file, its scopes and `signedIdentity` rules;
 //! - [`sigstore`]: cosign public keys, payloads, the ECDSA check;
-//! - [`fetch`]: signatures from the registry (`sha256-HEX.sig` tags);
+//! - [`bundle`]: cosign 3's sigstore bundles (DSSE over in-toto);
+//! - [`fetch`]: signatures from the registry (`sha256-HEX.sig` tags, OCI
+//!   1.1 referrers or the `sha256-HEX` referrers tag);
 //! - here: the decision ([`check`]), its one-line refusals, where
 //!   signatures are kept in a store, and the node-side cache of decisions.
 //!
@@ -24,6 +26,7 @@
 //! without them; only images in the site store (`shoal pull --site`, root
 //! owned) bind the bytes that run to the signature end to end.
 
+pub mod bundle;
 pub mod fetch;
 pub mod policy;
 pub mod sigstore;
@@ -126,6 +129,11 @@ pub enum Why {
         claimed: String,
         rule: String,
     },
+    /// A sigstore bundle by a trusted key for this image: it names no
+    /// repository, which every signedIdentity rule compares.
+    NoIdentity {
+        rule: String,
+    },
     /// A signature or signature manifest that cannot be read.
     Malformed(String),
     /// A signature is required but the image has no registry identity.
@@ -137,7 +145,7 @@ impl Why {
     fn rank(&self) -> u8 {
         match self {
             Why::Rejected | Why::Local => 9,
-            Why::Identity { .. } => 5,
+            Why::Identity { .. } | Why::NoIdentity { .. } => 5,
             Why::OtherDigest { .. } => 4,
             Why::UntrustedKey { .. } => 3,
             Why::Malformed(_) => 2,
@@ -154,6 +162,9 @@ impl Why {
             Why::UntrustedKey { .. } => "sign it with a key the site policy trusts".into(),
             Why::OtherDigest { .. } => "the signature belongs to another image (or the tag moved after signing): sign this image's digest and pull again".into(),
             Why::Identity { .. } => "sign it in the repository it is pulled from, or ask the admins for a signedIdentity rule that accepts it (cosign signs the repository only: matchRepository)".into(),
+            Why::NoIdentity { .. } => format!(
+                "sign it in cosign's classic format, which names the repository (`cosign sign --key KEY --new-bundle-format=false --use-signing-config=false --tlog-upload=false IMAGE@DIGEST`), and pull it again with `shoal pull {image}`"
+            ),
             Why::Malformed(_) => "sign the image again with cosign and pull it again".into(),
             Why::Local => "pull it from a registry the policy allows; a local image carries no registry signature".into(),
         }
@@ -177,6 +188,10 @@ impl fmt::Display for Why {
                     "signature is for {claimed:?}, which signedIdentity {rule} does not accept"
                 )
             }
+            Why::NoIdentity { rule } => write!(
+                f,
+                "the only trusted signature is a sigstore bundle (cosign 3's default format), which names no repository, so signedIdentity {rule} cannot accept it"
+            ),
             Why::Malformed(m) => write!(f, "malformed or unsupported signature ({m})"),
             Why::Local => f.write_str("a signature is required and a local image has none"),
         }
@@ -319,6 +334,44 @@ fn check_signed(
         }
         return Ok((key.source.clone(), parsed.docker_reference));
     }
+    for b in &set.bundles {
+        let bundle = match base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|_| "stored bundle is not base64".to_string())
+            .and_then(|bytes| bundle::Bundle::parse(&bytes))
+        {
+            Ok(bundle) => bundle,
+            Err(e) => {
+                note(Why::Malformed(format!("sigstore bundle: {e}")));
+                continue;
+            }
+        };
+        if !keys.iter().any(|k| bundle.signed_by(&k.key)) {
+            note(Why::UntrustedKey {
+                keys: keys.iter().map(|k| k.source.clone()).collect(),
+            });
+            continue;
+        }
+        let subjects = match bundle.subjects() {
+            Ok(s) => s,
+            Err(e) => {
+                note(Why::Malformed(format!("sigstore bundle: {e}")));
+                continue;
+            }
+        };
+        if !subjects.iter().any(|d| covered.contains(d)) {
+            note(Why::OtherDigest {
+                signed: subjects[0].clone(),
+            });
+            continue;
+        }
+        // Signed by a trusted key for this digest; what is missing is the
+        // identity every rule compares (containers-policy.json(5): the
+        // signature's claimed reference against the image's).
+        note(Why::NoIdentity {
+            rule: rule.to_string(),
+        });
+    }
     Err(worst)
 }
 
@@ -410,14 +463,8 @@ pub fn save_signatures(
 ) -> std::io::Result<()> {
     let mut set = set.clone();
     if let Some(old) = load_signatures(root, image) {
-        for sig in old.signatures {
-            if !set.signatures.contains(&sig) {
-                set.signatures.push(sig);
-            }
-        }
-        if set.index.is_none() {
-            set.index = old.index;
-        }
+        // The old set's problems are not kept: this fetch saw anew.
+        set.merge(SignatureSet { problems: Vec::new(), ..old });
     }
     let set = &set;
     let path = signatures_path(root, image);

@@ -204,6 +204,11 @@ pub struct SignatureSet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexDocument>,
     pub signatures: Vec<Signature>,
+    /// Sigstore bundles (cosign 3's default format), base64 of the bundle
+    /// JSON as the registry served it: found through the referrers API or
+    /// the `sha256-HEX` tag, checked by [`super::bundle`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<String>,
     /// Signature documents found but unreadable (a malformed `.sig`
     /// manifest, a signature format Shoal does not verify): reported when
     /// no signature is accepted.
@@ -212,6 +217,32 @@ pub struct SignatureSet {
     /// When they were fetched (seconds since the epoch).
     #[serde(default)]
     pub fetched_at: u64,
+}
+
+impl SignatureSet {
+    /// Adds what `other` holds that this set lacks (signatures, bundles,
+    /// problems; the index when this set has none).
+    pub fn merge(&mut self, other: SignatureSet) {
+        for sig in other.signatures {
+            if !self.signatures.contains(&sig) {
+                self.signatures.push(sig);
+            }
+        }
+        for b in other.bundles {
+            if !self.bundles.contains(&b) {
+                self.bundles.push(b);
+            }
+        }
+        for p in other.problems {
+            if !self.problems.contains(&p) {
+                self.problems.push(p);
+            }
+        }
+        if self.index.is_none() {
+            self.index = other.index;
+        }
+        self.fetched_at = self.fetched_at.max(other.fetched_at);
+    }
 }
 
 /// An index as the registry served it.
@@ -361,6 +392,7 @@ mod tests {
         let set = SignatureSet {
             index: None,
             signatures: vec![test_sign(&pair, &test_payload("r.io/a", D))],
+            bundles: vec!["e30=".into()],
             problems: vec![],
             fetched_at: 1,
         };

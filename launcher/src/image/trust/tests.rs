@@ -379,3 +379,74 @@ fn signatures_are_kept_in_the_store() {
     );
     assert!(signatures_path(&root, &image).ends_with(format!("signatures/{}.json", image.hex())));
 }
+
+/// A policy trusting `pem` for the real cosign bundle's repository.
+fn bundle_policy(pem: &str, identity: &str) -> Policy {
+    let json = format!(
+        r#"{{"default": [{{"type": "reject"}}], "transports": {{"docker": {{
+            "127.0.0.1:5443/t16/probe": [{{"type": "sigstoreSigned", "keyData": "{}", "signedIdentity": {identity}}}]}}}}}}"#,
+        b64(pem)
+    );
+    Policy::parse(json.as_bytes(), Path::new("/etc/containers/policy.json")).unwrap()
+}
+
+fn bundle_set(bundles: &[&[u8]]) -> SignatureSet {
+    SignatureSet {
+        bundles: bundles
+            .iter()
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+            .collect(),
+        ..SignatureSet::default()
+    }
+}
+
+#[test]
+fn a_real_cosign_bundle_passes_key_and_digest_and_is_refused_for_its_missing_identity() {
+    use super::bundle::tests::{BUNDLE, DIGEST, KEY};
+    let r = reference("127.0.0.1:5443/t16/probe:v1");
+    let image: Digest = DIGEST.parse().unwrap();
+    let good = bundle_set(&[BUNDLE.as_bytes()]);
+    for rule in [
+        r#"{"type": "matchRepository"}"#,
+        r#"{"type": "matchRepoDigestOrExact"}"#,
+        r#"{"type": "exactRepository", "dockerRepository": "127.0.0.1:5443/t16/probe"}"#,
+    ] {
+        let p = bundle_policy(KEY, rule);
+        match why(check(&p, Identity::Registry(&r), &image, Some(&good))) {
+            Why::NoIdentity { .. } => {}
+            other => panic!("{rule}: {other:?}"),
+        }
+    }
+    let p = bundle_policy(KEY, r#"{"type": "matchRepository"}"#);
+    let e = check(&p, Identity::Registry(&r), &image, Some(&good)).unwrap_err().to_string();
+    assert!(
+        e.contains("sigstore bundle (cosign 3's default format), which names no repository, so signedIdentity matchRepository cannot accept it")
+            && e.contains("--new-bundle-format=false"),
+        "{e}"
+    );
+    // The same bundle for another image: the subject digest does not match.
+    let other: Digest = OTHER.parse().unwrap();
+    assert_eq!(
+        why(check(&p, Identity::Registry(&r), &other, Some(&good))),
+        Why::OtherDigest { signed: image.clone() }
+    );
+    // Trusting another key.
+    let (_, stranger) = test_key();
+    assert!(matches!(
+        why(check(&bundle_policy(&stranger, r#"{"type": "matchRepository"}"#), Identity::Registry(&r), &image, Some(&good))),
+        Why::UntrustedKey { .. }
+    ));
+    // Unreadable bundles.
+    for bad in [&b"{"[..], br#"{"mediaType": "application/json"}"#] {
+        assert!(matches!(
+            why(check(&p, Identity::Registry(&r), &image, Some(&bundle_set(&[bad])))),
+            Why::Malformed(m) if m.starts_with("sigstore bundle: ")
+        ));
+    }
+    // A classic signature next to the bundle is what accepts the image.
+    let (pair, pem) = test_key();
+    let mut both = good.clone();
+    both.signatures.push(test_sign(&pair, &test_payload("127.0.0.1:5443/t16/probe", DIGEST)));
+    let p = bundle_policy(&pem, r#"{"type": "matchRepository"}"#);
+    assert!(check(&p, Identity::Registry(&r), &image, Some(&both)).is_ok());
+}
