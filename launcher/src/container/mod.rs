@@ -62,11 +62,11 @@ use std::path::PathBuf;
 pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
-pub use fuse::FuseError;
+pub use fuse::{FuseError, SERVE_EXEC_ARG};
 #[cfg(feature = "image-server")]
-pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process};
+pub use fuse::{prefork as prefork_fuse_server, serve_exec as serve_fuse_exec, serve_in_process as serve_fuse_in_process};
 pub use lower::{lower, Facts, MountOp, SourceFact};
-pub use plan::plan;
+pub use plan::{plan, remap_root as plan_remap_root};
 pub use model::{
     Cwd, DevLayout, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RunConfig,
     RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,

@@ -53,7 +53,7 @@ pub enum BuildError {
     Namespace(#[from] NsError),
     #[error(transparent)]
     Fuse(#[from] FuseError),
-    #[error("squashfuse_ll could not serve image {path} ({detail}); the file is corrupt or not a squashfs image: pull or build it again")]
+    #[error("the image server could not serve image {path} ({detail}); the file is corrupt or not a squashfs image: pull or build it again")]
     FuseServerFailed { path: PathBuf, detail: String },
     #[error("cannot attach image {path} to a loop device: {err}; check /dev/loop-control (shoal doctor)")]
     Loop { path: PathBuf, err: io::Error },
@@ -225,12 +225,13 @@ fn lower_dir() -> String {
 fn start_image_server(plan: &Plan, src: &Sources, processes: u32) -> Result<Option<fuse::FuseServer>, BuildError> {
     let id = &plan.identity;
     Ok(match &plan.root.via {
-        ImageMount::Fuse { squashfuse } => {
+        ImageMount::Fuse { squashfuse, shoal } => {
             let who = match plan.mode {
                 Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
                 Mode::Privileged => fuse::ServerAs::RootFor { uid: id.uid, gid: id.gid, groups: plan.groups.clone() },
             };
-            Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1, &readahead_hints(plan))?)
+            let hints = readahead_hints(plan);
+            Some(fuse::start(squashfuse, shoal.as_deref(), src.image.as_fd(), who, processes > 1, &hints, plan.root.owner)?)
         }
         ImageMount::KernelLoop => None,
     })
@@ -371,6 +372,11 @@ fn mount_root(plan: &Plan, assembly: BorrowedFd<'_>, bind_user_db: bool) -> Resu
         // container's `no_exec` step) is then allowed, as overlayfs does
         // by default.
         opts.push_str(&format!(",upperdir={upper},workdir={work},index=off"));
+        // A user's own layer on disk (`shoal run --save`): overlayfs keeps
+        // its markers in user.* xattrs, the only ones it may set there.
+        if plan.mode == Mode::Unprivileged {
+            opts.push_str(",userxattr");
+        }
     } else if plan.root.writable {
         opts.push_str(&format!(",upperdir={ASSEMBLY}/upper,workdir={ASSEMBLY}/work"));
         if plan.mode == Mode::Unprivileged {

@@ -423,12 +423,22 @@ pub struct Exec {
     prog: CString,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    /// The strings `argv` points into when they are not 'static (moving a
+    /// CString does not move its bytes).
+    _owned: Vec<CString>,
 }
 
 impl Exec {
     pub fn new(prog: CString, args: &[&'static CStr], env: &[&'static CStr]) -> Exec {
         let ptrs = |v: &[&'static CStr]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-        Exec { prog, argv: ptrs(args), envp: ptrs(env) }
+        Exec { prog, argv: ptrs(args), envp: ptrs(env), _owned: Vec::new() }
+    }
+
+    /// As [`Exec::new`], with arguments made at run time.
+    pub fn with_args(prog: CString, args: Vec<CString>, env: &[&'static CStr]) -> Exec {
+        let argv = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        let envp = env.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        Exec { prog, argv, envp, _owned: args }
     }
 
     /// Execs the program; exits 127 when that fails.
