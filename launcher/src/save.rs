@@ -21,18 +21,20 @@
 //!
 //! Must never: follow a link in the layer, or leave a partial output.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::image::convert::{self, Layer, LayerCompression, SquashOptions};
 use crate::image::manifest::ImageConfig;
+use crate::container::sys;
 use crate::image::trailer;
 
 /// Which xattrs overlayfs kept its markers in: `trusted.overlay.*` (a
@@ -64,13 +66,13 @@ pub fn overlay_marks(upper: BorrowedFd<'_>, marks: Marks) -> Result<BTreeSet<Pat
     let mut opaque = BTreeSet::new();
     let mut stack = vec![(PathBuf::new(), open_dir(Some(upper), Path::new("."), libc::O_RDONLY).map_err(|e| e.to_string())?)];
     while let Some((rel, dir)) = stack.pop() {
-        if xattr(dir.as_fd(), &opaque_name).as_deref() == Some(b"y") {
+        if sys::fgetxattr(dir.as_fd(), &opaque_name).as_deref() == Some(b"y") {
             opaque.insert(rel.clone());
         }
-        if xattr(dir.as_fd(), &redirect_name).is_some() {
+        if sys::fgetxattr(dir.as_fd(), &redirect_name).is_some() {
             return Err(format!("/{} was renamed with overlayfs redirects, which saving does not follow", rel.display()));
         }
-        for (name, kind) in entries(dir.as_fd()).map_err(|e| format!("/{}: {e}", rel.display()))? {
+        for (name, kind) in sys::dir_entries(dir.as_fd()).map_err(|e| format!("/{}: {e}", rel.display()))? {
             if kind == libc::DT_DIR {
                 let fd = open_dir(Some(dir.as_fd()), Path::new(&name), libc::O_RDONLY).map_err(|e| format!("/{}: {e}", rel.join(&name).display()))?;
                 stack.push((rel.join(&name), fd));
@@ -186,11 +188,11 @@ fn upper_tar(upper: BorrowedFd<'_>, opaque: &BTreeSet<PathBuf>, to: File) -> Res
         if opaque.contains(&rel) {
             empty(&mut tar, &rel.join(".wh..wh..opq")).map_err(|e| io_err(&rel, e))?;
         }
-        let mut names = entries(dir.as_fd()).map_err(|e| io_err(&rel, e))?;
+        let mut names = sys::dir_entries(dir.as_fd()).map_err(|e| io_err(&rel, e))?;
         names.sort();
         for (name, _) in names {
             let path = rel.join(&name);
-            let st = fstatat(dir.as_fd(), Path::new(&name)).map_err(|e| io_err(&path, e))?;
+            let st = sys::fstatat_nofollow(dir.as_fd(), Path::new(&name)).map_err(|e| io_err(&path, e))?;
             let fmt = st.st_mode & libc::S_IFMT;
             let mut h = tar::Header::new_gnu();
             h.set_mode(st.st_mode & 0o7777);
@@ -212,7 +214,7 @@ fn upper_tar(upper: BorrowedFd<'_>, opaque: &BTreeSet<PathBuf>, to: File) -> Res
                 }
                 libc::S_IFLNK => {
                     h.set_entry_type(tar::EntryType::Symlink);
-                    let target = readlinkat(dir.as_fd(), Path::new(&name)).map_err(|e| io_err(&path, e))?;
+                    let target = sys::readlinkat(dir.as_fd(), Path::new(&name)).map_err(|e| io_err(&path, e))?;
                     tar.append_link(&mut h, &path, &target)
                 }
                 libc::S_IFREG => {
@@ -225,7 +227,7 @@ fn upper_tar(upper: BorrowedFd<'_>, opaque: &BTreeSet<PathBuf>, to: File) -> Res
                         }
                         links.insert(key, path.clone());
                     }
-                    let fd = openat(Some(dir.as_fd()), Path::new(&name), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK, 0)
+                    let fd = sys::openat(Some(dir.as_fd()), Path::new(&name), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK, 0)
                         .map_err(|e| io_err(&path, e))?;
                     kept_xattrs(&mut tar, fd.as_fd()).map_err(|e| io_err(&path, e))?;
                     let file = File::from(fd);
@@ -258,12 +260,12 @@ fn upper_tar(upper: BorrowedFd<'_>, opaque: &BTreeSet<PathBuf>, to: File) -> Res
 /// overlayfs's own `user.overlay.*` markers) as a PAX header before it.
 fn kept_xattrs<W: Write>(tar: &mut tar::Builder<W>, fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut body = Vec::new();
-    for name in xattr_names(fd)? {
+    for name in sys::flistxattr(fd)? {
         if !convert::keep_xattr(&name) || name.starts_with(b"user.overlay.") {
             continue;
         }
         let cname = CString::new(name.clone()).map_err(io::Error::other)?;
-        if let Some(value) = xattr(fd, &cname) {
+        if let Some(value) = sys::fgetxattr(fd, &cname) {
             body.extend(convert::pax_record(&[b"SCHILY.xattr.".as_slice(), &name].concat(), &value));
         }
     }
@@ -287,96 +289,9 @@ fn empty<W: Write>(tar: &mut tar::Builder<W>, path: &Path) -> io::Result<()> {
     tar.append_data(&mut h, path, io::empty())
 }
 
-fn c(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
-}
-
-fn openat(dir: Option<BorrowedFd<'_>>, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let p = c(path)?;
-    let d = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: valid NUL-terminated path; the returned fd is owned here.
-    let fd = unsafe { libc::openat(d, p.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Opens a directory (relative to `dir`), never following a link.
 pub fn open_dir(dir: Option<BorrowedFd<'_>>, path: &Path, flags: i32) -> io::Result<OwnedFd> {
-    openat(dir, path, flags | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-}
-
-fn fstatat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<libc::stat> {
-    let p = c(name)?;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: valid path and a buffer of the right size.
-    if unsafe { libc::fstatat(dir.as_raw_fd(), p.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstatat succeeded and filled it.
-    Ok(unsafe { st.assume_init() })
-}
-
-fn readlinkat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<PathBuf> {
-    let p = c(name)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: valid path; the buffer's length is passed.
-    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(PathBuf::from(OsStr::from_bytes(&buf)))
-}
-
-/// One xattr's value (at most 64 KiB, the kernel's limit), if set and readable.
-fn xattr(fd: BorrowedFd<'_>, name: &CStr) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 64 << 10];
-    // SAFETY: valid name; the buffer's length is passed.
-    let n = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (n >= 0).then(|| buf[..n as usize].to_vec())
-}
-
-/// The xattr names of an open entry that its reader may see.
-fn xattr_names(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    let mut buf = vec![0u8; 64 << 10];
-    // SAFETY: the buffer's length is passed.
-    let n = unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        // A filesystem without xattrs.
-        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(Vec::new()) } else { Err(e) };
-    }
-    Ok(buf[..n as usize].split(|b| *b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect())
-}
-
-/// A directory's entries (name, d_type), without `.` and `..`.
-fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<(std::ffi::OsString, u8)>> {
-    let fd = openat(Some(dir), Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    // SAFETY: fdopendir takes ownership of the descriptor on success.
-    let d = unsafe { libc::fdopendir(fd.as_raw_fd()) };
-    if d.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(fd);
-    let mut out = Vec::new();
-    loop {
-        // SAFETY: `d` is a valid DIR*; readdir's entry is read before the next call.
-        let e = unsafe { libc::readdir(d) };
-        if e.is_null() {
-            break;
-        }
-        // SAFETY: as above; d_name is NUL-terminated.
-        let (name, kind) = unsafe { (CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec(), (*e).d_type) };
-        if name != b"." && name != b".." {
-            out.push((OsStr::from_bytes(&name).to_os_string(), kind));
-        }
-    }
-    // SAFETY: closes the DIR* and its descriptor.
-    unsafe { libc::closedir(d) };
-    Ok(out)
+    sys::openat(dir, path, flags | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
-use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Uid};
 use shoal::container::{Plan, RunConfig, Share, UpperLayer};
@@ -64,11 +63,7 @@ impl SaveLayer {
         match unsafe { fork() }.context("--save: fork")? {
             ForkResult::Child => Ok(run(plan, None)),
             ForkResult::Parent { child } => {
-                // SAFETY: plain dispositions, no handler.
-                unsafe {
-                    let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
-                    let _ = signal(Signal::SIGQUIT, SigHandler::SigIgn);
-                }
+                shoal::container::ignore_signals(&[libc::SIGINT, libc::SIGQUIT]);
                 let status = loop {
                     match waitpid(child, None) {
                         Ok(WaitStatus::Exited(_, code)) => break code,
