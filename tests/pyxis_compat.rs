@@ -250,12 +250,14 @@ fn container_save_then_a_new_job_runs_the_saved_image() {
     let dir = tb.user_tempdir("pyxis-save");
     let d = dir.display();
     let uid = ok(&tb.user("id -u")).trim().to_string();
-    // Two nodes: only the first saves. Changes: a new file, a deleted
-    // file, a directory removed and made again (opaque in the layer).
+    // Two nodes: only the first saves. Changes: a new file with a user
+    // xattr, a deleted file, a directory removed and made again (opaque in
+    // the layer).
     let out = ok(&tb.user(&format!(
         "srun -N2 --container-image={MPICH} --container-save={d}/saved.sqsh sh -c '\
          test -d /usr/share/zoneinfo/Africa && echo had-zones; \
          mkdir -p /opt && echo kept-$SLURM_NODEID > /opt/saved; rm /etc/debian_version; \
+         python3 -c \"import os, sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode())\" /opt/saved user.t15 xattr-kept; \
          rm -rf /usr/share/zoneinfo; mkdir /usr/share/zoneinfo; echo only > /usr/share/zoneinfo/only'"
     )));
     assert!(out.matches("had-zones").count() == 2, "{out}");
@@ -267,18 +269,36 @@ fn container_save_then_a_new_job_runs_the_saved_image() {
     let out = ok(&tb.user(&format!(
         "srun -N1 -w n3 --container-image={d}/saved.sqsh sh -c '\
          cat /opt/saved; test -e /etc/debian_version && echo deleted-is-back || echo deleted-is-gone; \
-         ls /usr/share/zoneinfo; cat /etc/shoal-test-image'"
+         ls /usr/share/zoneinfo; cat /etc/shoal-test-image; \
+         python3 -c \"import os; print(os.getxattr(\\\"/opt/saved\\\", \\\"user.t15\\\").decode())\"'"
     )));
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["kept-0", "deleted-is-gone", "only", "debian-mpich"], "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["kept-0", "deleted-is-gone", "only", "debian-mpich", "xattr-kept"],
+        "{out}"
+    );
 
-    // As the user: a directory only root may write gets nothing, and no
-    // temporary file either.
+    // As the user: a PATH in a directory only root may write is refused
+    // before the step runs, on the user's terminal; root writes nothing.
     let rootdir = format!("/tmp/i15-save-rootdir-{}", std::process::id());
     ok(&tb.root(&format!("rm -rf {rootdir} && mkdir -m 0755 {rootdir}")));
-    ok(&tb.user(&format!("srun -N1 --container-image={BUSYBOX_PYXIS} --container-save={rootdir}/x.sqsh true")));
-    std::thread::sleep(Duration::from_secs(3));
+    let out = tb.user(&format!("srun -N1 --container-image={BUSYBOX_PYXIS} --container-save={rootdir}/x.sqsh echo step-ran"));
+    let err = fails(&out);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("step-ran"), "{err}");
+    assert!(err.contains(&format!("--container-save={rootdir}/x.sqsh")) && err.contains("the step was not run"), "{err}");
     assert_eq!(ok(&tb.root(&format!("ls -A {rootdir}"))).trim(), "", "root wrote for the user");
     ok(&tb.root(&format!("rm -rf {rootdir}")));
+
+    // A save that fails only at the step's end (here: the step made a
+    // directory where the file goes) is reported on the step's stderr.
+    let out = tb.user(&format!(
+        "srun -N1 --container-image={BUSYBOX_PYXIS} --container-mounts={d}:{d} --container-save={d}/late.sqsh \
+         sh -c 'mkdir -p {d}/late.sqsh/in-the-way && echo step-ran'"
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("step-ran"), "{err}");
+    assert!(err.contains(&format!("--container-save={d}/late.sqsh")) && err.contains("nothing was written"), "{err}");
+    assert_eq!(ok(&tb.user(&format!("ls -A {d}"))).trim(), "late.sqsh\nsaved.sqsh", "the temporary file was removed");
 }
 
 /// The test bed's busybox with an entrypoint that announces itself, sets a
@@ -332,33 +352,119 @@ fn the_image_entrypoint_runs_before_the_command_when_asked() {
     assert!(out.contains("entrypoint ran") && out.contains("batch [yes]"), "{out}");
 }
 
+/// The test bed's busybox with run settings a save must keep: an
+/// entrypoint, a variable, a working directory, and a file with a user
+/// xattr (pushed once as `t15/save:1` and pulled by the user).
+fn settings_image(tb: &Testbed) -> &'static str {
+    static PUSHED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    PUSHED.get_or_init(|| {
+        ok(&tb.root(
+            r#"set -euo pipefail
+W=$(mktemp -d /tmp/t15-save.XXXXXX); trap 'rm -rf "$W"' EXIT
+CERTS=/var/lib/shoal-testbed/tls/skopeo
+skopeo copy -q --src-cert-dir "$CERTS" docker://127.0.0.1:5443/shoal/busybox:latest "oci:$W/oci:base"
+umoci unpack --image "$W/oci:base" "$W/b" >/dev/null
+printf '#!/bin/sh\necho "entrypoint ran, $# args"\nexec "$@"\n' > "$W/b/rootfs/entry.sh"
+chmod 755 "$W/b/rootfs/entry.sh"
+mkdir -p "$W/b/rootfs/srv/t15" && chmod 1777 "$W/b/rootfs/srv/t15"
+echo tagged > "$W/b/rootfs/srv/t15/tagged"
+python3 -c 'import os, sys; os.setxattr(sys.argv[1], "user.t15", b"from-image")' "$W/b/rootfs/srv/t15/tagged"
+umoci repack --image "$W/oci:save" "$W/b"
+umoci config --image "$W/oci:save" --config.entrypoint /entry.sh --config.env T15_ENV=from-image --config.workingdir /srv/t15
+skopeo copy -q --dest-cert-dir "$CERTS" "oci:$W/oci:save" docker://127.0.0.1:5443/t15/save:1
+"#,
+        ));
+        ok(&tb.user("shoal pull -q 127.0.0.1:5443/t15/save:1"));
+    });
+    "127.0.0.1:5443/t15/save:1"
+}
+
+/// The xattrs of `member` in the squashfs file `sqfs` (read as the user
+/// through sqfs2tar's PAX records), as `NAME=VALUE` lines.
+fn xattrs_in(tb: &Testbed, sqfs: &str, member: &str) -> String {
+    ok(&tb.user(&format!(
+        "sqfs2tar {sqfs} | python3 -c 'import sys, tarfile\n\
+         for m in tarfile.open(fileobj=sys.stdin.buffer, mode=\"r|\"):\n    \
+             if m.name.strip(\"/\") == sys.argv[1]:\n        \
+                 [print(k[len(\"SCHILY.xattr.\"):] + \"=\" + v) for k, v in sorted(m.pax_headers.items()) if k.startswith(\"SCHILY.xattr.\")]' {member}"
+    )))
+}
+
+#[test]
+fn shoal_run_save_keeps_the_run_settings_and_xattrs() {
+    let tb = slurm();
+    let image = settings_image(tb);
+    let dir = tb.user_tempdir("shoal-run-save");
+    let d = dir.display();
+    // From a cwd not visible inside (/), the command runs where the image
+    // says, with its variable. (As the user, unmapped: the image's
+    // directories are nobody's, so the change is a new directory.)
+    let out = tb.user(&format!(
+        "cd / && shoal run --save {d}/run.sqsh {image} sh -c 'echo \"[$T15_ENV] $(pwd)\"; mkdir /opt && echo made > /opt/made'"
+    ));
+    let stdout = ok(&out);
+    assert_eq!(stdout.trim(), "[from-image] /srv/t15");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("saved the container to {d}/run.sqsh")), "{out:?}");
+    assert_eq!(ok(&tb.user(&format!("ls -A {d}"))).trim(), "run.sqsh", "only the saved file is left");
+    // The saved file runs again with the image's Env, Entrypoint and
+    // WorkingDir, by `shoal run` and by the plugin (whose tasks, as
+    // pyxis's, start in Slurm's working directory, whatever the image's).
+    let cmd = r#"sh -c 'echo "[$T15_ENV] $(pwd)"; cat /opt/made /srv/t15/tagged'"#;
+    let out = ok(&tb.user(&format!("cd / && shoal run --entrypoint {d}/run.sqsh {cmd}")));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["entrypoint ran, 3 args", "[from-image] /srv/t15", "made", "tagged"], "{out}");
+    let out = ok(&tb.user(&format!("cd / && srun -N1 --container-image={d}/run.sqsh --container-entrypoint {cmd}")));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["entrypoint ran, 3 args", "[from-image] /", "made", "tagged"], "{out}");
+    // The image's xattrs were saved with it.
+    assert_eq!(xattrs_in(tb, &format!("{d}/run.sqsh"), "srv/t15/tagged").trim(), "user.t15=from-image");
+    // A PATH the user cannot write is refused before the command runs.
+    let out = tb.user(&format!("shoal run --save /t15-cannot.sqsh {image} echo command-ran"));
+    let err = fails(&out);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("command-ran"), "{err}");
+    assert!(err.contains("--save=/t15-cannot.sqsh") && err.contains("nothing was run"), "{err}");
+}
+
 #[test]
 fn remap_root_in_a_writable_container_writes_the_image_s_tree() {
     let tb = slurm();
-    // What works: as uid 0 inside, create, chown to 0, replace by rename
-    // and remove anywhere in the image's tree (its directories are the
-    // user's in a new layer, the user is 0 inside).
+    let dir = tb.user_tempdir("pyxis-remap-dpkg");
+    let d = dir.display();
+    let uid = ok(&tb.user("id -u")).trim().to_string();
+    // As uid 0 inside: create, chown to 0, replace by rename and remove
+    // anywhere in the image's tree, and install a package with dpkg: the
+    // image is served by Shoal's image server with every file the user's,
+    // which is root inside (issue 15).
     let out = ok(&tb.user(&format!(
-        "srun -N1 --container-image={MPICH} --container-writable --container-remap-root sh -ec '\
+        "srun -N1 --container-image={MPICH} --container-writable --container-remap-root --container-mounts={d}:/out sh -ec '\
          id -u; \
          echo new > /usr/local/bin/t15-tool; chown 0:0 /usr/local/bin/t15-tool; stat -c %u:%g /usr/local/bin/t15-tool; \
          mkdir -p /var/lib/t15; echo x > /var/lib/t15/f; echo var-lib-ok; \
          echo replaced > /etc/.t15-new; mv /etc/.t15-new /etc/debian_version; cat /etc/debian_version; \
          rm /usr/bin/tac; test ! -e /usr/bin/tac && echo removed-root-file; \
-         stat -c %u /etc/passwd; \
+         stat -c %u:%g /usr/bin/env /var/lib/dpkg/status; \
          mkdir -p /tmp/p/DEBIAN /tmp/p/usr/share/t15; \
          printf \"Package: t15-test\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nDescription: t\\n\" > /tmp/p/DEBIAN/control; \
          echo hi > /tmp/p/usr/share/t15/hi; \
          dpkg-deb --root-owner-group --build /tmp/p /tmp/t15.deb >/dev/null; \
-         dpkg -i /tmp/t15.deb >/dev/null 2>/tmp/err || {{ echo dpkg-failed; cat /tmp/err; }}'"
+         dpkg -i /tmp/t15.deb >/dev/null 2>/tmp/err || {{ echo dpkg-failed; cat /tmp/err; }}; \
+         dpkg-query -W -f=\"\\${{Status}}\\n\" t15-test; cat /usr/share/t15/hi; touch /out/made-inside'"
     )));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[..6], ["0", "0:0", "var-lib-ok", "replaced", "removed-root-file", "65534"], "{out}");
-    // The limit (README): the image's own files stay the host root's,
-    // which is nobody (65534) inside, so what writes them in place fails.
-    // dpkg opens its lock files read-write; this is what stops `apt-get
-    // install` (and `dpkg -i`) in a remap-root container today.
-    assert!(out.contains("dpkg-failed") && out.contains("permission to lock the dpkg database"), "{out}");
+    assert_eq!(
+        lines,
+        ["0", "0:0", "var-lib-ok", "replaced", "removed-root-file", "0:0", "0:0", "install ok installed", "hi"],
+        "{out}"
+    );
+    assert_eq!(ok(&tb.root(&format!("stat -c %u {d}/made-inside"))).trim(), uid, "a file made inside is the user's outside");
+    // The step's image server (Shoal's, as the user) went with the step.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = ok(&tb.root(&format!("pgrep -u {uid} -a 'shoal-fuse|squashfuse' || true")));
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "image servers left: {left}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

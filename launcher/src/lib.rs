@@ -21,6 +21,7 @@ pub mod inject;
 pub mod mount_spec;
 pub mod reference;
 pub mod resolve;
+pub mod save;
 pub mod select;
 pub mod stage;
 /// Entry points for the fuzz targets in `fuzz/` (see SECURITY.md).

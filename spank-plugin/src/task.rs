@@ -69,12 +69,13 @@ pub(crate) fn wanted(spank: &Spank) -> bool {
     !req.no_image && (req.image.is_some() || req.name.is_some() || spank.getenv(pin::ENV).is_some())
 }
 
-/// The step's image as `user_init` pinned it (an index entry chosen), and
-/// the user's image file opened then, for `--container-save` at step end.
-pub(crate) fn step_image() -> Option<(Pin, Option<File>)> {
+/// The step's image as `user_init` pinned it (an index entry chosen), the
+/// user's image file opened then and its run settings, for
+/// `--container-save` at step end.
+pub(crate) fn step_image() -> Option<(Pin, Option<File>, Option<container::RunConfig>)> {
     let guard = step();
     let state = guard.as_ref()?;
-    Some((state.pin.clone()?, state.user_file.as_ref().and_then(|f| f.try_clone().ok())))
+    Some((state.pin.clone()?, state.user_file.as_ref().and_then(|f| f.try_clone().ok()), state.user_config.clone()))
 }
 
 /// The directory of this step's named container on this node, if any.
@@ -108,6 +109,7 @@ pub fn user_init(spank: &Spank) -> Result<(), String> {
         state.held = Some(e);
     }
     *step() = Some(state);
+    crate::save::prepare(spank);
     Ok(())
 }
 
@@ -158,8 +160,11 @@ fn open_as_user(spank: &Spank, state: &mut Step) -> Result<(), String> {
         // pin's path was resolved at submission (a symlink now is new).
         let file = shoal::image::file::open_image_file(&pin.squashfs, shoal::image::file::Links::Refuse)
             .map_err(|e| format!("image {}: {}: {e}", pin.requested, pin.squashfs.display()))?;
+        // A store image's settings are in its meta.json; a saved
+        // container's in its file (`image::trailer`).
+        state.user_config = read_meta(&pin.squashfs, pin.digest.as_str())
+            .or_else(|| shoal::image::trailer::read(&file).map(|c| shoal::resolve::run_config(&c)));
         state.user_file = Some(file);
-        state.user_config = read_meta(&pin.squashfs, pin.digest.as_str());
     }
     // With the user's ids, on the pinned file: the copy staged later is
     // checked to hold the same bytes.
@@ -224,6 +229,8 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     let step_id = spank.step_id().map_err(|e| e.to_string())?;
     let user = job::identity(spank)?;
     let (uid, gid) = (user.uid, user.gid);
+    let groups: Vec<u32> = user.groups.iter().map(|(_, g)| *g).collect();
+    crate::save::check_before(spank, uid, gid, &groups)?;
 
     let staged = match pin.scope {
         Scope::Site => stage::stage_site(&config, &node, job_id, &pin)?,
@@ -311,7 +318,9 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
         plan.cwd = Cwd { preferred: Some(w.clone()), fallback: w.clone() };
     }
     let workdir = req.workdir.clone();
-    plan.remap_root = req.remap_root == Some(true);
+    if req.remap_root == Some(true) {
+        container::plan_remap_root(&mut plan, &config);
+    }
     let peers = spank.local_task_count().map_err(|e| e.to_string())?;
     let entered = match &named {
         Some((name, dir)) => {

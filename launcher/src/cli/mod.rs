@@ -18,6 +18,7 @@ mod pull;
 mod rm;
 mod doctor;
 mod run;
+mod run_save;
 mod select;
 
 /// Containers for HPC: run OCI images on Slurm clusters and laptops with no
@@ -64,6 +65,11 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // The plugin's image server (see container::serve_fuse_exec): no parse.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == shoal::container::SERVE_EXEC_ARG) {
+        shoal::container::serve_fuse_exec(&args[2..]);
+    }
     // Before the (slow) parse: see run::wants_early_server.
     if run::wants_early_server(std::env::args_os().skip(1)) {
         run::start_early_server();

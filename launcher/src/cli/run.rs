@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Writable root: a tmpfs over the image, discarded at exit.
     #[arg(long)]
     writable: bool,
+    /// Writable root, saved when the command exits as a squashfs image at
+    /// PATH (with the image's run settings), which `shoal run PATH` runs.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["user", "share_key", "dry_run"])]
+    save: Option<PathBuf>,
     /// Set a variable inside (wins over the image's and the caller's).
     #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
     env: Vec<String>,
@@ -102,7 +106,9 @@ fn identity(user: &User) -> Result<Identity> {
     })
 }
 
-fn image(arg: &str, cwd: &Path, cfg: &Config, modules: &[String]) -> Result<RunImage> {
+/// `own_file`: the caller opens a file it names with its own credentials
+/// (not root acting for a user, who is not to read what the user cannot).
+fn image(arg: &str, cwd: &Path, cfg: &Config, modules: &[String], own_file: bool) -> Result<RunImage> {
     let path = match ImageSpec::from_str(arg) {
         Ok(ImageSpec::File(p)) => p,
         // A bare file name that exists here is a file, not a Docker Hub name.
@@ -132,7 +138,13 @@ fn image(arg: &str, cwd: &Path, cfg: &Config, modules: &[String]) -> Result<RunI
         .as_ref()
         .is_some_and(|d| squashfs.starts_with(d) && !squashfs.components().any(|c| c.as_os_str() == ".."));
     let scope = if in_site_store { Scope::Site } else { Scope::User };
-    Ok(RunImage { squashfs, config: RunConfig::default(), scope })
+    // A saved container's run settings are in its file (`image::trailer`).
+    let config = own_file
+        .then(|| std::fs::File::open(&squashfs).ok())
+        .flatten()
+        .and_then(|f| shoal::image::trailer::read(&f))
+        .map_or_else(RunConfig::default, |c| shoal::resolve::run_config(&c));
+    Ok(RunImage { squashfs, config, scope })
 }
 
 /// Whether `shoal` should fork its image server before it even parses its
@@ -207,11 +219,16 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
     for v in &args.volumes {
         mounts.extend(UserMount::parse_volumes(v, &cwd)?);
     }
+    // `--save`: checked, and its layer made, before anything else.
+    let save = match &args.save {
+        Some(out) => Some(super::run_save::SaveLayer::prepare(&cwd.join(out))?),
+        None => None,
+    };
     let host_env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
     let req = RunRequest {
-        image: image(&args.image, &cwd, &cfg, &args.modules)?,
+        image: image(&args.image, &cwd, &cfg, &args.modules, args.user.is_none())?,
         argv: args.command,
         entrypoint: args.entrypoint,
         user: identity(&user)?,
@@ -220,14 +237,15 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         host_env,
         env,
         mounts,
-        writable: args.writable,
+        writable: args.writable || save.is_some(),
         terminal: terminal(),
         mount_home: true,
         slurm: Vec::new(),
         pmix: Vec::new(),
         injection: None,
-        upper: None,
+        upper: save.as_ref().map(|s| s.upper()),
     };
+    let run_config = req.image.config.clone();
     let mut plan = container::plan(&req, &cfg)?;
     let cuda = req.host_env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.as_str());
     // The modules are checked against the plan's image and command, then
@@ -247,18 +265,27 @@ pub fn run(args: RunArgs, config_path: &Path) -> Result<ExitCode> {
         (Some(key), Some(peers)) => Some(Share { key, peers }),
         _ => None,
     };
-    let err = match container::run(&plan, share.as_ref()) {
+    if let Some(save) = save {
+        return save.run_then_save(&plan, &cfg, &run_config, run_container);
+    }
+    Ok(run_container(&plan, share.as_ref()))
+}
+
+/// Becomes the container and execs the command; returns only on failure,
+/// with the exit status that says what failed.
+fn run_container(plan: &container::Plan, share: Option<&Share>) -> ExitCode {
+    let err = match container::run(plan, share) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     eprintln!("shoal: {err}");
     // As a shell would say it: 127 not found, 126 not runnable, 125 the
     // container itself failed.
-    Ok(ExitCode::from(match err {
+    ExitCode::from(match err {
         EnterError::Exec(ExecError::NotFound(..)) => 127,
         EnterError::Exec(ExecError::Exec(..)) => 126,
         _ => 125,
-    }))
+    })
 }
 
 #[cfg(test)]

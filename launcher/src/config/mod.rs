@@ -344,9 +344,37 @@ pub struct LauncherConfig {
     /// visible, and `CUDA_VISIBLE_DEVICES` keeps the host's numbering;
     /// module devices must then be at their container paths on the host.
     pub host_dev: bool,
+    /// What serves images through FUSE (see [`ImageServer`]).
+    pub image_server: ImageServer,
+    /// The `shoal` binary the plugin execs to serve images; default: found
+    /// on the usual system paths.
+    pub shoal: Option<PathBuf>,
+}
+
+/// `[launcher] image_server`: Shoal's own server (default), or
+/// `squashfuse_ll` for the plugin's and shared containers' images (`shoal
+/// run` alone serves with Shoal's in its own process either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageServer {
+    #[default]
+    Shoal,
+    Squashfuse,
 }
 
 impl LauncherConfig {
+    /// The configured `shoal` binary, else the first one on the system paths.
+    pub fn shoal_path(&self) -> PathBuf {
+        if let Some(p) = &self.shoal {
+            return p.clone();
+        }
+        ["/usr/local/bin/shoal", "/usr/bin/shoal"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/shoal"))
+    }
+
     /// The configured `squashfuse_ll`, else the first one on the system paths.
     pub fn squashfuse_path(&self) -> PathBuf {
         if let Some(p) = &self.squashfuse {

@@ -5,7 +5,7 @@
 //! unprivileged (uid and gid mapped to themselves), hands its /dev/fuse
 //! descriptor to the server and goes on: it makes the container's own mount
 //! namespace and attaches the mount there. The server is Shoal's own
-//! ([`super::image_server`]) or, for shared containers and images it does
+//! ([`super::image_server`]) or, where the site asks and for images it does
 //! not serve, `squashfuse_ll` (which takes an already mounted descriptor as
 //! `/dev/fd/N`). Either way it is double-forked (reparented away from the
 //! command the launcher becomes):
@@ -15,9 +15,10 @@
 //! - `shoal run` as root for a user: forked when the superblock exists,
 //!   drops to the user, then serves;
 //! - the SPANK plugin: forked when the superblock exists, drops to the user
-//!   and execs `squashfuse_ll`. Serving in the forked process needs one that
-//!   was never forked from a threaded one ([`serve_in_process`]):
-//!   slurmstepd is.
+//!   and execs the `shoal` binary's built-in server ([`serve_exec`]), or
+//!   `squashfuse_ll` where the site asks (`[launcher] image_server`).
+//!   Serving in the forked process needs one that was never forked from a
+//!   threaded one ([`serve_in_process`]): slurmstepd is.
 //!
 //! So:
 //! - the server is never in the container's mount namespace and never pins
@@ -64,7 +65,11 @@ use super::userns;
 // that (the plugin, also when a workspace build turns the feature on for
 // it) does not link the server at all (tests/plugin_symbols.rs).
 #[cfg(feature = "image-server")]
-static IN_PROCESS: std::sync::OnceLock<fn(&std::ffi::CStr, bool, Option<Hints>) -> !> = std::sync::OnceLock::new();
+static IN_PROCESS: std::sync::OnceLock<Serve> = std::sync::OnceLock::new();
+
+/// The in-process server's entry ([`serve_or_exec`]'s signature): prog,
+/// threaded, builtin, hints, owner.
+type Serve = fn(&std::ffi::CStr, bool, bool, Option<Hints>, Option<(u32, u32)>) -> !;
 
 /// Lets the image server run in the forked launcher process itself rather
 /// than exec `squashfuse_ll`. Only for a program that is single-threaded
@@ -87,7 +92,11 @@ pub enum FuseError {
     NoDevFuse,
     #[error("/dev/fuse is not accessible to you ({0}): sites must make it mode 0666 (`chmod 666 /dev/fuse`, or a udev rule)")]
     DevFuseDenied(io::Error),
-    #[error("cannot start the image server (squashfuse): {0}")]
+    #[error("the shoal binary (Shoal's image server) not found at {0}: install shoal there, set [launcher] shoal, or [launcher] image_server = \"squashfuse\" in the Shoal config")]
+    MissingShoal(PathBuf),
+    #[error("--container-remap-root needs Shoal's own image server (it shows the image's files as the user's), but the site config sets [launcher] image_server = \"squashfuse\"; ask the admin, or run without --container-remap-root")]
+    OwnerNeedsShoal,
+    #[error("cannot start the image server: {0}")]
     Spawn(io::Error),
     #[error("cannot mount the image with FUSE: {0}")]
     Mount(io::Error),
@@ -154,6 +163,23 @@ fn squashfuse_exec(prog: &std::ffi::CStr, threaded: bool) -> sys::Exec {
     }
     args.extend([SERVER_IMAGE_PATH, SERVER_DEV_PATH]);
     sys::Exec::new(prog.to_owned(), &args, &[MALLOC_TUNING])
+}
+
+/// The `shoal` binary's server ([`serve_exec`]) on the server's
+/// descriptors, with the same environment: `shoal __serve-image OWNER
+/// SQUASHFUSE THREADED`, OWNER `UID:GID` or `-`, THREADED `1` or `0` (for
+/// the squashfuse_ll fallback).
+fn shoal_serve_exec(shoal: &Path, squashfuse: &Path, threaded: bool, owner: Option<(u32, u32)>) -> Result<sys::Exec, FuseError> {
+    let owner = owner.map_or_else(|| "-".to_string(), |(u, g)| format!("{u}:{g}"));
+    let arg = |s: String| CString::new(s).expect("no NUL");
+    let args = vec![
+        arg("shoal-fuse".into()),
+        arg(SERVE_EXEC_ARG.into()),
+        arg(owner),
+        sys::cstr(squashfuse).map_err(FuseError::Spawn)?,
+        arg(u8::from(threaded).to_string()),
+    ];
+    Ok(sys::Exec::with_args(sys::cstr(shoal).map_err(FuseError::Spawn)?, args, &[MALLOC_TUNING]))
 }
 
 fn open_dev_fuse() -> Result<OwnedFd, FuseError> {
@@ -301,22 +327,24 @@ fn early_server() -> ! {
     let mut rest = buf[1..n].splitn(2, |b| *b == 0);
     let prog = CString::new(rest.next().unwrap_or_default()).unwrap_or_default();
     let hints = rest.next().map(Hints::decode);
-    // The descriptors are in place; ends this process.
-    serve_or_exec(&prog, buf[0] == 1, hints)
+    // The descriptors are in place; ends this process. Shared (threaded):
+    // squashfuse_ll's pool of threads.
+    serve_or_exec(&prog, buf[0] == 1, buf[0] != 1, hints, None)
 }
 
 /// The server's work once /dev/fuse and the image are at their numbers:
-/// the built-in server ([`super::image_server`]), or `squashfuse_ll` for
-/// shared containers (served by a pool of threads) and for images the
-/// built-in server refuses (xz, lzo, xattrs). Exits with the server.
-/// `hints`: what the built-in server reads ahead.
+/// the built-in server ([`super::image_server`]) when `builtin`, or
+/// `squashfuse_ll` (`prog`, with threads when `threaded`) otherwise and for
+/// images the built-in server refuses (xz, lzo, xattrs). Exits with the
+/// server. `hints`: what the built-in server reads ahead; `owner`: the
+/// uid and gid every file is shown as owned by (built-in server only).
 ///
 /// Called in the forked server only (it execs or exits), with
 /// SERVER_DEV_FD and SERVER_IMAGE_FD open.
 #[cfg(feature = "image-server")]
-fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, hints: Option<Hints>) -> ! {
+fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, builtin: bool, hints: Option<Hints>, owner: Option<(u32, u32)>) -> ! {
     use std::io::Write;
-    if !threaded {
+    if builtin || owner.is_some() {
         // A second descriptor for the reader: SERVER_IMAGE_FD stays for
         // squashfuse_ll.
         if let Ok(image) = sys::dup_above(SERVER_IMAGE_FD, 10) {
@@ -326,13 +354,20 @@ fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, hints: Option<Hints>) ->
                     sys::close_number(SERVER_DEV_FD);
                     sys::close_number(SERVER_IMAGE_FD);
                     match dev {
-                        Ok(dev) => sys::exit_now(image_server::serve(dev, archive, hints)),
+                        Ok(dev) => sys::exit_now(image_server::serve(dev, archive, hints, owner)),
                         // As a server on a bad descriptor would: it exits at once.
                         Err(e) => {
                             let _ = writeln!(io::stderr(), "image server: {e}");
                             sys::exit_now(1)
                         }
                     }
+                }
+                Err(image_server::squashfs::Error::Unsupported(why)) if owner.is_some() => {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "--container-remap-root: Shoal's image server does not serve this image ({why}), and squashfuse_ll cannot show its files as yours; rebuild the image with gzip or zstd compression"
+                    );
+                    sys::exit_now(1)
                 }
                 Err(image_server::squashfs::Error::Unsupported(_)) => {}
                 Err(e) => {
@@ -378,10 +413,35 @@ fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded
 /// the opened squashfs file; `threaded`: serve with a pool of threads
 /// (containers shared by several processes; always through squashfuse_ll)
 /// rather than one. `squashfuse`: the binary exec'd when not serving
-/// in-process, checked even then (the fallback). `hints`: what the
-/// container's start will read, for the built-in server to read ahead.
-pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: bool, hints: &Hints) -> Result<FuseServer, FuseError> {
-    if !squashfuse.is_file() {
+/// in-process, checked even then (the fallback). `shoal`: the binary
+/// exec'd to run the built-in server when it cannot run in this process
+/// (the plugin; [`serve_exec`]); `None`: squashfuse_ll is exec'd (the
+/// site's choice). `hints`: what the container's start will read, for the
+/// built-in server to read ahead. `owner`: show every file as owned by
+/// this uid and gid (`--container-remap-root`; built-in server only).
+pub fn start(
+    squashfuse: &Path,
+    shoal: Option<&Path>,
+    image: BorrowedFd<'_>,
+    who: ServerAs,
+    threaded: bool,
+    hints: &Hints,
+    owner: Option<(u32, u32)>,
+) -> Result<FuseServer, FuseError> {
+    #[cfg(feature = "image-server")]
+    let serve: Option<Serve> = IN_PROCESS.get().copied();
+    #[cfg(not(feature = "image-server"))]
+    let serve: Option<Serve> = None;
+    // The `shoal` binary serving itself execs its own file when it must
+    // exec (a shared container): the configured one may be another build.
+    let shoal: Option<PathBuf> = match shoal {
+        _ if serve.is_some() => Some(PathBuf::from("/proc/self/exe")),
+        Some(p) if !p.is_file() => return Err(FuseError::MissingShoal(p.to_path_buf())),
+        Some(p) => Some(std::path::absolute(p).map_err(FuseError::Spawn)?),
+        None if owner.is_some() => return Err(FuseError::OwnerNeedsShoal),
+        None => None,
+    };
+    if !squashfuse.is_file() && owner.is_none() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
     }
     // The server runs in `/`: a configured relative path must not change meaning.
@@ -400,11 +460,13 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
     #[cfg(feature = "image-server")]
     {
         let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let (Some(early), ServerAs::RootFor { .. }) = (&early, &who) {
-            // Not forked as this user: let it read end-of-file and exit.
+        let use_early = matches!(who, ServerAs::User { .. }) && owner.is_none();
+        if let (Some(early), false) = (&early, use_early) {
+            // Not forked as this user, or not for this server: let it read
+            // end-of-file and exit.
             let _ = waitpid(early.middle, None);
         }
-        if let (Some(early), ServerAs::User { .. }) = (early, &who) {
+        if let (Some(early), true) = (early, use_early) {
             hand_over(&early, dev.as_fd(), image, threaded, squashfuse, hints).map_err(FuseError::Spawn)?;
             // The server holds the only /dev/fuse descriptor from now on.
             drop(dev);
@@ -418,18 +480,19 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
 
     // Everything the child needs, prepared before fork.
     let prog = sys::cstr(squashfuse).map_err(FuseError::Spawn)?;
-    let exec = squashfuse_exec(&prog, threaded);
+    let exec = match &shoal {
+        Some(shoal) => shoal_serve_exec(shoal, squashfuse, threaded, owner)?,
+        None => squashfuse_exec(&prog, threaded),
+    };
     let groups: Vec<libc::gid_t> = match &who {
         ServerAs::RootFor { groups, .. } => groups.clone(),
         ServerAs::User { .. } => Vec::new(),
     };
 
-    // Shared containers (several processes reading at once) are served by
-    // squashfuse_ll's pool of threads; the built-in server has one.
-    #[cfg(feature = "image-server")]
-    let server = IN_PROCESS.get().copied().filter(|_| !threaded);
-    #[cfg(not(feature = "image-server"))]
-    let server: Option<fn(&std::ffi::CStr, bool, Option<Hints>) -> !> = None;
+    // In this process only for one reader (the built-in server has one
+    // thread and serves a shared container through exec, where it may fall
+    // back to squashfuse_ll's pool of threads for images it refuses).
+    let server = serve.filter(|_| !threaded);
     let in_process = server.is_some();
     let hints = in_process.then(|| hints.clone());
 
@@ -478,11 +541,29 @@ pub fn start(squashfuse: &Path, image: BorrowedFd<'_>, who: ServerAs, threaded: 
             if let Some(serve) = server {
                 // The name `ps` and the tests see; exec renames squashfuse_ll.
                 sys::set_name(c"shoal-fuse");
-                serve(&prog, threaded, hints)
+                serve(&prog, threaded, true, hints, owner)
             }
             exec.run()
         }
     }
+}
+
+/// The hidden subcommand the `shoal` binary runs the exec'd server as.
+pub const SERVE_EXEC_ARG: &str = "__serve-image";
+
+/// The exec'd server's life (the `shoal` binary run by a forked server of
+/// the plugin, which cannot serve in its own process: see
+/// [`serve_in_process`]): /dev/fuse and the image are at descriptors 3 and
+/// 4; `args` are those after [`SERVE_EXEC_ARG`] ([`shoal_serve_exec`]).
+/// Never returns.
+#[cfg(feature = "image-server")]
+pub fn serve_exec(args: &[std::ffi::OsString]) -> ! {
+    let arg = |i: usize| args.get(i).and_then(|a| a.to_str()).unwrap_or("");
+    let owner = arg(0).split_once(':').and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+    let prog = CString::new(arg(1)).unwrap_or_default();
+    let threaded = arg(2) == "1";
+    sys::set_name(c"shoal-fuse");
+    serve_or_exec(&prog, threaded, true, None, owner)
 }
 
 impl FuseServer {

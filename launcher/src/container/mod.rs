@@ -12,12 +12,13 @@
 //!   the launcher's code is there, but the forks only their caller can
 //!   justify (what a child may do depends on the caller's threads):
 //!   `sys::double_fork` (an `unsafe fn`; `fuse` calls it twice), `fork` in
-//!   `isolate` (its child runs Rust code as the user) and
+//!   `isolate` (its child runs Rust code as the user) and in the binary's
+//!   `cli/run_save` (its child is the whole container), and
 //!   `Command::pre_exec` in `setup` (std's, unsafe for the same reason).
 //!   Unit tests may call libc directly (`image_server/tests` probes
 //!   xattrs, `isolate`'s tests try to take root back). Outside
 //!   `container/` the launcher forbids `unsafe` in `image/`, `inject/`,
-//!   `select/`, `config/`, `stage`, `reference` and `resolve`;
+//!   `select/`, `config/`, `stage`, `reference`, `resolve` and `save`;
 //! - `userns`: namespaces; `fuse`: the image through FUSE, served by
 //!   `image_server` (Shoal's own squashfs server, with the `image-server`
 //!   feature: the `shoal` binary, not the plugin) or squashfuse_ll;
@@ -52,7 +53,7 @@ mod rootfs;
 mod setup;
 mod skeleton;
 mod share;
-mod sys;
+pub(crate) mod sys;
 mod userns;
 pub mod doctor;
 
@@ -62,11 +63,12 @@ use std::path::PathBuf;
 pub use env::{parse_assignment, parse_env_file, EnvError, DEFAULT_PATH};
 pub use etc::Identity;
 pub use exec::ExecError;
-pub use fuse::FuseError;
+pub use fuse::{FuseError, SERVE_EXEC_ARG};
+pub use sys::ignore_signals;
 #[cfg(feature = "image-server")]
-pub use fuse::{prefork as prefork_fuse_server, serve_in_process as serve_fuse_in_process};
+pub use fuse::{prefork as prefork_fuse_server, serve_exec as serve_fuse_exec, serve_in_process as serve_fuse_in_process};
 pub use lower::{lower, Facts, MountOp, SourceFact};
-pub use plan::plan;
+pub use plan::{plan, remap_root as plan_remap_root};
 pub use model::{
     Cwd, DevLayout, ImageMount, Mode, Mount, MountKind, Origin, Plan, PlanError, RunConfig,
     RootFs, RunImage, RunRequest, UpperLayer, DEV_NODES,

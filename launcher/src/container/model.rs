@@ -97,9 +97,12 @@ pub enum Mode {
 /// How the squashfs image becomes a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageMount {
-    /// `squashfuse_ll` as the user, served over a /dev/fuse descriptor
-    /// (the kernel never parses the image).
-    Fuse { squashfuse: PathBuf },
+    /// A FUSE server as the user, over a /dev/fuse descriptor (the kernel
+    /// never parses the image): Shoal's own, run by `shoal` (in its own
+    /// process, or exec'd from the binary `shoal` names: the plugin's), or
+    /// `squashfuse_ll` when `shoal` is `None` (the site's choice) and for
+    /// images Shoal's server does not serve.
+    Fuse { squashfuse: PathBuf, shoal: Option<PathBuf> },
     /// Kernel squashfs on a read-only, auto-clearing loop device.
     KernelLoop,
 }
@@ -118,6 +121,9 @@ pub struct RootFs {
     /// A writable root's upper layer on disk (job containers: node-local,
     /// kept for a named container) instead of a tmpfs lost at exit.
     pub upper: Option<UpperLayer>,
+    /// Every file of the image shown as owned by this uid and gid (FUSE
+    /// only): `--container-remap-root` (see [`super::plan::remap_root`]).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// An upper layer on disk, prepared by root (the plugin) in a directory no

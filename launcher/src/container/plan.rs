@@ -16,6 +16,29 @@ use super::policy;
 use crate::config::Config;
 use crate::inject;
 
+/// The image through FUSE, served as the site chose (`[launcher] image_server`).
+fn fuse_mount(cfg: &Config) -> ImageMount {
+    let shoal = match cfg.launcher.image_server {
+        crate::config::ImageServer::Shoal => Some(cfg.launcher.shoal_path()),
+        crate::config::ImageServer::Squashfuse => None,
+    };
+    ImageMount::Fuse { squashfuse: cfg.launcher.squashfuse_path(), shoal }
+}
+
+/// `--container-remap-root` (the plugin): the task will be uid 0 of a user
+/// namespace that maps only the user, so the image is served through FUSE
+/// (a kernel squashfs mount cannot change owners) with every file shown as
+/// the user's: inside, they are root's, and dpkg or apt can replace them in
+/// a writable container. The user's view outside is of their own files in
+/// a read-only, nosuid, nodev mount of an image they can read.
+pub fn remap_root(plan: &mut Plan, cfg: &Config) {
+    plan.remap_root = true;
+    if plan.root.via == ImageMount::KernelLoop {
+        plan.root.via = fuse_mount(cfg);
+    }
+    plan.root.owner = Some((plan.identity.uid, plan.identity.gid));
+}
+
 /// Makes the plan: pure, decides everything.
 pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     let mode = if req.privileged { Mode::Privileged } else { Mode::Unprivileged };
@@ -26,11 +49,12 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         via: if kernel {
             ImageMount::KernelLoop
         } else {
-            ImageMount::Fuse { squashfuse: cfg.launcher.squashfuse_path() }
+            fuse_mount(cfg)
         },
         verify_trust: !cfg.launcher.allow_kernel_mount_of_user_images,
         writable: req.writable,
         upper: None,
+        owner: None,
     };
 
     let mut mounts = Vec::new();

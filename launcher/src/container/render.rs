@@ -11,11 +11,18 @@ impl Plan {
         let mut s = String::new();
         let _ = writeln!(s, "mode     {}", self.mode);
         let via = match &self.root.via {
-            ImageMount::Fuse { squashfuse } => format!(
-                "FUSE as uid {} (Shoal's image server; squashfuse_ll {} for shared containers and xz/lzo/xattr images)",
+            ImageMount::Fuse { squashfuse, shoal: Some(_) } => format!(
+                "FUSE as uid {} (Shoal's image server; squashfuse_ll {} for xz/lzo/xattr images){}",
                 self.identity.uid,
-                squashfuse.display()
+                squashfuse.display(),
+                match self.root.owner {
+                    Some((u, g)) => format!(", every file shown as {u}:{g}"),
+                    None => String::new(),
+                }
             ),
+            ImageMount::Fuse { squashfuse, shoal: None } => {
+                format!("FUSE as uid {} (squashfuse_ll {}, the site's image_server)", self.identity.uid, squashfuse.display())
+            }
             ImageMount::KernelLoop => "kernel squashfs on a read-only loop device".into(),
         };
         let _ = writeln!(s, "image    {} via {via}, ro,nosuid,nodev", self.root.squashfs.display());

@@ -53,7 +53,7 @@ pub enum BuildError {
     Namespace(#[from] NsError),
     #[error(transparent)]
     Fuse(#[from] FuseError),
-    #[error("squashfuse_ll could not serve image {path} ({detail}); the file is corrupt or not a squashfs image: pull or build it again")]
+    #[error("the image server could not serve image {path} ({detail}); the file is corrupt or not a squashfs image: pull or build it again")]
     FuseServerFailed { path: PathBuf, detail: String },
     #[error("cannot attach image {path} to a loop device: {err}; check /dev/loop-control (shoal doctor)")]
     Loop { path: PathBuf, err: io::Error },
@@ -201,11 +201,12 @@ pub(crate) fn build(plan: &Plan, src: Sources, processes: u32) -> Result<(), Bui
     let mut server = start_image_server(plan, &src, processes)?;
     enter_namespaces(plan, server.as_ref())?;
     let binds = open_binds(plan)?;
+    let layer = open_layer(plan)?;
     let assembly = make_assembly()?;
     mount_image(plan, src, server.as_mut())?;
     let skel = make_skeleton(plan, &binds, assembly.as_fd())?;
     let user_db = place_user_db(plan, skel, assembly.as_fd(), server.as_ref())?;
-    let root = mount_root(plan, assembly.as_fd(), user_db.is_some())?;
+    let root = mount_root(plan, assembly.as_fd(), layer.as_ref(), user_db.is_some())?;
     mount_all(plan, &binds, root.as_fd(), assembly.as_fd())?;
     drop(binds);
     if let Some(lower_fd) = user_db {
@@ -225,12 +226,13 @@ fn lower_dir() -> String {
 fn start_image_server(plan: &Plan, src: &Sources, processes: u32) -> Result<Option<fuse::FuseServer>, BuildError> {
     let id = &plan.identity;
     Ok(match &plan.root.via {
-        ImageMount::Fuse { squashfuse } => {
+        ImageMount::Fuse { squashfuse, shoal } => {
             let who = match plan.mode {
                 Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
                 Mode::Privileged => fuse::ServerAs::RootFor { uid: id.uid, gid: id.gid, groups: plan.groups.clone() },
             };
-            Some(fuse::start(squashfuse, src.image.as_fd(), who, processes > 1, &readahead_hints(plan))?)
+            let hints = readahead_hints(plan);
+            Some(fuse::start(squashfuse, shoal.as_deref(), src.image.as_fd(), who, processes > 1, &hints, plan.root.owner)?)
         }
         ImageMount::KernelLoop => None,
     })
@@ -354,23 +356,41 @@ fn place_user_db(plan: &Plan, skel: OwnedFd, assembly: BorrowedFd<'_>, server: O
     Ok(user_db)
 }
 
-/// 6. The root: skeleton over image, plus a tmpfs upper when writable;
-///    the user database bound in when `bind_user_db`.
-fn mount_root(plan: &Plan, assembly: BorrowedFd<'_>, bind_user_db: bool) -> Result<OwnedFd, BuildError> {
+/// 3a. A writable root's upper layer on disk, `upper` and `work` opened
+/// before the assembly tmpfs covers `/tmp` (where `shoal run --save` keeps
+/// them, under `$TMPDIR`): the overlay is then mounted on the descriptors,
+/// never on paths resolved again later. Never follows a link.
+fn open_layer(plan: &Plan) -> Result<Option<(OwnedFd, OwnedFd)>, BuildError> {
+    let Some(layer) = plan.root.upper.as_ref().filter(|_| plan.root.writable) else { return Ok(None) };
+    let open = |p: &Path| {
+        sys::openat(None, p, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+            .map_err(step(format!("open the writable layer {}", p.display())))
+    };
+    Ok(Some((open(&layer.upper)?, open(&layer.work)?)))
+}
+
+/// 6. The root: skeleton over image, plus a tmpfs upper when writable (or
+///    the layer on disk `layer`, from [`open_layer`]); the user database
+///    bound in when `bind_user_db`.
+fn mount_root(plan: &Plan, assembly: BorrowedFd<'_>, layer: Option<&(OwnedFd, OwnedFd)>, bind_user_db: bool) -> Result<OwnedFd, BuildError> {
     let id = &plan.identity;
     let lower_dir = lower_dir();
     let mut opts = format!("lowerdir={ASSEMBLY}/skel:{lower_dir}");
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if let (true, Some(layer)) = (plan.root.writable, &plan.root.upper) {
-        // Root-made paths in a root-only directory (see `UpperLayer`).
-        let (upper, work) = (layer.upper.display(), layer.work.display());
-        if [&upper.to_string(), &work.to_string()].iter().any(|p| p.contains([',', ':', '\\'])) {
-            return Err(step("mount the overlay root")(io::Error::other(format!("layer path {upper} has `,`, `:` or `\\`"))));
-        }
+    if let Some((upper, work)) = layer {
+        // Root-made paths in a root-only directory (see `UpperLayer`), or
+        // the user's own (`shoal run --save`), opened by `open_layer`.
+        let (upper, work) = (sys::fd_path(upper.as_fd()), sys::fd_path(work.as_fd()));
+        let (upper, work) = (upper.to_string_lossy(), work.to_string_lossy());
         // index=off: a second container on the same layer (a named
         // container's `no_exec` step) is then allowed, as overlayfs does
         // by default.
         opts.push_str(&format!(",upperdir={upper},workdir={work},index=off"));
+        // A user's own layer on disk (`shoal run --save`): overlayfs keeps
+        // its markers in user.* xattrs, the only ones it may set there.
+        if plan.mode == Mode::Unprivileged {
+            opts.push_str(",userxattr");
+        }
     } else if plan.root.writable {
         opts.push_str(&format!(",upperdir={ASSEMBLY}/upper,workdir={ASSEMBLY}/work"));
         if plan.mode == Mode::Unprivileged {

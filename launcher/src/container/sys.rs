@@ -423,12 +423,22 @@ pub struct Exec {
     prog: CString,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    /// The strings `argv` points into when they are not 'static (moving a
+    /// CString does not move its bytes).
+    _owned: Vec<CString>,
 }
 
 impl Exec {
     pub fn new(prog: CString, args: &[&'static CStr], env: &[&'static CStr]) -> Exec {
         let ptrs = |v: &[&'static CStr]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-        Exec { prog, argv: ptrs(args), envp: ptrs(env) }
+        Exec { prog, argv: ptrs(args), envp: ptrs(env), _owned: Vec::new() }
+    }
+
+    /// As [`Exec::new`], with arguments made at run time.
+    pub fn with_args(prog: CString, args: Vec<CString>, env: &[&'static CStr]) -> Exec {
+        let argv = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        let envp = env.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        Exec { prog, argv, envp, _owned: args }
     }
 
     /// Execs the program; exits 127 when that fails.
@@ -563,4 +573,73 @@ pub fn thread_idle_priority() {
     let p = libc::sched_param { sched_priority: 0 };
     // SAFETY: a valid sched_param; pid 0 is the calling thread.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) };
+}
+
+/// `fstatat` of `name` in `dir`, never following a final link.
+pub fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &Path) -> io::Result<libc::stat> {
+    let c = cstr(name)?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid C string and a buffer of the right size.
+    cvt(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) } as libc::c_long)?;
+    // SAFETY: fstatat succeeded and filled it.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The target of the link `name` in `dir`.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<std::path::PathBuf> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: a valid C string; the buffer's length is passed.
+    let n = cvt(unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) } as libc::c_long)?;
+    buf.truncate(n as usize);
+    Ok(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&buf)))
+}
+
+/// One xattr's value of an open file (at most 64 KiB, the kernel's
+/// limit), if set and readable.
+pub fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: a valid name; the buffer's length is passed.
+    let n = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+/// The xattr names of an open file that its reader may see (none on a
+/// filesystem without xattrs).
+pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: the buffer's length is passed.
+    let n = unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(Vec::new()) } else { Err(e) };
+    }
+    Ok(buf[..n as usize].split(|b| *b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect())
+}
+
+/// A directory's entries (name, d_type), without `.` and `..`.
+pub fn dir_entries(dir: BorrowedFd<'_>) -> io::Result<Vec<(std::ffi::OsString, u8)>> {
+    let fd = openat(Some(dir), Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // SAFETY: fdopendir takes the descriptor over on success.
+    let d = unsafe { libc::fdopendir(fd.as_raw_fd()) };
+    if d.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(fd);
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `d` is a valid DIR*; the entry is read before the next call.
+        let e = unsafe { libc::readdir(d) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: as above; d_name is NUL-terminated.
+        let (name, kind) = unsafe { (CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec(), (*e).d_type) };
+        if name != b"." && name != b".." {
+            out.push((std::ffi::OsStr::from_bytes(&name).to_os_string(), kind));
+        }
+    }
+    // SAFETY: closes the DIR* and its descriptor.
+    unsafe { libc::closedir(d) };
+    Ok(out)
 }

@@ -14,7 +14,8 @@
 //! - [`import`]: the same for local sources (OCI layout, docker-archive,
 //!   a directory, a squashfs file);
 //! - [`file`]: opening an image file a user named, refusing FIFOs and
-//!   devices before a byte is read.
+//!   devices before a byte is read;
+//! - [`trailer`]: the run settings a saved container keeps in its file.
 
 // Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
 // bindings), never in this module.
@@ -30,3 +31,4 @@ pub mod registry;
 pub mod store;
 pub mod superblock;
 pub mod trust;
+pub mod trailer;

@@ -162,6 +162,11 @@ impl Spank {
         self.item_u32(ffi::spank_item::S_JOB_NODEID, "spank_get_item(S_JOB_NODEID)")
     }
 
+    /// This task's index among the step's tasks on this node (task context).
+    pub fn local_task_id(&self) -> Result<u32, SpankError> {
+        self.item_u32(ffi::spank_item::S_TASK_ID, "spank_get_item(S_TASK_ID)")
+    }
+
     /// Number of this step's tasks on this node: exactly the number of
     /// processes that will share the node's container.
     pub fn local_task_count(&self) -> Result<u32, SpankError> {

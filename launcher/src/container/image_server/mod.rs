@@ -60,13 +60,22 @@ const LAYOUT_CACHE: usize = 4096;
 struct Server {
     fs: Archive,
     layouts: HashMap<u64, Rc<FileLayout>>,
+    /// Every file shown as owned by this uid and gid instead of the
+    /// image's ids (see [`serve`]).
+    owner: Option<(u32, u32)>,
 }
 
 /// Serves `fs` on the mounted FUSE connection `dev` until the kernel ends
 /// it (the container's last process exited); returns the exit status.
 /// With `hints`, a second thread reads ahead what the container's start
-/// will read ([`readahead`]).
-pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 {
+/// will read ([`readahead`]). With `owner`, every file is shown owned by
+/// that uid and gid (the user's, for `--container-remap-root`: inside a
+/// user namespace mapping the user to 0 the image's files are then root's,
+/// as in an image the user unpacked, and dpkg can replace them); the kernel
+/// still checks modes (`default_permissions`) and the mount stays
+/// read-only, nosuid and nodev, so the user gains only what reading the
+/// image file gives.
+pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>, owner: Option<(u32, u32)>) -> i32 {
     tune_malloc();
     let readahead = hints.and_then(|hints| start_readahead(&fs, hints));
     let fd = dev.as_raw_fd();
@@ -74,7 +83,7 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>) -> i32 
         eprintln!("image server: cannot make /dev/fuse non-blocking: {e}");
         return 1;
     }
-    let mut server = Server { fs, layouts: HashMap::new() };
+    let mut server = Server { fs, layouts: HashMap::new(), owner };
     let mut buf = vec![0u8; REQUEST_BUFFER];
     let mut reply = Vec::with_capacity(1 << 20);
     let mut idle_since = now_ns();
@@ -259,8 +268,8 @@ impl Server {
             mtime: u64::from(i.mtime),
             mode: i.st_mode(),
             nlink: i.nlink.max(1),
-            uid: i.uid,
-            gid: i.gid,
+            uid: self.owner.map_or(i.uid, |o| o.0),
+            gid: self.owner.map_or(i.gid, |o| o.1),
             rdev: i.rdev(),
             blksize: self.fs.block_size(),
         }

@@ -63,6 +63,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use writer::{check_squashfs, dir_to_squashfs, layers_to_squashfs};
+/// For `crate::save`'s layer of a container's changes.
+pub(crate) use tar_entry::{keep_xattr, pax_record};
 
 /// How a layer blob is compressed (from its media type: `...tar+gzip`,
 /// `...tar+zstd`, `...tar`). Magic bytes override a wrong media type.

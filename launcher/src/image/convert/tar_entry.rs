@@ -68,7 +68,7 @@ pub(super) fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>) -> io::Result<Meta> 
 ///   needs the rest: dropped;
 /// - others (POSIX ACLs in `system.`): squashfs cannot store them; dropped
 ///   rather than failing the image.
-pub(super) fn keep_xattr(name: &[u8]) -> bool {
+pub(crate) fn keep_xattr(name: &[u8]) -> bool {
     (name.starts_with(b"user.") && !name.starts_with(b"user.overlay.")) || name == b"security.capability"
 }
 
@@ -142,7 +142,7 @@ impl<W: Write> Out<W> {
 }
 
 /// One PAX record: "LEN KEY=VALUE\n", where LEN counts itself.
-pub(super) fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+pub(crate) fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
     let mut len = rest + 1;
     while len != rest + len.to_string().len() {
