@@ -259,26 +259,20 @@ fn upper_tar(upper: BorrowedFd<'_>, opaque: &BTreeSet<PathBuf>, to: File) -> Res
 /// The xattrs of an entry an image keeps (`convert::keep_xattr`; never
 /// overlayfs's own `user.overlay.*` markers) as a PAX header before it.
 fn kept_xattrs<W: Write>(tar: &mut tar::Builder<W>, fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut body = Vec::new();
+    let mut kept = Vec::new();
     for name in sys::flistxattr(fd)? {
         if !convert::keep_xattr(&name) || name.starts_with(b"user.overlay.") {
             continue;
         }
         let cname = CString::new(name.clone()).map_err(io::Error::other)?;
         if let Some(value) = sys::fgetxattr(fd, &cname) {
-            body.extend(convert::pax_record(&[b"SCHILY.xattr.".as_slice(), &name].concat(), &value));
+            kept.push((name, value));
         }
     }
-    if body.is_empty() {
+    if kept.is_empty() {
         return Ok(());
     }
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::XHeader);
-    h.set_path("PaxHeader")?;
-    h.set_mode(0o644);
-    h.set_size(body.len() as u64);
-    h.set_cksum();
-    tar.append(&h, body.as_slice())
+    convert::append_pax_xattrs(tar, &kept)
 }
 
 fn empty<W: Write>(tar: &mut tar::Builder<W>, path: &Path) -> io::Result<()> {

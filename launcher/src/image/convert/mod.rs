@@ -64,7 +64,7 @@ use std::str::FromStr;
 
 pub use writer::{check_squashfs, dir_to_squashfs, layers_to_squashfs};
 /// For `crate::save`'s layer of a container's changes.
-pub(crate) use tar_entry::{keep_xattr, pax_record};
+pub(crate) use tar_entry::{append_pax_xattrs, keep_xattr};
 
 /// How a layer blob is compressed (from its media type: `...tar+gzip`,
 /// `...tar+zstd`, `...tar`). Magic bytes override a wrong media type.

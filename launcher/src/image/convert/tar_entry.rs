@@ -126,19 +126,25 @@ impl<W: Write> Out<W> {
     /// A PAX extended header carrying `SCHILY.xattr.NAME` records, which
     /// tar2sqfs applies to the next entry.
     pub(super) fn pax_xattrs(&mut self, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
-        let mut body = Vec::new();
-        for (name, value) in xattrs {
-            let key = [b"SCHILY.xattr.".as_slice(), name].concat();
-            body.extend(pax_record(&key, value));
-        }
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::XHeader);
-        h.set_path("PaxHeader")?;
-        h.set_mode(0o644);
-        h.set_size(body.len() as u64);
-        h.set_cksum();
-        self.0.append(&h, body.as_slice())
+        append_pax_xattrs(&mut self.0, xattrs)
     }
+}
+
+/// Appends a PAX extended header carrying `SCHILY.xattr.NAME` records for
+/// `xattrs` (name, value), which applies to the next entry.
+pub(crate) fn append_pax_xattrs<W: Write>(tar: &mut tar::Builder<W>, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    let mut body = Vec::new();
+    for (name, value) in xattrs {
+        let key = [b"SCHILY.xattr.".as_slice(), name].concat();
+        body.extend(pax_record(&key, value));
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_path("PaxHeader")?;
+    h.set_mode(0o644);
+    h.set_size(body.len() as u64);
+    h.set_cksum();
+    tar.append(&h, body.as_slice())
 }
 
 /// One PAX record: "LEN KEY=VALUE\n", where LEN counts itself.
