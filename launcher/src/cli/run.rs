@@ -139,8 +139,10 @@ fn image(arg: &str, cwd: &Path, cfg: &Config, modules: &[String], own_file: bool
         .is_some_and(|d| squashfs.starts_with(d) && !squashfs.components().any(|c| c.as_os_str() == ".."));
     let scope = if in_site_store { Scope::Site } else { Scope::User };
     // A saved container's run settings are in its file (`image::trailer`).
+    // Opened as the launch opens it (never waiting on a FIFO or device);
+    // a path that is no image file is refused there, with its reason.
     let config = own_file
-        .then(|| std::fs::File::open(&squashfs).ok())
+        .then(|| shoal::image::file::open_image_file(&squashfs, shoal::image::file::Links::Follow).ok())
         .flatten()
         .and_then(|f| shoal::image::trailer::read(&f))
         .map_or_else(RunConfig::default, |c| shoal::resolve::run_config(&c));
