@@ -432,3 +432,98 @@ fn scancel_after_a_slurmd_restart_leaves_nothing_behind() {
     ok(&tb.user(&format!("scancel {job}")));
     assert_nothing_left(tb, job, true);
 }
+
+/// The cluster's Shoal config with `[node] staging` set, restored when
+/// dropped (up.sh restores it too should a run be killed).
+struct Staging(std::path::PathBuf, String);
+
+impl Staging {
+    fn set(mode: &str) -> Staging {
+        let conf = support::node_path("/etc/shoal/shoal.toml");
+        let saved = std::fs::read_to_string(&conf).unwrap();
+        let text = saved.replacen("[node]\n", &format!("[node]\nstaging = \"{mode}\"\n"), 1);
+        assert_ne!(text, saved, "no [node] table in {}", conf.display());
+        std::fs::write(&conf, text).unwrap();
+        Staging(conf, saved)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, &self.1);
+    }
+}
+
+/// Issue 17: `node.staging = "in-place"` serves a store image where it lies
+/// through Shoal's image server, each read checked against the hash tree
+/// recorded when the image was stored: no node copies it, a byte changed
+/// since fails the read that meets it (EIO) and only that, a changed tree
+/// fails the task with its reason. For a site image (its tree's root from
+/// the site store) and a user image (from the pin).
+#[test]
+fn in_place_staging_serves_the_store_file_checked_and_copies_nothing() {
+    let _w = CLUSTER_CONFIG.write().unwrap_or_else(|e| e.into_inner());
+    let tb = slurm();
+    let dir = tb.user_tempdir("in-place");
+    let d = dir.display();
+    let tag = std::process::id();
+    // A root filesystem of its own (a digest no other test has): busybox
+    // with a marker and 4 MiB of incompressible bytes, whose middle lies
+    // in data blocks far from the tables.
+    let busybox = ok(&tb.root(&format!("/usr/local/bin/shoal inspect {REG}/shoal/busybox:latest | sed -n 's/^squashfs: *\\([^ ]*\\) .*/\\1/p'")));
+    ok(&tb.user(&format!(
+        "cd {d} && unsquashfs -q -n -d root '{}' >/dev/null && echo in-place-{tag} > root/etc/marker && head -c 4M /dev/urandom > root/big.bin && md5sum < root/big.bin > big.md5",
+        busybox.trim()
+    )));
+    let sum = ok(&tb.user(&format!("cat {d}/big.md5")));
+    let sum = sum.split_whitespace().next().unwrap();
+    let site = format!("localhost/t17/in-place-site:{tag}");
+    let user = format!("localhost/t17/in-place-user:{tag}");
+    ok(&tb.root(&format!("/usr/local/bin/shoal import --site -q --name {site} {d}/root")));
+    ok(&tb.user(&format!("'{}' import -q --name {user} {d}/root", tb.shoal().display())));
+    let path_in = "sed -n 's/^squashfs: *\\([^ ]*\\) .*/\\1/p'";
+    let site_sqfs = std::path::PathBuf::from(ok(&tb.root(&format!("/usr/local/bin/shoal inspect {site} | {path_in}"))).trim());
+    let user_sqfs = std::path::PathBuf::from(ok(&tb.user(&format!("'{}' inspect {user} | {path_in}", tb.shoal().display()))).trim());
+    for sqfs in [&site_sqfs, &user_sqfs] {
+        let tree = sqfs.with_file_name("image.verity");
+        assert!(ok(&tb.root(&format!("stat -c %s '{}'", tree.display()))).trim().parse::<u64>().unwrap() > 64, "no tree beside {}", sqfs.display());
+    }
+    let _staging = Staging::set("in-place");
+    let probe = "sh -c 'echo $(hostname) $(cat /etc/marker) $(md5sum < /big.bin)'";
+    for image in [&site, &user] {
+        let out = ok(&tb.user(&format!("cd {d} && srun -N3 --image={image} {probe} | sort")));
+        let want: Vec<String> = ["n1", "n2", "n3"].iter().map(|n| format!("{n} in-place-{tag} {sum} -")).collect();
+        assert_eq!(out.lines().collect::<Vec<_>>(), want, "{image}");
+    }
+    // Nothing copied into any node cache, nothing logged as staged.
+    for sqfs in [&site_sqfs, &user_sqfs] {
+        let hex = sqfs.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let copies = ok(&tb.root(&format!("ls /var/cache/shoal/n*/images/ | grep -c {hex} || true")));
+        assert_eq!(copies.trim(), "0", "{} was copied", sqfs.display());
+        assert_eq!(copies_logged(tb, &hex), 0);
+    }
+    // One byte of big.bin changed in the site store's file: reading it
+    // fails with EIO, and the marker (other blocks) still reads after.
+    // (Random bytes are stored as they are: found in the file by content.)
+    let big = std::fs::read(dir.join("root/big.bin")).unwrap();
+    let needle = &big[2 << 20..(2 << 20) + 64];
+    let file = std::fs::read(support::node_path(&site_sqfs.display().to_string())).unwrap();
+    let at = file.windows(64).position(|w| w == needle).expect("big.bin's bytes in the squashfs file");
+    ok(&tb.root(&format!(
+        "f='{}'; printf '\\x5a' | dd of=\"$f\" bs=1 seek={at} conv=notrunc status=none",
+        site_sqfs.display(),
+    )));
+    let out = tb.user(&format!("cd {d} && srun -N1 -w n2 --image={site} sh -c 'md5sum < /big.bin; r=$?; cat /etc/marker; exit $r'"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a changed image read without an error:\n{text}");
+    // The server outlives the error: the marker is read after it.
+    assert!(text.contains(&format!("in-place-{tag}")) && text.contains("Input/output error"), "{text}");
+    // The user's tree changed: the task fails before it starts, saying so.
+    let tree = user_sqfs.with_file_name("image.verity");
+    ok(&tb.root(&format!("printf '\\x00' | dd of='{}' bs=1 seek=40 conv=notrunc status=none", tree.display())));
+    let e = fails(&tb.user(&format!("cd {d} && srun -N1 --image={user} true")));
+    assert!(e.contains("does not hash to the root recorded"), "{e}");
+    drop(_staging);
+    ok(&tb.root(&format!("/usr/local/bin/shoal rm --site {site} >/dev/null")));
+    ok(&tb.user(&format!("'{}' rm {user} >/dev/null", tb.shoal().display())));
+}

@@ -27,5 +27,8 @@ pub fn run_image(stored: &StoredImage) -> RunImage {
         squashfs: stored.squashfs.clone(),
         config: run_config(&stored.config),
         scope: stored.scope,
+        // `shoal run` reads the user's own store, or root's site store
+        // (kernel-mounted): nothing to check it against a tree for.
+        verity: None,
     }
 }

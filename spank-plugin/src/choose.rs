@@ -141,6 +141,7 @@ pub fn choose(
         // (a signature of the index covers every entry it lists).
         identity: pin.identity.clone(),
         signatures: pin.signatures.clone(),
+        verity: image.verity_root.clone(),
     };
     Ok((chosen, how))
 }

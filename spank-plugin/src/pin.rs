@@ -52,6 +52,21 @@ pub struct Pin {
     /// check them offline (`image::trust`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signatures: Option<shoal::image::trust::SignatureSet>,
+    /// Root of a user-store image's hash tree (`image.verity` beside
+    /// `squashfs`), for `node.staging = "in-place"`. From the user, like
+    /// the rest: it only decides what the user's own server (as the user)
+    /// checks the user's own file against. Site images take theirs from
+    /// the site store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<String>,
+}
+
+impl Pin {
+    /// A user-store image's tree, as pinned.
+    pub fn user_verity(&self) -> Option<shoal::image::verity::Pinned> {
+        let root = self.verity.clone()?;
+        Some(shoal::image::verity::Pinned { file: self.squashfs.with_file_name(shoal::image::verity::FILE_NAME), root })
+    }
 }
 
 impl Pin {
@@ -82,6 +97,7 @@ mod tests {
             select: Default::default(),
             identity: Some("127.0.0.1:5443/shoal/busybox:latest".into()),
             signatures: Some(shoal::image::trust::SignatureSet::default()),
+            verity: Some("c".repeat(64)),
         };
         assert_eq!(Pin::from_env(&pin.to_env()).unwrap(), pin);
     }

@@ -193,7 +193,12 @@ fn at_step_end(spank: &Spank) -> Result<(), String> {
     }
     let fail = |e: String| format!("--container-save={}: {e}; nothing was written", save.display());
     let (pin, user_file, user_config) = crate::task::step_image().ok_or_else(|| fail("the step's image is not known here".into()))?;
-    let config = options::config();
+    let mut config = options::config();
+    // The saver reads the image by path (sqfs2tar), unchecked: it reads
+    // the node cache's verified copy, never the store's file in place.
+    if config.node.staging == shoal::config::Staging::InPlace {
+        config.node.staging = shoal::config::Staging::Copy;
+    }
     let node = job::node_name()?;
     let job_id = spank.job_id().map_err(|e| e.to_string())?;
     let step_id = spank.step_id().map_err(|e| e.to_string())?;
@@ -205,7 +210,7 @@ fn at_step_end(spank: &Spank) -> Result<(), String> {
         }
         Scope::User => {
             let file = user_file.ok_or_else(|| fail("the image file was not opened".into()))?;
-            let path = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
+            let (path, _) = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
                 Ok(Box::new(ReadAt::new(file)) as shoal::stage::Source)
             })
             .map_err(fail)?;

@@ -1,6 +1,9 @@
 //! Staging on each allocated node: the image a job is pinned to is copied
-//! into the node cache (or used in place, `node.staging = "direct"`),
-//! verified against the checksum recorded when it was written.
+//! into the node cache, verified against the checksum recorded when it was
+//! written; or used where it lies: `node.staging = "in-place"` (served by
+//! Shoal's image server, every read checked against the image's hash tree,
+//! `shoal::image::verity`; images without one are copied) or `"direct"`
+//! (unchecked).
 //!
 //! Two callers: the job prolog stages ahead of the job (best effort: a
 //! failing prolog would drain the node, and a missing image is the job's
@@ -40,6 +43,9 @@ pub struct Staged {
     /// The image's run settings, when known (site image, or user store
     /// metadata read as the user).
     pub config: Option<shoal::container::RunConfig>,
+    /// Served where it lies, checked against this tree as it is read
+    /// (`node.staging = "in-place"`).
+    pub verity: Option<shoal::image::verity::Pinned>,
 }
 
 /// Reads a whole file through `pread`, so every task of a step can copy
@@ -118,7 +124,11 @@ pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<St
     let stored = site_image(config, pin)?;
     let run_config = Some(shoal::resolve::run_config(&stored.config));
     if config.node.staging == Staging::Direct {
-        return Ok(Staged { squashfs: stored.squashfs, scope: Scope::Site, config: run_config });
+        return Ok(Staged { squashfs: stored.squashfs, scope: Scope::Site, config: run_config, verity: None });
+    }
+    // The tree's root from the site store (root's), never from the pin.
+    if let (Staging::InPlace, Some(verity)) = (config.node.staging, stored.verity()) {
+        return Ok(Staged { squashfs: stored.squashfs, scope: Scope::Site, config: run_config, verity: Some(verity) });
     }
     let expected = Expected {
         digest: stored.digest.clone(),
@@ -133,7 +143,7 @@ pub fn stage_site(config: &Config, node: &str, job: u32, pin: &Pin) -> Result<St
         .stage(&expected, job, move || Ok(Box::new(File::open(&source)?) as Source))
         .map_err(|e| e.to_string())?;
     log_copy(copied, job, node, pin, &path);
-    Ok(Staged { squashfs: path, scope: Scope::Site, config: run_config })
+    Ok(Staged { squashfs: path, scope: Scope::Site, config: run_config, verity: None })
 }
 
 /// Stages a user image from `source`, which reads the user's file with the
@@ -145,10 +155,15 @@ pub fn stage_user(
     pin: &Pin,
     owner: (u32, u32),
     source: impl FnOnce() -> io::Result<Source>,
-) -> Result<PathBuf, String> {
+) -> Result<(PathBuf, Option<shoal::image::verity::Pinned>), String> {
     admit(config, node, pin)?;
     if config.node.staging == Staging::Direct {
-        return Ok(pin.squashfs.clone());
+        return Ok((pin.squashfs.clone(), None));
+    }
+    // The user's own file, served by the user's own server, checked
+    // against the tree their store recorded.
+    if let (Staging::InPlace, Some(verity)) = (config.node.staging, pin.user_verity()) {
+        return Ok((pin.squashfs.clone(), Some(verity)));
     }
     let expected = Expected {
         digest: pin.digest.clone(),
@@ -159,7 +174,7 @@ pub fn stage_user(
     };
     let (path, copied) = node_cache(config, node)?.stage(&expected, job, source).map_err(|e| e.to_string())?;
     log_copy(copied, job, node, pin, &path);
-    Ok(path)
+    Ok((path, None))
 }
 
 /// One slurmd log line per copy into a node cache (how often an image is

@@ -99,6 +99,7 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                     select: mode,
                     identity,
                     signatures,
+                    verity: None,
                 }))
             };
             if let Some(p) = index_pin(&store)? {
@@ -127,6 +128,7 @@ fn pin_image(image: &ImageSpec, config: &shoal::Config) -> Result<Pin, String> {
                 select: mode,
                 identity: shoal::image::trust::stored_identity(spec, &stored).map(|r| r.to_string()),
                 signatures: shoal::image::trust::stored_signatures(&store, &stored),
+                verity: stored.verity_root.clone(),
             })
         }
     }
@@ -193,5 +195,6 @@ fn pin_file(path: &Path, requested: String) -> Result<Pin, String> {
         select: Default::default(),
         identity: None,
         signatures: None,
+        verity: None,
     })
 }

@@ -241,10 +241,10 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
                 .ok_or("the user's image was not opened")?
                 .try_clone()
                 .map_err(|e| e.to_string())?;
-            let path = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
+            let (path, verity) = stage::stage_user(&config, &node, job_id, &pin, (user.uid, user.gid), move || {
                 Ok(Box::new(ReadAt::new(file)) as shoal::stage::Source)
             })?;
-            Staged { squashfs: path, scope: crate::pin::Scope::User, config: state.user_config.clone() }
+            Staged { squashfs: path, scope: crate::pin::Scope::User, config: state.user_config.clone(), verity }
         }
     };
     drop(guard);
@@ -289,6 +289,7 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
             squashfs: staged.squashfs,
             config: staged.config.unwrap_or_default(),
             scope: staged.scope,
+            verity: staged.verity,
         },
         // Slurm execs the task's own argv; the plan's is not used.
         argv: vec!["/bin/true".into()],

@@ -146,7 +146,7 @@ fn image(arg: &str, cwd: &Path, cfg: &Config, modules: &[String], own_file: bool
         .flatten()
         .and_then(|f| shoal::image::trailer::read(&f))
         .map_or_else(RunConfig::default, |c| shoal::resolve::run_config(&c));
-    Ok(RunImage { squashfs, config, scope })
+    Ok(RunImage { squashfs, config, scope, verity: None })
 }
 
 /// Whether `shoal` should fork its image server before it even parses its

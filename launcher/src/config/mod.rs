@@ -289,8 +289,13 @@ pub enum Staging {
     /// Copy into the node cache (verified), then mount the local copy: the
     /// shared filesystem is read once per node, not once per file access.
     Copy,
-    /// Mount straight from the store on the shared filesystem.
+    /// Mount straight from the store on the shared filesystem, unchecked.
     Direct,
+    /// Serve the image where it lies in the store through Shoal's image
+    /// server, every read checked against the hash tree recorded at pull
+    /// time (`image::verity`); images without a tree are copied.
+    #[serde(rename = "in-place")]
+    InPlace,
 }
 
 /// A byte count written as `"512M"`, `"20G"`, `"1T"` or a plain integer.
@@ -511,6 +516,14 @@ impl Config {
                 path: path.to_path_buf(),
                 at: Location { line: find_key_line(text, &key), key: Some(key) },
                 message: "must be at least 1 (seconds without a byte before a copy fails)".into(),
+            });
+        }
+        if config.node.staging == Staging::InPlace && config.launcher.image_server == ImageServer::Squashfuse {
+            let key = "node.staging".to_string();
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                at: Location { line: find_key_line(text, &key), key: Some(key) },
+                message: "\"in-place\" checks every read against the image's hash tree, which only Shoal's own image server does, but [launcher] image_server = \"squashfuse\": set one of them back".into(),
             });
         }
         Ok(config)

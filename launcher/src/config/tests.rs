@@ -80,6 +80,10 @@ fn node_section_sizes_and_staging() {
         e.contains("node.cache_size") && e.contains("\"lots\""),
         "{e}"
     );
+    let c = Config::parse("[node]\nstaging = \"in-place\"\n", Path::new("x")).unwrap();
+    assert_eq!(c.node.staging, Staging::InPlace);
+    let e = err("[launcher]\nimage_server = \"squashfuse\"\n[node]\nstaging = \"in-place\"\n");
+    assert!(e.contains("node.staging") && e.contains("image_server"), "{e}");
     let e = err("[node]\nstaging = \"teleport\"\n");
     assert!(e.contains("node.staging") && e.contains("teleport"), "{e}");
 }

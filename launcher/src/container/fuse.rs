@@ -67,9 +67,25 @@ use super::userns;
 #[cfg(feature = "image-server")]
 static IN_PROCESS: std::sync::OnceLock<Serve> = std::sync::OnceLock::new();
 
-/// The in-process server's entry ([`serve_or_exec`]'s signature): prog,
-/// threaded, builtin, hints, owner.
-type Serve = fn(&std::ffi::CStr, bool, bool, Option<Hints>, Option<(u32, u32)>) -> !;
+/// The in-process server's entry ([`serve_or_exec`]'s signature).
+type Serve = fn(&std::ffi::CStr, ServeWith) -> !;
+
+/// What a forked server is told besides its two descriptors and
+/// squashfuse_ll's path.
+#[cfg_attr(not(feature = "image-server"), allow(dead_code))]
+struct ServeWith {
+    /// Serve with a pool of threads (squashfuse_ll: a shared container).
+    threaded: bool,
+    /// Shoal's own server (else squashfuse_ll, exec'd).
+    builtin: bool,
+    /// What the built-in server reads ahead.
+    hints: Option<Hints>,
+    /// Every file shown as owned by this uid and gid (built-in only).
+    owner: Option<(u32, u32)>,
+    /// Every read checked against this hash tree (built-in only; the
+    /// server loads it, as the user, and refuses one that does not match).
+    verity: Option<crate::image::verity::Pinned>,
+}
 
 /// Lets the image server run in the forked launcher process itself rather
 /// than exec `squashfuse_ll`. Only for a program that is single-threaded
@@ -96,6 +112,8 @@ pub enum FuseError {
     MissingShoal(PathBuf),
     #[error("--container-remap-root needs Shoal's own image server (it shows the image's files as the user's), but the site config sets [launcher] image_server = \"squashfuse\"; ask the admin, or run without --container-remap-root")]
     OwnerNeedsShoal,
+    #[error("this image is used where it lies and must be checked as it is read, which only Shoal's own image server does, but the site config sets [launcher] image_server = \"squashfuse\"; admins: set `node.staging = \"copy\"` or use Shoal's server")]
+    VerityNeedsShoal,
     #[error("cannot start the image server: {0}")]
     Spawn(io::Error),
     #[error("cannot mount the image with FUSE: {0}")]
@@ -167,18 +185,29 @@ fn squashfuse_exec(prog: &std::ffi::CStr, threaded: bool) -> sys::Exec {
 
 /// The `shoal` binary's server ([`serve_exec`]) on the server's
 /// descriptors, with the same environment: `shoal __serve-image OWNER
-/// SQUASHFUSE THREADED`, OWNER `UID:GID` or `-`, THREADED `1` or `0` (for
-/// the squashfuse_ll fallback).
-fn shoal_serve_exec(shoal: &Path, squashfuse: &Path, threaded: bool, owner: Option<(u32, u32)>) -> Result<sys::Exec, FuseError> {
+/// SQUASHFUSE THREADED [TREE ROOT]`, OWNER `UID:GID` or `-`, THREADED `1`
+/// or `0` (for the squashfuse_ll fallback), TREE and ROOT the hash tree
+/// every read is checked against.
+fn shoal_serve_exec(
+    shoal: &Path,
+    squashfuse: &Path,
+    threaded: bool,
+    owner: Option<(u32, u32)>,
+    verity: Option<&crate::image::verity::Pinned>,
+) -> Result<sys::Exec, FuseError> {
     let owner = owner.map_or_else(|| "-".to_string(), |(u, g)| format!("{u}:{g}"));
     let arg = |s: String| CString::new(s).expect("no NUL");
-    let args = vec![
+    let mut args = vec![
         arg("shoal-fuse".into()),
         arg(SERVE_EXEC_ARG.into()),
         arg(owner),
         sys::cstr(squashfuse).map_err(FuseError::Spawn)?,
         arg(u8::from(threaded).to_string()),
     ];
+    if let Some(v) = verity {
+        args.push(sys::cstr(&v.file).map_err(FuseError::Spawn)?);
+        args.push(arg(v.root.clone()));
+    }
     Ok(sys::Exec::with_args(sys::cstr(shoal).map_err(FuseError::Spawn)?, args, &[MALLOC_TUNING]))
 }
 
@@ -329,26 +358,41 @@ fn early_server() -> ! {
     let hints = rest.next().map(Hints::decode);
     // The descriptors are in place; ends this process. Shared (threaded):
     // squashfuse_ll's pool of threads.
-    serve_or_exec(&prog, buf[0] == 1, buf[0] != 1, hints, None)
+    serve_or_exec(&prog, ServeWith { threaded: buf[0] == 1, builtin: buf[0] != 1, hints, owner: None, verity: None })
 }
 
 /// The server's work once /dev/fuse and the image are at their numbers:
 /// the built-in server ([`super::image_server`]) when `builtin`, or
 /// `squashfuse_ll` (`prog`, with threads when `threaded`) otherwise and for
 /// images the built-in server refuses (xz, lzo, xattrs). Exits with the
-/// server. `hints`: what the built-in server reads ahead; `owner`: the
-/// uid and gid every file is shown as owned by (built-in server only).
+/// server ([`ServeWith`]). An image to check against a hash tree is served
+/// by the built-in server or not at all.
 ///
 /// Called in the forked server only (it execs or exits), with
 /// SERVER_DEV_FD and SERVER_IMAGE_FD open.
 #[cfg(feature = "image-server")]
-fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, builtin: bool, hints: Option<Hints>, owner: Option<(u32, u32)>) -> ! {
+fn serve_or_exec(prog: &std::ffi::CStr, with: ServeWith) -> ! {
     use std::io::Write;
-    if builtin || owner.is_some() {
+    let ServeWith { threaded, builtin, hints, owner, verity } = with;
+    let checked = verity.is_some();
+    if builtin || owner.is_some() || checked {
         // A second descriptor for the reader: SERVER_IMAGE_FD stays for
         // squashfuse_ll.
         if let Ok(image) = sys::dup_above(SERVER_IMAGE_FD, 10) {
-            match image_server::squashfs::Archive::open(std::fs::File::from(image)) {
+            let image = std::fs::File::from(image);
+            let opened = match &verity {
+                None => image_server::squashfs::Archive::open(image),
+                Some(pinned) => match image.metadata().map_err(|e| e.to_string()).and_then(|m| {
+                    crate::image::verity::Tree::load(pinned, m.len()).map_err(|e| e.to_string())
+                }) {
+                    Ok(tree) => image_server::squashfs::Archive::open_verified(image, tree),
+                    Err(e) => {
+                        let _ = writeln!(io::stderr(), "{e}");
+                        sys::exit_now(1)
+                    }
+                },
+            };
+            match opened {
                 Ok(archive) => {
                     let dev = sys::dup_above(SERVER_DEV_FD, 10);
                     sys::close_number(SERVER_DEV_FD);
@@ -369,6 +413,13 @@ fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, builtin: bool, hints: Op
                     );
                     sys::exit_now(1)
                 }
+                Err(image_server::squashfs::Error::Unsupported(why)) if checked => {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "Shoal's image server does not serve this image ({why}), and squashfuse_ll would read it unchecked where it lies; admins: stage it by copy (`node.staging = \"copy\"`), or rebuild it with gzip or zstd compression"
+                    );
+                    sys::exit_now(1)
+                }
                 Err(image_server::squashfs::Error::Unsupported(_)) => {}
                 Err(e) => {
                     let _ = writeln!(io::stderr(), "{e}");
@@ -376,6 +427,10 @@ fn serve_or_exec(prog: &std::ffi::CStr, threaded: bool, builtin: bool, hints: Op
                 }
             }
         }
+    }
+    if checked {
+        let _ = writeln!(io::stderr(), "image server: cannot open the image to check it");
+        sys::exit_now(1)
     }
     squashfuse_exec(prog, threaded).run()
 }
@@ -419,6 +474,8 @@ fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded
 /// site's choice). `hints`: what the container's start will read, for the
 /// built-in server to read ahead. `owner`: show every file as owned by
 /// this uid and gid (`--container-remap-root`; built-in server only).
+/// `verity`: check every read against this hash tree (built-in only).
+#[allow(clippy::too_many_arguments)] // each is one decision of the plan's
 pub fn start(
     squashfuse: &Path,
     shoal: Option<&Path>,
@@ -427,6 +484,7 @@ pub fn start(
     threaded: bool,
     hints: &Hints,
     owner: Option<(u32, u32)>,
+    verity: Option<&crate::image::verity::Pinned>,
 ) -> Result<FuseServer, FuseError> {
     #[cfg(feature = "image-server")]
     let serve: Option<Serve> = IN_PROCESS.get().copied();
@@ -439,9 +497,10 @@ pub fn start(
         Some(p) if !p.is_file() => return Err(FuseError::MissingShoal(p.to_path_buf())),
         Some(p) => Some(std::path::absolute(p).map_err(FuseError::Spawn)?),
         None if owner.is_some() => return Err(FuseError::OwnerNeedsShoal),
+        None if verity.is_some() => return Err(FuseError::VerityNeedsShoal),
         None => None,
     };
-    if !squashfuse.is_file() && owner.is_none() {
+    if !squashfuse.is_file() && owner.is_none() && verity.is_none() {
         return Err(FuseError::MissingSquashfuse(squashfuse.to_path_buf()));
     }
     // The server runs in `/`: a configured relative path must not change meaning.
@@ -460,7 +519,7 @@ pub fn start(
     #[cfg(feature = "image-server")]
     {
         let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let use_early = matches!(who, ServerAs::User { .. }) && owner.is_none();
+        let use_early = matches!(who, ServerAs::User { .. }) && owner.is_none() && verity.is_none();
         if let (Some(early), false) = (&early, use_early) {
             // Not forked as this user, or not for this server: let it read
             // end-of-file and exit.
@@ -481,7 +540,7 @@ pub fn start(
     // Everything the child needs, prepared before fork.
     let prog = sys::cstr(squashfuse).map_err(FuseError::Spawn)?;
     let exec = match &shoal {
-        Some(shoal) => shoal_serve_exec(shoal, squashfuse, threaded, owner)?,
+        Some(shoal) => shoal_serve_exec(shoal, squashfuse, threaded, owner, verity)?,
         None => squashfuse_exec(&prog, threaded),
     };
     let groups: Vec<libc::gid_t> = match &who {
@@ -495,6 +554,7 @@ pub fn start(
     let server = serve.filter(|_| !threaded);
     let in_process = server.is_some();
     let hints = in_process.then(|| hints.clone());
+    let verity = verity.cloned();
 
     // SAFETY: the process is single-threaded (launcher contract), and the
     // child makes only raw syscalls on values prepared above before exec/_exit,
@@ -541,7 +601,7 @@ pub fn start(
             if let Some(serve) = server {
                 // The name `ps` and the tests see; exec renames squashfuse_ll.
                 sys::set_name(c"shoal-fuse");
-                serve(&prog, threaded, true, hints, owner)
+                serve(&prog, ServeWith { threaded, builtin: true, hints, owner, verity })
             }
             exec.run()
         }
@@ -562,8 +622,9 @@ pub fn serve_exec(args: &[std::ffi::OsString]) -> ! {
     let owner = arg(0).split_once(':').and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
     let prog = CString::new(arg(1)).unwrap_or_default();
     let threaded = arg(2) == "1";
+    let verity = (!arg(3).is_empty()).then(|| crate::image::verity::Pinned { file: arg(3).into(), root: arg(4).to_string() });
     sys::set_name(c"shoal-fuse");
-    serve_or_exec(&prog, threaded, true, None, owner)
+    serve_or_exec(&prog, ServeWith { threaded, builtin: true, hints: None, owner, verity })
 }
 
 impl FuseServer {

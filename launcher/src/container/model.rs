@@ -21,6 +21,10 @@ pub struct RunImage {
     /// ([`Scope::kernel_mountable`]); re-checked on the opened file before a
     /// kernel mount.
     pub scope: Scope,
+    /// Serve it checked against this hash tree as it is read (a store
+    /// image used where it lies, `node.staging = "in-place"`): through
+    /// Shoal's image server only, never the kernel or squashfuse_ll.
+    pub verity: Option<crate::image::verity::Pinned>,
 }
 
 /// How an image runs: the parts of its OCI config (`image::manifest::ImageConfig`)
@@ -124,6 +128,8 @@ pub struct RootFs {
     /// Every file of the image shown as owned by this uid and gid (FUSE
     /// only): `--container-remap-root` (see [`super::plan::remap_root`]).
     pub owner: Option<(u32, u32)>,
+    /// Every read checked against this hash tree ([`RunImage::verity`]).
+    pub verity: Option<crate::image::verity::Pinned>,
 }
 
 /// An upper layer on disk, prepared by root (the plugin) in a directory no
@@ -316,6 +322,8 @@ pub enum PlanError {
     Gpu(String),
     #[error("no command to run: image {image} has no Cmd; give one after the image, e.g. `shoal run IMAGE -- /bin/sh`")]
     NoCommand { image: String },
+    #[error("image {image} is used where it lies (`node.staging = \"in-place\"`), which needs Shoal's own image server to check it as it is read, but the site config sets [launcher] image_server = \"squashfuse\"; admins: set one of them back")]
+    VerityNeedsShoal { image: String },
 }
 
 /// A step that needs the container's finished root; run in order by the

@@ -42,7 +42,14 @@ pub fn remap_root(plan: &mut Plan, cfg: &Config) {
 /// Makes the plan: pure, decides everything.
 pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
     let mode = if req.privileged { Mode::Privileged } else { Mode::Unprivileged };
+    // A checked image is read through Shoal's server: the kernel and
+    // squashfuse_ll would read it unchecked.
+    let checked = req.image.verity.is_some();
+    if checked && cfg.launcher.image_server == crate::config::ImageServer::Squashfuse {
+        return Err(PlanError::VerityNeedsShoal { image: req.image.squashfs.display().to_string() });
+    }
     let kernel = mode == Mode::Privileged
+        && !checked
         && (req.image.scope.kernel_mountable() || cfg.launcher.allow_kernel_mount_of_user_images);
     let root = RootFs {
         squashfs: req.image.squashfs.clone(),
@@ -55,6 +62,7 @@ pub fn plan(req: &RunRequest, cfg: &Config) -> Result<Plan, PlanError> {
         writable: req.writable,
         upper: None,
         owner: None,
+        verity: req.image.verity.clone(),
     };
 
     let mut mounts = Vec::new();
@@ -347,6 +355,7 @@ pub(crate) mod tests {
                     workdir: Some("/work".into()),
                 },
                 scope: crate::image::store::Scope::User,
+                verity: None,
             },
             argv: vec!["id".into()],
             entrypoint: false,
@@ -459,6 +468,21 @@ pub(crate) mod tests {
         assert_eq!(p.dev, DevLayout::Host);
         assert_eq!(p.mounts.iter().filter(|m| m.target.starts_with("/dev")).count(), 1);
         assert!(p.render().contains("mount  1 /dev <- bind /dev [rw,rec] (system)"));
+    }
+
+    #[test]
+    fn a_checked_image_is_served_by_shoal_never_the_kernel_or_squashfuse() {
+        let mut r = req();
+        r.privileged = true;
+        r.image.scope = crate::image::store::Scope::Site;
+        r.image.verity = Some(crate::image::verity::Pinned { file: "/site/x/image.verity".into(), root: "ab".repeat(32) });
+        let mut cfg = Config::default();
+        let p = plan(&r, &cfg).unwrap();
+        assert!(matches!(p.root.via, ImageMount::Fuse { shoal: Some(_), .. }), "{:?}", p.root.via);
+        assert_eq!(p.root.verity, r.image.verity);
+        cfg.launcher.image_server = crate::config::ImageServer::Squashfuse;
+        let e = plan(&r, &cfg).unwrap_err().to_string();
+        assert!(e.contains("in-place") && e.contains("image_server"), "{e}");
     }
 
     #[test]

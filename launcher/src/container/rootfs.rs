@@ -117,6 +117,19 @@ pub(crate) fn open_sources(plan: &Plan) -> Result<Sources, BuildError> {
     let image = cred::as_user(plan, open).map_err(|source| BuildError::ImageNotFound { path: path.clone(), source })?;
     check_squashfs(image.as_fd())
         .map_err(|why| BuildError::ImageCorrupt { path: path.clone(), why })?;
+    if let Some(pinned) = &plan.root.verity {
+        // The server checks every read against the tree; it is loaded
+        // here too (as the user), so a tree that does not match the
+        // recorded root, or a file of another length, fails the task with
+        // its reason before a server starts.
+        let len = fstat(image.as_fd()).map(|st| st.st_size as u64).map_err(|e| BuildError::ImageCorrupt { path: path.clone(), why: e.to_string() })?;
+        let tree = cred::as_user(plan, || crate::image::verity::Tree::load(pinned, len).map_err(io::Error::other))
+            .map_err(|e| BuildError::ImageCorrupt { path: path.clone(), why: e.to_string() })?;
+        if tree.file_len() != len {
+            let why = crate::image::verity::VerityError::Length { path: pinned.file.clone(), tree: tree.file_len(), file: len }.to_string();
+            return Err(BuildError::ImageCorrupt { path: path.clone(), why });
+        }
+    }
     if plan.root.via == ImageMount::KernelLoop {
         // Decided by the plan, re-checked on the very file we opened.
         if plan.root.verify_trust {
@@ -232,7 +245,8 @@ fn start_image_server(plan: &Plan, src: &Sources, processes: u32) -> Result<Opti
                 Mode::Privileged => fuse::ServerAs::RootFor { uid: id.uid, gid: id.gid, groups: plan.groups.clone() },
             };
             let hints = readahead_hints(plan);
-            Some(fuse::start(squashfuse, shoal.as_deref(), src.image.as_fd(), who, processes > 1, &hints, plan.root.owner)?)
+            let verity = plan.root.verity.as_ref();
+            Some(fuse::start(squashfuse, shoal.as_deref(), src.image.as_fd(), who, processes > 1, &hints, plan.root.owner, verity)?)
         }
         ImageMount::KernelLoop => None,
     })

@@ -171,9 +171,10 @@ pub fn import(
         size: summary.size,
         created: config.created,
         stored_at: now(),
+        verity_root: Some(summary.verity.root()),
     };
     let lock = root.lock_image(&digest)?;
-    let image = root.publish(&work, &sqfs, &meta, &lock)?;
+    let image = root.publish(&work, &sqfs, &summary.verity, &meta, &lock)?;
     root.set_tag(&name, Some(&digest), &opts.platform, &digest)?;
     Ok(image)
 }

@@ -15,7 +15,9 @@
 //!   a directory, a squashfs file);
 //! - [`file`]: opening an image file a user named, refusing FIFOs and
 //!   devices before a byte is read;
-//! - [`trailer`]: the run settings a saved container keeps in its file.
+//! - [`trailer`]: the run settings a saved container keeps in its file;
+//! - [`verity`]: the hash tree a store image is checked against as it is
+//!   read where it lies (`node.staging = "in-place"`).
 
 // Safe Rust only: `unsafe` belongs at the FFI edge (raw syscalls, the SPANK
 // bindings), never in this module.
@@ -32,3 +34,4 @@ pub mod store;
 pub mod superblock;
 pub mod trust;
 pub mod trailer;
+pub mod verity;

@@ -465,8 +465,9 @@ fn fetch_image(
         size: summary.size,
         created: config_blob.created,
         stored_at: now(),
+        verity_root: Some(summary.verity.root()),
     };
-    let image = root.publish(&work, &sqfs, &meta, &lock)?;
+    let image = root.publish(&work, &sqfs, &summary.verity, &meta, &lock)?;
     drop(lock);
     Ok((image, true))
 }

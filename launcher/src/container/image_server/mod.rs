@@ -40,6 +40,19 @@ use super::sys;
 use abi::*;
 use squashfs::{Archive, FileLayout, Inode, Kind};
 
+/// A line on the server's stderr, never a panic: that is a pipe to the
+/// launcher, which is gone once the container runs (SIGPIPE is ignored,
+/// so a write fails with EPIPE, and `eprintln!` would panic on it and end
+/// the server: every later read of the image then fails with SIGBUS or
+/// ENOTCONN instead of the one EIO).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+
 /// How long the server keeps looking for the next request after an answer
 /// before it sleeps (a poll costs about a microsecond; an idle server
 /// after a program's start burns at most this once).
@@ -80,7 +93,7 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>, owner: 
     let readahead = hints.and_then(|hints| start_readahead(&fs, hints));
     let fd = dev.as_raw_fd();
     if let Err(e) = sys::set_nonblocking(fd) {
-        eprintln!("image server: cannot make /dev/fuse non-blocking: {e}");
+        note!("image server: cannot make /dev/fuse non-blocking: {e}");
         return 1;
     }
     let mut server = Server { fs, layouts: HashMap::new(), owner };
@@ -116,13 +129,13 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>, owner: 
                 // The connection ended: the container is gone.
                 Some(libc::ENODEV) => return 0,
                 _ => {
-                    eprintln!("image server: reading /dev/fuse: {e}");
+                    note!("image server: reading /dev/fuse: {e}");
                     return 1;
                 }
             },
         };
         let Some(req) = Request::parse(&buf[..n]) else {
-            eprintln!("image server: malformed request from the kernel");
+            note!("image server: malformed request from the kernel");
             return 1;
         };
         reply.clear();
@@ -238,7 +251,7 @@ impl Server {
     /// Logs what went wrong with the image (the launcher shows the
     /// server's stderr when the container fails) and answers EIO.
     fn io_error(&self, e: squashfs::Error) -> i32 {
-        eprintln!("image server: {e}");
+        note!("image server: {e}");
         libc::EIO
     }
 

@@ -14,13 +14,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
 pub use super::cache::{BlockCache, Cache};
 use std::sync::Arc;
 
 use crate::image::superblock::{self, ABSENT};
+use crate::image::verity::Reader;
 
 const METADATA_SIZE: usize = 8192;
 /// Bit 15 of a metadata block header, bit 24 of a data block size: stored
@@ -204,7 +204,7 @@ struct Caches {
 
 /// An image to open in another thread ([`Archive::share`]).
 pub struct Shared {
-    file: File,
+    file: Reader,
     caches: Arc<Caches>,
 }
 
@@ -216,7 +216,9 @@ impl Shared {
 
 /// An open squashfs image.
 pub struct Archive {
-    file: File,
+    /// Every byte of the image is read through it (checked against the
+    /// image's hash tree when it has one).
+    file: Reader,
     bytes_used: u64,
     block_size: u32,
     inode_table: u64,
@@ -238,7 +240,13 @@ impl Archive {
     /// cannot serve faithfully ([`Error::Unsupported`]: another server
     /// should take the image).
     pub fn open(file: File) -> Result<Archive, Error> {
-        Archive::open_with(file, None)
+        Archive::open_with(Reader::new(file, None)?, None)
+    }
+
+    /// The same, every byte checked against the image's hash tree as it
+    /// is read (`node.staging = "in-place"`).
+    pub fn open_verified(file: File, tree: crate::image::verity::Tree) -> Result<Archive, Error> {
+        Archive::open_with(Reader::new(file, Some(Arc::new(tree)))?, None)
     }
 
     /// The image again, for another thread: an [`Archive`] opened from it
@@ -253,7 +261,7 @@ impl Archive {
         &self.caches.blocks
     }
 
-    fn open_with(file: File, caches: Option<Arc<Caches>>) -> Result<Archive, Error> {
+    fn open_with(file: Reader, caches: Option<Arc<Caches>>) -> Result<Archive, Error> {
         let mut raw = [0u8; superblock::SIZE];
         file.read_exact_at(&mut raw, 0)?;
         let Ok(sb) = superblock::read(&raw) else {
@@ -266,7 +274,7 @@ impl Archive {
         if !(4096..=1 << 20).contains(&block_size) || !block_size.is_power_of_two() {
             return corrupt(format!("bad block size {block_size}"));
         }
-        let len = file.metadata()?.len();
+        let len = file.len()?;
         let bytes_used = sb.bytes_used;
         if bytes_used > len {
             return corrupt("truncated file");

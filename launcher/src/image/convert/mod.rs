@@ -200,6 +200,9 @@ pub struct SquashSummary {
     pub sha256: String,
     /// Inodes in the image (files, directories, links; hard links count once).
     pub entries: u64,
+    /// The file's hash tree (made in the same pass as `sha256`), kept in
+    /// the store for nodes that read the image where it lies.
+    pub verity: crate::image::verity::Tree,
 }
 
 /// Progress reports, for a progress bar.

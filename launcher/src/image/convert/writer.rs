@@ -465,7 +465,8 @@ impl<R: Read> Read for ErrTag<'_, R> {
 }
 
 
-/// Checks the superblock, fsyncs and hashes the file.
+/// Checks the superblock, fsyncs and hashes the file (its sha256 and its
+/// hash tree, in one pass).
 fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
     let io_err = |e| ConvertError::io(path, e);
     // A user's path (`--image=PATH` at submission, `shoal import`): never
@@ -481,7 +482,9 @@ fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
     // The writers do not fsync; the caller renames this file into the store.
     file.sync_all().map_err(io_err)?;
     let mut hasher = Sha256::new();
+    let mut tree = crate::image::verity::Builder::default();
     hasher.update(&head[..n]);
+    tree.update(&head[..n]);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf).map_err(io_err)?;
@@ -489,6 +492,7 @@ fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
             break;
         }
         hasher.update(&buf[..n]);
+        tree.update(&buf[..n]);
     }
     let sha256 = hasher
         .finalize()
@@ -499,6 +503,7 @@ fn summarise(path: &Path) -> Result<SquashSummary, ConvertError> {
         size: len,
         sha256,
         entries: sb.inodes.into(),
+        verity: tree.finish(),
     })
 }
 

@@ -107,6 +107,10 @@ pub struct ImageMeta {
     pub created: Option<String>,
     /// When it entered this store, seconds since the epoch.
     pub stored_at: u64,
+    /// Root of `image.verity`, the file's hash tree (`image::verity`):
+    /// none for images stored before Shoal made trees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_root: Option<String>,
 }
 
 /// An image found in a store, ready to mount.
@@ -116,6 +120,15 @@ pub struct StoredImage {
     pub meta: ImageMeta,
     pub squashfs: PathBuf,
     pub scope: Scope,
+}
+
+impl StoredImage {
+    /// Its hash tree's file and root, when it has one: what a node needs
+    /// to serve it where it lies, checked as it is read.
+    pub fn verity(&self) -> Option<crate::image::verity::Pinned> {
+        let root = self.meta.verity_root.clone()?;
+        Some(crate::image::verity::Pinned { file: self.squashfs.with_file_name(crate::image::verity::FILE_NAME), root })
+    }
 }
 
 impl std::ops::Deref for StoredImage {

@@ -19,6 +19,9 @@ fn put(root: &StoreRoot, d: &Digest, tag: &str, platform: &str) -> StoredImage {
     let work = root.work_dir().unwrap();
     let sqfs = work.path().join("out.sqfs");
     fs::write(&sqfs, b"hsqs-not-really").unwrap();
+    let mut tree = crate::image::verity::Builder::default();
+    tree.update(b"hsqs-not-really");
+    let tree = tree.finish();
     let meta = ImageMeta {
         digest: d.clone(),
         squashfs_sha256: sha256_file(&sqfs).unwrap(),
@@ -31,9 +34,12 @@ fn put(root: &StoreRoot, d: &Digest, tag: &str, platform: &str) -> StoredImage {
         size: 15,
         created: None,
         stored_at: 0,
+        verity_root: Some(tree.root()),
     };
     let lock = root.lock_image(d).unwrap();
-    let img = root.publish(&work, &sqfs, &meta, &lock).unwrap();
+    let img = root.publish(&work, &sqfs, &tree, &meta, &lock).unwrap();
+    assert_eq!(img.verity().unwrap().root, tree.root());
+    assert_eq!(fs::read(img.verity().unwrap().file).unwrap(), tree.encode());
     root.set_tag(
         &reference(tag),
         Some(&digest(99)),

@@ -46,16 +46,19 @@ impl StoreRoot {
         WorkDir::create(&tmp).map_err(io_err(&tmp))
     }
 
-    /// Publishes `squashfs` (inside `work`) with `meta` as image
-    /// `meta.digest`. The caller holds the image's lock. When the image is
-    /// already there (another process won), the existing one is returned.
+    /// Publishes `squashfs` (inside `work`) with its hash tree `tree`
+    /// (`meta.verity_root` is its root) and `meta` as image `meta.digest`.
+    /// The caller holds the image's lock. When the image is already there
+    /// (another process won), the existing one is returned.
     pub fn publish(
         &self,
         work: &WorkDir,
         squashfs: &Path,
+        tree: &crate::image::verity::Tree,
         meta: &ImageMeta,
         _lock: &Lock,
     ) -> Result<StoredImage, StoreError> {
+        debug_assert_eq!(meta.verity_root.as_deref(), Some(tree.root().as_str()));
         if let Some(existing) = self.image(&meta.digest)? {
             return Ok(existing);
         }
@@ -69,6 +72,8 @@ impl StoreRoot {
         f.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(io_err(&sqfs))?;
         f.sync_all().map_err(io_err(&sqfs))?;
+        let tree_path = ready.join(crate::image::verity::FILE_NAME);
+        write_synced(&tree_path, &tree.encode())?;
         let meta_path = ready.join("meta.json");
         write_synced(
             &meta_path,
