@@ -5,7 +5,9 @@
 #   shoal:   srun -N3 -n6 --image=IMG /bin/true        (warm: image staged)
 #   ch-0.31: srun -N3 -n6 ch-run IMG.sqfs -- /bin/true  (the host's Charliecloud 0.31)
 # then the cold case (first staging: node caches emptied before each
-# --image run), alternating with bare runs.
+# --image run), alternating with bare runs, by copy (the default) and in
+# place (`node.staging = "in-place"`: served from the site store, checked
+# against its hash tree as it is read).
 #
 #   ROUNDS=20 COLD_ROUNDS=5 IMAGE=shoal/busybox:latest bash bench/srun.sh
 #
@@ -63,5 +65,29 @@ for ((r = 1; r <= COLD_ROUNDS; r++)); do
     step shoal "$r" "${runs[shoal]}"
 done > "$RAW"
 results_add "srun -N3 -n6 /bin/true, cold (node caches emptied), $name" ms 1000 "$RAW" shoal bare
+
+# In place (`node.staging = "in-place"`): no node copies the site image;
+# each step's image server reads its hash tree and checks the blocks it
+# serves. Every step is as cold as the first (no node cache to warm); the
+# caches are emptied anyway, as above. The site image must have a tree
+# (stored by this Shoal: an older pull is pulled again).
+CONF=$SHOAL_CONFIG_FILE
+cp "$CONF" "$RAW.conf"
+trap 'cp "$RAW.conf" "$CONF"; rm -f "$RAW" "$RAW.conf"' EXIT
+if shoal inspect "$REGISTRY_ADDR/$IMAGE" | grep -q '^hash tree:  none'; then
+    log "re-pulling $IMAGE into the site store (stored before hash trees)"
+    shoal rm --site "$REGISTRY_ADDR/$IMAGE" >/dev/null
+    shoal pull --site -q "$REGISTRY_ADDR/$IMAGE"
+fi
+sed -i 's/^\[node\]$/[node]\nstaging = "in-place"/' "$CONF"
+grep -q '^staging = "in-place"' "$CONF" || die "no [node] table in $CONF"
+as_user "${runs[shoal]}" >/dev/null
+for ((r = 1; r <= COLD_ROUNDS; r++)); do
+    step bare "$r" "${runs[bare]}"
+    rm -rf "${CACHE_DIR:?}"/n[123]/images/*
+    step shoal "$r" "${runs[shoal]}"
+done > "$RAW"
+results_add "same, cold, in place (node.staging = \"in-place\"), $name" ms 1000 "$RAW" shoal bare
+cp "$RAW.conf" "$CONF"
 echo "# bench/srun.sh, $(date -u +%FT%TZ); results $RESULTS"
 bash bench/summary.sh "$RESULTS"

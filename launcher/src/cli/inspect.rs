@@ -80,6 +80,10 @@ pub fn run(args: InspectArgs, config_path: &Path) -> Result<ExitCode> {
         human_size(img.size),
         img.squashfs_sha256
     );
+    match &img.verity_root {
+        Some(root) => println!("hash tree:  {} (root {root}; `node.staging = \"in-place\"` serves the image checked against it)", img.squashfs.with_file_name(shoal::image::verity::FILE_NAME).display()),
+        None => println!("hash tree:  none (stored by an older Shoal; nodes copy it even with `node.staging = \"in-place\"`)"),
+    }
     match &signatures {
         Some(s) => println!(
             "signatures: {} stored, {} sigstore bundles (fetched at pull)",
