@@ -61,6 +61,7 @@ fn layers_of(layout: &Path, tag: &str) -> Vec<Layer> {
             compression: LayerCompression::from_media_type(l["mediaType"].as_str().unwrap())
                 .expect("layer media type"),
             digest: l["digest"].as_str().unwrap().to_string(),
+            arriving: None,
         })
         .collect()
 }
@@ -209,6 +210,7 @@ fn convert_child() {
                 path: path.into(),
                 compression: LayerCompression::Gzip,
                 digest: digest.into(),
+                arriving: None,
             }
         })
         .collect();
@@ -470,6 +472,7 @@ fn disk_full_is_reported_with_the_directory() {
         path: layer,
         compression: LayerCompression::Uncompressed,
         digest: "sha256:big".into(),
+        arriving: None,
     }];
     let err = convert(&layers, &mnt.join("x.sqfs")).unwrap_err();
     sh(&format!("umount {}", mnt.display()));

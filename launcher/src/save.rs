@@ -139,7 +139,7 @@ fn write_to(
     let image_out = image.stdout.take().expect("piped");
     let image_err = image.stderr.take().expect("piped");
     let image_path = format!("/proc/self/fd/{}", image_out.as_raw_fd());
-    let mut layers = vec![Layer { path: image_path.into(), compression: LayerCompression::Uncompressed, digest: format!("image {}", squashfs.display()) }];
+    let mut layers = vec![Layer { path: image_path.into(), compression: LayerCompression::Uncompressed, digest: format!("image {}", squashfs.display()), arriving: None }];
     let result = std::thread::scope(|s| {
         let errors = s.spawn(move || io::read_to_string(image_err).unwrap_or_default());
         let mut producer = None;
@@ -152,6 +152,7 @@ fn write_to(
                 path: format!("/proc/self/fd/{}", r.as_raw_fd()).into(),
                 compression: LayerCompression::Uncompressed,
                 digest: "the container's writable layer".into(),
+                arriving: None,
             });
             _keep = Some(r);
             producer = Some(s.spawn(move || upper_tar(upper, opaque, File::from(w))));

@@ -80,12 +80,11 @@ pub fn run(args: PullArgs, config_path: &Path) -> Result<ExitCode> {
             bar.set_length(bytes);
         }
         PullEvent::Waiting => bar.set_message("waiting for another pull of this image"),
-        PullEvent::Downloading { done, total } => {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
+        // Layers are converted as they download: the bar follows the
+        // converter (it trails the download by a buffer at most).
+        PullEvent::Downloading { total, .. } => bar.set_length(total),
         PullEvent::Converting(Progress::Reading { done, total }) => {
-            bar.set_message("converting to squashfs");
+            bar.set_message("downloading and converting to squashfs");
             bar.set_length(total);
             bar.set_position(done);
         }

@@ -336,6 +336,7 @@ fn layer(path: PathBuf, digest: &Digest) -> Result<Layer, ImportError> {
         path,
         compression,
         digest: digest.to_string(),
+        arriving: None,
     })
 }
 

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
+use super::convert::arrival::Arrival;
 use super::convert::{self, ConvertError, Layer, LayerCompression, SquashOptions};
 use super::manifest::{self, ConfigBlob, Document, ImageManifest, ManifestError};
 use super::platform::Platform;
@@ -442,18 +443,34 @@ fn fetch_image(
         &digest_of(&manifest.config.digest, &reference)?,
     )?;
     let config_blob = ConfigBlob::parse(&config_blob).map_err(malformed)?;
-    let layers = download_layers(
-        registry,
-        r.repository(),
-        &manifest,
-        work.path(),
-        opts.parallel_downloads,
-        progress,
-    )?;
+    // Converted as they arrive: the converter reads each blob while it
+    // downloads (top layer first, the order both go in), checking what it
+    // read against the digest itself (`convert::arrival`).
+    let blobs = work.path().join("blobs");
+    std::fs::create_dir_all(&blobs).map_err(super::store::io_err(&blobs))?;
+    let arrivals: BTreeMap<Digest, std::sync::Arc<Arrival>> =
+        manifest.layers.iter().map(|l| (l.digest.clone(), Arrival::new(l.size))).collect();
+    let layers: Vec<Layer> = manifest
+        .layers
+        .iter()
+        .map(|l| Layer {
+            path: blobs.join(l.digest.hex()),
+            // Informational: the converter reads the compression from the bytes.
+            compression: LayerCompression::from_media_type(&l.media_type).unwrap_or(LayerCompression::Uncompressed),
+            digest: l.digest.to_string(),
+            arriving: Some(arrivals[&l.digest].clone()),
+        })
+        .collect();
     let sqfs = work.path().join("image.sqfs");
-    let summary = convert::layers_to_squashfs(&layers, &sqfs, &opts.squash, &|p| {
-        progress(PullEvent::Converting(p))
-    })?;
+    let (downloaded, converted) = std::thread::scope(|s| {
+        let downloads =
+            s.spawn(|| download_layers(registry, r.repository(), &manifest, &blobs, &arrivals, opts.parallel_downloads, progress));
+        let converted = convert::layers_to_squashfs(&layers, &sqfs, &opts.squash, &|p| progress(PullEvent::Converting(p)));
+        (downloads.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), converted)
+    });
+    // A failed download explains the conversion's failure better.
+    downloaded?;
+    let summary = converted?;
     // Free the blobs' space before the image lands.
     let _ = std::fs::remove_dir_all(work.path().join("blobs"));
     let meta = ImageMeta {
@@ -531,34 +548,31 @@ pub(crate) fn now() -> u64 {
         .unwrap_or_default()
 }
 
-/// Downloads every distinct layer with up to `parallel` threads; returns
-/// them in manifest order (base first).
+/// Downloads every distinct layer into `blobs` with up to `parallel`
+/// threads, top layer first (the converter's order), telling each
+/// layer's [`Arrival`] what is written and how its download ended; a layer
+/// never started (an earlier one failed) ends failed too, so no reader
+/// waits for it.
 fn download_layers(
     registry: &Registry,
     repository: &str,
     manifest: &ImageManifest,
-    work: &Path,
+    blobs: &Path,
+    arrivals: &BTreeMap<Digest, std::sync::Arc<Arrival>>,
     parallel: usize,
     progress: &(dyn Fn(PullEvent) + Sync),
-) -> Result<Vec<Layer>, PullError> {
-    let blobs = work.join("blobs");
-    std::fs::create_dir_all(&blobs).map_err(super::store::io_err(&blobs))?;
-    // A layer listed twice is fetched once.
-    let mut distinct: BTreeMap<Digest, u64> = BTreeMap::new();
+) -> Result<(), PullError> {
+    // A layer listed twice is fetched once; popped from the end: top first.
+    let mut order: Vec<(Digest, u64)> = Vec::new();
     for l in &manifest.layers {
-        distinct.insert(l.digest.clone(), l.size);
+        if !order.iter().any(|(d, _)| *d == l.digest) {
+            order.push((l.digest.clone(), l.size));
+        }
     }
-    let total: u64 = distinct.values().sum();
+    let total: u64 = order.iter().map(|(_, n)| n).sum();
     let done = AtomicI64::new(0);
-    let queue = Mutex::new(distinct.into_iter().collect::<Vec<_>>());
+    let queue = Mutex::new(order);
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
-    let on_bytes = |n: i64| {
-        let d = done.fetch_add(n, Ordering::Relaxed) + n;
-        progress(PullEvent::Downloading {
-            done: d.max(0) as u64,
-            total,
-        });
-    };
     std::thread::scope(|s| {
         for _ in 0..parallel.max(1) {
             s.spawn(|| loop {
@@ -568,33 +582,31 @@ fn download_layers(
                 let Some((digest, size)) = queue.lock().unwrap().pop() else {
                     return;
                 };
+                let arrival = &arrivals[&digest];
+                let on_bytes = |n: i64| {
+                    arrival.grew(n);
+                    let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                    progress(PullEvent::Downloading { done: d.max(0) as u64, total });
+                };
                 let dest = blobs.join(digest.hex());
-                if let Err(e) = registry.blob_to_file(repository, &digest, size, &dest, &on_bytes) {
-                    first_error.lock().unwrap().get_or_insert(e);
-                    return;
+                match registry.blob_to_file(repository, &digest, size, &dest, &on_bytes) {
+                    Ok(()) => arrival.finish(Ok(())),
+                    Err(e) => {
+                        arrival.finish(Err(e.to_string()));
+                        first_error.lock().unwrap().get_or_insert(e);
+                        return;
+                    }
                 }
             });
         }
     });
-    if let Some(e) = first_error.into_inner().unwrap() {
-        return Err(e.into());
+    for a in arrivals.values() {
+        a.finish(Err("not downloaded (another layer's download failed)".into()));
     }
-    manifest
-        .layers
-        .iter()
-        .map(|l| {
-            let path = blobs.join(l.digest.hex());
-            // The bytes, already verified, decide; media types lie sometimes.
-            let compression = sniff(&path)
-                .map_err(super::store::io_err(&path))?
-                .unwrap_or(LayerCompression::Uncompressed);
-            Ok(Layer {
-                path,
-                compression,
-                digest: l.digest.to_string(),
-            })
-        })
-        .collect()
+    match first_error.into_inner().unwrap() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Compression told by the first bytes (gzip `1f 8b`, zstd `28 b5 2f fd`);

@@ -31,7 +31,10 @@ pub(super) fn open_layer(
     l: &Layer,
     done: Arc<AtomicU64>,
 ) -> Result<Box<dyn Read + Send>, ConvertError> {
-    let file = File::open(&l.path).map_err(|e| layer_err(l, e))?;
+    let file: Box<dyn Read + Send> = match &l.arriving {
+        Some(a) => Box::new(a.reader(l.path.clone(), &l.digest)),
+        None => Box::new(File::open(&l.path).map_err(|e| layer_err(l, e))?),
+    };
     let mut buf = BufReader::with_capacity(1 << 20, Counting { inner: file, done });
     let magic = {
         use std::io::BufRead;
@@ -159,6 +162,7 @@ mod tests {
                         .join(format!("shoal-trunc-{}-{name}-{cut}", std::process::id())),
                     compression: LayerCompression::Gzip,
                     digest: name.into(),
+                    arriving: None,
                 };
                 std::fs::write(&l.path, &blob[..cut]).unwrap();
                 let mut r = open_layer(&l, Arc::new(AtomicU64::new(0))).unwrap();

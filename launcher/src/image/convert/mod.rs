@@ -53,6 +53,7 @@
 //! [`Compression`] offers zstd, gzip and lz4 only.
 
 pub(crate) mod flatten;
+pub mod arrival;
 mod decompress;
 mod tar_entry;
 mod writer;
@@ -93,13 +94,27 @@ impl LayerCompression {
     }
 }
 
-/// One downloaded layer blob.
-#[derive(Debug, Clone)]
+/// One layer blob.
+#[derive(Clone)]
 pub struct Layer {
     pub path: PathBuf,
     pub compression: LayerCompression,
-    /// The blob's digest (`sha256:...`), for error messages.
+    /// The blob's digest (`sha256:...`), for error messages (and checked
+    /// against what is read while it arrives).
     pub digest: String,
+    /// Still downloading: `path` is read as it grows ([`arrival`]).
+    pub arriving: Option<std::sync::Arc<arrival::Arrival>>,
+}
+
+impl fmt::Debug for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layer")
+            .field("path", &self.path)
+            .field("compression", &self.compression)
+            .field("digest", &self.digest)
+            .field("arriving", &self.arriving.is_some())
+            .finish()
+    }
 }
 
 /// How the squashfs is compressed. Default: zstd level 3 (fast; the

@@ -32,8 +32,10 @@ pub fn layers_to_squashfs(
 ) -> Result<SquashSummary, ConvertError> {
     let mut total = 0;
     for l in layers {
-        let meta = std::fs::metadata(&l.path).map_err(|e| layer_err(l, e))?;
-        total += meta.len();
+        total += match &l.arriving {
+            Some(a) => a.size(),
+            None => std::fs::metadata(&l.path).map_err(|e| layer_err(l, e))?.len(),
+        };
     }
     let mut cmd = Command::new("tar2sqfs");
     cmd.args(["--quiet", "--force", "--no-skip"])
@@ -541,7 +543,7 @@ mod tests {
         gz.write_all(&tar.into_inner().unwrap()).unwrap();
         let blob = gz.finish().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let l = Layer { path: dir.path().join("layer"), compression: LayerCompression::Gzip, digest: "sha256:bomb".into() };
+        let l = Layer { path: dir.path().join("layer"), compression: LayerCompression::Gzip, digest: "sha256:bomb".into(), arriving: None };
         std::fs::write(&l.path, &blob).unwrap();
         let total = blob.len() as u64;
         let out = dir.path().join("out");
