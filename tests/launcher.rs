@@ -370,43 +370,6 @@ fn dry_run_prints_the_plan() {
     std::fs::remove_file(site).unwrap();
 }
 
-/// The flags `--dry-run` prints for each mount (`/dev <- tmpfs ... [rw,nosuid,nodev,noexec]`),
-/// by target.
-fn dry_run_flags(out: &str) -> Vec<(String, Vec<String>)> {
-    out.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("mount ")?.trim_start();
-            let (_, rest) = rest.split_once(' ')?;
-            let (target, rest) = rest.split_once(" <- ")?;
-            let flags = rest.rsplit_once(" [")?.1.split_once(']')?.0;
-            Some((target.to_string(), flags.split(',').map(String::from).collect()))
-        })
-        .collect()
-}
-
-/// Checks each mount the dry run listed against the container's own
-/// mountinfo: every flag the dry run printed (ro, nosuid, nodev, noexec) is
-/// on the top mount at that target (a source's locked flags may add more).
-fn assert_dry_run_matches_mountinfo(dry: &str, mountinfo: &str) {
-    let flags = dry_run_flags(dry);
-    assert!(flags.len() > 15, "no mounts in the dry run:\n{dry}");
-    for (target, want) in flags {
-        let Some(opts) = mountinfo.lines().filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(4) == Some(&target.as_str())).then(|| f[5].to_string())
-        }).last() else {
-            // Optional host pieces (no /dev/mqueue on this node) are skipped.
-            assert!(target == "/dev/mqueue", "{target}: in the dry run, not mounted:\n{mountinfo}");
-            continue;
-        };
-        let have: Vec<&str> = opts.split(',').collect();
-        for w in want.iter().filter(|w| *w != "rec") {
-            let ok = if w == "rw" { !have.contains(&"ro") } else { have.contains(&w.as_str()) };
-            assert!(ok, "{target}: the dry run says {w}, the mount has {opts}");
-        }
-    }
-}
-
 #[test]
 fn dry_run_flags_are_the_flags_the_container_is_made_with() {
     // Both print from one lowering of the plan (container/lower.rs); this
@@ -417,12 +380,12 @@ fn dry_run_flags_are_the_flags_the_container_is_made_with() {
     let args = "--mount /tmp:/data:ro ./busybox.sqfs -- cat /proc/self/mountinfo";
     let dry = ok(&user_run(tb, &dir, &format!("--dry-run {args}")));
     let mi = ok(&user_run(tb, &dir, args));
-    assert_dry_run_matches_mountinfo(&dry, &mi);
+    support::dry_run::assert_matches_mountinfo(&dry, &mi);
     let root = |a: &str| tb.root(&format!("cd {} && {} run --user {} {a}", dir.display(), shoal(tb), tb.user));
     let dry = ok(&root(&format!("--dry-run {args}")));
     assert!(dry.contains("mode     privileged"), "{dry}");
     let mi = ok(&root(args));
-    assert_dry_run_matches_mountinfo(&dry, &mi);
+    support::dry_run::assert_matches_mountinfo(&dry, &mi);
     assert_clean(&img);
 }
 

@@ -122,3 +122,21 @@ fn bad_mount_module_and_conflicting_image_are_refused_at_the_prompt() {
         assert!(err.contains(says), "{cmd}: expected {says:?} in:\n{err}");
     }
 }
+
+/// Issue 12: a task's plan (`--image-show-plan`, the plugin's own: Slurm's
+/// binds, privileged mode, root's mounts for the user) and the mounts its
+/// container has come from one lowering: every flag the printed plan gives
+/// a mount is on that mount in the task's own mountinfo.
+#[test]
+fn the_plan_a_task_shows_is_the_plan_its_container_is_made_with() {
+    let tb = testbed();
+    let img = format!("{}/shoal/busybox:latest", tb.registry);
+    let out = tb.user(&format!("srun -N1 -n1 --image={img} --image-show-plan --mount=/tmp:/data:ro cat /proc/self/mountinfo"));
+    let mountinfo = ok(&out);
+    let plan = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(plan.contains("mode     privileged") && plan.contains("/data"), "no plan on the task's stderr:\n{plan}");
+    support::dry_run::assert_matches_mountinfo(&plan, &mountinfo);
+    // Without the option, no plan.
+    let quiet = tb.user(&format!("srun -N1 -n1 --image={img} true"));
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("mode     privileged"));
+}

@@ -51,6 +51,8 @@ pub struct Request {
     pub entrypoint: Option<bool>,
     /// `--container-env`: variables whose job value wins over the image's.
     pub env_names: Vec<String>,
+    /// `--image-show-plan`: each task prints its container's plan.
+    pub show_plan: bool,
 }
 
 /// A named container (`--container-name=NAME[:MODE]`).
@@ -92,6 +94,7 @@ static STATE: Mutex<State> = Mutex::new(State {
         remap_root: None,
         entrypoint: None,
         env_names: Vec::new(),
+        show_plan: false,
     },
 });
 
@@ -119,6 +122,7 @@ enum Opt {
     NoImage = 5,
     ImageSelect = 6,
     Writable = 7,
+    ShowPlan = 8,
 }
 
 macro_rules! option {
@@ -149,6 +153,9 @@ option!(NO_IMAGE, Opt::NoImage, c"no-image", None,
     c"[shoal] Run this step on the host even though the job has an image.");
 option!(WRITABLE, Opt::Writable, c"writable", None,
     c"[shoal] Writable container root: changes go to a node-local layer of yours, removed at step end.");
+option!(SHOW_PLAN, Opt::ShowPlan, c"image-show-plan", None,
+    c"[shoal] Each task prints its container's plan on its standard error before it starts: the image \
+and how it is served, every mount in order with its flags, the environment (what `shoal run --dry-run` prints).");
 
 // pyxis's options (`[slurm] pyxis_options = true`), with pyxis's spellings.
 option!(P_IMAGE, PyxisOpt::Image, c"container-image", Some(c"[USER@][REGISTRY#]IMAGE[:TAG]|PATH"),
@@ -194,7 +201,7 @@ Default: the site's image.select, or $SHOAL_IMAGE_SELECT.");
 
 pub fn register(spank: &Spank) -> Result<(), String> {
     let pyxis = config().slurm.pyxis_options;
-    let shoal = [&IMAGE, &MOUNT, &VOLUME, &MODULE, &NO_IMAGE, &IMAGE_SELECT, &WRITABLE];
+    let shoal = [&IMAGE, &MOUNT, &VOLUME, &MODULE, &NO_IMAGE, &IMAGE_SELECT, &WRITABLE, &SHOW_PLAN];
     let extra: &[&OptionSpec] = if pyxis { &PYXIS_OPTIONS } else { &[] };
     for opt in shoal.into_iter().chain(extra.iter().copied()) {
         spank.register_option(opt).map_err(|e| {
@@ -226,6 +233,10 @@ unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote:
                 Ok(())
             }
             v if v == Opt::ImageSelect as c_int => set_select(req, value.as_deref().unwrap_or("")),
+            v if v == Opt::ShowPlan as c_int => {
+                req.show_plan = true;
+                Ok(())
+            }
             v if v == Opt::Writable as c_int => {
                 crate::pyxis::set_flag(&mut req.writable, true, "--writable and --container-readonly")
             }

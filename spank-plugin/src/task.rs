@@ -322,6 +322,12 @@ pub fn task_init_privileged(spank: &Spank) -> Result<(), String> {
     if req.remap_root == Some(true) {
         container::plan_remap_root(&mut plan, &config);
     }
+    if req.show_plan {
+        // The task's own stderr (its output file or srun's terminal): the
+        // same text, from the same lowering, as `shoal run --dry-run`.
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), "{}", plan.render());
+    }
     let peers = spank.local_task_count().map_err(|e| e.to_string())?;
     let entered = match &named {
         Some((name, dir)) => {

@@ -7,6 +7,8 @@
 //! as the unprivileged user through [`Testbed::user`].
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod dry_run;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
