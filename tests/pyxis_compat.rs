@@ -432,7 +432,8 @@ fn remap_root_in_a_writable_container_writes_the_image_s_tree() {
     // As uid 0 inside: create, chown to 0, replace by rename and remove
     // anywhere in the image's tree, and install a package with dpkg: the
     // image is served by Shoal's image server with every file the user's,
-    // which is root inside (issue 15).
+    // which is root inside (issue 15); and with apt-get, which would drop
+    // to its `_apt` user (unmapped here) unless told not to.
     let out = ok(&tb.user(&format!(
         "srun -N1 --container-image={MPICH} --container-writable --container-remap-root --container-mounts={d}:/out sh -ec '\
          id -u; \
@@ -446,12 +447,15 @@ fn remap_root_in_a_writable_container_writes_the_image_s_tree() {
          echo hi > /tmp/p/usr/share/t15/hi; \
          dpkg-deb --root-owner-group --build /tmp/p /tmp/t15.deb >/dev/null; \
          dpkg -i /tmp/t15.deb >/dev/null 2>/tmp/err || {{ echo dpkg-failed; cat /tmp/err; }}; \
-         dpkg-query -W -f=\"\\${{Status}}\\n\" t15-test; cat /usr/share/t15/hi; touch /out/made-inside'"
+         dpkg-query -W -f=\"\\${{Status}}\\n\" t15-test; cat /usr/share/t15/hi; \
+         sed -i s/t15-test/t15-apt/ /tmp/p/DEBIAN/control; mv /tmp/p/usr/share/t15 /tmp/p/usr/share/t15-apt; dpkg-deb --root-owner-group --build /tmp/p /tmp/t15-apt.deb >/dev/null; \
+         apt-get install -y -q /tmp/t15-apt.deb >/tmp/aerr 2>&1 || {{ echo apt-failed; cat /tmp/aerr; }}; \
+         dpkg-query -W -f=\"\\${{Status}}\\n\" t15-apt; touch /out/made-inside'"
     )));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
-        ["0", "0:0", "var-lib-ok", "replaced", "removed-root-file", "0:0", "0:0", "install ok installed", "hi"],
+        ["0", "0:0", "var-lib-ok", "replaced", "removed-root-file", "0:0", "0:0", "install ok installed", "hi", "install ok installed"],
         "{out}"
     );
     assert_eq!(ok(&tb.root(&format!("stat -c %u {d}/made-inside"))).trim(), uid, "a file made inside is the user's outside");

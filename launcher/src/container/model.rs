@@ -335,6 +335,10 @@ pub enum SetupStep {
     Own { path: PathBuf },
     /// Write a new file, as the user, creating its directories.
     WriteFile { path: PathBuf, contents: String },
+    /// Write a program's config file, as the user, only where the image
+    /// has its directory (the image has the program); a file already there
+    /// with these contents (a named container's later step) is kept.
+    Configure { path: PathBuf, contents: String },
     /// Run a program of the image as the user, no_new_privs, no
     /// capabilities, clean environment; it must exit 0.
     Run { argv: Vec<String>, why: String },

@@ -25,6 +25,9 @@ fn fuse_mount(cfg: &Config) -> ImageMount {
     ImageMount::Fuse { squashfuse: cfg.launcher.squashfuse_path(), shoal }
 }
 
+/// Where a remap-root container tells apt not to change users.
+pub const APT_SANDBOX: &str = "/etc/apt/apt.conf.d/00shoal-remap-root";
+
 /// `--container-remap-root` (the plugin): the task will be uid 0 of a user
 /// namespace that maps only the user, so the image is served through FUSE
 /// (a kernel squashfs mount cannot change owners) with every file shown as
@@ -33,6 +36,10 @@ fn fuse_mount(cfg: &Config) -> ImageMount {
 /// a read-only, nosuid, nodev mount of an image they can read.
 pub fn remap_root(plan: &mut Plan, cfg: &Config) {
     plan.remap_root = true;
+    // apt drops to its `_apt` user to download, which the namespace does
+    // not map (setgroups and setuid fail): as "root" in it, apt keeps the
+    // user's own ids, as it does in Charliecloud and enroot containers.
+    plan.setup.push(SetupStep::Configure { path: APT_SANDBOX.into(), contents: "APT::Sandbox::User \"root\";\n".into() });
     if plan.root.via == ImageMount::KernelLoop {
         plan.root.via = fuse_mount(cfg);
     }

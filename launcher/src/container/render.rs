@@ -126,6 +126,14 @@ fn render_setup(plan: &Plan) -> String {
             SetupStep::WriteFile { path, contents } => {
                 writeln!(s, "setup {:>2} write {} {:?} (as the user)", i + 1, path.display(), contents)
             }
+            SetupStep::Configure { path, contents } => writeln!(
+                s,
+                "setup {:>2} write {} {:?} if {} exists (as the user)",
+                i + 1,
+                path.display(),
+                contents,
+                path.parent().unwrap_or(std::path::Path::new("/")).display()
+            ),
             SetupStep::Run { argv, why } => writeln!(
                 s,
                 "setup {:>2} run {:?} as the user, no_new_privs, must exit 0  # {why}",

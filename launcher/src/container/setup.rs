@@ -25,6 +25,35 @@ fn step_err(what: String) -> impl FnOnce(io::Error) -> BuildError {
     move |err| BuildError::Step { what, err }
 }
 
+/// [`SetupStep::Configure`]: `path` written in the container `root` if
+/// its directory is there; an existing file is kept if it holds
+/// `contents` (and is an error otherwise: the image's own file wins).
+fn configure(root: std::os::fd::BorrowedFd<'_>, path: &Path, contents: &str) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let dir = match sys::open_in_root(root, dir, libc::O_PATH | libc::O_DIRECTORY, 0) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW;
+    match sys::openat(Some(dir.as_fd()), Path::new(name), flags, 0o644) {
+        Ok(fd) => std::fs::File::from(fd).write_all(contents.as_bytes()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            let fd = sys::openat(Some(dir.as_fd()), Path::new(name), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0)?;
+            let mut have = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(std::fs::File::from(fd), contents.len() as u64 + 1), &mut have)?;
+            if have == contents.as_bytes() {
+                Ok(())
+            } else {
+                Err(io::Error::new(io::ErrorKind::AlreadyExists, "the image has a file of its own there"))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Carries out `plan.setup` in the container the current process just
 /// built (root pivoted, cwd `/`). Still the builder's credentials.
 pub(crate) fn run_setup(plan: &Plan) -> Result<(), BuildError> {
@@ -63,6 +92,10 @@ pub(crate) fn run_setup(plan: &Plan) -> Result<(), BuildError> {
                     std::fs::File::from(fd).write_all(contents.as_bytes())
                 })
                 .map_err(step_err(what))?;
+            }
+            SetupStep::Configure { path, contents } => {
+                let what = format!("write {}", path.display());
+                cred::as_user(plan, || configure(root.as_fd(), path, contents)).map_err(step_err(what))?;
             }
             SetupStep::Run { argv, why } => run_as_user(plan, argv, why)?,
             SetupStep::BindWithin { source, target, .. } => {
