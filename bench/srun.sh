@@ -59,11 +59,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for ((i = 0; i < k; i++)); do v=${variants[(i + r) % k]}; step "$v" "$r" "${runs[$v]}"; done
 done > "$RAW"
 results_add "srun -N3 -n6 /bin/true, warm, $name" ms 1000 "$RAW" "${variants[@]}"
-for ((r = 1; r <= COLD_ROUNDS; r++)); do
-    step bare "$r" "${runs[bare]}"
-    rm -rf "${CACHE_DIR:?}"/n[123]/images/*
-    step shoal "$r" "${runs[shoal]}"
-done > "$RAW"
+# Cold rounds: bare, then --image with every node cache emptied first.
+cold_rounds() {
+    for ((r = 1; r <= COLD_ROUNDS; r++)); do
+        step bare "$r" "${runs[bare]}"
+        rm -rf "${CACHE_DIR:?}"/n[123]/images/*
+        step shoal "$r" "${runs[shoal]}"
+    done > "$RAW"
+}
+cold_rounds
 results_add "srun -N3 -n6 /bin/true, cold (node caches emptied), $name" ms 1000 "$RAW" shoal bare
 
 # In place (`node.staging = "in-place"`): no node copies the site image;
@@ -82,11 +86,7 @@ fi
 sed -i 's/^\[node\]$/[node]\nstaging = "in-place"/' "$CONF"
 grep -q '^staging = "in-place"' "$CONF" || die "no [node] table in $CONF"
 as_user "${runs[shoal]}" >/dev/null
-for ((r = 1; r <= COLD_ROUNDS; r++)); do
-    step bare "$r" "${runs[bare]}"
-    rm -rf "${CACHE_DIR:?}"/n[123]/images/*
-    step shoal "$r" "${runs[shoal]}"
-done > "$RAW"
+cold_rounds
 results_add "same, cold, in place (node.staging = \"in-place\"), $name" ms 1000 "$RAW" shoal bare
 cp "$RAW.conf" "$CONF"
 echo "# bench/srun.sh, $(date -u +%FT%TZ); results $RESULTS"
