@@ -112,8 +112,10 @@ echo "task $SLURM_PROCID $(hostname) cuda=$CUDA_VISIBLE_DEVICES ordinal=$GPU_DEV
 "#;
 
 /// Why the GPU test does not run on the 24.11 test bed (README, "Slurm
-/// versions").
-const GPU_24_11: &str = "TODO";
+/// versions"): seen there without an image too.
+const GPU_24_11: &str = "Slurm 24.11.5's extern slurmstepd segfaults in libslurmfull.so when a second job \
+    with --gres=gpu starts on a node where another GPU job runs (kernel log: \"slurmstepd: segfault at 29 ... in \
+    libslurmfull.so\"; the job hangs until scancel: \"Force Terminated\"), also in jobs without --image";
 
 /// Cancels the background job that holds GPUs, also when a check fails.
 struct Holder(&'static support::Testbed);
@@ -195,8 +197,12 @@ fn each_task_sees_only_its_gpus_renumbered_and_the_hosts_driver() {
     }
 
     // One GPU per task: the tasks share the node's container (both GPUs of
-    // the step bound), each task's own GPU renumbered against them.
-    let out = ok(&tb.user(&srun("-O -N1 -n2 -w n1 --gpus-per-task=1")));
+    // the step bound), each task's own GPU renumbered against them. Two
+    // tasks on n1's one free CPU need -O; Slurm 26.05 finds `-O
+    // --gpus-per-task=1` never runnable ("Requested node configuration is
+    // not available"), so the step asks for two GPUs and Slurm gives each
+    // task one of them (--gpu-bind=single:1), on every series.
+    let out = ok(&tb.user(&srun("-O -N1 -n2 -w n1 --gpus=2 --gpu-bind=single:1")));
     let t = tasks(&out);
     assert_eq!(t.len(), 2, "{out}");
     let mut cuda: Vec<&str> = t.iter().map(|x| x.1.as_str()).collect();
@@ -217,8 +223,10 @@ fn the_steps_program_gets_the_nodes_mpich_also_through_its_runpath() {
     let d = dir.display();
     // A program that finds libmpich through its RUNPATH (/opt/mpich/lib, as
     // MPI compiler wrappers and Spack link) and prints its maps, compiled
-    // on the host; an image of the node's own glibc and MPICH, with a copy
-    // of libmpich there and in the multiarch directory too.
+    // on the host; an image of the node's own glibc, C++ runtime and MPICH,
+    // with a copy of libmpich there and in the multiarch directory too
+    // (sid's libmpich needs libze_loader, which needs libstdc++ and
+    // libgcc_s: the injected dependencies use the image's own).
     ok(&tb.host_user(&format!(
         r#"set -e; cd {d}
         printf '#include <mpi.h>\n#include <stdio.h>\nint main(void){{char v[MPI_MAX_LIBRARY_VERSION_STRING];int n;MPI_Get_library_version(v,&n);FILE*f=fopen("/proc/self/maps","r");int ch;while((ch=fgetc(f))!=EOF)putchar(ch);return 0;}}\n' > maps.c
@@ -229,6 +237,7 @@ fn the_steps_program_gets_the_nodes_mpich_also_through_its_runpath() {
         {}
         base img
         mkdir -p img/opt/mpich/lib
+        cp -L /usr/lib/$MA/libstdc++.so.6 /usr/lib/$MA/libgcc_s.so.1 img/usr/lib/$MA/
         cp -a /usr/lib/$MA/libmpich.so.12* img/usr/lib/$MA/
         cp -a /usr/lib/$MA/libmpich.so.12* img/opt/mpich/lib/
         cp maps img/usr/bin/maps
