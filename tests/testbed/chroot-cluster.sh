@@ -261,7 +261,9 @@ chroot_cluster_up() {  # chroot_cluster_up SERIES INSTALL_FROM HOSTNAME
         case $states in "idle " | "idle mixed " | "mixed " | "allocated " | "allocated idle " | "allocated idle mixed " | "allocated mixed ") return 0 ;; esac
         return 1
     }
-    if ! WAIT_TIMEOUT=10 wait_for "nodes" chroot_nodes_idle 2>/dev/null; then
+    # (In a subshell: wait_for dies on its timeout, which would end up.sh
+    # here instead of resuming the nodes.)
+    if ! (WAIT_TIMEOUT=10 wait_for "nodes" chroot_nodes_idle) 2>/dev/null; then
         "${in[@]}" scontrol update nodename=n[1-3] state=resume 2>/dev/null || true
     fi
     WAIT_TIMEOUT=90 wait_for "n1..n3 (Slurm $series) to be idle in sinfo" chroot_nodes_idle
