@@ -225,25 +225,27 @@ fn repeated_and_multi_valued_options_give_one_mount_each() {
 /// the image (a shell script: the image needs /bin/sh). The test beds
 /// configure one, except 24.11's: 24.05.5-24.11.6 have Slurm ticket 22853
 /// (trixie's 24.11.5), under which an image task's TaskProlog can fail
-/// (README, "Slurm versions"), and sites there leave it unset.
+/// (README, "Slurm versions"), and sites there leave it unset. There this
+/// test configures it for a while and records what 24.11.5 does
+/// ([`task_prolog_on_24_11`]).
 #[test]
 fn a_task_prolog_runs_in_image_tasks() {
-    let _g = shared();
+    let _w = CLUSTER_CONF.write().unwrap_or_else(|e| e.into_inner());
     let tb = slurm();
     let series = slurm_series();
     let line = "TaskProlog=/etc/slurm/task-prolog.sh";
     let conf = std::fs::read_to_string(support::node_path("/etc/slurm/slurm.conf")).unwrap();
     let configured = conf.lines().any(|l| l.starts_with("TaskProlog="));
-    if series == "24.11" {
-        assert!(!configured, "the 24.11 test bed sets a TaskProlog (Slurm ticket 22853)");
-        return;
-    }
-    assert!(conf.lines().any(|l| l == line), "the Slurm {series} test bed has no {line}");
     let probe = "echo \"$(hostname) $(cat /etc/shoal-test-image) prolog=$SHOAL_TESTBED_TASK_PROLOG\"";
     let dir = tb.user_tempdir("task-prolog");
     let d = dir.display();
     ok(&tb.user(&format!("cd {d} && cat > probe.sh <<'EOF'\n#!/bin/sh\n{probe}\nEOF")));
     let mpich = format!("{REG}/shoal/{}", support::mpich_image_tag());
+    if series == "24.11" {
+        assert!(!configured, "the 24.11 test bed sets a TaskProlog (Slurm ticket 22853)");
+        return task_prolog_on_24_11(tb, &dir, &mpich);
+    }
+    assert!(conf.lines().any(|l| l == line), "the Slurm {series} test bed has no {line}");
     for (img, marker) in [(mpich.clone(), "debian-mpich"), (format!("{REG}/shoal/busybox:latest"), "shoal test image: busybox")] {
         let out = ok(&tb.user(&format!("cd {d} && srun -N3 --image={img} sh probe.sh")));
         for node in ["n1", "n2", "n3"] {
@@ -252,4 +254,55 @@ fn a_task_prolog_runs_in_image_tasks() {
     }
     let out = ok(&tb.user(&format!("cd {d} && sbatch --wait -N1 -o batch.out --image={mpich} probe.sh >/dev/null; rc=$?; cat batch.out; exit $rc")));
     assert!(out.contains("n1 debian-mpich prolog=ran"), "Slurm {series}, batch script:\n{out}");
+}
+
+/// Brings the 24.11 bed back to its own slurm.conf (no TaskProlog).
+struct Unconfigure<'a>(&'a support::Testbed);
+
+impl Drop for Unconfigure<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.host_root(&format!("bash {}/tests/testbed/up.sh >/dev/null", support::repo_root().display()));
+    }
+}
+
+/// Slurm 24.11.5 with a TaskProlog (ticket 22853): the 24.11 bed restarted
+/// with one (`SHOAL_TESTBED_TASK_PROLOG=1`). Tasks outside an image always
+/// run it; each image step either runs it in every task or fails, and
+/// then slurmd's log shows the ticket's exec failure; no node is drained.
+/// What it did is printed (the README says what was seen).
+fn task_prolog_on_24_11(tb: &support::Testbed, dir: &std::path::Path, image: &str) {
+    let d = dir.display();
+    let _restore = Unconfigure(tb);
+    ok(&tb.host_root(&format!("SHOAL_TESTBED_TASK_PROLOG=1 bash {}/tests/testbed/up.sh >/dev/null", support::repo_root().display())));
+    let conf = std::fs::read_to_string(support::node_path("/etc/slurm/slurm.conf")).unwrap();
+    assert!(conf.lines().any(|l| l == "TaskProlog=/etc/slurm/task-prolog.sh"), "SHOAL_TESTBED_TASK_PROLOG=1 set no TaskProlog");
+    let out = ok(&tb.user(&format!("cd {d} && srun -N3 sh probe.sh")));
+    assert_eq!(out.matches(" prolog=ran").count(), 3, "a TaskProlog outside an image:\n{out}");
+    let signature = "TaskProlog failed status=127";
+    let count = || ok(&tb.root(&format!("cat /var/log/slurm/slurmd-n*.log | grep -c '{signature}' || true"))).trim().parse::<usize>().unwrap();
+    let (mut ran, mut failed) = (0, 0);
+    const TRIES: usize = 3;
+    for _ in 0..TRIES {
+        let before = count();
+        let r = tb.user(&format!("cd {d} && srun -N3 --image={image} sh probe.sh"));
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        if r.status.success() && out.matches("debian-mpich prolog=ran").count() == 3 {
+            ran += 1;
+            continue;
+        }
+        let after = count();
+        let err = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(!r.status.success() && after > before, "an image step failed without ticket 22853's {signature:?} in slurmd's log:\n{out}\n{err}");
+        failed += 1;
+    }
+    let execv = ok(&tb.root("cat /var/log/slurm/slurmd-n*.log | grep -o 'execv([^)]*): No such file or directory' | sort | uniq -c || true"));
+    let state = ok(&tb.root("sinfo -h -N -o '%N %T' | sort -u"));
+    assert!(state.lines().all(|l| !l.contains("drain")), "a node drained:\n{state}");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "Slurm 24.11.5 with a TaskProlog: {ran} of {TRIES} image steps (3 tasks each) ran it in every task, {failed} failed \
+         with {signature:?} (ticket 22853); slurmd's execv failures so far: {}",
+        execv.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
 }

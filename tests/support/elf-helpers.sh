@@ -2,7 +2,7 @@
 # trees (tests/abi_check.rs, tests/inject_run.rs); `$T` is the test's
 # scratch directory.
 set -euo pipefail
-MA=$(gcc -print-multiarch)
+MA=${MA:-$(gcc -print-multiarch)}  # set by callers without a compiler (a chroot node)
 # mklib DIR FILE SONAME [VERSION_SCRIPT [C_SOURCE [GCC_ARGS...]]]: a shared
 # library named FILE with that SONAME, and the SONAME link next to it.
 mklib() {

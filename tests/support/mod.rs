@@ -278,3 +278,10 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Says on the test run's stderr why a test does not run on this test bed
+/// (written past the test harness's output capture, so CI logs show it).
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test} on Slurm {}: {why}", slurm_series());
+}

@@ -10,9 +10,10 @@
 # clients and the mounts slurmstepd makes are seen where they happen.
 #
 # Shared with the host: the network namespace (registries on 127.0.0.1),
-# munged's socket, /proc, /sys, /dev, /tmp, /home, the test-bed state, the
-# repository and the host's MPICH (the `mpich` module of shoal.toml injects
-# the site's MPI, which is the host's). Its own: /etc, /run, the node cache
+# munged's socket, /proc, /sys, /dev, /tmp, /home, the test-bed state and the
+# repository. Its own: /usr (so the `mpich` module of shoal.toml injects the
+# tree's own MPICH, libmpich12 of its suite, as a site injects its nodes'),
+# /etc, /run, the node cache
 # /var/cache/shoal, Slurm's spool and logs, and its ports
 # (series_port_offset), so it runs beside the host's 22.05 cluster without
 # touching it. (The host's up.sh looks for its slurmctld in its own mount
@@ -73,17 +74,6 @@ start_holder() {  # start_holder SERIES TREE REPO
     local p binds=("${CHROOT_BINDS[@]}" "$repo")
     for p in "${binds[@]}"; do mkdir -p "$tree$p"; done
     mkdir -p "$tree/.oldroot" "$tree/run"
-    # The host's MPICH (site MPI of the mpich module): bind targets must exist.
-    local libs=() l
-    for l in /usr/lib/x86_64-linux-gnu/libmpich.so.12*; do
-        [ -e "$l" ] || continue
-        libs+=("$l")
-        if [ -L "$l" ]; then
-            ln -sfn "$(readlink "$l")" "$tree$l"
-        else
-            [ -f "$tree$l" ] && [ ! -L "$tree$l" ] || { rm -f "$tree$l"; : > "$tree$l"; }
-        fi
-    done
     local script
     script=$(cat <<SH
 set -e
@@ -91,7 +81,6 @@ mount --make-rprivate /
 mount --bind '$tree' '$tree'
 for d in proc sys dev; do mount --rbind /\$d '$tree'/\$d; done
 for p in ${binds[*]}; do mount --bind "\$p" '$tree'"\$p"; done
-for l in ${libs[*]}; do [ -L "\$l" ] || mount --bind "\$l" '$tree'"\$l"; done
 mount -t tmpfs -o mode=755 tmpfs '$tree/run'
 mkdir -p '$tree/run/munge' && mount --bind /run/munge '$tree/run/munge'
 cd '$tree'
@@ -172,8 +161,10 @@ series_slurm_conf() {  # series_slurm_conf SERIES HOSTNAME
         # slurmstepd): No such file or directory", TaskProlog failed
         # status=127) and the task with it. Seen on trixie's 24.11.5, not
         # every time; README, "Slurm versions". Sites on those releases
-        # must leave TaskProlog unset for image jobs, as this test bed does.
-        conf=$(printf '%s\n' "$conf" | sed -e '/^TaskProlog=/d')
+        # must leave TaskProlog unset for image jobs, as this test bed does
+        # (SHOAL_TESTBED_TASK_PROLOG=1 keeps it: tests/slurm_versions.rs
+        # records what 24.11.5 does with it).
+        [ "${SHOAL_TESTBED_TASK_PROLOG:-0}" = 1 ] || conf=$(printf '%s\n' "$conf" | sed -e '/^TaskProlog=/d')
     fi
     printf '%s\n' "$conf"
 }
@@ -270,7 +261,9 @@ chroot_cluster_up() {  # chroot_cluster_up SERIES INSTALL_FROM HOSTNAME
         case $states in "idle " | "idle mixed " | "mixed " | "allocated " | "allocated idle " | "allocated idle mixed " | "allocated mixed ") return 0 ;; esac
         return 1
     }
-    if ! WAIT_TIMEOUT=10 wait_for "nodes" chroot_nodes_idle 2>/dev/null; then
+    # (In a subshell: wait_for dies on its timeout, which would end up.sh
+    # here instead of resuming the nodes.)
+    if ! (WAIT_TIMEOUT=10 wait_for "nodes" chroot_nodes_idle) 2>/dev/null; then
         "${in[@]}" scontrol update nodename=n[1-3] state=resume 2>/dev/null || true
     fi
     WAIT_TIMEOUT=90 wait_for "n1..n3 (Slurm $series) to be idle in sinfo" chroot_nodes_idle

@@ -43,6 +43,8 @@ series_port_offset() {  # series_port_offset SERIES
 # them into the site store).
 series_images() {  # series_images SERIES
     [ "$1" = 22.05 ] || echo shoal/debian-mpich:13
+    # Open MPI for --mpi=pmix where that Slurm has PMIx (not sid's).
+    [ "$1" != 24.11 ] || echo shoal/debian-openmpi:13
 }
 
 # What a chroot cluster of each suite holds.
@@ -54,6 +56,10 @@ CHROOT_PACKAGES=(
     skopeo curl ca-certificates procps psmisc util-linux hostname python3
     # test images are made from the node's /bin/busybox (busybox-static)
     busybox-static
+    # the node's own MPICH, which the `mpich` module injects there
+    # (tests/inject_slurm.rs); the host's Debian 12 one needs libraries
+    # (UCX, hwloc) of its own suite
+    libmpich12
 )
 
 # A chroot with SERIES's Slurm, made with debootstrap and apt inside (minutes),
