@@ -23,6 +23,7 @@ fn main() {
             path: PathBuf::from(p),
             compression: LayerCompression::Gzip,
             digest: p.rsplit('/').next().unwrap_or(p).to_string(),
+            arriving: None,
         })
         .collect();
     let t = std::time::Instant::now();
