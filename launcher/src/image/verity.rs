@@ -120,25 +120,25 @@ impl Tree {
     }
 
     /// Reads and checks the leaf file at `pinned.file` (with the caller's
-    /// credentials), reading no more than a tree for a file of
-    /// `max_len` bytes can hold.
-    pub fn load(pinned: &Pinned, max_len: u64) -> Result<Tree, VerityError> {
+    /// credentials) for an image file of `image_len` bytes: no more than a
+    /// tree for that length can hold is read, and a tree for another
+    /// length is refused.
+    pub fn load(pinned: &Pinned, image_len: u64) -> Result<Tree, VerityError> {
         let path = &pinned.file;
         let io_err = |source| VerityError::Io { path: path.clone(), source };
         let file = crate::image::file::open_image_file(path, crate::image::file::Links::Follow).map_err(io_err)?;
         // The smallest chunk a tree may have is 4 KiB.
-        let cap = HEADER as u64 + 32 * max_len.div_ceil(4096);
+        let cap = HEADER as u64 + 32 * image_len.div_ceil(4096);
         let mut bytes = Vec::new();
         file.take(cap + 1).read_to_end(&mut bytes).map_err(io_err)?;
         if bytes.len() as u64 > cap {
             return Err(VerityError::Malformed { path: path.clone(), why: "larger than any tree for the image".into() });
         }
-        Tree::decode(&bytes, &pinned.root, path)
-    }
-
-    /// Bytes of the file the tree is for.
-    pub fn file_len(&self) -> u64 {
-        self.len
+        let tree = Tree::decode(&bytes, &pinned.root, path)?;
+        if tree.len != image_len {
+            return Err(VerityError::Length { path: path.clone(), tree: tree.len, file: image_len });
+        }
+        Ok(tree)
     }
 
     fn chunk_span(&self, i: u64) -> (u64, usize) {
@@ -314,6 +314,17 @@ mod tests {
         let root = hex(&Sha256::digest(&cut));
         let e = Tree::decode(&cut, &root, p).unwrap_err().to_string();
         assert!(e.contains("leaf count"), "{e}");
+    }
+
+    #[test]
+    fn a_tree_for_another_length_is_refused_at_load() {
+        let d = tempfile::tempdir().unwrap();
+        let t = tree_of(&bytes(100_000), 4096);
+        let file = d.path().join("image.verity");
+        std::fs::write(&file, t.encode()).unwrap();
+        let pinned = Pinned { file, root: t.root() };
+        assert_eq!(Tree::load(&pinned, 100_000).unwrap(), t);
+        assert!(matches!(Tree::load(&pinned, 100_001), Err(VerityError::Length { .. })));
     }
 
     fn file_with(data: &[u8]) -> (tempfile::TempDir, File) {
