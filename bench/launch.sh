@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Launch latency of `shoal run` against every rival, side by side: each
-# round launches the same command once with every tool (the order rotating
-# from round to round), so all see the same machine load.
+# round launches the same command once with every tool (the order changing
+# from round to round, balanced for which tool came just before: bench.sh's
+# round_order), so all see the same machine load.
 #
 #   bash bench/launch.sh [LAUNCHES]       (root; default 60 a figure, half for numpy)
 #
@@ -113,7 +114,7 @@ measure() {
         local t r i k=${#tools[@]}
         for r in 1 2 3; do for t in "${tools[@]}"; do launch "$t" 0 "$img" "$ref" "$@" >/dev/null; done; done
         for ((r = 1; r <= n; r++)); do
-            for ((i = 0; i < k; i++)); do launch "${tools[(i + r) % k]}" "$r" "$img" "$ref" "$@"; done
+            for i in $(round_order "$k" "$r"); do launch "${tools[i]}" "$r" "$img" "$ref" "$@"; done
         done
     ) > "$raw"
     results_add "$fig" ms 1000 "$raw" "${tools[@]}"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Cold pull from the local TLS registry to a runnable image, Shoal against
 # every rival that can pull from it, side by side, alternating (the order
-# rotating each round), as the unprivileged test user; then re-pulls of the
-# unchanged image.
+# changing each round: bench.sh's round_order), as the unprivileged test
+# user; then re-pulls of the unchanged image.
 #
 #   bash bench/pull.sh [ROUNDS]        (root; default 3 rounds)
 #
@@ -141,8 +141,8 @@ for name in $IMAGES; do
     k=${#tools[@]}
     for ((r = 1; r <= ROUNDS; r++)); do
         log "$name: round $r of $ROUNDS"
-        for ((i = 0; i < k; i++)); do
-            t=${tools[(i + r) % k]}
+        for i in $(round_order "$k" "$r"); do
+            t=${tools[i]}
             clean "$t"
             measure "$t" "$r" "$img"
         done

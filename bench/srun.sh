@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Step launch overhead on the three-node test cluster, measured side by side
-# in one run, the order rotating each round so drift hits every variant alike:
+# in one run, the order changing each round (bench.sh's round_order) so
+# drift and leftover work hit every variant alike:
 #   bare:    srun -N3 -n6 /bin/true
 #   shoal:   srun -N3 -n6 --image=IMG /bin/true        (warm: image staged)
 #   ch-0.31: srun -N3 -n6 ch-run IMG.sqfs -- /bin/true  (the host's Charliecloud 0.31)
@@ -56,7 +57,7 @@ log "load $(cut -d' ' -f1-3 /proc/loadavg); $ROUNDS warm rounds, $COLD_ROUNDS co
 for v in "${variants[@]}"; do as_user "${runs[$v]}" >/dev/null; done   # warm-up, stages the image
 k=${#variants[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
-    for ((i = 0; i < k; i++)); do v=${variants[(i + r) % k]}; step "$v" "$r" "${runs[$v]}"; done
+    for i in $(round_order "$k" "$r"); do v=${variants[i]}; step "$v" "$r" "${runs[$v]}"; done
 done > "$RAW"
 results_add "srun -N3 -n6 /bin/true, warm, $name" ms 1000 "$RAW" "${variants[@]}"
 # Cold rounds: bare, then --image with every node cache emptied first.

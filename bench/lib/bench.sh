@@ -177,6 +177,29 @@ image_sqfs() {  # image_sqfs REPO:TAG -> prints the squashfs path
     echo "$out"
 }
 
+# The order of round ROUND (from 1) among K tools, as K indices on one
+# line: a Williams design (a Latin square balanced for what came just
+# before). Every tool goes first equally often and follows every other
+# tool equally often over K rounds (2K when K is odd), so no tool always
+# inherits one rival's leftover work: a plain rotation keeps the cyclic
+# order, and the tool after the heaviest rival (podman, whose processes
+# end after it returns) then paid for it in every round.
+round_order() {  # round_order K ROUND
+    local k=$1 r=$(( $2 - 1 )) j m=1 row=(0) out=()
+    while (( ${#row[@]} < k )); do
+        row+=("$m")
+        (( ${#row[@]} < k )) && row+=("$(( k - m ))")
+        m=$(( m + 1 ))
+    done
+    for ((j = 0; j < k; j++)); do out+=("$(( (row[j] + r) % k ))"); done
+    if (( k % 2 == 1 && (r / k) % 2 == 1 )); then
+        local rev=()
+        for ((j = k - 1; j >= 0; j--)); do rev+=("${out[j]}"); done
+        out=("${rev[@]}")
+    fi
+    echo "${out[*]}"
+}
+
 # Statistics over "TAG VALUE" lines (stdin): "median p10 p90 spread% n",
 # spread being the interquartile range over the median.
 stats() {  # stats TAG [SCALE]
