@@ -143,6 +143,51 @@ fn image_files_are_visible_and_id_inside_equals_id_outside() {
     assert_clean(&img);
 }
 
+/// What a recursive long listing with inode numbers shows of the image
+/// (`bin` and `usr`, where no mount of the container lies), owners left
+/// out (the user namespace shows the image's root as nobody), `total`
+/// lines too (block counts), and directories' inode numbers (the overlay
+/// root numbers its directories itself).
+fn listing(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| !l.starts_with("total"))
+        .map(|l| {
+            let mut f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 5 && f[1].starts_with(['-', 'd', 'l']) {
+                f.drain(3..5);
+                if f[1].starts_with('d') {
+                    f[0] = "dir";
+                }
+            }
+            f.join(" ")
+        })
+        .collect()
+}
+
+/// Shoal's image server answers directory listings with every entry's
+/// attributes (READDIRPLUS), which then answer the stats that follow: a
+/// long listing through it must be what the kernel's own squashfs driver
+/// shows of the same file, name for name, inode, mode, links, size and
+/// time.
+#[test]
+fn a_long_listing_through_the_image_server_is_the_kernels() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "listing");
+    let list = "busybox ls -lnAiR --full-time bin usr";
+    let mnt = dir.join("kernel");
+    let host = tb.root(&format!(
+        "mkdir {m} && mount -t squashfs -o ro,loop {i} {m} && (cd {m} && {list}); rc=$?; umount {m}; rmdir {m}; exit $rc",
+        m = mnt.display(),
+        i = img.display()
+    ));
+    let host = ok(&host);
+    let inside = ok(&user_run(tb, &dir, &format!("./busybox.sqfs -- sh -c 'cd / && {list}'")));
+    let (host, inside) = (listing(&host), listing(&inside));
+    assert!(host.len() > 50, "the kernel's listing is short: {host:?}");
+    assert_eq!(inside, host, "the listing through Shoal's image server differs from the kernel's");
+    assert_clean(&img);
+}
+
 #[test]
 fn files_created_in_bound_directories_belong_to_the_user() {
     let tb = testbed();

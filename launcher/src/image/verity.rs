@@ -112,7 +112,7 @@ impl Tree {
             return Err(bad("bad chunk size"));
         }
         let body = &bytes[HEADER..];
-        if body.len() % 32 != 0 || (body.len() / 32) as u64 != len.div_ceil(u64::from(chunk)) {
+        if !body.len().is_multiple_of(32) || (body.len() / 32) as u64 != len.div_ceil(u64::from(chunk)) {
             return Err(bad("leaf count does not match the file length"));
         }
         let leaves = body.chunks_exact(32).map(|c| c.try_into().expect("32")).collect();

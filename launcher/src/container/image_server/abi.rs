@@ -19,8 +19,11 @@ pub const FUSE_READDIR: u32 = 28;
 pub const FUSE_INTERRUPT: u32 = 36;
 pub const FUSE_DESTROY: u32 = 38;
 pub const FUSE_BATCH_FORGET: u32 = 42;
+pub const FUSE_READDIRPLUS: u32 = 44;
 
 pub const FUSE_ASYNC_READ: u32 = 1 << 0;
+pub const FUSE_DO_READDIRPLUS: u32 = 1 << 13;
+pub const FUSE_READDIRPLUS_AUTO: u32 = 1 << 14;
 pub const FUSE_NO_OPEN_SUPPORT: u32 = 1 << 17;
 pub const FUSE_MAX_PAGES: u32 = 1 << 22;
 pub const FUSE_CACHE_SYMLINKS: u32 = 1 << 23;
@@ -188,6 +191,22 @@ pub fn dirent(out: &mut Vec<u8>, limit: usize, ino: u64, next: u64, dtype: u8, n
     true
 }
 
+/// Appends one `struct fuse_direntplus` (the entry's `fuse_entry_out`,
+/// then its `fuse_dirent`, padded to 8 bytes) if it fits in `limit` bytes
+/// in all; returns whether it did. Node 0 (for `.` and `..`): no entry is
+/// made for it.
+pub fn direntplus(out: &mut Vec<u8>, limit: usize, entry: (u64, u64, &Attr), next: u64, dtype: u8, name: &[u8]) -> bool {
+    let len = 128 + (24 + name.len()).next_multiple_of(8);
+    if out.len() + len > limit {
+        return false;
+    }
+    let (node, valid_secs, a) = entry;
+    entry_out(out, node, valid_secs, a);
+    let fits = dirent(out, usize::MAX, a.ino, next, dtype, name);
+    debug_assert!(fits);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +230,14 @@ mod tests {
         assert_eq!(v.len(), 32);
         assert!(!dirent(&mut v, 40, 1, 2, 4, b"abcdefghijk"));
         assert_eq!(v.len(), 32);
+        v.clear();
+        let a = Attr { ino: 9, ..Attr::default() };
+        assert!(direntplus(&mut v, 4096, (5, 1, &a), 3, 8, b"abc"));
+        assert_eq!(v.len(), 160);
+        assert_eq!(u64::from_ne_bytes(v[0..8].try_into().unwrap()), 5, "the entry's node first");
+        assert_eq!(u64::from_ne_bytes(v[128..136].try_into().unwrap()), 9, "then the dirent's ino");
+        assert!(!direntplus(&mut v, 300, (5, 1, &a), 4, 8, b"abc"));
+        assert_eq!(v.len(), 160);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - the kernel is told to keep what it learns: long entry and attribute
 //!   timeouts (the image never changes), negative lookups cached (a
 //!   program's library search and Python's imports miss often), symlink
-//!   targets cached, no OPEN/RELEASE/OPENDIR round trips (page cache kept);
+//!   targets cached, no OPEN/RELEASE/OPENDIR round trips (page cache kept),
+//!   and a directory listing answers the lookups of what it lists
+//!   (READDIRPLUS);
 //! - after an answer the server looks for the next request for a short
 //!   while before it sleeps: a starting program sends requests a few
 //!   microseconds apart, and waking a sleeping server on another CPU costs
@@ -207,7 +209,8 @@ impl Server {
             FUSE_GETATTR => self.getattr(req.node, reply),
             FUSE_READLINK => self.readlink(req.node, reply),
             FUSE_READ => self.read(req.node, req.body, reply),
-            FUSE_READDIR => self.readdir(req.node, req.body, reply),
+            FUSE_READDIR => self.readdir(req.node, req.body, false, reply),
+            FUSE_READDIRPLUS => self.readdir(req.node, req.body, true, reply),
             FUSE_STATFS => {
                 let (bytes, inodes) = self.fs.usage();
                 statfs_out(reply, bytes, self.fs.block_size(), inodes);
@@ -238,7 +241,17 @@ impl Server {
         if init.major < 7 {
             return Err(libc::EPROTO);
         }
-        let want = FUSE_ASYNC_READ | FUSE_MAX_PAGES | FUSE_CACHE_SYMLINKS | FUSE_NO_OPEN_SUPPORT | FUSE_NO_OPENDIR_SUPPORT;
+        // READDIRPLUS: a listing also answers the lookups that follow it
+        // (Python's importer lists a directory, then stats and opens what
+        // it found there: one request per file saved). AUTO: the kernel
+        // asks for it only while lookups follow listings.
+        let want = FUSE_ASYNC_READ
+            | FUSE_MAX_PAGES
+            | FUSE_CACHE_SYMLINKS
+            | FUSE_NO_OPEN_SUPPORT
+            | FUSE_NO_OPENDIR_SUPPORT
+            | FUSE_DO_READDIRPLUS
+            | FUSE_READDIRPLUS_AUTO;
         init_out(reply, init.minor.min(FUSE_KERNEL_MINOR), init.max_readahead, init.flags & want);
         Ok(())
     }
@@ -325,7 +338,9 @@ impl Server {
         self.fs.read(&l, offset, size as usize, reply).map_err(|e| self.io_error(e))
     }
 
-    fn readdir(&mut self, node: u64, body: &[u8], reply: &mut Vec<u8>) -> Result<(), i32> {
+    /// READDIR, or READDIRPLUS (`plus`: each entry with its node and
+    /// attributes, as LOOKUP answers them).
+    fn readdir(&mut self, node: u64, body: &[u8], plus: bool, reply: &mut Vec<u8>) -> Result<(), i32> {
         let (offset, size) = read_in(body).ok_or(libc::EINVAL)?;
         let dir_ref = inode_ref(&self.fs, node);
         let dir = self.inode(node)?;
@@ -333,18 +348,32 @@ impl Server {
             return Err(libc::ENOTDIR);
         };
         let entries = self.fs.dir(dir_ref, &dir).map_err(|e| self.io_error(e))?;
+        let limit = size as usize;
         // Offsets: 1 after ".", 2 after "..", then 3 + the entry's index.
         let mut next = offset;
         while next < 2 + entries.len() as u64 {
-            let (name, ino, dtype): (&[u8], u64, u8) = match next {
-                0 => (b".", u64::from(dir.number), libc::DT_DIR),
-                1 => (b"..", u64::from(parent), libc::DT_DIR),
+            let (name, ino, dtype, target): (&[u8], u64, u8, Option<u64>) = match next {
+                0 => (b".", u64::from(dir.number), libc::DT_DIR, None),
+                1 => (b"..", u64::from(parent), libc::DT_DIR, None),
                 n => {
                     let e = &entries[(n - 2) as usize];
-                    (&e.name, u64::from(e.number), e.dtype)
+                    (&e.name, u64::from(e.number), e.dtype, Some(e.inode_ref))
                 }
             };
-            if !dirent(reply, size as usize, ino, next + 1, dtype, name) {
+            let fits = if plus {
+                // `.` and `..` go with node 0: the kernel makes no entry.
+                let (entry_node, attr) = match target {
+                    Some(r) => {
+                        let inode = self.fs.inode(r).map_err(|e| self.io_error(e))?;
+                        (node_id(&self.fs, r), self.attr(&inode))
+                    }
+                    None => (0, Attr { ino, ..Attr::default() }),
+                };
+                direntplus(reply, limit, (entry_node, VALID_SECS, &attr), next + 1, dtype, name)
+            } else {
+                dirent(reply, limit, ino, next + 1, dtype, name)
+            };
+            if !fits {
                 break;
             }
             next += 1;
