@@ -188,6 +188,47 @@ fn a_long_listing_through_the_image_server_is_the_kernels() {
     assert_clean(&img);
 }
 
+/// `shoal run` keeps what a command read of an image (its start profile,
+/// which the next start of the same command reads ahead) in the user's
+/// cache, the user's own, written when the container ends; a profile that
+/// is garbage, or names blocks of nothing, changes no byte the command
+/// reads.
+#[test]
+fn a_start_profile_is_kept_for_the_next_start_and_a_bad_one_changes_nothing() {
+    let tb = testbed();
+    let (dir, img) = user_image(tb, "profile");
+    let cache = dir.join("cache");
+    let starts = cache.join("shoal/starts");
+    let run = || ok(&tb.user(&format!("cd {} && XDG_CACHE_HOME={} {} run ./busybox.sqfs -- md5sum /bin/busybox", dir.display(), cache.display(), shoal(tb))));
+    let profiles = || -> Vec<PathBuf> { std::fs::read_dir(&starts).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default() };
+    let first = run();
+    assert_clean(&img);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while profiles().is_empty() {
+        assert!(Instant::now() < deadline, "no start profile in {}", starts.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kept = profiles();
+    assert_eq!(kept.len(), 1, "one profile, no temporary file: {kept:?}");
+    let bytes = std::fs::read(&kept[0]).unwrap();
+    assert!(bytes.starts_with(b"SHOALSP1") && bytes.len() >= 8 + 12 * 10, "{} bytes", bytes.len());
+    let meta = std::fs::metadata(&kept[0]).unwrap();
+    assert_eq!(meta.uid(), std::fs::metadata(&dir).unwrap().uid(), "the profile is the user's");
+    assert_eq!(run(), first, "a start with the profile read ahead");
+    assert_clean(&img);
+    // Garbage, then blocks of inodes that are not there.
+    let mut forged = b"SHOALSP1".to_vec();
+    for i in 0..500u64 {
+        forged.extend_from_slice(&(i * 7919 << 16).to_le_bytes());
+        forged.extend_from_slice(&(i as u32).to_le_bytes());
+    }
+    for junk in [b"not a profile at all".to_vec(), forged] {
+        std::fs::write(&kept[0], &junk).unwrap();
+        assert_eq!(run(), first, "a start with a bad profile");
+        assert_clean(&img);
+    }
+}
+
 #[test]
 fn files_created_in_bound_directories_belong_to_the_user() {
     let tb = testbed();

@@ -240,7 +240,7 @@ fn start_image_server(plan: &Plan, src: &Sources, processes: u32) -> Result<Opti
                 Mode::Unprivileged => fuse::ServerAs::User { uid: id.uid, gid: id.gid },
                 Mode::Privileged => fuse::ServerAs::RootFor { uid: id.uid, gid: id.gid, groups: plan.groups.clone() },
             };
-            let hints = readahead_hints(plan);
+            let hints = readahead_hints(plan, src.image.as_fd());
             let verity = plan.root.verity.as_ref();
             Some(fuse::start(squashfuse, shoal.as_deref(), src.image.as_fd(), who, processes > 1, &hints, plan.root.owner, verity)?)
         }
@@ -605,13 +605,20 @@ fn write_user_db(lower: BorrowedFd<'_>, dir: BorrowedFd<'_>, id: &etc::Identity)
 }
 
 /// What the image server reads ahead: the command's start as
-/// [`super::exec::exec`] will make it.
-fn readahead_hints(plan: &Plan) -> Hints {
+/// [`super::exec::exec`] will make it, and, when the user launches it
+/// themself, where the server keeps what this command read of this image
+/// (`image`) last time.
+fn readahead_hints(plan: &Plan, image: BorrowedFd<'_>) -> Hints {
     let env = |name: &str| plan.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     Hints {
         program: plan.argv.first().map(|a| a.as_bytes().to_vec()).unwrap_or_default(),
         path: env("PATH").unwrap_or(super::env::DEFAULT_PATH).as_bytes().to_vec(),
         library_path: env("LD_LIBRARY_PATH").unwrap_or_default().as_bytes().to_vec(),
+        // Root acting for a user never names a file of theirs to a server.
+        profile: match plan.mode {
+            Mode::Unprivileged => super::hints::start_profile(image, &plan.argv),
+            Mode::Privileged => Vec::new(),
+        },
     }
 }
 

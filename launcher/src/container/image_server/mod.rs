@@ -31,11 +31,13 @@
 
 mod abi;
 mod cache;
+pub mod profile;
 pub mod readahead;
 pub mod squashfs;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 
 use super::sys;
@@ -75,6 +77,9 @@ const LAYOUT_CACHE: usize = 4096;
 struct Server {
     fs: Archive,
     layouts: HashMap<u64, Rc<FileLayout>>,
+    /// What the command reads, for the next start's read-ahead
+    /// ([`profile`]).
+    recorder: Option<profile::Recorder>,
     /// Every file shown as owned by this uid and gid instead of the
     /// image's ids (see [`serve`]).
     owner: Option<(u32, u32)>,
@@ -92,13 +97,18 @@ struct Server {
 /// image file gives.
 pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>, owner: Option<(u32, u32)>) -> i32 {
     tune_malloc();
-    let readahead = hints.and_then(|hints| start_readahead(&fs, hints));
+    let demand = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let recorder = hints
+        .as_ref()
+        .filter(|h| !h.profile.is_empty())
+        .map(|h| profile::Recorder::new(std::ffi::OsStr::from_bytes(&h.profile).into(), demand.clone()));
+    let readahead = hints.and_then(|hints| start_readahead(&fs, hints, demand));
     let fd = dev.as_raw_fd();
     if let Err(e) = sys::set_nonblocking(fd) {
         note!("image server: cannot make /dev/fuse non-blocking: {e}");
         return 1;
     }
-    let mut server = Server { fs, layouts: HashMap::new(), owner };
+    let mut server = Server { fs, layouts: HashMap::new(), recorder, owner };
     let mut buf = vec![0u8; REQUEST_BUFFER];
     let mut reply = Vec::with_capacity(1 << 20);
     let mut idle_since = now_ns();
@@ -129,7 +139,12 @@ pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>, owner: 
                 // Interrupted, or a request the kernel took back.
                 Some(libc::EINTR) | Some(libc::ENOENT) => continue,
                 // The connection ended: the container is gone.
-                Some(libc::ENODEV) => return 0,
+                Some(libc::ENODEV) => {
+                    if let Some(r) = &server.recorder {
+                        r.save();
+                    }
+                    return 0;
+                }
                 _ => {
                     note!("image server: reading /dev/fuse: {e}");
                     return 1;
@@ -159,11 +174,13 @@ fn tune_malloc() {
 
 /// Starts the read-ahead thread on a second view of the image sharing its
 /// block cache. Failing to is only slower.
-fn start_readahead(fs: &Archive, hints: readahead::Hints) -> Option<std::thread::JoinHandle<()>> {
+/// `demand`: the distinct blocks the command has asked for, which a
+/// profile's replay keeps pace with.
+fn start_readahead(fs: &Archive, hints: readahead::Hints, demand: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Option<std::thread::JoinHandle<()>> {
     let shared = fs.share().ok()?;
     let spawned = std::thread::Builder::new().name("shoal-readahead".into()).spawn(move || {
         if let Ok(fs) = shared.open() {
-            readahead::run(fs, &hints);
+            readahead::run(fs, &hints, &demand);
         }
     });
     spawned.ok()
@@ -335,6 +352,9 @@ impl Server {
     fn read(&mut self, node: u64, body: &[u8], reply: &mut Vec<u8>) -> Result<(), i32> {
         let (offset, size) = read_in(body).ok_or(libc::EINVAL)?;
         let l = self.layout(node)?;
+        if let Some(r) = &mut self.recorder {
+            r.note(inode_ref(&self.fs, node), l.size, self.fs.block_size(), offset, size);
+        }
         self.fs.read(&l, offset, size as usize, reply).map_err(|e| self.io_error(e))
     }
 

@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 
 use super::squashfs::{Archive, FileInode, FileLayout, Kind};
 
@@ -68,8 +69,10 @@ fn idle_priority() {
 }
 
 /// Reads ahead for `hints` (see the module documentation); returns when
-/// done. Run on its own thread.
-pub fn run(mut fs: Archive, hints: &Hints) {
+/// done. Run on its own thread. Where the same command left a profile of
+/// what it read ([`super::profile`]), that is replayed instead of the
+/// guess, keeping pace with `demand`.
+pub fn run(mut fs: Archive, hints: &Hints, demand: &AtomicUsize) {
     idle_priority();
     let mut budget = BUDGET_BYTES;
     let mut taken = HashSet::new();
@@ -77,6 +80,13 @@ pub fn run(mut fs: Archive, hints: &Hints) {
     for path in LAUNCHER_READS {
         if let Some(f) = Reader::new(&mut fs, &mut taken).take_path(Path::new(path)) {
             read_blocks(&mut fs, &f.layout, &mut budget);
+        }
+    }
+    if !hints.profile.is_empty() {
+        let blocks = super::profile::load(Path::new(OsStr::from_bytes(&hints.profile)));
+        if !blocks.is_empty() {
+            super::profile::replay(&mut fs, &blocks, demand);
+            return;
         }
     }
     for f in files(&mut fs, hints, &mut taken) {

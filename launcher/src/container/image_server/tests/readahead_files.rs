@@ -34,7 +34,7 @@ fn program_tree(root: &Path, libc_dir: &str) -> Option<()> {
 }
 
 fn hints(program: &str, path: &str, library_path: &str) -> Hints {
-    Hints { program: program.into(), path: path.into(), library_path: library_path.into() }
+    Hints { program: program.into(), path: path.into(), library_path: library_path.into(), profile: Vec::new() }
 }
 
 fn readahead_paths(a: &mut Archive, h: &Hints) -> Vec<String> {
@@ -65,7 +65,7 @@ fn readahead_finds_what_a_program_start_loads() {
 
     // Everything read ahead is in the shared cache afterwards: a reader
     // on the first archive decompresses nothing more.
-    readahead::run(a.share().expect("share").open().expect("open shared"), &hints("true", "/bin", ""));
+    readahead::run(a.share().expect("share").open().expect("open shared"), &hints("true", "/bin", ""), &Default::default());
     let cached = a.blocks().len();
     for f in readahead::files(&mut a, &hints("true", "/bin", ""), &mut Default::default()) {
         let inside = f.path.strip_prefix("/").expect("absolute");
@@ -123,12 +123,14 @@ fn readahead_skips_loops_escapes_and_malformed_programs() {
     for name in ["badphoff", "short", "script"] {
         assert_eq!(readahead_paths(&mut a, &hints(name, "/bin", "")), [format!("/bin/{name}")], "{name}");
     }
-    readahead::run(a.share().expect("share").open().expect("open shared"), &hints("badphoff", "/bin", "/x"));
+    readahead::run(a.share().expect("share").open().expect("open shared"), &hints("badphoff", "/bin", "/x"), &Default::default());
 }
 
 #[test]
 fn readahead_hints_survive_the_socket_encoding() {
-    let h = hints("python3", "/usr/bin:/bin", "/opt/lib");
+    let mut h = hints("python3", "/usr/bin:/bin", "/opt/lib");
+    assert_eq!(Hints::decode(&h.encode()), h);
+    h.profile = b"/home/u/.cache/shoal/starts/0123".to_vec();
     assert_eq!(Hints::decode(&h.encode()), h);
     let empty = Hints::default();
     assert_eq!(Hints::decode(&empty.encode()), empty);
@@ -184,4 +186,36 @@ fn shared_blocks_serve_concurrent_readers() {
         r.join().expect("reader thread");
     }
     assert!(a.blocks().len() <= a.blocks().capacity());
+}
+
+/// A start profile's replay decompresses the blocks it names, found
+/// through the image's own inodes, keeping pace with what was asked for;
+/// entries naming nothing (another image, forged) are skipped.
+#[test]
+fn a_profile_replays_the_blocks_it_names_and_skips_the_rest() {
+    require_mksquashfs!();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("tree");
+    fs::create_dir(&src).expect("tree");
+    write(&src.join("big"), &Rng(7).bytes(5 * 4096 + 100));
+    let image = tmp.path().join("image.sqfs");
+    mksquashfs(&src, &image, &["-comp", "zstd", "-b", "4096", "-no-xattrs"]).expect("mksquashfs");
+    let mut a = open(&image).expect("open");
+    let root = a.root();
+    let dir = a.inode(root).expect("root");
+    let big = a.lookup(root, &dir, b"big").expect("lookup").expect("entry").inode_ref;
+    let replayer = || a.share().expect("share").open().expect("open shared");
+    let demand = std::sync::atomic::AtomicUsize::new(0);
+
+    // Nothing asked for yet: a replay of a few blocks runs within AHEAD.
+    let mut b = replayer();
+    super::super::profile::replay(&mut b, &[(big, 1), (big, 3), (big, 5)], &demand);
+    assert_eq!(a.blocks().len(), 3, "blocks 1, 3 and the tail (fragment) decompressed");
+    // Forged and foreign entries: not files, past the end, garbage references.
+    super::super::profile::replay(&mut b, &[(root, 0), (big, 99), (u64::MAX, 0), (12345 << 16, 7)], &demand);
+    assert_eq!(a.blocks().len(), 3, "nothing else decompressed");
+    // What was replayed reads back right.
+    let Kind::File(f) = a.inode(big).expect("inode").kind else { panic!("not a file") };
+    let l = a.layout(&f).expect("layout");
+    assert_eq!(read_all(&mut a, &l), fs::read(src.join("big")).expect("source"));
 }
