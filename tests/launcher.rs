@@ -667,6 +667,42 @@ fn shared_container_peers_all_join_one_namespace() {
     assert_clean(&img);
 }
 
+/// A shared container's peers are served by one image server: Shoal's own
+/// by default, squashfuse_ll (with its pool of threads) only where the
+/// site asks for it.
+#[test]
+fn a_shared_container_is_served_by_shoals_server_unless_the_site_asks_for_squashfuse() {
+    let tb = testbed();
+    for (site, server) in [("", "(shoal-fuse)"), ("[launcher]\nimage_server = \"squashfuse\"\n", "(squashfuse_ll)")] {
+        let (dir, img) = user_image(tb, "share-server");
+        let cfg = dir.join("site.toml");
+        std::fs::write(&cfg, site).unwrap();
+        let key = format!("{}.srv.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let script = format!(
+            "cd {} && for i in 1 2; do {} --config {} run --share-key {key} --share-peers 2 ./busybox.sqfs -- sleep 1.5 & done; wait",
+            dir.display(),
+            tb.shoal().display(),
+            cfg.display()
+        );
+        let peers = std::thread::spawn(move || tb.user(&script));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let servers = loop {
+            let s = fuse_servers(&img);
+            if !s.is_empty() || Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let names: Vec<String> = servers
+            .iter()
+            .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().split(' ').nth(1).unwrap_or("").to_string())
+            .collect();
+        ok(&peers.join().unwrap());
+        assert_eq!(names, [server], "site config {site:?}: the shared container's servers");
+        assert_clean(&img);
+    }
+}
+
 #[test]
 fn doctor_prints_a_table_with_fixes() {
     let tb = testbed();

@@ -352,13 +352,13 @@ fn early_server() -> ! {
     }
     sys::close_number(fds[0]);
     sys::close_number(fds[1]);
-    // [threaded] squashfuse_ll's path [NUL hints]
+    // [mode] squashfuse_ll's path [NUL hints]
+    let mode = EarlyMode::from_byte(buf[0]);
     let mut rest = buf[1..n].splitn(2, |b| *b == 0);
     let prog = CString::new(rest.next().unwrap_or_default()).unwrap_or_default();
     let hints = rest.next().map(Hints::decode);
-    // The descriptors are in place; ends this process. Shared (threaded):
-    // squashfuse_ll's pool of threads.
-    serve_or_exec(&prog, ServeWith { threaded: buf[0] == 1, builtin: buf[0] != 1, hints, owner: None, verity: None })
+    // The descriptors are in place; ends this process.
+    serve_or_exec(&prog, ServeWith { threaded: mode.threaded, builtin: mode.builtin, hints, owner: None, verity: None })
 }
 
 /// The server's work once /dev/fuse and the image are at their numbers:
@@ -435,12 +435,34 @@ fn serve_or_exec(prog: &std::ffi::CStr, with: ServeWith) -> ! {
     squashfuse_exec(prog, threaded).run()
 }
 
+/// How the early server serves: the hand-over message's first byte.
+#[cfg(feature = "image-server")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EarlyMode {
+    /// Several processes share the container (squashfuse_ll, where it
+    /// serves, then runs its pool of threads).
+    threaded: bool,
+    /// Shoal's own server (else squashfuse_ll, exec'd).
+    builtin: bool,
+}
+
+#[cfg(feature = "image-server")]
+impl EarlyMode {
+    fn byte(self) -> u8 {
+        u8::from(self.threaded) | u8::from(!self.builtin) << 1
+    }
+
+    fn from_byte(b: u8) -> EarlyMode {
+        EarlyMode { threaded: b & 1 != 0, builtin: b & 2 == 0 }
+    }
+}
+
 /// Hands the early server its superblock: the /dev/fuse descriptor, the
-/// image, whether to serve with threads, squashfuse_ll's path (for images
+/// image, how to serve it ([`EarlyMode`]), squashfuse_ll's path (for images
 /// the built-in server does not serve) and the read-ahead hints.
 #[cfg(feature = "image-server")]
-fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, threaded: bool, squashfuse: &Path, hints: &Hints) -> io::Result<()> {
-    let mut msg = vec![u8::from(threaded)];
+fn hand_over(early: &Early, dev: BorrowedFd<'_>, image: BorrowedFd<'_>, mode: EarlyMode, squashfuse: &Path, hints: &Hints) -> io::Result<()> {
+    let mut msg = vec![mode.byte()];
     msg.extend_from_slice(squashfuse.as_os_str().as_encoded_bytes());
     let hints = hints.encode();
     if msg.len() + 1 + hints.len() <= EARLY_MESSAGE {
@@ -490,10 +512,16 @@ pub fn start(
     let serve: Option<Serve> = IN_PROCESS.get().copied();
     #[cfg(not(feature = "image-server"))]
     let serve: Option<Serve> = None;
+    // A shared container (threaded) is served by squashfuse_ll's pool of
+    // threads only where the site asks for it (`[launcher] image_server`);
+    // else by the built-in server, squashfuse_ll's pool being the fallback
+    // for images it does not serve.
+    #[cfg(feature = "image-server")]
+    let early_mode = EarlyMode { threaded, builtin: !(threaded && shoal.is_none()) };
     // The `shoal` binary serving itself execs its own file when it must
     // exec (a shared container): the configured one may be another build.
     let shoal: Option<PathBuf> = match shoal {
-        _ if serve.is_some() => Some(PathBuf::from("/proc/self/exe")),
+        _ if serve.is_some() && (shoal.is_some() || !threaded) => Some(PathBuf::from("/proc/self/exe")),
         Some(p) if !p.is_file() => return Err(FuseError::MissingShoal(p.to_path_buf())),
         Some(p) => Some(std::path::absolute(p).map_err(FuseError::Spawn)?),
         None if owner.is_some() => return Err(FuseError::OwnerNeedsShoal),
@@ -526,7 +554,7 @@ pub fn start(
             let _ = waitpid(early.middle, None);
         }
         if let (Some(early), true) = (early, use_early) {
-            hand_over(&early, dev.as_fd(), image, threaded, squashfuse, hints).map_err(FuseError::Spawn)?;
+            hand_over(&early, dev.as_fd(), image, early_mode, squashfuse, hints).map_err(FuseError::Spawn)?;
             // The server holds the only /dev/fuse descriptor from now on.
             drop(dev);
             // Forked before any namespace: the launcher's mount namespace is
