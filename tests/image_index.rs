@@ -15,9 +15,10 @@
 //! use: the feature for image authors, end to end.
 //!
 //! What this machine should get follows from the rules and its CPU
-//! ([`expected_here`]): an AMD CPU with AVX-512 (Zen 4 or later) the zen4
-//! build, another CPU with the x86-64-v4 flags (AVX-512 F/BW/CD/DQ/VL) the
-//! v4 build, else v3 if it has the v3 flags, else the generic one; no
+//! ([`expected_here`]): an AMD CPU with every feature archspec lists for
+//! Zen 4 (a VM may hide some: rdseed, pku) the zen4 build, another CPU with
+//! the x86-64-v4 flags (AVX-512 F/BW/CD/DQ/VL) the v4 build, else v3 if it
+//! has the v3 flags, else the generic one; no
 //! entry needs a GPU this machine lacks (the test bed's GPUs are fakes
 //! outside the PCI bus, so none is detected).
 
@@ -196,7 +197,12 @@ fn expected_here() -> &'static str {
     let v3 = has(&[
         "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave",
     ]);
-    if v4 && cpuinfo.contains("AuthenticAMD") {
+    // Every feature of archspec's zen4 (and so of its ancestors), as
+    // Linux names them (`pni` for SSE3).
+    let zen4 = archspec::cpu::Microarchitecture::known_targets()
+        .get("zen4")
+        .is_some_and(|t| t.all_features().iter().all(|f| flags.contains(&f.as_str()) || (f == "sse3" && flags.contains(&"pni"))));
+    if v4 && zen4 && cpuinfo.contains("AuthenticAMD") {
         "zen4"
     } else if v4 {
         "v4"
