@@ -516,12 +516,13 @@ pub fn start(
     // threads only where the site asks for it (`[launcher] image_server`);
     // else by the built-in server, squashfuse_ll's pool being the fallback
     // for images it does not serve.
+    let site_pool = threaded && shoal.is_none();
     #[cfg(feature = "image-server")]
-    let early_mode = EarlyMode { threaded, builtin: !(threaded && shoal.is_none()) };
+    let early_mode = EarlyMode { threaded, builtin: !site_pool };
     // The `shoal` binary serving itself execs its own file when it must
     // exec (a shared container): the configured one may be another build.
     let shoal: Option<PathBuf> = match shoal {
-        _ if serve.is_some() && (shoal.is_some() || !threaded) => Some(PathBuf::from("/proc/self/exe")),
+        _ if serve.is_some() && !site_pool => Some(PathBuf::from("/proc/self/exe")),
         Some(p) if !p.is_file() => return Err(FuseError::MissingShoal(p.to_path_buf())),
         Some(p) => Some(std::path::absolute(p).map_err(FuseError::Spawn)?),
         None if owner.is_some() => return Err(FuseError::OwnerNeedsShoal),

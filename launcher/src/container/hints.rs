@@ -4,10 +4,10 @@
 //! `rootfs.rs` computes it whether or not this binary has the built-in
 //! server (the `image-server` feature).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
-use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -32,6 +32,11 @@ impl Hints {
     /// NUL-separated (none can hold a NUL: they are C strings and a path).
     pub fn encode(&self) -> Vec<u8> {
         [&self.program[..], &self.path, &self.library_path, &self.profile].join(&0u8)
+    }
+
+    /// The start profile's file, if the launcher named one.
+    pub fn profile_path(&self) -> Option<&Path> {
+        (!self.profile.is_empty()).then(|| Path::new(OsStr::from_bytes(&self.profile)))
     }
 
     pub fn decode(bytes: &[u8]) -> Hints {

@@ -37,7 +37,6 @@ pub mod squashfs;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 
 use super::sys;
@@ -98,10 +97,7 @@ struct Server {
 pub fn serve(dev: OwnedFd, fs: Archive, hints: Option<readahead::Hints>, owner: Option<(u32, u32)>) -> i32 {
     tune_malloc();
     let demand = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let recorder = hints
-        .as_ref()
-        .filter(|h| !h.profile.is_empty())
-        .map(|h| profile::Recorder::new(std::ffi::OsStr::from_bytes(&h.profile).into(), demand.clone()));
+    let recorder = hints.as_ref().and_then(|h| h.profile_path()).map(|p| profile::Recorder::new(p.into(), demand.clone()));
     let readahead = hints.and_then(|hints| start_readahead(&fs, hints, demand));
     let fd = dev.as_raw_fd();
     if let Err(e) = sys::set_nonblocking(fd) {
@@ -294,13 +290,20 @@ impl Server {
         }
         match self.fs.lookup(dir_ref, &dir, name).map_err(|e| self.io_error(e))? {
             Some(e) => {
-                let inode = self.fs.inode(e.inode_ref).map_err(|e| self.io_error(e))?;
-                entry_out(reply, node_id(&self.fs, e.inode_ref), VALID_SECS, &self.attr(&inode));
+                let (node, attr) = self.entry(e.inode_ref)?;
+                entry_out(reply, node, VALID_SECS, &attr);
             }
             // A negative entry the kernel keeps: the same miss is not asked again.
             None => entry_out(reply, 0, VALID_SECS, &Attr::default()),
         }
         Ok(())
+    }
+
+    /// The node id and attributes of the inode at `r`, as LOOKUP and
+    /// READDIRPLUS answer them.
+    fn entry(&mut self, r: u64) -> Result<(u64, Attr), i32> {
+        let inode = self.fs.inode(r).map_err(|e| self.io_error(e))?;
+        Ok((node_id(&self.fs, r), self.attr(&inode)))
     }
 
     fn attr(&self, i: &Inode) -> Attr {
@@ -383,10 +386,7 @@ impl Server {
             let fits = if plus {
                 // `.` and `..` go with node 0: the kernel makes no entry.
                 let (entry_node, attr) = match target {
-                    Some(r) => {
-                        let inode = self.fs.inode(r).map_err(|e| self.io_error(e))?;
-                        (node_id(&self.fs, r), self.attr(&inode))
-                    }
+                    Some(r) => self.entry(r)?,
                     None => (0, Attr { ino, ..Attr::default() }),
                 };
                 direntplus(reply, limit, (entry_node, VALID_SECS, &attr), next + 1, dtype, name)

@@ -98,7 +98,8 @@ impl Recorder {
     }
 }
 
-
+/// A profile's bytes: the magic, then each block's inode reference and
+/// index, little-endian.
 pub fn encode(order: &[BlockOf]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAGIC.len() + order.len() * 12);
     out.extend_from_slice(MAGIC);

@@ -82,8 +82,8 @@ pub fn run(mut fs: Archive, hints: &Hints, demand: &AtomicUsize) {
             read_blocks(&mut fs, &f.layout, &mut budget);
         }
     }
-    if !hints.profile.is_empty() {
-        let blocks = super::profile::load(Path::new(OsStr::from_bytes(&hints.profile)));
+    if let Some(path) = hints.profile_path() {
+        let blocks = super::profile::load(path);
         if !blocks.is_empty() {
             super::profile::replay(&mut fs, &blocks, demand);
             return;
